@@ -1,0 +1,680 @@
+//! The farm configuration (`farm.toml`): its model, parsing and validation.
+//!
+//! A builder is a component × a target. The config names components and
+//! targets once each; [`crate::matrix`] expands them, so 70 components on 20
+//! targets are 1,400 builders from a few dozen lines.
+//!
+//! Parsing is pure: it takes the file's text and returns either the model or
+//! every problem found, each with its line and column.
+
+use crate::duration::parse_duration;
+use crate::names::{check_name, check_property_name};
+use crate::toml_reader::{Reader, Span, Tbl};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use crate::toml_reader::Diagnostic;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FarmConfig {
+    pub master: MasterSection,
+    pub workers: Vec<WorkerDef>,
+    pub targets: Vec<Target>,
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterSection {
+    /// Web UI, JSON API and change hooks.
+    pub listen: SocketAddr,
+    /// Where workers connect.
+    pub worker_listen: SocketAddr,
+    /// Relative to the config file's directory unless absolute.
+    pub data_dir: String,
+    /// A `postgres://` or `sqlite:` URL; an SQLite file in `data_dir` when absent.
+    pub database: Option<String>,
+    /// How long a worker may be silent (or away) before its builds are re-queued.
+    pub worker_timeout: Duration,
+    /// How often workers send a heartbeat.
+    pub heartbeat: Duration,
+    /// Time between SIGTERM and SIGKILL when a step is cancelled or times out.
+    pub kill_grace: Duration,
+    /// Serve the worker port over TLS with this certificate and key (PEM files).
+    pub worker_tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Default for MasterSection {
+    fn default() -> Self {
+        MasterSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8010)),
+            worker_listen: SocketAddr::from(([127, 0, 0, 1], 9989)),
+            data_dir: "data".into(),
+            database: None,
+            worker_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(10),
+            worker_tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDef {
+    pub name: String,
+    /// File holding the worker's token, relative to the config file.
+    pub token_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Deb,
+    Rpm,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Deb => "deb",
+            Family::Rpm => "rpm",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub family: Family,
+    pub suite: Option<String>,
+    pub arch: Option<String>,
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory, relative to the config file; each build gets a fresh copy.
+    Path(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub name: String,
+    pub source: Option<Source>,
+    pub depends_on: Vec<String>,
+    /// `None`: every target of the farm.
+    pub targets: Option<Vec<String>>,
+    pub steps: Vec<StepSpec>,
+    /// Properties every build of this component starts with.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    pub name: String,
+    /// A shell command line, run with `sh -c`.
+    pub run: String,
+    /// Sets this property to the step's trimmed stdout.
+    pub set_property: Option<String>,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    /// Stop the build when this step fails (default true).
+    pub halt_on_failure: bool,
+    /// Run even after a failure or a cancel, e.g. for cleanup.
+    pub always_run: bool,
+}
+
+impl FarmConfig {
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&WorkerDef> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// The targets a component builds on, in config order.
+    pub fn targets_of<'a>(
+        &'a self,
+        component: &'a Component,
+    ) -> impl Iterator<Item = &'a Target> + 'a {
+        self.targets
+            .iter()
+            .filter(move |t| match &component.targets {
+                None => true,
+                Some(names) => names.iter().any(|n| n == &t.name),
+            })
+    }
+
+    pub fn builds_on(&self, component: &Component, target: &str) -> bool {
+        self.targets_of(component).any(|t| t.name == target)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigErrors {
+    /// One `file:line:col: message` line per problem.
+    pub fn render(&self, file: &str) -> String {
+        self.diagnostics
+            .iter()
+            .map(|d| {
+                if d.line == 0 {
+                    format!("{file}: {}", d.message)
+                } else {
+                    format!("{file}:{}:{}: {}", d.line, d.col, d.message)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render("config"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+const MASTER_KEYS: &[&str] = &[
+    "listen",
+    "worker_listen",
+    "data_dir",
+    "database",
+    "worker_timeout",
+    "heartbeat",
+    "kill_grace",
+    "worker_tls",
+];
+const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
+const WORKER_KEYS: &[&str] = &["name", "token_file"];
+const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror"];
+const COMPONENT_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "depends_on",
+    "targets",
+    "steps",
+    "properties",
+];
+const SOURCE_KEYS: &[&str] = &["path"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "run",
+    "set_property",
+    "timeout",
+    "env",
+    "halt_on_failure",
+    "always_run",
+];
+
+/// Parses and validates a farm config.
+pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
+    let mut r = Reader::new(text);
+    let doc = match toml_edit::ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let span = e.span();
+            let msg = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            r.err(&span, format!("invalid TOML: {msg}"));
+            return Err(ConfigErrors {
+                diagnostics: r.diags,
+            });
+        }
+    };
+    let root = doc.as_table();
+    let root_span: Span = Some(0..0);
+    r.check_keys(
+        Tbl {
+            t: root,
+            span: &root_span,
+        },
+        TOP_KEYS,
+        "the config file",
+    );
+
+    let master = read_master(&mut r, root.get("master"));
+
+    let mut names: HashMap<&'static str, HashMap<String, Span>> = HashMap::new();
+    let mut unique = |r: &mut Reader<'_>, kind: &'static str, name: &str, span: &Span| {
+        let seen = names.entry(kind).or_default();
+        if let Some(first) = seen.get(name) {
+            let where_ = first
+                .as_ref()
+                .map(|s| {
+                    let (l, c) = r.position(s.start);
+                    format!(" (first defined at line {l}, column {c})")
+                })
+                .unwrap_or_default();
+            r.err(span, format!("duplicate {kind} name {name:?}{where_}"));
+            false
+        } else {
+            seen.insert(name.to_string(), span.clone());
+            true
+        }
+    };
+
+    let mut workers = Vec::new();
+    if let Some(item) = root.get("worker") {
+        for (t, span) in r.tables(item, "[[worker]]") {
+            let tbl = Tbl { t, span: &span };
+            r.check_keys(tbl, WORKER_KEYS, "[[worker]]");
+            let name = named(&mut r, tbl, "[[worker]]");
+            let token = r.required_string(tbl, "token_file", "[[worker]]");
+            if let Some((name, nspan)) = name {
+                if unique(&mut r, "worker", &name, &nspan) {
+                    if let Some((token_file, _)) = token {
+                        workers.push(WorkerDef { name, token_file });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut targets = Vec::new();
+    if let Some(item) = root.get("target") {
+        for (t, span) in r.tables(item, "[[target]]") {
+            let tbl = Tbl { t, span: &span };
+            r.check_keys(tbl, TARGET_KEYS, "[[target]]");
+            let name = named(&mut r, tbl, "[[target]]");
+            let family = r
+                .required_string(tbl, "family", "[[target]]")
+                .and_then(|(f, fspan)| match f.as_str() {
+                    "deb" => Some(Family::Deb),
+                    "rpm" => Some(Family::Rpm),
+                    other => {
+                        r.err(
+                            &fspan,
+                            format!("unknown family {other:?}; known families: deb, rpm"),
+                        );
+                        None
+                    }
+                });
+            let suite = r.string(tbl, "suite", "[[target]]").map(|s| s.0);
+            let arch = r.string(tbl, "arch", "[[target]]").map(|s| s.0);
+            let mirror = r.string(tbl, "mirror", "[[target]]").map(|s| s.0);
+            if let Some((name, nspan)) = name {
+                if unique(&mut r, "target", &name, &nspan) {
+                    if let Some(family) = family {
+                        targets.push(Target {
+                            name,
+                            family,
+                            suite,
+                            arch,
+                            mirror,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut components = Vec::new();
+    // Spans of each component's `depends_on` entries and `targets` entries,
+    // kept for the cross-reference checks below.
+    let mut dep_spans: HashMap<String, Vec<(String, Span)>> = HashMap::new();
+    if let Some(item) = root.get("component") {
+        for (t, span) in r.tables(item, "[[component]]") {
+            let tbl = Tbl { t, span: &span };
+            r.check_keys(tbl, COMPONENT_KEYS, "[[component]]");
+            let Some((name, nspan)) = named(&mut r, tbl, "[[component]]") else {
+                continue;
+            };
+            let what = format!("component {name:?}");
+            let source = read_source(&mut r, tbl, &what);
+            let depends = r.string_list(tbl, "depends_on", &what).unwrap_or_default();
+            let target_names = r.string_list(tbl, "targets", &what);
+            if let Some(list) = &target_names {
+                for (tname, tspan) in list {
+                    if !targets.iter().any(|t: &Target| &t.name == tname) {
+                        let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                        r.err(
+                            tspan,
+                            format!(
+                                "{what}: unknown target {tname:?}; known targets: {}",
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    let s = tbl.t.get("targets").and_then(|i| i.span());
+                    r.err(
+                        &s,
+                        format!(
+                            "{what}: `targets` is empty; leave it out to build on every target"
+                        ),
+                    );
+                }
+            }
+            let properties = r
+                .string_map(tbl, "properties", &what)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v, s)| match check_property_name(&k) {
+                    Ok(()) => Some((k, v)),
+                    Err(e) => {
+                        r.err(&s, format!("{what}: {e}"));
+                        None
+                    }
+                })
+                .collect();
+            let steps = read_steps(&mut r, tbl, &what);
+            if !unique(&mut r, "component", &name, &nspan) {
+                continue;
+            }
+            dep_spans.insert(name.clone(), depends.clone());
+            components.push(Component {
+                name,
+                source,
+                depends_on: depends.into_iter().map(|d| d.0).collect(),
+                targets: target_names.map(|l| l.into_iter().map(|t| t.0).collect()),
+                steps,
+                properties,
+            });
+        }
+    }
+
+    // Cross references: dependencies name known components, and form no cycle.
+    for c in &components {
+        for (dep, span) in dep_spans
+            .get(&c.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if dep == &c.name {
+                r.err(span, format!("component {:?} depends on itself", c.name));
+            } else if !components.iter().any(|o| &o.name == dep) {
+                let known: Vec<&str> = components.iter().map(|o| o.name.as_str()).collect();
+                r.err(
+                    span,
+                    format!(
+                        "component {:?} depends on unknown component {dep:?}; known components: {}",
+                        c.name,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for cycle in dependency_cycles(&components) {
+        let first = &cycle[0];
+        let span = dep_spans
+            .get(first)
+            .and_then(|deps| deps.iter().find(|(d, _)| cycle.contains(d)))
+            .and_then(|(_, s)| s.clone());
+        let mut path = cycle.clone();
+        path.push(first.clone());
+        r.err(&span, format!("dependency cycle: {}", path.join(" -> ")));
+    }
+
+    if r.diags.is_empty() {
+        Ok(FarmConfig {
+            master: master.unwrap_or_default(),
+            workers,
+            targets,
+            components,
+        })
+    } else {
+        r.diags.sort_by_key(|d| (d.line, d.col));
+        Err(ConfigErrors {
+            diagnostics: r.diags,
+        })
+    }
+}
+
+fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
+    let (name, span) = r.required_string(tbl, "name", what)?;
+    if let Err(e) = check_name(&name) {
+        r.err(&span, format!("{what}: {e}"));
+        return None;
+    }
+    Some((name, span))
+}
+
+fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<Duration> {
+    if let Some(item) = tbl.t.get(key) {
+        if let Some(i) = item.as_integer() {
+            if i < 0 {
+                r.err(
+                    &item.span(),
+                    format!("`{key}` in {what} may not be negative"),
+                );
+                return None;
+            }
+            return Some(Duration::from_secs(i as u64));
+        }
+    }
+    let (text, span) = r.string(tbl, key, what)?;
+    match parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            r.err(&span, format!("`{key}` in {what}: {e}"));
+            None
+        }
+    }
+}
+
+fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<MasterSection> {
+    let mut m = MasterSection::default();
+    let Some(item) = item else { return Some(m) };
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(&span, "[master] must be a table");
+        return None;
+    };
+    let tbl = Tbl { t, span: &span };
+    r.check_keys(tbl, MASTER_KEYS, "[master]");
+    let addr = |r: &mut Reader<'_>, key: &str, into: &mut SocketAddr| {
+        if let Some((s, sspan)) = r.string(tbl, key, "[master]") {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => *into = a,
+                Err(_) => r.err(&sspan, format!("`{key}` must be an address with a port, like \"127.0.0.1:8010\" or \"[::1]:8010\"; got {s:?}")),
+            }
+        }
+    };
+    addr(r, "listen", &mut m.listen);
+    addr(r, "worker_listen", &mut m.worker_listen);
+    if let Some((d, _)) = r.string(tbl, "data_dir", "[master]") {
+        m.data_dir = d;
+    }
+    if let Some((db, dspan)) = r.string(tbl, "database", "[master]") {
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            r.err(
+                &dspan,
+                "`database` must be a postgres:// URL or an sqlite: URL",
+            );
+        }
+        m.database = Some(db);
+    }
+    if let Some(d) = duration_key(r, tbl, "worker_timeout", "[master]") {
+        m.worker_timeout = d;
+    }
+    if let Some(d) = duration_key(r, tbl, "heartbeat", "[master]") {
+        m.heartbeat = d;
+    }
+    if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
+        m.kill_grace = d;
+    }
+    if let Some(item) = t.get("worker_tls") {
+        let span = item.span();
+        match item.as_table_like() {
+            Some(tt) => {
+                let tls = Tbl { t: tt, span: &span };
+                r.check_keys(tls, &["cert", "key"], "[master.worker_tls]");
+                let cert = r.required_string(tls, "cert", "[master.worker_tls]");
+                let key = r.required_string(tls, "key", "[master.worker_tls]");
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    m.worker_tls = Some(TlsFiles {
+                        cert: cert.0,
+                        key: key.0,
+                    });
+                }
+            }
+            None => r.err(&span, "`worker_tls` must be a table with `cert` and `key`"),
+        }
+    }
+    if m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout {
+        r.err(
+            &span,
+            "`heartbeat` must be shorter than `worker_timeout` and above zero",
+        );
+    }
+    Some(m)
+}
+
+fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
+    let item = tbl.t.get("source")?;
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(
+            &span,
+            format!("`source` of {what} must be a table, like {{ path = \"src/NAME\" }}"),
+        );
+        return None;
+    };
+    let st = Tbl { t, span: &span };
+    r.check_keys(st, SOURCE_KEYS, &format!("the source of {what}"));
+    let (path, _) = r.required_string(st, "path", &format!("the source of {what}"))?;
+    Some(Source::Path(path))
+}
+
+fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
+    let Some(item) = tbl.t.get("steps") else {
+        r.err(tbl.span, format!("{what} has no `steps`"));
+        return Vec::new();
+    };
+    let mut steps: Vec<StepSpec> = Vec::new();
+    let tables = r.tables(item, &format!("the steps of {what}"));
+    if tables.is_empty() {
+        r.err(&item.span(), format!("{what} has an empty `steps` list"));
+    }
+    for (t, span) in tables {
+        let st = Tbl { t, span: &span };
+        let swhat = format!("a step of {what}");
+        r.check_keys(st, STEP_KEYS, &swhat);
+        let name = named(r, st, &swhat);
+        let run = r.required_string(st, "run", &swhat);
+        let set_property = r.string(st, "set_property", &swhat).and_then(|(p, pspan)| {
+            match check_property_name(&p) {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    r.err(&pspan, format!("{swhat}: {e}"));
+                    None
+                }
+            }
+        });
+        let timeout = duration_key(r, st, "timeout", &swhat);
+        let env = r
+            .string_map(st, "env", &swhat)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect();
+        let halt_on_failure = r.boolean(st, "halt_on_failure", &swhat).unwrap_or(true);
+        let always_run = r.boolean(st, "always_run", &swhat).unwrap_or(false);
+        if let (Some((name, nspan)), Some((run, _))) = (name, run) {
+            if steps.iter().any(|s| s.name == name) {
+                r.err(&nspan, format!("duplicate step name {name:?} in {what}"));
+                continue;
+            }
+            steps.push(StepSpec {
+                name,
+                run,
+                set_property,
+                timeout,
+                env,
+                halt_on_failure,
+                always_run,
+            });
+        }
+    }
+    steps
+}
+
+/// Each dependency cycle once, as the list of its members in order.
+fn dependency_cycles(components: &[Component]) -> Vec<Vec<String>> {
+    let index: HashMap<&str, usize> = components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let edges: Vec<Vec<usize>> = components
+        .iter()
+        .map(|c| {
+            c.depends_on
+                .iter()
+                .filter(|d| *d != &c.name)
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut mark = vec![0u8; components.len()];
+    let mut cycles = Vec::new();
+    fn visit(
+        n: usize,
+        edges: &[Vec<usize>],
+        mark: &mut [u8],
+        stack: &mut Vec<usize>,
+        cycles: &mut Vec<Vec<usize>>,
+    ) {
+        mark[n] = 1;
+        stack.push(n);
+        for &m in &edges[n] {
+            if mark[m] == 1 {
+                if let Some(pos) = stack.iter().position(|&s| s == m) {
+                    cycles.push(stack[pos..].to_vec());
+                }
+            } else if mark[m] == 0 {
+                visit(m, edges, mark, stack, cycles);
+            }
+        }
+        stack.pop();
+        mark[n] = 2;
+    }
+    let mut found = Vec::new();
+    for n in 0..components.len() {
+        if mark[n] == 0 {
+            visit(n, &edges, &mut mark, &mut Vec::new(), &mut found);
+        }
+    }
+    for c in found {
+        cycles.push(c.into_iter().map(|i| components[i].name.clone()).collect());
+    }
+    cycles
+}
+
+#[cfg(test)]
+mod tests;

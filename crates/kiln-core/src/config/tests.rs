@@ -1,0 +1,130 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../../examples/farm.toml");
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.render("farm.toml").lines().map(str::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_example_farm_is_accepted_as_written() {
+    let cfg = parse(EXAMPLE).expect("example config parses");
+    assert_eq!(cfg.master.listen.to_string(), "127.0.0.1:8010");
+    assert_eq!(cfg.master.worker_listen.to_string(), "127.0.0.1:9989");
+    assert_eq!(cfg.workers.len(), 2);
+    assert_eq!(
+        cfg.targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["debian-12-amd64", "el-9-x86_64"]
+    );
+    let lib = cfg.component("libgrace").expect("libgrace");
+    assert_eq!(lib.steps.len(), 3);
+    assert_eq!(lib.steps[1].set_property.as_deref(), Some("version"));
+    assert!(lib.steps[0].halt_on_failure && !lib.steps[0].always_run);
+    let slow = cfg.component("slow").expect("slow");
+    assert_eq!(slow.steps[0].timeout, Some(Duration::from_secs(900)));
+    let oc = cfg.component("opencore").expect("opencore");
+    assert_eq!(oc.depends_on, ["libgrace"]);
+    assert_eq!(cfg.targets_of(oc).count(), 1);
+    assert_eq!(cfg.targets_of(lib).count(), 2);
+}
+
+#[test]
+fn every_error_is_reported_with_its_position() {
+    let text = r#"
+[master]
+listn = "127.0.0.1:1"
+
+[[target]]
+name = "t1"
+family = "deb"
+
+[[target]]
+name = "t1"
+family = "msi"
+
+[[component]]
+name = "a"
+steps = [ { name = "s", run = "true", colour = "red" } ]
+targets = ["t9"]
+"#;
+    let errs = errors(text);
+    assert_eq!(
+        errs,
+        [
+            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls",
+            "farm.toml:10:8: duplicate target name \"t1\" (first defined at line 6, column 8)",
+            "farm.toml:11:10: unknown family \"msi\"; known families: deb, rpm",
+            "farm.toml:15:39: unknown key `colour` in a step of component \"a\"; known keys: name, run, set_property, timeout, env, halt_on_failure, always_run",
+            "farm.toml:16:12: component \"a\": unknown target \"t9\"; known targets: t1",
+        ]
+    );
+}
+
+#[test]
+fn dependency_cycles_are_named_by_their_members() {
+    let text = r#"
+[[target]]
+name = "t"
+family = "rpm"
+
+[[component]]
+name = "a"
+depends_on = ["b"]
+steps = [ { name = "s", run = "true" } ]
+
+[[component]]
+name = "b"
+depends_on = ["c"]
+steps = [ { name = "s", run = "true" } ]
+
+[[component]]
+name = "c"
+depends_on = ["a", "zzz"]
+steps = [ { name = "s", run = "true" } ]
+"#;
+    let errs = errors(text);
+    assert_eq!(
+        errs,
+        [
+            "farm.toml:8:15: dependency cycle: a -> b -> c -> a",
+            "farm.toml:18:20: component \"c\" depends on unknown component \"zzz\"; known components: a, b, c",
+        ]
+    );
+}
+
+#[test]
+fn invalid_toml_and_bad_values() {
+    let errs = errors("[master\nlisten = 1");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("farm.toml:1:"), "{errs:?}");
+    assert!(errs[0].contains("invalid TOML"), "{errs:?}");
+
+    let errs = errors("[master]\nlisten = \"nowhere\"\nworker_timeout = \"5x\"\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("farm.toml:2:10: `listen` must be an address"),
+        "{errs:?}"
+    );
+    assert!(errs[1].contains("unknown unit"), "{errs:?}");
+
+    let errs = errors("[[component]]\nname = \"../x\"\nsteps = []\n");
+    assert!(errs[0].contains("invalid name"), "{errs:?}");
+
+    let errs = errors("[[worker]]\nname = \"w\"\n");
+    assert_eq!(errs, ["farm.toml:1:1: [[worker]] needs `token_file`"]);
+}
+
+#[test]
+fn step_names_are_unique_per_component() {
+    let errs = errors("[[component]]\nname = \"a\"\nsteps = [ { name = \"s\", run = \"true\" }, { name = \"s\", run = \"false\" } ]\n");
+    assert_eq!(
+        errs,
+        ["farm.toml:3:50: duplicate step name \"s\" in component \"a\""]
+    );
+}

@@ -1,0 +1,17 @@
+//! kiln's pure domain: the farm configuration and its matrix, build and step
+//! states, properties, and the scheduling decisions the master acts on.
+//!
+//! Architecture invariant: nothing in this crate does I/O, spawns, sleeps or
+//! reads the clock. Callers pass text, values and "now" in; decisions come out.
+
+pub mod config;
+pub mod duration;
+pub mod matrix;
+pub mod names;
+pub mod props;
+pub mod schedule;
+pub mod state;
+mod toml_reader;
+
+pub use config::{Component, ConfigErrors, Family, FarmConfig, StepSpec, Target, WorkerDef};
+pub use state::{BuildState, StepState};
