@@ -1,1 +1,620 @@
-//! kiln-db
+//! kiln's store: the schema, its migrations and every SQL query, on SQLite
+//! (the embedded default) and PostgreSQL, through one code path.
+//!
+//! Architecture invariant: the database is the only source of truth for the
+//! queue. Every state change is a conditional UPDATE (`WHERE state = ...`),
+//! so a build is claimed once even when several masters share a PostgreSQL
+//! database. This crate stores what the master decided; it decides nothing.
+//!
+//! Times are microseconds since the Unix epoch, passed in by the caller.
+
+mod migrations;
+
+use futures::TryStreamExt;
+use kiln_core::props::Properties;
+use kiln_core::{BuildState, StepState};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database holds a value kiln cannot read ({0}); was it written by a newer kiln?")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use postgres://... or sqlite:...")]
+    BadUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A build as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildRow {
+    pub id: i64,
+    pub request_id: i64,
+    pub component: String,
+    pub target: String,
+    pub state: BuildState,
+    pub reason: Option<String>,
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub requested_by: Option<String>,
+    pub worker: Option<String>,
+    pub attempt: i64,
+    pub properties: Properties,
+    pub depends_on: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub build_id: i64,
+    pub idx: i64,
+    pub name: String,
+    pub state: StepState,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub log_size: i64,
+}
+
+/// A build to create; `depends_on` holds indices of earlier builds of the
+/// same request.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub component: String,
+    pub target: String,
+    pub properties: Properties,
+    pub depends_on: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub state: Option<BuildState>,
+    pub component: Option<String>,
+    pub target: Option<String>,
+    /// Only builds with an id below this (paging, newest first).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// Counts per builder, for the builders page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderStats {
+    pub component: String,
+    pub target: String,
+    pub last_build_id: i64,
+    pub last_state: BuildState,
+    pub queued: i64,
+    pub running: i64,
+}
+
+const BUILD_COLUMNS: &str =
+    "id, request_id, component, target, state, reason, requested_at, started_at, \
+    finished_at, requested_by, worker, attempt, properties, depends_on";
+
+impl Store {
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let opts = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers go on while the master writes; NORMAL
+                        // sync keeps commits durable across a process crash.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts.connect(url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies every migration not yet applied; returns how many ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            // Several masters may start at once against one database.
+            conn.execute("SELECT pg_advisory_lock(7206154)").await?;
+        }
+        let result = async {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS kiln_schema (version BIGINT PRIMARY KEY, description TEXT NOT NULL)",
+            )
+            .await?;
+            let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM kiln_schema")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            let mut ran = 0;
+            for m in migrations::MIGRATIONS.iter().filter(|m| m.version > current) {
+                let sql = match self.backend {
+                    Backend::Sqlite => m.sqlite,
+                    Backend::Postgres => m.postgres,
+                };
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    tx.execute(stmt).await?;
+                }
+                sqlx::query("INSERT INTO kiln_schema (version, description) VALUES ($1, $2)")
+                    .bind(m.version)
+                    .bind(m.description)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                tracing::info!(version = m.version, description = m.description, "applied migration");
+                ran += 1;
+            }
+            Ok::<usize, StoreError>(ran)
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7206154)").await?;
+        }
+        result
+    }
+
+    /// Runs one statement as given; for administration and tests only.
+    pub async fn execute_raw(&self, sql: &str) -> Result<()> {
+        self.pool.execute(sql).await?;
+        Ok(())
+    }
+
+    pub async fn schema_version(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM kiln_schema")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
+    /// Records a request and its builds in one transaction; returns the
+    /// request id and the build ids in the order given.
+    pub async fn create_request(
+        &self,
+        now: i64,
+        requested_by: Option<&str>,
+        reason: Option<&str>,
+        builds: &[NewBuild],
+    ) -> Result<(i64, Vec<i64>)> {
+        let mut tx = self.pool.begin().await?;
+        let request_id: i64 = sqlx::query(
+            "INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(now)
+        .bind(requested_by)
+        .bind(reason)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let mut ids: Vec<i64> = Vec::with_capacity(builds.len());
+        for b in builds {
+            let deps: Vec<i64> = b
+                .depends_on
+                .iter()
+                .filter_map(|&i| ids.get(i).copied())
+                .collect();
+            let id: i64 = sqlx::query(
+                "INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, depends_on) \
+                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(request_id)
+            .bind(&b.component)
+            .bind(&b.target)
+            .bind(now)
+            .bind(requested_by)
+            .bind(to_json(&b.properties))
+            .bind(to_json(&deps))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok((request_id, ids))
+    }
+
+    /// Claims a queued build for a worker and records its steps. Returns
+    /// false when the build was not queued any more (someone else took it, or
+    /// it was cancelled): the claim is exactly-once.
+    pub async fn claim(
+        &self,
+        build_id: i64,
+        worker: &str,
+        now: i64,
+        step_names: &[String],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1 \
+             WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM steps WHERE build_id = $1")
+            .bind(build_id)
+            .execute(&mut *tx)
+            .await?;
+        for (i, name) in step_names.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO steps (build_id, idx, name, state) VALUES ($1, $2, $3, 'pending')",
+            )
+            .bind(build_id)
+            .bind(i as i64)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn step_started(&self, build_id: i64, idx: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE steps SET state = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3",
+        )
+        .bind(now)
+        .bind(build_id)
+        .bind(idx)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn step_finished(
+        &self,
+        build_id: i64,
+        idx: i64,
+        state: StepState,
+        exit_code: Option<i32>,
+        now: i64,
+        log_size: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE steps SET state = $1, exit_code = $2, finished_at = $3, log_size = $4, \
+             started_at = COALESCE(started_at, $3) WHERE build_id = $5 AND idx = $6",
+        )
+        .bind(state.as_str())
+        .bind(exit_code.map(i64::from))
+        .bind(now)
+        .bind(log_size)
+        .bind(build_id)
+        .bind(idx)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_log_size(&self, build_id: i64, idx: i64, log_size: i64) -> Result<()> {
+        sqlx::query("UPDATE steps SET log_size = $1 WHERE build_id = $2 AND idx = $3")
+            .bind(log_size)
+            .bind(build_id)
+            .bind(idx)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_properties(&self, build_id: i64, props: &Properties) -> Result<()> {
+        sqlx::query("UPDATE builds SET properties = $1 WHERE id = $2")
+            .bind(to_json(props))
+            .bind(build_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a build to a finished state if the state machine allows it from
+    /// where it is now; returns whether it changed. Steps still pending or
+    /// running are closed with `step_state`.
+    pub async fn finish(
+        &self,
+        build_id: i64,
+        state: BuildState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let from: Vec<&str> = [BuildState::Queued, BuildState::Running]
+            .into_iter()
+            .filter(|s| s.can_become(state))
+            .map(BuildState::as_str)
+            .collect();
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let in_list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(&format!(
+            "UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ({in_list})"
+        ))
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            let step_state = match state {
+                BuildState::Cancelled => StepState::Cancelled,
+                _ => StepState::Skipped,
+            };
+            sqlx::query(
+                "UPDATE steps SET state = $1, finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE $2 END \
+                 WHERE build_id = $3 AND state IN ('pending', 'running')",
+            )
+            .bind(step_state.as_str())
+            .bind(now)
+            .bind(build_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Puts a running build back in the queue (its worker was lost).
+    pub async fn requeue(&self, build_id: i64, reason: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE builds SET state = 'queued', worker = NULL, started_at = NULL, reason = $1 \
+             WHERE id = $2 AND state = 'running'",
+        )
+        .bind(reason)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            sqlx::query("DELETE FROM steps WHERE build_id = $1")
+                .bind(build_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| build_row(&r)).transpose()
+    }
+
+    pub async fn steps(&self, build_id: i64) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(
+            "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
+             FROM steps WHERE build_id = $1 ORDER BY idx",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// Steps of many builds at once, grouped by build id.
+    pub async fn steps_of(&self, build_ids: &[i64]) -> Result<Vec<StepRow>> {
+        if build_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Ids are integers we produced, so listing them inline is safe.
+        let list = build_ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = sqlx::query(&format!(
+            "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
+             FROM steps WHERE build_id IN ({list}) ORDER BY build_id, idx"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// Builds matching a filter, newest first.
+    pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildRow>> {
+        let mut sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if f.component.is_some() {
+            sql += &format!(" AND component = {}", next());
+        }
+        if f.target.is_some() {
+            sql += &format!(" AND target = {}", next());
+        }
+        if f.before.is_some() {
+            sql += &format!(" AND id < {}", next());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT {}", next());
+        let mut q = sqlx::query(&sql);
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(c) = &f.component {
+            q = q.bind(c.as_str());
+        }
+        if let Some(t) = &f.target {
+            q = q.bind(t.as_str());
+        }
+        if let Some(b) = f.before {
+            q = q.bind(b);
+        }
+        q = q.bind(f.limit.clamp(1, 1000));
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(build_row).collect()
+    }
+
+    /// Every build that is queued or running, oldest first.
+    pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
+        let mut out = Vec::new();
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ('queued', 'running') ORDER BY id"
+        );
+        let mut rows = sqlx::query(&sql).fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            out.push(build_row(&r)?);
+        }
+        Ok(out)
+    }
+
+    /// The states of the given builds.
+    pub async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, BuildState)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let rows = sqlx::query(&format!(
+            "SELECT id, state FROM builds WHERE id IN ({list})"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    parse_state(&r.try_get::<String, _>(1)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Last build and queue counts of every builder that has builds.
+    pub async fn builder_stats(&self) -> Result<Vec<BuilderStats>> {
+        let rows = sqlx::query(
+            "SELECT b.component, b.target, b.id, b.state, \
+               (SELECT COUNT(*) FROM builds q WHERE q.component = b.component AND q.target = b.target AND q.state = 'queued'), \
+               (SELECT COUNT(*) FROM builds r WHERE r.component = b.component AND r.target = b.target AND r.state = 'running') \
+             FROM builds b JOIN (SELECT component, target, MAX(id) AS last FROM builds GROUP BY component, target) m \
+               ON b.id = m.last",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BuilderStats {
+                    component: r.try_get(0)?,
+                    target: r.try_get(1)?,
+                    last_build_id: r.try_get(2)?,
+                    last_state: parse_state(&r.try_get::<String, _>(3)?)?,
+                    queued: r.try_get(4)?,
+                    running: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Maps with string keys and plain values always serialize.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn parse_state<T: FromStr<Err = String>>(s: &str) -> Result<T> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+fn build_row(r: &AnyRow) -> Result<BuildRow> {
+    let props: String = r.try_get("properties")?;
+    let deps: String = r.try_get("depends_on")?;
+    Ok(BuildRow {
+        id: r.try_get("id")?,
+        request_id: r.try_get("request_id")?,
+        component: r.try_get("component")?,
+        target: r.try_get("target")?,
+        state: parse_state(&r.try_get::<String, _>("state")?)?,
+        reason: r.try_get("reason")?,
+        requested_at: r.try_get("requested_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        requested_by: r.try_get("requested_by")?,
+        worker: r.try_get("worker")?,
+        attempt: r.try_get("attempt")?,
+        properties: serde_json::from_str(&props)
+            .map_err(|e| StoreError::Corrupt(format!("properties: {e}")))?,
+        depends_on: serde_json::from_str(&deps)
+            .map_err(|e| StoreError::Corrupt(format!("depends_on: {e}")))?,
+    })
+}
+
+fn step_row(r: &AnyRow) -> Result<StepRow> {
+    let exit: Option<i64> = r.try_get("exit_code")?;
+    Ok(StepRow {
+        build_id: r.try_get("build_id")?,
+        idx: r.try_get("idx")?,
+        name: r.try_get("name")?,
+        state: parse_state(&r.try_get::<String, _>("state")?)?,
+        exit_code: exit.and_then(|e| i32::try_from(e).ok()),
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        log_size: r.try_get("log_size")?,
+    })
+}

@@ -1,0 +1,291 @@
+//! The store suite: every test runs on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL comes from `KILN_TEST_POSTGRES` (default: the local server's
+//! `test` database, see DEVELOPERS.md); each test gets its own schema,
+//! dropped at the end.
+
+use kiln_core::props::{Properties, Property, PropertySource};
+use kiln_core::{BuildState, StepState};
+use kiln_db::{BuildFilter, NewBuild, Store};
+use std::future::Future;
+
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn on_both<F, Fut>(test: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kiln.db").display());
+    let store = Store::open(&url).await.expect("open sqlite store");
+    test(store.clone()).await;
+    store.close().await;
+
+    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_string());
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("random");
+    let schema = format!("kiln_test_{}", hex::encode(raw));
+    let admin = Store::connect(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {base} is needed for the store suite (see DEVELOPERS.md): {e}")
+    });
+    admin
+        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let store = Store::open(&url).await.expect("open postgres store");
+    test(store.clone()).await;
+    store.close().await;
+    admin
+        .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+    admin.close().await;
+}
+
+fn props(pairs: &[(&str, &str)]) -> Properties {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Property {
+                    value: v.to_string(),
+                    source: PropertySource::Request,
+                },
+            )
+        })
+        .collect()
+}
+
+fn new_build(component: &str, target: &str, deps: &[usize]) -> NewBuild {
+    NewBuild {
+        component: component.into(),
+        target: target.into(),
+        properties: props(&[("release", "true")]),
+        depends_on: deps.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent() {
+    on_both(|s| async move {
+        assert_eq!(s.schema_version().await.expect("version"), 1);
+        assert_eq!(s.migrate().await.expect("migrate again"), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_stores_its_builds_and_dependencies() {
+    on_both(|s| async move {
+        let (req, ids) = s
+            .create_request(
+                1_000,
+                Some("alice"),
+                Some("nightly"),
+                &[new_build("lib", "deb", &[]), new_build("app", "deb", &[0])],
+            )
+            .await
+            .expect("create");
+        assert_eq!(ids.len(), 2);
+        let app = s.build(ids[1]).await.expect("read").expect("exists");
+        assert_eq!(app.request_id, req);
+        assert_eq!(app.depends_on, vec![ids[0]]);
+        assert_eq!(app.state, BuildState::Queued);
+        assert_eq!(app.requested_by.as_deref(), Some("alice"));
+        assert_eq!(app.properties, props(&[("release", "true")]));
+        assert_eq!(app.attempt, 0);
+        assert!(s.build(ids[1] + 100).await.expect("read").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_build_is_claimed_exactly_once() {
+    on_both(|s| async move {
+        let (_, ids) = s
+            .create_request(1, None, None, &[new_build("a", "t", &[])])
+            .await
+            .expect("create");
+        let id = ids[0];
+        let steps = vec!["compile".to_string(), "test".to_string()];
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let s = s.clone();
+            let steps = steps.clone();
+            tasks.push(tokio::spawn(async move {
+                s.claim(id, &format!("w{w}"), 2, &steps)
+                    .await
+                    .expect("claim")
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            if t.await.expect("join") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1);
+        let b = s.build(id).await.expect("read").expect("exists");
+        assert_eq!(b.state, BuildState::Running);
+        assert_eq!(b.attempt, 1);
+        assert_eq!(b.started_at, Some(2));
+        let st = s.steps(id).await.expect("steps");
+        assert_eq!(
+            st.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+            ["compile", "test"]
+        );
+        assert!(st.iter().all(|x| x.state == StepState::Pending));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn state_changes_follow_the_state_machine() {
+    on_both(|s| async move {
+        let (_, ids) = s
+            .create_request(
+                1,
+                None,
+                None,
+                &[new_build("a", "t", &[]), new_build("b", "t", &[])],
+            )
+            .await
+            .expect("create");
+        // A queued build cannot succeed without running.
+        assert!(!s
+            .finish(ids[0], BuildState::Succeeded, None, 5)
+            .await
+            .expect("finish"));
+        assert!(s
+            .claim(ids[0], "w", 2, &["one".into(), "two".into()])
+            .await
+            .expect("claim"));
+        s.step_started(ids[0], 0, 3).await.expect("step start");
+        s.step_finished(ids[0], 0, StepState::Failed, Some(2), 4, 17)
+            .await
+            .expect("step end");
+        assert!(s
+            .finish(ids[0], BuildState::Failed, Some("step one failed"), 5)
+            .await
+            .expect("finish"));
+        assert!(!s
+            .finish(ids[0], BuildState::Succeeded, None, 6)
+            .await
+            .expect("finish twice"));
+        let b = s.build(ids[0]).await.expect("read").expect("exists");
+        assert_eq!(
+            (b.state, b.reason.as_deref(), b.finished_at),
+            (BuildState::Failed, Some("step one failed"), Some(5))
+        );
+        let st = s.steps(ids[0]).await.expect("steps");
+        assert_eq!(
+            (st[0].state, st[0].exit_code, st[0].log_size),
+            (StepState::Failed, Some(2), 17)
+        );
+        assert_eq!((st[1].state, st[1].started_at), (StepState::Skipped, None));
+        // A queued build can be cancelled, and then not claimed.
+        assert!(s
+            .finish(ids[1], BuildState::Cancelled, None, 7)
+            .await
+            .expect("cancel"));
+        assert!(!s.claim(ids[1], "w", 8, &[]).await.expect("claim"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_requeued_build_runs_again_with_a_new_attempt() {
+    on_both(|s| async move {
+        let (_, ids) = s
+            .create_request(1, None, None, &[new_build("a", "t", &[])])
+            .await
+            .expect("create");
+        assert!(s
+            .claim(ids[0], "w1", 2, &["s".into()])
+            .await
+            .expect("claim"));
+        s.step_started(ids[0], 0, 3).await.expect("started");
+        assert!(s.requeue(ids[0], "worker w1 lost").await.expect("requeue"));
+        assert!(!s.requeue(ids[0], "again").await.expect("requeue twice"));
+        let b = s.build(ids[0]).await.expect("read").expect("exists");
+        assert_eq!((b.state, b.worker.as_deref()), (BuildState::Queued, None));
+        assert!(s.steps(ids[0]).await.expect("steps").is_empty());
+        assert!(s
+            .claim(ids[0], "w2", 4, &["s".into()])
+            .await
+            .expect("claim"));
+        let b = s.build(ids[0]).await.expect("read").expect("exists");
+        assert_eq!((b.attempt, b.worker.as_deref()), (2, Some("w2")));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages_newest_first() {
+    on_both(|s| async move {
+        let builds: Vec<NewBuild> = (0..25)
+            .map(|i| new_build(if i % 2 == 0 { "even" } else { "odd" }, "t", &[]))
+            .collect();
+        let (_, ids) = s
+            .create_request(1, None, None, &builds)
+            .await
+            .expect("create");
+        assert!(s.claim(ids[3], "w", 2, &[]).await.expect("claim"));
+        let page = s
+            .list_builds(&BuildFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.len(), 10);
+        assert_eq!(page[0].id, ids[24]);
+        let next = s
+            .list_builds(&BuildFilter {
+                limit: 10,
+                before: Some(page[9].id),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(next[0].id, ids[14]);
+        let odd = s
+            .list_builds(&BuildFilter {
+                component: Some("odd".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(odd.len(), 12);
+        let running = s
+            .list_builds(&BuildFilter {
+                state: Some(BuildState::Running),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(running.iter().map(|b| b.id).collect::<Vec<_>>(), [ids[3]]);
+        assert_eq!(s.unfinished_builds().await.expect("unfinished").len(), 25);
+        let stats = s.builder_stats().await.expect("stats");
+        let odd_stats = stats
+            .iter()
+            .find(|x| x.component == "odd")
+            .expect("odd builder");
+        assert_eq!(
+            (odd_stats.queued, odd_stats.running, odd_stats.last_build_id),
+            (11, 1, ids[23])
+        );
+        let states = s.states(&[ids[3], ids[4]]).await.expect("states");
+        assert!(
+            states.contains(&(ids[3], BuildState::Running))
+                && states.contains(&(ids[4], BuildState::Queued))
+        );
+    })
+    .await;
+}

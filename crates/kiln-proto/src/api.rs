@@ -1,0 +1,142 @@
+//! Objects of the JSON API under `/api/v1`, as the master serves them and
+//! `kiln-client` reads them. Times are RFC 3339 strings in UTC.
+
+use kiln_core::props::PropertySource;
+use kiln_core::{BuildState, StepState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Build {
+    pub id: i64,
+    /// Builds asked for together share a request.
+    pub request_id: i64,
+    pub component: String,
+    pub target: String,
+    #[schema(value_type = String, example = "running")]
+    pub state: BuildState,
+    /// Why the build ended as it did, when there is more to say than its state.
+    pub reason: Option<String>,
+    pub requested_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Who or what asked for the build.
+    pub requested_by: Option<String>,
+    pub worker: Option<String>,
+    /// How many times the build was dispatched (above 1 after a lost worker).
+    pub attempt: i64,
+    /// Builds of the same request this one waits for.
+    pub depends_on: Vec<i64>,
+    pub properties: BTreeMap<String, PropertyValue>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PropertyValue {
+    pub value: String,
+    #[schema(value_type = String, example = "request")]
+    pub source: PropertySource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Step {
+    pub index: i64,
+    pub name: String,
+    #[schema(value_type = String, example = "succeeded")]
+    pub state: StepState,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Bytes of log stored so far.
+    pub log_size: i64,
+}
+
+/// Body of `POST /api/v1/builds`, the same options as `kiln build`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequestBody {
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Restrict to these targets. Empty: each component's every target.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Every target of each component (the default when `targets` is empty).
+    #[serde(default)]
+    pub all_targets: bool,
+    /// Every component of the farm.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// A note on why, shown with the request.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildRequestCreated {
+    pub request_id: i64,
+    pub builds: Vec<Build>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildPage {
+    pub builds: Vec<Build>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// A piece of a step's log, from `offset` (in bytes) on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogChunk {
+    pub build_id: i64,
+    pub step: String,
+    pub offset: u64,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    pub data: String,
+    /// The step has finished and `next_offset` is the end of its log.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub connected: bool,
+    pub targets: Vec<String>,
+    pub slots: i64,
+    pub running: Vec<i64>,
+    pub last_seen: Option<String>,
+    pub version: Option<String>,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuilderInfo {
+    pub component: String,
+    pub target: String,
+    pub family: String,
+    pub last_build_id: Option<i64>,
+    #[schema(value_type = Option<String>)]
+    pub last_state: Option<BuildState>,
+    pub queued: i64,
+    pub running: i64,
+    /// Connected workers that serve this builder's target.
+    pub workers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub version: String,
+    /// Increases by one on every config (re)load that took effect.
+    pub config_generation: u64,
+    pub builders: i64,
+    pub workers_connected: i64,
+}
+
+/// Every error response has this body, with a status code that says the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}

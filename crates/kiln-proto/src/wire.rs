@@ -1,0 +1,162 @@
+//! The master↔worker protocol.
+//!
+//! A worker dials the master's worker port (so it works behind NAT) and the
+//! two exchange frames: a 4-byte big-endian length, then a JSON message
+//! ([`WorkerMsg`] one way, [`MasterMsg`] the other). The stream may be TLS.
+//!
+//! A session: the worker sends `Hello` (name, token, targets, slots, the
+//! builds it is still running and results not yet acknowledged); the master
+//! answers `Welcome` (which running builds to keep, which to abandon) or
+//! `Refused`. Then the master sends `Assign`/`Cancel`, and the worker reports
+//! steps, log output and results, and a `Heartbeat` when otherwise silent.
+//! The master acknowledges each `BuildFinished`; the worker keeps a result
+//! until then, and re-sends it after a reconnect.
+
+use bytes::Bytes;
+use kiln_core::{BuildState, StepState};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tokio_util::codec::LengthDelimitedCodec;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts (a job carries its source archive).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMsg {
+    Hello(Hello),
+    Heartbeat,
+    StepStarted {
+        build_id: i64,
+        step: u32,
+    },
+    Log {
+        build_id: i64,
+        step: u32,
+        offset: u64,
+        data: String,
+    },
+    StepFinished(StepResult),
+    BuildFinished(BuildResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub name: String,
+    pub token: String,
+    pub targets: Vec<String>,
+    pub slots: u32,
+    pub version: String,
+    /// Builds this worker is running now (after a reconnect).
+    pub running: Vec<i64>,
+    /// Finished builds whose results the master has not acknowledged.
+    pub unacked: Vec<BuildResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub build_id: i64,
+    pub step: u32,
+    pub state: StepState,
+    pub exit_code: Option<i32>,
+    /// Set by a `set_property` step: the name and the trimmed stdout.
+    pub property: Option<(String, String)>,
+    /// Why the step ended as it did, e.g. "timed out after 15m".
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub build_id: i64,
+    pub state: BuildState,
+    pub reason: Option<String>,
+    /// Every step's final result, so the master can reconcile what it missed.
+    pub steps: Vec<StepResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MasterMsg {
+    Welcome {
+        heartbeat_ms: u64,
+        abandon: Vec<i64>,
+    },
+    Refused {
+        reason: String,
+    },
+    Assign(Box<Job>),
+    Cancel {
+        build_id: i64,
+    },
+    Ack {
+        build_id: i64,
+    },
+}
+
+/// Everything a worker needs to run a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub build_id: i64,
+    pub component: String,
+    pub target: String,
+    pub properties: BTreeMap<String, String>,
+    pub steps: Vec<JobStep>,
+    /// The component's source tree as a gzipped tar, base64-encoded.
+    pub source_tgz: Option<String>,
+    pub kill_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStep {
+    pub name: String,
+    pub run: String,
+    pub set_property: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub env: BTreeMap<String, String>,
+    pub halt_on_failure: bool,
+    pub always_run: bool,
+}
+
+/// The framing both sides use.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed protocol message: {0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    // Serializing these plain data types cannot fail: every map key is a string.
+    Bytes::from(serde_json::to_vec(msg).unwrap_or_default())
+}
+
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
+    Ok(serde_json::from_slice(frame)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = WorkerMsg::Log {
+            build_id: 7,
+            step: 1,
+            offset: 10,
+            data: "hé\n".into(),
+        };
+        let back: WorkerMsg = decode(&encode(&m)).expect("decodes");
+        assert_eq!(back, m);
+        let text =
+            String::from_utf8(encode(&MasterMsg::Cancel { build_id: 3 }).to_vec()).expect("utf8");
+        assert_eq!(text, r#"{"type":"cancel","build_id":3}"#);
+        assert!(decode::<MasterMsg>(b"{\"type\":\"explode\"}").is_err());
+    }
+}
