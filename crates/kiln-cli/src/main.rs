@@ -1,1 +1,247 @@
-fn main() {}
+//! `kiln`: the one binary. `kiln master` and `kiln worker` run the farm;
+//! the other commands talk to a master over its HTTP API.
+
+mod client_cmds;
+mod demo;
+mod follow;
+mod output;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A build farm for Linux packages",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the master is and how to authenticate, for client commands.
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The master's web/API address.
+    #[arg(
+        long,
+        env = "KILN_URL",
+        default_value = "http://127.0.0.1:8010",
+        global = true
+    )]
+    pub url: String,
+    /// File holding an API token (the master writes DATA_DIR/admin.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON for scripts instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Remote {
+    pub fn client(&self) -> anyhow::Result<kiln_client::Client> {
+        let token = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the token file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        Ok(kiln_client::Client::new(&self.url, token)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master in the foreground.
+    Master {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a worker that dials the master and builds.
+    Worker {
+        /// The master's worker port, HOST:PORT.
+        #[arg(long)]
+        master: String,
+        #[arg(long)]
+        name: String,
+        /// File holding this worker's token (as named in the master's config).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Targets this worker builds, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        targets: Vec<String>,
+        /// Builds run at once.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Where builds run.
+        #[arg(long, default_value = "kiln-worker")]
+        workdir: PathBuf,
+        /// Connect over TLS, trusting this CA certificate (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+    },
+    /// Check a farm config; print every problem as file:line:col.
+    Checkconfig { config: PathBuf },
+    /// Apply database migrations and exit.
+    Upgrade {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Request builds.
+    Build(client_cmds::BuildArgs),
+    /// List builds, newest first.
+    Builds(client_cmds::BuildsArgs),
+    /// Show one build with its steps and properties.
+    Show {
+        build: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a build's log (all steps, or one).
+    Log(client_cmds::LogArgs),
+    /// Cancel a queued or running build.
+    Cancel {
+        build: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List workers.
+    Workers {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start a demo farm (master + two workers) and build the example components.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let default = match cli.command {
+            Command::Master { .. } | Command::Worker { .. } => "info",
+            _ => "warn",
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Master { config } => {
+            let mut m = kiln_master::start(&config).await?;
+            eprintln!(
+                "kiln master: web and API on http://{}, workers on {}",
+                m.http_addr, m.worker_addr
+            );
+            eprintln!(
+                "kiln master: admin token in {}",
+                m.admin_token_path.display()
+            );
+            tokio::select! {
+                _ = m.wait() => anyhow::bail!("the master stopped unexpectedly"),
+                _ = shutdown_signal() => {
+                    eprintln!("kiln master: shutting down; running builds continue on their workers");
+                    m.shutdown().await;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker {
+            master,
+            name,
+            token_file,
+            targets,
+            slots,
+            workdir,
+            tls_ca,
+        } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("cannot read the token file {}", token_file.display()))?
+                .trim()
+                .to_string();
+            let opts = kiln_worker::WorkerOptions {
+                master,
+                name,
+                token,
+                targets,
+                slots: slots.max(1),
+                workdir,
+                tls_ca,
+            };
+            tokio::select! {
+                r = kiln_worker::run(opts) => r?,
+                _ = shutdown_signal() => eprintln!("kiln worker: shutting down"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkconfig { config } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("cannot read {}", config.display()))?;
+            match kiln_core::config::parse(&text) {
+                Ok(cfg) => {
+                    let builders = kiln_core::matrix::builders(&cfg).count();
+                    println!(
+                        "config is good: {} components × {} targets = {builders} builders, {} workers",
+                        cfg.components.len(),
+                        cfg.targets.len(),
+                        cfg.workers.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{}", e.render(&config.display().to_string()));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Upgrade { config } => {
+            let n = kiln_master::upgrade(&config).await?;
+            println!("applied {n} migration(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => client_cmds::build(args).await,
+        Command::Builds(args) => client_cmds::builds(args).await,
+        Command::Show { build, remote } => client_cmds::show(build, &remote).await,
+        Command::Log(args) => client_cmds::log(args).await,
+        Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
+        Command::Workers { remote } => client_cmds::workers(&remote).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,155 @@
-//! kiln-client
+//! A typed client for the kiln master's JSON API, used by the `kiln` CLI,
+//! the demo, the benchmark and the integration tests.
+
+use kiln_proto::api::{
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk,
+    Status, WorkerInfo,
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the master at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from the master: {0}")]
+    Decode(String),
+    #[error("this command needs a token: pass --token-file FILE or set KILN_TOKEN (the master wrote one to DATA_DIR/admin.token)")]
+    NoToken,
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Filters for [`Client::builds`].
+#[derive(Debug, Clone, Default)]
+pub struct BuildQuery {
+    pub state: Option<String>,
+    pub component: Option<String>,
+    pub target: Option<String>,
+    pub request: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<String>) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                source: e,
+            })?;
+        Ok(Client {
+            base: url.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e,
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e,
+        })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.base))
+    }
+
+    fn post(&self, path: &str) -> Result<reqwest::RequestBuilder> {
+        let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token))
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.send(self.get("/api/v1/status")).await
+    }
+
+    pub async fn create_builds(&self, body: &BuildRequestBody) -> Result<BuildRequestCreated> {
+        self.send(self.post("/api/v1/builds")?.json(body)).await
+    }
+
+    pub async fn builds(&self, q: &BuildQuery) -> Result<BuildPage> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = &q.state {
+            params.push(("state", s.clone()));
+        }
+        if let Some(c) = &q.component {
+            params.push(("component", c.clone()));
+        }
+        if let Some(t) = &q.target {
+            params.push(("target", t.clone()));
+        }
+        if let Some(r) = q.request {
+            params.push(("request", r.to_string()));
+        }
+        if let Some(b) = q.before {
+            params.push(("before", b.to_string()));
+        }
+        if let Some(l) = q.limit {
+            params.push(("limit", l.to_string()));
+        }
+        self.send(self.get("/api/v1/builds").query(&params)).await
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Build> {
+        self.send(self.get(&format!("/api/v1/builds/{id}"))).await
+    }
+
+    pub async fn cancel(&self, id: i64) -> Result<Build> {
+        self.send(self.post(&format!("/api/v1/builds/{id}/cancel"))?)
+            .await
+    }
+
+    pub async fn log(&self, id: i64, step: &str, offset: u64) -> Result<LogChunk> {
+        let step = step.replace('/', "%2F");
+        self.send(
+            self.get(&format!("/api/v1/builds/{id}/steps/{step}/log"))
+                .query(&[("offset", offset)]),
+        )
+        .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.send(self.get("/api/v1/workers")).await
+    }
+
+    pub async fn builders(&self) -> Result<Vec<BuilderInfo>> {
+        self.send(self.get("/api/v1/builders")).await
+    }
+}

@@ -518,12 +518,14 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
         }
         m.database = Some(db);
     }
+    let errors_before = r.diags.len();
     if let Some(d) = duration_key(r, tbl, "worker_timeout", "[master]") {
         m.worker_timeout = d;
     }
     if let Some(d) = duration_key(r, tbl, "heartbeat", "[master]") {
         m.heartbeat = d;
     }
+    let timings_ok = r.diags.len() == errors_before;
     if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
         m.kill_grace = d;
     }
@@ -545,7 +547,7 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
             None => r.err(&span, "`worker_tls` must be a table with `cert` and `key`"),
         }
     }
-    if m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout {
+    if timings_ok && (m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout) {
         r.err(
             &span,
             "`heartbeat` must be shorter than `worker_timeout` and above zero",

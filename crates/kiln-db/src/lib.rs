@@ -513,6 +513,17 @@ impl Store {
         rows.iter().map(build_row).collect()
     }
 
+    /// The builds of one request, in the order they were planned.
+    pub async fn request_builds(&self, request_id: i64) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE request_id = $1 ORDER BY id"
+        ))
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_row).collect()
+    }
+
     /// Every build that is queued or running, oldest first.
     pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
         let mut out = Vec::new();

@@ -1,1 +1,384 @@
-//! kiln-testing
+//! The test harness: a farm of real `kiln master` and `kiln worker`
+//! processes on free loopback ports, in a temporary directory that is
+//! removed afterwards. Every process a `Farm` starts, it stops (also when a
+//! test fails). Waits are bounded polls of the API, never bare sleeps.
+
+use anyhow::{bail, Context};
+use kiln_client::Client;
+use kiln_proto::api::Build;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound once, then released for the process to take).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub config: PathBuf,
+    pub http: SocketAddr,
+    pub worker_port: SocketAddr,
+    master: Option<Child>,
+    master_runs: u32,
+    workers: HashMap<String, Child>,
+}
+
+/// Default master settings for tests: short timeouts so lost workers are
+/// noticed quickly.
+pub const TEST_MASTER_EXTRA: &str =
+    "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\n";
+
+impl Farm {
+    /// Writes `config` (its `[master]` listen addresses replaced by free
+    /// ports, the test timeouts added), a token file per `[[worker]]`, and the
+    /// given source files.
+    pub fn new(bin: &Path, config: &str, sources: &[(&str, &str)]) -> Farm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = free_addr();
+        let worker_port = free_addr();
+        let mut text = String::new();
+        let mut in_master = false;
+        for line in config.lines() {
+            let t = line.trim_start();
+            if t.starts_with('[') {
+                in_master = t.starts_with("[master]");
+            }
+            if in_master && (t.starts_with("listen") || t.starts_with("worker_listen")) {
+                continue;
+            }
+            text.push_str(line);
+            text.push('\n');
+            if t.starts_with("[master]") {
+                text.push_str(&format!(
+                    "listen = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}"
+                ));
+            }
+        }
+        if !config.contains("[master]") {
+            text = format!("[master]\nlisten = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}\n{text}");
+        }
+        let config_path = dir.path().join("farm.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
+        for (i, line) in text.lines().enumerate() {
+            if let Some(rest) = line.trim().strip_prefix("token_file = \"") {
+                let file = rest.split('"').next().unwrap_or_default();
+                std::fs::write(
+                    dir.path().join(file),
+                    format!("worker-token-{i}-{}\n", std::process::id()),
+                )
+                .expect("write token");
+            }
+        }
+        for (path, content) in sources {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("source dir");
+            std::fs::write(&p, content).expect("write source");
+        }
+        Farm {
+            dir,
+            bin: bin.to_path_buf(),
+            config: config_path,
+            http,
+            worker_port,
+            master: None,
+            master_runs: 0,
+            workers: HashMap::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.path("data/admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url(), Some(self.admin_token())).expect("client")
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url(), None).expect("client")
+    }
+
+    /// The master's log so far (all its runs).
+    pub fn master_log(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.master_runs {
+            out.push_str(
+                &std::fs::read_to_string(self.path(&format!("master-{i}.log"))).unwrap_or_default(),
+            );
+        }
+        out
+    }
+
+    /// A `kiln` command with the farm's URL and admin token in its environment.
+    pub fn kiln(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("KILN_URL", self.url()).env("RUST_LOG", "warn");
+        if self.path("data/admin.token").exists() {
+            c.env("KILN_TOKEN", self.admin_token());
+        }
+        c
+    }
+
+    /// Starts `kiln master` and waits until its API answers.
+    pub async fn start_master(&mut self) {
+        self.master_runs += 1;
+        let log = std::fs::File::create(self.path(&format!("master-{}.log", self.master_runs)))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("master")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kiln master");
+        self.master = Some(child);
+        let client = Client::new(&self.url(), None).expect("client");
+        let ok = wait_for(Duration::from_secs(30), || async {
+            client.status().await.is_ok()
+        })
+        .await;
+        if !ok {
+            panic!("the master did not come up:\n{}", self.master_log());
+        }
+    }
+
+    /// `kill -9` of the master.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_worker(&mut self, name: &str, targets: &[&str], slots: u32) {
+        let token_file = self.path(&format!("secrets/{name}.token"));
+        let log =
+            std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("worker")
+            .arg("--master")
+            .arg(self.worker_port.to_string())
+            .arg("--name")
+            .arg(name)
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--targets")
+            .arg(targets.join(","))
+            .arg("--slots")
+            .arg(slots.to_string())
+            .arg("--workdir")
+            .arg(self.path(&format!("workers/{name}")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kiln worker");
+        self.workers.insert(name.to_string(), child);
+    }
+
+    /// `kill -9` of a worker.
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some(mut c) = self.workers.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn worker_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("worker-{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until exactly these workers are connected.
+    pub async fn wait_for_workers(&self, names: &[&str]) {
+        let client = self.anonymous();
+        let ok = wait_for(Duration::from_secs(30), || async {
+            let Ok(ws) = client.workers().await else {
+                return false;
+            };
+            names
+                .iter()
+                .all(|n| ws.iter().any(|w| &w.name == n && w.connected))
+        })
+        .await;
+        assert!(
+            ok,
+            "workers {names:?} did not connect:\n{}",
+            self.master_log()
+        );
+    }
+
+    /// Waits for a build to finish and returns it.
+    pub async fn wait_finished(&self, id: i64, within: Duration) -> Build {
+        let client = self.anonymous();
+        let deadline = Instant::now() + within;
+        loop {
+            match client.build(id).await {
+                Ok(b) if b.state.is_finished() => return b,
+                Ok(b) if Instant::now() > deadline => {
+                    panic!(
+                        "build {id} did not finish within {within:?}: {b:?}\n{}",
+                        self.master_log()
+                    )
+                }
+                Err(e) if Instant::now() > deadline => panic!("cannot read build {id}: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Waits until `check` holds for the build.
+    pub async fn wait_build(
+        &self,
+        id: i64,
+        within: Duration,
+        check: impl Fn(&Build) -> bool,
+    ) -> Build {
+        let client = self.anonymous();
+        let deadline = Instant::now() + within;
+        loop {
+            let b = client.build(id).await.expect("read build");
+            if check(&b) {
+                return b;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "build {id} never reached the expected state: {b:?}\n{}",
+                    self.master_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGHUP to the master.
+    pub fn hup_master(&self) {
+        if let Some(c) = &self.master {
+            signal(c.id() as i32, libc::SIGHUP);
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with plain integers.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        // Workers get SIGTERM first so they stop their builds' processes.
+        for c in self.workers.values() {
+            signal(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, mut c) in self.workers.drain() {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_master();
+        // Whatever a `kill -9`ed worker of this farm left behind.
+        for pid in processes_with_env("KILN_WORKER_DIR=", &self.dir.path().display().to_string()) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Pids of processes with an environment variable `prefix...` whose value
+/// starts with `value_prefix` (after the `=`).
+fn processes_with_env(prefix: &str, value_prefix: &str) -> Vec<i32> {
+    let needle = format!("{prefix}{value_prefix}");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(needle.as_bytes()))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `check` until it holds or `within` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Farm {
+    /// Processes of this farm's workers that belong to a build: what is
+    /// left of its steps.
+    pub fn build_processes(&self, build_id: i64) -> Vec<i32> {
+        let mine = processes_with_env("KILN_WORKER_DIR=", &self.dir.path().display().to_string());
+        mine.into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| kv == format!("KILN_BUILD_ID={build_id}").as_bytes())
+                })
+            })
+            .collect()
+    }
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> anyhow::Result<(i32, String, String)> {
+    let out = cmd.output().context("cannot run command")?;
+    let code = match out.status.code() {
+        Some(c) => c,
+        None => bail!("command killed by a signal"),
+    };
+    Ok((
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

@@ -1,1 +1,305 @@
-//! kiln-worker
+//! The kiln worker: dials the master (so it works behind NAT), says which
+//! targets it builds, runs the builds it is given and reports back.
+//!
+//! The worker holds no long-term state. Across a lost connection it keeps
+//! running its builds, buffers what it has to say, and reconnects with
+//! backoff; a finished build's result is kept until the master acknowledges
+//! it. Policy (what runs where, retries) is the master's.
+
+mod process;
+mod runner;
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use kiln_proto::wire::{self, BuildResult, Hello, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls;
+use tokio_util::codec::Framed;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The master's worker port, `HOST:PORT`.
+    pub master: String,
+    pub name: String,
+    pub token: String,
+    pub targets: Vec<String>,
+    pub slots: u32,
+    pub workdir: PathBuf,
+    /// Connect with TLS, trusting this CA certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+}
+
+struct RunningBuild {
+    cancel: watch::Sender<bool>,
+    /// Set when the master told us to drop the build: its result is not sent.
+    abandoned: Arc<Mutex<bool>>,
+}
+
+struct State {
+    running: HashMap<i64, RunningBuild>,
+    /// Results not yet acknowledged by the master.
+    unacked: HashMap<i64, BuildResult>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the worker until a fatal error (refused by the master).
+pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
+    let workdir = std::path::absolute(&opts.workdir).context("cannot resolve the work dir")?;
+    std::fs::create_dir_all(workdir.join("builds"))
+        .with_context(|| format!("cannot create the work dir {}", workdir.display()))?;
+    clean_leftovers(&workdir);
+    let opts = WorkerOptions { workdir, ..opts };
+    let state: Shared = Arc::new(Mutex::new(State {
+        running: HashMap::new(),
+        unacked: HashMap::new(),
+    }));
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
+    let tls = match &opts.tls_ca {
+        Some(ca) => Some(tls_connector(ca)?),
+        None => None,
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(
+            &opts,
+            tls.clone(),
+            &state,
+            &out_tx,
+            &mut out_rx,
+            &mut backoff,
+        )
+        .await
+        {
+            Ok(()) => tracing::warn!("connection to the master closed; reconnecting"),
+            Err(SessionError::Refused(reason)) => bail!("the master refused this worker: {reason}"),
+            Err(SessionError::Other(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot talk to the master; retrying in {:?}", backoff)
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Kills processes and removes work dirs left by an earlier run of a worker
+/// in this work dir (after a crash or `kill -9`).
+fn clean_leftovers(workdir: &std::path::Path) {
+    let killed = process::kill_leftovers(&workdir.display().to_string());
+    if killed > 0 {
+        tracing::warn!(killed, "killed processes left over from an earlier run");
+    }
+    if let Ok(entries) = std::fs::read_dir(workdir.join("builds")) {
+        for e in entries.flatten() {
+            tracing::warn!(dir = %e.path().display(), "removing a build dir left over from an earlier run");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+enum SessionError {
+    Refused(String),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
+async fn session(
+    opts: &WorkerOptions,
+    tls: Option<tokio_rustls::TlsConnector>,
+    state: &Shared,
+    out_tx: &mpsc::UnboundedSender<WorkerMsg>,
+    out_rx: &mut mpsc::UnboundedReceiver<WorkerMsg>,
+    backoff: &mut Duration,
+) -> Result<(), SessionError> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&opts.master))
+        .await
+        .context("timed out connecting")?
+        .with_context(|| format!("cannot connect to {}", opts.master))?;
+    stream.set_nodelay(true)?;
+    match tls {
+        Some(connector) => {
+            let host = opts
+                .master
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&opts.master);
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .context("invalid master host name for TLS")?;
+            let s = connector
+                .connect(name, stream)
+                .await
+                .context("TLS handshake failed")?;
+            converse(
+                Framed::new(s, wire::codec()),
+                opts,
+                state,
+                out_tx,
+                out_rx,
+                backoff,
+            )
+            .await
+        }
+        None => {
+            converse(
+                Framed::new(stream, wire::codec()),
+                opts,
+                state,
+                out_tx,
+                out_rx,
+                backoff,
+            )
+            .await
+        }
+    }
+}
+
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut framed: Framed<S, tokio_util::codec::LengthDelimitedCodec>,
+    opts: &WorkerOptions,
+    state: &Shared,
+    out_tx: &mpsc::UnboundedSender<WorkerMsg>,
+    out_rx: &mut mpsc::UnboundedReceiver<WorkerMsg>,
+    backoff: &mut Duration,
+) -> Result<(), SessionError> {
+    let hello = {
+        let st = lock(state);
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            name: opts.name.clone(),
+            token: opts.token.clone(),
+            targets: opts.targets.clone(),
+            slots: opts.slots,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            running: st.running.keys().copied().collect(),
+            unacked: st.unacked.values().cloned().collect(),
+        }
+    };
+    framed.send(wire::encode(&WorkerMsg::Hello(hello))).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(30), framed.next())
+        .await
+        .context("no answer to hello")?
+        .context("the master closed the connection")??;
+    let heartbeat = match wire::decode::<MasterMsg>(&reply)? {
+        MasterMsg::Welcome {
+            heartbeat_ms,
+            abandon,
+        } => {
+            for id in abandon {
+                tracing::warn!(
+                    build = id,
+                    "the master gave this build to another worker; stopping it"
+                );
+                if let Some(r) = lock(state).running.get(&id) {
+                    *r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    let _ = r.cancel.send(true);
+                }
+            }
+            Duration::from_millis(heartbeat_ms.max(100))
+        }
+        MasterMsg::Refused { reason } => return Err(SessionError::Refused(reason)),
+        other => {
+            return Err(
+                anyhow::anyhow!("unexpected first message from the master: {other:?}").into(),
+            )
+        }
+    };
+    tracing::info!(master = %opts.master, name = %opts.name, "connected to the master");
+    *backoff = Duration::from_millis(200);
+    let mut beat = tokio::time::interval(heartbeat);
+    loop {
+        tokio::select! {
+            frame = framed.next() => {
+                let Some(frame) = frame else { return Ok(()) };
+                match wire::decode::<MasterMsg>(&frame?)? {
+                    MasterMsg::Assign(job) => start_build(*job, opts, state, out_tx),
+                    MasterMsg::Cancel { build_id } => {
+                        if let Some(r) = lock(state).running.get(&build_id) {
+                            tracing::info!(build = build_id, "cancelling build");
+                            let _ = r.cancel.send(true);
+                        }
+                    }
+                    MasterMsg::Ack { build_id } => {
+                        lock(state).unacked.remove(&build_id);
+                    }
+                    MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {}
+                }
+            }
+            Some(msg) = out_rx.recv() => framed.send(wire::encode(&msg)).await?,
+            _ = beat.tick() => framed.send(wire::encode(&WorkerMsg::Heartbeat)).await?,
+        }
+    }
+}
+
+fn start_build(
+    job: kiln_proto::wire::Job,
+    opts: &WorkerOptions,
+    state: &Shared,
+    out_tx: &mpsc::UnboundedSender<WorkerMsg>,
+) {
+    let id = job.build_id;
+    if lock(state).running.contains_key(&id) {
+        return;
+    }
+    tracing::info!(build = id, component = %job.component, target = %job.target, "starting build");
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let abandoned = Arc::new(Mutex::new(false));
+    lock(state).running.insert(
+        id,
+        RunningBuild {
+            cancel: cancel_tx,
+            abandoned: abandoned.clone(),
+        },
+    );
+    let ctx = runner::BuildContext {
+        worker_dir: opts.workdir.clone(),
+        worker_name: opts.name.clone(),
+        out: out_tx.clone(),
+        cancel: cancel_rx,
+    };
+    let state = state.clone();
+    let out = out_tx.clone();
+    tokio::spawn(async move {
+        let result = runner::run_build(job, ctx).await;
+        tracing::info!(build = id, state = %result.state, "build finished");
+        let mut st = lock(&state);
+        st.running.remove(&id);
+        if !*abandoned.lock().unwrap_or_else(|e| e.into_inner()) {
+            st.unacked.insert(id, result.clone());
+            let _ = out.send(WorkerMsg::BuildFinished(result));
+        }
+    });
+}
+
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::File::open(ca).with_context(|| format!("cannot open {}", ca.display()))?;
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
+        roots.add(cert.with_context(|| format!("cannot read {}", ca.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}

@@ -1,0 +1,292 @@
+//! The client commands: build, builds, show, log, cancel, workers.
+
+use crate::output::{build_line, elapsed, header, human_secs};
+use crate::Remote;
+use anyhow::Context;
+use clap::Args;
+use kiln_client::BuildQuery;
+use kiln_proto::api::BuildRequestBody;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Components to build (in dependency order when several are named).
+    pub components: Vec<String>,
+    /// Only on these targets (repeatable). Default: every target of each component.
+    #[arg(long = "target", short = 't')]
+    pub targets: Vec<String>,
+    /// Every target of each component (the default when no --target is given).
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Every component of the farm.
+    #[arg(long)]
+    pub all: bool,
+    /// A property, KEY=VALUE (repeatable).
+    #[arg(short = 'p', long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+    /// Why: shown with the request.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Follow the builds until they finish; exit non-zero unless all succeed.
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    if args.all && !args.components.is_empty() {
+        anyhow::bail!("name components or use --all, not both");
+    }
+    if args.all_targets && !args.targets.is_empty() {
+        anyhow::bail!("use --target or --all-targets, not both");
+    }
+    let mut properties = BTreeMap::new();
+    for p in &args.properties {
+        let (k, v) =
+            kiln_core::props::parse_assignment(p).map_err(|e| anyhow::anyhow!("-p {p}: {e}"))?;
+        properties.insert(k, v);
+    }
+    let client = args.remote.client()?;
+    let body = BuildRequestBody {
+        components: args.components.clone(),
+        targets: args.targets.clone(),
+        all_targets: args.all_targets,
+        all: args.all,
+        properties,
+        reason: args.reason.clone(),
+    };
+    let created = client.create_builds(&body).await?;
+    if args.remote.json && !args.follow {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.remote.json {
+        for b in &created.builds {
+            println!("{}\t{}\t{}", b.id, b.component, b.target);
+        }
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ok = crate::follow::follow_request(&client, created.request_id, args.remote.json).await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Args)]
+pub struct BuildsArgs {
+    /// queued, running, succeeded, failed, cancelled or skipped
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub component: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client()?;
+    let page = client
+        .builds(&BuildQuery {
+            state: args.state,
+            component: args.component,
+            target: args.target,
+            limit: Some(args.limit),
+            ..Default::default()
+        })
+        .await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&page.builds)?);
+    } else {
+        println!("{}", header());
+        for b in &page.builds {
+            println!("{}", build_line(b));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let b = remote.client()?.build(id).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("build #{}: {} on {}", b.id, b.component, b.target);
+    println!(
+        "  state:        {}{}",
+        b.state,
+        b.reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  requested:    {} by {}",
+        b.requested_at,
+        b.requested_by.as_deref().unwrap_or("-")
+    );
+    if let Some(s) = &b.started_at {
+        println!(
+            "  started:      {s} on {} (attempt {})",
+            b.worker.as_deref().unwrap_or("-"),
+            b.attempt
+        );
+    }
+    if let Some(f) = &b.finished_at {
+        println!("  finished:     {f}");
+    }
+    if !b.depends_on.is_empty() {
+        let deps: Vec<String> = b.depends_on.iter().map(|d| format!("#{d}")).collect();
+        println!("  depends on:   {}", deps.join(", "));
+    }
+    if !b.properties.is_empty() {
+        println!("  properties:");
+        for (k, p) in &b.properties {
+            println!(
+                "    {k} = {} ({})",
+                p.value,
+                serde_json::to_value(p.source)?.as_str().unwrap_or("")
+            );
+        }
+    }
+    if !b.steps.is_empty() {
+        println!("  steps:");
+        for s in &b.steps {
+            let dur = elapsed(s.started_at.as_deref(), s.finished_at.as_deref())
+                .map(human_secs)
+                .unwrap_or_default();
+            let code = s.exit_code.map(|c| format!("exit {c}")).unwrap_or_default();
+            println!(
+                "    {:<20} {:<10} {:>8} {:>8}  {} bytes of log",
+                s.name,
+                s.state.as_str(),
+                dur,
+                code,
+                s.log_size
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct LogArgs {
+    pub build: i64,
+    /// Only this step (name or index).
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Keep printing as the build runs, until it ends.
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
+    let client = args.remote.client()?;
+    let mut b = client.build(args.build).await?;
+    if let Some(s) = &args.step {
+        let known = b.steps.iter().any(|st| &st.name == s || st.index.to_string() == *s);
+        // A queued build has no steps yet; when following, wait for them.
+        let may_appear = args.follow && !b.state.is_finished();
+        if !known && !may_appear {
+            let names: Vec<&str> = b.steps.iter().map(|st| st.name.as_str()).collect();
+            anyhow::bail!(
+                "build {} has no step {s:?}; its steps: {}",
+                b.id,
+                names.join(", ")
+            );
+        }
+    }
+    let mut stdout = std::io::stdout();
+    // Wait for a queued build to start when following.
+    while args.follow && b.steps.is_empty() && !b.state.is_finished() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        b = client.build(args.build).await?;
+    }
+    for step in b.steps.clone() {
+        if let Some(s) = &args.step {
+            if &step.name != s && step.index.to_string() != *s {
+                continue;
+            }
+        }
+        if args.step.is_none() {
+            writeln!(stdout, "── step {} ──", step.name)?;
+        }
+        let mut offset = 0;
+        loop {
+            let chunk = client.log(b.id, &step.index.to_string(), offset).await?;
+            stdout.write_all(chunk.data.as_bytes())?;
+            stdout.flush()?;
+            offset = chunk.next_offset;
+            if chunk.complete || (!args.follow && chunk.data.is_empty()) {
+                break;
+            }
+            if chunk.data.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let nb = client
+                    .build(b.id)
+                    .await
+                    .context("cannot re-read the build")?;
+                let st = nb.steps.iter().find(|s| s.index == step.index);
+                if nb.state.is_finished() && st.is_none_or(|s| offset >= s.log_size as u64) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let b = remote.client()?.cancel(id).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else if b.state.is_finished() {
+        println!("build #{id} {}", b.state);
+    } else {
+        println!("build #{id} is being cancelled");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
+    let ws = remote.client()?.workers().await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&ws)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<12} {:>5} {:<24} {:<30} TARGETS",
+        "NAME", "STATE", "SLOTS", "RUNNING", "LAST SEEN"
+    );
+    for w in ws {
+        let running: Vec<String> = w.running.iter().map(|r| format!("#{r}")).collect();
+        println!(
+            "{:<16} {:<12} {:>5} {:<24} {:<30} {}",
+            w.name,
+            if w.connected { "connected" } else { "away" },
+            w.slots,
+            if running.is_empty() {
+                "-".into()
+            } else {
+                running.join(",")
+            },
+            w.last_seen.as_deref().unwrap_or("never"),
+            w.targets.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

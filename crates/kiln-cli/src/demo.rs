@@ -1,0 +1,169 @@
+//! `kiln demo`: the example farm, running. Writes the example config into a
+//! directory, starts a master and two workers in this process, builds the
+//! example components in dependency order and leaves the farm up.
+
+use anyhow::Context;
+use clap::Args;
+use kiln_proto::api::BuildRequestBody;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const FARM: &str = include_str!("../../../examples/farm.toml");
+const SOURCES: &[(&str, &str)] = &[
+    (
+        "src/libgrace/README",
+        include_str!("../../../examples/src/libgrace/README"),
+    ),
+    (
+        "src/opencore/README",
+        include_str!("../../../examples/src/opencore/README"),
+    ),
+    (
+        "src/slow/README",
+        include_str!("../../../examples/src/slow/README"),
+    ),
+];
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Directory for the demo farm's config, database and logs.
+    #[arg(long, default_value = "kiln-demo")]
+    pub dir: PathBuf,
+    /// Web/API address; a free port is used if this one is taken.
+    #[arg(long, default_value = "127.0.0.1:8010")]
+    pub listen: SocketAddr,
+    /// Worker port; a free port is used if this one is taken.
+    #[arg(long, default_value = "127.0.0.1:9989")]
+    pub worker_listen: SocketAddr,
+    /// Stop once the builds are done instead of keeping the farm up.
+    #[arg(long)]
+    pub exit: bool,
+}
+
+fn usable(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if TcpListener::bind(addr).is_ok() {
+        return Ok(addr);
+    }
+    let l =
+        TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("no free port for the demo")?;
+    Ok(l.local_addr()?)
+}
+
+fn write_secret(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut raw = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir.join("secrets"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let listen = usable(args.listen)?;
+    let worker_listen = usable(args.worker_listen)?;
+    let farm = FARM
+        .replace(
+            "listen = \"127.0.0.1:8010\"",
+            &format!("listen = \"{listen}\""),
+        )
+        .replace(
+            "worker_listen = \"127.0.0.1:9989\"",
+            &format!("worker_listen = \"{worker_listen}\""),
+        );
+    let config = dir.join("farm.toml");
+    std::fs::write(&config, farm).with_context(|| format!("cannot write {}", config.display()))?;
+    for (path, text) in SOURCES {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, text)?;
+    }
+    for w in ["w1", "w2"] {
+        write_secret(&dir.join(format!("secrets/{w}.token")))?;
+    }
+
+    let mut master = kiln_master::start(&config).await?;
+    let url = format!("http://{}", master.http_addr);
+    let targets = vec!["debian-12-amd64".to_string(), "el-9-x86_64".to_string()];
+    let mut workers = tokio::task::JoinSet::new();
+    for w in ["w1", "w2"] {
+        let token = std::fs::read_to_string(dir.join(format!("secrets/{w}.token")))?
+            .trim()
+            .to_string();
+        let opts = kiln_worker::WorkerOptions {
+            master: master.worker_addr.to_string(),
+            name: w.to_string(),
+            token,
+            targets: targets.clone(),
+            slots: 2,
+            workdir: dir.join("workers").join(w),
+            tls_ca: None,
+        };
+        workers.spawn(kiln_worker::run(opts));
+    }
+    let client = kiln_client::Client::new(&url, Some(master.admin_token.clone()))?;
+    // Give the workers a moment to connect, so the first builds spread out.
+    for _ in 0..50 {
+        if client.status().await?.workers_connected == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("kiln demo: master on {url}, two workers connected; building libgrace and opencore (opencore waits for libgrace)");
+    let created = client
+        .create_builds(&BuildRequestBody {
+            components: vec!["libgrace".into(), "opencore".into()],
+            properties: [("release".to_string(), "true".to_string())].into(),
+            reason: Some("kiln demo".into()),
+            ..Default::default()
+        })
+        .await?;
+    let ok = crate::follow::follow_request(&client, created.request_id, false).await?;
+    let token_path = master.admin_token_path.display().to_string();
+    eprintln!();
+    eprintln!("The farm is up at {url}  (JSON API: {url}/api/v1/builds)");
+    eprintln!("Try, in another terminal:");
+    eprintln!("  export KILN_URL={url} KILN_TOKEN=$(cat {token_path})");
+    eprintln!("  kiln builds");
+    eprintln!(
+        "  kiln log {}",
+        created.builds.first().map(|b| b.id).unwrap_or(1)
+    );
+    eprintln!("  kiln build --all -p release=true --follow     # slow takes 10 minutes: try `kiln cancel` on it");
+    if args.exit {
+        master.shutdown().await;
+        workers.shutdown().await;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    eprintln!("Press Ctrl-C to stop.");
+    tokio::select! {
+        _ = crate::shutdown_signal() => {}
+        _ = master.wait() => anyhow::bail!("the master stopped unexpectedly"),
+    }
+    master.shutdown().await;
+    workers.shutdown().await;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

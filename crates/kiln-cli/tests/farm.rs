@@ -1,0 +1,729 @@
+//! End-to-end tests of the core farm: real `kiln master` and `kiln worker`
+//! processes on loopback, driven through the CLI and the HTTP API.
+
+use kiln_core::{BuildState, StepState};
+use kiln_proto::api::BuildRequestBody;
+use kiln_testing::{run, wait_for, Farm};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+const EXAMPLE: &str = include_str!("../../../examples/farm.toml");
+const SOURCES: &[(&str, &str)] = &[
+    ("src/libgrace/README", "libgrace sources\n"),
+    ("src/opencore/README", "opencore sources\n"),
+    ("src/slow/README", "slow sources\n"),
+];
+const BOTH: &[&str] = &["debian-12-amd64", "el-9-x86_64"];
+
+async fn example_farm() -> Farm {
+    let mut farm = Farm::new(KILN.as_ref(), EXAMPLE, SOURCES);
+    farm.start_master().await;
+    farm.start_worker("w1", BOTH, 2);
+    farm.start_worker("w2", BOTH, 2);
+    farm.wait_for_workers(&["w1", "w2"]).await;
+    farm
+}
+
+fn request(components: &[&str], props: &[(&str, &str)]) -> BuildRequestBody {
+    BuildRequestBody {
+        components: components.iter().map(|c| c.to_string()).collect(),
+        properties: props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_properties() {
+    let farm = example_farm().await;
+    let mut ids = Vec::new();
+    // Half through the CLI, half through the API.
+    for i in 0..5 {
+        let (code, out, err) =
+            run(farm
+                .kiln()
+                .args(["build", "libgrace", "-p", &format!("release=cli{i}")]))
+            .expect("kiln build");
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<i64> = out
+            .lines()
+            .map(|l| {
+                l.split('\t')
+                    .next()
+                    .expect("id")
+                    .parse()
+                    .expect("numeric id")
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "one build per target: {out}");
+        ids.extend(lines);
+    }
+    let client = farm.client();
+    for i in 0..5 {
+        let created = client
+            .create_builds(&request(&["libgrace"], &[("release", &format!("api{i}"))]))
+            .await
+            .expect("create");
+        ids.extend(created.builds.iter().map(|b| b.id));
+    }
+    assert_eq!(ids.len(), 20);
+    let mut workers = HashSet::new();
+    let mut targets = HashSet::new();
+    for id in &ids {
+        let b = farm.wait_finished(*id, Duration::from_secs(60)).await;
+        assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+        assert_eq!(b.steps.len(), 3);
+        assert!(b
+            .steps
+            .iter()
+            .all(|s| s.state == StepState::Succeeded && s.exit_code == Some(0)));
+        assert_eq!(b.properties["version"].value, "1.4.2");
+        let release = b.properties["release"].value.clone();
+        let compile = client.log(b.id, "compile", 0).await.expect("log");
+        assert_eq!(
+            compile.data,
+            format!("compiling libgrace for {}\n", b.target)
+        );
+        assert!(compile.complete);
+        let package = client.log(b.id, "package", 0).await.expect("log");
+        assert_eq!(package.data, format!("packaging 1.4.2 release={release}\n"));
+        workers.insert(b.worker.clone().expect("worker"));
+        targets.insert(b.target.clone());
+        assert!(b.started_at.is_some() && b.finished_at.is_some());
+    }
+    assert_eq!(targets.len(), 2);
+    assert_eq!(workers.len(), 2, "both workers took builds");
+
+    // The CLI shows the same in text and JSON.
+    let (code, out, _) =
+        run(farm.kiln().args(["show", &ids[0].to_string(), "--json"])).expect("kiln show");
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["properties"]["version"]["source"], "step");
+    assert_eq!(shown["properties"]["release"]["value"], "cli0");
+    let (code, out, _) = run(farm
+        .kiln()
+        .args(["log", &ids[0].to_string(), "--step", "version"]))
+    .expect("kiln log");
+    assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
+    let (code, out, _) =
+        run(farm
+            .kiln()
+            .args(["builds", "--state", "succeeded", "--limit", "25", "--json"]))
+        .expect("kiln builds");
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.len(), 20);
+    let (code, out, _) = run(farm.kiln().args(["workers"])).expect("kiln workers");
+    assert_eq!(code, 0);
+    assert!(out.contains("w1") && out.contains("connected"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
+    let farm = example_farm().await;
+    let (code, out, err) =
+        run(farm
+            .kiln()
+            .args(["build", "--all", "-p", "release=true", "--json"]))
+        .expect("kiln build --all");
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let builds = created["builds"].as_array().expect("builds");
+    let find = |c: &str, t: &str| {
+        builds
+            .iter()
+            .find(|b| b["component"] == c && b["target"] == t)
+            .and_then(|b| b["id"].as_i64())
+            .expect("build in request")
+    };
+    let (lib_deb, opencore, slow_deb, slow_el) = (
+        find("libgrace", "debian-12-amd64"),
+        find("opencore", "debian-12-amd64"),
+        find("slow", "debian-12-amd64"),
+        find("slow", "el-9-x86_64"),
+    );
+    let lib = farm.wait_finished(lib_deb, Duration::from_secs(30)).await;
+    let oc = farm.wait_finished(opencore, Duration::from_secs(30)).await;
+    assert_eq!(
+        (lib.state, oc.state),
+        (BuildState::Succeeded, BuildState::Succeeded)
+    );
+    assert_eq!(oc.depends_on, vec![lib_deb]);
+    assert!(
+        oc.started_at.as_deref().expect("started") >= lib.finished_at.as_deref().expect("finished"),
+        "opencore started before libgrace finished: {lib:?} {oc:?}"
+    );
+
+    // Both slow builds are running their `sleep 600`: cancel one through the
+    // CLI and one through the API; nothing of them may survive.
+    for id in [slow_deb, slow_el] {
+        farm.wait_build(id, Duration::from_secs(30), |b| {
+            b.steps
+                .first()
+                .is_some_and(|s| s.state == StepState::Running)
+        })
+        .await;
+        assert!(
+            wait_for(Duration::from_secs(10), || async {
+                !farm.build_processes(id).is_empty()
+            })
+            .await,
+            "the step's processes are visible"
+        );
+    }
+    let (code, _, err) =
+        run(farm.kiln().args(["cancel", &slow_deb.to_string()])).expect("kiln cancel");
+    assert_eq!(code, 0, "{err}");
+    farm.client()
+        .cancel(slow_el)
+        .await
+        .expect("cancel through the API");
+    for id in [slow_deb, slow_el] {
+        let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+        assert_eq!(b.state, BuildState::Cancelled);
+        assert_eq!(b.reason.as_deref(), Some("cancelled by admin"));
+        assert_eq!(b.steps[0].state, StepState::Cancelled);
+        assert!(
+            farm.build_processes(id).is_empty(),
+            "processes of build {id} survived: {:?}",
+            farm.build_processes(id)
+        );
+    }
+    // Cancelling a finished build is a conflict, not a crash.
+    let err = farm
+        .client()
+        .cancel(slow_deb)
+        .await
+        .expect_err("already finished");
+    assert!(err.to_string().contains("409"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_dependency_skips_its_dependents_and_always_run_steps_still_run() {
+    let config = r#"
+[master]
+
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "base"
+steps = [
+  { name = "build", run = "echo breaking; exit 3" },
+  { name = "never", run = "echo must not run" },
+  { name = "cleanup", run = "echo cleaned up", always_run = true },
+]
+
+[[component]]
+name = "app"
+depends_on = ["base"]
+steps = [ { name = "build", run = "true" } ]
+
+[[component]]
+name = "tool"
+depends_on = ["app"]
+steps = [ { name = "build", run = "true" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let (code, out, _) =
+        run(farm.kiln().args(["build", "--all", "--follow"])).expect("kiln build --follow");
+    assert_eq!(code, 1, "a failed build makes --follow fail: {out}");
+    let client = farm.client();
+    let page = client.builds(&Default::default()).await.expect("list");
+    let by_name: BTreeMap<String, _> = page
+        .builds
+        .into_iter()
+        .map(|b| (b.component.clone(), b))
+        .collect();
+    let base = &by_name["base"];
+    assert_eq!(base.state, BuildState::Failed);
+    assert_eq!(
+        base.reason.as_deref(),
+        Some("step build failed with exit code 3")
+    );
+    let states: Vec<StepState> = base.steps.iter().map(|s| s.state).collect();
+    assert_eq!(
+        states,
+        [StepState::Failed, StepState::Skipped, StepState::Succeeded]
+    );
+    assert_eq!(
+        client.log(base.id, "cleanup", 0).await.expect("log").data,
+        "cleaned up\n"
+    );
+    assert_eq!(by_name["app"].state, BuildState::Skipped);
+    assert_eq!(
+        by_name["app"].reason.as_deref(),
+        Some("dependency base@t failed")
+    );
+    assert_eq!(by_name["tool"].state, BuildState::Skipped);
+    assert_eq!(
+        by_name["tool"].reason.as_deref(),
+        Some("dependency app@t skipped")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_visible_while_the_step_runs() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "rpm"
+
+[[component]]
+name = "chatty"
+steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e release ]; do sleep 0.05; done; echo second line" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client
+        .create_builds(&request(&["chatty"], &[]))
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    let ok = wait_for(Duration::from_secs(2), || async {
+        client
+            .log(id, "talk", 0)
+            .await
+            .is_ok_and(|c| c.data == "first line\n" && !c.complete)
+    })
+    .await;
+    let build = client.build(id).await.expect("build");
+    assert!(
+        ok,
+        "the first line was not visible while running: {build:?}"
+    );
+    assert_eq!(build.state, BuildState::Running);
+    // Let the step finish: it waits for a file in its work dir.
+    let workdir = farm.path(&format!("workers/w1/builds/{id}"));
+    std::fs::write(workdir.join("release"), "").expect("release the step");
+    let b = farm.wait_finished(id, Duration::from_secs(10)).await;
+    assert_eq!(b.state, BuildState::Succeeded);
+    let chunk = client.log(id, "talk", 11).await.expect("log from offset");
+    assert_eq!(
+        (chunk.data.as_str(), chunk.complete, chunk.next_offset),
+        ("second line\n", true, 23)
+    );
+    assert!(!workdir.exists(), "the work dir is removed after the build");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[worker]]
+name = "w2"
+token_file = "secrets/w2.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "job"
+steps = [ { name = "run", run = "echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1.5; echo done" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 1);
+    farm.start_worker("w2", &["t"], 1);
+    farm.wait_for_workers(&["w1", "w2"]).await;
+    let ledger = farm.path("ledger");
+    let client = farm.client();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let created = client
+            .create_builds(&request(
+                &["job"],
+                &[("ledger", ledger.to_str().expect("utf8 path"))],
+            ))
+            .await
+            .expect("create");
+        ids.push(created.builds[0].id);
+    }
+    // Two run, four wait; then the master dies without warning.
+    farm.wait_build(ids[0], Duration::from_secs(10), |b| {
+        b.state == BuildState::Running
+    })
+    .await;
+    farm.kill_master();
+    farm.start_master().await;
+    let client = farm.client();
+    for id in &ids {
+        let b = farm.wait_finished(*id, Duration::from_secs(60)).await;
+        assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+        assert_eq!(client.log(*id, "run", 0).await.expect("log").data, "done\n");
+    }
+    let ran: Vec<i64> = std::fs::read_to_string(&ledger)
+        .expect("ledger")
+        .lines()
+        .map(|l| l.trim().parse().expect("id"))
+        .collect();
+    let mut sorted = ran.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ids, "every build ran exactly once");
+    let first = client.build(ids[0]).await.expect("build");
+    assert_eq!(
+        first.attempt, 1,
+        "the running build was resumed, not restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_build_is_requeued_and_finishes_on_the_other_worker() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[worker]]
+name = "w2"
+token_file = "secrets/w2.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "job"
+steps = [ { name = "run", run = "echo on $KILN_WORKER; sleep 2" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client
+        .create_builds(&request(&["job"], &[]))
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    farm.wait_build(id, Duration::from_secs(10), |b| {
+        b.state == BuildState::Running
+    })
+    .await;
+    farm.start_worker("w2", &["t"], 1);
+    farm.wait_for_workers(&["w2"]).await;
+    farm.kill_worker("w1");
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    assert_eq!(b.worker.as_deref(), Some("w2"));
+    assert_eq!(b.attempt, 2);
+    assert_eq!(client.log(id, "run", 0).await.expect("log").data, "on w2\n");
+    let ws = client.workers().await.expect("workers");
+    assert!(ws.iter().any(|w| w.name == "w1" && !w.connected));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
+    let mut farm = example_farm().await;
+    let client = farm.client();
+    let before = client.status().await.expect("status");
+    assert_eq!(before.builders, 5);
+    // A running build must survive every reload.
+    let slow = client
+        .create_builds(&BuildRequestBody {
+            components: vec!["slow".into()],
+            targets: vec!["el-9-x86_64".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    farm.wait_build(slow, Duration::from_secs(10), |b| {
+        b.state == BuildState::Running
+    })
+    .await;
+
+    let good = std::fs::read_to_string(&farm.config).expect("config")
+        + "\n[[component]]\nname = \"extra\"\nsteps = [ { name = \"hi\", run = \"echo hi from extra\" } ]\n";
+    std::fs::write(&farm.config, &good).expect("write config");
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            client.status().await.is_ok_and(|s| s.builders == 7)
+        })
+        .await
+    );
+    let after_good = client.status().await.expect("status");
+    assert!(after_good.config_generation > before.config_generation);
+    let id = client
+        .create_builds(&request(&["extra"], &[]))
+        .await
+        .expect("the new component builds")
+        .builds[0]
+        .id;
+    assert_eq!(
+        farm.wait_finished(id, Duration::from_secs(30)).await.state,
+        BuildState::Succeeded
+    );
+
+    std::fs::write(
+        &farm.config,
+        good.clone()
+            + "\n[[component]]\nname = \"broken\"\ndepends_on = [\"nothing\"]\nsteps = []\n",
+    )
+    .expect("write bad config");
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            farm.master_log().contains("config reload refused")
+        })
+        .await
+    );
+    let after_bad = client.status().await.expect("status");
+    assert_eq!(after_bad.config_generation, after_good.config_generation);
+    assert_eq!(after_bad.builders, 7);
+    assert!(
+        farm.master_log().contains("unknown component \"nothing\""),
+        "the errors are logged"
+    );
+
+    // SIGHUP reloads too (the good config again).
+    std::fs::write(&farm.config, &good).expect("write config");
+    farm.hup_master();
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            client
+                .status()
+                .await
+                .is_ok_and(|s| s.config_generation > after_bad.config_generation)
+        })
+        .await
+    );
+    let ws = client.workers().await.expect("workers");
+    assert!(
+        ws.iter().all(|w| w.connected),
+        "workers stay connected: {ws:?}"
+    );
+    let b = client.build(slow).await.expect("slow");
+    assert_eq!(
+        b.state,
+        BuildState::Running,
+        "the running build survived the reloads"
+    );
+    client.cancel(slow).await.expect("cancel");
+    farm.wait_finished(slow, Duration::from_secs(20)).await;
+    farm.kill_master();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_rejects_bad_input_clearly() {
+    let farm = example_farm().await;
+    let http = reqwest::Client::new();
+    let url = farm.url();
+    let token = farm.admin_token();
+    let post = |path: &str| http.post(format!("{url}{path}"));
+
+    let r = post("/api/v1/builds")
+        .json(&serde_json::json!({"components": ["libgrace"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401, "no token, no build");
+    let r = post("/api/v1/builds")
+        .bearer_auth("wrong")
+        .json(&serde_json::json!({"components": ["libgrace"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"components\": [")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("invalid JSON"));
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["nope"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("known components: libgrace, opencore, slow"));
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["libgrace"], "targets": ["win-11"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["libgrace"], "properties": {"bad key": "x"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(2 * 1024 * 1024);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 413);
+    let r = http
+        .get(format!("{url}/api/v1/builds/abc"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!("{url}/api/v1/builds/999999"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(format!("{url}/api/v1/builds?state=exploded"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    // Nothing was stored by any of that.
+    assert!(farm
+        .client()
+        .builds(&Default::default())
+        .await
+        .expect("list")
+        .builds
+        .is_empty());
+
+    // The OpenAPI document describes the API.
+    let doc: serde_json::Value = http
+        .get(format!("{url}/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/api/v1/builds",
+        "/api/v1/builds/{id}",
+        "/api/v1/builds/{id}/cancel",
+        "/api/v1/builds/{id}/steps/{step}/log",
+        "/api/v1/workers",
+        "/change_hook/base",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buildbots_base_change_hook_schedules_the_project() {
+    let farm = example_farm().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/change_hook/base", farm.url());
+    let form = [
+        ("project", "libgrace"),
+        ("repository", "https://git.example.org/libgrace.git"),
+        ("branch", "main"),
+        ("revision", "abc123"),
+        ("who", "alice <alice@example.org>"),
+        ("comments", "fix the frobnicator"),
+        ("properties", "{\"release\": \"true\"}"),
+    ];
+    let r = http.post(&url).form(&form).send().await.expect("send");
+    assert_eq!(r.status(), 401, "the hook needs the token");
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .form(&form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let created: serde_json::Value = r.json().await.expect("json");
+    let ids: Vec<i64> = created["builds"]
+        .as_array()
+        .expect("builds")
+        .iter()
+        .map(|b| b["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 2, "all targets of the project");
+    for id in ids {
+        let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+        assert_eq!(b.state, BuildState::Succeeded);
+        assert_eq!(b.properties["release"].value, "true");
+        assert_eq!(b.properties["revision"].value, "abc123");
+        assert!(b.requested_by.as_deref().expect("who").starts_with("alice"));
+        let log = farm.client().log(id, "package", 0).await.expect("log");
+        assert_eq!(log.data, "packaging 1.4.2 release=true\n");
+    }
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .form(&[("project", "nope")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("farm.toml");
+    std::fs::write(&good, EXAMPLE).expect("write");
+    let (code, out, err) = run(std::process::Command::new(KILN)
+        .arg("checkconfig")
+        .arg(&good))
+    .expect("run");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("config is good: 3 components × 2 targets = 5 builders"),
+        "{out}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, EXAMPLE.replace("depends_on = [\"libgrace\"]", "depends_on = [\"libgrace\", \"opencore\"]").replace("name = \"w2\"", "name = \"w1\"") + "\n[[component]]\nname = \"x\"\nflavour = \"sour\"\nsteps = [ { name = \"s\", run = \"true\" } ]\n").expect("write");
+    let (code, _, err) = run(std::process::Command::new(KILN)
+        .arg("checkconfig")
+        .arg(&bad))
+    .expect("run");
+    assert_eq!(code, 1);
+    let file = bad.display().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(
+        lines[0],
+        format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)")
+    );
+    assert_eq!(
+        lines[1],
+        format!("{file}:38:27: component \"opencore\" depends on itself")
+    );
+    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties"));
+}

@@ -1,0 +1,711 @@
+//! The JSON API under `/api/v1`, and Buildbot's base change hook.
+//!
+//! Handlers are thin: they check input and tokens, call the store or the
+//! dispatcher, and shape the answer. Reads are anonymous; every mutation
+//! needs a token (`Authorization: Bearer TOKEN` or `?token=`).
+
+use crate::clock::{now_us, rfc3339};
+use crate::dispatcher::{CancelOutcome, Event};
+use crate::shared::Shared;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use kiln_core::matrix::{self, PlanError, RequestSpec};
+use kiln_core::props::{Properties, Property, PropertySource, MAX_VALUE_LEN};
+use kiln_core::BuildState;
+use kiln_db::{BuildFilter, BuildRow, NewBuild, StepRow};
+use kiln_proto::api::{
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk,
+    PropertyValue, Status, Step, WorkerInfo,
+};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use utoipa::{IntoParams, OpenApi};
+
+/// Largest request body accepted (1 MiB); larger ones get 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+const MAX_PROPERTIES: usize = 100;
+const MAX_LOG_READ: usize = 4 * 1024 * 1024;
+
+type AppState = Arc<Shared>;
+
+pub fn router(shared: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/builds", get(list_builds).post(create_builds))
+        .route("/api/v1/builds/{id}", get(get_build))
+        .route("/api/v1/builds/{id}/cancel", post(cancel_build))
+        .route("/api/v1/builds/{id}/steps/{step}/log", get(step_log))
+        .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/builders", get(list_builders))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/change_hook/base", post(change_hook_base))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such page; the API lives under /api/v1",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kiln",
+        description = "The kiln build farm's JSON API. Reads are anonymous; mutations need a token (Authorization: Bearer TOKEN)."
+    ),
+    paths(
+        status,
+        list_builds,
+        create_builds,
+        get_build,
+        cancel_build,
+        step_log,
+        list_workers,
+        list_builders,
+        change_hook_base
+    ),
+    components(schemas(
+        Build,
+        Step,
+        PropertyValue,
+        BuildPage,
+        BuildRequestBody,
+        BuildRequestCreated,
+        LogChunk,
+        WorkerInfo,
+        BuilderInfo,
+        Status,
+        ErrorBody
+    ))
+)]
+pub struct ApiDoc;
+
+/// An error answer: a status code and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error answering a request");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the master's log has details",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<kiln_db::StoreError> for ApiError {
+    fn from(e: kiln_db::StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), format!("invalid JSON body: {}", r.body_text()))
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        ApiError::new(r.status(), format!("invalid form body: {}", r.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Who made an authenticated request. Extracting it checks the token.
+pub struct Caller(pub String);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let from_header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_string)
+        });
+        let given = from_header.map(str::to_string).or(from_query);
+        match given {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this action needs a token: send `Authorization: Bearer TOKEN`",
+            )),
+            Some(t) if crate::auth::tokens_match(&state.admin_token, &t) => {
+                Ok(Caller("admin".into()))
+            }
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the token is not valid",
+            )),
+        }
+    }
+}
+
+async fn index(State(s): State<AppState>) -> impl IntoResponse {
+    let farm = s.farm();
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>kiln</title>\
+         <h1>kiln</h1><p>{} components, {} targets, {} builders. \
+         JSON API: <a href=/api/v1/builds>/api/v1/builds</a>, \
+         <a href=/api/v1/workers>/api/v1/workers</a>, \
+         <a href=/api/v1/builders>/api/v1/builders</a>, \
+         <a href=/api/v1/openapi.json>OpenAPI</a>.</p>",
+        farm.cfg.components.len(),
+        farm.cfg.targets.len(),
+        matrix::builders(&farm.cfg).count()
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body)
+}
+
+/// The master's version and config generation.
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
+async fn status(State(s): State<AppState>) -> ApiResult<Status> {
+    let farm = s.farm();
+    let connected = s.workers().values().filter(|w| w.connected).count() as i64;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_generation: s.generation(),
+        builders: matrix::builders(&farm.cfg).count() as i64,
+        workers_connected: connected,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// queued, running, succeeded, failed, cancelled or skipped
+    state: Option<String>,
+    component: Option<String>,
+    target: Option<String>,
+    /// Only builds of this request.
+    request: Option<i64>,
+    /// Only builds older than this id (the `next_before` of the previous page).
+    before: Option<i64>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<i64>,
+}
+
+/// Builds, newest first, filtered and paginated.
+#[utoipa::path(get, path = "/api/v1/builds", params(ListQuery),
+    responses((status = 200, body = BuildPage), (status = 400, body = ErrorBody)))]
+async fn list_builds(
+    State(s): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<BuildPage> {
+    let Query(q) = q.map_err(|e| ApiError::bad(format!("invalid query: {}", e.body_text())))?;
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<BuildState>)
+        .transpose()
+        .map_err(ApiError::bad)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("limit must be between 1 and 1000"));
+    }
+    let rows = match q.request {
+        Some(req) => s.store.request_builds(req).await?,
+        None => {
+            s.store
+                .list_builds(&BuildFilter {
+                    state,
+                    component: q.component,
+                    target: q.target,
+                    before: q.before,
+                    limit,
+                })
+                .await?
+        }
+    };
+    let next_before = if q.request.is_none() && rows.len() as i64 == limit {
+        rows.last().map(|b| b.id)
+    } else {
+        None
+    };
+    let builds = to_api_builds(&s, rows).await?;
+    Ok(Json(BuildPage {
+        builds,
+        next_before,
+    }))
+}
+
+/// Forces builds: the same options as `kiln build`.
+#[utoipa::path(post, path = "/api/v1/builds", request_body = BuildRequestBody,
+    responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "unknown component or target"), (status = 413, body = ErrorBody)),
+    security(("token" = [])))]
+async fn create_builds(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    body: Result<Json<BuildRequestBody>, JsonRejection>,
+) -> ApiResult<BuildRequestCreated> {
+    let Json(body) = body?;
+    let spec = RequestSpec {
+        components: body.components,
+        all: body.all,
+        targets: body.targets,
+    };
+    let props = request_properties(&body.properties, PropertySource::Request)?;
+    let created = submit(&s, &who, body.reason.as_deref(), &spec, props).await?;
+    Ok(Json(created))
+}
+
+fn request_properties(
+    given: &BTreeMap<String, String>,
+    source: PropertySource,
+) -> Result<Properties, ApiError> {
+    if given.len() > MAX_PROPERTIES {
+        return Err(ApiError::bad(format!(
+            "too many properties ({}); at most {MAX_PROPERTIES}",
+            given.len()
+        )));
+    }
+    let mut out = Properties::new();
+    for (k, v) in given {
+        kiln_core::names::check_property_name(k).map_err(ApiError::bad)?;
+        if v.len() > MAX_VALUE_LEN {
+            return Err(ApiError::bad(format!(
+                "property {k:?} is {} bytes long; at most {MAX_VALUE_LEN}",
+                v.len()
+            )));
+        }
+        out.insert(
+            k.clone(),
+            Property {
+                value: v.clone(),
+                source,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Plans a request against the current config, stores it and wakes the dispatcher.
+async fn submit(
+    s: &AppState,
+    who: &str,
+    reason: Option<&str>,
+    spec: &RequestSpec,
+    props: Properties,
+) -> Result<BuildRequestCreated, ApiError> {
+    let farm = s.farm();
+    let plan = matrix::plan(&farm.cfg, spec).map_err(|e| match e {
+        PlanError::UnknownComponent { .. } | PlanError::UnknownTarget { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        _ => ApiError::bad(e.to_string()),
+    })?;
+    let builds: Vec<NewBuild> = plan
+        .into_iter()
+        .map(|p| {
+            let mut properties: Properties = farm
+                .cfg
+                .component(&p.component)
+                .map(|c| {
+                    c.properties
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                Property {
+                                    value: v.clone(),
+                                    source: PropertySource::Config,
+                                },
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            properties.extend(props.clone());
+            NewBuild {
+                component: p.component,
+                target: p.target,
+                properties,
+                depends_on: p.depends_on,
+            }
+        })
+        .collect();
+    let reason = reason.map(|r| r.chars().take(1000).collect::<String>());
+    let (request_id, ids) = s
+        .store
+        .create_request(now_us(), Some(who), reason.as_deref(), &builds)
+        .await?;
+    tracing::info!(
+        request = request_id,
+        builds = ids.len(),
+        by = who,
+        "builds requested"
+    );
+    s.send(Event::Queued(ids));
+    let rows = s.store.request_builds(request_id).await?;
+    let builds = to_api_builds(s, rows).await?;
+    Ok(BuildRequestCreated { request_id, builds })
+}
+
+/// One build with its steps and properties.
+#[utoipa::path(get, path = "/api/v1/builds/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = Build), (status = 404, body = ErrorBody)))]
+async fn get_build(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Build> {
+    let id = parse_id(&id)?;
+    let row = s
+        .store
+        .build(id)
+        .await?
+        .ok_or_else(|| not_found_build(id))?;
+    let mut builds = to_api_builds(&s, vec![row]).await?;
+    builds.pop().map(Json).ok_or_else(|| not_found_build(id))
+}
+
+fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .map_err(|_| ApiError::bad(format!("build id must be a number, got {text:?}")))
+}
+
+fn not_found_build(id: i64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no build {id}"))
+}
+
+/// Cancels a build: a queued one leaves the queue, a running one is stopped
+/// (its `always_run` steps still run).
+#[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path)),
+    responses((status = 200, body = Build), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")),
+    security(("token" = [])))]
+async fn cancel_build(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Build> {
+    let id = parse_id(&id)?;
+    let (tx, rx) = oneshot::channel();
+    s.send(Event::Cancel {
+        build_id: id,
+        by: who,
+        reply: tx,
+    });
+    match rx.await.map_err(ApiError::internal)? {
+        CancelOutcome::Cancelled | CancelOutcome::Stopping => {
+            get_build(State(s), Path(id.to_string())).await
+        }
+        CancelOutcome::AlreadyFinished(st) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("build {id} already finished: {st}"),
+        )),
+        CancelOutcome::NotFound => Err(not_found_build(id)),
+        CancelOutcome::Failed(e) => Err(ApiError::internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Byte offset to read from (default 0).
+    offset: Option<u64>,
+    /// Most bytes to return (default and maximum 4 MiB).
+    limit: Option<usize>,
+}
+
+/// A step's log from an offset; `step` is the step's name or index.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/steps/{step}/log", params(("id" = i64, Path), ("step" = String, Path), LogQuery),
+    responses((status = 200, body = LogChunk), (status = 404, body = ErrorBody)))]
+async fn step_log(
+    State(s): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<LogChunk> {
+    let Query(q) = q.map_err(|e| ApiError::bad(format!("invalid query: {}", e.body_text())))?;
+    let id = parse_id(&id)?;
+    let build = s
+        .store
+        .build(id)
+        .await?
+        .ok_or_else(|| not_found_build(id))?;
+    let steps = s.store.steps(id).await?;
+    let found = steps
+        .iter()
+        .find(|st| st.name == step)
+        .or_else(|| {
+            step.parse::<i64>()
+                .ok()
+                .and_then(|i| steps.iter().find(|st| st.idx == i))
+        })
+        .ok_or_else(|| {
+            let names: Vec<&str> = steps.iter().map(|st| st.name.as_str()).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "build {id} has no step {step:?}; its steps: {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(MAX_LOG_READ).clamp(1, MAX_LOG_READ);
+    let idx = found.idx as u32;
+    let logs = &s.logs;
+    let data = tokio::task::block_in_place(|| logs.read(id, idx, offset, limit))
+        .map_err(ApiError::internal)?;
+    let next_offset = offset + data.len() as u64;
+    let complete = (found.state.is_finished() || build.state.is_finished())
+        && next_offset >= (found.log_size as u64).max(logs.size(id, idx));
+    Ok(Json(LogChunk {
+        build_id: id,
+        step: found.name.clone(),
+        offset,
+        next_offset,
+        data,
+        complete,
+    }))
+}
+
+/// Every configured worker, connected or not.
+#[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [WorkerInfo])))]
+async fn list_workers(State(s): State<AppState>) -> ApiResult<Vec<WorkerInfo>> {
+    Ok(Json(s.workers().values().cloned().collect()))
+}
+
+/// Every builder (component × target) with its last result and queue.
+#[utoipa::path(get, path = "/api/v1/builders", responses((status = 200, body = [BuilderInfo])))]
+async fn list_builders(State(s): State<AppState>) -> ApiResult<Vec<BuilderInfo>> {
+    let farm = s.farm();
+    let stats: HashMap<(String, String), kiln_db::BuilderStats> = s
+        .store
+        .builder_stats()
+        .await?
+        .into_iter()
+        .map(|b| ((b.component.clone(), b.target.clone()), b))
+        .collect();
+    let workers = s.workers().clone();
+    let out = matrix::builders(&farm.cfg)
+        .map(|b| {
+            let st = stats.get(&(b.component.name.clone(), b.target.name.clone()));
+            BuilderInfo {
+                component: b.component.name.clone(),
+                target: b.target.name.clone(),
+                family: b.target.family.to_string(),
+                last_build_id: st.map(|x| x.last_build_id),
+                last_state: st.map(|x| x.last_state),
+                queued: st.map_or(0, |x| x.queued),
+                running: st.map_or(0, |x| x.running),
+                workers: workers
+                    .values()
+                    .filter(|w| w.connected && w.targets.contains(&b.target.name))
+                    .map(|w| w.name.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+async fn openapi() -> impl IntoResponse {
+    let mut doc = ApiDoc::openapi();
+    let mut components = doc.components.take().unwrap_or_default();
+    components.add_security_scheme(
+        "token",
+        utoipa::openapi::security::SecurityScheme::Http(utoipa::openapi::security::Http::new(
+            utoipa::openapi::security::HttpAuthScheme::Bearer,
+        )),
+    );
+    doc.components = Some(components);
+    Json(doc)
+}
+
+/// Buildbot's base change hook form.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct BaseChange {
+    project: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    revision: Option<String>,
+    author: Option<String>,
+    who: Option<String>,
+    comments: Option<String>,
+    /// A JSON object of properties.
+    properties: Option<String>,
+    #[allow(dead_code)]
+    category: Option<String>,
+    #[allow(dead_code)]
+    when: Option<String>,
+    #[allow(dead_code)]
+    revlink: Option<String>,
+    #[allow(dead_code)]
+    files: Option<String>,
+    #[allow(dead_code)]
+    codebase: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// Buildbot's base change hook: builds the component named by `project` on
+/// all its targets. Compatible with `post_build_request.py`.
+#[utoipa::path(post, path = "/change_hook/base", request_body(content = BaseChange, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("token" = [])))]
+async fn change_hook_base(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    form: Result<Form<BaseChange>, FormRejection>,
+) -> ApiResult<BuildRequestCreated> {
+    let Form(change) = form?;
+    let project = change.project.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad("the change has no `project`; kiln builds the component it names")
+    })?;
+    let mut given: BTreeMap<String, String> = match change
+        .properties
+        .as_deref()
+        .filter(|p| !p.trim().is_empty())
+    {
+        None => BTreeMap::new(),
+        Some(text) => {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| ApiError::bad(format!("`properties` is not valid JSON: {e}")))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| ApiError::bad("`properties` must be a JSON object"))?;
+            obj.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect()
+        }
+    };
+    let mut props = request_properties(&given, PropertySource::Request)?;
+    given.clear();
+    for (k, v) in [
+        ("revision", &change.revision),
+        ("branch", &change.branch),
+        ("repository", &change.repository),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            given.insert(k.to_string(), v.clone());
+        }
+    }
+    for (k, p) in request_properties(&given, PropertySource::Change)? {
+        props.entry(k).or_insert(p);
+    }
+    let author = change.author.or(change.who).filter(|a| !a.is_empty());
+    let by = match &author {
+        Some(a) => format!("{a} (change hook, {who})"),
+        None => format!("change hook ({who})"),
+    };
+    let spec = RequestSpec {
+        components: vec![project],
+        all: false,
+        targets: Vec::new(),
+    };
+    let created = submit(&s, &by, change.comments.as_deref(), &spec, props).await?;
+    Ok(Json(created))
+}
+
+/// Store rows to API objects, with steps and live log sizes.
+async fn to_api_builds(s: &AppState, rows: Vec<BuildRow>) -> Result<Vec<Build>, ApiError> {
+    let ids: Vec<i64> = rows.iter().map(|b| b.id).collect();
+    let mut steps: HashMap<i64, Vec<StepRow>> = HashMap::new();
+    for st in s.store.steps_of(&ids).await? {
+        steps.entry(st.build_id).or_default().push(st);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|b| {
+            let st = steps.remove(&b.id).unwrap_or_default();
+            to_api_build(s, b, st)
+        })
+        .collect())
+}
+
+fn to_api_build(s: &Shared, b: BuildRow, steps: Vec<StepRow>) -> Build {
+    Build {
+        id: b.id,
+        request_id: b.request_id,
+        component: b.component,
+        target: b.target,
+        state: b.state,
+        reason: b.reason,
+        requested_at: rfc3339(b.requested_at),
+        started_at: b.started_at.map(rfc3339),
+        finished_at: b.finished_at.map(rfc3339),
+        requested_by: b.requested_by,
+        worker: b.worker,
+        attempt: b.attempt,
+        depends_on: b.depends_on,
+        properties: b
+            .properties
+            .into_iter()
+            .map(|(k, p)| {
+                (
+                    k,
+                    PropertyValue {
+                        value: p.value,
+                        source: p.source,
+                    },
+                )
+            })
+            .collect(),
+        steps: steps
+            .into_iter()
+            .map(|st| Step {
+                index: st.idx,
+                log_size: if st.state.is_finished() {
+                    st.log_size
+                } else {
+                    s.logs.size(b.id, st.idx as u32) as i64
+                },
+                name: st.name,
+                state: st.state,
+                exit_code: st.exit_code,
+                started_at: st.started_at.map(rfc3339),
+                finished_at: st.finished_at.map(rfc3339),
+            })
+            .collect(),
+    }
+}

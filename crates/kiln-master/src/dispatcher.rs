@@ -1,0 +1,869 @@
+//! The dispatcher: the one task that decides what runs where.
+//!
+//! Every change to the queue goes through here, one event at a time (worker
+//! hellos and messages, new requests, cancels, ticks), so there are no races
+//! between deciding and recording. It keeps the queue in memory for speed;
+//! the database stays the source of truth: it is written before a decision
+//! is acted on, and the in-memory view is rebuilt from it at start.
+//!
+//! Invariant: a build is dispatched once. It is claimed by a conditional
+//! UPDATE before its `Assign` is sent, and it is only re-queued after its
+//! worker has been away for `worker_timeout`; a worker that comes back with
+//! a build that was re-queued or cancelled meanwhile is told to abandon it.
+
+use crate::clock::{now_us, rfc3339};
+use crate::shared::Shared;
+use crate::source::SourceCache;
+use kiln_core::config::Source;
+use kiln_core::props::{Properties, Property, PropertySource};
+use kiln_core::schedule::{pick_worker, readiness, Readiness, WorkerLoad};
+use kiln_core::BuildState;
+use kiln_db::BuildRow;
+use kiln_proto::api::WorkerInfo;
+use kiln_proto::wire::{
+    BuildResult, Hello, Job, JobStep, MasterMsg, StepResult, WorkerMsg, PROTOCOL_VERSION,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+pub enum Event {
+    /// A worker connected and said hello; the reply is the list of builds it
+    /// should abandon, or why it is refused.
+    Hello {
+        conn: u64,
+        hello: Box<Hello>,
+        address: String,
+        tx: UnboundedSender<MasterMsg>,
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+    FromWorker {
+        conn: u64,
+        worker: String,
+        msg: WorkerMsg,
+    },
+    Gone {
+        conn: u64,
+        worker: String,
+    },
+    /// New builds were stored as queued.
+    Queued(Vec<i64>),
+    Cancel {
+        build_id: i64,
+        by: String,
+        reply: oneshot::Sender<CancelOutcome>,
+    },
+    ConfigChanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Removed from the queue, or ended while its worker was away.
+    Cancelled,
+    /// The worker was told to stop it; the build ends `cancelled` shortly.
+    Stopping,
+    AlreadyFinished(BuildState),
+    NotFound,
+    Failed(String),
+}
+
+struct QueuedBuild {
+    component: String,
+    target: String,
+    depends_on: Vec<i64>,
+    properties: Properties,
+}
+
+struct RunningBuild {
+    worker: String,
+    component: String,
+    target: String,
+    properties: Properties,
+    steps_done: HashSet<u32>,
+    /// Who asked to cancel it, for the reason recorded.
+    cancelled_by: Option<String>,
+}
+
+struct Conn {
+    conn: u64,
+    tx: UnboundedSender<MasterMsg>,
+    targets: Vec<String>,
+    slots: usize,
+    running: HashSet<i64>,
+    last_seen: Instant,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    queue: BTreeMap<i64, QueuedBuild>,
+    running: HashMap<i64, RunningBuild>,
+    workers: HashMap<String, Conn>,
+    /// Running builds whose worker is away, with the time they are re-queued.
+    orphans: HashMap<i64, Instant>,
+    /// Label and state of builds that others depend on.
+    known: HashMap<i64, (String, BuildState)>,
+    sources: SourceCache,
+    last_poll: Instant,
+}
+
+/// How often the dispatcher looks for work it was not told about (builds
+/// queued by another master sharing the database).
+const POLL: Duration = Duration::from_secs(2);
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Dispatcher {
+            shared,
+            queue: BTreeMap::new(),
+            running: HashMap::new(),
+            workers: HashMap::new(),
+            orphans: HashMap::new(),
+            known: HashMap::new(),
+            sources: SourceCache::default(),
+            last_poll: Instant::now(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.farm().cfg.master.worker_timeout
+    }
+
+    /// Rebuilds the in-memory view from the database: queued builds join the
+    /// queue; running ones wait for their worker to come back.
+    pub async fn recover(&mut self) -> anyhow::Result<()> {
+        let rows = self.shared.store.unfinished_builds().await?;
+        let deadline = Instant::now() + self.timeout();
+        for b in rows {
+            match b.state {
+                BuildState::Queued => self.enqueue(b),
+                BuildState::Running => {
+                    tracing::info!(
+                        build = b.id,
+                        worker = b.worker.as_deref().unwrap_or("?"),
+                        "build was running before restart; waiting for its worker"
+                    );
+                    self.orphans.insert(b.id, deadline);
+                    self.running.insert(
+                        b.id,
+                        RunningBuild {
+                            worker: b.worker.clone().unwrap_or_default(),
+                            component: b.component,
+                            target: b.target,
+                            properties: b.properties,
+                            steps_done: HashSet::new(),
+                            cancelled_by: None,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.load_dependency_states().await;
+        self.publish_workers();
+        Ok(())
+    }
+
+    pub async fn run(mut self, mut rx: UnboundedReceiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.handle(ev).await;
+                    // Take whatever else is waiting before deciding once.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(ev) => self.handle(ev).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.tick().await,
+            }
+            self.dispatch().await;
+        }
+    }
+
+    fn enqueue(&mut self, b: BuildRow) {
+        self.known.insert(
+            b.id,
+            (format!("{}@{}", b.component, b.target), BuildState::Queued),
+        );
+        self.queue.insert(
+            b.id,
+            QueuedBuild {
+                component: b.component,
+                target: b.target,
+                depends_on: b.depends_on,
+                properties: b.properties,
+            },
+        );
+    }
+
+    /// Makes sure the state of every dependency of a queued build is known.
+    async fn load_dependency_states(&mut self) {
+        let missing: Vec<i64> = self
+            .queue
+            .values()
+            .flat_map(|q| q.depends_on.iter().copied())
+            .filter(|d| !self.known.contains_key(d))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        for id in missing {
+            match self.shared.store.build(id).await {
+                Ok(Some(b)) => {
+                    self.known
+                        .insert(id, (format!("{}@{}", b.component, b.target), b.state));
+                }
+                Ok(None) => {
+                    self.known
+                        .insert(id, (format!("#{id}"), BuildState::Skipped));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read dependency state"),
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: i64, state: BuildState) {
+        if let Some(entry) = self.known.get_mut(&id) {
+            entry.1 = state;
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Hello {
+                conn,
+                hello,
+                address,
+                tx,
+                reply,
+            } => self.hello(conn, *hello, address, tx, reply).await,
+            Event::FromWorker { conn, worker, msg } => {
+                let Some(w) = self.workers.get_mut(&worker) else {
+                    return;
+                };
+                if w.conn != conn {
+                    return;
+                }
+                w.last_seen = Instant::now();
+                self.worker_message(&worker, msg).await;
+            }
+            Event::Gone { conn, worker } => {
+                if self.workers.get(&worker).is_some_and(|w| w.conn == conn) {
+                    tracing::warn!(worker = %worker, "worker disconnected");
+                    self.drop_worker(&worker);
+                }
+            }
+            Event::Queued(ids) => {
+                for id in ids {
+                    if self.queue.contains_key(&id) || self.running.contains_key(&id) {
+                        continue;
+                    }
+                    match self.shared.store.build(id).await {
+                        Ok(Some(b)) if b.state == BuildState::Queued => self.enqueue(b),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(build = id, error = %e, "cannot load queued build")
+                        }
+                    }
+                }
+                self.load_dependency_states().await;
+            }
+            Event::Cancel {
+                build_id,
+                by,
+                reply,
+            } => {
+                let outcome = self.cancel(build_id, &by).await;
+                let _ = reply.send(outcome);
+            }
+            Event::ConfigChanged => self.publish_workers(),
+        }
+    }
+
+    async fn hello(
+        &mut self,
+        conn: u64,
+        hello: Hello,
+        address: String,
+        tx: UnboundedSender<MasterMsg>,
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
+    ) {
+        if hello.protocol != PROTOCOL_VERSION {
+            let _ = reply.send(Err(format!(
+                "protocol version {} is not supported; this master speaks {PROTOCOL_VERSION}",
+                hello.protocol
+            )));
+            return;
+        }
+        let farm = self.shared.farm();
+        let authorised = farm
+            .worker_tokens
+            .get(&hello.name)
+            .is_some_and(|t| crate::auth::tokens_match(t, &hello.token));
+        if !authorised {
+            tracing::warn!(worker = %hello.name, address = %address, "refused a worker: unknown name or wrong token");
+            let _ = reply.send(Err("unknown worker or wrong token".into()));
+            return;
+        }
+        let name = hello.name.clone();
+        if self.workers.contains_key(&name) {
+            tracing::warn!(worker = %name, "worker connected again; dropping its old connection");
+            self.drop_worker(&name);
+        }
+        let unacked: HashSet<i64> = hello.unacked.iter().map(|r| r.build_id).collect();
+        let mut abandon = Vec::new();
+        let mut running = HashSet::new();
+        for id in &hello.running {
+            if self.running.get(id).is_some_and(|r| r.worker == name) {
+                running.insert(*id);
+                self.orphans.remove(id);
+                if let Err(e) = self.shared.logs.begin(*id, &name, false) {
+                    tracing::error!(build = id, error = %e, "cannot reopen build log");
+                }
+                tracing::info!(build = id, worker = %name, "worker resumed a running build");
+            } else {
+                abandon.push(*id);
+            }
+        }
+        // Builds this worker had but no longer knows about (it restarted).
+        let lost: Vec<i64> = self
+            .running
+            .iter()
+            .filter(|(id, r)| r.worker == name && !running.contains(id) && !unacked.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        self.workers.insert(
+            name.clone(),
+            Conn {
+                conn,
+                tx,
+                targets: hello.targets.clone(),
+                slots: hello.slots.max(1) as usize,
+                running,
+                last_seen: Instant::now(),
+            },
+        );
+        {
+            let mut infos = self.shared.workers();
+            let info = infos
+                .entry(name.clone())
+                .or_insert_with(|| empty_info(&name));
+            info.connected = true;
+            info.targets = hello.targets.clone();
+            info.slots = i64::from(hello.slots.max(1));
+            info.version = Some(hello.version.clone());
+            info.address = Some(address.clone());
+            info.last_seen = Some(rfc3339(now_us()));
+        }
+        tracing::info!(worker = %name, address = %address, targets = ?hello.targets, slots = hello.slots, "worker connected");
+        let _ = reply.send(Ok(abandon));
+        for id in lost {
+            self.requeue(id, &format!("worker {name} restarted and lost the build"))
+                .await;
+        }
+        for result in hello.unacked {
+            self.build_finished(&name, result).await;
+        }
+        self.publish_workers();
+    }
+
+    async fn worker_message(&mut self, worker: &str, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Hello(_) | WorkerMsg::Heartbeat | WorkerMsg::Log { .. } => {}
+            WorkerMsg::StepStarted { build_id, step } => {
+                if !self.is_running_on(build_id, worker) {
+                    return;
+                }
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .step_started(build_id, i64::from(step), now_us())
+                    .await
+                {
+                    tracing::error!(build = build_id, error = %e, "cannot record step start");
+                }
+            }
+            WorkerMsg::StepFinished(r) => self.step_finished(worker, r).await,
+            WorkerMsg::BuildFinished(r) => self.build_finished(worker, r).await,
+        }
+    }
+
+    fn is_running_on(&self, build_id: i64, worker: &str) -> bool {
+        self.running
+            .get(&build_id)
+            .is_some_and(|r| r.worker == worker)
+    }
+
+    async fn step_finished(&mut self, worker: &str, r: StepResult) {
+        if !self.is_running_on(r.build_id, worker) {
+            return;
+        }
+        let Some(run) = self.running.get_mut(&r.build_id) else {
+            return;
+        };
+        if !run.steps_done.insert(r.step) {
+            return;
+        }
+        let size = self.shared.logs.finish_step(r.build_id, r.step).unwrap_or_else(|e| {
+            tracing::error!(build = r.build_id, step = r.step, error = %e, "cannot compress step log");
+            self.shared.logs.size(r.build_id, r.step)
+        });
+        let store = &self.shared.store;
+        if let Err(e) = store
+            .step_finished(
+                r.build_id,
+                i64::from(r.step),
+                r.state,
+                r.exit_code,
+                now_us(),
+                size as i64,
+            )
+            .await
+        {
+            tracing::error!(build = r.build_id, error = %e, "cannot record step end");
+        }
+        if let Some((name, value)) = r.property {
+            if kiln_core::names::check_property_name(&name).is_ok() {
+                run.properties.insert(
+                    name,
+                    Property {
+                        value,
+                        source: PropertySource::Step,
+                    },
+                );
+                if let Err(e) = store.set_properties(r.build_id, &run.properties).await {
+                    tracing::error!(build = r.build_id, error = %e, "cannot record property");
+                }
+            }
+        }
+    }
+
+    async fn build_finished(&mut self, worker: &str, r: BuildResult) {
+        let id = r.build_id;
+        if let Some(w) = self.workers.get(worker) {
+            let _ = w.tx.send(MasterMsg::Ack { build_id: id });
+        }
+        if !self.is_running_on(id, worker) {
+            return;
+        }
+        // Steps whose own message was lost (e.g. across a reconnect).
+        for s in r.steps.iter().filter(|s| s.state.is_finished()) {
+            self.step_finished(worker, s.clone()).await;
+        }
+        let state = match r.state {
+            s @ (BuildState::Succeeded | BuildState::Failed | BuildState::Cancelled) => s,
+            other => {
+                tracing::warn!(build = id, state = %other, "worker reported an unfinished state as final; recording failed");
+                BuildState::Failed
+            }
+        };
+        let mut reason = r.reason.clone();
+        if state == BuildState::Cancelled {
+            if let Some(by) = self
+                .running
+                .get(&id)
+                .and_then(|run| run.cancelled_by.as_ref())
+            {
+                reason = Some(format!("cancelled by {by}"));
+            }
+        }
+        if let Err(e) = self
+            .shared
+            .store
+            .finish(id, state, reason.as_deref(), now_us())
+            .await
+        {
+            tracing::error!(build = id, error = %e, "cannot record build end");
+        }
+        self.shared.logs.end(id);
+        if let Some(run) = self.running.remove(&id) {
+            tracing::info!(build = id, component = %run.component, target = %run.target, worker, state = %state, "build finished");
+        }
+        self.set_state(id, state);
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.remove(&id);
+        }
+        self.publish_workers();
+    }
+
+    fn drop_worker(&mut self, name: &str) {
+        let Some(w) = self.workers.remove(name) else {
+            return;
+        };
+        let deadline = Instant::now() + self.timeout();
+        for id in w.running {
+            self.orphans.insert(id, deadline);
+        }
+        if let Some(info) = self.shared.workers().get_mut(name) {
+            info.connected = false;
+        }
+        self.publish_workers();
+    }
+
+    async fn requeue(&mut self, id: i64, reason: &str) {
+        self.orphans.remove(&id);
+        self.running.remove(&id);
+        self.shared.logs.end(id);
+        match self.shared.store.requeue(id, reason).await {
+            Ok(true) => {
+                tracing::warn!(build = id, reason, "build re-queued");
+                if let Ok(Some(b)) = self.shared.store.build(id).await {
+                    self.enqueue(b);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(build = id, error = %e, "cannot re-queue build"),
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let timeout = self.timeout();
+        let silent: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) > timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in silent {
+            tracing::warn!(worker = %name, "no heartbeat for {:?}; dropping the worker", timeout);
+            self.drop_worker(&name);
+        }
+        let expired: Vec<i64> = self
+            .orphans
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let worker = self
+                .running
+                .get(&id)
+                .map(|r| r.worker.clone())
+                .unwrap_or_default();
+            self.requeue(id, &format!("worker {worker} was lost")).await;
+        }
+        if now.duration_since(self.last_poll) >= POLL {
+            self.last_poll = now;
+            match self
+                .shared
+                .store
+                .list_builds(&kiln_db::BuildFilter {
+                    state: Some(BuildState::Queued),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(rows) => {
+                    for b in rows {
+                        if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
+                            self.enqueue(b);
+                        }
+                    }
+                    self.load_dependency_states().await;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot poll the queue"),
+            }
+        }
+    }
+
+    async fn cancel(&mut self, id: i64, by: &str) -> CancelOutcome {
+        let reason = format!("cancelled by {by}");
+        if self.queue.contains_key(&id) {
+            return match self
+                .shared
+                .store
+                .finish(id, BuildState::Cancelled, Some(&reason), now_us())
+                .await
+            {
+                Ok(_) => {
+                    self.queue.remove(&id);
+                    self.set_state(id, BuildState::Cancelled);
+                    CancelOutcome::Cancelled
+                }
+                Err(e) => CancelOutcome::Failed(e.to_string()),
+            };
+        }
+        if let Some(run) = self.running.get_mut(&id) {
+            if let Some(w) = self.workers.get(&run.worker) {
+                let _ = w.tx.send(MasterMsg::Cancel { build_id: id });
+                run.cancelled_by.get_or_insert_with(|| by.to_string());
+                return CancelOutcome::Stopping;
+            }
+            // Its worker is away: end it now; if the worker comes back with
+            // it, it is told to abandon it.
+            return match self
+                .shared
+                .store
+                .finish(id, BuildState::Cancelled, Some(&reason), now_us())
+                .await
+            {
+                Ok(_) => {
+                    self.running.remove(&id);
+                    self.orphans.remove(&id);
+                    self.shared.logs.end(id);
+                    self.set_state(id, BuildState::Cancelled);
+                    CancelOutcome::Cancelled
+                }
+                Err(e) => CancelOutcome::Failed(e.to_string()),
+            };
+        }
+        match self.shared.store.build(id).await {
+            Ok(Some(b)) if b.state.is_finished() => CancelOutcome::AlreadyFinished(b.state),
+            Ok(Some(_)) => CancelOutcome::Failed("the build is handled by another master".into()),
+            Ok(None) => CancelOutcome::NotFound,
+            Err(e) => CancelOutcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Starts every queued build that can start, and skips those whose
+    /// dependencies failed.
+    async fn dispatch(&mut self) {
+        loop {
+            let mut progressed = false;
+            let free: usize = self
+                .workers
+                .values()
+                .map(|w| w.slots.saturating_sub(w.running.len()))
+                .sum();
+            let ids: Vec<i64> = self.queue.keys().copied().collect();
+            for id in ids {
+                let Some(q) = self.queue.get(&id) else {
+                    continue;
+                };
+                let deps = q.depends_on.iter().map(|d| {
+                    let (label, state) = self
+                        .known
+                        .get(d)
+                        .map(|(l, s)| (l.as_str(), *s))
+                        .unwrap_or(("unknown build", BuildState::Queued));
+                    (label, state)
+                });
+                match readiness(deps) {
+                    Readiness::Waiting => continue,
+                    Readiness::Blocked { reason } => {
+                        self.skip(id, &reason).await;
+                        progressed = true;
+                    }
+                    Readiness::Ready => {
+                        if free == 0 {
+                            continue;
+                        }
+                        let target = q.target.clone();
+                        let loads: Vec<(String, WorkerLoadOwned)> = self
+                            .workers
+                            .iter()
+                            .map(|(n, w)| {
+                                (
+                                    n.clone(),
+                                    WorkerLoadOwned {
+                                        targets: w.targets.clone(),
+                                        slots: w.slots,
+                                        running: w.running.len(),
+                                    },
+                                )
+                            })
+                            .collect();
+                        let view: Vec<WorkerLoad<'_>> = loads
+                            .iter()
+                            .map(|(n, l)| WorkerLoad {
+                                name: n,
+                                targets: &l.targets,
+                                slots: l.slots,
+                                running: l.running,
+                            })
+                            .collect();
+                        if let Some(i) = pick_worker(&view, &target) {
+                            let worker = loads[i].0.clone();
+                            self.start(id, &worker).await;
+                            progressed = true;
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    async fn skip(&mut self, id: i64, reason: &str) {
+        self.queue.remove(&id);
+        match self
+            .shared
+            .store
+            .finish(id, BuildState::Skipped, Some(reason), now_us())
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(build = id, reason, "build skipped");
+                self.set_state(id, BuildState::Skipped);
+            }
+            Err(e) => tracing::error!(build = id, error = %e, "cannot record skip"),
+        }
+    }
+
+    async fn fail_unstarted(&mut self, id: i64, reason: &str) {
+        self.queue.remove(&id);
+        // A queued build cannot fail without running; claim it to the master.
+        let store = &self.shared.store;
+        let ok = store
+            .claim(id, "master", now_us(), &[])
+            .await
+            .unwrap_or(false)
+            && store
+                .finish(id, BuildState::Failed, Some(reason), now_us())
+                .await
+                .unwrap_or(false);
+        if ok {
+            tracing::warn!(build = id, reason, "build failed before it could start");
+            self.set_state(id, BuildState::Failed);
+        }
+    }
+
+    async fn start(&mut self, id: i64, worker: &str) {
+        let farm = self.shared.farm();
+        let Some(q) = self.queue.get(&id) else { return };
+        let Some(component) = farm.cfg.component(&q.component) else {
+            let reason = format!("component {} is no longer in the config", q.component);
+            self.fail_unstarted(id, &reason).await;
+            return;
+        };
+        let source = match &component.source {
+            Some(Source::Path(p)) => match self.sources.archive(&farm.resolve(p)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.fail_unstarted(id, &e).await;
+                    return;
+                }
+            },
+            None => None,
+        };
+        let steps: Vec<JobStep> = component
+            .steps
+            .iter()
+            .map(|s| JobStep {
+                name: s.name.clone(),
+                run: s.run.clone(),
+                set_property: s.set_property.clone(),
+                timeout_ms: s.timeout.map(|d| d.as_millis() as u64),
+                env: s.env.clone(),
+                halt_on_failure: s.halt_on_failure,
+                always_run: s.always_run,
+            })
+            .collect();
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        match self.shared.store.claim(id, worker, now_us(), &names).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cancelled or taken elsewhere meanwhile.
+                self.queue.remove(&id);
+                if let Ok(Some(b)) = self.shared.store.build(id).await {
+                    self.set_state(id, b.state);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(build = id, error = %e, "cannot claim build");
+                return;
+            }
+        }
+        let Some(q) = self.queue.remove(&id) else {
+            return;
+        };
+        if let Err(e) = self.shared.logs.begin(id, worker, true) {
+            tracing::error!(build = id, error = %e, "cannot prepare build log");
+        }
+        let job = Job {
+            build_id: id,
+            component: q.component.clone(),
+            target: q.target.clone(),
+            properties: q
+                .properties
+                .iter()
+                .map(|(k, p)| (k.clone(), p.value.clone()))
+                .collect(),
+            steps,
+            source_tgz: source.map(|s| s.as_str().to_owned()),
+            kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
+        };
+        self.set_state(id, BuildState::Running);
+        tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");
+        self.running.insert(
+            id,
+            RunningBuild {
+                worker: worker.to_string(),
+                component: q.component,
+                target: q.target,
+                properties: q.properties,
+                steps_done: HashSet::new(),
+                cancelled_by: None,
+            },
+        );
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.insert(id);
+            let _ = w.tx.send(MasterMsg::Assign(Box::new(job)));
+        }
+        self.publish_workers();
+    }
+
+    /// Refreshes what `/api/v1/workers` shows.
+    fn publish_workers(&self) {
+        let farm = self.shared.farm();
+        let mut infos = self.shared.workers();
+        for w in &farm.cfg.workers {
+            infos
+                .entry(w.name.clone())
+                .or_insert_with(|| empty_info(&w.name));
+        }
+        for (name, info) in infos.iter_mut() {
+            match self.workers.get(name) {
+                Some(c) => {
+                    info.connected = true;
+                    let mut r: Vec<i64> = c.running.iter().copied().collect();
+                    r.sort_unstable();
+                    info.running = r;
+                }
+                None => {
+                    info.connected = false;
+                    info.running.clear();
+                }
+            }
+        }
+        for (name, c) in &self.workers {
+            if let Some(info) = infos.get_mut(name) {
+                let ago = c.last_seen.elapsed();
+                info.last_seen = Some(rfc3339(now_us() - ago.as_micros() as i64));
+            }
+        }
+    }
+}
+
+struct WorkerLoadOwned {
+    targets: Vec<String>,
+    slots: usize,
+    running: usize,
+}
+
+fn empty_info(name: &str) -> WorkerInfo {
+    WorkerInfo {
+        name: name.to_string(),
+        connected: false,
+        targets: Vec::new(),
+        slots: 0,
+        running: Vec::new(),
+        last_seen: None,
+        version: None,
+        address: None,
+    }
+}

@@ -1,0 +1,98 @@
+//! Loading the farm config from disk: the pure parse from kiln-core, plus
+//! what needs the file system (paths relative to the config file, worker
+//! tokens from their own files).
+
+use kiln_core::config::{self, FarmConfig};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A parsed config together with what was read from files it names.
+#[derive(Debug, Clone)]
+pub struct LoadedFarm {
+    pub cfg: FarmConfig,
+    pub path: PathBuf,
+    /// The directory relative paths in the config are resolved against.
+    pub base_dir: PathBuf,
+    /// Worker name to token; workers whose token file cannot be read are
+    /// absent (and refused, with the reason logged).
+    pub worker_tokens: HashMap<String, String>,
+    /// Text the config was parsed from, to notice changes.
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl LoadedFarm {
+    pub fn load(path: &Path) -> Result<LoadedFarm, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        LoadedFarm::from_text(path, text)
+    }
+
+    pub fn from_text(path: &Path, text: String) -> Result<LoadedFarm, LoadError> {
+        let cfg = config::parse(&text)
+            .map_err(|e| LoadError::Invalid(e.render(&path.display().to_string())))?;
+        let base_dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut worker_tokens = HashMap::new();
+        for w in &cfg.workers {
+            let file = base_dir.join(&w.token_file);
+            match std::fs::read_to_string(&file) {
+                Ok(t) if !t.trim().is_empty() => {
+                    worker_tokens.insert(w.name.clone(), t.trim().to_string());
+                }
+                Ok(_) => {
+                    tracing::warn!(worker = %w.name, file = %file.display(), "token file is empty; the worker will be refused")
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %w.name, file = %file.display(), error = %e, "cannot read token file; the worker will be refused")
+                }
+            }
+        }
+        Ok(LoadedFarm {
+            cfg,
+            path: path.to_path_buf(),
+            base_dir,
+            worker_tokens,
+            text,
+        })
+    }
+
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        self.base_dir.join(p)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.cfg.master.data_dir)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.cfg.master.database {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir().join("kiln.db").display()
+            ),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! State shared by the HTTP handlers, the worker connections and the
+//! dispatcher.
+
+use crate::dispatcher::Event;
+use crate::farm::LoadedFarm;
+use crate::logs::LogStore;
+use kiln_db::Store;
+use kiln_proto::api::WorkerInfo;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc::UnboundedSender;
+
+pub struct Shared {
+    pub store: Store,
+    pub logs: LogStore,
+    farm: RwLock<Arc<LoadedFarm>>,
+    generation: AtomicU64,
+    pub admin_token: String,
+    /// What `/api/v1/workers` shows; written by the dispatcher only.
+    pub workers: Mutex<BTreeMap<String, WorkerInfo>>,
+    pub events: UnboundedSender<Event>,
+}
+
+impl Shared {
+    pub fn new(
+        store: Store,
+        logs: LogStore,
+        farm: LoadedFarm,
+        admin_token: String,
+        events: UnboundedSender<Event>,
+    ) -> Self {
+        Shared {
+            store,
+            logs,
+            farm: RwLock::new(Arc::new(farm)),
+            generation: AtomicU64::new(1),
+            admin_token,
+            workers: Mutex::new(BTreeMap::new()),
+            events,
+        }
+    }
+
+    /// The config in effect now. Hold the `Arc`, not the lock.
+    pub fn farm(&self) -> Arc<LoadedFarm> {
+        self.farm.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace_farm(&self, farm: LoadedFarm) {
+        *self.farm.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(farm);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerInfo>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends an event to the dispatcher; it only fails while shutting down.
+    pub fn send(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+}

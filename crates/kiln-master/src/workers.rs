@@ -1,0 +1,145 @@
+//! The worker port: accepts connections (plain TCP or TLS), runs the hello
+//! handshake through the dispatcher, then relays messages both ways. Log
+//! output goes straight to the log store so it never waits behind the queue.
+
+use crate::dispatcher::Event;
+use crate::shared::Shared;
+use futures::{SinkExt, StreamExt};
+use kiln_proto::wire::{self, MasterMsg, WorkerMsg};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the worker port");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let address = addr.to_string();
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => connection(s, address, shared).await,
+                        Ok(Err(e)) => {
+                            tracing::warn!(address, error = %e, "TLS handshake with a worker failed")
+                        }
+                        Err(_) => tracing::warn!(address, "TLS handshake with a worker timed out"),
+                    }
+                }
+                None => connection(stream, address, shared).await,
+            }
+        });
+    }
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    address: String,
+    shared: Arc<Shared>,
+) {
+    let mut framed = Framed::new(stream, wire::codec());
+    let first = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
+    let hello = match first {
+        Ok(Some(Ok(frame))) => match wire::decode::<WorkerMsg>(&frame) {
+            Ok(WorkerMsg::Hello(h)) => h,
+            Ok(_) => return refuse(&mut framed, "the first message must be a hello").await,
+            Err(e) => return refuse(&mut framed, &e.to_string()).await,
+        },
+        _ => return,
+    };
+    let name = hello.name.clone();
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    shared.send(Event::Hello {
+        conn,
+        hello: Box::new(hello),
+        address,
+        tx,
+        reply: reply_tx,
+    });
+    let abandon = match reply_rx.await {
+        Ok(Ok(abandon)) => abandon,
+        Ok(Err(reason)) => return refuse(&mut framed, &reason).await,
+        Err(_) => return,
+    };
+    let heartbeat_ms = shared.farm().cfg.master.heartbeat.as_millis() as u64;
+    if framed
+        .send(wire::encode(&MasterMsg::Welcome {
+            heartbeat_ms,
+            abandon,
+        }))
+        .await
+        .is_err()
+    {
+        shared.send(Event::Gone { conn, worker: name });
+        return;
+    }
+    let (mut sink, mut stream) = framed.split();
+    let writer = async {
+        while let Some(msg) = rx.recv().await {
+            if sink.send(wire::encode(&msg)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        while let Some(Ok(frame)) = stream.next().await {
+            match wire::decode::<WorkerMsg>(&frame) {
+                Ok(WorkerMsg::Log {
+                    build_id,
+                    step,
+                    offset,
+                    data,
+                }) => {
+                    if let Err(e) = shared.logs.append(build_id, &name, step, offset, &data) {
+                        tracing::error!(build = build_id, error = %e, "cannot store log output");
+                    }
+                }
+                Ok(msg) => shared.send(Event::FromWorker {
+                    conn,
+                    worker: name.clone(),
+                    msg,
+                }),
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "closing connection after a malformed message");
+                    break;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    shared.send(Event::Gone { conn, worker: name });
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, tokio_util::codec::LengthDelimitedCodec>,
+    reason: &str,
+) {
+    let _ = framed
+        .send(wire::encode(&MasterMsg::Refused {
+            reason: reason.to_string(),
+        }))
+        .await;
+}

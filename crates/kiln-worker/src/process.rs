@@ -1,0 +1,159 @@
+//! Running one step's command: `sh -c` in its own process group, output
+//! captured through pipes, and the whole group signalled on cancel, timeout
+//! or exit, so no process of a step outlives it.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use tokio::sync::mpsc;
+
+/// What the step's pipes produced.
+pub enum Output {
+    /// Bytes for the log (stdout and stderr, in order).
+    Log(Vec<u8>),
+    /// Bytes of stdout, for a `set_property` step (also logged).
+    Stdout(Vec<u8>),
+}
+
+pub struct StepProcess {
+    pub child: tokio::process::Child,
+    pub pgid: i32,
+    _guard: GroupGuard,
+}
+
+/// Kills the step's process group when dropped: if the worker stops (or the
+/// build's task is dropped) mid-step, nothing of the step is left running.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
+    }
+}
+
+/// Spawns `sh -c script` in `dir` as a new process group. When `capture` is
+/// set, stdout is delivered separately as well as logged.
+pub fn spawn(
+    script: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    capture: bool,
+    out: mpsc::UnboundedSender<Output>,
+) -> std::io::Result<StepProcess> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    set_parent_death_signal(&mut cmd);
+    // stdout and stderr share one pipe so the log keeps their order; a
+    // `set_property` step needs stdout apart, so it gets two pipes.
+    let (log_reader, log_writer) = std::io::pipe()?;
+    let stdout_reader = if capture {
+        let (r, w) = std::io::pipe()?;
+        cmd.stdout(w);
+        Some(r)
+    } else {
+        cmd.stdout(log_writer.try_clone()?);
+        None
+    };
+    cmd.stderr(log_writer);
+    let mut tcmd = tokio::process::Command::from(cmd);
+    tcmd.kill_on_drop(true);
+    let child = tcmd.spawn()?;
+    // Drop our copies of the write ends (held by `tcmd`) so readers see EOF
+    // once the step's processes are gone.
+    drop(tcmd);
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    pump(log_reader, out.clone(), Output::Log);
+    if let Some(r) = stdout_reader {
+        pump(r, out, Output::Stdout);
+    }
+    Ok(StepProcess {
+        child,
+        pgid,
+        _guard: GroupGuard(pgid),
+    })
+}
+
+/// Reads a pipe on a blocking thread and forwards what it reads.
+fn pump(
+    mut reader: std::io::PipeReader,
+    out: mpsc::UnboundedSender<Output>,
+    wrap: fn(Vec<u8>) -> Output,
+) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send(wrap(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Sends a signal to a whole process group; a group already gone is fine.
+pub fn signal_group(pgid: i32, signal: i32) {
+    if pgid > 0 {
+        kill(-pgid, signal);
+    }
+}
+
+#[allow(unsafe_code)]
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the worker dies, the step's shell is killed with it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Kills every process left over from an earlier run of a worker using
+/// `marker` (the value of `KILN_WORKER_DIR` in their environment). Returns
+/// how many were killed.
+pub fn kill_leftovers(marker: &str) -> usize {
+    let needle = format!("KILN_WORKER_DIR={marker}");
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            kill(pid, libc::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}

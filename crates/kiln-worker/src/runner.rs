@@ -1,0 +1,367 @@
+//! Running one build: a fresh work dir with the source, each step in turn
+//! (with properties, timeouts, `halt_on_failure` and `always_run`), output
+//! streamed to the master as it comes, and the work dir removed at the end.
+
+use crate::process::{self, Output};
+use base64::Engine;
+use kiln_core::duration::format_duration;
+use kiln_core::props::{env_name, interpolate};
+use kiln_core::{BuildState, StepState};
+use kiln_proto::wire::{BuildResult, Job, JobStep, StepResult, WorkerMsg};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Output is sent at least this often while a step runs.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// ...or as soon as this much is waiting.
+const FLUSH_BYTES: usize = 32 * 1024;
+
+pub struct BuildContext {
+    pub worker_dir: PathBuf,
+    pub worker_name: String,
+    pub out: mpsc::UnboundedSender<WorkerMsg>,
+    /// Flips to true when the build is to be cancelled.
+    pub cancel: watch::Receiver<bool>,
+}
+
+pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
+    let id = job.build_id;
+    let dir = ctx.worker_dir.join("builds").join(id.to_string());
+    let mut results: Vec<StepResult> = Vec::new();
+    let prepared = prepare_dir(&dir, job.source_tgz.as_deref()).await;
+    let mut props: BTreeMap<String, String> = job.properties.clone();
+    let mut failed_reason: Option<String> = None;
+    let mut halted = false;
+    if let Err(e) = &prepared {
+        failed_reason = Some(format!("cannot prepare the work dir: {e}"));
+        halted = true;
+    }
+    let grace = Duration::from_millis(job.kill_grace_ms.max(100));
+    for (i, step) in job.steps.iter().enumerate() {
+        let idx = i as u32;
+        let cancelled = *ctx.cancel.borrow();
+        if (halted || cancelled) && !step.always_run {
+            results.push(StepResult {
+                build_id: id,
+                step: idx,
+                state: if cancelled {
+                    StepState::Cancelled
+                } else {
+                    StepState::Skipped
+                },
+                exit_code: None,
+                property: None,
+                message: None,
+            });
+            continue;
+        }
+        let _ = ctx.out.send(WorkerMsg::StepStarted {
+            build_id: id,
+            step: idx,
+        });
+        let r = run_step(&job, idx, step, &dir, &props, &mut ctx, grace).await;
+        if let Some((k, v)) = &r.property {
+            props.insert(k.clone(), v.clone());
+        }
+        if r.state == StepState::Failed {
+            if failed_reason.is_none() {
+                failed_reason = Some(match &r.message {
+                    Some(m) => format!("step {} {m}", step.name),
+                    None => format!("step {} failed", step.name),
+                });
+            }
+            if step.halt_on_failure {
+                halted = true;
+            }
+        }
+        let _ = ctx.out.send(WorkerMsg::StepFinished(r.clone()));
+        results.push(r);
+    }
+    let cancelled = *ctx.cancel.borrow();
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let (state, reason) = if cancelled {
+        (BuildState::Cancelled, Some("cancelled".to_string()))
+    } else if let Some(r) = failed_reason {
+        (BuildState::Failed, Some(r))
+    } else {
+        (BuildState::Succeeded, None)
+    };
+    BuildResult {
+        build_id: id,
+        state,
+        reason,
+        steps: results,
+    }
+}
+
+async fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    let Some(tgz) = source_tgz else { return Ok(()) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(tgz)
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("source archive: {e}"),
+            )
+        })?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        ar.set_preserve_permissions(true);
+        // `unpack` refuses entries that would land outside `dir`.
+        ar.unpack(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Collects output and sends it as `Log` messages at step-local offsets,
+/// never splitting a UTF-8 character across two messages.
+struct LogSender<'a> {
+    out: &'a mpsc::UnboundedSender<WorkerMsg>,
+    build_id: i64,
+    step: u32,
+    offset: u64,
+    pending: Vec<u8>,
+}
+
+impl LogSender<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= FLUSH_BYTES {
+            self.flush(false);
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        self.push(text.as_bytes());
+    }
+
+    fn flush(&mut self, last: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let keep = if last {
+            0
+        } else {
+            incomplete_tail(&self.pending)
+        };
+        let cut = self.pending.len() - keep;
+        let text = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
+        self.pending.drain(..cut);
+        if text.is_empty() {
+            return;
+        }
+        let len = text.len() as u64;
+        let _ = self.out.send(WorkerMsg::Log {
+            build_id: self.build_id,
+            step: self.step,
+            offset: self.offset,
+            data: text,
+        });
+        self.offset += len;
+    }
+}
+
+/// How many bytes at the end of `buf` start a UTF-8 character that is not
+/// complete yet.
+fn incomplete_tail(buf: &[u8]) -> usize {
+    match std::str::from_utf8(buf) {
+        Ok(_) => 0,
+        Err(e) if e.error_len().is_none() => buf.len() - e.valid_up_to(),
+        Err(_) => {
+            // Invalid bytes somewhere; only hold back a short trailing run.
+            let tail = &buf[buf.len().saturating_sub(3)..];
+            match tail.iter().rposition(|b| b & 0xC0 == 0xC0) {
+                Some(p) if std::str::from_utf8(&tail[p..]).is_err() => tail.len() - p,
+                _ => 0,
+            }
+        }
+    }
+}
+
+async fn run_step(
+    job: &Job,
+    idx: u32,
+    step: &JobStep,
+    dir: &Path,
+    props: &BTreeMap<String, String>,
+    ctx: &mut BuildContext,
+    grace: Duration,
+) -> StepResult {
+    let mut log = LogSender {
+        out: &ctx.out,
+        build_id: job.build_id,
+        step: idx,
+        offset: 0,
+        pending: Vec::new(),
+    };
+    let mut result = StepResult {
+        build_id: job.build_id,
+        step: idx,
+        state: StepState::Failed,
+        exit_code: None,
+        property: None,
+        message: None,
+    };
+    let lookup = |name: &str| props.get(name).cloned();
+    let script = match interpolate(&step.run, lookup) {
+        Ok(s) => s,
+        Err(e) => {
+            log.line(&format!("kiln: cannot run step {}: {e}\n", step.name));
+            log.flush(true);
+            result.message = Some(e.to_string());
+            return result;
+        }
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("KILN_BUILD_ID".into(), job.build_id.to_string()),
+        ("KILN_COMPONENT".into(), job.component.clone()),
+        ("KILN_TARGET".into(), job.target.clone()),
+        ("KILN_STEP".into(), step.name.clone()),
+        ("KILN_WORKER".into(), ctx.worker_name.clone()),
+        (
+            "KILN_WORKER_DIR".into(),
+            ctx.worker_dir.display().to_string(),
+        ),
+    ];
+    env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));
+    for (k, v) in &step.env {
+        match interpolate(v, lookup) {
+            Ok(v) => env.push((k.clone(), v)),
+            Err(e) => {
+                log.line(&format!(
+                    "kiln: cannot set {k} for step {}: {e}\n",
+                    step.name
+                ));
+                log.flush(true);
+                result.message = Some(e.to_string());
+                return result;
+            }
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let capture = step.set_property.is_some();
+    let mut proc = match process::spawn(&script, dir, &env, capture, tx) {
+        Ok(p) => p,
+        Err(e) => {
+            log.line(&format!("kiln: cannot start step {}: {e}\n", step.name));
+            log.flush(true);
+            result.message = Some(format!("could not start: {e}"));
+            return result;
+        }
+    };
+    let timeout = step.timeout_ms.map(Duration::from_millis);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut stdout = Vec::new();
+    let mut stopping: Option<(Instant, &'static str)> = None;
+    // An always_run step is not interrupted by the cancel that let it run.
+    let mut cancel_seen = *ctx.cancel.borrow();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let status = loop {
+        let kill_at = stopping.map(|(t, _)| t + grace);
+        tokio::select! {
+            st = proc.child.wait() => break st,
+            Some(o) = rx.recv() => match o {
+                Output::Log(b) => log.push(&b),
+                Output::Stdout(b) => { log.push(&b); stdout.extend_from_slice(&b); }
+            },
+            _ = flush.tick() => log.flush(false),
+            _ = ctx.cancel.changed(), if !cancel_seen => {
+                cancel_seen = true;
+                if *ctx.cancel.borrow() && stopping.is_none() {
+                    process::signal_group(proc.pgid, libc::SIGTERM);
+                    stopping = Some((Instant::now(), "cancelled"));
+                }
+            }
+            _ = sleep_until(deadline), if stopping.is_none() && deadline.is_some() => {
+                process::signal_group(proc.pgid, libc::SIGTERM);
+                stopping = Some((Instant::now(), "timed out"));
+            }
+            _ = sleep_until(kill_at), if kill_at.is_some() => {
+                process::signal_group(proc.pgid, libc::SIGKILL);
+            }
+        }
+    };
+    // Whatever the step left running in its group goes with it.
+    process::signal_group(proc.pgid, libc::SIGKILL);
+    // The pipes close once every process holding them is gone.
+    while let Some(o) = rx.recv().await {
+        match o {
+            Output::Log(b) => log.push(&b),
+            Output::Stdout(b) => {
+                log.push(&b);
+                stdout.extend_from_slice(&b);
+            }
+        }
+    }
+    let code = status.as_ref().ok().and_then(|s| s.code());
+    result.exit_code = code;
+    match stopping {
+        Some((_, "cancelled")) => {
+            log.line("\nkiln: step cancelled\n");
+            result.state = StepState::Cancelled;
+            result.message = Some("was cancelled".into());
+        }
+        Some(_) => {
+            let t = format_duration(timeout.unwrap_or_default());
+            log.line(&format!("\nkiln: step timed out after {t}\n"));
+            result.message = Some(format!("timed out after {t}"));
+        }
+        None if code == Some(0) => {
+            result.state = StepState::Succeeded;
+            if let Some(name) = &step.set_property {
+                let value = String::from_utf8_lossy(&stdout).trim().to_string();
+                result.property = Some((name.clone(), value));
+            }
+        }
+        None => {
+            result.message = Some(match (code, &status) {
+                (Some(c), _) => format!("failed with exit code {c}"),
+                (None, Ok(s)) => format!("was killed by {}", describe_signal(s)),
+                (None, Err(e)) => format!("could not be waited for: {e}"),
+            });
+        }
+    }
+    log.flush(true);
+    result
+}
+
+fn describe_signal(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match s.signal() {
+        Some(9) => "SIGKILL".into(),
+        Some(15) => "SIGTERM".into(),
+        Some(n) => format!("signal {n}"),
+        None => "an unknown cause".into(),
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::incomplete_tail;
+
+    #[test]
+    fn holds_back_only_an_unfinished_character() {
+        assert_eq!(incomplete_tail(b"abc"), 0);
+        assert_eq!(incomplete_tail("hé".as_bytes()), 0);
+        assert_eq!(incomplete_tail(&"hé".as_bytes()[..2]), 1);
+        assert_eq!(incomplete_tail(&"€".as_bytes()[..2]), 2);
+        assert_eq!(incomplete_tail(b"\xff\xfeabc"), 0);
+    }
+}
