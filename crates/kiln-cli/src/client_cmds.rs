@@ -46,8 +46,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     let mut properties = BTreeMap::new();
     for p in &args.properties {
-        let (k, v) =
-            kiln_core::props::parse_assignment(p).map_err(|e| anyhow::anyhow!("-p {p}: {e}"))?;
+        let (k, v) = kiln_core::props::parse_assignment(p).map_err(|e| anyhow::anyhow!("-p {p}: {e}"))?;
         properties.insert(k, v);
     }
     let client = args.remote.client()?;
@@ -73,11 +72,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let ok = crate::follow::follow_request(&client, created.request_id, args.remote.json).await?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[derive(Args)]
@@ -127,10 +122,7 @@ pub async fn show(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
     println!(
         "  state:        {}{}",
         b.state,
-        b.reason
-            .as_ref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default()
+        b.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
     );
     println!(
         "  requested:    {} by {}",
@@ -203,11 +195,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
         let may_appear = args.follow && !b.state.is_finished();
         if !known && !may_appear {
             let names: Vec<&str> = b.steps.iter().map(|st| st.name.as_str()).collect();
-            anyhow::bail!(
-                "build {} has no step {s:?}; its steps: {}",
-                b.id,
-                names.join(", ")
-            );
+            anyhow::bail!("build {} has no step {s:?}; its steps: {}", b.id, names.join(", "));
         }
     }
     let mut stdout = std::io::stdout();
@@ -236,10 +224,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
             }
             if chunk.data.is_empty() {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let nb = client
-                    .build(b.id)
-                    .await
-                    .context("cannot re-read the build")?;
+                let nb = client.build(b.id).await.context("cannot re-read the build")?;
                 let st = nb.steps.iter().find(|s| s.index == step.index);
                 if nb.state.is_finished() && st.is_none_or(|s| offset >= s.log_size as u64) {
                     break;

@@ -22,10 +22,7 @@ const SOURCES: &[(&str, &str)] = &[
         "src/opencore/README",
         include_str!("../../../examples/src/opencore/README"),
     ),
-    (
-        "src/slow/README",
-        include_str!("../../../examples/src/slow/README"),
-    ),
+    ("src/slow/README", include_str!("../../../examples/src/slow/README")),
 ];
 
 #[derive(Args)]
@@ -48,8 +45,7 @@ fn usable(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     if TcpListener::bind(addr).is_ok() {
         return Ok(addr);
     }
-    let l =
-        TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("no free port for the demo")?;
+    let l = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("no free port for the demo")?;
     Ok(l.local_addr()?)
 }
 
@@ -71,15 +67,11 @@ fn write_secret(path: &Path) -> anyhow::Result<()> {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
-    std::fs::create_dir_all(dir.join("secrets"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("secrets")).with_context(|| format!("cannot create {}", dir.display()))?;
     let listen = usable(args.listen)?;
     let worker_listen = usable(args.worker_listen)?;
     let farm = FARM
-        .replace(
-            "listen = \"127.0.0.1:8010\"",
-            &format!("listen = \"{listen}\""),
-        )
+        .replace("listen = \"127.0.0.1:8010\"", &format!("listen = \"{listen}\""))
         .replace(
             "worker_listen = \"127.0.0.1:9989\"",
             &format!("worker_listen = \"{worker_listen}\""),
@@ -140,19 +132,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("Try, in another terminal:");
     eprintln!("  export KILN_URL={url} KILN_TOKEN=$(cat {token_path})");
     eprintln!("  kiln builds");
-    eprintln!(
-        "  kiln log {}",
-        created.builds.first().map(|b| b.id).unwrap_or(1)
-    );
+    eprintln!("  kiln log {}", created.builds.first().map(|b| b.id).unwrap_or(1));
     eprintln!("  kiln build --all -p release=true --follow     # slow takes 10 minutes: try `kiln cancel` on it");
     if args.exit {
         master.shutdown().await;
         workers.shutdown().await;
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     eprintln!("Press Ctrl-C to stop.");
     tokio::select! {
@@ -161,9 +146,5 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     master.shutdown().await;
     workers.shutdown().await;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

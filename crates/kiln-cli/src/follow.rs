@@ -15,8 +15,7 @@ const POLL: Duration = Duration::from_millis(250);
 pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> anyhow::Result<bool> {
     let tty = std::io::stderr().is_terminal() && !json;
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{spinner} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style = ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: HashMap<i64, ProgressBar> = HashMap::new();
     let mut last: HashMap<i64, String> = HashMap::new();
     loop {
@@ -79,10 +78,7 @@ pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> any
                 println!("{}", serde_json::to_string_pretty(&builds)?);
             }
             let ok = builds.iter().all(|b| b.state == BuildState::Succeeded);
-            let failed = builds
-                .iter()
-                .filter(|b| b.state != BuildState::Succeeded)
-                .count();
+            let failed = builds.iter().filter(|b| b.state != BuildState::Succeeded).count();
             if !json {
                 if ok {
                     eprintln!("all {} builds succeeded", builds.len());

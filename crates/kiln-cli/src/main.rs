@@ -27,12 +27,7 @@ struct Cli {
 #[derive(Args, Clone)]
 pub struct Remote {
     /// The master's web/API address.
-    #[arg(
-        long,
-        env = "KILN_URL",
-        default_value = "http://127.0.0.1:8010",
-        global = true
-    )]
+    #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:8010", global = true)]
     pub url: String,
     /// File holding an API token (the master writes DATA_DIR/admin.token).
     #[arg(long, global = true)]
@@ -159,10 +154,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "kiln master: web and API on http://{}, workers on {}",
                 m.http_addr, m.worker_addr
             );
-            eprintln!(
-                "kiln master: admin token in {}",
-                m.admin_token_path.display()
-            );
+            eprintln!("kiln master: admin token in {}", m.admin_token_path.display());
             tokio::select! {
                 _ = m.wait() => anyhow::bail!("the master stopped unexpectedly"),
                 _ = shutdown_signal() => {
@@ -201,8 +193,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkconfig { config } => {
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("cannot read {}", config.display()))?;
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?;
             match kiln_core::config::parse(&text) {
                 Ok(cfg) => {
                     let builders = kiln_core::matrix::builders(&cfg).count();

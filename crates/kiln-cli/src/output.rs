@@ -11,9 +11,7 @@ pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
 /// Seconds from `start` to `end` (or now).
 pub fn elapsed(start: Option<&str>, end: Option<&str>) -> Option<f64> {
     let start = parse_time(start?)?;
-    let end = end
-        .and_then(parse_time)
-        .unwrap_or_else(OffsetDateTime::now_utc);
+    let end = end.and_then(parse_time).unwrap_or_else(OffsetDateTime::now_utc);
     Some((end - start).as_seconds_f64().max(0.0))
 }
 
@@ -23,11 +21,7 @@ pub fn human_secs(s: f64) -> String {
     } else if s < 3600.0 {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
     } else {
-        format!(
-            "{}h{:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
-        )
+        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
     }
 }
 

@@ -28,10 +28,7 @@ async fn example_farm() -> Farm {
 fn request(components: &[&str], props: &[(&str, &str)]) -> BuildRequestBody {
     BuildRequestBody {
         components: components.iter().map(|c| c.to_string()).collect(),
-        properties: props
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..Default::default()
     }
 }
@@ -42,21 +39,14 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
     let mut ids = Vec::new();
     // Half through the CLI, half through the API.
     for i in 0..5 {
-        let (code, out, err) =
-            run(farm
-                .kiln()
-                .args(["build", "libgrace", "-p", &format!("release=cli{i}")]))
-            .expect("kiln build");
+        let (code, out, err) = run(farm
+            .kiln()
+            .args(["build", "libgrace", "-p", &format!("release=cli{i}")]))
+        .expect("kiln build");
         assert_eq!(code, 0, "{err}");
         let lines: Vec<i64> = out
             .lines()
-            .map(|l| {
-                l.split('\t')
-                    .next()
-                    .expect("id")
-                    .parse()
-                    .expect("numeric id")
-            })
+            .map(|l| l.split('\t').next().expect("id").parse().expect("numeric id"))
             .collect();
         assert_eq!(lines.len(), 2, "one build per target: {out}");
         ids.extend(lines);
@@ -83,10 +73,7 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
         assert_eq!(b.properties["version"].value, "1.4.2");
         let release = b.properties["release"].value.clone();
         let compile = client.log(b.id, "compile", 0).await.expect("log");
-        assert_eq!(
-            compile.data,
-            format!("compiling libgrace for {}\n", b.target)
-        );
+        assert_eq!(compile.data, format!("compiling libgrace for {}\n", b.target));
         assert!(compile.complete);
         let package = client.log(b.id, "package", 0).await.expect("log");
         assert_eq!(package.data, format!("packaging 1.4.2 release={release}\n"));
@@ -98,23 +85,18 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
     assert_eq!(workers.len(), 2, "both workers took builds");
 
     // The CLI shows the same in text and JSON.
-    let (code, out, _) =
-        run(farm.kiln().args(["show", &ids[0].to_string(), "--json"])).expect("kiln show");
+    let (code, out, _) = run(farm.kiln().args(["show", &ids[0].to_string(), "--json"])).expect("kiln show");
     assert_eq!(code, 0);
     let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(shown["state"], "succeeded");
     assert_eq!(shown["properties"]["version"]["source"], "step");
     assert_eq!(shown["properties"]["release"]["value"], "cli0");
+    let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--step", "version"])).expect("kiln log");
+    assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
     let (code, out, _) = run(farm
         .kiln()
-        .args(["log", &ids[0].to_string(), "--step", "version"]))
-    .expect("kiln log");
-    assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
-    let (code, out, _) =
-        run(farm
-            .kiln()
-            .args(["builds", "--state", "succeeded", "--limit", "25", "--json"]))
-        .expect("kiln builds");
+        .args(["builds", "--state", "succeeded", "--limit", "25", "--json"]))
+    .expect("kiln builds");
     assert_eq!(code, 0);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
     assert_eq!(listed.len(), 20);
@@ -127,10 +109,7 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
 async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
     let farm = example_farm().await;
     let (code, out, err) =
-        run(farm
-            .kiln()
-            .args(["build", "--all", "-p", "release=true", "--json"]))
-        .expect("kiln build --all");
+        run(farm.kiln().args(["build", "--all", "-p", "release=true", "--json"])).expect("kiln build --all");
     assert_eq!(code, 0, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).expect("json");
     let builds = created["builds"].as_array().expect("builds");
@@ -149,10 +128,7 @@ async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
     );
     let lib = farm.wait_finished(lib_deb, Duration::from_secs(30)).await;
     let oc = farm.wait_finished(opencore, Duration::from_secs(30)).await;
-    assert_eq!(
-        (lib.state, oc.state),
-        (BuildState::Succeeded, BuildState::Succeeded)
-    );
+    assert_eq!((lib.state, oc.state), (BuildState::Succeeded, BuildState::Succeeded));
     assert_eq!(oc.depends_on, vec![lib_deb]);
     assert!(
         oc.started_at.as_deref().expect("started") >= lib.finished_at.as_deref().expect("finished"),
@@ -163,9 +139,7 @@ async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
     // CLI and one through the API; nothing of them may survive.
     for id in [slow_deb, slow_el] {
         farm.wait_build(id, Duration::from_secs(30), |b| {
-            b.steps
-                .first()
-                .is_some_and(|s| s.state == StepState::Running)
+            b.steps.first().is_some_and(|s| s.state == StepState::Running)
         })
         .await;
         assert!(
@@ -176,13 +150,9 @@ async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
             "the step's processes are visible"
         );
     }
-    let (code, _, err) =
-        run(farm.kiln().args(["cancel", &slow_deb.to_string()])).expect("kiln cancel");
+    let (code, _, err) = run(farm.kiln().args(["cancel", &slow_deb.to_string()])).expect("kiln cancel");
     assert_eq!(code, 0, "{err}");
-    farm.client()
-        .cancel(slow_el)
-        .await
-        .expect("cancel through the API");
+    farm.client().cancel(slow_el).await.expect("cancel through the API");
     for id in [slow_deb, slow_el] {
         let b = farm.wait_finished(id, Duration::from_secs(20)).await;
         assert_eq!(b.state, BuildState::Cancelled);
@@ -195,11 +165,7 @@ async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
         );
     }
     // Cancelling a finished build is a conflict, not a crash.
-    let err = farm
-        .client()
-        .cancel(slow_deb)
-        .await
-        .expect_err("already finished");
+    let err = farm.client().cancel(slow_deb).await.expect_err("already finished");
     assert!(err.to_string().contains("409"), "{err}");
 }
 
@@ -238,41 +204,24 @@ steps = [ { name = "build", run = "true" } ]
     farm.start_master().await;
     farm.start_worker("w1", &["t"], 1);
     farm.wait_for_workers(&["w1"]).await;
-    let (code, out, _) =
-        run(farm.kiln().args(["build", "--all", "--follow"])).expect("kiln build --follow");
+    let (code, out, _) = run(farm.kiln().args(["build", "--all", "--follow"])).expect("kiln build --follow");
     assert_eq!(code, 1, "a failed build makes --follow fail: {out}");
     let client = farm.client();
     let page = client.builds(&Default::default()).await.expect("list");
-    let by_name: BTreeMap<String, _> = page
-        .builds
-        .into_iter()
-        .map(|b| (b.component.clone(), b))
-        .collect();
+    let by_name: BTreeMap<String, _> = page.builds.into_iter().map(|b| (b.component.clone(), b)).collect();
     let base = &by_name["base"];
     assert_eq!(base.state, BuildState::Failed);
-    assert_eq!(
-        base.reason.as_deref(),
-        Some("step build failed with exit code 3")
-    );
+    assert_eq!(base.reason.as_deref(), Some("step build failed with exit code 3"));
     let states: Vec<StepState> = base.steps.iter().map(|s| s.state).collect();
-    assert_eq!(
-        states,
-        [StepState::Failed, StepState::Skipped, StepState::Succeeded]
-    );
+    assert_eq!(states, [StepState::Failed, StepState::Skipped, StepState::Succeeded]);
     assert_eq!(
         client.log(base.id, "cleanup", 0).await.expect("log").data,
         "cleaned up\n"
     );
     assert_eq!(by_name["app"].state, BuildState::Skipped);
-    assert_eq!(
-        by_name["app"].reason.as_deref(),
-        Some("dependency base@t failed")
-    );
+    assert_eq!(by_name["app"].reason.as_deref(), Some("dependency base@t failed"));
     assert_eq!(by_name["tool"].state, BuildState::Skipped);
-    assert_eq!(
-        by_name["tool"].reason.as_deref(),
-        Some("dependency app@t skipped")
-    );
+    assert_eq!(by_name["tool"].reason.as_deref(), Some("dependency app@t skipped"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,10 +258,7 @@ steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e r
     })
     .await;
     let build = client.build(id).await.expect("build");
-    assert!(
-        ok,
-        "the first line was not visible while running: {build:?}"
-    );
+    assert!(ok, "the first line was not visible while running: {build:?}");
     assert_eq!(build.state, BuildState::Running);
     // Let the step finish: it waits for a file in its work dir.
     let workdir = farm.path(&format!("workers/w1/builds/{id}"));
@@ -356,19 +302,14 @@ steps = [ { name = "run", run = "echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1
     let mut ids = Vec::new();
     for _ in 0..6 {
         let created = client
-            .create_builds(&request(
-                &["job"],
-                &[("ledger", ledger.to_str().expect("utf8 path"))],
-            ))
+            .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8 path"))]))
             .await
             .expect("create");
         ids.push(created.builds[0].id);
     }
     // Two run, four wait; then the master dies without warning.
-    farm.wait_build(ids[0], Duration::from_secs(10), |b| {
-        b.state == BuildState::Running
-    })
-    .await;
+    farm.wait_build(ids[0], Duration::from_secs(10), |b| b.state == BuildState::Running)
+        .await;
     farm.kill_master();
     farm.start_master().await;
     let client = farm.client();
@@ -386,10 +327,7 @@ steps = [ { name = "run", run = "echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1
     sorted.sort_unstable();
     assert_eq!(sorted, ids, "every build ran exactly once");
     let first = client.build(ids[0]).await.expect("build");
-    assert_eq!(
-        first.attempt, 1,
-        "the running build was resumed, not restarted"
-    );
+    assert_eq!(first.attempt, 1, "the running build was resumed, not restarted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -422,10 +360,8 @@ steps = [ { name = "run", run = "echo on $KILN_WORKER; sleep 2" } ]
         .expect("create")
         .builds[0]
         .id;
-    farm.wait_build(id, Duration::from_secs(10), |b| {
-        b.state == BuildState::Running
-    })
-    .await;
+    farm.wait_build(id, Duration::from_secs(10), |b| b.state == BuildState::Running)
+        .await;
     farm.start_worker("w2", &["t"], 1);
     farm.wait_for_workers(&["w2"]).await;
     farm.kill_worker("w1");
@@ -455,10 +391,8 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
         .expect("create")
         .builds[0]
         .id;
-    farm.wait_build(slow, Duration::from_secs(10), |b| {
-        b.state == BuildState::Running
-    })
-    .await;
+    farm.wait_build(slow, Duration::from_secs(10), |b| b.state == BuildState::Running)
+        .await;
 
     let good = std::fs::read_to_string(&farm.config).expect("config")
         + "\n[[component]]\nname = \"extra\"\nsteps = [ { name = \"hi\", run = \"echo hi from extra\" } ]\n";
@@ -484,8 +418,7 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
 
     std::fs::write(
         &farm.config,
-        good.clone()
-            + "\n[[component]]\nname = \"broken\"\ndepends_on = [\"nothing\"]\nsteps = []\n",
+        good.clone() + "\n[[component]]\nname = \"broken\"\ndepends_on = [\"nothing\"]\nsteps = []\n",
     )
     .expect("write bad config");
     assert!(
@@ -515,16 +448,9 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
         .await
     );
     let ws = client.workers().await.expect("workers");
-    assert!(
-        ws.iter().all(|w| w.connected),
-        "workers stay connected: {ws:?}"
-    );
+    assert!(ws.iter().all(|w| w.connected), "workers stay connected: {ws:?}");
     let b = client.build(slow).await.expect("slow");
-    assert_eq!(
-        b.state,
-        BuildState::Running,
-        "the running build survived the reloads"
-    );
+    assert_eq!(b.state, BuildState::Running, "the running build survived the reloads");
     client.cancel(slow).await.expect("cancel");
     farm.wait_finished(slow, Duration::from_secs(20)).await;
     farm.kill_master();
@@ -595,11 +521,7 @@ async fn the_api_rejects_bad_input_clearly() {
         .await
         .expect("send");
     assert_eq!(r.status(), 413);
-    let r = http
-        .get(format!("{url}/api/v1/builds/abc"))
-        .send()
-        .await
-        .expect("send");
+    let r = http.get(format!("{url}/api/v1/builds/abc")).send().await.expect("send");
     assert_eq!(r.status(), 400);
     let r = http
         .get(format!("{url}/api/v1/builds/999999"))
@@ -697,10 +619,7 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("farm.toml");
     std::fs::write(&good, EXAMPLE).expect("write");
-    let (code, out, err) = run(std::process::Command::new(KILN)
-        .arg("checkconfig")
-        .arg(&good))
-    .expect("run");
+    let (code, out, err) = run(std::process::Command::new(KILN).arg("checkconfig").arg(&good)).expect("run");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.starts_with("config is good: 3 components × 2 targets = 5 builders"),
@@ -708,11 +627,18 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     );
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, EXAMPLE.replace("depends_on = [\"libgrace\"]", "depends_on = [\"libgrace\", \"opencore\"]").replace("name = \"w2\"", "name = \"w1\"") + "\n[[component]]\nname = \"x\"\nflavour = \"sour\"\nsteps = [ { name = \"s\", run = \"true\" } ]\n").expect("write");
-    let (code, _, err) = run(std::process::Command::new(KILN)
-        .arg("checkconfig")
-        .arg(&bad))
-    .expect("run");
+    std::fs::write(
+        &bad,
+        EXAMPLE
+            .replace(
+                "depends_on = [\"libgrace\"]",
+                "depends_on = [\"libgrace\", \"opencore\"]",
+            )
+            .replace("name = \"w2\"", "name = \"w1\"")
+            + "\n[[component]]\nname = \"x\"\nflavour = \"sour\"\nsteps = [ { name = \"s\", run = \"true\" } ]\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(std::process::Command::new(KILN).arg("checkconfig").arg(&bad)).expect("run");
     assert_eq!(code, 1);
     let file = bad.display().to_string();
     let lines: Vec<&str> = err.lines().collect();

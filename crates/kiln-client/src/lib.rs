@@ -2,8 +2,7 @@
 //! the demo, the benchmark and the integration tests.
 
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk,
-    Status, WorkerInfo,
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, Status, WorkerInfo,
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -90,10 +89,7 @@ impl Client {
 
     fn post(&self, path: &str) -> Result<reqwest::RequestBuilder> {
         let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
-        Ok(self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token))
+        Ok(self.http.post(format!("{}{path}", self.base)).bearer_auth(token))
     }
 
     pub async fn status(&self) -> Result<Status> {
@@ -132,8 +128,7 @@ impl Client {
     }
 
     pub async fn cancel(&self, id: i64) -> Result<Build> {
-        self.send(self.post(&format!("/api/v1/builds/{id}/cancel"))?)
-            .await
+        self.send(self.post(&format!("/api/v1/builds/{id}/cancel"))?).await
     }
 
     pub async fn log(&self, id: i64, step: &str, offset: u64) -> Result<LogChunk> {

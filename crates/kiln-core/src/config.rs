@@ -150,16 +150,11 @@ impl FarmConfig {
     }
 
     /// The targets a component builds on, in config order.
-    pub fn targets_of<'a>(
-        &'a self,
-        component: &'a Component,
-    ) -> impl Iterator<Item = &'a Target> + 'a {
-        self.targets
-            .iter()
-            .filter(move |t| match &component.targets {
-                None => true,
-                Some(names) => names.iter().any(|n| n == &t.name),
-            })
+    pub fn targets_of<'a>(&'a self, component: &'a Component) -> impl Iterator<Item = &'a Target> + 'a {
+        self.targets.iter().filter(move |t| match &component.targets {
+            None => true,
+            Some(names) => names.iter().any(|n| n == &t.name),
+        })
     }
 
     pub fn builds_on(&self, component: &Component, target: &str) -> bool {
@@ -211,14 +206,7 @@ const MASTER_KEYS: &[&str] = &[
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror"];
-const COMPONENT_KEYS: &[&str] = &[
-    "name",
-    "source",
-    "depends_on",
-    "targets",
-    "steps",
-    "properties",
-];
+const COMPONENT_KEYS: &[&str] = &["name", "source", "depends_on", "targets", "steps", "properties"];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -237,17 +225,9 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
         Ok(d) => d,
         Err(e) => {
             let span = e.span();
-            let msg = e
-                .message()
-                .trim()
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let msg = e.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
             r.err(&span, format!("invalid TOML: {msg}"));
-            return Err(ConfigErrors {
-                diagnostics: r.diags,
-            });
+            return Err(ConfigErrors { diagnostics: r.diags });
         }
     };
     let root = doc.as_table();
@@ -311,10 +291,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     "deb" => Some(Family::Deb),
                     "rpm" => Some(Family::Rpm),
                     other => {
-                        r.err(
-                            &fspan,
-                            format!("unknown family {other:?}; known families: deb, rpm"),
-                        );
+                        r.err(&fspan, format!("unknown family {other:?}; known families: deb, rpm"));
                         None
                     }
                 });
@@ -358,10 +335,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                         let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
                         r.err(
                             tspan,
-                            format!(
-                                "{what}: unknown target {tname:?}; known targets: {}",
-                                known.join(", ")
-                            ),
+                            format!("{what}: unknown target {tname:?}; known targets: {}", known.join(", ")),
                         );
                     }
                 }
@@ -369,9 +343,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     let s = tbl.t.get("targets").and_then(|i| i.span());
                     r.err(
                         &s,
-                        format!(
-                            "{what}: `targets` is empty; leave it out to build on every target"
-                        ),
+                        format!("{what}: `targets` is empty; leave it out to build on every target"),
                     );
                 }
             }
@@ -405,11 +377,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
 
     // Cross references: dependencies name known components, and form no cycle.
     for c in &components {
-        for (dep, span) in dep_spans
-            .get(&c.name)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for (dep, span) in dep_spans.get(&c.name).map(Vec::as_slice).unwrap_or_default() {
             if dep == &c.name {
                 r.err(span, format!("component {:?} depends on itself", c.name));
             } else if !components.iter().any(|o| &o.name == dep) {
@@ -445,9 +413,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
         })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
-        Err(ConfigErrors {
-            diagnostics: r.diags,
-        })
+        Err(ConfigErrors { diagnostics: r.diags })
     }
 }
 
@@ -464,10 +430,7 @@ fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Opti
     if let Some(item) = tbl.t.get(key) {
         if let Some(i) = item.as_integer() {
             if i < 0 {
-                r.err(
-                    &item.span(),
-                    format!("`{key}` in {what} may not be negative"),
-                );
+                r.err(&item.span(), format!("`{key}` in {what} may not be negative"));
                 return None;
             }
             return Some(Duration::from_secs(i as u64));
@@ -497,7 +460,12 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
         if let Some((s, sspan)) = r.string(tbl, key, "[master]") {
             match s.parse::<SocketAddr>() {
                 Ok(a) => *into = a,
-                Err(_) => r.err(&sspan, format!("`{key}` must be an address with a port, like \"127.0.0.1:8010\" or \"[::1]:8010\"; got {s:?}")),
+                Err(_) => r.err(
+                    &sspan,
+                    format!(
+                        "`{key}` must be an address with a port, like \"127.0.0.1:8010\" or \"[::1]:8010\"; got {s:?}"
+                    ),
+                ),
             }
         }
     };
@@ -507,14 +475,8 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
         m.data_dir = d;
     }
     if let Some((db, dspan)) = r.string(tbl, "database", "[master]") {
-        if !(db.starts_with("postgres://")
-            || db.starts_with("postgresql://")
-            || db.starts_with("sqlite:"))
-        {
-            r.err(
-                &dspan,
-                "`database` must be a postgres:// URL or an sqlite: URL",
-            );
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
+            r.err(&dspan, "`database` must be a postgres:// URL or an sqlite: URL");
         }
         m.database = Some(db);
     }
@@ -588,15 +550,15 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
         r.check_keys(st, STEP_KEYS, &swhat);
         let name = named(r, st, &swhat);
         let run = r.required_string(st, "run", &swhat);
-        let set_property = r.string(st, "set_property", &swhat).and_then(|(p, pspan)| {
-            match check_property_name(&p) {
+        let set_property = r
+            .string(st, "set_property", &swhat)
+            .and_then(|(p, pspan)| match check_property_name(&p) {
                 Ok(()) => Some(p),
                 Err(e) => {
                     r.err(&pspan, format!("{swhat}: {e}"));
                     None
                 }
-            }
-        });
+            });
         let timeout = duration_key(r, st, "timeout", &swhat);
         let env = r
             .string_map(st, "env", &swhat)
@@ -645,13 +607,7 @@ fn dependency_cycles(components: &[Component]) -> Vec<Vec<String>> {
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut mark = vec![0u8; components.len()];
     let mut cycles = Vec::new();
-    fn visit(
-        n: usize,
-        edges: &[Vec<usize>],
-        mark: &mut [u8],
-        stack: &mut Vec<usize>,
-        cycles: &mut Vec<Vec<usize>>,
-    ) {
+    fn visit(n: usize, edges: &[Vec<usize>], mark: &mut [u8], stack: &mut Vec<usize>, cycles: &mut Vec<Vec<usize>>) {
         mark[n] = 1;
         stack.push(n);
         for &m in &edges[n] {

@@ -15,21 +15,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total_ms: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number at {rest:?}"
-            ));
+            return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("duration {text:?} is too long"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,

@@ -85,12 +85,10 @@ pub fn plan(cfg: &FarmConfig, spec: &RequestSpec) -> Result<Vec<PlannedBuild>, P
             return Err(PlanError::NoComponents);
         }
         for name in &spec.components {
-            let c = cfg
-                .component(name)
-                .ok_or_else(|| PlanError::UnknownComponent {
-                    name: name.clone(),
-                    known: known_components(),
-                })?;
+            let c = cfg.component(name).ok_or_else(|| PlanError::UnknownComponent {
+                name: name.clone(),
+                known: known_components(),
+            })?;
             if !chosen.iter().any(|x| x.name == c.name) {
                 chosen.push(c);
             }
@@ -156,9 +154,7 @@ mod tests {
     }
 
     fn names(plan: &[PlannedBuild]) -> Vec<String> {
-        plan.iter()
-            .map(|b| format!("{}@{}", b.component, b.target))
-            .collect()
+        plan.iter().map(|b| format!("{}@{}", b.component, b.target)).collect()
     }
 
     #[test]
@@ -218,19 +214,13 @@ mod tests {
             targets: vec!["el-9-x86_64".into()],
             ..Default::default()
         };
-        assert_eq!(
-            names(&plan(&cfg, &spec).expect("plan")),
-            ["libgrace@el-9-x86_64"]
-        );
+        assert_eq!(names(&plan(&cfg, &spec).expect("plan")), ["libgrace@el-9-x86_64"]);
         let spec = RequestSpec {
             components: vec!["opencore".into()],
             targets: vec!["el-9-x86_64".into()],
             ..Default::default()
         };
-        assert!(matches!(
-            plan(&cfg, &spec),
-            Err(PlanError::NothingToBuild(_))
-        ));
+        assert!(matches!(plan(&cfg, &spec), Err(PlanError::NothingToBuild(_))));
         let spec = RequestSpec {
             components: vec!["nope".into()],
             ..Default::default()
@@ -244,14 +234,8 @@ mod tests {
             targets: vec!["win".into()],
             ..Default::default()
         };
-        assert!(matches!(
-            plan(&cfg, &spec),
-            Err(PlanError::UnknownTarget { .. })
-        ));
-        assert_eq!(
-            plan(&cfg, &RequestSpec::default()),
-            Err(PlanError::NoComponents)
-        );
+        assert!(matches!(plan(&cfg, &spec), Err(PlanError::UnknownTarget { .. })));
+        assert_eq!(plan(&cfg, &RequestSpec::default()), Err(PlanError::NoComponents));
     }
 
     #[test]

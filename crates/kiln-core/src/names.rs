@@ -16,11 +16,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
-    {
+    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) {
         return Err(format!(
             "invalid name {name:?}: use letters, digits and '._+-', starting with a letter or digit"
         ));
@@ -36,15 +32,8 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
             "invalid property name {name:?}: it must be 1 to 64 characters long"
         ));
     }
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
+    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
         return Err(format!(
             "invalid property name {name:?}: use letters, digits and '_-.', starting with a letter or '_'"
         ));

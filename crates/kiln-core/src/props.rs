@@ -54,10 +54,7 @@ pub enum InterpolateError {
 
 /// Replaces every `%(prop:NAME)s` (or `%(prop:NAME:-default)s`) in `text`
 /// with the property's value; `%%` is a literal `%`.
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, InterpolateError> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut consumed = 0;
@@ -154,10 +151,7 @@ mod tests {
 
     #[test]
     fn assignments() {
-        assert_eq!(
-            parse_assignment("release=true"),
-            Ok(("release".into(), "true".into()))
-        );
+        assert_eq!(parse_assignment("release=true"), Ok(("release".into(), "true".into())));
         assert_eq!(parse_assignment("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_assignment("novalue").is_err());
         assert!(parse_assignment("bad key=1").is_err());

@@ -104,14 +104,8 @@ mod tests {
     #[test]
     fn readiness_follows_dependencies() {
         assert_eq!(readiness([]), Readiness::Ready);
-        assert_eq!(
-            readiness([("libgrace", BuildState::Succeeded)]),
-            Readiness::Ready
-        );
-        assert_eq!(
-            readiness([("libgrace", BuildState::Running)]),
-            Readiness::Waiting
-        );
+        assert_eq!(readiness([("libgrace", BuildState::Succeeded)]), Readiness::Ready);
+        assert_eq!(readiness([("libgrace", BuildState::Running)]), Readiness::Waiting);
         assert_eq!(
             readiness([("libgrace", BuildState::Running), ("x", BuildState::Failed)]),
             Readiness::Blocked {

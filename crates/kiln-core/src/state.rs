@@ -54,8 +54,7 @@ impl BuildState {
         use BuildState::*;
         matches!(
             (self, to),
-            (Queued, Running | Cancelled | Skipped)
-                | (Running, Succeeded | Failed | Cancelled | Queued)
+            (Queued, Running | Cancelled | Skipped) | (Running, Succeeded | Failed | Cancelled | Queued)
         )
     }
 }
@@ -69,15 +68,12 @@ impl fmt::Display for BuildState {
 impl FromStr for BuildState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        BuildState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown build state {s:?}; known: {}",
-                    BuildState::ALL.map(|s| s.as_str()).join(", ")
-                )
-            })
+        BuildState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown build state {s:?}; known: {}",
+                BuildState::ALL.map(|s| s.as_str()).join(", ")
+            )
+        })
     }
 }
 

@@ -31,10 +31,7 @@ pub(crate) struct Tbl<'a> {
 
 impl<'s> Reader<'s> {
     pub(crate) fn new(src: &'s str) -> Self {
-        Reader {
-            src,
-            diags: Vec::new(),
-        }
+        Reader { src, diags: Vec::new() }
     }
 
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
@@ -66,10 +63,7 @@ impl<'s> Reader<'s> {
                 let span = t.t.get_key_value(&k).and_then(|(key, _)| key.span());
                 self.err(
                     &span,
-                    format!(
-                        "unknown key `{k}` in {what}; known keys: {}",
-                        allowed.join(", ")
-                    ),
+                    format!("unknown key `{k}` in {what}; known keys: {}", allowed.join(", ")),
                 );
             }
         }
@@ -90,12 +84,7 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub(crate) fn required_string(
-        &mut self,
-        t: Tbl<'_>,
-        key: &str,
-        what: &str,
-    ) -> Option<(String, Span)> {
+    pub(crate) fn required_string(&mut self, t: Tbl<'_>, key: &str, what: &str) -> Option<(String, Span)> {
         if t.t.get(key).is_none() {
             self.err(t.span, format!("{what} needs `{key}`"));
             return None;
@@ -114,46 +103,27 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub(crate) fn string_list(
-        &mut self,
-        t: Tbl<'_>,
-        key: &str,
-        what: &str,
-    ) -> Option<Vec<(String, Span)>> {
+    pub(crate) fn string_list(&mut self, t: Tbl<'_>, key: &str, what: &str) -> Option<Vec<(String, Span)>> {
         let (item, span) = self.value(t, key)?;
         let Some(arr) = item.as_array() else {
-            self.err(
-                &span,
-                format!("`{key}` in {what} must be a list of strings"),
-            );
+            self.err(&span, format!("`{key}` in {what} must be a list of strings"));
             return None;
         };
         let mut out = Vec::new();
         for v in arr.iter() {
             match v.as_str() {
                 Some(s) => out.push((s.to_string(), v.span())),
-                None => self.err(
-                    &v.span(),
-                    format!("`{key}` in {what} must hold only strings"),
-                ),
+                None => self.err(&v.span(), format!("`{key}` in {what} must hold only strings")),
             }
         }
         Some(out)
     }
 
     /// A table of string values, e.g. `env = { CC = "gcc" }`.
-    pub(crate) fn string_map(
-        &mut self,
-        t: Tbl<'_>,
-        key: &str,
-        what: &str,
-    ) -> Option<Vec<(String, String, Span)>> {
+    pub(crate) fn string_map(&mut self, t: Tbl<'_>, key: &str, what: &str) -> Option<Vec<(String, String, Span)>> {
         let (item, span) = self.value(t, key)?;
         let Some(tbl) = item.as_table_like() else {
-            self.err(
-                &span,
-                format!("`{key}` in {what} must be a table of strings"),
-            );
+            self.err(&span, format!("`{key}` in {what} must be a table of strings"));
             return None;
         };
         let mut out = Vec::new();
@@ -163,12 +133,8 @@ impl<'s> Reader<'s> {
                 Some(s) => out.push((k.to_string(), s.to_string(), vspan)),
                 None => match v.as_value() {
                     // Numbers and booleans are accepted and kept as written.
-                    Some(Value::Integer(i)) => {
-                        out.push((k.to_string(), i.value().to_string(), vspan))
-                    }
-                    Some(Value::Boolean(b)) => {
-                        out.push((k.to_string(), b.value().to_string(), vspan))
-                    }
+                    Some(Value::Integer(i)) => out.push((k.to_string(), i.value().to_string(), vspan)),
+                    Some(Value::Boolean(b)) => out.push((k.to_string(), b.value().to_string(), vspan)),
                     _ => self.err(&vspan, format!("`{key}.{k}` in {what} must be a string")),
                 },
             }
@@ -178,16 +144,9 @@ impl<'s> Reader<'s> {
 
     /// The tables of an array of tables (`[[worker]]`) or an inline array of
     /// inline tables (`steps = [ {..}, {..} ]`).
-    pub(crate) fn tables<'a>(
-        &mut self,
-        item: &'a Item,
-        what: &str,
-    ) -> Vec<(&'a dyn TableLike, Span)> {
+    pub(crate) fn tables<'a>(&mut self, item: &'a Item, what: &str) -> Vec<(&'a dyn TableLike, Span)> {
         if let Some(aot) = item.as_array_of_tables() {
-            return aot
-                .iter()
-                .map(|t| (t as &dyn TableLike, t.span()))
-                .collect();
+            return aot.iter().map(|t| (t as &dyn TableLike, t.span())).collect();
         }
         if let Some(arr) = item.as_array() {
             let mut out = Vec::new();

@@ -105,8 +105,7 @@ pub struct BuilderStats {
     pub running: i64,
 }
 
-const BUILD_COLUMNS: &str =
-    "id, request_id, component, target, state, reason, requested_at, started_at, \
+const BUILD_COLUMNS: &str = "id, request_id, component, target, state, reason, requested_at, started_at, \
     finished_at, requested_by, worker, attempt, properties, depends_on";
 
 impl Store {
@@ -206,12 +205,10 @@ impl Store {
     }
 
     pub async fn schema_version(&self) -> Result<i64> {
-        Ok(
-            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM kiln_schema")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?,
-        )
+        Ok(sqlx::query("SELECT COALESCE(MAX(version), 0) FROM kiln_schema")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 
     /// Records a request and its builds in one transaction; returns the
@@ -224,22 +221,17 @@ impl Store {
         builds: &[NewBuild],
     ) -> Result<(i64, Vec<i64>)> {
         let mut tx = self.pool.begin().await?;
-        let request_id: i64 = sqlx::query(
-            "INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(now)
-        .bind(requested_by)
-        .bind(reason)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
+        let request_id: i64 =
+            sqlx::query("INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id")
+                .bind(now)
+                .bind(requested_by)
+                .bind(reason)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
         let mut ids: Vec<i64> = Vec::with_capacity(builds.len());
         for b in builds {
-            let deps: Vec<i64> = b
-                .depends_on
-                .iter()
-                .filter_map(|&i| ids.get(i).copied())
-                .collect();
+            let deps: Vec<i64> = b.depends_on.iter().filter_map(|&i| ids.get(i).copied()).collect();
             let id: i64 = sqlx::query(
                 "INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, depends_on) \
                  VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
@@ -263,13 +255,7 @@ impl Store {
     /// Claims a queued build for a worker and records its steps. Returns
     /// false when the build was not queued any more (someone else took it, or
     /// it was cancelled): the claim is exactly-once.
-    pub async fn claim(
-        &self,
-        build_id: i64,
-        worker: &str,
-        now: i64,
-        step_names: &[String],
-    ) -> Result<bool> {
+    pub async fn claim(&self, build_id: i64, worker: &str, now: i64, step_names: &[String]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
             "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1 \
@@ -290,28 +276,24 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for (i, name) in step_names.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO steps (build_id, idx, name, state) VALUES ($1, $2, $3, 'pending')",
-            )
-            .bind(build_id)
-            .bind(i as i64)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO steps (build_id, idx, name, state) VALUES ($1, $2, $3, 'pending')")
+                .bind(build_id)
+                .bind(i as i64)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 
     pub async fn step_started(&self, build_id: i64, idx: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE steps SET state = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3",
-        )
-        .bind(now)
-        .bind(build_id)
-        .bind(idx)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE steps SET state = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3")
+            .bind(now)
+            .bind(build_id)
+            .bind(idx)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -361,13 +343,7 @@ impl Store {
     /// Moves a build to a finished state if the state machine allows it from
     /// where it is now; returns whether it changed. Steps still pending or
     /// running are closed with `step_state`.
-    pub async fn finish(
-        &self,
-        build_id: i64,
-        state: BuildState,
-        reason: Option<&str>,
-        now: i64,
-    ) -> Result<bool> {
+    pub async fn finish(&self, build_id: i64, state: BuildState, reason: Option<&str>, now: i64) -> Result<bool> {
         let from: Vec<&str> = [BuildState::Queued, BuildState::Running]
             .into_iter()
             .filter(|s| s.can_become(state))
@@ -376,11 +352,7 @@ impl Store {
         if from.is_empty() {
             return Ok(false);
         }
-        let in_list = from
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let in_list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(&format!(
             "UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ({in_list})"
@@ -460,11 +432,7 @@ impl Store {
             return Ok(Vec::new());
         }
         // Ids are integers we produced, so listing them inline is safe.
-        let list = build_ids
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = build_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let rows = sqlx::query(&format!(
             "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
              FROM steps WHERE build_id IN ({list}) ORDER BY build_id, idx"
@@ -527,9 +495,7 @@ impl Store {
     /// Every build that is queued or running, oldest first.
     pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
         let mut out = Vec::new();
-        let sql = format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ('queued', 'running') ORDER BY id"
-        );
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ('queued', 'running') ORDER BY id");
         let mut rows = sqlx::query(&sql).fetch(&self.pool);
         while let Some(r) = rows.try_next().await? {
             out.push(build_row(&r)?);
@@ -543,18 +509,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let rows = sqlx::query(&format!(
-            "SELECT id, state FROM builds WHERE id IN ({list})"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({list})"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>(0)?,
-                    parse_state(&r.try_get::<String, _>(1)?)?,
-                ))
-            })
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, parse_state(&r.try_get::<String, _>(1)?)?)))
             .collect()
     }
 
@@ -609,10 +568,8 @@ fn build_row(r: &AnyRow) -> Result<BuildRow> {
         requested_by: r.try_get("requested_by")?,
         worker: r.try_get("worker")?,
         attempt: r.try_get("attempt")?,
-        properties: serde_json::from_str(&props)
-            .map_err(|e| StoreError::Corrupt(format!("properties: {e}")))?,
-        depends_on: serde_json::from_str(&deps)
-            .map_err(|e| StoreError::Corrupt(format!("depends_on: {e}")))?,
+        properties: serde_json::from_str(&props).map_err(|e| StoreError::Corrupt(format!("properties: {e}")))?,
+        depends_on: serde_json::from_str(&deps).map_err(|e| StoreError::Corrupt(format!("depends_on: {e}")))?,
     })
 }
 

@@ -26,9 +26,9 @@ where
     let mut raw = [0u8; 6];
     getrandom::fill(&mut raw).expect("random");
     let schema = format!("kiln_test_{}", hex::encode(raw));
-    let admin = Store::connect(&base).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {base} is needed for the store suite (see DEVELOPERS.md): {e}")
-    });
+    let admin = Store::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for the store suite (see DEVELOPERS.md): {e}"));
     admin
         .execute_raw(&format!("CREATE SCHEMA {schema}"))
         .await
@@ -117,9 +117,7 @@ async fn a_build_is_claimed_exactly_once() {
             let s = s.clone();
             let steps = steps.clone();
             tasks.push(tokio::spawn(async move {
-                s.claim(id, &format!("w{w}"), 2, &steps)
-                    .await
-                    .expect("claim")
+                s.claim(id, &format!("w{w}"), 2, &steps).await.expect("claim")
             }));
         }
         let mut won = 0;
@@ -147,19 +145,11 @@ async fn a_build_is_claimed_exactly_once() {
 async fn state_changes_follow_the_state_machine() {
     on_both(|s| async move {
         let (_, ids) = s
-            .create_request(
-                1,
-                None,
-                None,
-                &[new_build("a", "t", &[]), new_build("b", "t", &[])],
-            )
+            .create_request(1, None, None, &[new_build("a", "t", &[]), new_build("b", "t", &[])])
             .await
             .expect("create");
         // A queued build cannot succeed without running.
-        assert!(!s
-            .finish(ids[0], BuildState::Succeeded, None, 5)
-            .await
-            .expect("finish"));
+        assert!(!s.finish(ids[0], BuildState::Succeeded, None, 5).await.expect("finish"));
         assert!(s
             .claim(ids[0], "w", 2, &["one".into(), "two".into()])
             .await
@@ -188,10 +178,7 @@ async fn state_changes_follow_the_state_machine() {
         );
         assert_eq!((st[1].state, st[1].started_at), (StepState::Skipped, None));
         // A queued build can be cancelled, and then not claimed.
-        assert!(s
-            .finish(ids[1], BuildState::Cancelled, None, 7)
-            .await
-            .expect("cancel"));
+        assert!(s.finish(ids[1], BuildState::Cancelled, None, 7).await.expect("cancel"));
         assert!(!s.claim(ids[1], "w", 8, &[]).await.expect("claim"));
     })
     .await;
@@ -204,20 +191,14 @@ async fn a_requeued_build_runs_again_with_a_new_attempt() {
             .create_request(1, None, None, &[new_build("a", "t", &[])])
             .await
             .expect("create");
-        assert!(s
-            .claim(ids[0], "w1", 2, &["s".into()])
-            .await
-            .expect("claim"));
+        assert!(s.claim(ids[0], "w1", 2, &["s".into()]).await.expect("claim"));
         s.step_started(ids[0], 0, 3).await.expect("started");
         assert!(s.requeue(ids[0], "worker w1 lost").await.expect("requeue"));
         assert!(!s.requeue(ids[0], "again").await.expect("requeue twice"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
         assert_eq!((b.state, b.worker.as_deref()), (BuildState::Queued, None));
         assert!(s.steps(ids[0]).await.expect("steps").is_empty());
-        assert!(s
-            .claim(ids[0], "w2", 4, &["s".into()])
-            .await
-            .expect("claim"));
+        assert!(s.claim(ids[0], "w2", 4, &["s".into()]).await.expect("claim"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
         assert_eq!((b.attempt, b.worker.as_deref()), (2, Some("w2")));
     })
@@ -230,10 +211,7 @@ async fn listing_filters_and_pages_newest_first() {
         let builds: Vec<NewBuild> = (0..25)
             .map(|i| new_build(if i % 2 == 0 { "even" } else { "odd" }, "t", &[]))
             .collect();
-        let (_, ids) = s
-            .create_request(1, None, None, &builds)
-            .await
-            .expect("create");
+        let (_, ids) = s.create_request(1, None, None, &builds).await.expect("create");
         assert!(s.claim(ids[3], "w", 2, &[]).await.expect("claim"));
         let page = s
             .list_builds(&BuildFilter {
@@ -273,19 +251,13 @@ async fn listing_filters_and_pages_newest_first() {
         assert_eq!(running.iter().map(|b| b.id).collect::<Vec<_>>(), [ids[3]]);
         assert_eq!(s.unfinished_builds().await.expect("unfinished").len(), 25);
         let stats = s.builder_stats().await.expect("stats");
-        let odd_stats = stats
-            .iter()
-            .find(|x| x.component == "odd")
-            .expect("odd builder");
+        let odd_stats = stats.iter().find(|x| x.component == "odd").expect("odd builder");
         assert_eq!(
             (odd_stats.queued, odd_stats.running, odd_stats.last_build_id),
             (11, 1, ids[23])
         );
         let states = s.states(&[ids[3], ids[4]]).await.expect("states");
-        assert!(
-            states.contains(&(ids[3], BuildState::Running))
-                && states.contains(&(ids[4], BuildState::Queued))
-        );
+        assert!(states.contains(&(ids[3], BuildState::Running)) && states.contains(&(ids[4], BuildState::Queued)));
     })
     .await;
 }

@@ -19,8 +19,8 @@ use kiln_core::props::{Properties, Property, PropertySource, MAX_VALUE_LEN};
 use kiln_core::BuildState;
 use kiln_db::{BuildFilter, BuildRow, NewBuild, StepRow};
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk,
-    PropertyValue, Status, Step, WorkerInfo,
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, PropertyValue, Status,
+    Step, WorkerInfo,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -47,12 +47,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builders", get(list_builders))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/change_hook/base", post(change_hook_base))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such page; the API lives under /api/v1",
-            )
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; the API lives under /api/v1") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -118,13 +113,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
     }
 }
 
@@ -154,10 +143,7 @@ pub struct Caller(pub String);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let from_header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -175,13 +161,8 @@ impl FromRequestParts<AppState> for Caller {
                 StatusCode::UNAUTHORIZED,
                 "this action needs a token: send `Authorization: Bearer TOKEN`",
             )),
-            Some(t) if crate::auth::tokens_match(&state.admin_token, &t) => {
-                Ok(Caller("admin".into()))
-            }
-            Some(_) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "the token is not valid",
-            )),
+            Some(t) if crate::auth::tokens_match(&state.admin_token, &t) => Ok(Caller("admin".into())),
+            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the token is not valid")),
         }
     }
 }
@@ -268,10 +249,7 @@ async fn list_builds(
         None
     };
     let builds = to_api_builds(&s, rows).await?;
-    Ok(Json(BuildPage {
-        builds,
-        next_before,
-    }))
+    Ok(Json(BuildPage { builds, next_before }))
 }
 
 /// Forces builds: the same options as `kiln build`.
@@ -295,10 +273,7 @@ async fn create_builds(
     Ok(Json(created))
 }
 
-fn request_properties(
-    given: &BTreeMap<String, String>,
-    source: PropertySource,
-) -> Result<Properties, ApiError> {
+fn request_properties(given: &BTreeMap<String, String>, source: PropertySource) -> Result<Properties, ApiError> {
     if given.len() > MAX_PROPERTIES {
         return Err(ApiError::bad(format!(
             "too many properties ({}); at most {MAX_PROPERTIES}",
@@ -375,12 +350,7 @@ async fn submit(
         .store
         .create_request(now_us(), Some(who), reason.as_deref(), &builds)
         .await?;
-    tracing::info!(
-        request = request_id,
-        builds = ids.len(),
-        by = who,
-        "builds requested"
-    );
+    tracing::info!(request = request_id, builds = ids.len(), by = who, "builds requested");
     s.send(Event::Queued(ids));
     let rows = s.store.request_builds(request_id).await?;
     let builds = to_api_builds(s, rows).await?;
@@ -392,11 +362,7 @@ async fn submit(
     responses((status = 200, body = Build), (status = 404, body = ErrorBody)))]
 async fn get_build(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Build> {
     let id = parse_id(&id)?;
-    let row = s
-        .store
-        .build(id)
-        .await?
-        .ok_or_else(|| not_found_build(id))?;
+    let row = s.store.build(id).await?.ok_or_else(|| not_found_build(id))?;
     let mut builds = to_api_builds(&s, vec![row]).await?;
     builds.pop().map(Json).ok_or_else(|| not_found_build(id))
 }
@@ -415,11 +381,7 @@ fn not_found_build(id: i64) -> ApiError {
 #[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path)),
     responses((status = 200, body = Build), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")),
     security(("token" = [])))]
-async fn cancel_build(
-    State(s): State<AppState>,
-    Caller(who): Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Build> {
+async fn cancel_build(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> ApiResult<Build> {
     let id = parse_id(&id)?;
     let (tx, rx) = oneshot::channel();
     s.send(Event::Cancel {
@@ -428,9 +390,7 @@ async fn cancel_build(
         reply: tx,
     });
     match rx.await.map_err(ApiError::internal)? {
-        CancelOutcome::Cancelled | CancelOutcome::Stopping => {
-            get_build(State(s), Path(id.to_string())).await
-        }
+        CancelOutcome::Cancelled | CancelOutcome::Stopping => get_build(State(s), Path(id.to_string())).await,
         CancelOutcome::AlreadyFinished(st) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("build {id} already finished: {st}"),
@@ -459,11 +419,7 @@ async fn step_log(
 ) -> ApiResult<LogChunk> {
     let Query(q) = q.map_err(|e| ApiError::bad(format!("invalid query: {}", e.body_text())))?;
     let id = parse_id(&id)?;
-    let build = s
-        .store
-        .build(id)
-        .await?
-        .ok_or_else(|| not_found_build(id))?;
+    let build = s.store.build(id).await?.ok_or_else(|| not_found_build(id))?;
     let steps = s.store.steps(id).await?;
     let found = steps
         .iter()
@@ -477,18 +433,14 @@ async fn step_log(
             let names: Vec<&str> = steps.iter().map(|st| st.name.as_str()).collect();
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!(
-                    "build {id} has no step {step:?}; its steps: {}",
-                    names.join(", ")
-                ),
+                format!("build {id} has no step {step:?}; its steps: {}", names.join(", ")),
             )
         })?;
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(MAX_LOG_READ).clamp(1, MAX_LOG_READ);
     let idx = found.idx as u32;
     let logs = &s.logs;
-    let data = tokio::task::block_in_place(|| logs.read(id, idx, offset, limit))
-        .map_err(ApiError::internal)?;
+    let data = tokio::task::block_in_place(|| logs.read(id, idx, offset, limit)).map_err(ApiError::internal)?;
     let next_offset = offset + data.len() as u64;
     let complete = (found.state.is_finished() || build.state.is_finished())
         && next_offset >= (found.log_size as u64).max(logs.size(id, idx));
@@ -592,14 +544,11 @@ async fn change_hook_base(
     form: Result<Form<BaseChange>, FormRejection>,
 ) -> ApiResult<BuildRequestCreated> {
     let Form(change) = form?;
-    let project = change.project.filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad("the change has no `project`; kiln builds the component it names")
-    })?;
-    let mut given: BTreeMap<String, String> = match change
-        .properties
-        .as_deref()
-        .filter(|p| !p.trim().is_empty())
-    {
+    let project = change
+        .project
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad("the change has no `project`; kiln builds the component it names"))?;
+    let mut given: BTreeMap<String, String> = match change.properties.as_deref().filter(|p| !p.trim().is_empty()) {
         None => BTreeMap::new(),
         Some(text) => {
             let v: serde_json::Value = serde_json::from_str(text)
@@ -611,9 +560,7 @@ async fn change_hook_base(
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string()),
+                        v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
                     )
                 })
                 .collect()

@@ -10,8 +10,7 @@ pub fn now_us() -> i64 {
 }
 
 pub fn rfc3339(us: i64) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -22,10 +21,7 @@ pub fn rfc3339(us: i64) -> String {
 mod tests {
     #[test]
     fn fixed_width_utc() {
-        assert_eq!(
-            super::rfc3339(1_795_000_000_410_000),
-            "2026-11-18T11:06:40.410Z"
-        );
+        assert_eq!(super::rfc3339(1_795_000_000_410_000), "2026-11-18T11:06:40.410Z");
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
     }
 }

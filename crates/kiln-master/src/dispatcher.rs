@@ -20,9 +20,7 @@ use kiln_core::schedule::{pick_worker, readiness, Readiness, WorkerLoad};
 use kiln_core::BuildState;
 use kiln_db::BuildRow;
 use kiln_proto::api::WorkerInfo;
-use kiln_proto::wire::{
-    BuildResult, Hello, Job, JobStep, MasterMsg, StepResult, WorkerMsg, PROTOCOL_VERSION,
-};
+use kiln_proto::wire::{BuildResult, Hello, Job, JobStep, MasterMsg, StepResult, WorkerMsg, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,10 +186,8 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, b: BuildRow) {
-        self.known.insert(
-            b.id,
-            (format!("{}@{}", b.component, b.target), BuildState::Queued),
-        );
+        self.known
+            .insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
         self.queue.insert(
             b.id,
             QueuedBuild {
@@ -223,8 +219,7 @@ impl Dispatcher {
                         .insert(id, (format!("{}@{}", b.component, b.target), b.state));
                 }
                 Ok(None) => {
-                    self.known
-                        .insert(id, (format!("#{id}"), BuildState::Skipped));
+                    self.known.insert(id, (format!("#{id}"), BuildState::Skipped));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read dependency state"),
             }
@@ -277,11 +272,7 @@ impl Dispatcher {
                 }
                 self.load_dependency_states().await;
             }
-            Event::Cancel {
-                build_id,
-                by,
-                reply,
-            } => {
+            Event::Cancel { build_id, by, reply } => {
                 let outcome = self.cancel(build_id, &by).await;
                 let _ = reply.send(outcome);
             }
@@ -354,9 +345,7 @@ impl Dispatcher {
         );
         {
             let mut infos = self.shared.workers();
-            let info = infos
-                .entry(name.clone())
-                .or_insert_with(|| empty_info(&name));
+            let info = infos.entry(name.clone()).or_insert_with(|| empty_info(&name));
             info.connected = true;
             info.targets = hello.targets.clone();
             info.slots = i64::from(hello.slots.max(1));
@@ -398,9 +387,7 @@ impl Dispatcher {
     }
 
     fn is_running_on(&self, build_id: i64, worker: &str) -> bool {
-        self.running
-            .get(&build_id)
-            .is_some_and(|r| r.worker == worker)
+        self.running.get(&build_id).is_some_and(|r| r.worker == worker)
     }
 
     async fn step_finished(&mut self, worker: &str, r: StepResult) {
@@ -468,20 +455,11 @@ impl Dispatcher {
         };
         let mut reason = r.reason.clone();
         if state == BuildState::Cancelled {
-            if let Some(by) = self
-                .running
-                .get(&id)
-                .and_then(|run| run.cancelled_by.as_ref())
-            {
+            if let Some(by) = self.running.get(&id).and_then(|run| run.cancelled_by.as_ref()) {
                 reason = Some(format!("cancelled by {by}"));
             }
         }
-        if let Err(e) = self
-            .shared
-            .store
-            .finish(id, state, reason.as_deref(), now_us())
-            .await
-        {
+        if let Err(e) = self.shared.store.finish(id, state, reason.as_deref(), now_us()).await {
             tracing::error!(build = id, error = %e, "cannot record build end");
         }
         self.shared.logs.end(id);
@@ -545,11 +523,7 @@ impl Dispatcher {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            let worker = self
-                .running
-                .get(&id)
-                .map(|r| r.worker.clone())
-                .unwrap_or_default();
+            let worker = self.running.get(&id).map(|r| r.worker.clone()).unwrap_or_default();
             self.requeue(id, &format!("worker {worker} was lost")).await;
         }
         if now.duration_since(self.last_poll) >= POLL {
@@ -717,10 +691,7 @@ impl Dispatcher {
         self.queue.remove(&id);
         // A queued build cannot fail without running; claim it to the master.
         let store = &self.shared.store;
-        let ok = store
-            .claim(id, "master", now_us(), &[])
-            .await
-            .unwrap_or(false)
+        let ok = store.claim(id, "master", now_us(), &[]).await.unwrap_or(false)
             && store
                 .finish(id, BuildState::Failed, Some(reason), now_us())
                 .await
@@ -788,11 +759,7 @@ impl Dispatcher {
             build_id: id,
             component: q.component.clone(),
             target: q.target.clone(),
-            properties: q
-                .properties
-                .iter()
-                .map(|(k, p)| (k.clone(), p.value.clone()))
-                .collect(),
+            properties: q.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect(),
             steps,
             source_tgz: source.map(|s| s.as_str().to_owned()),
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
@@ -822,9 +789,7 @@ impl Dispatcher {
         let farm = self.shared.farm();
         let mut infos = self.shared.workers();
         for w in &farm.cfg.workers {
-            infos
-                .entry(w.name.clone())
-                .or_insert_with(|| empty_info(&w.name));
+            infos.entry(w.name.clone()).or_insert_with(|| empty_info(&w.name));
         }
         for (name, info) in infos.iter_mut() {
             match self.workers.get(name) {

@@ -23,10 +23,7 @@ pub struct LoadedFarm {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
@@ -41,17 +38,10 @@ impl LoadedFarm {
     }
 
     pub fn from_text(path: &Path, text: String) -> Result<LoadedFarm, LoadError> {
-        let cfg = config::parse(&text)
-            .map_err(|e| LoadError::Invalid(e.render(&path.display().to_string())))?;
+        let cfg = config::parse(&text).map_err(|e| LoadError::Invalid(e.render(&path.display().to_string())))?;
         let base_dir = path
             .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let mut worker_tokens = HashMap::new();
@@ -89,10 +79,7 @@ impl LoadedFarm {
     pub fn database_url(&self) -> String {
         match &self.cfg.master.database {
             Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir().join("kiln.db").display()
-            ),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir().join("kiln.db").display()),
         }
     }
 }

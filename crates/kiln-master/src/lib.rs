@@ -72,14 +72,12 @@ pub async fn upgrade(config: &Path) -> anyhow::Result<usize> {
 pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm = load(config)?;
     let data_dir = farm.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let store = Store::open(&farm.database_url())
         .await
         .context("cannot open the database")?;
     let logs = logs::LogStore::new(&data_dir).context("cannot create the log directory")?;
-    let (token, token_path, created) =
-        auth::admin_token(&data_dir).context("cannot read or create the admin token")?;
+    let (token, token_path, created) = auth::admin_token(&data_dir).context("cannot read or create the admin token")?;
     if created {
         tracing::info!(path = %token_path.display(), "wrote a new admin API token");
     }
@@ -88,17 +86,9 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
         .with_context(|| format!("cannot listen on {}", farm.cfg.master.listen))?;
     let wl = TcpListener::bind(farm.cfg.master.worker_listen)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen for workers on {}",
-                farm.cfg.master.worker_listen
-            )
-        })?;
+        .with_context(|| format!("cannot listen for workers on {}", farm.cfg.master.worker_listen))?;
     let tls = match &farm.cfg.master.worker_tls {
-        Some(files) => Some(tls_acceptor(
-            &farm.resolve(&files.cert),
-            &farm.resolve(&files.key),
-        )?),
+        Some(files) => Some(tls_acceptor(&farm.resolve(&files.cert), &farm.resolve(&files.key))?),
         None => None,
     };
     let (http_addr, worker_addr) = (http.local_addr()?, wl.local_addr()?);
@@ -142,12 +132,10 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     ))
     .with_context(|| format!("cannot read the private key {}", key.display()))?
     .with_context(|| format!("no private key in {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("the worker TLS certificate and key do not fit together")?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the worker TLS certificate and key do not fit together")?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

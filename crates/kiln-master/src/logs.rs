@@ -82,14 +82,7 @@ impl LogStore {
     /// Appends output a worker sent. Chunks are placed by offset: a repeat of
     /// bytes already stored is ignored, so a worker may re-send after a
     /// reconnect. Returns false if the build is not this worker's.
-    pub fn append(
-        &self,
-        build_id: i64,
-        worker: &str,
-        step: u32,
-        offset: u64,
-        data: &str,
-    ) -> io::Result<bool> {
+    pub fn append(&self, build_id: i64, worker: &str, step: u32, offset: u64, data: &str) -> io::Result<bool> {
         let mut active = self.lock();
         let Some(a) = active.get_mut(&build_id) else {
             return Ok(false);
@@ -137,9 +130,7 @@ impl LogStore {
         if let Some((_, len)) = self.lock().get(&build_id).and_then(|a| a.open.get(&step)) {
             return *len;
         }
-        fs::metadata(self.plain(build_id, step))
-            .map(|m| m.len())
-            .unwrap_or(0)
+        fs::metadata(self.plain(build_id, step)).map(|m| m.len()).unwrap_or(0)
     }
 
     /// Compresses a finished step's log; returns its size in bytes.
@@ -157,8 +148,7 @@ impl LogStore {
         };
         let gz = self.gz(build_id, step);
         let tmp = gz.with_extension("gz.tmp");
-        let mut enc =
-            flate2::write::GzEncoder::new(File::create(&tmp)?, flate2::Compression::default());
+        let mut enc = flate2::write::GzEncoder::new(File::create(&tmp)?, flate2::Compression::default());
         let n = io::copy(&mut input, &mut enc)?;
         enc.finish()?.sync_all()?;
         fs::rename(&tmp, &gz)?;
@@ -182,17 +172,15 @@ impl LogStore {
                 f.seek(SeekFrom::Start(offset))?;
                 f.take(limit as u64).read_to_end(&mut buf)?;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match File::open(self.gz(build_id, step)) {
-                    Ok(f) => {
-                        let mut dec = GzDecoder::new(f);
-                        io::copy(&mut (&mut dec).take(offset), &mut io::sink())?;
-                        dec.take(limit as u64).read_to_end(&mut buf)?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match File::open(self.gz(build_id, step)) {
+                Ok(f) => {
+                    let mut dec = GzDecoder::new(f);
+                    io::copy(&mut (&mut dec).take(offset), &mut io::sink())?;
+                    dec.take(limit as u64).read_to_end(&mut buf)?;
                 }
-            }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         }
         let valid = match std::str::from_utf8(&buf) {
@@ -225,10 +213,7 @@ mod tests {
         assert_eq!(logs.read(1, 0, 6, 2).expect("read"), "w");
         assert_eq!(logs.finish_step(1, 0).expect("finish"), 19);
         assert!(!dir.path().join("logs/1/0.log").exists());
-        assert_eq!(
-            logs.read(1, 0, 0, 1000).expect("read"),
-            "hello wörld\nagain\n"
-        );
+        assert_eq!(logs.read(1, 0, 0, 1000).expect("read"), "hello wörld\nagain\n");
         assert_eq!(logs.read(1, 0, 13, 1000).expect("read"), "again\n");
         assert_eq!(logs.read(1, 5, 0, 1000).expect("read"), "");
     }

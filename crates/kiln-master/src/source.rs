@@ -21,17 +21,13 @@ impl SourceCache {
         if !dir.is_dir() {
             return Err(format!("source directory {} does not exist", dir.display()));
         }
-        let sig = signature(dir)
-            .map_err(|e| format!("cannot read source directory {}: {e}", dir.display()))?;
+        let sig = signature(dir).map_err(|e| format!("cannot read source directory {}: {e}", dir.display()))?;
         if let Some((s, archive)) = self.entries.get(dir) {
             if *s == sig {
                 return Ok(archive.clone());
             }
         }
-        let archive = Arc::new(
-            pack(dir)
-                .map_err(|e| format!("cannot pack source directory {}: {e}", dir.display()))?,
-        );
+        let archive = Arc::new(pack(dir).map_err(|e| format!("cannot pack source directory {}: {e}", dir.display()))?);
         if archive.len() > MAX_SOURCE_BYTES * 4 / 3 {
             return Err(format!(
                 "source directory {} is larger than {} MiB packed",
@@ -39,8 +35,7 @@ impl SourceCache {
                 MAX_SOURCE_BYTES >> 20
             ));
         }
-        self.entries
-            .insert(dir.to_path_buf(), (sig, archive.clone()));
+        self.entries.insert(dir.to_path_buf(), (sig, archive.clone()));
         Ok(archive)
     }
 }

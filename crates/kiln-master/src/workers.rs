@@ -33,17 +33,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
         tokio::spawn(async move {
             let address = addr.to_string();
             match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => connection(s, address, shared).await,
-                        Ok(Err(e)) => {
-                            tracing::warn!(address, error = %e, "TLS handshake with a worker failed")
-                        }
-                        Err(_) => tracing::warn!(address, "TLS handshake with a worker timed out"),
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => connection(s, address, shared).await,
+                    Ok(Err(e)) => {
+                        tracing::warn!(address, error = %e, "TLS handshake with a worker failed")
                     }
-                }
+                    Err(_) => tracing::warn!(address, "TLS handshake with a worker timed out"),
+                },
                 None => connection(stream, address, shared).await,
             }
         });
@@ -83,10 +79,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     let heartbeat_ms = shared.farm().cfg.master.heartbeat.as_millis() as u64;
     if framed
-        .send(wire::encode(&MasterMsg::Welcome {
-            heartbeat_ms,
-            abandon,
-        }))
+        .send(wire::encode(&MasterMsg::Welcome { heartbeat_ms, abandon }))
         .await
         .is_err()
     {

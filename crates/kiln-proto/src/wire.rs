@@ -80,20 +80,11 @@ pub struct BuildResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MasterMsg {
-    Welcome {
-        heartbeat_ms: u64,
-        abandon: Vec<i64>,
-    },
-    Refused {
-        reason: String,
-    },
+    Welcome { heartbeat_ms: u64, abandon: Vec<i64> },
+    Refused { reason: String },
     Assign(Box<Job>),
-    Cancel {
-        build_id: i64,
-    },
-    Ack {
-        build_id: i64,
-    },
+    Cancel { build_id: i64 },
+    Ack { build_id: i64 },
 }
 
 /// Everything a worker needs to run a build.
@@ -122,9 +113,7 @@ pub struct JobStep {
 
 /// The framing both sides use.
 pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
-        .new_codec()
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +143,7 @@ mod tests {
         };
         let back: WorkerMsg = decode(&encode(&m)).expect("decodes");
         assert_eq!(back, m);
-        let text =
-            String::from_utf8(encode(&MasterMsg::Cancel { build_id: 3 }).to_vec()).expect("utf8");
+        let text = String::from_utf8(encode(&MasterMsg::Cancel { build_id: 3 }).to_vec()).expect("utf8");
         assert_eq!(text, r#"{"type":"cancel","build_id":3}"#);
         assert!(decode::<MasterMsg>(b"{\"type\":\"explode\"}").is_err());
     }

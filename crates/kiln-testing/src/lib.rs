@@ -33,8 +33,7 @@ pub struct Farm {
 
 /// Default master settings for tests: short timeouts so lost workers are
 /// noticed quickly.
-pub const TEST_MASTER_EXTRA: &str =
-    "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\n";
+pub const TEST_MASTER_EXTRA: &str = "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\n";
 
 impl Farm {
     /// Writes `config` (its `[master]` listen addresses replaced by free
@@ -63,7 +62,9 @@ impl Farm {
             }
         }
         if !config.contains("[master]") {
-            text = format!("[master]\nlisten = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}\n{text}");
+            text = format!(
+                "[master]\nlisten = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}\n{text}"
+            );
         }
         let config_path = dir.path().join("farm.toml");
         std::fs::write(&config_path, &text).expect("write config");
@@ -122,9 +123,7 @@ impl Farm {
     pub fn master_log(&self) -> String {
         let mut out = String::new();
         for i in 1..=self.master_runs {
-            out.push_str(
-                &std::fs::read_to_string(self.path(&format!("master-{i}.log"))).unwrap_or_default(),
-            );
+            out.push_str(&std::fs::read_to_string(self.path(&format!("master-{i}.log"))).unwrap_or_default());
         }
         out
     }
@@ -142,8 +141,7 @@ impl Farm {
     /// Starts `kiln master` and waits until its API answers.
     pub async fn start_master(&mut self) {
         self.master_runs += 1;
-        let log = std::fs::File::create(self.path(&format!("master-{}.log", self.master_runs)))
-            .expect("log file");
+        let log = std::fs::File::create(self.path(&format!("master-{}.log", self.master_runs))).expect("log file");
         let child = Command::new(&self.bin)
             .arg("master")
             .arg("--config")
@@ -155,10 +153,7 @@ impl Farm {
             .expect("spawn kiln master");
         self.master = Some(child);
         let client = Client::new(&self.url(), None).expect("client");
-        let ok = wait_for(Duration::from_secs(30), || async {
-            client.status().await.is_ok()
-        })
-        .await;
+        let ok = wait_for(Duration::from_secs(30), || async { client.status().await.is_ok() }).await;
         if !ok {
             panic!("the master did not come up:\n{}", self.master_log());
         }
@@ -174,8 +169,7 @@ impl Farm {
 
     pub fn start_worker(&mut self, name: &str, targets: &[&str], slots: u32) {
         let token_file = self.path(&format!("secrets/{name}.token"));
-        let log =
-            std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
+        let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
         let child = Command::new(&self.bin)
             .arg("worker")
             .arg("--master")
@@ -217,16 +211,10 @@ impl Farm {
             let Ok(ws) = client.workers().await else {
                 return false;
             };
-            names
-                .iter()
-                .all(|n| ws.iter().any(|w| &w.name == n && w.connected))
+            names.iter().all(|n| ws.iter().any(|w| &w.name == n && w.connected))
         })
         .await;
-        assert!(
-            ok,
-            "workers {names:?} did not connect:\n{}",
-            self.master_log()
-        );
+        assert!(ok, "workers {names:?} did not connect:\n{}", self.master_log());
     }
 
     /// Waits for a build to finish and returns it.
@@ -249,12 +237,7 @@ impl Farm {
     }
 
     /// Waits until `check` holds for the build.
-    pub async fn wait_build(
-        &self,
-        id: i64,
-        within: Duration,
-        check: impl Fn(&Build) -> bool,
-    ) -> Build {
+    pub async fn wait_build(&self, id: i64, within: Duration, check: impl Fn(&Build) -> bool) -> Build {
         let client = self.anonymous();
         let deadline = Instant::now() + within;
         loop {
@@ -325,10 +308,7 @@ fn processes_with_env(prefix: &str, value_prefix: &str) -> Vec<i32> {
         let Ok(env) = std::fs::read(e.path().join("environ")) else {
             continue;
         };
-        if env
-            .split(|b| *b == 0)
-            .any(|kv| kv.starts_with(needle.as_bytes()))
-        {
+        if env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
             out.push(pid);
         }
     }

@@ -71,16 +71,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     };
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(
-            &opts,
-            tls.clone(),
-            &state,
-            &out_tx,
-            &mut out_rx,
-            &mut backoff,
-        )
-        .await
-        {
+        match session(&opts, tls.clone(), &state, &out_tx, &mut out_rx, &mut backoff).await {
             Ok(()) => tracing::warn!("connection to the master closed; reconnecting"),
             Err(SessionError::Refused(reason)) => bail!("the master refused this worker: {reason}"),
             Err(SessionError::Other(e)) => {
@@ -133,42 +124,13 @@ async fn session(
     stream.set_nodelay(true)?;
     match tls {
         Some(connector) => {
-            let host = opts
-                .master
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(&opts.master);
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let name = rustls::pki_types::ServerName::try_from(host)
-                .context("invalid master host name for TLS")?;
-            let s = connector
-                .connect(name, stream)
-                .await
-                .context("TLS handshake failed")?;
-            converse(
-                Framed::new(s, wire::codec()),
-                opts,
-                state,
-                out_tx,
-                out_rx,
-                backoff,
-            )
-            .await
+            let host = opts.master.rsplit_once(':').map(|(h, _)| h).unwrap_or(&opts.master);
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let name = rustls::pki_types::ServerName::try_from(host).context("invalid master host name for TLS")?;
+            let s = connector.connect(name, stream).await.context("TLS handshake failed")?;
+            converse(Framed::new(s, wire::codec()), opts, state, out_tx, out_rx, backoff).await
         }
-        None => {
-            converse(
-                Framed::new(stream, wire::codec()),
-                opts,
-                state,
-                out_tx,
-                out_rx,
-                backoff,
-            )
-            .await
-        }
+        None => converse(Framed::new(stream, wire::codec()), opts, state, out_tx, out_rx, backoff).await,
     }
 }
 
@@ -199,15 +161,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         .context("no answer to hello")?
         .context("the master closed the connection")??;
     let heartbeat = match wire::decode::<MasterMsg>(&reply)? {
-        MasterMsg::Welcome {
-            heartbeat_ms,
-            abandon,
-        } => {
+        MasterMsg::Welcome { heartbeat_ms, abandon } => {
             for id in abandon {
-                tracing::warn!(
-                    build = id,
-                    "the master gave this build to another worker; stopping it"
-                );
+                tracing::warn!(build = id, "the master gave this build to another worker; stopping it");
                 if let Some(r) = lock(state).running.get(&id) {
                     *r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = true;
                     let _ = r.cancel.send(true);
@@ -216,11 +172,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             Duration::from_millis(heartbeat_ms.max(100))
         }
         MasterMsg::Refused { reason } => return Err(SessionError::Refused(reason)),
-        other => {
-            return Err(
-                anyhow::anyhow!("unexpected first message from the master: {other:?}").into(),
-            )
-        }
+        other => return Err(anyhow::anyhow!("unexpected first message from the master: {other:?}").into()),
     };
     tracing::info!(master = %opts.master, name = %opts.name, "connected to the master");
     *backoff = Duration::from_millis(200);
@@ -295,11 +247,9 @@ fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnec
     for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
         roots.add(cert.with_context(|| format!("cannot read {}", ca.display()))?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

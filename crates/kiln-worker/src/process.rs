@@ -82,11 +82,7 @@ pub fn spawn(
 }
 
 /// Reads a pipe on a blocking thread and forwards what it reads.
-fn pump(
-    mut reader: std::io::PipeReader,
-    out: mpsc::UnboundedSender<Output>,
-    wrap: fn(Vec<u8>) -> Output,
-) {
+fn pump(mut reader: std::io::PipeReader, out: mpsc::UnboundedSender<Output>, wrap: fn(Vec<u8>) -> Output) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

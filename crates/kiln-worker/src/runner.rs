@@ -106,12 +106,7 @@ async fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()
     let Some(tgz) = source_tgz else { return Ok(()) };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(tgz)
-        .map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("source archive: {e}"),
-            )
-        })?;
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("source archive: {e}")))?;
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
@@ -149,11 +144,7 @@ impl LogSender<'_> {
         if self.pending.is_empty() {
             return;
         }
-        let keep = if last {
-            0
-        } else {
-            incomplete_tail(&self.pending)
-        };
+        let keep = if last { 0 } else { incomplete_tail(&self.pending) };
         let cut = self.pending.len() - keep;
         let text = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
         self.pending.drain(..cut);
@@ -228,20 +219,14 @@ async fn run_step(
         ("KILN_TARGET".into(), job.target.clone()),
         ("KILN_STEP".into(), step.name.clone()),
         ("KILN_WORKER".into(), ctx.worker_name.clone()),
-        (
-            "KILN_WORKER_DIR".into(),
-            ctx.worker_dir.display().to_string(),
-        ),
+        ("KILN_WORKER_DIR".into(), ctx.worker_dir.display().to_string()),
     ];
     env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));
     for (k, v) in &step.env {
         match interpolate(v, lookup) {
             Ok(v) => env.push((k.clone(), v)),
             Err(e) => {
-                log.line(&format!(
-                    "kiln: cannot set {k} for step {}: {e}\n",
-                    step.name
-                ));
+                log.line(&format!("kiln: cannot set {k} for step {}: {e}\n", step.name));
                 log.flush(true);
                 result.message = Some(e.to_string());
                 return result;

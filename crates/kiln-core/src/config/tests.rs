@@ -16,10 +16,7 @@ fn the_example_farm_is_accepted_as_written() {
     assert_eq!(cfg.master.worker_listen.to_string(), "127.0.0.1:9989");
     assert_eq!(cfg.workers.len(), 2);
     assert_eq!(
-        cfg.targets
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>(),
+        cfg.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         ["debian-12-amd64", "el-9-x86_64"]
     );
     let lib = cfg.component("libgrace").expect("libgrace");
@@ -123,8 +120,5 @@ fn invalid_toml_and_bad_values() {
 #[test]
 fn step_names_are_unique_per_component() {
     let errs = errors("[[component]]\nname = \"a\"\nsteps = [ { name = \"s\", run = \"true\" }, { name = \"s\", run = \"false\" } ]\n");
-    assert_eq!(
-        errs,
-        ["farm.toml:3:50: duplicate step name \"s\" in component \"a\""]
-    );
+    assert_eq!(errs, ["farm.toml:3:50: duplicate step name \"s\" in component \"a\""]);
 }
