@@ -3,7 +3,7 @@
 
 use kiln_core::{BuildState, StepState};
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{run, wait_for, Farm};
+use kiln_testing::{run, wait_for, Farm, Proxy};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -652,4 +652,169 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
         format!("{file}:38:27: component \"opencore\" depends on itself")
     );
     assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties"));
+}
+
+const TWO_WORKERS_ONE_JOB: &str = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[worker]]
+name = "w2"
+token_file = "secrets/w2.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "job"
+steps = [ { name = "run", run = "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2" } ]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
+    let config = TWO_WORKERS_ONE_JOB.replace(
+        "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2",
+        "echo start-$KILN_WORKER >> %(prop:ledger)s; sleep 5; echo end-$KILN_WORKER >> %(prop:ledger)s",
+    );
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let proxy = Proxy::start(farm.worker_port).await;
+    farm.start_worker_via("w1", &["t"], 1, proxy.addr);
+    farm.wait_for_workers(&["w1"]).await;
+    let ledger = farm.path("ledger");
+    let client = farm.client();
+    let id = client
+        .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&ledger).is_ok()
+        })
+        .await
+    );
+    farm.start_worker("w2", &["t"], 1);
+    farm.wait_for_workers(&["w2"]).await;
+    // The network between w1 and the master goes silent; both ends stay open.
+    proxy.pause(true);
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (b.state, b.worker.as_deref(), b.attempt),
+        (BuildState::Succeeded, Some("w2"), 2),
+        "{b:?}"
+    );
+    assert!(farm.master_log().contains("no heartbeat"), "{}", farm.master_log());
+    assert!(
+        farm.worker_log("w1").contains("no word from the master"),
+        "{}",
+        farm.worker_log("w1")
+    );
+    // w1 stopped its copy before w2 started: it never reached its end.
+    assert_eq!(
+        std::fs::read_to_string(&ledger).expect("ledger"),
+        "start-w1\nstart-w2\nend-w2\n"
+    );
+    assert!(farm.build_processes(id).is_empty());
+    // The network heals; w1 reconnects, and the result stands.
+    proxy.pause(false);
+    farm.wait_for_workers(&["w1", "w2"]).await;
+    let b = client.build(id).await.expect("build");
+    assert_eq!((b.state, b.worker.as_deref()), (BuildState::Succeeded, Some("w2")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_connect_over_tls() {
+    let config = TWO_WORKERS_ONE_JOB.to_string() + "";
+    let config = format!("[master]\nworker_tls = {{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }}\n{config}");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("cert");
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+    let mut farm = Farm::new(
+        KILN.as_ref(),
+        &config,
+        &[("tls/cert.pem", &cert_pem), ("tls/key.pem", &key_pem)],
+    );
+    farm.start_master().await;
+    let ca = farm.path("tls/cert.pem");
+    farm.start_worker_with("w1", &["t"], 1, &["--tls-ca", ca.to_str().expect("utf8")]);
+    farm.wait_for_workers(&["w1"]).await;
+    let ledger = farm.path("ledger");
+    let id = farm
+        .client()
+        .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(farm.client().log(id, "run", 0).await.expect("log").data, "on w1\n");
+    // A worker speaking plain TCP to the TLS port gets nowhere.
+    farm.start_worker("w2", &["t"], 1);
+    let connected = wait_for(Duration::from_secs(3), || async {
+        farm.client()
+            .workers()
+            .await
+            .is_ok_and(|ws| ws.iter().any(|w| w.name == "w2" && w.connected))
+    })
+    .await;
+    assert!(!connected, "a plain-TCP worker must not get through the TLS port");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_farm_runs_on_postgresql() {
+    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("random");
+    let schema = format!("kiln_farm_{}", hex::encode(raw));
+    let admin = kiln_db::Store::connect(&base)
+        .await
+        .expect("PostgreSQL is needed (see DEVELOPERS.md)");
+    admin
+        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema");
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let config = format!("[master]\ndatabase = \"{url}\"\n{TWO_WORKERS_ONE_JOB}");
+    {
+        let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+        let (code, out, err) = run(std::process::Command::new(KILN)
+            .args(["upgrade", "--config"])
+            .arg(&farm.config))
+        .expect("upgrade");
+        assert_eq!((code, out.trim()), (0, "applied 1 migration(s)"), "{err}");
+        farm.start_master().await;
+        farm.start_worker("w1", &["t"], 1);
+        farm.start_worker("w2", &["t"], 1);
+        farm.wait_for_workers(&["w1", "w2"]).await;
+        let ledger = farm.path("ledger");
+        let client = farm.client();
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let b = client
+                .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
+                .await
+                .expect("create");
+            ids.push(b.builds[0].id);
+        }
+        for id in ids {
+            assert_eq!(
+                farm.wait_finished(id, Duration::from_secs(30)).await.state,
+                BuildState::Succeeded
+            );
+        }
+        assert!(
+            !farm.path("data/kiln.db").exists(),
+            "no SQLite file when a database is configured"
+        );
+    }
+    admin
+        .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+    admin.close().await;
 }

@@ -77,18 +77,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         Ok(Err(reason)) => return refuse(&mut framed, &reason).await,
         Err(_) => return,
     };
-    let heartbeat_ms = shared.farm().cfg.master.heartbeat.as_millis() as u64;
-    if framed
-        .send(wire::encode(&MasterMsg::Welcome { heartbeat_ms, abandon }))
-        .await
-        .is_err()
-    {
+    let master_cfg = shared.farm().cfg.master.clone();
+    let heartbeat = master_cfg.heartbeat;
+    // Workers fence themselves well before the master re-queues their builds.
+    let fence_ms = (master_cfg.worker_timeout.as_millis() as u64 * 2 / 3).max(heartbeat.as_millis() as u64 * 2);
+    let welcome = MasterMsg::Welcome {
+        heartbeat_ms: heartbeat.as_millis() as u64,
+        fence_ms,
+        abandon,
+    };
+    if framed.send(wire::encode(&welcome)).await.is_err() {
         shared.send(Event::Gone { conn, worker: name });
         return;
     }
     let (mut sink, mut stream) = framed.split();
     let writer = async {
-        while let Some(msg) = rx.recv().await {
+        let mut ping = tokio::time::interval(heartbeat);
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = ping.tick() => MasterMsg::Ping,
+            };
             if sink.send(wire::encode(&msg)).await.is_err() {
                 break;
             }

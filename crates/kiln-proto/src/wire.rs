@@ -10,7 +10,9 @@
 //! `Refused`. Then the master sends `Assign`/`Cancel`, and the worker reports
 //! steps, log output and results, and a `Heartbeat` when otherwise silent.
 //! The master acknowledges each `BuildFinished`; the worker keeps a result
-//! until then, and re-sends it after a reconnect.
+//! until then, and re-sends it after a reconnect. The master pings; a worker
+//! that hears nothing for `fence_ms` stops its builds (they are about to be
+//! re-queued), so a partitioned worker never runs a build alongside another.
 
 use bytes::Bytes;
 use kiln_core::{BuildState, StepState};
@@ -80,11 +82,25 @@ pub struct BuildResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MasterMsg {
-    Welcome { heartbeat_ms: u64, abandon: Vec<i64> },
-    Refused { reason: String },
+    /// `fence_ms`: a worker that hears nothing from the master for this long
+    /// stops its builds, because the master is about to give them to others.
+    Welcome {
+        heartbeat_ms: u64,
+        fence_ms: u64,
+        abandon: Vec<i64>,
+    },
+    /// Sent every heartbeat interval so the worker knows the master is there.
+    Ping,
+    Refused {
+        reason: String,
+    },
     Assign(Box<Job>),
-    Cancel { build_id: i64 },
-    Ack { build_id: i64 },
+    Cancel {
+        build_id: i64,
+    },
+    Ack {
+        build_id: i64,
+    },
 }
 
 /// Everything a worker needs to run a build.

@@ -168,6 +168,19 @@ impl Farm {
     }
 
     pub fn start_worker(&mut self, name: &str, targets: &[&str], slots: u32) {
+        self.start_worker_with(name, targets, slots, &[]);
+    }
+
+    /// Starts a worker that reaches the master through `via` (a [`Proxy`]).
+    pub fn start_worker_via(&mut self, name: &str, targets: &[&str], slots: u32, via: SocketAddr) {
+        let port = self.worker_port;
+        self.worker_port = via;
+        self.start_worker_with(name, targets, slots, &[]);
+        self.worker_port = port;
+    }
+
+    /// Starts a worker with extra command-line arguments (e.g. `--tls-ca`).
+    pub fn start_worker_with(&mut self, name: &str, targets: &[&str], slots: u32, extra: &[&str]) {
         let token_file = self.path(&format!("secrets/{name}.token"));
         let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
         let child = Command::new(&self.bin)
@@ -184,6 +197,7 @@ impl Farm {
             .arg(slots.to_string())
             .arg("--workdir")
             .arg(self.path(&format!("workers/{name}")))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -252,6 +266,14 @@ impl Farm {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) a worker process, to make it
+    /// go silent without closing its connection.
+    pub fn pause_worker(&self, name: &str, paused: bool) {
+        if let Some(c) = self.workers.get(name) {
+            signal(c.id() as i32, if paused { libc::SIGSTOP } else { libc::SIGCONT });
         }
     }
 
@@ -361,4 +383,70 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<(i32, String, String)> {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// A TCP proxy on loopback that can be paused: while paused it forwards
+/// nothing in either direction but keeps both connections open, like a
+/// network partition. Stops when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                conns.spawn(pipe(cr, sw, watch.clone()));
+                conns.spawn(pipe(sr, cw, watch.clone()));
+            }
+        });
+        Proxy { addr, paused, task }
+    }
+
+    pub fn pause(&self, paused: bool) {
+        let _ = self.paused.send(paused);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return;
+            }
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = paused.changed() => continue,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

@@ -15,7 +15,7 @@ use kiln_proto::wire::{self, BuildResult, Hello, MasterMsg, WorkerMsg, PROTOCOL_
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -45,6 +45,22 @@ struct State {
     running: HashMap<i64, RunningBuild>,
     /// Results not yet acknowledged by the master.
     unacked: HashMap<i64, BuildResult>,
+    /// When the master was last heard from, and how long a silence makes
+    /// this worker stop its builds (from the master's welcome).
+    last_contact: Option<Instant>,
+    fence: Option<Duration>,
+}
+
+impl State {
+    /// Stops every running build without reporting it: the master has (or
+    /// soon will have) given them to another worker.
+    fn abandon_all(&mut self, why: &str) {
+        for (id, r) in &self.running {
+            tracing::warn!(build = id, "{why}; stopping the build");
+            *r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            let _ = r.cancel.send(true);
+        }
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -63,7 +79,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let state: Shared = Arc::new(Mutex::new(State {
         running: HashMap::new(),
         unacked: HashMap::new(),
+        last_contact: None,
+        fence: None,
     }));
+    tokio::spawn(fence_watchdog(state.clone()));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
     let tls = match &opts.tls_ca {
         Some(ca) => Some(tls_connector(ca)?),
@@ -80,6 +99,24 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Stops the builds when the master has been silent too long (a network
+/// partition, or a master that is gone for good): they will be re-queued,
+/// and must not run twice at once.
+async fn fence_watchdog(state: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let mut st = lock(&state);
+        let (Some(last), Some(fence)) = (st.last_contact, st.fence) else {
+            continue;
+        };
+        if last.elapsed() > fence && !st.running.is_empty() {
+            st.abandon_all(&format!("no word from the master for {fence:?}"));
+            st.last_contact = None;
+        }
     }
 }
 
@@ -161,14 +198,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         .context("no answer to hello")?
         .context("the master closed the connection")??;
     let heartbeat = match wire::decode::<MasterMsg>(&reply)? {
-        MasterMsg::Welcome { heartbeat_ms, abandon } => {
+        MasterMsg::Welcome {
+            heartbeat_ms,
+            fence_ms,
+            abandon,
+        } => {
+            let mut st = lock(state);
             for id in abandon {
                 tracing::warn!(build = id, "the master gave this build to another worker; stopping it");
-                if let Some(r) = lock(state).running.get(&id) {
+                if let Some(r) = st.running.get(&id) {
                     *r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = true;
                     let _ = r.cancel.send(true);
                 }
             }
+            st.last_contact = Some(Instant::now());
+            st.fence = Some(Duration::from_millis(fence_ms.max(1000)));
             Duration::from_millis(heartbeat_ms.max(100))
         }
         MasterMsg::Refused { reason } => return Err(SessionError::Refused(reason)),
@@ -177,11 +221,16 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::info!(master = %opts.master, name = %opts.name, "connected to the master");
     *backoff = Duration::from_millis(200);
     let mut beat = tokio::time::interval(heartbeat);
+    let fence = lock(state).fence.unwrap_or(Duration::from_secs(20));
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             frame = framed.next() => {
                 let Some(frame) = frame else { return Ok(()) };
-                match wire::decode::<MasterMsg>(&frame?)? {
+                let frame = frame?;
+                last_heard = Instant::now();
+                lock(state).last_contact = Some(last_heard);
+                match wire::decode::<MasterMsg>(&frame)? {
                     MasterMsg::Assign(job) => start_build(*job, opts, state, out_tx),
                     MasterMsg::Cancel { build_id } => {
                         if let Some(r) = lock(state).running.get(&build_id) {
@@ -192,11 +241,16 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                     MasterMsg::Ack { build_id } => {
                         lock(state).unacked.remove(&build_id);
                     }
-                    MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {}
+                    MasterMsg::Ping | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {}
                 }
             }
             Some(msg) = out_rx.recv() => framed.send(wire::encode(&msg)).await?,
-            _ = beat.tick() => framed.send(wire::encode(&WorkerMsg::Heartbeat)).await?,
+            _ = beat.tick() => {
+                if last_heard.elapsed() > fence {
+                    return Err(anyhow::anyhow!("the master has been silent for {:?}", last_heard.elapsed()).into());
+                }
+                framed.send(wire::encode(&WorkerMsg::Heartbeat)).await?
+            }
         }
     }
 }
