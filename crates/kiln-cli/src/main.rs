@@ -1,6 +1,7 @@
 //! `kiln`: the one binary. `kiln master` and `kiln worker` run the farm;
 //! the other commands talk to a master over its HTTP API.
 
+mod bench;
 mod client_cmds;
 mod demo;
 mod follow;
@@ -114,6 +115,8 @@ enum Command {
     },
     /// Start a demo farm (master + two workers) and build the example components.
     Demo(demo::DemoArgs),
+    /// Measure throughput, latency and memory with real processes; writes JSON.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -223,6 +226,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
         Command::Workers { remote } => client_cmds::workers(&remote).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

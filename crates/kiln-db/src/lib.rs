@@ -271,17 +271,17 @@ impl Store {
         if !claimed {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM steps WHERE build_id = $1")
-            .bind(build_id)
-            .execute(&mut *tx)
-            .await?;
-        for (i, name) in step_names.iter().enumerate() {
-            sqlx::query("INSERT INTO steps (build_id, idx, name, state) VALUES ($1, $2, $3, 'pending')")
-                .bind(build_id)
-                .bind(i as i64)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+        // A queued build has no step rows: `requeue` removes them.
+        if !step_names.is_empty() {
+            let values: Vec<String> = (0..step_names.len())
+                .map(|i| format!("(${}, ${}, ${}, 'pending')", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!("INSERT INTO steps (build_id, idx, name, state) VALUES {}", values.join(", "));
+            let mut q = sqlx::query(&sql);
+            for (i, name) in step_names.iter().enumerate() {
+                q = q.bind(build_id).bind(i as i64).bind(name.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -501,6 +501,23 @@ impl Store {
             out.push(build_row(&r)?);
         }
         Ok(out)
+    }
+
+    /// How many builds are queued and how many running.
+    pub async fn queue_counts(&self) -> Result<(i64, i64)> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM builds WHERE state IN ('queued', 'running') GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = (0, 0);
+        for r in rows {
+            let state: String = r.try_get(0)?;
+            let n: i64 = r.try_get(1)?;
+            match state.as_str() {
+                "queued" => counts.0 = n,
+                _ => counts.1 = n,
+            }
+        }
+        Ok(counts)
     }
 
     /// The states of the given builds.

@@ -188,7 +188,10 @@ async fn index(State(s): State<AppState>) -> impl IntoResponse {
 async fn status(State(s): State<AppState>) -> ApiResult<Status> {
     let farm = s.farm();
     let connected = s.workers().values().filter(|w| w.connected).count() as i64;
+    let (queued, running) = s.store.queue_counts().await?;
     Ok(Json(Status {
+        builds_queued: queued,
+        builds_running: running,
         version: env!("CARGO_PKG_VERSION").to_string(),
         config_generation: s.generation(),
         builders: matrix::builders(&farm.cfg).count() as i64,
@@ -324,36 +327,41 @@ async fn submit(
                 .map(|c| {
                     c.properties
                         .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                Property {
-                                    value: v.clone(),
-                                    source: PropertySource::Config,
-                                },
-                            )
-                        })
+                        .map(|(k, v)| (k.clone(), Property { value: v.clone(), source: PropertySource::Config }))
                         .collect()
                 })
                 .unwrap_or_default();
             properties.extend(props.clone());
-            NewBuild {
-                component: p.component,
-                target: p.target,
-                properties,
-                depends_on: p.depends_on,
-            }
+            NewBuild { component: p.component, target: p.target, properties, depends_on: p.depends_on }
         })
         .collect();
     let reason = reason.map(|r| r.chars().take(1000).collect::<String>());
-    let (request_id, ids) = s
-        .store
-        .create_request(now_us(), Some(who), reason.as_deref(), &builds)
-        .await?;
+    let now = now_us();
+    let (request_id, ids) = s.store.create_request(now, Some(who), reason.as_deref(), &builds).await?;
     tracing::info!(request = request_id, builds = ids.len(), by = who, "builds requested");
-    s.send(Event::Queued(ids));
-    let rows = s.store.request_builds(request_id).await?;
-    let builds = to_api_builds(s, rows).await?;
+    // The rows as stored, without reading them back.
+    let rows: Vec<BuildRow> = builds
+        .into_iter()
+        .zip(&ids)
+        .map(|(b, &id)| BuildRow {
+            id,
+            request_id,
+            component: b.component,
+            target: b.target,
+            state: BuildState::Queued,
+            reason: None,
+            requested_at: now,
+            started_at: None,
+            finished_at: None,
+            requested_by: Some(who.to_string()),
+            worker: None,
+            attempt: 0,
+            properties: b.properties,
+            depends_on: b.depends_on.iter().filter_map(|&i| ids.get(i).copied()).collect(),
+        })
+        .collect();
+    let builds = rows.iter().map(|b| to_api_build(s, b.clone(), Vec::new())).collect();
+    s.send(Event::Queued(rows));
     Ok(BuildRequestCreated { request_id, builds })
 }
 

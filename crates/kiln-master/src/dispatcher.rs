@@ -47,7 +47,7 @@ pub enum Event {
         worker: String,
     },
     /// New builds were stored as queued.
-    Queued(Vec<i64>),
+    Queued(Vec<BuildRow>),
     Cancel {
         build_id: i64,
         by: String,
@@ -104,6 +104,9 @@ pub struct Dispatcher {
     known: HashMap<i64, (String, BuildState)>,
     sources: SourceCache,
     last_poll: Instant,
+    /// A build finished or joined the queue since the last look for
+    /// builds whose dependencies failed.
+    deps_dirty: bool,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
@@ -121,6 +124,7 @@ impl Dispatcher {
             known: HashMap::new(),
             sources: SourceCache::default(),
             last_poll: Instant::now(),
+            deps_dirty: true,
         }
     }
 
@@ -186,6 +190,7 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, b: BuildRow) {
+        self.deps_dirty = true;
         self.known
             .insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
         self.queue.insert(
@@ -230,6 +235,9 @@ impl Dispatcher {
         if let Some(entry) = self.known.get_mut(&id) {
             entry.1 = state;
         }
+        if state.is_finished() {
+            self.deps_dirty = true;
+        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -257,17 +265,10 @@ impl Dispatcher {
                     self.drop_worker(&worker);
                 }
             }
-            Event::Queued(ids) => {
-                for id in ids {
-                    if self.queue.contains_key(&id) || self.running.contains_key(&id) {
-                        continue;
-                    }
-                    match self.shared.store.build(id).await {
-                        Ok(Some(b)) if b.state == BuildState::Queued => self.enqueue(b),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(build = id, error = %e, "cannot load queued build")
-                        }
+            Event::Queued(rows) => {
+                for b in rows {
+                    if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
+                        self.enqueue(b);
                     }
                 }
                 self.load_dependency_states().await;
@@ -317,9 +318,7 @@ impl Dispatcher {
             if self.running.get(id).is_some_and(|r| r.worker == name) {
                 running.insert(*id);
                 self.orphans.remove(id);
-                if let Err(e) = self.shared.logs.begin(*id, &name, false) {
-                    tracing::error!(build = id, error = %e, "cannot reopen build log");
-                }
+                self.shared.logs.begin(*id, &name);
                 tracing::info!(build = id, worker = %name, "worker resumed a running build");
             } else {
                 abandon.push(*id);
@@ -490,7 +489,9 @@ impl Dispatcher {
     async fn requeue(&mut self, id: i64, reason: &str) {
         self.orphans.remove(&id);
         self.running.remove(&id);
-        self.shared.logs.end(id);
+        if let Err(e) = self.shared.logs.discard(id) {
+            tracing::error!(build = id, error = %e, "cannot remove the logs of the lost attempt");
+        }
         match self.shared.store.requeue(id, reason).await {
             Ok(true) => {
                 tracing::warn!(build = id, reason, "build re-queued");
@@ -600,74 +601,61 @@ impl Dispatcher {
         }
     }
 
-    /// Starts every queued build that can start, and skips those whose
-    /// dependencies failed.
+    fn readiness_of(&self, q: &QueuedBuild) -> Readiness {
+        readiness(q.depends_on.iter().map(|d| {
+            self.known.get(d).map(|(l, s)| (l.as_str(), *s)).unwrap_or(("unknown build", BuildState::Queued))
+        }))
+    }
+
+    /// Skips the queued builds whose dependencies failed, then starts what
+    /// can start, oldest first, while workers have free slots.
     async fn dispatch(&mut self) {
-        loop {
-            let mut progressed = false;
-            let free: usize = self
-                .workers
-                .values()
-                .map(|w| w.slots.saturating_sub(w.running.len()))
-                .sum();
-            let ids: Vec<i64> = self.queue.keys().copied().collect();
-            for id in ids {
-                let Some(q) = self.queue.get(&id) else {
-                    continue;
-                };
-                let deps = q.depends_on.iter().map(|d| {
-                    let (label, state) = self
-                        .known
-                        .get(d)
-                        .map(|(l, s)| (l.as_str(), *s))
-                        .unwrap_or(("unknown build", BuildState::Queued));
-                    (label, state)
-                });
-                match readiness(deps) {
-                    Readiness::Waiting => continue,
-                    Readiness::Blocked { reason } => {
-                        self.skip(id, &reason).await;
-                        progressed = true;
-                    }
-                    Readiness::Ready => {
-                        if free == 0 {
-                            continue;
-                        }
-                        let target = q.target.clone();
-                        let loads: Vec<(String, WorkerLoadOwned)> = self
-                            .workers
-                            .iter()
-                            .map(|(n, w)| {
-                                (
-                                    n.clone(),
-                                    WorkerLoadOwned {
-                                        targets: w.targets.clone(),
-                                        slots: w.slots,
-                                        running: w.running.len(),
-                                    },
-                                )
-                            })
-                            .collect();
-                        let view: Vec<WorkerLoad<'_>> = loads
-                            .iter()
-                            .map(|(n, l)| WorkerLoad {
-                                name: n,
-                                targets: &l.targets,
-                                slots: l.slots,
-                                running: l.running,
-                            })
-                            .collect();
-                        if let Some(i) = pick_worker(&view, &target) {
-                            let worker = loads[i].0.clone();
-                            self.start(id, &worker).await;
-                            progressed = true;
-                        }
-                    }
-                }
+        // Skips cascade (a skipped build blocks its own dependents), so
+        // repeat until nothing changes. Only needed after a state change.
+        while self.deps_dirty {
+            self.deps_dirty = false;
+            let blocked: Vec<(i64, String)> = self
+                .queue
+                .iter()
+                .filter_map(|(id, q)| match self.readiness_of(q) {
+                    Readiness::Blocked { reason } => Some((*id, reason)),
+                    _ => None,
+                })
+                .collect();
+            for (id, reason) in blocked {
+                self.skip(id, &reason).await;
             }
-            if !progressed {
+        }
+        let mut loads: Vec<(String, WorkerLoadOwned)> = self
+            .workers
+            .iter()
+            .map(|(n, w)| {
+                let load = WorkerLoadOwned { targets: w.targets.clone(), slots: w.slots, running: w.running.len() };
+                (n.clone(), load)
+            })
+            .collect();
+        let mut free: usize = loads.iter().map(|(_, l)| l.slots.saturating_sub(l.running)).sum();
+        if free == 0 || self.queue.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = self.queue.keys().copied().collect();
+        for id in ids {
+            if free == 0 {
                 break;
             }
+            let Some(q) = self.queue.get(&id) else { continue };
+            if self.readiness_of(q) != Readiness::Ready {
+                continue;
+            }
+            let view: Vec<WorkerLoad<'_>> = loads
+                .iter()
+                .map(|(n, l)| WorkerLoad { name: n, targets: &l.targets, slots: l.slots, running: l.running })
+                .collect();
+            let Some(i) = pick_worker(&view, &q.target) else { continue };
+            let worker = loads[i].0.clone();
+            loads[i].1.running += 1;
+            free -= 1;
+            self.start(id, &worker).await;
         }
     }
 
@@ -752,9 +740,7 @@ impl Dispatcher {
         let Some(q) = self.queue.remove(&id) else {
             return;
         };
-        if let Err(e) = self.shared.logs.begin(id, worker, true) {
-            tracing::error!(build = id, error = %e, "cannot prepare build log");
-        }
+        self.shared.logs.begin(id, worker);
         let job = Job {
             build_id: id,
             component: q.component.clone(),

@@ -54,24 +54,19 @@ impl LogStore {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts accepting output for a build from `worker`, and drops any log
-    /// of an earlier attempt.
-    pub fn begin(&self, build_id: i64, worker: &str, fresh: bool) -> io::Result<()> {
-        if fresh {
-            match fs::remove_dir_all(self.dir(build_id)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+    /// Starts accepting output for a build from `worker`. The build's
+    /// directory is made when the first output arrives.
+    pub fn begin(&self, build_id: i64, worker: &str) {
+        self.lock().insert(build_id, Active { worker: worker.to_string(), open: HashMap::new() });
+    }
+
+    /// Removes what an attempt of a build logged (it is being re-queued).
+    pub fn discard(&self, build_id: i64) -> io::Result<()> {
+        self.end(build_id);
+        match fs::remove_dir_all(self.dir(build_id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
-        fs::create_dir_all(self.dir(build_id))?;
-        self.lock().insert(
-            build_id,
-            Active {
-                worker: worker.to_string(),
-                open: HashMap::new(),
-            },
-        );
-        Ok(())
     }
 
     /// Stops accepting output for a build.
@@ -94,7 +89,14 @@ impl LogStore {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let path = self.root.join(build_id.to_string()).join(format!("{step}.log"));
-                let f = OpenOptions::new().create(true).append(true).read(true).open(&path)?;
+                let open = || OpenOptions::new().create(true).append(true).read(true).open(&path);
+                let f = match open() {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir_all(self.root.join(build_id.to_string()))?;
+                        open()?
+                    }
+                    other => other?,
+                };
                 let len = f.metadata()?.len();
                 e.insert((f, len))
             }
@@ -150,7 +152,8 @@ impl LogStore {
         let tmp = gz.with_extension("gz.tmp");
         let mut enc = flate2::write::GzEncoder::new(File::create(&tmp)?, flate2::Compression::default());
         let n = io::copy(&mut input, &mut enc)?;
-        enc.finish()?.sync_all()?;
+        // No fsync: a log lost to a power cut is not worth a disk flush per step.
+        enc.finish()?;
         fs::rename(&tmp, &gz)?;
         fs::remove_file(&plain)?;
         Ok(n)
@@ -201,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = LogStore::new(dir.path()).expect("store");
         assert!(!logs.append(1, "w", 0, 0, "early").expect("append"));
-        logs.begin(1, "w", true).expect("begin");
+        logs.begin(1, "w");
         assert!(!logs.append(1, "other", 0, 0, "spoof").expect("append"));
         assert!(logs.append(1, "w", 0, 0, "hello ").expect("append"));
         assert!(logs.append(1, "w", 0, 6, "wörld\n").expect("append"));

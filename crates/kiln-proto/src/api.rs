@@ -133,6 +133,8 @@ pub struct Status {
     pub config_generation: u64,
     pub builders: i64,
     pub workers_connected: i64,
+    pub builds_queued: i64,
+    pub builds_running: i64,
 }
 
 /// Every error response has this body, with a status code that says the kind.

@@ -2,23 +2,18 @@
 //! captured through pipes, and the whole group signalled on cancel, timeout
 //! or exit, so no process of a step outlives it.
 
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use tokio::sync::mpsc;
-
-/// What the step's pipes produced.
-pub enum Output {
-    /// Bytes for the log (stdout and stderr, in order).
-    Log(Vec<u8>),
-    /// Bytes of stdout, for a `set_property` step (also logged).
-    Stdout(Vec<u8>),
-}
+use tokio::net::unix::pipe;
 
 pub struct StepProcess {
     pub child: tokio::process::Child,
     pub pgid: i32,
+    /// stdout and stderr in order (or stderr only, when stdout is captured).
+    pub log: pipe::Receiver,
+    /// stdout alone, for a `set_property` step.
+    pub stdout: Option<pipe::Receiver>,
     _guard: GroupGuard,
 }
 
@@ -33,24 +28,13 @@ impl Drop for GroupGuard {
 }
 
 /// Spawns `sh -c script` in `dir` as a new process group. When `capture` is
-/// set, stdout is delivered separately as well as logged.
-pub fn spawn(
-    script: &str,
-    dir: &Path,
-    env: &[(String, String)],
-    capture: bool,
-    out: mpsc::UnboundedSender<Output>,
-) -> std::io::Result<StepProcess> {
+/// set, stdout comes through its own pipe (the runner logs it too).
+pub fn spawn(script: &str, dir: &Path, env: &[(String, String)], capture: bool) -> std::io::Result<StepProcess> {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .process_group(0);
+    cmd.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    set_parent_death_signal(&mut cmd);
     // stdout and stderr share one pipe so the log keeps their order; a
     // `set_property` step needs stdout apart, so it gets two pipes.
     let (log_reader, log_writer) = std::io::pipe()?;
@@ -66,36 +50,13 @@ pub fn spawn(
     let mut tcmd = tokio::process::Command::from(cmd);
     tcmd.kill_on_drop(true);
     let child = tcmd.spawn()?;
-    // Drop our copies of the write ends (held by `tcmd`) so readers see EOF
-    // once the step's processes are gone.
+    // Drop our copies of the write ends (held by `tcmd`) so the readers see
+    // EOF once the step's processes are gone.
     drop(tcmd);
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    pump(log_reader, out.clone(), Output::Log);
-    if let Some(r) = stdout_reader {
-        pump(r, out, Output::Stdout);
-    }
-    Ok(StepProcess {
-        child,
-        pgid,
-        _guard: GroupGuard(pgid),
-    })
-}
-
-/// Reads a pipe on a blocking thread and forwards what it reads.
-fn pump(mut reader: std::io::PipeReader, out: mpsc::UnboundedSender<Output>, wrap: fn(Vec<u8>) -> Output) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.send(wrap(buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let log = pipe::Receiver::from_owned_fd(log_reader.into())?;
+    let stdout = stdout_reader.map(|r| pipe::Receiver::from_owned_fd(r.into())).transpose()?;
+    Ok(StepProcess { child, pgid, log, stdout, _guard: GroupGuard(pgid) })
 }
 
 /// Sends a signal to a whole process group; a group already gone is fine.
@@ -110,19 +71,6 @@ fn kill(pid: i32, signal: i32) {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe {
         libc::kill(pid, signal);
-    }
-}
-
-#[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // calls prctl(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // If the worker dies, the step's shell is killed with it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
 }
 

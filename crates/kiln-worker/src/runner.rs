@@ -2,7 +2,7 @@
 //! (with properties, timeouts, `halt_on_failure` and `always_run`), output
 //! streamed to the master as it comes, and the work dir removed at the end.
 
-use crate::process::{self, Output};
+use crate::process;
 use base64::Engine;
 use kiln_core::duration::format_duration;
 use kiln_core::props::{env_name, interpolate};
@@ -11,6 +11,7 @@ use kiln_proto::wire::{BuildResult, Job, JobStep, StepResult, WorkerMsg};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -233,9 +234,8 @@ async fn run_step(
             }
         }
     }
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let capture = step.set_property.is_some();
-    let mut proc = match process::spawn(&script, dir, &env, capture, tx) {
+    let mut proc = match process::spawn(&script, dir, &env, capture) {
         Ok(p) => p,
         Err(e) => {
             log.line(&format!("kiln: cannot start step {}: {e}\n", step.name));
@@ -251,43 +251,52 @@ async fn run_step(
     // An always_run step is not interrupted by the cancel that let it run.
     let mut cancel_seen = *ctx.cancel.borrow();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let status = loop {
+    let mut status = None;
+    let (mut log_open, mut out_open) = (true, proc.stdout.is_some());
+    let mut log_buf = vec![0u8; 64 * 1024];
+    let mut out_buf = vec![0u8; 64 * 1024];
+    // After the step's shell exits, its group is killed and the pipes close;
+    // a process that left the group could hold them open, so stop waiting.
+    let mut drain_until = None;
+    while status.is_none() || ((log_open || out_open) && drain_until.is_none_or(|t| Instant::now() < t)) {
         let kill_at = stopping.map(|(t, _)| t + grace);
         tokio::select! {
-            st = proc.child.wait() => break st,
-            Some(o) = rx.recv() => match o {
-                Output::Log(b) => log.push(&b),
-                Output::Stdout(b) => { log.push(&b); stdout.extend_from_slice(&b); }
+            st = proc.child.wait(), if status.is_none() => {
+                // Whatever the step left running in its group goes with it.
+                process::signal_group(proc.pgid, libc::SIGKILL);
+                status = Some(st);
+                drain_until = Some(Instant::now() + Duration::from_secs(5));
+            }
+            r = proc.log.read(&mut log_buf), if log_open => match r {
+                Ok(0) | Err(_) => log_open = false,
+                Ok(n) => log.push(&log_buf[..n]),
+            },
+            r = read_some(proc.stdout.as_mut(), &mut out_buf), if out_open => match r {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => {
+                    log.push(&out_buf[..n]);
+                    stdout.extend_from_slice(&out_buf[..n]);
+                }
             },
             _ = flush.tick() => log.flush(false),
-            _ = ctx.cancel.changed(), if !cancel_seen => {
+            _ = ctx.cancel.changed(), if !cancel_seen && status.is_none() => {
                 cancel_seen = true;
                 if *ctx.cancel.borrow() && stopping.is_none() {
                     process::signal_group(proc.pgid, libc::SIGTERM);
                     stopping = Some((Instant::now(), "cancelled"));
                 }
             }
-            _ = sleep_until(deadline), if stopping.is_none() && deadline.is_some() => {
+            _ = sleep_until(deadline), if stopping.is_none() && deadline.is_some() && status.is_none() => {
                 process::signal_group(proc.pgid, libc::SIGTERM);
                 stopping = Some((Instant::now(), "timed out"));
             }
-            _ = sleep_until(kill_at), if kill_at.is_some() => {
+            _ = sleep_until(kill_at), if kill_at.is_some() && status.is_none() => {
                 process::signal_group(proc.pgid, libc::SIGKILL);
             }
-        }
-    };
-    // Whatever the step left running in its group goes with it.
-    process::signal_group(proc.pgid, libc::SIGKILL);
-    // The pipes close once every process holding them is gone.
-    while let Some(o) = rx.recv().await {
-        match o {
-            Output::Log(b) => log.push(&b),
-            Output::Stdout(b) => {
-                log.push(&b);
-                stdout.extend_from_slice(&b);
-            }
+            _ = sleep_until(drain_until), if drain_until.is_some() => {}
         }
     }
+    let status = status.unwrap_or_else(|| Err(std::io::Error::other("the step was not waited for")));
     let code = status.as_ref().ok().and_then(|s| s.code());
     result.exit_code = code;
     match stopping {
@@ -318,6 +327,14 @@ async fn run_step(
     }
     log.flush(true);
     result
+}
+
+async fn read_some(pipe: Option<&mut tokio::net::unix::pipe::Receiver>, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => Ok(0),
+    }
 }
 
 fn describe_signal(s: &std::process::ExitStatus) -> String {

@@ -1,0 +1,265 @@
+//! `kiln bench`: starts a master and W workers as real processes, submits
+//! trivial builds (one `true` step) through the API, and writes what it
+//! measured as JSON: throughput, trigger→first-step latency with a free slot
+//! and under saturation, and the master's memory.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use kiln_client::{BuildQuery, Client};
+use kiln_proto::api::{Build, BuildRequestBody};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Worker processes (one slot each).
+    #[arg(long, default_value_t = 8)]
+    pub workers: u32,
+    /// Builds submitted at once for the throughput run.
+    #[arg(long, default_value_t = 1000)]
+    pub builds: usize,
+    /// Builds submitted one at a time, each with a free slot, for latency.
+    #[arg(long, default_value_t = 200)]
+    pub latency_builds: usize,
+    /// Requests in flight while submitting.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Use this PostgreSQL URL instead of the embedded SQLite.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used, itself and its waited-for children.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat(5); `rest` starts at field 3.
+    let ticks: u64 = f.get(11..15).map(|v| v.iter().filter_map(|x| x.parse::<u64>().ok()).sum()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn micros(t: &str) -> Option<i128> {
+    crate::output::parse_time(t).map(|t| t.unix_timestamp_nanos() / 1000)
+}
+
+/// Trigger→first-step-start latency of a build, in milliseconds.
+fn latency_ms(b: &Build) -> Option<f64> {
+    let start = micros(b.steps.first()?.started_at.as_deref()?)?;
+    Some((start - micros(&b.requested_at)?) as f64 / 1000.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    serde_json::json!({
+        "count": v.len(),
+        "p50": percentile(&v, 0.5),
+        "p99": percentile(&v, 0.99),
+        "max": v.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+fn write_config(dir: &Path, args: &BenchArgs, http: u16, wport: u16) -> anyhow::Result<()> {
+    let mut cfg = format!(
+        "[master]\nlisten = \"127.0.0.1:{http}\"\nworker_listen = \"127.0.0.1:{wport}\"\ndata_dir = \"data\"\n"
+    );
+    if let Some(db) = &args.database {
+        cfg.push_str(&format!("database = \"{db}\"\n"));
+    }
+    std::fs::create_dir_all(dir.join("secrets"))?;
+    for i in 1..=args.workers {
+        cfg.push_str(&format!("\n[[worker]]\nname = \"b{i}\"\ntoken_file = \"secrets/b{i}.token\"\n"));
+        std::fs::write(dir.join(format!("secrets/b{i}.token")), format!("bench-token-{i}-{}\n", std::process::id()))?;
+    }
+    cfg.push_str("\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n");
+    cfg.push_str("\n[[component]]\nname = \"noop\"\nsteps = [ { name = \"noop\", run = \"true\" } ]\n");
+    std::fs::write(dir.join("farm.toml"), cfg)?;
+    Ok(())
+}
+
+async fn wait_idle(client: &Client, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = client.status().await?;
+        if s.builds_queued == 0 && s.builds_running == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("builds did not finish within {within:?}: {} queued, {} running", s.builds_queued, s.builds_running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the kiln binary")?;
+    let dir = tempfile::tempdir()?;
+    let (http, wport) = (free_port()?, free_port()?);
+    write_config(dir.path(), &args, http, wport)?;
+    let mut procs = Procs(Vec::new());
+    let master_log = std::fs::File::create(dir.path().join("master.log"))?;
+    let master = Command::new(&exe)
+        .args(["master", "--config"])
+        .arg(dir.path().join("farm.toml"))
+        .stdout(Stdio::null())
+        .stderr(master_log)
+        .spawn()
+        .context("cannot start the master")?;
+    let master_pid = master.id();
+    procs.0.push(master);
+    let url = format!("http://127.0.0.1:{http}");
+    let anon = Client::new(&url, None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while anon.status().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the master did not start; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?.trim().to_string();
+    let client = Client::new(&url, Some(token))?;
+    for i in 1..=args.workers {
+        let child = Command::new(&exe)
+            .args(["worker", "--master", &format!("127.0.0.1:{wport}"), "--name", &format!("b{i}")])
+            .arg("--token-file")
+            .arg(dir.path().join(format!("secrets/b{i}.token")))
+            .args(["--targets", "t", "--slots", "1", "--workdir"])
+            .arg(dir.path().join(format!("work/b{i}")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start a worker")?;
+        procs.0.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.status().await?.workers_connected < i64::from(args.workers) {
+        if Instant::now() > deadline {
+            bail!("the workers did not connect");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = rss_kib(master_pid, "VmRSS:");
+    eprintln!("kiln bench: master idle with {} workers: {:.1} MiB RSS", args.workers, rss_idle as f64 / 1024.0);
+
+    let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
+    // Latency with a free slot: one build at a time.
+    let mut free = Vec::new();
+    for _ in 0..args.latency_builds {
+        let id = client.create_builds(&body).await?.builds[0].id;
+        loop {
+            let b = client.build(id).await?;
+            if b.state.is_finished() {
+                free.extend(latency_ms(&b));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let free = summary(free);
+    eprintln!("kiln bench: trigger→start with a free slot: {free}");
+
+    // Throughput: N builds submitted as fast as the API takes them.
+    let first_id = client.builds(&BuildQuery { limit: Some(1), ..Default::default() }).await?.builds.first().map_or(0, |b| b.id);
+    let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let started = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for _ in 0..args.builds {
+        if inflight.len() >= args.concurrency {
+            if let Some(r) = inflight.join_next().await {
+                r??;
+            }
+        }
+        let c = client.clone();
+        let body = body.clone();
+        inflight.spawn(async move { c.create_builds(&body).await.map(|_| ()) });
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    let submitted = started.elapsed();
+    wait_idle(&client, Duration::from_secs(600)).await?;
+    let wall = started.elapsed();
+    let rss_peak = rss_kib(master_pid, "VmHWM:");
+    let cpu: Vec<f64> = pids.iter().zip(&cpu_before).map(|(p, b)| cpu_seconds(*p) - b).collect();
+    let (master_cpu, workers_cpu) = (cpu[0], cpu[1..].iter().sum::<f64>());
+    let mut sat = Vec::new();
+    let mut failed = 0;
+    let mut before = None;
+    loop {
+        let page = client.builds(&BuildQuery { limit: Some(1000), before, ..Default::default() }).await?;
+        for b in page.builds.iter().filter(|b| b.id > first_id) {
+            if b.state != kiln_core::BuildState::Succeeded {
+                failed += 1;
+            }
+            sat.extend(latency_ms(b));
+        }
+        match page.next_before {
+            Some(n) if n > first_id => before = Some(n),
+            _ => break,
+        }
+    }
+    let rate = args.builds as f64 / wall.as_secs_f64();
+    let report = serde_json::json!({
+        "workers": args.workers,
+        "builds": args.builds,
+        "database": if args.database.is_some() { "postgresql" } else { "sqlite" },
+        "failed": failed,
+        "submit_seconds": submitted.as_secs_f64(),
+        "wall_seconds": wall.as_secs_f64(),
+        "builds_per_second": rate,
+        "trigger_to_start_ms_free_slot": free,
+        "trigger_to_start_ms_saturated": summary(sat),
+        "master_cpu_seconds": master_cpu,
+        "workers_cpu_seconds": workers_cpu,
+        "master_rss_idle_mib": rss_idle as f64 / 1024.0,
+        "master_rss_peak_mib": rss_peak as f64 / 1024.0,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&args.out, &text).with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("{text}");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
