@@ -6,7 +6,7 @@
 
 use kiln_core::props::{Properties, Property, PropertySource};
 use kiln_core::{BuildState, StepState};
-use kiln_db::{BuildFilter, NewBuild, Store};
+use kiln_db::{BuildFilter, NewBuild, Store, Write};
 use std::future::Future;
 
 const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -154,10 +154,23 @@ async fn state_changes_follow_the_state_machine() {
             .claim(ids[0], "w", 2, &["one".into(), "two".into()])
             .await
             .expect("claim"));
-        s.step_started(ids[0], 0, 3).await.expect("step start");
-        s.step_finished(ids[0], 0, StepState::Failed, Some(2), 4, 17)
-            .await
-            .expect("step end");
+        s.apply(&[
+            Write::StepStarted {
+                build_id: ids[0],
+                idx: 0,
+                at: 3,
+            },
+            Write::StepFinished {
+                build_id: ids[0],
+                idx: 0,
+                state: StepState::Failed,
+                exit_code: Some(2),
+                at: 4,
+                log_size: 17,
+            },
+        ])
+        .await
+        .expect("step start and end");
         assert!(s
             .finish(ids[0], BuildState::Failed, Some("step one failed"), 5)
             .await
@@ -192,7 +205,13 @@ async fn a_requeued_build_runs_again_with_a_new_attempt() {
             .await
             .expect("create");
         assert!(s.claim(ids[0], "w1", 2, &["s".into()]).await.expect("claim"));
-        s.step_started(ids[0], 0, 3).await.expect("started");
+        s.apply(&[Write::StepStarted {
+            build_id: ids[0],
+            idx: 0,
+            at: 3,
+        }])
+        .await
+        .expect("started");
         assert!(s.requeue(ids[0], "worker w1 lost").await.expect("requeue"));
         assert!(!s.requeue(ids[0], "again").await.expect("requeue twice"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
@@ -258,6 +277,83 @@ async fn listing_filters_and_pages_newest_first() {
         );
         let states = s.states(&[ids[3], ids[4]]).await.expect("states");
         assert!(states.contains(&(ids[3], BuildState::Running)) && states.contains(&(ids[4], BuildState::Queued)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batched_writes_apply_in_order_and_stay_conditional() {
+    on_both(|s| async move {
+        let (_, ids) = s
+            .create_request(1, None, None, &[new_build("a", "t", &[]), new_build("b", "t", &[])])
+            .await
+            .expect("create");
+        assert!(s
+            .claim(ids[0], "w", 2, &["one".into(), "two".into()])
+            .await
+            .expect("claim"));
+        let tricky = props(&[("note", "it's; -- a \"quote\"\n"), ("version", "1.0")]);
+        s.apply(&[
+            Write::StepStarted {
+                build_id: ids[0],
+                idx: 0,
+                at: 3,
+            },
+            Write::StepFinished {
+                build_id: ids[0],
+                idx: 0,
+                state: StepState::Failed,
+                exit_code: Some(2),
+                at: 4,
+                log_size: 9,
+            },
+            Write::Properties {
+                build_id: ids[0],
+                properties: tricky.clone(),
+            },
+            Write::Finish {
+                build_id: ids[0],
+                state: BuildState::Failed,
+                reason: Some("step one's exit 2".into()),
+                at: 5,
+            },
+            // Not running: stays queued.
+            Write::Finish {
+                build_id: ids[1],
+                state: BuildState::Succeeded,
+                reason: None,
+                at: 5,
+            },
+        ])
+        .await
+        .expect("apply");
+        let a = s.build(ids[0]).await.expect("read").expect("exists");
+        assert_eq!(
+            (a.state, a.reason.as_deref(), a.finished_at),
+            (BuildState::Failed, Some("step one's exit 2"), Some(5))
+        );
+        assert_eq!(a.properties, tricky);
+        let st = s.steps(ids[0]).await.expect("steps");
+        assert_eq!(
+            (st[0].state, st[0].exit_code, st[0].started_at, st[0].log_size),
+            (StepState::Failed, Some(2), Some(3), 9)
+        );
+        assert_eq!(st[1].state, StepState::Skipped);
+        let b = s.build(ids[1]).await.expect("read").expect("exists");
+        assert_eq!(b.state, BuildState::Queued);
+        // A finished build is not finished again.
+        s.apply(&[Write::Finish {
+            build_id: ids[0],
+            state: BuildState::Succeeded,
+            reason: None,
+            at: 9,
+        }])
+        .await
+        .expect("apply");
+        assert_eq!(
+            s.build(ids[0]).await.expect("read").expect("exists").state,
+            BuildState::Failed
+        );
     })
     .await;
 }

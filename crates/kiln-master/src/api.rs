@@ -327,17 +327,33 @@ async fn submit(
                 .map(|c| {
                     c.properties
                         .iter()
-                        .map(|(k, v)| (k.clone(), Property { value: v.clone(), source: PropertySource::Config }))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                Property {
+                                    value: v.clone(),
+                                    source: PropertySource::Config,
+                                },
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             properties.extend(props.clone());
-            NewBuild { component: p.component, target: p.target, properties, depends_on: p.depends_on }
+            NewBuild {
+                component: p.component,
+                target: p.target,
+                properties,
+                depends_on: p.depends_on,
+            }
         })
         .collect();
     let reason = reason.map(|r| r.chars().take(1000).collect::<String>());
     let now = now_us();
-    let (request_id, ids) = s.store.create_request(now, Some(who), reason.as_deref(), &builds).await?;
+    let (request_id, ids) = s
+        .store
+        .create_request(now, Some(who), reason.as_deref(), &builds)
+        .await?;
     tracing::info!(request = request_id, builds = ids.len(), by = who, "builds requested");
     // The rows as stored, without reading them back.
     let rows: Vec<BuildRow> = builds

@@ -18,7 +18,7 @@ use kiln_core::config::Source;
 use kiln_core::props::{Properties, Property, PropertySource};
 use kiln_core::schedule::{pick_worker, readiness, Readiness, WorkerLoad};
 use kiln_core::BuildState;
-use kiln_db::BuildRow;
+use kiln_db::{BuildRow, Write};
 use kiln_proto::api::WorkerInfo;
 use kiln_proto::wire::{BuildResult, Hello, Job, JobStep, MasterMsg, StepResult, WorkerMsg, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,6 +107,11 @@ pub struct Dispatcher {
     /// A build finished or joined the queue since the last look for
     /// builds whose dependencies failed.
     deps_dirty: bool,
+    /// Step and build results not yet written; written together by `flush`
+    /// before anything is acted on.
+    pending: Vec<Write>,
+    /// Results to acknowledge to their workers once written.
+    pending_acks: Vec<(String, i64)>,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
@@ -125,6 +130,8 @@ impl Dispatcher {
             sources: SourceCache::default(),
             last_poll: Instant::now(),
             deps_dirty: true,
+            pending: Vec::new(),
+            pending_acks: Vec::new(),
         }
     }
 
@@ -183,8 +190,12 @@ impl Dispatcher {
                         }
                     }
                 }
-                _ = tick.tick() => self.tick().await,
+                _ = tick.tick() => {
+                    self.flush().await;
+                    self.tick().await;
+                }
             }
+            self.flush().await;
             self.dispatch().await;
         }
     }
@@ -240,7 +251,26 @@ impl Dispatcher {
         }
     }
 
+    /// Writes pending results in one transaction, then acknowledges them.
+    async fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let writes = std::mem::take(&mut self.pending);
+            if let Err(e) = self.shared.store.apply(&writes).await {
+                tracing::error!(error = %e, writes = writes.len(), "cannot record build results");
+            }
+        }
+        for (worker, build_id) in self.pending_acks.drain(..) {
+            if let Some(w) = self.workers.get(&worker) {
+                let _ = w.tx.send(MasterMsg::Ack { build_id });
+            }
+        }
+    }
+
     async fn handle(&mut self, ev: Event) {
+        if !matches!(ev, Event::FromWorker { .. }) {
+            // Everything else reads or writes the store directly.
+            self.flush().await;
+        }
         match ev {
             Event::Hello {
                 conn,
@@ -371,14 +401,11 @@ impl Dispatcher {
                 if !self.is_running_on(build_id, worker) {
                     return;
                 }
-                if let Err(e) = self
-                    .shared
-                    .store
-                    .step_started(build_id, i64::from(step), now_us())
-                    .await
-                {
-                    tracing::error!(build = build_id, error = %e, "cannot record step start");
-                }
+                self.pending.push(Write::StepStarted {
+                    build_id,
+                    idx: i64::from(step),
+                    at: now_us(),
+                });
             }
             WorkerMsg::StepFinished(r) => self.step_finished(worker, r).await,
             WorkerMsg::BuildFinished(r) => self.build_finished(worker, r).await,
@@ -403,20 +430,14 @@ impl Dispatcher {
             tracing::error!(build = r.build_id, step = r.step, error = %e, "cannot compress step log");
             self.shared.logs.size(r.build_id, r.step)
         });
-        let store = &self.shared.store;
-        if let Err(e) = store
-            .step_finished(
-                r.build_id,
-                i64::from(r.step),
-                r.state,
-                r.exit_code,
-                now_us(),
-                size as i64,
-            )
-            .await
-        {
-            tracing::error!(build = r.build_id, error = %e, "cannot record step end");
-        }
+        self.pending.push(Write::StepFinished {
+            build_id: r.build_id,
+            idx: i64::from(r.step),
+            state: r.state,
+            exit_code: r.exit_code,
+            at: now_us(),
+            log_size: size as i64,
+        });
         if let Some((name, value)) = r.property {
             if kiln_core::names::check_property_name(&name).is_ok() {
                 run.properties.insert(
@@ -426,18 +447,17 @@ impl Dispatcher {
                         source: PropertySource::Step,
                     },
                 );
-                if let Err(e) = store.set_properties(r.build_id, &run.properties).await {
-                    tracing::error!(build = r.build_id, error = %e, "cannot record property");
-                }
+                self.pending.push(Write::Properties {
+                    build_id: r.build_id,
+                    properties: run.properties.clone(),
+                });
             }
         }
     }
 
     async fn build_finished(&mut self, worker: &str, r: BuildResult) {
         let id = r.build_id;
-        if let Some(w) = self.workers.get(worker) {
-            let _ = w.tx.send(MasterMsg::Ack { build_id: id });
-        }
+        self.pending_acks.push((worker.to_string(), id));
         if !self.is_running_on(id, worker) {
             return;
         }
@@ -458,9 +478,12 @@ impl Dispatcher {
                 reason = Some(format!("cancelled by {by}"));
             }
         }
-        if let Err(e) = self.shared.store.finish(id, state, reason.as_deref(), now_us()).await {
-            tracing::error!(build = id, error = %e, "cannot record build end");
-        }
+        self.pending.push(Write::Finish {
+            build_id: id,
+            state,
+            reason,
+            at: now_us(),
+        });
         self.shared.logs.end(id);
         if let Some(run) = self.running.remove(&id) {
             tracing::info!(build = id, component = %run.component, target = %run.target, worker, state = %state, "build finished");
@@ -469,7 +492,7 @@ impl Dispatcher {
         if let Some(w) = self.workers.get_mut(worker) {
             w.running.remove(&id);
         }
-        self.publish_workers();
+        self.publish_running(worker);
     }
 
     fn drop_worker(&mut self, name: &str) {
@@ -504,7 +527,17 @@ impl Dispatcher {
         }
     }
 
+    /// Forgets the states of finished builds nothing queued waits for, so
+    /// the dispatcher's memory follows the queue, not the history.
+    fn prune_known(&mut self) {
+        let needed: HashSet<i64> = self.queue.values().flat_map(|q| q.depends_on.iter().copied()).collect();
+        self.known
+            .retain(|id, (_, state)| !state.is_finished() || needed.contains(id));
+    }
+
     async fn tick(&mut self) {
+        self.publish_workers();
+        self.prune_known();
         let now = Instant::now();
         let timeout = self.timeout();
         let silent: Vec<String> = self
@@ -603,7 +636,10 @@ impl Dispatcher {
 
     fn readiness_of(&self, q: &QueuedBuild) -> Readiness {
         readiness(q.depends_on.iter().map(|d| {
-            self.known.get(d).map(|(l, s)| (l.as_str(), *s)).unwrap_or(("unknown build", BuildState::Queued))
+            self.known
+                .get(d)
+                .map(|(l, s)| (l.as_str(), *s))
+                .unwrap_or(("unknown build", BuildState::Queued))
         }))
     }
 
@@ -630,7 +666,11 @@ impl Dispatcher {
             .workers
             .iter()
             .map(|(n, w)| {
-                let load = WorkerLoadOwned { targets: w.targets.clone(), slots: w.slots, running: w.running.len() };
+                let load = WorkerLoadOwned {
+                    targets: w.targets.clone(),
+                    slots: w.slots,
+                    running: w.running.len(),
+                };
                 (n.clone(), load)
             })
             .collect();
@@ -649,9 +689,16 @@ impl Dispatcher {
             }
             let view: Vec<WorkerLoad<'_>> = loads
                 .iter()
-                .map(|(n, l)| WorkerLoad { name: n, targets: &l.targets, slots: l.slots, running: l.running })
+                .map(|(n, l)| WorkerLoad {
+                    name: n,
+                    targets: &l.targets,
+                    slots: l.slots,
+                    running: l.running,
+                })
                 .collect();
-            let Some(i) = pick_worker(&view, &q.target) else { continue };
+            let Some(i) = pick_worker(&view, &q.target) else {
+                continue;
+            };
             let worker = loads[i].0.clone();
             loads[i].1.running += 1;
             free -= 1;
@@ -767,7 +814,17 @@ impl Dispatcher {
             w.running.insert(id);
             let _ = w.tx.send(MasterMsg::Assign(Box::new(job)));
         }
-        self.publish_workers();
+        self.publish_running(worker);
+    }
+
+    /// Refreshes one worker's running builds in what `/api/v1/workers` shows.
+    fn publish_running(&self, name: &str) {
+        let Some(c) = self.workers.get(name) else { return };
+        if let Some(info) = self.shared.workers().get_mut(name) {
+            let mut r: Vec<i64> = c.running.iter().copied().collect();
+            r.sort_unstable();
+            info.running = r;
+        }
     }
 
     /// Refreshes what `/api/v1/workers` shows.

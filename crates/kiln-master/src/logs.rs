@@ -57,7 +57,13 @@ impl LogStore {
     /// Starts accepting output for a build from `worker`. The build's
     /// directory is made when the first output arrives.
     pub fn begin(&self, build_id: i64, worker: &str) {
-        self.lock().insert(build_id, Active { worker: worker.to_string(), open: HashMap::new() });
+        self.lock().insert(
+            build_id,
+            Active {
+                worker: worker.to_string(),
+                open: HashMap::new(),
+            },
+        );
     }
 
     /// Removes what an attempt of a build logged (it is being re-queued).
