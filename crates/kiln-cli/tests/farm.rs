@@ -275,24 +275,8 @@ steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
-    let config = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[worker]]
-name = "w2"
-token_file = "secrets/w2.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
-[[component]]
-name = "job"
-steps = [ { name = "run", run = "echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1.5; echo done" } ]
-"#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    let config = one_job("echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1.5; echo done");
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
     farm.start_master().await;
     farm.start_worker("w1", &["t"], 1);
     farm.start_worker("w2", &["t"], 1);
@@ -332,24 +316,8 @@ steps = [ { name = "run", run = "echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 1
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_workers_build_is_requeued_and_finishes_on_the_other_worker() {
-    let config = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[worker]]
-name = "w2"
-token_file = "secrets/w2.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
-[[component]]
-name = "job"
-steps = [ { name = "run", run = "echo on $KILN_WORKER; sleep 2" } ]
-"#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    let config = one_job("echo on $KILN_WORKER; sleep 2");
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
     farm.start_master().await;
     farm.start_worker("w1", &["t"], 1);
     farm.wait_for_workers(&["w1"]).await;
@@ -659,30 +627,23 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties"));
 }
 
-const TWO_WORKERS_ONE_JOB: &str = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
+/// A farm of two workers, one target `t` and one component `job` whose only
+/// step (`run`) runs `run`.
+fn one_job(run: &str) -> String {
+    format!(
+        "[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n\
+         [[worker]]\nname = \"w2\"\ntoken_file = \"secrets/w2.token\"\n\n\
+         [[target]]\nname = \"t\"\nfamily = \"deb\"\n\n\
+         [[component]]\nname = \"job\"\nsteps = [ {{ name = \"run\", run = \"{run}\" }} ]\n"
+    )
+}
 
-[[worker]]
-name = "w2"
-token_file = "secrets/w2.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
-[[component]]
-name = "job"
-steps = [ { name = "run", run = "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2" } ]
-"#;
+const LEDGER_JOB: &str = "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
-    let config = TWO_WORKERS_ONE_JOB.replace(
-        "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2",
-        "echo start-$KILN_WORKER >> %(prop:ledger)s; sleep 5; echo end-$KILN_WORKER >> %(prop:ledger)s",
-    );
+    let config =
+        one_job("echo start-$KILN_WORKER >> %(prop:ledger)s; sleep 5; echo end-$KILN_WORKER >> %(prop:ledger)s");
     let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
     farm.start_master().await;
     let proxy = Proxy::start(farm.worker_port).await;
@@ -733,7 +694,7 @@ async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_connect_over_tls() {
-    let config = TWO_WORKERS_ONE_JOB.to_string() + "";
+    let config = one_job(LEDGER_JOB);
     let config = format!("[master]\nworker_tls = {{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }}\n{config}");
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("cert");
@@ -784,7 +745,7 @@ async fn the_farm_runs_on_postgresql() {
         .await
         .expect("schema");
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
-    let config = format!("[master]\ndatabase = \"{url}\"\n{TWO_WORKERS_ONE_JOB}");
+    let config = format!("[master]\ndatabase = \"{url}\"\n{}", one_job(LEDGER_JOB));
     {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
         let (code, out, err) = run(std::process::Command::new(KILN)

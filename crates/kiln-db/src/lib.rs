@@ -240,10 +240,7 @@ impl Store {
                 .try_get(0)?;
             let mut ran = 0;
             for m in migrations::MIGRATIONS.iter().filter(|m| m.version > current) {
-                let sql = match self.backend {
-                    Backend::Sqlite => m.sqlite,
-                    Backend::Postgres => m.postgres,
-                };
+                let sql = m.sql_for(self.backend);
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                     tx.execute(stmt).await?;

@@ -586,8 +586,17 @@ impl Dispatcher {
     }
 
     async fn cancel(&mut self, id: i64, by: &str) -> CancelOutcome {
-        let reason = format!("cancelled by {by}");
-        if self.queue.contains_key(&id) {
+        if let Some(run) = self.running.get_mut(&id) {
+            if let Some(w) = self.workers.get(&run.worker) {
+                let _ = w.tx.send(MasterMsg::Cancel { build_id: id });
+                run.cancelled_by.get_or_insert_with(|| by.to_string());
+                return CancelOutcome::Stopping;
+            }
+        }
+        // Queued, or running on a worker that is away: end it here. A worker
+        // that comes back with it is told to abandon it.
+        if self.queue.contains_key(&id) || self.running.contains_key(&id) {
+            let reason = format!("cancelled by {by}");
             return match self
                 .shared
                 .store
@@ -596,27 +605,6 @@ impl Dispatcher {
             {
                 Ok(_) => {
                     self.queue.remove(&id);
-                    self.set_state(id, BuildState::Cancelled);
-                    CancelOutcome::Cancelled
-                }
-                Err(e) => CancelOutcome::Failed(e.to_string()),
-            };
-        }
-        if let Some(run) = self.running.get_mut(&id) {
-            if let Some(w) = self.workers.get(&run.worker) {
-                let _ = w.tx.send(MasterMsg::Cancel { build_id: id });
-                run.cancelled_by.get_or_insert_with(|| by.to_string());
-                return CancelOutcome::Stopping;
-            }
-            // Its worker is away: end it now; if the worker comes back with
-            // it, it is told to abandon it.
-            return match self
-                .shared
-                .store
-                .finish(id, BuildState::Cancelled, Some(&reason), now_us())
-                .await
-            {
-                Ok(_) => {
                     self.running.remove(&id);
                     self.orphans.remove(&id);
                     self.shared.logs.end(id);
