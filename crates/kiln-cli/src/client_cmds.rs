@@ -210,13 +210,20 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         }
-        if args.step.is_none() {
+        if args.step.is_none() && !args.remote.json {
             writeln!(stdout, "── step {} ──", step.name)?;
         }
         let mut offset = 0;
         loop {
             let chunk = client.log(b.id, &step.index.to_string(), offset).await?;
-            stdout.write_all(chunk.data.as_bytes())?;
+            if args.remote.json {
+                // One JSON object per chunk (NDJSON), also while following.
+                if !chunk.data.is_empty() || chunk.complete {
+                    writeln!(stdout, "{}", serde_json::to_string(&chunk)?)?;
+                }
+            } else {
+                stdout.write_all(chunk.data.as_bytes())?;
+            }
             stdout.flush()?;
             offset = chunk.next_offset;
             if chunk.complete || (!args.follow && chunk.data.is_empty()) {

@@ -93,6 +93,15 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
     assert_eq!(shown["properties"]["release"]["value"], "cli0");
     let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--step", "version"])).expect("kiln log");
     assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
+    let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--json"])).expect("kiln log --json");
+    assert_eq!(code, 0);
+    let chunks: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let steps: Vec<&str> = chunks.iter().filter_map(|c| c["step"].as_str()).collect();
+    assert_eq!(steps, ["compile", "version", "package"]);
+    assert_eq!(chunks[1]["data"], "1.4.2\n");
     let (code, out, _) = run(farm
         .kiln()
         .args(["builds", "--state", "succeeded", "--limit", "25", "--json"]))
