@@ -172,7 +172,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while anon.status().await.is_err() {
         if Instant::now() > deadline {
-            bail!("the master did not start; see its log");
+            let log = std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default();
+            bail!("the master did not start:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
