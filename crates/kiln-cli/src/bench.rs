@@ -75,10 +75,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime, stime, cutime, cstime are fields 14-17 of stat(5); `rest` starts at field 3.
-    let ticks: u64 = f
-        .get(11..15)
-        .map(|v| v.iter().filter_map(|x| x.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
+    let ticks: u64 = f.get(11..15).map(|v| v.iter().filter_map(|x| x.parse::<u64>().ok()).sum()).unwrap_or(0);
     ticks as f64 / 100.0
 }
 
@@ -119,13 +116,8 @@ fn write_config(dir: &Path, args: &BenchArgs, http: u16, wport: u16) -> anyhow::
     }
     std::fs::create_dir_all(dir.join("secrets"))?;
     for i in 1..=args.workers {
-        cfg.push_str(&format!(
-            "\n[[worker]]\nname = \"b{i}\"\ntoken_file = \"secrets/b{i}.token\"\n"
-        ));
-        std::fs::write(
-            dir.join(format!("secrets/b{i}.token")),
-            format!("bench-token-{i}-{}\n", std::process::id()),
-        )?;
+        cfg.push_str(&format!("\n[[worker]]\nname = \"b{i}\"\ntoken_file = \"secrets/b{i}.token\"\n"));
+        std::fs::write(dir.join(format!("secrets/b{i}.token")), format!("bench-token-{i}-{}\n", std::process::id()))?;
     }
     cfg.push_str("\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n");
     cfg.push_str("\n[[component]]\nname = \"noop\"\nsteps = [ { name = \"noop\", run = \"true\" } ]\n");
@@ -141,11 +133,7 @@ async fn wait_idle(client: &Client, within: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "builds did not finish within {within:?}: {} queued, {} running",
-                s.builds_queued,
-                s.builds_running
-            );
+            bail!("builds did not finish within {within:?}: {} queued, {} running", s.builds_queued, s.builds_running);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -177,19 +165,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?
-        .trim()
-        .to_string();
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?.trim().to_string();
     let client = Client::new(&url, Some(token))?;
     for i in 1..=args.workers {
         let child = Command::new(&exe)
-            .args([
-                "worker",
-                "--master",
-                &format!("127.0.0.1:{wport}"),
-                "--name",
-                &format!("b{i}"),
-            ])
+            .args(["worker", "--master", &format!("127.0.0.1:{wport}"), "--name", &format!("b{i}")])
             .arg("--token-file")
             .arg(dir.path().join(format!("secrets/b{i}.token")))
             .args(["--targets", "t", "--slots", "1", "--workdir"])
@@ -210,16 +190,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_kib(master_pid, "VmRSS:");
-    eprintln!(
-        "kiln bench: master idle with {} workers: {:.1} MiB RSS",
-        args.workers,
-        rss_idle as f64 / 1024.0
-    );
+    eprintln!("kiln bench: master idle with {} workers: {:.1} MiB RSS", args.workers, rss_idle as f64 / 1024.0);
 
-    let body = BuildRequestBody {
-        components: vec!["noop".into()],
-        ..Default::default()
-    };
+    let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
     // Latency with a free slot: one build at a time.
     let mut free = Vec::new();
     for _ in 0..args.latency_builds {
@@ -244,10 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for _ in 0..args.rounds.max(1) {
         let first_id = client
-            .builds(&BuildQuery {
-                limit: Some(1),
-                ..Default::default()
-            })
+            .builds(&BuildQuery { limit: Some(1), ..Default::default() })
             .await?
             .builds
             .first()
@@ -274,13 +244,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let cpu: Vec<f64> = pids.iter().zip(&cpu_before).map(|(p, b)| cpu_seconds(*p) - b).collect();
         let mut before = None;
         loop {
-            let page = client
-                .builds(&BuildQuery {
-                    limit: Some(1000),
-                    before,
-                    ..Default::default()
-                })
-                .await?;
+            let page = client.builds(&BuildQuery { limit: Some(1000), before, ..Default::default() }).await?;
             for b in page.builds.iter().filter(|b| b.id > first_id) {
                 if b.state != kiln_core::BuildState::Succeeded {
                     failed += 1;
@@ -325,9 +289,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(&args.out, &text).with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("{text}");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -119,22 +119,10 @@ pub async fn show(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("build #{}: {} on {}", b.id, b.component, b.target);
-    println!(
-        "  state:        {}{}",
-        b.state,
-        b.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-    );
-    println!(
-        "  requested:    {} by {}",
-        b.requested_at,
-        b.requested_by.as_deref().unwrap_or("-")
-    );
+    println!("  state:        {}{}", b.state, b.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default());
+    println!("  requested:    {} by {}", b.requested_at, b.requested_by.as_deref().unwrap_or("-"));
     if let Some(s) = &b.started_at {
-        println!(
-            "  started:      {s} on {} (attempt {})",
-            b.worker.as_deref().unwrap_or("-"),
-            b.attempt
-        );
+        println!("  started:      {s} on {} (attempt {})", b.worker.as_deref().unwrap_or("-"), b.attempt);
     }
     if let Some(f) = &b.finished_at {
         println!("  finished:     {f}");
@@ -146,28 +134,21 @@ pub async fn show(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
     if !b.properties.is_empty() {
         println!("  properties:");
         for (k, p) in &b.properties {
-            println!(
-                "    {k} = {} ({})",
-                p.value,
-                serde_json::to_value(p.source)?.as_str().unwrap_or("")
-            );
+            println!("    {k} = {} ({})", p.value, serde_json::to_value(p.source)?.as_str().unwrap_or(""));
+        }
+    }
+    if !b.artifacts.is_empty() {
+        println!("  artifacts:");
+        for a in &b.artifacts {
+            println!("    {:<40} {:>12} bytes  sha256 {}", a.name, a.size, a.sha256);
         }
     }
     if !b.steps.is_empty() {
         println!("  steps:");
         for s in &b.steps {
-            let dur = elapsed(s.started_at.as_deref(), s.finished_at.as_deref())
-                .map(human_secs)
-                .unwrap_or_default();
+            let dur = elapsed(s.started_at.as_deref(), s.finished_at.as_deref()).map(human_secs).unwrap_or_default();
             let code = s.exit_code.map(|c| format!("exit {c}")).unwrap_or_default();
-            println!(
-                "    {:<20} {:<10} {:>8} {:>8}  {} bytes of log",
-                s.name,
-                s.state.as_str(),
-                dur,
-                code,
-                s.log_size
-            );
+            println!("    {:<20} {:<10} {:>8} {:>8}  {} bytes of log", s.name, s.state.as_str(), dur, code, s.log_size);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -242,6 +223,27 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn fetch(id: i64, dir: &std::path::Path, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = remote.client()?;
+    let b = client.build(id).await?;
+    if b.artifacts.is_empty() {
+        anyhow::bail!("build {id} has no artifacts (state: {})", b.state);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut fetched = Vec::new();
+    for a in &b.artifacts {
+        let path = client.download(a, dir).await?;
+        if !remote.json {
+            println!("{}\t{} bytes\tsha256 {}", path.display(), a.size, a.sha256);
+        }
+        fetched.push(serde_json::json!({"path": path, "name": a.name, "size": a.size, "sha256": a.sha256}));
+    }
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&fetched)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn cancel(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
     let b = remote.client()?.cancel(id).await?;
     if remote.json {
@@ -260,10 +262,7 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<16} {:<12} {:>5} {:<24} {:<30} TARGETS",
-        "NAME", "STATE", "SLOTS", "RUNNING", "LAST SEEN"
-    );
+    println!("{:<16} {:<12} {:>5} {:<24} {:<30} TARGETS", "NAME", "STATE", "SLOTS", "RUNNING", "LAST SEEN");
     for w in ws {
         let running: Vec<String> = w.running.iter().map(|r| format!("#{r}")).collect();
         println!(
@@ -271,11 +270,7 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
             w.name,
             if w.connected { "connected" } else { "away" },
             w.slots,
-            if running.is_empty() {
-                "-".into()
-            } else {
-                running.join(",")
-            },
+            if running.is_empty() { "-".into() } else { running.join(",") },
             w.last_seen.as_deref().unwrap_or("never"),
             w.targets.join(",")
         );

@@ -14,14 +14,8 @@ use std::time::Duration;
 
 const FARM: &str = include_str!("../../../examples/farm.toml");
 const SOURCES: &[(&str, &str)] = &[
-    (
-        "src/libgrace/README",
-        include_str!("../../../examples/src/libgrace/README"),
-    ),
-    (
-        "src/opencore/README",
-        include_str!("../../../examples/src/opencore/README"),
-    ),
+    ("src/libgrace/README", include_str!("../../../examples/src/libgrace/README")),
+    ("src/opencore/README", include_str!("../../../examples/src/opencore/README")),
     ("src/slow/README", include_str!("../../../examples/src/slow/README")),
 ];
 
@@ -56,11 +50,7 @@ fn write_secret(path: &Path) -> anyhow::Result<()> {
     let mut raw = [0u8; 24];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     writeln!(f, "{token}")?;
     Ok(())
 }
@@ -72,10 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let worker_listen = usable(args.worker_listen)?;
     let farm = FARM
         .replace("listen = \"127.0.0.1:8010\"", &format!("listen = \"{listen}\""))
-        .replace(
-            "worker_listen = \"127.0.0.1:9989\"",
-            &format!("worker_listen = \"{worker_listen}\""),
-        );
+        .replace("worker_listen = \"127.0.0.1:9989\"", &format!("worker_listen = \"{worker_listen}\""));
     let config = dir.join("farm.toml");
     std::fs::write(&config, farm).with_context(|| format!("cannot write {}", config.display()))?;
     for (path, text) in SOURCES {
@@ -94,9 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let targets = vec!["debian-12-amd64".to_string(), "el-9-x86_64".to_string()];
     let mut workers = tokio::task::JoinSet::new();
     for w in ["w1", "w2"] {
-        let token = std::fs::read_to_string(dir.join(format!("secrets/{w}.token")))?
-            .trim()
-            .to_string();
+        let token = std::fs::read_to_string(dir.join(format!("secrets/{w}.token")))?.trim().to_string();
         let opts = kiln_worker::WorkerOptions {
             master: master.worker_addr.to_string(),
             name: w.to_string(),

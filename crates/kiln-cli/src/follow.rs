@@ -19,25 +19,12 @@ pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> any
     let mut bars: HashMap<i64, ProgressBar> = HashMap::new();
     let mut last: HashMap<i64, String> = HashMap::new();
     loop {
-        let page = client
-            .builds(&BuildQuery {
-                request: Some(request_id),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await?;
+        let page =
+            client.builds(&BuildQuery { request: Some(request_id), limit: Some(1000), ..Default::default() }).await?;
         let builds = page.builds;
         for b in &builds {
             let step = current_step(b).unwrap_or("-").to_string();
-            let key = format!(
-                "{} {}",
-                b.state,
-                if b.state == BuildState::Running {
-                    step.as_str()
-                } else {
-                    ""
-                }
-            );
+            let key = format!("{} {}", b.state, if b.state == BuildState::Running { step.as_str() } else { "" });
             if tty {
                 let bar = bars.entry(b.id).or_insert_with(|| {
                     let pb = multi.add(ProgressBar::new_spinner());
@@ -45,20 +32,15 @@ pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> any
                     pb.enable_steady_tick(Duration::from_millis(120));
                     pb
                 });
-                let dur = elapsed(b.started_at.as_deref(), b.finished_at.as_deref())
-                    .map(human_secs)
-                    .unwrap_or_default();
+                let dur =
+                    elapsed(b.started_at.as_deref(), b.finished_at.as_deref()).map(human_secs).unwrap_or_default();
                 let msg = format!(
                     "#{} {}@{}  {}  {}  {}",
                     b.id,
                     b.component,
                     b.target,
                     b.state,
-                    if b.state == BuildState::Running {
-                        step.as_str()
-                    } else {
-                        ""
-                    },
+                    if b.state == BuildState::Running { step.as_str() } else { "" },
                     dur
                 );
                 if b.state.is_finished() {

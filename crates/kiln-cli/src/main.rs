@@ -13,12 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "kiln",
-    version,
-    about = "A build farm for Linux packages",
-    propagate_version = true
-)]
+#[command(name = "kiln", version, about = "A build farm for Linux packages", propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,6 +103,15 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Download a build's artifacts into a directory (checked by SHA-256).
+    Fetch {
+        build: i64,
+        /// Where to put them (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List workers.
     Workers {
         #[command(flatten)]
@@ -153,10 +157,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Master { config } => {
             let mut m = kiln_master::start(&config).await?;
-            eprintln!(
-                "kiln master: web and API on http://{}, workers on {}",
-                m.http_addr, m.worker_addr
-            );
+            eprintln!("kiln master: web and API on http://{}, workers on {}", m.http_addr, m.worker_addr);
             eprintln!("kiln master: admin token in {}", m.admin_token_path.display());
             tokio::select! {
                 _ = m.wait() => anyhow::bail!("the master stopped unexpectedly"),
@@ -167,28 +168,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker {
-            master,
-            name,
-            token_file,
-            targets,
-            slots,
-            workdir,
-            tls_ca,
-        } => {
+        Command::Worker { master, name, token_file, targets, slots, workdir, tls_ca } => {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("cannot read the token file {}", token_file.display()))?
                 .trim()
                 .to_string();
-            let opts = kiln_worker::WorkerOptions {
-                master,
-                name,
-                token,
-                targets,
-                slots: slots.max(1),
-                workdir,
-                tls_ca,
-            };
+            let opts =
+                kiln_worker::WorkerOptions { master, name, token, targets, slots: slots.max(1), workdir, tls_ca };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,
                 _ = shutdown_signal() => eprintln!("kiln worker: shutting down"),
@@ -225,6 +211,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Log(args) => client_cmds::log(args).await,
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
         Command::Workers { remote } => client_cmds::workers(&remote).await,
+        Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }

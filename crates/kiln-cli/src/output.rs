@@ -35,14 +35,8 @@ pub fn current_step(b: &Build) -> Option<&str> {
 }
 
 pub fn build_line(b: &Build) -> String {
-    let dur = elapsed(b.started_at.as_deref(), b.finished_at.as_deref())
-        .map(human_secs)
-        .unwrap_or_else(|| "-".into());
-    let step = if b.state == kiln_core::BuildState::Running {
-        current_step(b).unwrap_or("-")
-    } else {
-        ""
-    };
+    let dur = elapsed(b.started_at.as_deref(), b.finished_at.as_deref()).map(human_secs).unwrap_or_else(|| "-".into());
+    let step = if b.state == kiln_core::BuildState::Running { current_step(b).unwrap_or("-") } else { "" };
     let mut line = format!(
         "#{:<6} {:<10} {:<24} {:<20} {:<8} {:>8}",
         b.id,
@@ -64,8 +58,5 @@ pub fn build_line(b: &Build) -> String {
 }
 
 pub fn header() -> String {
-    format!(
-        "{:<7} {:<10} {:<24} {:<20} {:<8} {:>8}",
-        "ID", "STATE", "COMPONENT", "TARGET", "WORKER", "TIME"
-    )
+    format!("{:<7} {:<10} {:<24} {:<20} {:<8} {:>8}", "ID", "STATE", "COMPONENT", "TARGET", "WORKER", "TIME")
 }

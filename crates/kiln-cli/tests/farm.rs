@@ -39,24 +39,18 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
     let mut ids = Vec::new();
     // Half through the CLI, half through the API.
     for i in 0..5 {
-        let (code, out, err) = run(farm
-            .kiln()
-            .args(["build", "libgrace", "-p", &format!("release=cli{i}")]))
-        .expect("kiln build");
+        let (code, out, err) =
+            run(farm.kiln().args(["build", "libgrace", "-p", &format!("release=cli{i}")])).expect("kiln build");
         assert_eq!(code, 0, "{err}");
-        let lines: Vec<i64> = out
-            .lines()
-            .map(|l| l.split('\t').next().expect("id").parse().expect("numeric id"))
-            .collect();
+        let lines: Vec<i64> =
+            out.lines().map(|l| l.split('\t').next().expect("id").parse().expect("numeric id")).collect();
         assert_eq!(lines.len(), 2, "one build per target: {out}");
         ids.extend(lines);
     }
     let client = farm.client();
     for i in 0..5 {
-        let created = client
-            .create_builds(&request(&["libgrace"], &[("release", &format!("api{i}"))]))
-            .await
-            .expect("create");
+        let created =
+            client.create_builds(&request(&["libgrace"], &[("release", &format!("api{i}"))])).await.expect("create");
         ids.extend(created.builds.iter().map(|b| b.id));
     }
     assert_eq!(ids.len(), 20);
@@ -66,10 +60,7 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
         let b = farm.wait_finished(*id, Duration::from_secs(60)).await;
         assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
         assert_eq!(b.steps.len(), 3);
-        assert!(b
-            .steps
-            .iter()
-            .all(|s| s.state == StepState::Succeeded && s.exit_code == Some(0)));
+        assert!(b.steps.iter().all(|s| s.state == StepState::Succeeded && s.exit_code == Some(0)));
         assert_eq!(b.properties["version"].value, "1.4.2");
         let release = b.properties["release"].value.clone();
         let compile = client.log(b.id, "compile", 0).await.expect("log");
@@ -95,17 +86,13 @@ async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_propertie
     assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
     let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--json"])).expect("kiln log --json");
     assert_eq!(code, 0);
-    let chunks: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let chunks: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     let steps: Vec<&str> = chunks.iter().filter_map(|c| c["step"].as_str()).collect();
     assert_eq!(steps, ["compile", "version", "package"]);
     assert_eq!(chunks[1]["data"], "1.4.2\n");
-    let (code, out, _) = run(farm
-        .kiln()
-        .args(["builds", "--state", "succeeded", "--limit", "25", "--json"]))
-    .expect("kiln builds");
+    let (code, out, _) =
+        run(farm.kiln().args(["builds", "--state", "succeeded", "--limit", "25", "--json"])).expect("kiln builds");
     assert_eq!(code, 0);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
     assert_eq!(listed.len(), 20);
@@ -152,10 +139,7 @@ async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
         })
         .await;
         assert!(
-            wait_for(Duration::from_secs(10), || async {
-                !farm.build_processes(id).is_empty()
-            })
-            .await,
+            wait_for(Duration::from_secs(10), || async { !farm.build_processes(id).is_empty() }).await,
             "the step's processes are visible"
         );
     }
@@ -223,10 +207,7 @@ steps = [ { name = "build", run = "true" } ]
     assert_eq!(base.reason.as_deref(), Some("step build failed with exit code 3"));
     let states: Vec<StepState> = base.steps.iter().map(|s| s.state).collect();
     assert_eq!(states, [StepState::Failed, StepState::Skipped, StepState::Succeeded]);
-    assert_eq!(
-        client.log(base.id, "cleanup", 0).await.expect("log").data,
-        "cleaned up\n"
-    );
+    assert_eq!(client.log(base.id, "cleanup", 0).await.expect("log").data, "cleaned up\n");
     assert_eq!(by_name["app"].state, BuildState::Skipped);
     assert_eq!(by_name["app"].reason.as_deref(), Some("dependency base@t failed"));
     assert_eq!(by_name["tool"].state, BuildState::Skipped);
@@ -253,17 +234,9 @@ steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e r
     farm.start_worker("w1", &["t"], 1);
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
-    let id = client
-        .create_builds(&request(&["chatty"], &[]))
-        .await
-        .expect("create")
-        .builds[0]
-        .id;
+    let id = client.create_builds(&request(&["chatty"], &[])).await.expect("create").builds[0].id;
     let ok = wait_for(Duration::from_secs(2), || async {
-        client
-            .log(id, "talk", 0)
-            .await
-            .is_ok_and(|c| c.data == "first line\n" && !c.complete)
+        client.log(id, "talk", 0).await.is_ok_and(|c| c.data == "first line\n" && !c.complete)
     })
     .await;
     let build = client.build(id).await.expect("build");
@@ -275,10 +248,7 @@ steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e r
     let b = farm.wait_finished(id, Duration::from_secs(10)).await;
     assert_eq!(b.state, BuildState::Succeeded);
     let chunk = client.log(id, "talk", 11).await.expect("log from offset");
-    assert_eq!(
-        (chunk.data.as_str(), chunk.complete, chunk.next_offset),
-        ("second line\n", true, 23)
-    );
+    assert_eq!((chunk.data.as_str(), chunk.complete, chunk.next_offset), ("second line\n", true, 23));
     assert!(!workdir.exists(), "the work dir is removed after the build");
 }
 
@@ -301,8 +271,7 @@ async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
         ids.push(created.builds[0].id);
     }
     // Two run, four wait; then the master dies without warning.
-    farm.wait_build(ids[0], Duration::from_secs(10), |b| b.state == BuildState::Running)
-        .await;
+    farm.wait_build(ids[0], Duration::from_secs(10), |b| b.state == BuildState::Running).await;
     farm.kill_master();
     farm.start_master().await;
     let client = farm.client();
@@ -311,11 +280,8 @@ async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
         assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
         assert_eq!(client.log(*id, "run", 0).await.expect("log").data, "done\n");
     }
-    let ran: Vec<i64> = std::fs::read_to_string(&ledger)
-        .expect("ledger")
-        .lines()
-        .map(|l| l.trim().parse().expect("id"))
-        .collect();
+    let ran: Vec<i64> =
+        std::fs::read_to_string(&ledger).expect("ledger").lines().map(|l| l.trim().parse().expect("id")).collect();
     let mut sorted = ran.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, ids, "every build ran exactly once");
@@ -331,14 +297,8 @@ async fn a_killed_workers_build_is_requeued_and_finishes_on_the_other_worker() {
     farm.start_worker("w1", &["t"], 1);
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
-    let id = client
-        .create_builds(&request(&["job"], &[]))
-        .await
-        .expect("create")
-        .builds[0]
-        .id;
-    farm.wait_build(id, Duration::from_secs(10), |b| b.state == BuildState::Running)
-        .await;
+    let id = client.create_builds(&request(&["job"], &[])).await.expect("create").builds[0].id;
+    farm.wait_build(id, Duration::from_secs(10), |b| b.state == BuildState::Running).await;
     farm.start_worker("w2", &["t"], 1);
     farm.wait_for_workers(&["w2"]).await;
     farm.kill_worker("w1");
@@ -368,59 +328,34 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
         .expect("create")
         .builds[0]
         .id;
-    farm.wait_build(slow, Duration::from_secs(10), |b| b.state == BuildState::Running)
-        .await;
+    farm.wait_build(slow, Duration::from_secs(10), |b| b.state == BuildState::Running).await;
 
     let good = std::fs::read_to_string(&farm.config).expect("config")
         + "\n[[component]]\nname = \"extra\"\nsteps = [ { name = \"hi\", run = \"echo hi from extra\" } ]\n";
     std::fs::write(&farm.config, &good).expect("write config");
-    assert!(
-        wait_for(Duration::from_secs(10), || async {
-            client.status().await.is_ok_and(|s| s.builders == 7)
-        })
-        .await
-    );
+    assert!(wait_for(Duration::from_secs(10), || async { client.status().await.is_ok_and(|s| s.builders == 7) }).await);
     let after_good = client.status().await.expect("status");
     assert!(after_good.config_generation > before.config_generation);
-    let id = client
-        .create_builds(&request(&["extra"], &[]))
-        .await
-        .expect("the new component builds")
-        .builds[0]
-        .id;
-    assert_eq!(
-        farm.wait_finished(id, Duration::from_secs(30)).await.state,
-        BuildState::Succeeded
-    );
+    let id = client.create_builds(&request(&["extra"], &[])).await.expect("the new component builds").builds[0].id;
+    assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
 
     std::fs::write(
         &farm.config,
         good.clone() + "\n[[component]]\nname = \"broken\"\ndepends_on = [\"nothing\"]\nsteps = []\n",
     )
     .expect("write bad config");
-    assert!(
-        wait_for(Duration::from_secs(10), || async {
-            farm.master_log().contains("config reload refused")
-        })
-        .await
-    );
+    assert!(wait_for(Duration::from_secs(10), || async { farm.master_log().contains("config reload refused") }).await);
     let after_bad = client.status().await.expect("status");
     assert_eq!(after_bad.config_generation, after_good.config_generation);
     assert_eq!(after_bad.builders, 7);
-    assert!(
-        farm.master_log().contains("unknown component \"nothing\""),
-        "the errors are logged"
-    );
+    assert!(farm.master_log().contains("unknown component \"nothing\""), "the errors are logged");
 
     // SIGHUP reloads too (the good config again).
     std::fs::write(&farm.config, &good).expect("write config");
     farm.hup_master();
     assert!(
         wait_for(Duration::from_secs(10), || async {
-            client
-                .status()
-                .await
-                .is_ok_and(|s| s.config_generation > after_bad.config_generation)
+            client.status().await.is_ok_and(|s| s.config_generation > after_bad.config_generation)
         })
         .await
     );
@@ -438,19 +373,12 @@ async fn the_api_rejects_bad_input_clearly() {
     let farm = example_farm().await;
     // No connection reuse: after a 413 the server may close the connection
     // without reading the rest of the body.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let url = farm.url();
     let token = farm.admin_token();
     let post = |path: &str| http.post(format!("{url}{path}"));
 
-    let r = post("/api/v1/builds")
-        .json(&serde_json::json!({"components": ["libgrace"]}))
-        .send()
-        .await
-        .expect("send");
+    let r = post("/api/v1/builds").json(&serde_json::json!({"components": ["libgrace"]})).send().await.expect("send");
     assert_eq!(r.status(), 401, "no token, no build");
     let r = post("/api/v1/builds")
         .bearer_auth("wrong")
@@ -475,11 +403,7 @@ async fn the_api_rejects_bad_input_clearly() {
         .await
         .expect("send");
     assert_eq!(r.status(), 404);
-    assert!(r
-        .text()
-        .await
-        .expect("body")
-        .contains("known components: libgrace, opencore, slow"));
+    assert!(r.text().await.expect("body").contains("known components: libgrace, opencore, slow"));
     let r = post("/api/v1/builds")
         .bearer_auth(&token)
         .json(&serde_json::json!({"components": ["libgrace"], "targets": ["win-11"]}))
@@ -505,36 +429,16 @@ async fn the_api_rejects_bad_input_clearly() {
     assert_eq!(r.status(), 413);
     let r = http.get(format!("{url}/api/v1/builds/abc")).send().await.expect("send");
     assert_eq!(r.status(), 400);
-    let r = http
-        .get(format!("{url}/api/v1/builds/999999"))
-        .send()
-        .await
-        .expect("send");
+    let r = http.get(format!("{url}/api/v1/builds/999999")).send().await.expect("send");
     assert_eq!(r.status(), 404);
-    let r = http
-        .get(format!("{url}/api/v1/builds?state=exploded"))
-        .send()
-        .await
-        .expect("send");
+    let r = http.get(format!("{url}/api/v1/builds?state=exploded")).send().await.expect("send");
     assert_eq!(r.status(), 400);
     // Nothing was stored by any of that.
-    assert!(farm
-        .client()
-        .builds(&Default::default())
-        .await
-        .expect("list")
-        .builds
-        .is_empty());
+    assert!(farm.client().builds(&Default::default()).await.expect("list").builds.is_empty());
 
     // The OpenAPI document describes the API.
-    let doc: serde_json::Value = http
-        .get(format!("{url}/api/v1/openapi.json"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let doc: serde_json::Value =
+        http.get(format!("{url}/api/v1/openapi.json")).send().await.expect("send").json().await.expect("json");
     for path in [
         "/api/v1/builds",
         "/api/v1/builds/{id}",
@@ -563,20 +467,11 @@ async fn buildbots_base_change_hook_schedules_the_project() {
     ];
     let r = http.post(&url).form(&form).send().await.expect("send");
     assert_eq!(r.status(), 401, "the hook needs the token");
-    let r = http
-        .post(format!("{url}?token={}", farm.admin_token()))
-        .form(&form)
-        .send()
-        .await
-        .expect("send");
+    let r = http.post(format!("{url}?token={}", farm.admin_token())).form(&form).send().await.expect("send");
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let created: serde_json::Value = r.json().await.expect("json");
-    let ids: Vec<i64> = created["builds"]
-        .as_array()
-        .expect("builds")
-        .iter()
-        .map(|b| b["id"].as_i64().expect("id"))
-        .collect();
+    let ids: Vec<i64> =
+        created["builds"].as_array().expect("builds").iter().map(|b| b["id"].as_i64().expect("id")).collect();
     assert_eq!(ids.len(), 2, "all targets of the project");
     for id in ids {
         let b = farm.wait_finished(id, Duration::from_secs(30)).await;
@@ -603,19 +498,13 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     std::fs::write(&good, EXAMPLE).expect("write");
     let (code, out, err) = run(std::process::Command::new(KILN).arg("checkconfig").arg(&good)).expect("run");
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.starts_with("config is good: 3 components × 2 targets = 5 builders"),
-        "{out}"
-    );
+    assert!(out.starts_with("config is good: 3 components × 2 targets = 5 builders"), "{out}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         EXAMPLE
-            .replace(
-                "depends_on = [\"libgrace\"]",
-                "depends_on = [\"libgrace\", \"opencore\"]",
-            )
+            .replace("depends_on = [\"libgrace\"]", "depends_on = [\"libgrace\", \"opencore\"]")
             .replace("name = \"w2\"", "name = \"w1\"")
             + "\n[[component]]\nname = \"x\"\nflavour = \"sour\"\nsteps = [ { name = \"s\", run = \"true\" } ]\n",
     )
@@ -625,15 +514,9 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     let file = bad.display().to_string();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
-    assert_eq!(
-        lines[0],
-        format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)")
-    );
-    assert_eq!(
-        lines[1],
-        format!("{file}:38:27: component \"opencore\" depends on itself")
-    );
-    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties"));
+    assert_eq!(lines[0], format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)"));
+    assert_eq!(lines[1], format!("{file}:38:27: component \"opencore\" depends on itself"));
+    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts"));
 }
 
 /// A farm of two workers, one target `t` and one component `job` whose only
@@ -666,33 +549,17 @@ async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
         .expect("create")
         .builds[0]
         .id;
-    assert!(
-        wait_for(Duration::from_secs(10), || async {
-            std::fs::read_to_string(&ledger).is_ok()
-        })
-        .await
-    );
+    assert!(wait_for(Duration::from_secs(10), || async { std::fs::read_to_string(&ledger).is_ok() }).await);
     farm.start_worker("w2", &["t"], 1);
     farm.wait_for_workers(&["w2"]).await;
     // The network between w1 and the master goes silent; both ends stay open.
     proxy.pause(true);
     let b = farm.wait_finished(id, Duration::from_secs(30)).await;
-    assert_eq!(
-        (b.state, b.worker.as_deref(), b.attempt),
-        (BuildState::Succeeded, Some("w2"), 2),
-        "{b:?}"
-    );
+    assert_eq!((b.state, b.worker.as_deref(), b.attempt), (BuildState::Succeeded, Some("w2"), 2), "{b:?}");
     assert!(farm.master_log().contains("no heartbeat"), "{}", farm.master_log());
-    assert!(
-        farm.worker_log("w1").contains("no word from the master"),
-        "{}",
-        farm.worker_log("w1")
-    );
+    assert!(farm.worker_log("w1").contains("no word from the master"), "{}", farm.worker_log("w1"));
     // w1 stopped its copy before w2 started: it never reached its end.
-    assert_eq!(
-        std::fs::read_to_string(&ledger).expect("ledger"),
-        "start-w1\nstart-w2\nend-w2\n"
-    );
+    assert_eq!(std::fs::read_to_string(&ledger).expect("ledger"), "start-w1\nstart-w2\nend-w2\n");
     assert!(farm.build_processes(id).is_empty());
     // The network heals; w1 reconnects, and the result stands.
     proxy.pause(false);
@@ -708,11 +575,7 @@ async fn workers_connect_over_tls() {
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("cert");
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
-    let mut farm = Farm::new(
-        KILN.as_ref(),
-        &config,
-        &[("tls/cert.pem", &cert_pem), ("tls/key.pem", &key_pem)],
-    );
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[("tls/cert.pem", &cert_pem), ("tls/key.pem", &key_pem)]);
     farm.start_master().await;
     let ca = farm.path("tls/cert.pem");
     farm.start_worker_with("w1", &["t"], 1, &["--tls-ca", ca.to_str().expect("utf8")]);
@@ -731,10 +594,7 @@ async fn workers_connect_over_tls() {
     // A worker speaking plain TCP to the TLS port gets nowhere.
     farm.start_worker("w2", &["t"], 1);
     let connected = wait_for(Duration::from_secs(3), || async {
-        farm.client()
-            .workers()
-            .await
-            .is_ok_and(|ws| ws.iter().any(|w| w.name == "w2" && w.connected))
+        farm.client().workers().await.is_ok_and(|ws| ws.iter().any(|w| w.name == "w2" && w.connected))
     })
     .await;
     assert!(!connected, "a plain-TCP worker must not get through the TLS port");
@@ -746,22 +606,15 @@ async fn the_farm_runs_on_postgresql() {
     let mut raw = [0u8; 6];
     getrandom::fill(&mut raw).expect("random");
     let schema = format!("kiln_farm_{}", hex::encode(raw));
-    let admin = kiln_db::Store::connect(&base)
-        .await
-        .expect("PostgreSQL is needed (see DEVELOPERS.md)");
-    admin
-        .execute_raw(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("schema");
+    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
+    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
     let config = format!("[master]\ndatabase = \"{url}\"\n{}", one_job(LEDGER_JOB));
     {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
-        let (code, out, err) = run(std::process::Command::new(KILN)
-            .args(["upgrade", "--config"])
-            .arg(&farm.config))
-        .expect("upgrade");
-        assert_eq!((code, out.trim()), (0, "applied 1 migration(s)"), "{err}");
+        let (code, out, err) =
+            run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config)).expect("upgrade");
+        assert_eq!((code, out.trim()), (0, "applied 2 migration(s)"), "{err}");
         farm.start_master().await;
         farm.start_worker("w1", &["t"], 1);
         farm.start_worker("w2", &["t"], 1);
@@ -777,19 +630,138 @@ async fn the_farm_runs_on_postgresql() {
             ids.push(b.builds[0].id);
         }
         for id in ids {
-            assert_eq!(
-                farm.wait_finished(id, Duration::from_secs(30)).await.state,
-                BuildState::Succeeded
-            );
+            assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
         }
-        assert!(
-            !farm.path("data/kiln.db").exists(),
-            "no SQLite file when a database is configured"
-        );
+        assert!(!farm.path("data/kiln.db").exists(), "no SQLite file when a database is configured");
     }
-    admin
-        .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("drop schema");
+    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_are_uploaded_checked_stored_and_fetched() {
+    let config = r#"
+[master]
+max_artifact_size = "2MiB"
+
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "pkg"
+artifacts = ["out/*.deb", "out/**/*.bin", "out/*.log"]
+steps = [ { name = "make", run = "mkdir -p out/sub && printf hello > out/hello_1.0_all.deb && head -c 1500000 /dev/urandom > out/sub/big.bin && : > out/empty.log" } ]
+
+[[component]]
+name = "toobig"
+artifacts = ["*.bin"]
+steps = [ { name = "make", run = "head -c 3000000 /dev/urandom > big.bin" } ]
+
+[[component]]
+name = "nomatch"
+artifacts = ["*.rpm"]
+steps = [ { name = "make", run = "true" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 2);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let created = client.create_builds(&request(&["pkg", "toobig", "nomatch"], &[])).await.expect("create");
+    let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
+
+    let pkg = farm.wait_finished(id_of("pkg"), Duration::from_secs(30)).await;
+    assert_eq!(pkg.state, BuildState::Succeeded, "{pkg:?}");
+    let names: Vec<(&str, u64)> = pkg.artifacts.iter().map(|a| (a.name.as_str(), a.size)).collect();
+    assert_eq!(names, [("big.bin", 1_500_000), ("empty.log", 0), ("hello_1.0_all.deb", 5)]);
+
+    let dest = farm.path("fetched");
+    let (code, out, err) = run(farm.kiln().args(["fetch", &pkg.id.to_string()]).arg(&dest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(std::fs::read(dest.join("hello_1.0_all.deb")).expect("deb"), b"hello");
+    assert_eq!(std::fs::metadata(dest.join("big.bin")).expect("bin").len(), 1_500_000);
+    assert_eq!(std::fs::metadata(dest.join("empty.log")).expect("log").len(), 0);
+
+    let toobig = farm.wait_finished(id_of("toobig"), Duration::from_secs(30)).await;
+    assert_eq!(toobig.state, BuildState::Failed);
+    assert_eq!(
+        toobig.reason.as_deref(),
+        Some("upload failed: artifact big.bin: larger than the limit of 2097152 bytes")
+    );
+    assert!(toobig.artifacts.is_empty());
+    let nomatch = farm.wait_finished(id_of("nomatch"), Duration::from_secs(30)).await;
+    assert_eq!(nomatch.state, BuildState::Failed);
+    assert_eq!(nomatch.reason.as_deref(), Some("collecting artifacts: pattern \"*.rpm\" matched no file"));
+
+    // The incoming area is empty with no upload in flight, and the worker's
+    // outbox is emptied once the master acknowledged the results.
+    assert_eq!(std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(), 0);
+    let outbox = farm.path("workers/w1/outbox");
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            std::fs::read_dir(&outbox).map(|d| d.count() == 0).unwrap_or(true)
+        })
+        .await
+    );
+    // Stored by content: the same bytes twice are one file.
+    let stored: usize = walk_files(&farm.path("data/artifacts"));
+    assert_eq!(stored, 3);
+    let r = reqwest::get(format!("{}/api/v1/builds/{}/artifacts/nope.deb", farm.url(), pkg.id)).await.expect("get");
+    assert_eq!(r.status(), 404);
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_off_by_the_network_is_sent_again_whole() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "pkg"
+artifacts = ["big.bin"]
+steps = [ { name = "make", run = "head -c 30000000 /dev/urandom > big.bin; touch ../made-$KILN_BUILD_ID; while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    let proxy = Proxy::start(farm.worker_port).await;
+    farm.start_worker_via("w1", &["t"], 1, proxy.addr);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["pkg"], &[])).await.expect("create").builds[0].id;
+    let builds = farm.path("workers/w1/builds");
+    assert!(wait_for(Duration::from_secs(20), || async { builds.join(format!("made-{id}")).exists() }).await);
+    // The network stalls just as the 30 MB upload starts, then drops the connection.
+    proxy.pause(true);
+    std::fs::write(builds.join(format!("go-{id}")), "").expect("go");
+    let outbox = farm.path(&format!("workers/w1/outbox/{id}/big.bin"));
+    assert!(wait_for(Duration::from_secs(10), || async { outbox.exists() }).await, "the upload began");
+    proxy.cut();
+    proxy.pause(false);
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{}", farm.worker_log("w1"));
+    assert_eq!(b.attempt, 1, "the build was not run again, only its upload");
+    assert!(farm.worker_log("w1").matches("connected to the master").count() >= 2, "the worker reconnected");
+    assert_eq!(b.artifacts.len(), 1);
+    assert_eq!(b.artifacts[0].size, 30_000_000);
+    let dest = farm.path("fetched");
+    std::fs::create_dir_all(&dest).expect("dir");
+    client.download(&b.artifacts[0], &dest).await.expect("the stored file matches its checksum");
+    assert_eq!(std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(), 0);
 }

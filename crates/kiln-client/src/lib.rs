@@ -2,7 +2,8 @@
 //! the demo, the benchmark and the integration tests.
 
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, Status, WorkerInfo,
+    Artifact, Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, Status,
+    WorkerInfo,
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -15,6 +16,10 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("unexpected answer from the master: {0}")]
     Decode(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("artifact {name} arrived damaged: expected SHA-256 {expected}, got {got}")]
+    Damaged { name: String, expected: String, got: String },
     #[error("this command needs a token: pass --token-file FILE or set KILN_TOKEN (the master wrote one to DATA_DIR/admin.token)")]
     NoToken,
 }
@@ -46,15 +51,8 @@ impl Client {
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
             .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                source: e,
-            })?;
-        Ok(Client {
-            base: url.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), source: e })?;
+        Ok(Client { base: url.trim_end_matches('/').to_string(), token, http })
     }
 
     pub fn base_url(&self) -> &str {
@@ -62,23 +60,14 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            source: e,
-        })?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            source: e,
-        })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(500).collect());
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(ClientError::Api { status: status.as_u16(), message });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -133,11 +122,40 @@ impl Client {
 
     pub async fn log(&self, id: i64, step: &str, offset: u64) -> Result<LogChunk> {
         let step = step.replace('/', "%2F");
-        self.send(
-            self.get(&format!("/api/v1/builds/{id}/steps/{step}/log"))
-                .query(&[("offset", offset)]),
-        )
-        .await
+        self.send(self.get(&format!("/api/v1/builds/{id}/steps/{step}/log")).query(&[("offset", offset)])).await
+    }
+
+    /// Downloads an artifact into `dir`, checking its SHA-256; the file
+    /// appears under its name only when it is complete and correct.
+    pub async fn download(&self, artifact: &Artifact, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        use sha2::{Digest, Sha256};
+        use std::io::Write;
+        let unreachable = |e| ClientError::Unreachable { url: self.base.clone(), source: e };
+        let mut resp = self.get(&artifact.url).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&body).map(|e| e.error).unwrap_or(body);
+            return Err(ClientError::Api { status, message });
+        }
+        let dest = dir.join(&artifact.name);
+        let tmp = dir.join(format!(".{}.part", artifact.name));
+        let werr = |source| ClientError::Write { path: tmp.display().to_string(), source };
+        let mut file = std::fs::File::create(&tmp).map_err(werr)?;
+        let mut hash = Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            hash.update(&chunk);
+            file.write_all(&chunk).map_err(werr)?;
+        }
+        file.sync_all().map_err(werr)?;
+        let got = hex::encode(hash.finalize());
+        if got != artifact.sha256 {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ClientError::Damaged { name: artifact.name.clone(), expected: artifact.sha256.clone(), got });
+        }
+        std::fs::rename(&tmp, &dest)
+            .map_err(|source| ClientError::Write { path: dest.display().to_string(), source })?;
+        Ok(dest)
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {

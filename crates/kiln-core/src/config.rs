@@ -43,6 +43,8 @@ pub struct MasterSection {
     pub kill_grace: Duration,
     /// Serve the worker port over TLS with this certificate and key (PEM files).
     pub worker_tls: Option<TlsFiles>,
+    /// The largest artifact a worker may upload, in bytes.
+    pub max_artifact_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,7 @@ impl Default for MasterSection {
             heartbeat: Duration::from_secs(5),
             kill_grace: Duration::from_secs(10),
             worker_tls: None,
+            max_artifact_size: 4 << 30,
         }
     }
 }
@@ -119,6 +122,9 @@ pub struct Component {
     pub steps: Vec<StepSpec>,
     /// Properties every build of this component starts with.
     pub properties: BTreeMap<String, String>,
+    /// Files the build produces (glob patterns relative to the build's work
+    /// dir, e.g. `out/*.deb`), uploaded to the master when it succeeds.
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,21 +208,14 @@ const MASTER_KEYS: &[&str] = &[
     "heartbeat",
     "kill_grace",
     "worker_tls",
+    "max_artifact_size",
 ];
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror"];
-const COMPONENT_KEYS: &[&str] = &["name", "source", "depends_on", "targets", "steps", "properties"];
+const COMPONENT_KEYS: &[&str] = &["name", "source", "depends_on", "targets", "steps", "properties", "artifacts"];
 const SOURCE_KEYS: &[&str] = &["path"];
-const STEP_KEYS: &[&str] = &[
-    "name",
-    "run",
-    "set_property",
-    "timeout",
-    "env",
-    "halt_on_failure",
-    "always_run",
-];
+const STEP_KEYS: &[&str] = &["name", "run", "set_property", "timeout", "env", "halt_on_failure", "always_run"];
 
 /// Parses and validates a farm config.
 pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
@@ -232,14 +231,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
     };
     let root = doc.as_table();
     let root_span: Span = Some(0..0);
-    r.check_keys(
-        Tbl {
-            t: root,
-            span: &root_span,
-        },
-        TOP_KEYS,
-        "the config file",
-    );
+    r.check_keys(Tbl { t: root, span: &root_span }, TOP_KEYS, "the config file");
 
     let master = read_master(&mut r, root.get("master"));
 
@@ -285,29 +277,21 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             let tbl = Tbl { t, span: &span };
             r.check_keys(tbl, TARGET_KEYS, "[[target]]");
             let name = named(&mut r, tbl, "[[target]]");
-            let family = r
-                .required_string(tbl, "family", "[[target]]")
-                .and_then(|(f, fspan)| match f.as_str() {
-                    "deb" => Some(Family::Deb),
-                    "rpm" => Some(Family::Rpm),
-                    other => {
-                        r.err(&fspan, format!("unknown family {other:?}; known families: deb, rpm"));
-                        None
-                    }
-                });
+            let family = r.required_string(tbl, "family", "[[target]]").and_then(|(f, fspan)| match f.as_str() {
+                "deb" => Some(Family::Deb),
+                "rpm" => Some(Family::Rpm),
+                other => {
+                    r.err(&fspan, format!("unknown family {other:?}; known families: deb, rpm"));
+                    None
+                }
+            });
             let suite = r.string(tbl, "suite", "[[target]]").map(|s| s.0);
             let arch = r.string(tbl, "arch", "[[target]]").map(|s| s.0);
             let mirror = r.string(tbl, "mirror", "[[target]]").map(|s| s.0);
             if let Some((name, nspan)) = name {
                 if unique(&mut r, "target", &name, &nspan) {
                     if let Some(family) = family {
-                        targets.push(Target {
-                            name,
-                            family,
-                            suite,
-                            arch,
-                            mirror,
-                        });
+                        targets.push(Target { name, family, suite, arch, mirror });
                     }
                 }
             }
@@ -333,18 +317,12 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 for (tname, tspan) in list {
                     if !targets.iter().any(|t: &Target| &t.name == tname) {
                         let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-                        r.err(
-                            tspan,
-                            format!("{what}: unknown target {tname:?}; known targets: {}", known.join(", ")),
-                        );
+                        r.err(tspan, format!("{what}: unknown target {tname:?}; known targets: {}", known.join(", ")));
                     }
                 }
                 if list.is_empty() {
                     let s = tbl.t.get("targets").and_then(|i| i.span());
-                    r.err(
-                        &s,
-                        format!("{what}: `targets` is empty; leave it out to build on every target"),
-                    );
+                    r.err(&s, format!("{what}: `targets` is empty; leave it out to build on every target"));
                 }
             }
             let properties = r
@@ -360,6 +338,12 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 })
                 .collect();
             let steps = read_steps(&mut r, tbl, &what);
+            let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+            for (pattern, pspan) in &artifacts {
+                if let Err(e) = crate::glob::Pattern::new(pattern) {
+                    r.err(pspan, format!("{what}: artifact pattern {pattern:?}: {e}"));
+                }
+            }
             if !unique(&mut r, "component", &name, &nspan) {
                 continue;
             }
@@ -371,6 +355,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 targets: target_names.map(|l| l.into_iter().map(|t| t.0).collect()),
                 steps,
                 properties,
+                artifacts: artifacts.into_iter().map(|a| a.0).collect(),
             });
         }
     }
@@ -405,12 +390,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
     }
 
     if r.diags.is_empty() {
-        Ok(FarmConfig {
-            master: master.unwrap_or_default(),
-            workers,
-            targets,
-            components,
-        })
+        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
         Err(ConfigErrors { diagnostics: r.diags })
@@ -491,6 +471,12 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
     if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
         m.kill_grace = d;
     }
+    if let Some((text, sspan)) = r.string(tbl, "max_artifact_size", "[master]") {
+        match crate::size::parse_size(&text) {
+            Ok(n) => m.max_artifact_size = n,
+            Err(e) => r.err(&sspan, format!("`max_artifact_size` in [master]: {e}")),
+        }
+    }
     if let Some(item) = t.get("worker_tls") {
         let span = item.span();
         match item.as_table_like() {
@@ -500,20 +486,14 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
                 let cert = r.required_string(tls, "cert", "[master.worker_tls]");
                 let key = r.required_string(tls, "key", "[master.worker_tls]");
                 if let (Some(cert), Some(key)) = (cert, key) {
-                    m.worker_tls = Some(TlsFiles {
-                        cert: cert.0,
-                        key: key.0,
-                    });
+                    m.worker_tls = Some(TlsFiles { cert: cert.0, key: key.0 });
                 }
             }
             None => r.err(&span, "`worker_tls` must be a table with `cert` and `key`"),
         }
     }
     if timings_ok && (m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout) {
-        r.err(
-            &span,
-            "`heartbeat` must be shorter than `worker_timeout` and above zero",
-        );
+        r.err(&span, "`heartbeat` must be shorter than `worker_timeout` and above zero");
     }
     Some(m)
 }
@@ -522,10 +502,7 @@ fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
     let item = tbl.t.get("source")?;
     let span = item.span();
     let Some(t) = item.as_table_like() else {
-        r.err(
-            &span,
-            format!("`source` of {what} must be a table, like {{ path = \"src/NAME\" }}"),
-        );
+        r.err(&span, format!("`source` of {what} must be a table, like {{ path = \"src/NAME\" }}"));
         return None;
     };
     let st = Tbl { t, span: &span };
@@ -550,22 +527,15 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
         r.check_keys(st, STEP_KEYS, &swhat);
         let name = named(r, st, &swhat);
         let run = r.required_string(st, "run", &swhat);
-        let set_property = r
-            .string(st, "set_property", &swhat)
-            .and_then(|(p, pspan)| match check_property_name(&p) {
-                Ok(()) => Some(p),
-                Err(e) => {
-                    r.err(&pspan, format!("{swhat}: {e}"));
-                    None
-                }
-            });
+        let set_property = r.string(st, "set_property", &swhat).and_then(|(p, pspan)| match check_property_name(&p) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                r.err(&pspan, format!("{swhat}: {e}"));
+                None
+            }
+        });
         let timeout = duration_key(r, st, "timeout", &swhat);
-        let env = r
-            .string_map(st, "env", &swhat)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v, _)| (k, v))
-            .collect();
+        let env = r.string_map(st, "env", &swhat).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
         let halt_on_failure = r.boolean(st, "halt_on_failure", &swhat).unwrap_or(true);
         let always_run = r.boolean(st, "always_run", &swhat).unwrap_or(false);
         if let (Some((name, nspan)), Some((run, _))) = (name, run) {
@@ -573,15 +543,7 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
                 r.err(&nspan, format!("duplicate step name {name:?} in {what}"));
                 continue;
             }
-            steps.push(StepSpec {
-                name,
-                run,
-                set_property,
-                timeout,
-                env,
-                halt_on_failure,
-                always_run,
-            });
+            steps.push(StepSpec { name, run, set_property, timeout, env, halt_on_failure, always_run });
         }
     }
     steps
@@ -589,20 +551,10 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
 
 /// Each dependency cycle once, as the list of its members in order.
 fn dependency_cycles(components: &[Component]) -> Vec<Vec<String>> {
-    let index: HashMap<&str, usize> = components
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = components.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let edges: Vec<Vec<usize>> = components
         .iter()
-        .map(|c| {
-            c.depends_on
-                .iter()
-                .filter(|d| *d != &c.name)
-                .filter_map(|d| index.get(d.as_str()).copied())
-                .collect()
-        })
+        .map(|c| c.depends_on.iter().filter(|d| *d != &c.name).filter_map(|d| index.get(d.as_str()).copied()).collect())
         .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut mark = vec![0u8; components.len()];

@@ -19,9 +19,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("duration {text:?} is too long"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("duration {text:?} is too long"))?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
@@ -30,16 +28,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: a number needs a unit (ms, s, m, h or d)"
-                ))
-            }
-            u => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {u:?} (use ms, s, m, h or d)"
-                ))
-            }
+            "" => return Err(format!("invalid duration {text:?}: a number needs a unit (ms, s, m, h or d)")),
+            u => return Err(format!("invalid duration {text:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
         };
         rest = &rest[unit_len..];
         total_ms = n

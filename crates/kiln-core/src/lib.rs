@@ -6,10 +6,12 @@
 
 pub mod config;
 pub mod duration;
+pub mod glob;
 pub mod matrix;
 pub mod names;
 pub mod props;
 pub mod schedule;
+pub mod size;
 pub mod state;
 mod toml_reader;
 

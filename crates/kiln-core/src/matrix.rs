@@ -13,12 +13,7 @@ pub struct Builder<'a> {
 
 /// Every builder of the farm: components in config order, each on its targets.
 pub fn builders(cfg: &FarmConfig) -> impl Iterator<Item = Builder<'_>> {
-    cfg.components.iter().flat_map(move |c| {
-        cfg.targets_of(c).map(move |t| Builder {
-            component: c,
-            target: t,
-        })
-    })
+    cfg.components.iter().flat_map(move |c| cfg.targets_of(c).map(move |t| Builder { component: c, target: t }))
 }
 
 /// What a user asks to build.
@@ -55,26 +50,11 @@ pub enum PlanError {
 /// a target depends on the builds of its `depends_on` components on that
 /// target within the same request.
 pub fn plan(cfg: &FarmConfig, spec: &RequestSpec) -> Result<Vec<PlannedBuild>, PlanError> {
-    let known_components = || {
-        cfg.components
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let known_targets = || {
-        cfg.targets
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let known_components = || cfg.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+    let known_targets = || cfg.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
     for t in &spec.targets {
         if cfg.target(t).is_none() {
-            return Err(PlanError::UnknownTarget {
-                name: t.clone(),
-                known: known_targets(),
-            });
+            return Err(PlanError::UnknownTarget { name: t.clone(), known: known_targets() });
         }
     }
     let mut chosen: Vec<&Component> = Vec::new();
@@ -85,10 +65,9 @@ pub fn plan(cfg: &FarmConfig, spec: &RequestSpec) -> Result<Vec<PlannedBuild>, P
             return Err(PlanError::NoComponents);
         }
         for name in &spec.components {
-            let c = cfg.component(name).ok_or_else(|| PlanError::UnknownComponent {
-                name: name.clone(),
-                known: known_components(),
-            })?;
+            let c = cfg
+                .component(name)
+                .ok_or_else(|| PlanError::UnknownComponent { name: name.clone(), known: known_components() })?;
             if !chosen.iter().any(|x| x.name == c.name) {
                 chosen.push(c);
             }
@@ -102,17 +81,10 @@ pub fn plan(cfg: &FarmConfig, spec: &RequestSpec) -> Result<Vec<PlannedBuild>, P
             if !spec.targets.is_empty() && !spec.targets.contains(&t.name) {
                 continue;
             }
-            let depends_on = c
-                .depends_on
-                .iter()
-                .filter_map(|d| index.get(&(d.as_str(), t.name.as_str())).copied())
-                .collect();
+            let depends_on =
+                c.depends_on.iter().filter_map(|d| index.get(&(d.as_str(), t.name.as_str())).copied()).collect();
             index.insert((c.name.as_str(), t.name.as_str()), plan.len());
-            plan.push(PlannedBuild {
-                component: c.name.clone(),
-                target: t.name.clone(),
-                depends_on,
-            });
+            plan.push(PlannedBuild { component: c.name.clone(), target: t.name.clone(), depends_on });
         }
     }
     if plan.is_empty() {
@@ -134,9 +106,7 @@ fn dependency_order<'a>(chosen: &[&'a Component]) -> Vec<&'a Component> {
     let mut left: Vec<&Component> = chosen.to_vec();
     while !left.is_empty() {
         let ready = left.iter().position(|c| {
-            c.depends_on
-                .iter()
-                .all(|d| !left.iter().any(|o| &o.name == d) || out.iter().any(|o| &o.name == d))
+            c.depends_on.iter().all(|d| !left.iter().any(|o| &o.name == d) || out.iter().any(|o| &o.name == d))
         });
         let i = ready.unwrap_or(0);
         out.push(left.remove(i));
@@ -160,14 +130,7 @@ mod tests {
     #[test]
     fn all_honours_dependencies() {
         let cfg = farm();
-        let p = plan(
-            &cfg,
-            &RequestSpec {
-                all: true,
-                ..Default::default()
-            },
-        )
-        .expect("plan");
+        let p = plan(&cfg, &RequestSpec { all: true, ..Default::default() }).expect("plan");
         assert_eq!(
             names(&p),
             [
@@ -185,10 +148,7 @@ mod tests {
     #[test]
     fn dependents_named_first_still_come_after() {
         let cfg = farm();
-        let spec = RequestSpec {
-            components: vec!["opencore".into(), "libgrace".into()],
-            ..Default::default()
-        };
+        let spec = RequestSpec { components: vec!["opencore".into(), "libgrace".into()], ..Default::default() };
         let p = plan(&cfg, &spec).expect("plan");
         assert_eq!(names(&p)[2], "opencore@debian-12-amd64");
         assert_eq!(p[2].depends_on, [0]);
@@ -197,10 +157,7 @@ mod tests {
     #[test]
     fn a_dependency_outside_the_request_is_not_waited_for() {
         let cfg = farm();
-        let spec = RequestSpec {
-            components: vec!["opencore".into()],
-            ..Default::default()
-        };
+        let spec = RequestSpec { components: vec!["opencore".into()], ..Default::default() };
         let p = plan(&cfg, &spec).expect("plan");
         assert_eq!(names(&p), ["opencore@debian-12-amd64"]);
         assert!(p[0].depends_on.is_empty());
@@ -221,19 +178,13 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(plan(&cfg, &spec), Err(PlanError::NothingToBuild(_))));
-        let spec = RequestSpec {
-            components: vec!["nope".into()],
-            ..Default::default()
-        };
+        let spec = RequestSpec { components: vec!["nope".into()], ..Default::default() };
         assert_eq!(
             plan(&cfg, &spec).map_err(|e| e.to_string()),
             Err("unknown component \"nope\"; known components: libgrace, opencore, slow".into())
         );
-        let spec = RequestSpec {
-            components: vec!["libgrace".into()],
-            targets: vec!["win".into()],
-            ..Default::default()
-        };
+        let spec =
+            RequestSpec { components: vec!["libgrace".into()], targets: vec!["win".into()], ..Default::default() };
         assert!(matches!(plan(&cfg, &spec), Err(PlanError::UnknownTarget { .. })));
         assert_eq!(plan(&cfg, &RequestSpec::default()), Err(PlanError::NoComponents));
     }
@@ -245,9 +196,7 @@ mod tests {
             text.push_str(&format!("[[target]]\nname = \"t{t}\"\nfamily = \"deb\"\n"));
         }
         for c in 0..70 {
-            text.push_str(&format!(
-                "[[component]]\nname = \"c{c}\"\nsteps = [{{ name = \"b\", run = \"true\" }}]\n"
-            ));
+            text.push_str(&format!("[[component]]\nname = \"c{c}\"\nsteps = [{{ name = \"b\", run = \"true\" }}]\n"));
         }
         let cfg = parse(&text).expect("parses");
         assert_eq!(builders(&cfg).count(), 1400);

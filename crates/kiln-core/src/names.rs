@@ -9,17 +9,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("a name may not be empty".into());
     }
     if name.len() > 100 {
-        return Err(format!(
-            "name is {} characters long; at most 100 are allowed",
-            name.len()
-        ));
+        return Err(format!("name is {} characters long; at most 100 are allowed", name.len()));
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) {
-        return Err(format!(
-            "invalid name {name:?}: use letters, digits and '._+-', starting with a letter or digit"
-        ));
+        return Err(format!("invalid name {name:?}: use letters, digits and '._+-', starting with a letter or digit"));
     }
     Ok(())
 }
@@ -28,9 +23,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// or `_`, at most 64 characters.
 pub fn check_property_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!(
-            "invalid property name {name:?}: it must be 1 to 64 characters long"
-        ));
+        return Err(format!("invalid property name {name:?}: it must be 1 to 64 characters long"));
     }
     let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
@@ -39,6 +32,16 @@ pub fn check_property_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// An artifact's file name: one path segment of letters, digits and
+/// `._+-~:` (what Debian and RPM package file names use), at most 255 bytes.
+pub fn valid_artifact_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-~:".contains(c))
 }
 
 #[cfg(test)]
@@ -56,5 +59,7 @@ mod tests {
         assert!(check_property_name("release").is_ok());
         assert!(check_property_name("1x").is_err());
         assert!(check_property_name("a b").is_err());
+        assert!(valid_artifact_name("hello_2.12-1~nightly20261122.17_amd64.deb"));
+        assert!(!valid_artifact_name("../x") && !valid_artifact_name("..") && !valid_artifact_name("a b"));
     }
 }

@@ -32,13 +32,7 @@ pub type Properties = BTreeMap<String, Property>;
 /// name upper-cased, with every character that is not a letter or digit as `_`.
 pub fn env_name(prop: &str) -> String {
     let mut s = String::from("KILN_PROP_");
-    s.extend(prop.chars().map(|c| {
-        if c.is_ascii_alphanumeric() {
-            c.to_ascii_uppercase()
-        } else {
-            '_'
-        }
-    }));
+    s.extend(prop.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }));
     s
 }
 
@@ -99,9 +93,7 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
 
 /// Parses `KEY=VALUE` as given on a command line.
 pub fn parse_assignment(text: &str) -> Result<(String, String), String> {
-    let (k, v) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
     crate::names::check_property_name(k)?;
     Ok((k.to_string(), v.to_string()))
 }
@@ -124,23 +116,11 @@ mod tests {
             interpolate("packaging %(prop:version)s release=%(prop:release)s", props).as_deref(),
             Ok("packaging 1.4.2 release=true")
         );
-        assert_eq!(
-            interpolate("100%% of %(prop:nope:-none)s", props).as_deref(),
-            Ok("100% of none")
-        );
+        assert_eq!(interpolate("100%% of %(prop:nope:-none)s", props).as_deref(), Ok("100% of none"));
         assert_eq!(interpolate("date +%Y", props).as_deref(), Ok("date +%Y"));
-        assert_eq!(
-            interpolate("%(prop:nope)s", props),
-            Err(InterpolateError::Missing("nope".into()))
-        );
-        assert_eq!(
-            interpolate("x %(prop:version", props),
-            Err(InterpolateError::Unterminated(2))
-        );
-        assert!(matches!(
-            interpolate("%(src:x)s", props),
-            Err(InterpolateError::Unsupported(_))
-        ));
+        assert_eq!(interpolate("%(prop:nope)s", props), Err(InterpolateError::Missing("nope".into())));
+        assert_eq!(interpolate("x %(prop:version", props), Err(InterpolateError::Unterminated(2)));
+        assert!(matches!(interpolate("%(src:x)s", props), Err(InterpolateError::Unsupported(_))));
     }
 
     #[test]

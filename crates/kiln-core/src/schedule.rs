@@ -22,10 +22,7 @@ pub fn pick_worker(workers: &[WorkerLoad<'_>], target: &str) -> Option<usize> {
         .filter(|(_, w)| w.running < w.slots && w.targets.iter().any(|t| t == target))
         .min_by(|(_, a), (_, b)| {
             // a.running / a.slots < b.running / b.slots, without floats.
-            (a.running * b.slots)
-                .cmp(&(b.running * a.slots))
-                .then(a.running.cmp(&b.running))
-                .then(a.name.cmp(b.name))
+            (a.running * b.slots).cmp(&(b.running * a.slots)).then(a.running.cmp(&b.running)).then(a.name.cmp(b.name))
         })
         .map(|(i, _)| i)
 }
@@ -48,9 +45,7 @@ pub fn readiness<'a>(deps: impl IntoIterator<Item = (&'a str, BuildState)>) -> R
             BuildState::Succeeded => {}
             BuildState::Queued | BuildState::Running => waiting = true,
             other => {
-                return Readiness::Blocked {
-                    reason: format!("dependency {name} {other}"),
-                };
+                return Readiness::Blocked { reason: format!("dependency {name} {other}") };
             }
         }
     }
@@ -70,34 +65,14 @@ mod tests {
         let deb = vec!["deb".to_string()];
         let both = vec!["deb".to_string(), "rpm".to_string()];
         let ws = [
-            WorkerLoad {
-                name: "a",
-                targets: &both,
-                slots: 1,
-                running: 1,
-            },
-            WorkerLoad {
-                name: "b",
-                targets: &deb,
-                slots: 4,
-                running: 1,
-            },
-            WorkerLoad {
-                name: "c",
-                targets: &both,
-                slots: 2,
-                running: 1,
-            },
+            WorkerLoad { name: "a", targets: &both, slots: 1, running: 1 },
+            WorkerLoad { name: "b", targets: &deb, slots: 4, running: 1 },
+            WorkerLoad { name: "c", targets: &both, slots: 2, running: 1 },
         ];
         assert_eq!(pick_worker(&ws, "deb"), Some(1));
         assert_eq!(pick_worker(&ws, "rpm"), Some(2));
         assert_eq!(pick_worker(&ws, "msi"), None);
-        let full = [WorkerLoad {
-            name: "a",
-            targets: &both,
-            slots: 1,
-            running: 1,
-        }];
+        let full = [WorkerLoad { name: "a", targets: &both, slots: 1, running: 1 }];
         assert_eq!(pick_worker(&full, "deb"), None);
     }
 
@@ -108,9 +83,7 @@ mod tests {
         assert_eq!(readiness([("libgrace", BuildState::Running)]), Readiness::Waiting);
         assert_eq!(
             readiness([("libgrace", BuildState::Running), ("x", BuildState::Failed)]),
-            Readiness::Blocked {
-                reason: "dependency x failed".into()
-            }
+            Readiness::Blocked { reason: "dependency x failed".into() }
         );
     }
 }

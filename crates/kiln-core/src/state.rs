@@ -69,10 +69,7 @@ impl FromStr for BuildState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         BuildState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
-            format!(
-                "unknown build state {s:?}; known: {}",
-                BuildState::ALL.map(|s| s.as_str()).join(", ")
-            )
+            format!("unknown build state {s:?}; known: {}", BuildState::ALL.map(|s| s.as_str()).join(", "))
         })
     }
 }

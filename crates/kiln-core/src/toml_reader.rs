@@ -48,11 +48,7 @@ impl<'s> Reader<'s> {
             Some(r) => self.position(r.start),
             None => (0, 0),
         };
-        self.diags.push(Diagnostic {
-            line,
-            col,
-            message: message.into(),
-        });
+        self.diags.push(Diagnostic { line, col, message: message.into() });
     }
 
     /// Reports every key of `t` that is not in `allowed`.
@@ -61,10 +57,7 @@ impl<'s> Reader<'s> {
         for k in keys {
             if !allowed.contains(&k.as_str()) {
                 let span = t.t.get_key_value(&k).and_then(|(key, _)| key.span());
-                self.err(
-                    &span,
-                    format!("unknown key `{k}` in {what}; known keys: {}", allowed.join(", ")),
-                );
+                self.err(&span, format!("unknown key `{k}` in {what}; known keys: {}", allowed.join(", ")));
             }
         }
     }

@@ -100,6 +100,15 @@ pub struct BuildFilter {
     pub limit: i64,
 }
 
+/// A file a build produced, stored by content (SHA-256) on the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRow {
+    pub build_id: i64,
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
 /// Counts per builder, for the builders page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuilderStats {
@@ -179,10 +188,8 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_string()));
         };
         let options = |max: u32| {
-            AnyPoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(Duration::from_secs(30))
-                .after_connect(move |conn, _meta| {
+            AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(
+                move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // WAL lets readers go on while the master writes; NORMAL
@@ -194,7 +201,8 @@ impl Store {
                         }
                         Ok(())
                     })
-                })
+                },
+            )
         };
         Ok(match backend {
             Backend::Sqlite => {
@@ -204,11 +212,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let pool = options(8).connect(url).await?;
-                Store {
-                    reader: pool.clone(),
-                    pool,
-                    backend,
-                }
+                Store { reader: pool.clone(), pool, backend }
             }
         })
     }
@@ -341,10 +345,7 @@ impl Store {
             let values: Vec<String> = (0..step_names.len())
                 .map(|i| format!("(${}, ${}, ${}, 'pending')", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                 .collect();
-            let sql = format!(
-                "INSERT INTO steps (build_id, idx, name, state) VALUES {}",
-                values.join(", ")
-            );
+            let sql = format!("INSERT INTO steps (build_id, idx, name, state) VALUES {}", values.join(", "));
             let mut q = sqlx::query(&sql);
             for (i, name) in step_names.iter().enumerate() {
                 q = q.bind(build_id).bind(i as i64).bind(name.as_str());
@@ -447,10 +448,9 @@ impl Store {
         .rows_affected()
             == 1;
         if changed {
-            sqlx::query("DELETE FROM steps WHERE build_id = $1")
-                .bind(build_id)
-                .execute(&mut *tx)
-                .await?;
+            // The next attempt starts with no steps and no artifacts.
+            sqlx::query("DELETE FROM steps WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM artifacts WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(changed)
@@ -530,14 +530,50 @@ impl Store {
         rows.iter().map(build_row).collect()
     }
 
-    /// The builds of one request, in the order they were planned.
-    pub async fn request_builds(&self, request_id: i64) -> Result<Vec<BuildRow>> {
+    /// Records an artifact of a build (replacing one of the same name).
+    pub async fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO artifacts (build_id, name, size, sha256) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (build_id, name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256",
+        )
+        .bind(a.build_id)
+        .bind(&a.name)
+        .bind(a.size)
+        .bind(&a.sha256)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Artifacts of many builds, by build then name.
+    pub async fn artifacts_of(&self, build_ids: &[i64]) -> Result<Vec<ArtifactRow>> {
+        if build_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = build_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let rows = sqlx::query(&format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE request_id = $1 ORDER BY id"
+            "SELECT build_id, name, size, sha256 FROM artifacts WHERE build_id IN ({list}) ORDER BY build_id, name"
         ))
-        .bind(request_id)
         .fetch_all(&self.reader)
         .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ArtifactRow {
+                    build_id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    size: r.try_get(2)?,
+                    sha256: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The builds of one request, in the order they were planned.
+    pub async fn request_builds(&self, request_id: i64) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id = $1 ORDER BY id"))
+            .bind(request_id)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(build_row).collect()
     }
 
@@ -576,12 +612,9 @@ impl Store {
             return Ok(Vec::new());
         }
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        let rows = sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({list})"))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, parse_state(&r.try_get::<String, _>(1)?)?)))
-            .collect()
+        let rows =
+            sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({list})")).fetch_all(&self.reader).await?;
+        rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)?, parse_state(&r.try_get::<String, _>(1)?)?))).collect()
     }
 
     /// Last build and queue counts of every builder that has builds.

@@ -21,10 +21,11 @@ impl Migration {
     }
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "requests, builds, steps",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "requests, builds, steps",
+        sql: r#"
 CREATE TABLE requests (
     id {ID},
     requested_at BIGINT NOT NULL,
@@ -61,4 +62,18 @@ CREATE TABLE steps (
     PRIMARY KEY (build_id, idx)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "artifacts",
+        sql: r#"
+CREATE TABLE artifacts (
+    build_id BIGINT NOT NULL REFERENCES builds(id),
+    name TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (build_id, name)
+);
+"#,
+    },
+];

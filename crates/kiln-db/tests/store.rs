@@ -29,34 +29,20 @@ where
     let admin = Store::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base} is needed for the store suite (see DEVELOPERS.md): {e}"));
-    admin
-        .execute_raw(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
+    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let store = Store::open(&url).await.expect("open postgres store");
     test(store.clone()).await;
     store.close().await;
-    admin
-        .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("drop schema");
+    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
 }
 
 fn props(pairs: &[(&str, &str)]) -> Properties {
     pairs
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                Property {
-                    value: v.to_string(),
-                    source: PropertySource::Request,
-                },
-            )
-        })
+        .map(|(k, v)| (k.to_string(), Property { value: v.to_string(), source: PropertySource::Request }))
         .collect()
 }
 
@@ -72,7 +58,7 @@ fn new_build(component: &str, target: &str, deps: &[usize]) -> NewBuild {
 #[tokio::test]
 async fn migrations_are_idempotent() {
     on_both(|s| async move {
-        assert_eq!(s.schema_version().await.expect("version"), 1);
+        assert_eq!(s.schema_version().await.expect("version"), 2);
         assert_eq!(s.migrate().await.expect("migrate again"), 0);
     })
     .await;
@@ -106,19 +92,14 @@ async fn a_request_stores_its_builds_and_dependencies() {
 #[tokio::test]
 async fn a_build_is_claimed_exactly_once() {
     on_both(|s| async move {
-        let (_, ids) = s
-            .create_request(1, None, None, &[new_build("a", "t", &[])])
-            .await
-            .expect("create");
+        let (_, ids) = s.create_request(1, None, None, &[new_build("a", "t", &[])]).await.expect("create");
         let id = ids[0];
         let steps = vec!["compile".to_string(), "test".to_string()];
         let mut tasks = Vec::new();
         for w in 0..8 {
             let s = s.clone();
             let steps = steps.clone();
-            tasks.push(tokio::spawn(async move {
-                s.claim(id, &format!("w{w}"), 2, &steps).await.expect("claim")
-            }));
+            tasks.push(tokio::spawn(async move { s.claim(id, &format!("w{w}"), 2, &steps).await.expect("claim") }));
         }
         let mut won = 0;
         for t in tasks {
@@ -132,10 +113,7 @@ async fn a_build_is_claimed_exactly_once() {
         assert_eq!(b.attempt, 1);
         assert_eq!(b.started_at, Some(2));
         let st = s.steps(id).await.expect("steps");
-        assert_eq!(
-            st.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
-            ["compile", "test"]
-        );
+        assert_eq!(st.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["compile", "test"]);
         assert!(st.iter().all(|x| x.state == StepState::Pending));
     })
     .await;
@@ -150,16 +128,9 @@ async fn state_changes_follow_the_state_machine() {
             .expect("create");
         // A queued build cannot succeed without running.
         assert!(!s.finish(ids[0], BuildState::Succeeded, None, 5).await.expect("finish"));
-        assert!(s
-            .claim(ids[0], "w", 2, &["one".into(), "two".into()])
-            .await
-            .expect("claim"));
+        assert!(s.claim(ids[0], "w", 2, &["one".into(), "two".into()]).await.expect("claim"));
         s.apply(&[
-            Write::StepStarted {
-                build_id: ids[0],
-                idx: 0,
-                at: 3,
-            },
+            Write::StepStarted { build_id: ids[0], idx: 0, at: 3 },
             Write::StepFinished {
                 build_id: ids[0],
                 idx: 0,
@@ -171,24 +142,15 @@ async fn state_changes_follow_the_state_machine() {
         ])
         .await
         .expect("step start and end");
-        assert!(s
-            .finish(ids[0], BuildState::Failed, Some("step one failed"), 5)
-            .await
-            .expect("finish"));
-        assert!(!s
-            .finish(ids[0], BuildState::Succeeded, None, 6)
-            .await
-            .expect("finish twice"));
+        assert!(s.finish(ids[0], BuildState::Failed, Some("step one failed"), 5).await.expect("finish"));
+        assert!(!s.finish(ids[0], BuildState::Succeeded, None, 6).await.expect("finish twice"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
         assert_eq!(
             (b.state, b.reason.as_deref(), b.finished_at),
             (BuildState::Failed, Some("step one failed"), Some(5))
         );
         let st = s.steps(ids[0]).await.expect("steps");
-        assert_eq!(
-            (st[0].state, st[0].exit_code, st[0].log_size),
-            (StepState::Failed, Some(2), 17)
-        );
+        assert_eq!((st[0].state, st[0].exit_code, st[0].log_size), (StepState::Failed, Some(2), 17));
         assert_eq!((st[1].state, st[1].started_at), (StepState::Skipped, None));
         // A queued build can be cancelled, and then not claimed.
         assert!(s.finish(ids[1], BuildState::Cancelled, None, 7).await.expect("cancel"));
@@ -200,18 +162,9 @@ async fn state_changes_follow_the_state_machine() {
 #[tokio::test]
 async fn a_requeued_build_runs_again_with_a_new_attempt() {
     on_both(|s| async move {
-        let (_, ids) = s
-            .create_request(1, None, None, &[new_build("a", "t", &[])])
-            .await
-            .expect("create");
+        let (_, ids) = s.create_request(1, None, None, &[new_build("a", "t", &[])]).await.expect("create");
         assert!(s.claim(ids[0], "w1", 2, &["s".into()]).await.expect("claim"));
-        s.apply(&[Write::StepStarted {
-            build_id: ids[0],
-            idx: 0,
-            at: 3,
-        }])
-        .await
-        .expect("started");
+        s.apply(&[Write::StepStarted { build_id: ids[0], idx: 0, at: 3 }]).await.expect("started");
         assert!(s.requeue(ids[0], "worker w1 lost").await.expect("requeue"));
         assert!(!s.requeue(ids[0], "again").await.expect("requeue twice"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
@@ -227,54 +180,32 @@ async fn a_requeued_build_runs_again_with_a_new_attempt() {
 #[tokio::test]
 async fn listing_filters_and_pages_newest_first() {
     on_both(|s| async move {
-        let builds: Vec<NewBuild> = (0..25)
-            .map(|i| new_build(if i % 2 == 0 { "even" } else { "odd" }, "t", &[]))
-            .collect();
+        let builds: Vec<NewBuild> =
+            (0..25).map(|i| new_build(if i % 2 == 0 { "even" } else { "odd" }, "t", &[])).collect();
         let (_, ids) = s.create_request(1, None, None, &builds).await.expect("create");
         assert!(s.claim(ids[3], "w", 2, &[]).await.expect("claim"));
-        let page = s
-            .list_builds(&BuildFilter {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .expect("list");
+        let page = s.list_builds(&BuildFilter { limit: 10, ..Default::default() }).await.expect("list");
         assert_eq!(page.len(), 10);
         assert_eq!(page[0].id, ids[24]);
         let next = s
-            .list_builds(&BuildFilter {
-                limit: 10,
-                before: Some(page[9].id),
-                ..Default::default()
-            })
+            .list_builds(&BuildFilter { limit: 10, before: Some(page[9].id), ..Default::default() })
             .await
             .expect("list");
         assert_eq!(next[0].id, ids[14]);
         let odd = s
-            .list_builds(&BuildFilter {
-                component: Some("odd".into()),
-                limit: 100,
-                ..Default::default()
-            })
+            .list_builds(&BuildFilter { component: Some("odd".into()), limit: 100, ..Default::default() })
             .await
             .expect("list");
         assert_eq!(odd.len(), 12);
         let running = s
-            .list_builds(&BuildFilter {
-                state: Some(BuildState::Running),
-                limit: 100,
-                ..Default::default()
-            })
+            .list_builds(&BuildFilter { state: Some(BuildState::Running), limit: 100, ..Default::default() })
             .await
             .expect("list");
         assert_eq!(running.iter().map(|b| b.id).collect::<Vec<_>>(), [ids[3]]);
         assert_eq!(s.unfinished_builds().await.expect("unfinished").len(), 25);
         let stats = s.builder_stats().await.expect("stats");
         let odd_stats = stats.iter().find(|x| x.component == "odd").expect("odd builder");
-        assert_eq!(
-            (odd_stats.queued, odd_stats.running, odd_stats.last_build_id),
-            (11, 1, ids[23])
-        );
+        assert_eq!((odd_stats.queued, odd_stats.running, odd_stats.last_build_id), (11, 1, ids[23]));
         let states = s.states(&[ids[3], ids[4]]).await.expect("states");
         assert!(states.contains(&(ids[3], BuildState::Running)) && states.contains(&(ids[4], BuildState::Queued)));
     })
@@ -288,17 +219,10 @@ async fn batched_writes_apply_in_order_and_stay_conditional() {
             .create_request(1, None, None, &[new_build("a", "t", &[]), new_build("b", "t", &[])])
             .await
             .expect("create");
-        assert!(s
-            .claim(ids[0], "w", 2, &["one".into(), "two".into()])
-            .await
-            .expect("claim"));
+        assert!(s.claim(ids[0], "w", 2, &["one".into(), "two".into()]).await.expect("claim"));
         let tricky = props(&[("note", "it's; -- a \"quote\"\n"), ("version", "1.0")]);
         s.apply(&[
-            Write::StepStarted {
-                build_id: ids[0],
-                idx: 0,
-                at: 3,
-            },
+            Write::StepStarted { build_id: ids[0], idx: 0, at: 3 },
             Write::StepFinished {
                 build_id: ids[0],
                 idx: 0,
@@ -307,10 +231,7 @@ async fn batched_writes_apply_in_order_and_stay_conditional() {
                 at: 4,
                 log_size: 9,
             },
-            Write::Properties {
-                build_id: ids[0],
-                properties: tricky.clone(),
-            },
+            Write::Properties { build_id: ids[0], properties: tricky.clone() },
             Write::Finish {
                 build_id: ids[0],
                 state: BuildState::Failed,
@@ -318,12 +239,7 @@ async fn batched_writes_apply_in_order_and_stay_conditional() {
                 at: 5,
             },
             // Not running: stays queued.
-            Write::Finish {
-                build_id: ids[1],
-                state: BuildState::Succeeded,
-                reason: None,
-                at: 5,
-            },
+            Write::Finish { build_id: ids[1], state: BuildState::Succeeded, reason: None, at: 5 },
         ])
         .await
         .expect("apply");
@@ -342,18 +258,33 @@ async fn batched_writes_apply_in_order_and_stay_conditional() {
         let b = s.build(ids[1]).await.expect("read").expect("exists");
         assert_eq!(b.state, BuildState::Queued);
         // A finished build is not finished again.
-        s.apply(&[Write::Finish {
+        s.apply(&[Write::Finish { build_id: ids[0], state: BuildState::Succeeded, reason: None, at: 9 }])
+            .await
+            .expect("apply");
+        assert_eq!(s.build(ids[0]).await.expect("read").expect("exists").state, BuildState::Failed);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn artifacts_are_recorded_replaced_and_removed() {
+    on_both(|s| async move {
+        let (_, ids) = s.create_request(1, None, None, &[new_build("a", "t", &[])]).await.expect("create");
+        let row = |name: &str, size: i64, sha: &str| kiln_db::ArtifactRow {
             build_id: ids[0],
-            state: BuildState::Succeeded,
-            reason: None,
-            at: 9,
-        }])
-        .await
-        .expect("apply");
-        assert_eq!(
-            s.build(ids[0]).await.expect("read").expect("exists").state,
-            BuildState::Failed
-        );
+            name: name.into(),
+            size,
+            sha256: sha.into(),
+        };
+        s.add_artifact(&row("hello.deb", 10, "aa")).await.expect("add");
+        s.add_artifact(&row("hello.dsc", 3, "bb")).await.expect("add");
+        s.add_artifact(&row("hello.deb", 12, "cc")).await.expect("replace");
+        let got = s.artifacts_of(&ids).await.expect("list");
+        assert_eq!(got, vec![row("hello.deb", 12, "cc"), row("hello.dsc", 3, "bb")]);
+        // A re-queued build's next attempt starts without the old artifacts.
+        assert!(s.claim(ids[0], "w", 2, &[]).await.expect("claim"));
+        assert!(s.requeue(ids[0], "lost").await.expect("requeue"));
+        assert!(s.artifacts_of(&ids).await.expect("list").is_empty());
     })
     .await;
 }

@@ -17,10 +17,10 @@ use axum::{Form, Json, Router};
 use kiln_core::matrix::{self, PlanError, RequestSpec};
 use kiln_core::props::{Properties, Property, PropertySource, MAX_VALUE_LEN};
 use kiln_core::BuildState;
-use kiln_db::{BuildFilter, BuildRow, NewBuild, StepRow};
+use kiln_db::{ArtifactRow, BuildFilter, BuildRow, NewBuild, StepRow};
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, PropertyValue, Status,
-    Step, WorkerInfo,
+    Artifact, Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, PropertyValue,
+    Status, Step, WorkerInfo,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +43,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builds/{id}", get(get_build))
         .route("/api/v1/builds/{id}/cancel", post(cancel_build))
         .route("/api/v1/builds/{id}/steps/{step}/log", get(step_log))
+        .route("/api/v1/builds/{id}/artifacts", get(list_artifacts))
+        .route("/api/v1/builds/{id}/artifacts/{name}", get(download_artifact))
         .route("/api/v1/workers", get(list_workers))
         .route("/api/v1/builders", get(list_builders))
         .route("/api/v1/openapi.json", get(openapi))
@@ -94,20 +96,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
     fn bad(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error answering a request");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error; the master's log has details",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the master's log has details")
     }
 }
 
@@ -150,11 +146,8 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(str::to_string)
-        });
+        let from_query =
+            parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string));
         let given = from_header.map(str::to_string).or(from_query);
         match given {
             None => Err(ApiError::new(
@@ -222,12 +215,7 @@ async fn list_builds(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<BuildPage> {
     let Query(q) = q.map_err(|e| ApiError::bad(format!("invalid query: {}", e.body_text())))?;
-    let state = q
-        .state
-        .as_deref()
-        .map(str::parse::<BuildState>)
-        .transpose()
-        .map_err(ApiError::bad)?;
+    let state = q.state.as_deref().map(str::parse::<BuildState>).transpose().map_err(ApiError::bad)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad("limit must be between 1 and 1000"));
@@ -236,21 +224,11 @@ async fn list_builds(
         Some(req) => s.store.request_builds(req).await?,
         None => {
             s.store
-                .list_builds(&BuildFilter {
-                    state,
-                    component: q.component,
-                    target: q.target,
-                    before: q.before,
-                    limit,
-                })
+                .list_builds(&BuildFilter { state, component: q.component, target: q.target, before: q.before, limit })
                 .await?
         }
     };
-    let next_before = if q.request.is_none() && rows.len() as i64 == limit {
-        rows.last().map(|b| b.id)
-    } else {
-        None
-    };
+    let next_before = if q.request.is_none() && rows.len() as i64 == limit { rows.last().map(|b| b.id) } else { None };
     let builds = to_api_builds(&s, rows).await?;
     Ok(Json(BuildPage { builds, next_before }))
 }
@@ -266,11 +244,7 @@ async fn create_builds(
     body: Result<Json<BuildRequestBody>, JsonRejection>,
 ) -> ApiResult<BuildRequestCreated> {
     let Json(body) = body?;
-    let spec = RequestSpec {
-        components: body.components,
-        all: body.all,
-        targets: body.targets,
-    };
+    let spec = RequestSpec { components: body.components, all: body.all, targets: body.targets };
     let props = request_properties(&body.properties, PropertySource::Request)?;
     let created = submit(&s, &who, body.reason.as_deref(), &spec, props).await?;
     Ok(Json(created))
@@ -278,27 +252,15 @@ async fn create_builds(
 
 fn request_properties(given: &BTreeMap<String, String>, source: PropertySource) -> Result<Properties, ApiError> {
     if given.len() > MAX_PROPERTIES {
-        return Err(ApiError::bad(format!(
-            "too many properties ({}); at most {MAX_PROPERTIES}",
-            given.len()
-        )));
+        return Err(ApiError::bad(format!("too many properties ({}); at most {MAX_PROPERTIES}", given.len())));
     }
     let mut out = Properties::new();
     for (k, v) in given {
         kiln_core::names::check_property_name(k).map_err(ApiError::bad)?;
         if v.len() > MAX_VALUE_LEN {
-            return Err(ApiError::bad(format!(
-                "property {k:?} is {} bytes long; at most {MAX_VALUE_LEN}",
-                v.len()
-            )));
+            return Err(ApiError::bad(format!("property {k:?} is {} bytes long; at most {MAX_VALUE_LEN}", v.len())));
         }
-        out.insert(
-            k.clone(),
-            Property {
-                value: v.clone(),
-                source,
-            },
-        );
+        out.insert(k.clone(), Property { value: v.clone(), source });
     }
     Ok(out)
 }
@@ -327,33 +289,17 @@ async fn submit(
                 .map(|c| {
                     c.properties
                         .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                Property {
-                                    value: v.clone(),
-                                    source: PropertySource::Config,
-                                },
-                            )
-                        })
+                        .map(|(k, v)| (k.clone(), Property { value: v.clone(), source: PropertySource::Config }))
                         .collect()
                 })
                 .unwrap_or_default();
             properties.extend(props.clone());
-            NewBuild {
-                component: p.component,
-                target: p.target,
-                properties,
-                depends_on: p.depends_on,
-            }
+            NewBuild { component: p.component, target: p.target, properties, depends_on: p.depends_on }
         })
         .collect();
     let reason = reason.map(|r| r.chars().take(1000).collect::<String>());
     let now = now_us();
-    let (request_id, ids) = s
-        .store
-        .create_request(now, Some(who), reason.as_deref(), &builds)
-        .await?;
+    let (request_id, ids) = s.store.create_request(now, Some(who), reason.as_deref(), &builds).await?;
     tracing::info!(request = request_id, builds = ids.len(), by = who, "builds requested");
     // The rows as stored, without reading them back.
     let rows: Vec<BuildRow> = builds
@@ -376,7 +322,7 @@ async fn submit(
             depends_on: b.depends_on.iter().filter_map(|&i| ids.get(i).copied()).collect(),
         })
         .collect();
-    let builds = rows.iter().map(|b| to_api_build(s, b.clone(), Vec::new())).collect();
+    let builds = rows.iter().map(|b| to_api_build(s, b.clone(), Vec::new(), Vec::new())).collect();
     s.send(Event::Queued(rows));
     Ok(BuildRequestCreated { request_id, builds })
 }
@@ -392,8 +338,7 @@ async fn get_build(State(s): State<AppState>, Path(id): Path<String>) -> ApiResu
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {
-    text.parse::<i64>()
-        .map_err(|_| ApiError::bad(format!("build id must be a number, got {text:?}")))
+    text.parse::<i64>().map_err(|_| ApiError::bad(format!("build id must be a number, got {text:?}")))
 }
 
 fn not_found_build(id: i64) -> ApiError {
@@ -408,17 +353,12 @@ fn not_found_build(id: i64) -> ApiError {
 async fn cancel_build(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> ApiResult<Build> {
     let id = parse_id(&id)?;
     let (tx, rx) = oneshot::channel();
-    s.send(Event::Cancel {
-        build_id: id,
-        by: who,
-        reply: tx,
-    });
+    s.send(Event::Cancel { build_id: id, by: who, reply: tx });
     match rx.await.map_err(ApiError::internal)? {
         CancelOutcome::Cancelled | CancelOutcome::Stopping => get_build(State(s), Path(id.to_string())).await,
-        CancelOutcome::AlreadyFinished(st) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("build {id} already finished: {st}"),
-        )),
+        CancelOutcome::AlreadyFinished(st) => {
+            Err(ApiError::new(StatusCode::CONFLICT, format!("build {id} already finished: {st}")))
+        }
         CancelOutcome::NotFound => Err(not_found_build(id)),
         CancelOutcome::Failed(e) => Err(ApiError::internal(e)),
     }
@@ -448,11 +388,7 @@ async fn step_log(
     let found = steps
         .iter()
         .find(|st| st.name == step)
-        .or_else(|| {
-            step.parse::<i64>()
-                .ok()
-                .and_then(|i| steps.iter().find(|st| st.idx == i))
-        })
+        .or_else(|| step.parse::<i64>().ok().and_then(|i| steps.iter().find(|st| st.idx == i)))
         .ok_or_else(|| {
             let names: Vec<&str> = steps.iter().map(|st| st.name.as_str()).collect();
             ApiError::new(
@@ -468,14 +404,46 @@ async fn step_log(
     let next_offset = offset + data.len() as u64;
     let complete = (found.state.is_finished() || build.state.is_finished())
         && next_offset >= (found.log_size as u64).max(logs.size(id, idx));
-    Ok(Json(LogChunk {
-        build_id: id,
-        step: found.name.clone(),
-        offset,
-        next_offset,
-        data,
-        complete,
-    }))
+    Ok(Json(LogChunk { build_id: id, step: found.name.clone(), offset, next_offset, data, complete }))
+}
+
+/// The files a build produced.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/artifacts", params(("id" = i64, Path)),
+    responses((status = 200, body = [Artifact]), (status = 404, body = ErrorBody)))]
+async fn list_artifacts(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Vec<Artifact>> {
+    let Json(b) = get_build(State(s), Path(id)).await?;
+    Ok(Json(b.artifacts))
+}
+
+/// Downloads one artifact of a build.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/artifacts/{name}", params(("id" = i64, Path), ("name" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream", description = "the file"), (status = 404, body = ErrorBody)))]
+async fn download_artifact(
+    State(s): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let row = s
+        .store
+        .artifacts_of(&[id])
+        .await?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("build {id} has no artifact {name:?}")))?;
+    let path = s.artifacts.path_of(&row.sha256).ok_or_else(|| ApiError::internal("bad checksum in the database"))?;
+    let file = tokio::fs::File::open(&path).await.map_err(ApiError::internal)?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let disposition = format!("attachment; filename=\"{}\"", row.name);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, row.size.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::ETAG, format!("\"{}\"", row.sha256)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Every configured worker, connected or not.
@@ -488,13 +456,8 @@ async fn list_workers(State(s): State<AppState>) -> ApiResult<Vec<WorkerInfo>> {
 #[utoipa::path(get, path = "/api/v1/builders", responses((status = 200, body = [BuilderInfo])))]
 async fn list_builders(State(s): State<AppState>) -> ApiResult<Vec<BuilderInfo>> {
     let farm = s.farm();
-    let stats: HashMap<(String, String), kiln_db::BuilderStats> = s
-        .store
-        .builder_stats()
-        .await?
-        .into_iter()
-        .map(|b| ((b.component.clone(), b.target.clone()), b))
-        .collect();
+    let stats: HashMap<(String, String), kiln_db::BuilderStats> =
+        s.store.builder_stats().await?.into_iter().map(|b| ((b.component.clone(), b.target.clone()), b)).collect();
     let workers = s.workers().clone();
     let out = matrix::builders(&farm.cfg)
         .map(|b| {
@@ -577,26 +540,15 @@ async fn change_hook_base(
         Some(text) => {
             let v: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| ApiError::bad(format!("`properties` is not valid JSON: {e}")))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| ApiError::bad("`properties` must be a JSON object"))?;
+            let obj = v.as_object().ok_or_else(|| ApiError::bad("`properties` must be a JSON object"))?;
             obj.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
-                    )
-                })
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
                 .collect()
         }
     };
     let mut props = request_properties(&given, PropertySource::Request)?;
     given.clear();
-    for (k, v) in [
-        ("revision", &change.revision),
-        ("branch", &change.branch),
-        ("repository", &change.repository),
-    ] {
+    for (k, v) in [("revision", &change.revision), ("branch", &change.branch), ("repository", &change.repository)] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
             given.insert(k.to_string(), v.clone());
         }
@@ -609,11 +561,7 @@ async fn change_hook_base(
         Some(a) => format!("{a} (change hook, {who})"),
         None => format!("change hook ({who})"),
     };
-    let spec = RequestSpec {
-        components: vec![project],
-        all: false,
-        targets: Vec::new(),
-    };
+    let spec = RequestSpec { components: vec![project], all: false, targets: Vec::new() };
     let created = submit(&s, &by, change.comments.as_deref(), &spec, props).await?;
     Ok(Json(created))
 }
@@ -625,17 +573,32 @@ async fn to_api_builds(s: &AppState, rows: Vec<BuildRow>) -> Result<Vec<Build>, 
     for st in s.store.steps_of(&ids).await? {
         steps.entry(st.build_id).or_default().push(st);
     }
+    let mut artifacts: HashMap<i64, Vec<ArtifactRow>> = HashMap::new();
+    for a in s.store.artifacts_of(&ids).await? {
+        artifacts.entry(a.build_id).or_default().push(a);
+    }
     Ok(rows
         .into_iter()
         .map(|b| {
             let st = steps.remove(&b.id).unwrap_or_default();
-            to_api_build(s, b, st)
+            let arts = artifacts.remove(&b.id).unwrap_or_default();
+            to_api_build(s, b, st, arts)
         })
         .collect())
 }
 
-fn to_api_build(s: &Shared, b: BuildRow, steps: Vec<StepRow>) -> Build {
+fn to_api_build(s: &Shared, b: BuildRow, steps: Vec<StepRow>, artifacts: Vec<ArtifactRow>) -> Build {
+    let artifacts = artifacts
+        .into_iter()
+        .map(|a| Artifact {
+            url: format!("/api/v1/builds/{}/artifacts/{}", b.id, a.name),
+            name: a.name,
+            size: a.size as u64,
+            sha256: a.sha256,
+        })
+        .collect();
     Build {
+        artifacts,
         id: b.id,
         request_id: b.request_id,
         component: b.component,
@@ -652,25 +615,13 @@ fn to_api_build(s: &Shared, b: BuildRow, steps: Vec<StepRow>) -> Build {
         properties: b
             .properties
             .into_iter()
-            .map(|(k, p)| {
-                (
-                    k,
-                    PropertyValue {
-                        value: p.value,
-                        source: p.source,
-                    },
-                )
-            })
+            .map(|(k, p)| (k, PropertyValue { value: p.value, source: p.source }))
             .collect(),
         steps: steps
             .into_iter()
             .map(|st| Step {
                 index: st.idx,
-                log_size: if st.state.is_finished() {
-                    st.log_size
-                } else {
-                    s.logs.size(b.id, st.idx as u32) as i64
-                },
+                log_size: if st.state.is_finished() { st.log_size } else { s.logs.size(b.id, st.idx as u32) as i64 },
                 name: st.name,
                 state: st.state,
                 exit_code: st.exit_code,

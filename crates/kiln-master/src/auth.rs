@@ -30,11 +30,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, PathBuf, bool)> 
     let token = random_token()?;
     let tmp = data_dir.join(".admin.token.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     writeln!(f, "{token}")?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;

@@ -202,8 +202,7 @@ impl Dispatcher {
 
     fn enqueue(&mut self, b: BuildRow) {
         self.deps_dirty = true;
-        self.known
-            .insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
+        self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
         self.queue.insert(
             b.id,
             QueuedBuild {
@@ -231,8 +230,7 @@ impl Dispatcher {
         for id in missing {
             match self.shared.store.build(id).await {
                 Ok(Some(b)) => {
-                    self.known
-                        .insert(id, (format!("{}@{}", b.component, b.target), b.state));
+                    self.known.insert(id, (format!("{}@{}", b.component, b.target), b.state));
                 }
                 Ok(None) => {
                     self.known.insert(id, (format!("#{id}"), BuildState::Skipped));
@@ -272,13 +270,7 @@ impl Dispatcher {
             self.flush().await;
         }
         match ev {
-            Event::Hello {
-                conn,
-                hello,
-                address,
-                tx,
-                reply,
-            } => self.hello(conn, *hello, address, tx, reply).await,
+            Event::Hello { conn, hello, address, tx, reply } => self.hello(conn, *hello, address, tx, reply).await,
             Event::FromWorker { conn, worker, msg } => {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
@@ -327,10 +319,8 @@ impl Dispatcher {
             return;
         }
         let farm = self.shared.farm();
-        let authorised = farm
-            .worker_tokens
-            .get(&hello.name)
-            .is_some_and(|t| crate::auth::tokens_match(t, &hello.token));
+        let authorised =
+            farm.worker_tokens.get(&hello.name).is_some_and(|t| crate::auth::tokens_match(t, &hello.token));
         if !authorised {
             tracing::warn!(worker = %hello.name, address = %address, "refused a worker: unknown name or wrong token");
             let _ = reply.send(Err("unknown worker or wrong token".into()));
@@ -341,10 +331,11 @@ impl Dispatcher {
             tracing::warn!(worker = %name, "worker connected again; dropping its old connection");
             self.drop_worker(&name);
         }
-        let unacked: HashSet<i64> = hello.unacked.iter().map(|r| r.build_id).collect();
+        let unacked: HashSet<i64> = hello.finished.iter().copied().collect();
         let mut abandon = Vec::new();
         let mut running = HashSet::new();
-        for id in &hello.running {
+        // Builds it still runs, or finished and is about to report: they stay its own.
+        for id in hello.running.iter().chain(&hello.finished) {
             if self.running.get(id).is_some_and(|r| r.worker == name) {
                 running.insert(*id);
                 self.orphans.remove(id);
@@ -385,27 +376,24 @@ impl Dispatcher {
         tracing::info!(worker = %name, address = %address, targets = ?hello.targets, slots = hello.slots, "worker connected");
         let _ = reply.send(Ok(abandon));
         for id in lost {
-            self.requeue(id, &format!("worker {name} restarted and lost the build"))
-                .await;
-        }
-        for result in hello.unacked {
-            self.build_finished(&name, result).await;
+            self.requeue(id, &format!("worker {name} restarted and lost the build")).await;
         }
         self.publish_workers();
     }
 
     async fn worker_message(&mut self, worker: &str, msg: WorkerMsg) {
         match msg {
-            WorkerMsg::Hello(_) | WorkerMsg::Heartbeat | WorkerMsg::Log { .. } => {}
+            // Output and artifacts go straight to their stores (workers.rs).
+            WorkerMsg::Hello(_)
+            | WorkerMsg::Heartbeat
+            | WorkerMsg::Log { .. }
+            | WorkerMsg::ArtifactChunk { .. }
+            | WorkerMsg::ArtifactDone { .. } => {}
             WorkerMsg::StepStarted { build_id, step } => {
                 if !self.is_running_on(build_id, worker) {
                     return;
                 }
-                self.pending.push(Write::StepStarted {
-                    build_id,
-                    idx: i64::from(step),
-                    at: now_us(),
-                });
+                self.pending.push(Write::StepStarted { build_id, idx: i64::from(step), at: now_us() });
             }
             WorkerMsg::StepFinished(r) => self.step_finished(worker, r).await,
             WorkerMsg::BuildFinished(r) => self.build_finished(worker, r).await,
@@ -440,17 +428,8 @@ impl Dispatcher {
         });
         if let Some((name, value)) = r.property {
             if kiln_core::names::check_property_name(&name).is_ok() {
-                run.properties.insert(
-                    name,
-                    Property {
-                        value,
-                        source: PropertySource::Step,
-                    },
-                );
-                self.pending.push(Write::Properties {
-                    build_id: r.build_id,
-                    properties: run.properties.clone(),
-                });
+                run.properties.insert(name, Property { value, source: PropertySource::Step });
+                self.pending.push(Write::Properties { build_id: r.build_id, properties: run.properties.clone() });
             }
         }
     }
@@ -473,17 +452,20 @@ impl Dispatcher {
             }
         };
         let mut reason = r.reason.clone();
+        let mut state = state;
+        if let Some(failure) = self.shared.artifacts.finish_build(id, &r.artifacts) {
+            if state == BuildState::Succeeded {
+                state = BuildState::Failed;
+                reason = Some(format!("upload failed: {failure}"));
+            }
+        }
         if state == BuildState::Cancelled {
             if let Some(by) = self.running.get(&id).and_then(|run| run.cancelled_by.as_ref()) {
                 reason = Some(format!("cancelled by {by}"));
             }
         }
-        self.pending.push(Write::Finish {
-            build_id: id,
-            state,
-            reason,
-            at: now_us(),
-        });
+        self.pending.push(Write::Finish { build_id: id, state, reason, at: now_us() });
+        self.orphans.remove(&id);
         self.shared.logs.end(id);
         if let Some(run) = self.running.remove(&id) {
             tracing::info!(build = id, component = %run.component, target = %run.target, worker, state = %state, "build finished");
@@ -512,12 +494,15 @@ impl Dispatcher {
     async fn requeue(&mut self, id: i64, reason: &str) {
         self.orphans.remove(&id);
         self.running.remove(&id);
-        if let Err(e) = self.shared.logs.discard(id) {
-            tracing::error!(build = id, error = %e, "cannot remove the logs of the lost attempt");
-        }
+        self.shared.logs.end(id);
+        self.shared.artifacts.finish_build(id, &[]);
         match self.shared.store.requeue(id, reason).await {
             Ok(true) => {
                 tracing::warn!(build = id, reason, "build re-queued");
+                // The lost attempt's logs go; its artifact records went with the requeue.
+                if let Err(e) = self.shared.logs.discard(id) {
+                    tracing::error!(build = id, error = %e, "cannot remove the logs of the lost attempt");
+                }
                 if let Ok(Some(b)) = self.shared.store.build(id).await {
                     self.enqueue(b);
                 }
@@ -531,8 +516,7 @@ impl Dispatcher {
     /// the dispatcher's memory follows the queue, not the history.
     fn prune_known(&mut self) {
         let needed: HashSet<i64> = self.queue.values().flat_map(|q| q.depends_on.iter().copied()).collect();
-        self.known
-            .retain(|id, (_, state)| !state.is_finished() || needed.contains(id));
+        self.known.retain(|id, (_, state)| !state.is_finished() || needed.contains(id));
     }
 
     async fn tick(&mut self) {
@@ -550,12 +534,7 @@ impl Dispatcher {
             tracing::warn!(worker = %name, "no heartbeat for {:?}; dropping the worker", timeout);
             self.drop_worker(&name);
         }
-        let expired: Vec<i64> = self
-            .orphans
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<i64> = self.orphans.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
         for id in expired {
             let worker = self.running.get(&id).map(|r| r.worker.clone()).unwrap_or_default();
             self.requeue(id, &format!("worker {worker} was lost")).await;
@@ -597,12 +576,7 @@ impl Dispatcher {
         // that comes back with it is told to abandon it.
         if self.queue.contains_key(&id) || self.running.contains_key(&id) {
             let reason = format!("cancelled by {by}");
-            return match self
-                .shared
-                .store
-                .finish(id, BuildState::Cancelled, Some(&reason), now_us())
-                .await
-            {
+            return match self.shared.store.finish(id, BuildState::Cancelled, Some(&reason), now_us()).await {
                 Ok(_) => {
                     self.queue.remove(&id);
                     self.running.remove(&id);
@@ -623,12 +597,11 @@ impl Dispatcher {
     }
 
     fn readiness_of(&self, q: &QueuedBuild) -> Readiness {
-        readiness(q.depends_on.iter().map(|d| {
-            self.known
-                .get(d)
-                .map(|(l, s)| (l.as_str(), *s))
-                .unwrap_or(("unknown build", BuildState::Queued))
-        }))
+        readiness(
+            q.depends_on.iter().map(|d| {
+                self.known.get(d).map(|(l, s)| (l.as_str(), *s)).unwrap_or(("unknown build", BuildState::Queued))
+            }),
+        )
     }
 
     /// Skips the queued builds whose dependencies failed, then starts what
@@ -654,11 +627,7 @@ impl Dispatcher {
             .workers
             .iter()
             .map(|(n, w)| {
-                let load = WorkerLoadOwned {
-                    targets: w.targets.clone(),
-                    slots: w.slots,
-                    running: w.running.len(),
-                };
+                let load = WorkerLoadOwned { targets: w.targets.clone(), slots: w.slots, running: w.running.len() };
                 (n.clone(), load)
             })
             .collect();
@@ -677,12 +646,7 @@ impl Dispatcher {
             }
             let view: Vec<WorkerLoad<'_>> = loads
                 .iter()
-                .map(|(n, l)| WorkerLoad {
-                    name: n,
-                    targets: &l.targets,
-                    slots: l.slots,
-                    running: l.running,
-                })
+                .map(|(n, l)| WorkerLoad { name: n, targets: &l.targets, slots: l.slots, running: l.running })
                 .collect();
             let Some(i) = pick_worker(&view, &q.target) else {
                 continue;
@@ -696,12 +660,7 @@ impl Dispatcher {
 
     async fn skip(&mut self, id: i64, reason: &str) {
         self.queue.remove(&id);
-        match self
-            .shared
-            .store
-            .finish(id, BuildState::Skipped, Some(reason), now_us())
-            .await
-        {
+        match self.shared.store.finish(id, BuildState::Skipped, Some(reason), now_us()).await {
             Ok(_) => {
                 tracing::info!(build = id, reason, "build skipped");
                 self.set_state(id, BuildState::Skipped);
@@ -715,10 +674,7 @@ impl Dispatcher {
         // A queued build cannot fail without running; claim it to the master.
         let store = &self.shared.store;
         let ok = store.claim(id, "master", now_us(), &[]).await.unwrap_or(false)
-            && store
-                .finish(id, BuildState::Failed, Some(reason), now_us())
-                .await
-                .unwrap_or(false);
+            && store.finish(id, BuildState::Failed, Some(reason), now_us()).await.unwrap_or(false);
         if ok {
             tracing::warn!(build = id, reason, "build failed before it could start");
             self.set_state(id, BuildState::Failed);
@@ -784,6 +740,7 @@ impl Dispatcher {
             steps,
             source_tgz: source.map(|s| s.as_str().to_owned()),
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
+            artifacts: component.artifacts.clone(),
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");

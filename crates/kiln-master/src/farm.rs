@@ -30,10 +30,8 @@ pub enum LoadError {
 
 impl LoadedFarm {
     pub fn load(path: &Path) -> Result<LoadedFarm, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
         LoadedFarm::from_text(path, text)
     }
 
@@ -59,13 +57,7 @@ impl LoadedFarm {
                 }
             }
         }
-        Ok(LoadedFarm {
-            cfg,
-            path: path.to_path_buf(),
-            base_dir,
-            worker_tokens,
-            text,
-        })
+        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text })
     }
 
     pub fn resolve(&self, p: &str) -> PathBuf {

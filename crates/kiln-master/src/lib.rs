@@ -7,6 +7,7 @@
 //! [`logs`] stores step logs; [`reload`] applies config changes live.
 
 pub mod api;
+mod artifacts;
 mod auth;
 mod clock;
 pub mod dispatcher;
@@ -59,9 +60,7 @@ pub async fn upgrade(config: &Path) -> anyhow::Result<usize> {
     let farm = load(config)?;
     std::fs::create_dir_all(farm.data_dir())
         .with_context(|| format!("cannot create data_dir {}", farm.data_dir().display()))?;
-    let store = Store::connect(&farm.database_url())
-        .await
-        .context("cannot open the database")?;
+    let store = Store::connect(&farm.database_url()).await.context("cannot open the database")?;
     let n = store.migrate().await.context("migration failed")?;
     store.close().await;
     Ok(n)
@@ -73,9 +72,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm = load(config)?;
     let data_dir = farm.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let store = Store::open(&farm.database_url())
-        .await
-        .context("cannot open the database")?;
+    let store = Store::open(&farm.database_url()).await.context("cannot open the database")?;
     let logs = logs::LogStore::new(&data_dir).context("cannot create the log directory")?;
     let (token, token_path, created) = auth::admin_token(&data_dir).context("cannot read or create the admin token")?;
     if created {
@@ -93,12 +90,11 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     };
     let (http_addr, worker_addr) = (http.local_addr()?, wl.local_addr()?);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(store.clone(), logs, farm, token.clone(), tx));
+    let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
+        .context("cannot create the artifact store")?;
+    let shared = Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx));
     let mut dispatcher = dispatcher::Dispatcher::new(shared.clone());
-    dispatcher
-        .recover()
-        .await
-        .context("cannot load the queue from the database")?;
+    dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
     tasks.spawn(dispatcher.run(rx));
@@ -111,14 +107,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
         }
     });
     tracing::info!(%http_addr, %worker_addr, "kiln master running");
-    Ok(RunningMaster {
-        http_addr,
-        worker_addr,
-        admin_token_path: token_path,
-        admin_token: token,
-        tasks,
-        store,
-    })
+    Ok(RunningMaster { http_addr, worker_addr, admin_token_path: token_path, admin_token: token, tasks, store })
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {

@@ -31,10 +31,7 @@ impl LogStore {
     pub fn new(data_dir: &Path) -> io::Result<LogStore> {
         let root = data_dir.join("logs");
         fs::create_dir_all(&root)?;
-        Ok(LogStore {
-            root,
-            active: Mutex::new(HashMap::new()),
-        })
+        Ok(LogStore { root, active: Mutex::new(HashMap::new()) })
     }
 
     fn dir(&self, build_id: i64) -> PathBuf {
@@ -57,13 +54,7 @@ impl LogStore {
     /// Starts accepting output for a build from `worker`. The build's
     /// directory is made when the first output arrives.
     pub fn begin(&self, build_id: i64, worker: &str) {
-        self.lock().insert(
-            build_id,
-            Active {
-                worker: worker.to_string(),
-                open: HashMap::new(),
-            },
-        );
+        self.lock().insert(build_id, Active { worker: worker.to_string(), open: HashMap::new() });
     }
 
     /// Removes what an attempt of a build logged (it is being re-queued).
@@ -73,6 +64,11 @@ impl LogStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Whether `worker` is the one running the build now.
+    pub fn is_running_on(&self, build_id: i64, worker: &str) -> bool {
+        self.lock().get(&build_id).is_some_and(|a| a.worker == worker)
     }
 
     /// Stops accepting output for a build.
@@ -120,11 +116,7 @@ impl LogStore {
         if *len + bytes.len() as u64 > MAX_STEP_LOG {
             bytes = &bytes[..(MAX_STEP_LOG - *len) as usize];
             notice.extend_from_slice(
-                format!(
-                    "\n[kiln: log truncated at {} MiB; further output dropped]\n",
-                    MAX_STEP_LOG >> 20
-                )
-                .as_bytes(),
+                format!("\n[kiln: log truncated at {} MiB; further output dropped]\n", MAX_STEP_LOG >> 20).as_bytes(),
             );
         }
         file.write_all(bytes)?;

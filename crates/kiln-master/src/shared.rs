@@ -1,6 +1,7 @@
 //! State shared by the HTTP handlers, the worker connections and the
 //! dispatcher.
 
+use crate::artifacts::ArtifactStore;
 use crate::dispatcher::Event;
 use crate::farm::LoadedFarm;
 use crate::logs::LogStore;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 pub struct Shared {
     pub store: Store,
     pub logs: LogStore,
+    pub artifacts: ArtifactStore,
     farm: RwLock<Arc<LoadedFarm>>,
     generation: AtomicU64,
     pub admin_token: String,
@@ -26,6 +28,7 @@ impl Shared {
     pub fn new(
         store: Store,
         logs: LogStore,
+        artifacts: ArtifactStore,
         farm: LoadedFarm,
         admin_token: String,
         events: UnboundedSender<Event>,
@@ -33,6 +36,7 @@ impl Shared {
         Shared {
             store,
             logs,
+            artifacts,
             farm: RwLock::new(Arc::new(farm)),
             generation: AtomicU64::new(1),
             admin_token,

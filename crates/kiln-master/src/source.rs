@@ -61,10 +61,7 @@ fn signature(dir: &Path) -> std::io::Result<u64> {
             let md = e.metadata()?;
             e.path().hash(&mut h);
             md.len().hash(&mut h);
-            md.modified()
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .hash(&mut h);
+            md.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).hash(&mut h);
             if md.is_dir() {
                 stack.push(e.path());
             }

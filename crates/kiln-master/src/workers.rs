@@ -65,13 +65,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();
     let (reply_tx, reply_rx) = oneshot::channel();
-    shared.send(Event::Hello {
-        conn,
-        hello: Box::new(hello),
-        address,
-        tx,
-        reply: reply_tx,
-    });
+    shared.send(Event::Hello { conn, hello: Box::new(hello), address, tx, reply: reply_tx });
     let abandon = match reply_rx.await {
         Ok(Ok(abandon)) => abandon,
         Ok(Err(reason)) => return refuse(&mut framed, &reason).await,
@@ -81,11 +75,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let heartbeat = master_cfg.heartbeat;
     // Workers fence themselves well before the master re-queues their builds.
     let fence_ms = (master_cfg.worker_timeout.as_millis() as u64 * 2 / 3).max(heartbeat.as_millis() as u64 * 2);
-    let welcome = MasterMsg::Welcome {
-        heartbeat_ms: heartbeat.as_millis() as u64,
-        fence_ms,
-        abandon,
-    };
+    let welcome = MasterMsg::Welcome { heartbeat_ms: heartbeat.as_millis() as u64, fence_ms, abandon };
     if framed.send(wire::encode(&welcome)).await.is_err() {
         shared.send(Event::Gone { conn, worker: name });
         return;
@@ -109,21 +99,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let reader = async {
         while let Some(Ok(frame)) = stream.next().await {
             match wire::decode::<WorkerMsg>(&frame) {
-                Ok(WorkerMsg::Log {
-                    build_id,
-                    step,
-                    offset,
-                    data,
-                }) => {
+                Ok(WorkerMsg::Log { build_id, step, offset, data }) => {
                     if let Err(e) = shared.logs.append(build_id, &name, step, offset, &data) {
                         tracing::error!(build = build_id, error = %e, "cannot store log output");
                     }
                 }
-                Ok(msg) => shared.send(Event::FromWorker {
-                    conn,
-                    worker: name.clone(),
-                    msg,
-                }),
+                Ok(WorkerMsg::ArtifactChunk { build_id, name: file, offset, data }) => {
+                    if shared.logs.is_running_on(build_id, &name) {
+                        tokio::task::block_in_place(|| shared.artifacts.chunk(build_id, &file, offset, &data));
+                    }
+                }
+                Ok(WorkerMsg::ArtifactDone { build_id, name: file, size, sha256 }) => {
+                    if !shared.logs.is_running_on(build_id, &name) {
+                        continue;
+                    }
+                    let stored = tokio::task::block_in_place(|| shared.artifacts.done(build_id, &file, size, &sha256));
+                    if let Some(st) = stored {
+                        let row =
+                            kiln_db::ArtifactRow { build_id, name: file, size: st.size as i64, sha256: st.sha256 };
+                        if let Err(e) = shared.store.add_artifact(&row).await {
+                            tracing::error!(build = build_id, error = %e, "cannot record an artifact");
+                        }
+                    }
+                }
+                Ok(msg) => shared.send(Event::FromWorker { conn, worker: name.clone(), msg }),
                 Err(e) => {
                     tracing::warn!(worker = %name, error = %e, "closing connection after a malformed message");
                     break;
@@ -142,9 +141,5 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, tokio_util::codec::LengthDelimitedCodec>,
     reason: &str,
 ) {
-    let _ = framed
-        .send(wire::encode(&MasterMsg::Refused {
-            reason: reason.to_string(),
-        }))
-        .await;
+    let _ = framed.send(wire::encode(&MasterMsg::Refused { reason: reason.to_string() })).await;
 }

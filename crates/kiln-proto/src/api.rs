@@ -30,6 +30,17 @@ pub struct Build {
     pub depends_on: Vec<i64>,
     pub properties: BTreeMap<String, PropertyValue>,
     pub steps: Vec<Step>,
+    /// Files the build produced, stored on the master.
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Artifact {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Where to download it, relative to the master's URL.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -5,7 +5,7 @@
 //! ([`WorkerMsg`] one way, [`MasterMsg`] the other). The stream may be TLS.
 //!
 //! A session: the worker sends `Hello` (name, token, targets, slots, the
-//! builds it is still running and results not yet acknowledged); the master
+//! builds it is still running and finished ones not yet acknowledged); the master
 //! answers `Welcome` (which running builds to keep, which to abandon) or
 //! `Refused`. Then the master sends `Assign`/`Cancel`, and the worker reports
 //! steps, log output and results, and a `Heartbeat` when otherwise silent.
@@ -41,8 +41,27 @@ pub enum WorkerMsg {
         data: String,
     },
     StepFinished(StepResult),
+    /// A piece of an artifact file, base64-encoded, at a byte offset. An
+    /// upload starting again at offset 0 replaces a partial one.
+    ArtifactChunk {
+        build_id: i64,
+        name: String,
+        offset: u64,
+        data: String,
+    },
+    /// The artifact is complete: the master checks size and SHA-256.
+    ArtifactDone {
+        build_id: i64,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    /// Sent after the build's artifacts.
     BuildFinished(BuildResult),
 }
+
+/// Size of the artifact pieces a worker sends (before base64).
+pub const ARTIFACT_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
@@ -54,8 +73,9 @@ pub struct Hello {
     pub version: String,
     /// Builds this worker is running now (after a reconnect).
     pub running: Vec<i64>,
-    /// Finished builds whose results the master has not acknowledged.
-    pub unacked: Vec<BuildResult>,
+    /// Finished builds whose results the master has not acknowledged; their
+    /// artifacts and results follow the welcome.
+    pub finished: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +97,9 @@ pub struct BuildResult {
     pub reason: Option<String>,
     /// Every step's final result, so the master can reconcile what it missed.
     pub steps: Vec<StepResult>,
+    /// The artifacts uploaded before this result; the master checks that
+    /// each one arrived whole.
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +137,8 @@ pub struct Job {
     /// The component's source tree as a gzipped tar, base64-encoded.
     pub source_tgz: Option<String>,
     pub kill_grace_ms: u64,
+    /// Glob patterns of files to upload when the build succeeds.
+    pub artifacts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,12 +176,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let m = WorkerMsg::Log {
-            build_id: 7,
-            step: 1,
-            offset: 10,
-            data: "hé\n".into(),
-        };
+        let m = WorkerMsg::Log { build_id: 7, step: 1, offset: 10, data: "hé\n".into() };
         let back: WorkerMsg = decode(&encode(&m)).expect("decodes");
         assert_eq!(back, m);
         let text = String::from_utf8(encode(&MasterMsg::Cancel { build_id: 3 }).to_vec()).expect("utf8");

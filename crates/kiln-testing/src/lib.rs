@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 /// A free loopback port (bound once, then released for the process to take).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
 }
 
 pub struct Farm {
@@ -56,9 +54,7 @@ impl Farm {
             text.push_str(line);
             text.push('\n');
             if t.starts_with("[master]") {
-                text.push_str(&format!(
-                    "listen = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}"
-                ));
+                text.push_str(&format!("listen = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}"));
             }
         }
         if !config.contains("[master]") {
@@ -72,11 +68,8 @@ impl Farm {
         for (i, line) in text.lines().enumerate() {
             if let Some(rest) = line.trim().strip_prefix("token_file = \"") {
                 let file = rest.split('"').next().unwrap_or_default();
-                std::fs::write(
-                    dir.path().join(file),
-                    format!("worker-token-{i}-{}\n", std::process::id()),
-                )
-                .expect("write token");
+                std::fs::write(dir.path().join(file), format!("worker-token-{i}-{}\n", std::process::id()))
+                    .expect("write token");
             }
         }
         for (path, content) in sources {
@@ -105,10 +98,7 @@ impl Farm {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.path("data/admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.path("data/admin.token")).expect("admin token").trim().to_string()
     }
 
     pub fn client(&self) -> Client {
@@ -239,10 +229,7 @@ impl Farm {
             match client.build(id).await {
                 Ok(b) if b.state.is_finished() => return b,
                 Ok(b) if Instant::now() > deadline => {
-                    panic!(
-                        "build {id} did not finish within {within:?}: {b:?}\n{}",
-                        self.master_log()
-                    )
+                    panic!("build {id} did not finish within {within:?}: {b:?}\n{}", self.master_log())
                 }
                 Err(e) if Instant::now() > deadline => panic!("cannot read build {id}: {e}"),
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -260,10 +247,7 @@ impl Farm {
                 return b;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "build {id} never reached the expected state: {b:?}\n{}",
-                    self.master_log()
-                );
+                panic!("build {id} never reached the expected state: {b:?}\n{}", self.master_log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -363,8 +347,7 @@ impl Farm {
         mine.into_iter()
             .filter(|pid| {
                 std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                    env.split(|b| *b == 0)
-                        .any(|kv| kv == format!("KILN_BUILD_ID={build_id}").as_bytes())
+                    env.split(|b| *b == 0).any(|kv| kv == format!("KILN_BUILD_ID={build_id}").as_bytes())
                 })
             })
             .collect()
@@ -378,19 +361,17 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<(i32, String, String)> {
         Some(c) => c,
         None => bail!("command killed by a signal"),
     };
-    Ok((
-        code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    Ok((code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
-/// A TCP proxy on loopback that can be paused: while paused it forwards
+/// A TCP proxy on loopback that can be paused (while paused it forwards
 /// nothing in either direction but keeps both connections open, like a
-/// network partition. Stops when dropped.
+/// network partition) and can cut the connections it carries (like a
+/// network that drops them). Stops when dropped.
 pub struct Proxy {
     pub addr: SocketAddr,
     paused: tokio::sync::watch::Sender<bool>,
+    cuts: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -398,24 +379,30 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let (paused, watch) = tokio::sync::watch::channel(false);
+        let (paused, pause_rx) = tokio::sync::watch::channel(false);
+        let (cuts, cut_rx) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                conns.spawn(pipe(cr, sw, watch.clone()));
-                conns.spawn(pipe(sr, cw, watch.clone()));
+                let mut cut = cut_rx.clone();
+                cut.mark_unchanged();
+                conns.spawn(pipe(cr, sw, pause_rx.clone(), cut.clone()));
+                conns.spawn(pipe(sr, cw, pause_rx.clone(), cut));
             }
         });
-        Proxy { addr, paused, task }
+        Proxy { addr, paused, cuts, task }
     }
 
     pub fn pause(&self, paused: bool) {
         let _ = self.paused.send(paused);
+    }
+
+    /// Drops every connection the proxy carries now; new ones go through.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
     }
 }
 
@@ -429,13 +416,15 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut paused: tokio::sync::watch::Receiver<bool>,
+    mut cut: tokio::sync::watch::Receiver<u64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while *paused.borrow_and_update() {
-            if paused.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = paused.changed() => if r.is_err() { return },
+                _ = cut.changed() => return,
             }
         }
         let n = tokio::select! {
@@ -444,9 +433,11 @@ async fn pipe(
                 Ok(n) => n,
             },
             _ = paused.changed() => continue,
+            _ = cut.changed() => return,
         };
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        tokio::select! {
+            r = to.write_all(&buf[..n]) => if r.is_err() { return },
+            _ = cut.changed() => return,
         }
     }
 }

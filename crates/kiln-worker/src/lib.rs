@@ -49,6 +49,10 @@ struct State {
     /// this worker stop its builds (from the master's welcome).
     last_contact: Option<Instant>,
     fence: Option<Duration>,
+    /// Counts welcomes: an upload that sees it change starts its file over.
+    session: u64,
+    /// Builds whose artifacts and result are being sent now.
+    uploading: std::collections::HashSet<i64>,
 }
 
 impl State {
@@ -81,16 +85,22 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         unacked: HashMap::new(),
         last_contact: None,
         fence: None,
+        session: 0,
+        uploading: Default::default(),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
+    // Artifacts and the results after them go through a short queue, so an
+    // upload goes at the connection's pace instead of filling memory.
+    let (upload_tx, mut upload_rx) = mpsc::channel::<WorkerMsg>(16);
     let tls = match &opts.tls_ca {
         Some(ca) => Some(tls_connector(ca)?),
         None => None,
     };
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(&opts, tls.clone(), &state, &out_tx, &mut out_rx, &mut backoff).await {
+        let chans = Channels { out_tx: &out_tx, out_rx: &mut out_rx, upload_tx: &upload_tx, upload_rx: &mut upload_rx };
+        match session(&opts, tls.clone(), &state, chans, &mut backoff).await {
             Ok(()) => tracing::warn!("connection to the master closed; reconnecting"),
             Err(SessionError::Refused(reason)) => bail!("the master refused this worker: {reason}"),
             Err(SessionError::Other(e)) => {
@@ -123,6 +133,8 @@ async fn fence_watchdog(state: Shared) {
 /// Kills processes and removes work dirs left by an earlier run of a worker
 /// in this work dir (after a crash or `kill -9`).
 fn clean_leftovers(workdir: &std::path::Path) {
+    // Artifacts of results no one will ask for again (this run knows none).
+    let _ = std::fs::remove_dir_all(workdir.join("outbox"));
     let killed = process::kill_leftovers(&workdir.display().to_string());
     if killed > 0 {
         tracing::warn!(killed, "killed processes left over from an earlier run");
@@ -133,6 +145,14 @@ fn clean_leftovers(workdir: &std::path::Path) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// The queues a session drains and the builds it starts feed.
+struct Channels<'a> {
+    out_tx: &'a mpsc::UnboundedSender<WorkerMsg>,
+    out_rx: &'a mut mpsc::UnboundedReceiver<WorkerMsg>,
+    upload_tx: &'a mpsc::Sender<WorkerMsg>,
+    upload_rx: &'a mut mpsc::Receiver<WorkerMsg>,
 }
 
 enum SessionError {
@@ -150,8 +170,7 @@ async fn session(
     opts: &WorkerOptions,
     tls: Option<tokio_rustls::TlsConnector>,
     state: &Shared,
-    out_tx: &mpsc::UnboundedSender<WorkerMsg>,
-    out_rx: &mut mpsc::UnboundedReceiver<WorkerMsg>,
+    chans: Channels<'_>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&opts.master))
@@ -165,9 +184,9 @@ async fn session(
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let name = rustls::pki_types::ServerName::try_from(host).context("invalid master host name for TLS")?;
             let s = connector.connect(name, stream).await.context("TLS handshake failed")?;
-            converse(Framed::new(s, wire::codec()), opts, state, out_tx, out_rx, backoff).await
+            converse(Framed::new(s, wire::codec()), opts, state, chans, backoff).await
         }
-        None => converse(Framed::new(stream, wire::codec()), opts, state, out_tx, out_rx, backoff).await,
+        None => converse(Framed::new(stream, wire::codec()), opts, state, chans, backoff).await,
     }
 }
 
@@ -175,10 +194,10 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut framed: Framed<S, tokio_util::codec::LengthDelimitedCodec>,
     opts: &WorkerOptions,
     state: &Shared,
-    out_tx: &mpsc::UnboundedSender<WorkerMsg>,
-    out_rx: &mut mpsc::UnboundedReceiver<WorkerMsg>,
+    chans: Channels<'_>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
+    let Channels { out_tx, out_rx, upload_tx, upload_rx } = chans;
     let hello = {
         let st = lock(state);
         Hello {
@@ -189,7 +208,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             slots: opts.slots,
             version: env!("CARGO_PKG_VERSION").to_string(),
             running: st.running.keys().copied().collect(),
-            unacked: st.unacked.values().cloned().collect(),
+            finished: st.unacked.keys().copied().collect(),
         }
     };
     framed.send(wire::encode(&WorkerMsg::Hello(hello))).await?;
@@ -198,11 +217,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         .context("no answer to hello")?
         .context("the master closed the connection")??;
     let heartbeat = match wire::decode::<MasterMsg>(&reply)? {
-        MasterMsg::Welcome {
-            heartbeat_ms,
-            fence_ms,
-            abandon,
-        } => {
+        MasterMsg::Welcome { heartbeat_ms, fence_ms, abandon } => {
             let mut st = lock(state);
             for id in abandon {
                 tracing::warn!(build = id, "the master gave this build to another worker; stopping it");
@@ -213,6 +228,12 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             }
             st.last_contact = Some(Instant::now());
             st.fence = Some(Duration::from_millis(fence_ms.max(1000)));
+            st.session += 1;
+            // Results the master has not acknowledged go again, artifacts
+            // first; an upload still under way starts over by itself.
+            for result in st.unacked.values().filter(|r| !st.uploading.contains(&r.build_id)) {
+                tokio::spawn(upload(opts.workdir.clone(), result.clone(), state.clone(), upload_tx.clone()));
+            }
             Duration::from_millis(heartbeat_ms.max(100))
         }
         MasterMsg::Refused { reason } => return Err(SessionError::Refused(reason)),
@@ -231,7 +252,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 last_heard = Instant::now();
                 lock(state).last_contact = Some(last_heard);
                 match wire::decode::<MasterMsg>(&frame)? {
-                    MasterMsg::Assign(job) => start_build(*job, opts, state, out_tx),
+                    MasterMsg::Assign(job) => start_build(*job, opts, state, out_tx, upload_tx),
                     MasterMsg::Cancel { build_id } => {
                         if let Some(r) = lock(state).running.get(&build_id) {
                             tracing::info!(build = build_id, "cancelling build");
@@ -240,11 +261,13 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     MasterMsg::Ack { build_id } => {
                         lock(state).unacked.remove(&build_id);
+                        let _ = tokio::fs::remove_dir_all(outbox(&opts.workdir, build_id)).await;
                     }
                     MasterMsg::Ping | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {}
                 }
             }
             Some(msg) = out_rx.recv() => framed.send(wire::encode(&msg)).await?,
+            Some(msg) = upload_rx.recv() => framed.send(wire::encode(&msg)).await?,
             _ = beat.tick() => {
                 if last_heard.elapsed() > fence {
                     return Err(anyhow::anyhow!("the master has been silent for {:?}", last_heard.elapsed()).into());
@@ -260,6 +283,7 @@ fn start_build(
     opts: &WorkerOptions,
     state: &Shared,
     out_tx: &mpsc::UnboundedSender<WorkerMsg>,
+    upload_tx: &mpsc::Sender<WorkerMsg>,
 ) {
     let id = job.build_id;
     if lock(state).running.contains_key(&id) {
@@ -268,13 +292,7 @@ fn start_build(
     tracing::info!(build = id, component = %job.component, target = %job.target, "starting build");
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let abandoned = Arc::new(Mutex::new(false));
-    lock(state).running.insert(
-        id,
-        RunningBuild {
-            cancel: cancel_tx,
-            abandoned: abandoned.clone(),
-        },
-    );
+    lock(state).running.insert(id, RunningBuild { cancel: cancel_tx, abandoned: abandoned.clone() });
     let ctx = runner::BuildContext {
         worker_dir: opts.workdir.clone(),
         worker_name: opts.name.clone(),
@@ -282,17 +300,100 @@ fn start_build(
         cancel: cancel_rx,
     };
     let state = state.clone();
-    let out = out_tx.clone();
+    let upload_tx = upload_tx.clone();
+    let workdir = opts.workdir.clone();
     tokio::spawn(async move {
         let result = runner::run_build(job, ctx).await;
         tracing::info!(build = id, state = %result.state, "build finished");
-        let mut st = lock(&state);
-        st.running.remove(&id);
-        if !*abandoned.lock().unwrap_or_else(|e| e.into_inner()) {
-            st.unacked.insert(id, result.clone());
-            let _ = out.send(WorkerMsg::BuildFinished(result));
+        let dropped = {
+            let mut st = lock(&state);
+            st.running.remove(&id);
+            let dropped = *abandoned.lock().unwrap_or_else(|e| e.into_inner());
+            if !dropped {
+                st.unacked.insert(id, result.clone());
+            }
+            dropped
+        };
+        if dropped {
+            let _ = tokio::fs::remove_dir_all(outbox(&workdir, id)).await;
+            return;
         }
+        upload(workdir, result, state, upload_tx).await;
     });
+}
+
+fn outbox(workdir: &std::path::Path, build_id: i64) -> PathBuf {
+    workdir.join("outbox").join(build_id.to_string())
+}
+
+/// Sends a finished build's artifacts, then its result. A file is started
+/// over if the connection was replaced while it was being sent (the master
+/// drops the pieces of the broken upload and checks the whole file).
+async fn upload(workdir: PathBuf, result: BuildResult, state: Shared, tx: mpsc::Sender<WorkerMsg>) {
+    let id = result.build_id;
+    if !lock(&state).uploading.insert(id) {
+        return;
+    }
+    send_artifacts_and_result(&workdir, result, &state, &tx).await;
+    lock(&state).uploading.remove(&id);
+}
+
+async fn send_artifacts_and_result(
+    workdir: &std::path::Path,
+    result: BuildResult,
+    state: &Shared,
+    tx: &mpsc::Sender<WorkerMsg>,
+) {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let id = result.build_id;
+    let dir = outbox(workdir, id);
+    let mut buf = vec![0u8; kiln_proto::wire::ARTIFACT_CHUNK];
+    for name in &result.artifacts {
+        'file: loop {
+            let session = lock(state).session;
+            let mut file = match tokio::fs::File::open(dir.join(name)).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // The master sees the artifact missing and fails the build.
+                    tracing::error!(build = id, artifact = %name, error = %e, "cannot read an artifact");
+                    break 'file;
+                }
+            };
+            let (mut offset, mut hash) = (0u64, Sha256::new());
+            loop {
+                let n = match file.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::error!(build = id, artifact = %name, error = %e, "cannot read an artifact");
+                        break 'file;
+                    }
+                };
+                if lock(state).session != session {
+                    continue 'file;
+                }
+                hash.update(&buf[..n]);
+                let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+                let chunk = WorkerMsg::ArtifactChunk { build_id: id, name: name.clone(), offset, data };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                offset += n as u64;
+            }
+            if lock(state).session != session {
+                continue 'file;
+            }
+            let sha256 = hex::encode(hash.finalize());
+            let done = WorkerMsg::ArtifactDone { build_id: id, name: name.clone(), size: offset, sha256 };
+            if tx.send(done).await.is_err() {
+                return;
+            }
+            break;
+        }
+    }
+    let _ = tx.send(WorkerMsg::BuildFinished(result)).await;
 }
 
 fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {

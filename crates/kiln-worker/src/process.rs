@@ -31,11 +31,7 @@ impl Drop for GroupGuard {
 /// set, stdout comes through its own pipe (the runner logs it too).
 pub fn spawn(script: &str, dir: &Path, env: &[(String, String)], capture: bool) -> std::io::Result<StepProcess> {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .process_group(0);
+    cmd.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -59,16 +55,8 @@ pub fn spawn(script: &str, dir: &Path, env: &[(String, String)], capture: bool) 
     drop(tcmd);
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let log = pipe::Receiver::from_owned_fd(log_reader.into())?;
-    let stdout = stdout_reader
-        .map(|r| pipe::Receiver::from_owned_fd(r.into()))
-        .transpose()?;
-    Ok(StepProcess {
-        child,
-        pgid,
-        log,
-        stdout,
-        _guard: GroupGuard(pgid),
-    })
+    let stdout = stdout_reader.map(|r| pipe::Receiver::from_owned_fd(r.into())).transpose()?;
+    Ok(StepProcess { child, pgid, log, stdout, _guard: GroupGuard(pgid) })
 }
 
 /// Sends a signal to a whole process group; a group already gone is fine.

@@ -48,21 +48,14 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             results.push(StepResult {
                 build_id: id,
                 step: idx,
-                state: if cancelled {
-                    StepState::Cancelled
-                } else {
-                    StepState::Skipped
-                },
+                state: if cancelled { StepState::Cancelled } else { StepState::Skipped },
                 exit_code: None,
                 property: None,
                 message: None,
             });
             continue;
         }
-        let _ = ctx.out.send(WorkerMsg::StepStarted {
-            build_id: id,
-            step: idx,
-        });
+        let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
         let r = run_step(&job, idx, step, &dir, &props, &mut ctx, grace).await;
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
@@ -82,6 +75,14 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         results.push(r);
     }
     let cancelled = *ctx.cancel.borrow();
+    let mut artifacts = Vec::new();
+    if !cancelled && failed_reason.is_none() && !job.artifacts.is_empty() {
+        let outbox = ctx.worker_dir.join("outbox").join(id.to_string());
+        match collect_artifacts(&dir, &job.artifacts, &outbox) {
+            Ok(names) => artifacts = names,
+            Err(e) => failed_reason = Some(format!("collecting artifacts: {e}")),
+        }
+    }
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let (state, reason) = if cancelled {
         (BuildState::Cancelled, Some("cancelled".to_string()))
@@ -90,12 +91,55 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
     } else {
         (BuildState::Succeeded, None)
     };
-    BuildResult {
-        build_id: id,
-        state,
-        reason,
-        steps: results,
+    BuildResult { build_id: id, state, reason, steps: results, artifacts }
+}
+
+/// Moves the files matching `patterns` (relative to `dir`) into `outbox`,
+/// where they wait until the master has them. Every pattern must match,
+/// and artifact names (the file names) must be unique and valid.
+fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<Vec<String>, String> {
+    let globs: Vec<kiln_core::glob::Pattern> =
+        patterns.iter().map(|p| kiln_core::glob::Pattern::new(p)).collect::<Result<_, _>>()?;
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push((e.path(), path)),
+                Ok(t) if t.is_file() => files.push((path, e.path())),
+                _ => {}
+            }
+        }
     }
+    files.sort();
+    let mut chosen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (pattern, glob) in patterns.iter().zip(&globs) {
+        let mut matched = false;
+        for (rel, full) in files.iter().filter(|(rel, _)| glob.matches(rel)) {
+            matched = true;
+            let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+            if !kiln_core::names::valid_artifact_name(&name) {
+                return Err(format!("{rel}: {name:?} is not a valid artifact name"));
+            }
+            match chosen.get(&name) {
+                Some(other) if other != full => return Err(format!("two artifacts are named {name}")),
+                _ => {
+                    chosen.insert(name, full.clone());
+                }
+            }
+        }
+        if !matched {
+            return Err(format!("pattern {pattern:?} matched no file"));
+        }
+    }
+    std::fs::create_dir_all(outbox).map_err(|e| format!("cannot create {}: {e}", outbox.display()))?;
+    for (name, path) in &chosen {
+        std::fs::rename(path, outbox.join(name)).map_err(|e| format!("cannot keep {name}: {e}"))?;
+    }
+    Ok(chosen.into_keys().collect())
 }
 
 async fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()> {
@@ -153,12 +197,8 @@ impl LogSender<'_> {
             return;
         }
         let len = text.len() as u64;
-        let _ = self.out.send(WorkerMsg::Log {
-            build_id: self.build_id,
-            step: self.step,
-            offset: self.offset,
-            data: text,
-        });
+        let _ =
+            self.out.send(WorkerMsg::Log { build_id: self.build_id, step: self.step, offset: self.offset, data: text });
         self.offset += len;
     }
 }
@@ -189,13 +229,7 @@ async fn run_step(
     ctx: &mut BuildContext,
     grace: Duration,
 ) -> StepResult {
-    let mut log = LogSender {
-        out: &ctx.out,
-        build_id: job.build_id,
-        step: idx,
-        offset: 0,
-        pending: Vec::new(),
-    };
+    let mut log = LogSender { out: &ctx.out, build_id: job.build_id, step: idx, offset: 0, pending: Vec::new() };
     let mut result = StepResult {
         build_id: job.build_id,
         step: idx,

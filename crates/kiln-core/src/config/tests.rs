@@ -15,10 +15,7 @@ fn the_example_farm_is_accepted_as_written() {
     assert_eq!(cfg.master.listen.to_string(), "127.0.0.1:8010");
     assert_eq!(cfg.master.worker_listen.to_string(), "127.0.0.1:9989");
     assert_eq!(cfg.workers.len(), 2);
-    assert_eq!(
-        cfg.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        ["debian-12-amd64", "el-9-x86_64"]
-    );
+    assert_eq!(cfg.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["debian-12-amd64", "el-9-x86_64"]);
     let lib = cfg.component("libgrace").expect("libgrace");
     assert_eq!(lib.steps.len(), 3);
     assert_eq!(lib.steps[1].set_property.as_deref(), Some("version"));
@@ -54,7 +51,7 @@ targets = ["t9"]
     assert_eq!(
         errs,
         [
-            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls",
+            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls, max_artifact_size",
             "farm.toml:10:8: duplicate target name \"t1\" (first defined at line 6, column 8)",
             "farm.toml:11:10: unknown family \"msi\"; known families: deb, rpm",
             "farm.toml:15:39: unknown key `colour` in a step of component \"a\"; known keys: name, run, set_property, timeout, env, halt_on_failure, always_run",
@@ -104,10 +101,7 @@ fn invalid_toml_and_bad_values() {
 
     let errs = errors("[master]\nlisten = \"nowhere\"\nworker_timeout = \"5x\"\n");
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(
-        errs[0].starts_with("farm.toml:2:10: `listen` must be an address"),
-        "{errs:?}"
-    );
+    assert!(errs[0].starts_with("farm.toml:2:10: `listen` must be an address"), "{errs:?}");
     assert!(errs[1].contains("unknown unit"), "{errs:?}");
 
     let errs = errors("[[component]]\nname = \"../x\"\nsteps = []\n");

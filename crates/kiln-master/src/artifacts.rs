@@ -1,0 +1,274 @@
+//! Artifact intake and storage.
+//!
+//! Workers send artifacts in pieces over their connection. A piece lands in
+//! `DATA_DIR/incoming/`; when the artifact is complete its size and SHA-256
+//! are checked and it moves into the content-addressed store
+//! `DATA_DIR/artifacts/<first two hex digits>/<sha256>`. Nothing stays in
+//! `incoming/` once no upload is in flight: a failed or abandoned upload's
+//! part is removed, and a build whose upload failed is failed.
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_core::names::valid_artifact_name;
+
+pub struct ArtifactStore {
+    root: PathBuf,
+    incoming: PathBuf,
+    max_size: u64,
+    state: Mutex<Intake>,
+}
+
+#[derive(Default)]
+struct Intake {
+    parts: HashMap<(i64, String), Part>,
+    /// Why an artifact's last upload failed; a new upload of it (from
+    /// offset 0, e.g. after a reconnect) clears this.
+    failures: HashMap<(i64, String), String>,
+    /// Artifacts stored whole, until their build ends.
+    completed: std::collections::HashSet<(i64, String)>,
+}
+
+struct Part {
+    file: File,
+    path: PathBuf,
+    written: u64,
+    hash: Sha256,
+}
+
+/// A checked, stored artifact.
+pub struct Stored {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ArtifactStore {
+    pub fn new(data_dir: &Path, max_size: u64) -> io::Result<ArtifactStore> {
+        let root = data_dir.join("artifacts");
+        let incoming = data_dir.join("incoming");
+        fs::create_dir_all(&root)?;
+        // Parts left by a crash are never completed: start empty.
+        let _ = fs::remove_dir_all(&incoming);
+        fs::create_dir_all(&incoming)?;
+        Ok(ArtifactStore { root, incoming, max_size, state: Mutex::new(Intake::default()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Intake> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored file for a checksum.
+    pub fn path_of(&self, sha256: &str) -> Option<PathBuf> {
+        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(self.root.join(&sha256[..2]).join(sha256))
+    }
+
+    fn fail(&self, intake: &mut Intake, build_id: i64, name: &str, why: String) {
+        let key = (build_id, name.to_string());
+        if let Some(p) = intake.parts.remove(&key) {
+            let _ = fs::remove_file(&p.path);
+        }
+        tracing::warn!(build = build_id, artifact = name, "artifact upload failed: {why}");
+        intake.failures.entry(key).or_insert(format!("artifact {name}: {why}"));
+    }
+
+    /// Takes a piece of an artifact. A piece that does not continue the
+    /// upload in progress (left over from a connection that dropped) is
+    /// ignored; the upload is checked as a whole when it is done.
+    pub fn chunk(&self, build_id: i64, name: &str, offset: u64, data: &str) {
+        let mut intake = self.lock();
+        if !valid_artifact_name(name) {
+            return self.fail(&mut intake, build_id, name, "invalid artifact name".into());
+        }
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(b) => b,
+            Err(e) => return self.fail(&mut intake, build_id, name, format!("undecodable piece: {e}")),
+        };
+        let key = (build_id, name.to_string());
+        if offset == 0 {
+            intake.failures.remove(&key);
+            if let Some(old) = intake.parts.remove(&key) {
+                let _ = fs::remove_file(&old.path);
+            }
+            let path = self.incoming.join(format!("{build_id}.{name}.part"));
+            match File::create(&path) {
+                Ok(file) => {
+                    intake.parts.insert(key.clone(), Part { file, path, written: 0, hash: Sha256::new() });
+                }
+                Err(e) => return self.fail(&mut intake, build_id, name, format!("cannot store: {e}")),
+            }
+        }
+        let max = self.max_size;
+        let result = match intake.parts.get_mut(&key) {
+            None => return,
+            Some(p) if p.written != offset => return,
+            Some(p) if p.written + bytes.len() as u64 > max => Err(format!("larger than the limit of {max} bytes")),
+            Some(p) => {
+                p.hash.update(&bytes);
+                p.written += bytes.len() as u64;
+                p.file.write_all(&bytes).map_err(|e| format!("cannot store: {e}"))
+            }
+        };
+        if let Err(why) = result {
+            self.fail(&mut intake, build_id, name, why);
+        }
+    }
+
+    /// Completes an artifact: checks it and moves it into the store.
+    pub fn done(&self, build_id: i64, name: &str, size: u64, sha256: &str) -> Option<Stored> {
+        let mut intake = self.lock();
+        if !valid_artifact_name(name) {
+            self.fail(&mut intake, build_id, name, "invalid artifact name".into());
+            return None;
+        }
+        let Some(mut part) = intake.parts.remove(&(build_id, name.to_string())) else {
+            // An empty file sends no piece.
+            if size == 0 {
+                return self.store_empty(&mut intake, build_id, name, sha256);
+            }
+            self.fail(&mut intake, build_id, name, "completed without any data".into());
+            return None;
+        };
+        let digest = hex::encode(part.hash.finalize_reset());
+        if part.written != size || digest != sha256 {
+            let _ = fs::remove_file(&part.path);
+            let why = format!(
+                "checksum mismatch: got {} bytes with SHA-256 {digest}, expected {size} bytes with {sha256}",
+                part.written
+            );
+            self.fail(&mut intake, build_id, name, why);
+            return None;
+        }
+        if let Err(e) = part.file.flush() {
+            self.fail(&mut intake, build_id, name, format!("cannot store: {e}"));
+            return None;
+        }
+        match self.place(&part.path, &digest) {
+            Ok(()) => {
+                intake.completed.insert((build_id, name.to_string()));
+                Some(Stored { size, sha256: digest })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&part.path);
+                self.fail(&mut intake, build_id, name, format!("cannot store: {e}"));
+                None
+            }
+        }
+    }
+
+    fn store_empty(&self, intake: &mut Intake, build_id: i64, name: &str, sha256: &str) -> Option<Stored> {
+        let empty = hex::encode(Sha256::digest([]));
+        if sha256 != empty {
+            self.fail(intake, build_id, name, "checksum mismatch on an empty file".into());
+            return None;
+        }
+        let tmp = self.incoming.join(format!("{build_id}.{name}.part"));
+        let placed = File::create(&tmp).and_then(|_| self.place(&tmp, &empty));
+        match placed {
+            Ok(()) => {
+                intake.completed.insert((build_id, name.to_string()));
+                Some(Stored { size: 0, sha256: empty })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                self.fail(intake, build_id, name, format!("cannot store: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Moves a checked part to its place by content (same content, one file).
+    fn place(&self, part: &Path, sha256: &str) -> io::Result<()> {
+        let dest = self.root.join(&sha256[..2]).join(sha256);
+        if dest.exists() {
+            return fs::remove_file(part);
+        }
+        fs::create_dir_all(dest.parent().unwrap_or(&self.root))?;
+        fs::rename(part, dest)
+    }
+
+    /// Ends a build's intake: removes parts left in flight and says what
+    /// went wrong, if anything: failed uploads, or `expected` artifacts that
+    /// never arrived whole.
+    pub fn finish_build(&self, build_id: i64, expected: &[String]) -> Option<String> {
+        let mut intake = self.lock();
+        for name in expected {
+            let key = (build_id, name.clone());
+            if !intake.completed.contains(&key) && !intake.failures.contains_key(&key) {
+                intake.failures.insert(key, format!("artifact {name}: did not arrive"));
+            }
+        }
+        intake.completed.retain(|(b, _)| *b != build_id);
+        let stale: Vec<(i64, String)> = intake.parts.keys().filter(|(b, _)| *b == build_id).cloned().collect();
+        for key in stale {
+            if let Some(p) = intake.parts.remove(&key) {
+                let _ = fs::remove_file(&p.path);
+            }
+        }
+        let failed: Vec<(i64, String)> = intake.failures.keys().filter(|(b, _)| *b == build_id).cloned().collect();
+        let mut reasons: Vec<String> = failed.iter().filter_map(|k| intake.failures.remove(k)).collect();
+        reasons.sort();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn intake_checks_and_stores_by_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::new(dir.path(), 10).expect("store");
+        let sha = hex::encode(Sha256::digest(b"hello world"));
+        // Over the 10-byte limit: refused, nothing left in incoming.
+        store.chunk(1, "a.deb", 0, &b64(b"hello "));
+        store.chunk(1, "a.deb", 6, &b64(b"world"));
+        assert!(store.done(1, "a.deb", 11, &sha).is_none());
+        assert!(store.finish_build(1, &[]).expect("failure").contains("larger than the limit"));
+        assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
+
+        let store = ArtifactStore::new(dir.path(), 100).expect("store");
+        store.chunk(2, "a.deb", 0, &b64(b"hello "));
+        store.chunk(2, "a.deb", 6, &b64(b"world"));
+        let stored = store.done(2, "a.deb", 11, &sha).expect("stored");
+        assert_eq!((stored.size, stored.sha256.as_str()), (11, sha.as_str()));
+        assert_eq!(fs::read(store.path_of(&sha).expect("path")).expect("read"), b"hello world");
+        assert!(store.finish_build(2, &["a.deb".into()]).is_none());
+
+        // A wrong checksum fails the build.
+        store.chunk(3, "b.deb", 0, &b64(b"abc"));
+        assert!(store.done(3, "b.deb", 3, &sha).is_none());
+        assert!(store.finish_build(3, &[]).expect("failure").contains("checksum mismatch"));
+        // Pieces of an interrupted upload are dropped; its restart from 0 counts.
+        store.chunk(4, "c.deb", 0, &b64(b"hello "));
+        store.chunk(4, "c.deb", 6, &b64(b"wor"));
+        assert!(store.done(4, "c.deb", 11, &sha).is_none(), "incomplete");
+        store.chunk(4, "c.deb", 6, &b64(b"ld"));
+        store.chunk(4, "c.deb", 0, &b64(b"hello "));
+        store.chunk(4, "c.deb", 6, &b64(b"world"));
+        assert!(store.done(4, "c.deb", 11, &sha).is_some());
+        assert!(store.finish_build(4, &["c.deb".into()]).is_none(), "the restart cleared the failure");
+        store.chunk(5, "../etc", 0, &b64(b"x"));
+        assert!(store.finish_build(5, &[]).expect("failure").contains("invalid artifact name"));
+        // An empty file.
+        let empty = hex::encode(Sha256::digest([]));
+        assert!(store.done(6, "empty.log", 0, &empty).is_some());
+        assert!(store
+            .finish_build(6, &["empty.log".into(), "lost.deb".into()])
+            .expect("failure")
+            .contains("lost.deb: did not arrive"));
+        assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
+    }
+}
