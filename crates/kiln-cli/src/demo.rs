@@ -90,6 +90,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             slots: 2,
             workdir: dir.join("workers").join(w),
             tls_ca: None,
+            refresh_roots: false,
         };
         workers.spawn(kiln_worker::run(opts));
     }

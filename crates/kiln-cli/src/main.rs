@@ -77,6 +77,9 @@ enum Command {
         /// Connect over TLS, trusting this CA certificate (PEM).
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// Make every target's build root again instead of using the cached ones.
+        #[arg(long)]
+        refresh_roots: bool,
     },
     /// Check a farm config; print every problem as file:line:col.
     Checkconfig { config: PathBuf },
@@ -121,6 +124,38 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure throughput, latency and memory with real processes; writes JSON.
     Bench(bench::BenchArgs),
+    /// Helpers the standard pipelines' steps run on a worker.
+    #[command(subcommand, hide = true)]
+    Internal(Internal),
+}
+
+#[derive(Subcommand)]
+// The variant names are the subcommand names; rpm helpers join them later.
+#[allow(clippy::enum_variant_names)]
+enum Internal {
+    /// Make the source package (nightly version unless release=true); print its version.
+    DebSource,
+    /// Make or reuse the cached build root and unpack a fresh copy.
+    DebRoot {
+        #[arg(long)]
+        suite: String,
+        #[arg(long)]
+        mirror: String,
+        #[arg(long, default_value = "main")]
+        components: String,
+        #[arg(long)]
+        arch: Option<String>,
+        /// Seconds after which the cached root is made again.
+        #[arg(long, default_value_t = 15 * 86400)]
+        max_age: u64,
+    },
+    /// Install build dependencies into the root.
+    DebDeps,
+    /// Build the package.
+    DebBuild {
+        #[arg(long, default_value = "bwrap")]
+        executor: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -168,13 +203,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { master, name, token_file, targets, slots, workdir, tls_ca } => {
+        Command::Worker { master, name, token_file, targets, slots, workdir, tls_ca, refresh_roots } => {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("cannot read the token file {}", token_file.display()))?
                 .trim()
                 .to_string();
-            let opts =
-                kiln_worker::WorkerOptions { master, name, token, targets, slots: slots.max(1), workdir, tls_ca };
+            let opts = kiln_worker::WorkerOptions {
+                master,
+                name,
+                token,
+                targets,
+                slots: slots.max(1),
+                workdir,
+                tls_ca,
+                refresh_roots,
+            };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,
                 _ = shutdown_signal() => eprintln!("kiln worker: shutting down"),
@@ -214,6 +257,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Internal(cmd) => {
+            use kiln_worker::pipeline;
+            match cmd {
+                Internal::DebSource => pipeline::deb_source()?,
+                Internal::DebRoot { suite, mirror, components, arch, max_age } => {
+                    let max_age = std::time::Duration::from_secs(max_age);
+                    pipeline::deb_root(&pipeline::RootOptions { suite, mirror, components, arch, max_age })?
+                }
+                Internal::DebDeps => pipeline::deb_deps()?,
+                Internal::DebBuild { executor } => pipeline::deb_build(&executor)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

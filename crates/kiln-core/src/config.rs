@@ -101,9 +101,37 @@ impl fmt::Display for Family {
 pub struct Target {
     pub name: String,
     pub family: Family,
+    /// Debian/Ubuntu suite of the build root, e.g. `bookworm`.
     pub suite: Option<String>,
+    /// Architecture to build for; the worker's own when absent.
     pub arch: Option<String>,
+    /// Package mirror the build root comes from.
     pub mirror: Option<String>,
+    /// Archive components of the mirror (default `main`).
+    pub components: Vec<String>,
+    /// A cached build root older than this is made again (mock's default: 15 days).
+    pub max_age: Duration,
+    /// Where the standard pipeline's build runs.
+    pub executor: Executor,
+}
+
+/// How the standard pipeline isolates a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// bubblewrap over a fresh, unpacked build root: no network while
+    /// building, an unprivileged user, no capabilities.
+    Bwrap,
+    /// Directly on the worker host (trusted builds only).
+    Host,
+}
+
+impl Executor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Executor::Bwrap => "bwrap",
+            Executor::Host => "host",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +240,7 @@ const MASTER_KEYS: &[&str] = &[
 ];
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
-const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror"];
+const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
 const COMPONENT_KEYS: &[&str] = &["name", "source", "depends_on", "targets", "steps", "properties", "artifacts"];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] = &["name", "run", "set_property", "timeout", "env", "halt_on_failure", "always_run"];
@@ -285,13 +313,57 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     None
                 }
             });
-            let suite = r.string(tbl, "suite", "[[target]]").map(|s| s.0);
-            let arch = r.string(tbl, "arch", "[[target]]").map(|s| s.0);
-            let mirror = r.string(tbl, "mirror", "[[target]]").map(|s| s.0);
+            let word = |r: &mut Reader<'_>, key: &str| {
+                let (v, vspan) = r.string(tbl, key, "[[target]]")?;
+                match check_name(&v) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        r.err(&vspan, format!("`{key}` of [[target]]: {e}"));
+                        None
+                    }
+                }
+            };
+            let suite = word(&mut r, "suite");
+            let arch = word(&mut r, "arch");
+            let mirror = r.string(tbl, "mirror", "[[target]]").and_then(|(m, mspan)| {
+                let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| m.starts_with(p));
+                if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$".contains(c)) {
+                    Some(m)
+                } else {
+                    r.err(&mspan, format!("`mirror` of [[target]] must be an http(s):// or file:/ URL, got {m:?}"));
+                    None
+                }
+            });
+            let components = r
+                .string_list(tbl, "components", "[[target]]")
+                .map(|l| {
+                    l.into_iter()
+                        .filter_map(|(c, cspan)| match check_name(&c) {
+                            Ok(()) => Some(c),
+                            Err(e) => {
+                                r.err(&cspan, format!("`components` of [[target]]: {e}"));
+                                None
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|| vec!["main".to_string()]);
+            let max_age = duration_key(&mut r, tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
+            let executor = match r.string(tbl, "executor", "[[target]]") {
+                None => Some(if family == Some(Family::Rpm) { Executor::Host } else { Executor::Bwrap }),
+                Some((e, espan)) => match e.as_str() {
+                    "bwrap" => Some(Executor::Bwrap),
+                    "host" => Some(Executor::Host),
+                    other => {
+                        r.err(&espan, format!("unknown executor {other:?}; known executors: bwrap, host"));
+                        None
+                    }
+                },
+            };
             if let Some((name, nspan)) = name {
                 if unique(&mut r, "target", &name, &nspan) {
-                    if let Some(family) = family {
-                        targets.push(Target { name, family, suite, arch, mirror });
+                    if let (Some(family), Some(executor)) = (family, executor) {
+                        targets.push(Target { name, family, suite, arch, mirror, components, max_age, executor });
                     }
                 }
             }
@@ -302,6 +374,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
     // Spans of each component's `depends_on` entries and `targets` entries,
     // kept for the cross-reference checks below.
     let mut dep_spans: HashMap<String, Vec<(String, Span)>> = HashMap::new();
+    let mut component_spans: HashMap<String, Span> = HashMap::new();
     if let Some(item) = root.get("component") {
         for (t, span) in r.tables(item, "[[component]]") {
             let tbl = Tbl { t, span: &span };
@@ -348,6 +421,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 continue;
             }
             dep_spans.insert(name.clone(), depends.clone());
+            component_spans.insert(name.clone(), nspan.clone());
             components.push(Component {
                 name,
                 source,
@@ -373,6 +447,21 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                         "component {:?} depends on unknown component {dep:?}; known components: {}",
                         c.name,
                         known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for c in components.iter().filter(|c| c.steps.is_empty()) {
+        for t in targets.iter().filter(|t| c.targets.as_ref().is_none_or(|names| names.contains(&t.name))) {
+            if t.family == Family::Deb && (t.suite.is_none() || t.mirror.is_none()) {
+                let span = component_spans.get(&c.name).cloned().flatten();
+                r.err(
+                    &span,
+                    format!(
+                        "component {:?} has no `steps`, so it builds with the standard deb pipeline, \
+                         which needs `suite` and `mirror` on target {:?}",
+                        c.name, t.name
                     ),
                 );
             }
@@ -511,9 +600,9 @@ fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
     Some(Source::Path(path))
 }
 
+/// A component's own steps; none means its family's standard pipeline.
 fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
     let Some(item) = tbl.t.get("steps") else {
-        r.err(tbl.span, format!("{what} has no `steps`"));
         return Vec::new();
     };
     let mut steps: Vec<StepSpec> = Vec::new();

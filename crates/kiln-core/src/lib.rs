@@ -5,10 +5,12 @@
 //! reads the clock. Callers pass text, values and "now" in; decisions come out.
 
 pub mod config;
+pub mod debian;
 pub mod duration;
 pub mod glob;
 pub mod matrix;
 pub mod names;
+pub mod pipeline;
 pub mod props;
 pub mod schedule;
 pub mod size;

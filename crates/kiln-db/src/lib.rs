@@ -369,12 +369,20 @@ impl Store {
                 Write::StepStarted { build_id, idx, at } => sql.push_str(&format!(
                     "UPDATE steps SET state = 'running', started_at = {at} WHERE build_id = {build_id} AND idx = {idx};\n"
                 )),
-                Write::StepFinished { build_id, idx, state, exit_code, at, log_size } => sql.push_str(&format!(
-                    "UPDATE steps SET state = '{}', exit_code = {}, finished_at = {at}, log_size = {log_size}, \
-                     started_at = COALESCE(started_at, {at}) WHERE build_id = {build_id} AND idx = {idx};\n",
-                    state.as_str(),
-                    opt_int(*exit_code)
-                )),
+                Write::StepFinished { build_id, idx, state, exit_code, at, log_size } => {
+                    // A step that never ran keeps no times.
+                    let (started, finished) = if *state == StepState::Skipped {
+                        ("started_at".to_string(), "NULL".to_string())
+                    } else {
+                        (format!("COALESCE(started_at, {at})"), at.to_string())
+                    };
+                    sql.push_str(&format!(
+                        "UPDATE steps SET state = '{}', exit_code = {}, finished_at = {finished}, log_size = {log_size}, \
+                         started_at = {started} WHERE build_id = {build_id} AND idx = {idx};\n",
+                        state.as_str(),
+                        opt_int(*exit_code)
+                    ))
+                }
                 Write::Properties { build_id, properties } => sql.push_str(&format!(
                     "UPDATE builds SET properties = {} WHERE id = {build_id};\n",
                     literal(&to_json(properties))

@@ -699,8 +699,27 @@ impl Dispatcher {
             },
             None => None,
         };
-        let steps: Vec<JobStep> = component
-            .steps
+        // A component without steps gets its family's standard pipeline.
+        let (specs, artifacts) = if component.steps.is_empty() {
+            let Some(target) = farm.cfg.target(&q.target) else {
+                let reason = format!("target {} is no longer in the config", q.target);
+                self.fail_unstarted(id, &reason).await;
+                return;
+            };
+            match kiln_core::pipeline::standard_steps(target, component) {
+                Ok((steps, mut artifacts)) => {
+                    artifacts.extend(component.artifacts.iter().cloned());
+                    (steps, artifacts)
+                }
+                Err(e) => {
+                    self.fail_unstarted(id, &e).await;
+                    return;
+                }
+            }
+        } else {
+            (component.steps.clone(), component.artifacts.clone())
+        };
+        let steps: Vec<JobStep> = specs
             .iter()
             .map(|s| JobStep {
                 name: s.name.clone(),
@@ -740,7 +759,7 @@ impl Dispatcher {
             steps,
             source_tgz: source.map(|s| s.as_str().to_owned()),
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
-            artifacts: component.artifacts.clone(),
+            artifacts,
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");

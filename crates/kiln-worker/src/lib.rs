@@ -6,6 +6,7 @@
 //! backoff; a finished build's result is kept until the master acknowledges
 //! it. Policy (what runs where, retries) is the master's.
 
+pub mod pipeline;
 mod process;
 mod runner;
 
@@ -33,6 +34,8 @@ pub struct WorkerOptions {
     pub workdir: PathBuf,
     /// Connect with TLS, trusting this CA certificate (PEM).
     pub tls_ca: Option<PathBuf>,
+    /// Drop the cached build roots at start, so each target's is made again.
+    pub refresh_roots: bool,
 }
 
 struct RunningBuild {
@@ -79,6 +82,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(workdir.join("builds"))
         .with_context(|| format!("cannot create the work dir {}", workdir.display()))?;
     clean_leftovers(&workdir);
+    if opts.refresh_roots {
+        match std::fs::remove_dir_all(workdir.join("roots")) {
+            Ok(()) => tracing::info!("dropped the cached build roots"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("cannot drop the cached build roots"),
+        }
+    }
     let opts = WorkerOptions { workdir, ..opts };
     let state: Shared = Arc::new(Mutex::new(State {
         running: HashMap::new(),

@@ -31,8 +31,12 @@ pub struct BuildContext {
 pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
     let id = job.build_id;
     let dir = ctx.worker_dir.join("builds").join(id.to_string());
+    let scratch = scratch_dir(&dir);
     let mut results: Vec<StepResult> = Vec::new();
-    let prepared = prepare_dir(&dir, job.source_tgz.as_deref()).await;
+    let prepared = match prepare_dir(&scratch, None).await {
+        Ok(()) => prepare_dir(&dir, job.source_tgz.as_deref()).await,
+        Err(e) => Err(e),
+    };
     let mut props: BTreeMap<String, String> = job.properties.clone();
     let mut failed_reason: Option<String> = None;
     let mut halted = false;
@@ -84,6 +88,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         }
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+    let _ = tokio::fs::remove_dir_all(&scratch).await;
     let (state, reason) = if cancelled {
         (BuildState::Cancelled, Some("cancelled".to_string()))
     } else if let Some(r) = failed_reason {
@@ -140,6 +145,12 @@ fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<V
         std::fs::rename(path, outbox.join(name)).map_err(|e| format!("cannot keep {name}: {e}"))?;
     }
     Ok(chosen.into_keys().collect())
+}
+
+/// A build's scratch dir (build roots, source packages), beside its work dir.
+fn scratch_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{name}.scratch"))
 }
 
 async fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()> {
@@ -255,6 +266,9 @@ async fn run_step(
         ("KILN_STEP".into(), step.name.clone()),
         ("KILN_WORKER".into(), ctx.worker_name.clone()),
         ("KILN_WORKER_DIR".into(), ctx.worker_dir.display().to_string()),
+        ("KILN_BUILD_DIR".into(), dir.display().to_string()),
+        ("KILN_SCRATCH".into(), scratch_dir(dir).display().to_string()),
+        ("KILN_EXE".into(), std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "kiln".into())),
     ];
     env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));
     for (k, v) in &step.env {

@@ -1,0 +1,141 @@
+//! Real package builds: a Debian source package built by a real master and
+//! worker in a build root made by mmdebstrap from the host's own mirror,
+//! in bubblewrap without network.
+
+use kiln_core::{BuildState, StepState};
+use kiln_proto::api::BuildRequestBody;
+use kiln_testing::{host_debian_mirror, run, Farm};
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+const CONTROL: &str = "Source: kiln-hello
+Section: misc
+Priority: optional
+Maintainer: kiln tests <kiln@localhost>
+Build-Depends: debhelper-compat (= 13)
+Standards-Version: 4.6.2
+Rules-Requires-Root: no
+
+Package: kiln-hello
+Architecture: any
+Depends: ${shlibs:Depends}, ${misc:Depends}
+Description: greeting program built by kiln's tests
+ A tiny C program.
+";
+const RULES: &str = "#!/usr/bin/make -f
+%:
+\tdh $@
+override_dh_auto_build:
+\t$(CC) -O2 -o kiln-hello hello.c
+override_dh_auto_install:
+\tinstall -D -m 0755 kiln-hello debian/kiln-hello/usr/bin/kiln-hello
+";
+const CHANGELOG: &str = "kiln-hello (1.0) bookworm; urgency=medium
+
+  * Initial release.
+
+ -- kiln tests <kiln@localhost>  Sun, 22 Nov 2026 00:00:00 +0000
+";
+const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from kiln\"); return 0; }\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debian_source_tree_builds_into_debs_in_a_clean_cached_root() {
+    let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
+    let config = format!(
+        r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "debian-{suite}-amd64"
+family = "deb"
+suite = "{suite}"
+arch = "amd64"
+mirror = "{mirror}"
+
+[[component]]
+name = "kiln-hello"
+source = {{ path = "src/kiln-hello" }}
+"#
+    );
+    let sources: &[(&str, &str)] = &[
+        ("src/kiln-hello/debian/control", CONTROL),
+        ("src/kiln-hello/debian/rules", RULES),
+        ("src/kiln-hello/debian/changelog", CHANGELOG),
+        ("src/kiln-hello/debian/source/format", "3.0 (native)\n"),
+        ("src/kiln-hello/hello.c", HELLO_C),
+    ];
+    let mut farm = Farm::new(KILN.as_ref(), &config, sources);
+    let rules = farm.path("src/kiln-hello/debian/rules");
+    std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    farm.start_master().await;
+    farm.start_worker("w1", &[&format!("debian-{suite}-amd64")], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let body = |release: bool| BuildRequestBody {
+        components: vec!["kiln-hello".into()],
+        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
+        ..Default::default()
+    };
+
+    // A nightly build.
+    let id = client.create_builds(&body(false)).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(900)).await;
+    let logs = async |step: &str| client.log(id, step, 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(
+        b.state,
+        BuildState::Succeeded,
+        "{b:?}\nroot:\n{}\ndeps:\n{}\nbuild:\n{}",
+        logs("root").await,
+        logs("deps").await,
+        logs("build").await
+    );
+    let names: Vec<&str> = b.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["source", "root", "deps", "build"]);
+    assert!(b.steps.iter().all(|s| s.state == StepState::Succeeded));
+    let version = b.properties["version"].value.clone();
+    assert!(version.starts_with("1.0~nightly") && version.ends_with(&format!(".{id}")), "{version}");
+    let deb = format!("kiln-hello_{version}_amd64.deb");
+    let artifact_names: Vec<&str> = b.artifacts.iter().map(|a| a.name.as_str()).collect();
+    for wanted in [
+        deb.as_str(),
+        &format!("kiln-hello_{version}.dsc"),
+        &format!("kiln-hello_{version}_amd64.changes"),
+        "buildroot-packages.txt",
+    ] {
+        assert!(artifact_names.contains(&wanted), "{wanted} missing from {artifact_names:?}");
+    }
+    assert!(logs("root").await.contains("making the"), "the first build makes the root");
+
+    let dest = farm.path("fetched");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let (code, info, _) = run(std::process::Command::new("dpkg-deb").arg("-I").arg(dest.join(&deb))).expect("dpkg-deb");
+    assert_eq!(code, 0);
+    assert!(info.contains("Package: kiln-hello") && info.contains(&format!("Version: {version}")), "{info}");
+    let unpacked = farm.path("unpacked");
+    let (code, _, _) =
+        run(std::process::Command::new("dpkg-deb").arg("-x").arg(dest.join(&deb)).arg(&unpacked)).expect("dpkg-deb -x");
+    assert_eq!(code, 0);
+    let (code, out, _) =
+        run(&mut std::process::Command::new(unpacked.join("usr/bin/kiln-hello"))).expect("run the program");
+    assert_eq!((code, out.as_str()), (0, "hello from kiln\n"));
+    let packages = std::fs::read_to_string(dest.join("buildroot-packages.txt")).expect("package list");
+    assert!(packages.lines().any(|l| l.starts_with("debhelper=")), "the root's packages are recorded");
+
+    // A release build reuses the cached root and keeps the plain version.
+    let id2 = client.create_builds(&body(true)).await.expect("create").builds[0].id;
+    let b2 = farm.wait_finished(id2, Duration::from_secs(600)).await;
+    assert_eq!(b2.state, BuildState::Succeeded, "{b2:?}");
+    assert_eq!(b2.properties["version"].value, "1.0");
+    let root_log = client.log(id2, "root", 0).await.expect("log").data;
+    assert!(root_log.contains("using the cached"), "{root_log}");
+
+    // Nothing is left on the worker: no work or scratch dirs, no mounts.
+    let builds = farm.path("workers/w1/builds");
+    assert_eq!(std::fs::read_dir(&builds).expect("builds dir").count(), 0);
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(!mounts.contains(&farm.dir.path().display().to_string()), "no mount left under the farm");
+}

@@ -1,0 +1,100 @@
+//! The standard pipelines: the steps a component without `steps` gets on a
+//! target of its family. They are ordinary steps whose commands call the
+//! worker's own `kiln internal ...` helpers, so they show, log, time out and
+//! cancel like any other step.
+
+use crate::config::{Component, Executor, Family, StepSpec, Target};
+use std::time::Duration;
+
+/// Where the standard pipelines leave what they produce, relative to the
+/// build's work dir; their artifacts are everything in it.
+pub const OUTPUT_DIR: &str = ".kiln-out";
+
+/// Quotes a word for `sh`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
+    StepSpec {
+        name: name.to_string(),
+        run,
+        set_property: None,
+        timeout,
+        env: Default::default(),
+        halt_on_failure: true,
+        always_run: false,
+    }
+}
+
+/// The steps of the standard pipeline for `component` on `target`, and the
+/// artifact patterns that go with them.
+pub fn standard_steps(target: &Target, _component: &Component) -> Result<(Vec<StepSpec>, Vec<String>), String> {
+    match target.family {
+        Family::Deb => {
+            let (Some(suite), Some(mirror)) = (&target.suite, &target.mirror) else {
+                return Err(format!("target {} needs `suite` and `mirror` for the standard deb pipeline", target.name));
+            };
+            let mut root = format!(
+                "exec \"$KILN_EXE\" internal deb-root --suite {} --mirror {} --components {} --max-age {}",
+                sh_quote(suite),
+                sh_quote(mirror),
+                sh_quote(&target.components.join(",")),
+                target.max_age.as_secs()
+            );
+            if let Some(arch) = &target.arch {
+                root.push_str(&format!(" --arch {}", sh_quote(arch)));
+            }
+            let executor = target.executor.as_str();
+            let hour = Some(Duration::from_secs(3600));
+            let mut source =
+                step("source", "exec \"$KILN_EXE\" internal deb-source".into(), Some(Duration::from_secs(600)));
+            source.set_property = Some("version".into());
+            let mut steps = vec![source];
+            if target.executor == Executor::Bwrap {
+                steps.push(step("root", root, hour));
+                steps.push(step("deps", "exec \"$KILN_EXE\" internal deb-deps".into(), hour));
+            }
+            steps.push(step("build", format!("exec \"$KILN_EXE\" internal deb-build --executor {executor}"), None));
+            Ok((steps, vec![format!("{OUTPUT_DIR}/*")]))
+        }
+        Family::Rpm => Err(format!(
+            "the standard rpm pipeline is not available yet; give component steps for target {}",
+            target.name
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    #[test]
+    fn deb_pipeline_steps() {
+        let cfg = parse(
+            "[[target]]\nname = \"d12\"\nfamily = \"deb\"\nsuite = \"bookworm\"\narch = \"amd64\"\nmirror = \"http://deb.example.org/debian\"\n\
+             [[component]]\nname = \"hello\"\n",
+        )
+        .expect("parses");
+        let (steps, artifacts) = standard_steps(&cfg.targets[0], &cfg.components[0]).expect("pipeline");
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["source", "root", "deps", "build"]);
+        assert_eq!(
+            steps[1].run,
+            "exec \"$KILN_EXE\" internal deb-root --suite 'bookworm' --mirror 'http://deb.example.org/debian' \
+             --components 'main' --max-age 1296000 --arch 'amd64'"
+        );
+        assert_eq!(steps[0].set_property.as_deref(), Some("version"));
+        assert_eq!(artifacts, [".kiln-out/*"]);
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn a_deb_target_without_suite_cannot_run_the_pipeline() {
+        let errs = parse("[[target]]\nname = \"d\"\nfamily = \"deb\"\n[[component]]\nname = \"hello\"\n")
+            .expect_err("needs suite and mirror")
+            .render("f");
+        assert!(errs.contains("standard deb pipeline, which needs `suite` and `mirror` on target \"d\""), "{errs}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The helpers behind the standard deb pipeline, run as `kiln internal ...`
+//! by the pipeline's steps (see `kiln_core::pipeline`). Each works in the
+//! build's work dir (the source tree) and its scratch dir, both given by the
+//! worker in the environment, and says what it does on stderr.
+//!
+//! The build root: `mmdebstrap --variant=buildd` makes a tarball per target,
+//! cached under the worker dir and made again when older than `max_age`.
+//! Each build unpacks a fresh copy, installs build dependencies in it with
+//! network, then builds in bubblewrap without network, as an unprivileged
+//! user with no capabilities.
+
+use anyhow::{bail, Context};
+use kiln_core::debian::{changelog_entry, changelog_head, nightly_version};
+use kiln_core::pipeline::OUTPUT_DIR;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+/// The unprivileged user builds run as inside the root.
+const BUILD_UID: u32 = 1000;
+
+fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set; this runs as a kiln build step"))
+}
+
+/// Runs a command with its output on our stderr (stdout is for results).
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `deb-source`: makes the source package in SCRATCH/pkg and prints its
+/// version. Nightly builds (no `release=true`) get a changelog entry with
+/// the nightly version first.
+pub fn deb_source() -> anyhow::Result<()> {
+    let build_dir = env_path("KILN_BUILD_DIR")?;
+    let pkg = env_path("KILN_SCRATCH")?.join("pkg");
+    fs::create_dir_all(&pkg)?;
+    let changelog = build_dir.join("debian/changelog");
+    let version = if changelog.exists() {
+        let text = fs::read_to_string(&changelog).context("cannot read debian/changelog")?;
+        let head = changelog_head(&text).map_err(anyhow::Error::msg)?;
+        let release = std::env::var("KILN_PROP_RELEASE").is_ok_and(|v| v == "true");
+        let version = if release {
+            head.version.clone()
+        } else {
+            let build_id: i64 = std::env::var("KILN_BUILD_ID").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let now = time::OffsetDateTime::now_utc();
+            let date = format!("{:04}{:02}{:02}", now.year(), now.month() as u8, now.day());
+            let version = nightly_version(&head.version, &date, build_id);
+            let rfc2822 = now.format(&time::format_description::well_known::Rfc2822).context("date")?;
+            let entry = changelog_entry(
+                &head,
+                &version,
+                &format!("Nightly build {build_id} by kiln."),
+                "kiln <kiln@localhost>",
+                &rfc2822,
+            );
+            fs::write(&changelog, entry + &text).context("cannot write debian/changelog")?;
+            eprintln!("kiln: nightly build: version {version}");
+            version
+        };
+        run(Command::new("dpkg-source").arg("-b").arg(&build_dir).current_dir(&pkg), "dpkg-source -b")?;
+        version
+    } else {
+        // An existing source package: a .dsc and its files at the top.
+        let dsc = fs::read_dir(&build_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "dsc"))
+            .with_context(|| "the source has neither debian/ nor a .dsc".to_string())?;
+        for e in fs::read_dir(&build_dir)?.flatten() {
+            if e.file_type()?.is_file() {
+                fs::copy(e.path(), pkg.join(e.file_name()))?;
+            }
+        }
+        let text = fs::read_to_string(&dsc)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Version:"))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("{} has no Version field", dsc.display()))?
+    };
+    println!("{version}");
+    Ok(())
+}
+
+pub struct RootOptions {
+    pub suite: String,
+    pub mirror: String,
+    pub components: String,
+    pub arch: Option<String>,
+    pub max_age: Duration,
+}
+
+/// `deb-root`: makes sure the cached root tarball is fresh, then unpacks a
+/// copy into SCRATCH/root.
+pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
+    let cache = env_path("KILN_WORKER_DIR")?.join("roots");
+    fs::create_dir_all(&cache)?;
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&o.mirror, &o.components).hash(&mut h);
+        format!("{}-{}-{:016x}", o.suite, o.arch.as_deref().unwrap_or("native"), h.finish())
+    };
+    let tarball = cache.join(format!("{key}.tar"));
+    // One worker process may run several builds of a target at once, and
+    // several workers may share a dir: the lock makes one of them build.
+    let lock = fs::File::create(cache.join(format!("{key}.lock")))?;
+    lock.lock().context("cannot lock the root cache")?;
+    let age =
+        fs::metadata(&tarball).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+    let refresh = std::env::var("KILN_REFRESH_ROOTS").is_ok_and(|v| v == "1");
+    if age.is_none_or(|a| a > o.max_age) || refresh {
+        eprintln!("kiln: making the {} build root from {} (mmdebstrap --variant=buildd)", o.suite, o.mirror);
+        // mmdebstrap picks the output format by extension: keep `.tar` last.
+        let tmp = cache.join(format!("{key}.tmp.tar"));
+        let mut cmd = Command::new("mmdebstrap");
+        cmd.args(["--variant=buildd", "--include=fakeroot", "--components"]).arg(&o.components);
+        if let Some(arch) = &o.arch {
+            cmd.arg(format!("--architectures={arch}"));
+        }
+        cmd.arg(&o.suite).arg(&tmp).arg(&o.mirror);
+        run(&mut cmd, "mmdebstrap")?;
+        fs::rename(&tmp, &tarball)?;
+    } else {
+        eprintln!("kiln: using the cached {} build root", o.suite);
+    }
+    // Hold the file open: a refresh by someone else replaces the name, not these bytes.
+    let file = fs::File::open(&tarball)?;
+    drop(lock);
+    let root = env_path("KILN_SCRATCH")?.join("root");
+    fs::create_dir_all(&root)?;
+    let started = std::time::Instant::now();
+    let status = Command::new("tar")
+        .args(["--numeric-owner", "-xpf", "-", "-C"])
+        .arg(&root)
+        .stdin(file)
+        .status()
+        .context("cannot run tar")?;
+    if !status.success() {
+        bail!("unpacking the build root failed ({status})");
+    }
+    eprintln!("kiln: build root unpacked in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bwrap(root: &Path, network: bool) -> Command {
+    let mut cmd = Command::new("bwrap");
+    cmd.arg("--bind").arg(root).arg("/");
+    cmd.args(["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--die-with-parent"]);
+    cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "kiln-build"]);
+    if network {
+        cmd.args(["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]);
+    } else {
+        cmd.arg("--unshare-net");
+    }
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8");
+    cmd
+}
+
+/// `deb-deps`: installs the build dependencies into the unpacked root (with
+/// network) and records the root's packages.
+pub fn deb_deps() -> anyhow::Result<()> {
+    let scratch = env_path("KILN_SCRATCH")?;
+    let root = scratch.join("root");
+    let build = root.join("build");
+    fs::create_dir_all(&build)?;
+    for e in fs::read_dir(scratch.join("pkg"))?.flatten() {
+        fs::copy(e.path(), build.join(e.file_name()))?;
+    }
+    let script = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
+                  dpkg-source -x *.dsc src; apt-get build-dep -y --no-install-recommends ./src";
+    run(bwrap(&root, true).args(["/bin/sh", "-c", script]), "installing build dependencies")?;
+    let list = Command::new("dpkg-query")
+        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${Package}=${Version}\\n"])
+        .output()
+        .context("cannot run dpkg-query")?;
+    fs::write(scratch.join("buildroot-packages.txt"), &list.stdout)?;
+    eprintln!(
+        "kiln: the build root has {} packages",
+        list.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
+    );
+    Ok(())
+}
+
+/// `deb-build`: builds the package (in bubblewrap without network as an
+/// unprivileged user, or on the host) and puts the results in `.kiln-out/`.
+pub fn deb_build(executor: &str) -> anyhow::Result<()> {
+    let build_dir = env_path("KILN_BUILD_DIR")?;
+    let scratch = env_path("KILN_SCRATCH")?;
+    let out = build_dir.join(OUTPUT_DIR);
+    fs::create_dir_all(&out)?;
+    let results = match executor {
+        "bwrap" => {
+            let root = scratch.join("root");
+            let build = root.join("build");
+            run(Command::new("chown").arg("-R").arg(format!("{BUILD_UID}:{BUILD_UID}")).arg(&build), "chown")?;
+            let setpriv = format!(
+                "--reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all"
+            );
+            // setpriv needs CAP_SETUID to become the build user; once it has,
+            // the process holds no capabilities and cannot regain any.
+            let mut cmd = bwrap(&root, false);
+            cmd.arg("setpriv").args(setpriv.split(' '));
+            cmd.args(["--", "env", "HOME=/build", "sh", "-c", "cd /build/src && dpkg-buildpackage -us -uc"]);
+            run(&mut cmd, "dpkg-buildpackage")?;
+            build
+        }
+        "host" => {
+            let pkg = scratch.join("pkg");
+            let dsc = fs::read_dir(&pkg)?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "dsc"))
+                .context("no .dsc was made")?;
+            run(Command::new("dpkg-source").arg("-x").arg(&dsc).arg("src").current_dir(&pkg), "dpkg-source -x")?;
+            run(
+                Command::new("dpkg-buildpackage").args(["-us", "-uc"]).current_dir(pkg.join("src")),
+                "dpkg-buildpackage",
+            )?;
+            pkg
+        }
+        other => bail!("unknown executor {other}"),
+    };
+    let wanted = [".deb", ".ddeb", ".udeb", ".dsc", ".buildinfo", ".changes", ".diff.gz"];
+    let mut n = 0;
+    for e in fs::read_dir(&results)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_file() && (wanted.iter().any(|w| name.ends_with(w)) || name.contains(".tar.")) {
+            fs::copy(e.path(), out.join(&name))?;
+            n += 1;
+        }
+    }
+    if scratch.join("buildroot-packages.txt").exists() {
+        fs::copy(scratch.join("buildroot-packages.txt"), out.join("buildroot-packages.txt"))?;
+    }
+    if n == 0 {
+        bail!("the build produced no package files");
+    }
+    eprintln!("kiln: {n} files produced");
+    Ok(())
+}
