@@ -130,8 +130,6 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-// The variant names are the subcommand names; rpm helpers join them later.
-#[allow(clippy::enum_variant_names)]
 enum Internal {
     /// Make the source package (nightly version unless release=true); print its version.
     DebSource,
@@ -153,6 +151,16 @@ enum Internal {
     DebDeps,
     /// Build the package.
     DebBuild {
+        #[arg(long, default_value = "bwrap")]
+        executor: String,
+    },
+    /// Make the source RPM (nightly release unless release=true); print VERSION-RELEASE.
+    RpmSource {
+        #[arg(long)]
+        spec: Option<String>,
+    },
+    /// Rebuild the source RPM into binary RPMs.
+    RpmBuild {
         #[arg(long, default_value = "bwrap")]
         executor: String,
     },
@@ -267,6 +275,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Internal::DebDeps => pipeline::deb_deps()?,
                 Internal::DebBuild { executor } => pipeline::deb_build(&executor)?,
+                Internal::RpmSource { spec } => pipeline::rpm_source(spec.as_deref())?,
+                Internal::RpmBuild { executor } => pipeline::rpm_build(&executor)?,
             }
             Ok(ExitCode::SUCCESS)
         }

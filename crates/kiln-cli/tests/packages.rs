@@ -139,3 +139,86 @@ source = {{ path = "src/kiln-hello" }}
     let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
     assert!(!mounts.contains(&farm.dir.path().display().to_string()), "no mount left under the farm");
 }
+
+const SPEC: &str = "Name:           kiln-hello
+Version:        1.0
+Release:        1%{?dist}
+Summary:        Greeting program built by kiln's tests
+License:        MIT
+Source0:        hello.c
+
+%description
+A tiny C program.
+
+%prep
+cp %{SOURCE0} .
+
+%build
+cc -O2 -o kiln-hello hello.c
+
+%install
+install -D -m 0755 kiln-hello %{buildroot}%{_bindir}/kiln-hello
+
+%files
+%{_bindir}/kiln-hello
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_builds_into_rpms_with_rpmbuild_in_a_sandbox() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "el-9-x86_64"
+family = "rpm"
+arch = "x86_64"
+
+[[component]]
+name = "kiln-hello"
+source = { path = "src/kiln-hello" }
+"#;
+    let sources: &[(&str, &str)] = &[
+        ("src/kiln-hello/rpm/kiln-hello.spec", SPEC),
+        ("src/kiln-hello/rpm/hello.c", HELLO_C),
+        ("src/kiln-hello/debian/changelog", CHANGELOG),
+    ];
+    let mut farm = Farm::new(KILN.as_ref(), config, sources);
+    farm.start_master().await;
+    farm.start_worker("w1", &["el-9-x86_64"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let body = |release: bool| BuildRequestBody {
+        components: vec!["kiln-hello".into()],
+        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
+        ..Default::default()
+    };
+    let id = client.create_builds(&body(false)).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+    let build_log = client.log(id, "build", 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{build_log}");
+    let version = b.properties["version"].value.clone();
+    assert!(version.starts_with("1.0-1~nightly") && version.ends_with(&format!(".{id}")), "{version}");
+    let rpm = format!("kiln-hello-{version}.x86_64.rpm");
+    let names: Vec<&str> = b.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert!(
+        names.contains(&rpm.as_str()) && names.contains(&format!("kiln-hello-{version}.src.rpm").as_str()),
+        "{names:?}"
+    );
+    let dest = farm.path("fetched");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let (code, info, _) =
+        run(std::process::Command::new("rpm").args(["-qip", "--nosignature"]).arg(dest.join(&rpm))).expect("rpm -qip");
+    assert_eq!(code, 0);
+    assert!(info.contains("Name        : kiln-hello"), "{info}");
+    let (_, files, _) =
+        run(std::process::Command::new("rpm").args(["-qlp", "--nosignature"]).arg(dest.join(&rpm))).expect("rpm -qlp");
+    assert!(files.lines().any(|f| f == "/usr/bin/kiln-hello"), "{files}");
+
+    let id2 = client.create_builds(&body(true)).await.expect("create").builds[0].id;
+    let b2 = farm.wait_finished(id2, Duration::from_secs(120)).await;
+    assert_eq!(b2.state, BuildState::Succeeded, "{b2:?}");
+    assert_eq!(b2.properties["version"].value, "1.0-1");
+}

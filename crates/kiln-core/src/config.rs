@@ -153,6 +153,9 @@ pub struct Component {
     /// Files the build produces (glob patterns relative to the build's work
     /// dir, e.g. `out/*.deb`), uploaded to the master when it succeeds.
     pub artifacts: Vec<String>,
+    /// The `.spec` for rpm targets, relative to the source tree; found in
+    /// the tree when absent.
+    pub spec: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +244,8 @@ const MASTER_KEYS: &[&str] = &[
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
-const COMPONENT_KEYS: &[&str] = &["name", "source", "depends_on", "targets", "steps", "properties", "artifacts"];
+const COMPONENT_KEYS: &[&str] =
+    &["name", "source", "depends_on", "targets", "steps", "properties", "artifacts", "spec"];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] = &["name", "run", "set_property", "timeout", "env", "halt_on_failure", "always_run"];
 
@@ -350,7 +354,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 .unwrap_or_else(|| vec!["main".to_string()]);
             let max_age = duration_key(&mut r, tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
             let executor = match r.string(tbl, "executor", "[[target]]") {
-                None => Some(if family == Some(Family::Rpm) { Executor::Host } else { Executor::Bwrap }),
+                None => Some(Executor::Bwrap),
                 Some((e, espan)) => match e.as_str() {
                     "bwrap" => Some(Executor::Bwrap),
                     "host" => Some(Executor::Host),
@@ -412,6 +416,14 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 .collect();
             let steps = read_steps(&mut r, tbl, &what);
             let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+            let spec = r.string(tbl, "spec", &what).and_then(|(p, pspan)| {
+                if p.starts_with('/') || p.split('/').any(|seg| seg == "..") || !p.ends_with(".spec") {
+                    r.err(&pspan, format!("{what}: `spec` must be a .spec path inside the source tree, got {p:?}"));
+                    None
+                } else {
+                    Some(p)
+                }
+            });
             for (pattern, pspan) in &artifacts {
                 if let Err(e) = crate::glob::Pattern::new(pattern) {
                     r.err(pspan, format!("{what}: artifact pattern {pattern:?}: {e}"));
@@ -430,6 +442,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 steps,
                 properties,
                 artifacts: artifacts.into_iter().map(|a| a.0).collect(),
+                spec,
             });
         }
     }

@@ -12,6 +12,7 @@ pub mod matrix;
 pub mod names;
 pub mod pipeline;
 pub mod props;
+pub mod rpmspec;
 pub mod schedule;
 pub mod size;
 pub mod state;

@@ -29,7 +29,7 @@ fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
 
 /// The steps of the standard pipeline for `component` on `target`, and the
 /// artifact patterns that go with them.
-pub fn standard_steps(target: &Target, _component: &Component) -> Result<(Vec<StepSpec>, Vec<String>), String> {
+pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<StepSpec>, Vec<String>), String> {
     match target.family {
         Family::Deb => {
             let (Some(suite), Some(mirror)) = (&target.suite, &target.mirror) else {
@@ -58,10 +58,16 @@ pub fn standard_steps(target: &Target, _component: &Component) -> Result<(Vec<St
             steps.push(step("build", format!("exec \"$KILN_EXE\" internal deb-build --executor {executor}"), None));
             Ok((steps, vec![format!("{OUTPUT_DIR}/*")]))
         }
-        Family::Rpm => Err(format!(
-            "the standard rpm pipeline is not available yet; give component steps for target {}",
-            target.name
-        )),
+        Family::Rpm => {
+            let mut run = "exec \"$KILN_EXE\" internal rpm-source".to_string();
+            if let Some(spec) = &component.spec {
+                run.push_str(&format!(" --spec {}", sh_quote(spec)));
+            }
+            let mut source = step("source", run, Some(Duration::from_secs(600)));
+            source.set_property = Some("version".into());
+            let build = format!("exec \"$KILN_EXE\" internal rpm-build --executor {}", target.executor.as_str());
+            Ok((vec![source, step("build", build, None)], vec![format!("{OUTPUT_DIR}/*")]))
+        }
     }
 }
 
@@ -88,6 +94,19 @@ mod tests {
         assert_eq!(steps[0].set_property.as_deref(), Some("version"));
         assert_eq!(artifacts, [".kiln-out/*"]);
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn rpm_pipeline_steps() {
+        let cfg = parse(
+            "[[target]]\nname = \"el9\"\nfamily = \"rpm\"\nexecutor = \"bwrap\"\n\
+             [[component]]\nname = \"hello\"\nspec = \"rpm/hello.spec\"\n",
+        )
+        .expect("parses");
+        let (steps, _) = standard_steps(&cfg.targets[0], &cfg.components[0]).expect("pipeline");
+        assert_eq!(steps[0].run, "exec \"$KILN_EXE\" internal rpm-source --spec 'rpm/hello.spec'");
+        assert_eq!(steps[1].run, "exec \"$KILN_EXE\" internal rpm-build --executor bwrap");
+        assert!(parse("[[component]]\nname = \"x\"\nspec = \"../x.spec\"\n").is_err());
     }
 
     #[test]

@@ -253,3 +253,157 @@ pub fn deb_build(executor: &str) -> anyhow::Result<()> {
     eprintln!("kiln: {n} files produced");
     Ok(())
 }
+
+fn nightly_stamp() -> anyhow::Result<Option<(String, i64)>> {
+    if std::env::var("KILN_PROP_RELEASE").is_ok_and(|v| v == "true") {
+        return Ok(None);
+    }
+    let build_id: i64 = std::env::var("KILN_BUILD_ID").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let now = time::OffsetDateTime::now_utc();
+    Ok(Some((format!("{:04}{:02}{:02}", now.year(), now.month() as u8, now.day()), build_id)))
+}
+
+/// The one file under `dir` (recursively) whose name ends with `suffix`.
+fn find_one(dir: &Path, suffix: &str) -> anyhow::Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)?.flatten() {
+            let t = e.file_type()?;
+            if t.is_dir() && !e.file_name().to_string_lossy().starts_with('.') {
+                stack.push(e.path());
+            } else if t.is_file() && e.file_name().to_string_lossy().ends_with(suffix) {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => {
+            let names: Vec<String> =
+                found.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
+            bail!("several {suffix} files in the source ({}); name one with `spec = \"...\"`", names.join(", "))
+        }
+    }
+}
+
+fn srpm_version(srpm: &Path) -> anyhow::Result<String> {
+    let out = Command::new("rpm")
+        .args(["-qp", "--nosignature", "--qf", "%{VERSION}-%{RELEASE}"])
+        .arg(srpm)
+        .output()
+        .context("cannot run rpm")?;
+    if !out.status.success() {
+        bail!("rpm -qp {} failed: {}", srpm.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `rpm-source`: makes the source RPM in SCRATCH/rpm from the spec (the
+/// sources beside it) or takes the `.src.rpm` in the tree; prints
+/// VERSION-RELEASE. Nightly builds get `~nightlyDATE.BUILD` in the release.
+pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
+    let build_dir = env_path("KILN_BUILD_DIR")?;
+    let rpm = env_path("KILN_SCRATCH")?.join("rpm");
+    fs::create_dir_all(&rpm)?;
+    let spec_path = match spec {
+        Some(s) => Some(build_dir.join(s)),
+        None => find_one(&build_dir, ".spec")?,
+    };
+    let srpm = match spec_path {
+        Some(spec_path) => {
+            let text =
+                fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+            let text = match nightly_stamp()? {
+                Some((date, id)) => {
+                    kiln_core::rpmspec::rewrite_release(&text, |r| kiln_core::rpmspec::nightly_release(r, &date, id))
+                        .map_err(anyhow::Error::msg)?
+                }
+                None => text,
+            };
+            let name = spec_path.file_name().context("spec path")?;
+            let edited = rpm.join(name);
+            fs::write(&edited, text)?;
+            let sources = spec_path.parent().unwrap_or(&build_dir);
+            let top = rpm.join("srpm-top");
+            let mut cmd = Command::new("rpmbuild");
+            cmd.arg("-bs")
+                .arg("--define")
+                .arg(format!("_topdir {}", top.display()))
+                .arg("--define")
+                .arg(format!("_sourcedir {}", sources.display()))
+                .arg(&edited);
+            run(&mut cmd, "rpmbuild -bs")?;
+            let made = find_one(&top.join("SRPMS"), ".src.rpm")?.context("rpmbuild -bs made no source RPM")?;
+            let dest = rpm.join(made.file_name().context("srpm name")?);
+            fs::rename(&made, &dest)?;
+            fs::remove_dir_all(&top)?;
+            fs::remove_file(&edited)?;
+            dest
+        }
+        None => {
+            let found = find_one(&build_dir, ".src.rpm")?.context("the source has neither a .spec nor a .src.rpm")?;
+            let dest = rpm.join(found.file_name().context("srpm name")?);
+            fs::copy(&found, &dest)?;
+            dest
+        }
+    };
+    println!("{}", srpm_version(&srpm)?);
+    Ok(())
+}
+
+/// `rpm-build`: rebuilds the source RPM (in bubblewrap over the host,
+/// read-only, without network, as an unprivileged user; or on the host) and
+/// puts the RPMs in `.kiln-out/`.
+pub fn rpm_build(executor: &str) -> anyhow::Result<()> {
+    let build_dir = env_path("KILN_BUILD_DIR")?;
+    let rpm = env_path("KILN_SCRATCH")?.join("rpm");
+    let srpm = find_one(&rpm, ".src.rpm")?.context("no source RPM was made")?;
+    let srpm_name = srpm.file_name().context("srpm name")?.to_string_lossy().into_owned();
+    match executor {
+        "bwrap" => {
+            run(Command::new("chown").arg("-R").arg(format!("{BUILD_UID}:{BUILD_UID}")).arg(&rpm), "chown")?;
+            // The host's root read-only, the build's dir at a fixed place,
+            // private temp dirs, no network.
+            let mut cmd = Command::new("bwrap");
+            cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+            cmd.args(["--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/var/tmp"]);
+            cmd.arg("--bind").arg(&rpm).arg("/tmp/kiln-build");
+            cmd.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]);
+            cmd.args(["--hostname", "kiln-build", "setpriv"]);
+            cmd.args(format!("--reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all").split(' '));
+            cmd.args(["--", "env", "-i", "HOME=/tmp", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]);
+            cmd.args(["rpmbuild", "--rebuild", "--define", "_topdir /tmp/kiln-build/top"]);
+            cmd.arg(format!("/tmp/kiln-build/{srpm_name}"));
+            run(&mut cmd, "rpmbuild --rebuild")?;
+        }
+        "host" => {
+            let mut cmd = Command::new("rpmbuild");
+            cmd.arg("--rebuild").arg("--define").arg(format!("_topdir {}", rpm.join("top").display())).arg(&srpm);
+            run(&mut cmd, "rpmbuild --rebuild")?;
+        }
+        other => bail!("unknown executor {other}"),
+    }
+    let out = build_dir.join(OUTPUT_DIR);
+    fs::create_dir_all(&out)?;
+    let mut n = 0;
+    let mut stack = vec![rpm.join("top/RPMS")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(".rpm") {
+                fs::copy(e.path(), out.join(e.file_name()))?;
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        bail!("the build produced no RPM");
+    }
+    fs::copy(&srpm, out.join(&srpm_name))?;
+    eprintln!("kiln: {n} RPMs produced");
+    Ok(())
+}
