@@ -516,7 +516,7 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines.len(), 3, "{err}");
     assert_eq!(lines[0], format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)"));
     assert_eq!(lines[1], format!("{file}:38:27: component \"opencore\" depends on itself"));
-    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts"));
+    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, spec, timeout, no_output_timeout"));
 }
 
 /// A farm of two workers, one target `t` and one component `job` whose only
@@ -764,4 +764,54 @@ steps = [ { name = "make", run = "head -c 30000000 /dev/urandom > big.bin; touch
     std::fs::create_dir_all(&dest).expect("dir");
     client.download(&b.artifacts[0], &dest).await.expect("the stored file matches its checksum");
     assert_eq!(std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_end_builds_and_say_which_limit() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "quiet"
+no_output_timeout = "1s"
+steps = [ { name = "wait", run = "echo started; sleep 30" } ]
+
+[[component]]
+name = "long"
+timeout = "2s"
+steps = [
+  { name = "a", run = "sleep 0.2" },
+  { name = "b", run = "sleep 30" },
+  { name = "c", run = "true" },
+]
+
+[[component]]
+name = "slowstep"
+steps = [ { name = "s", run = "sleep 30", timeout = "1s" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 3);
+    farm.wait_for_workers(&["w1"]).await;
+    let created = farm.client().create_builds(&request(&["quiet", "long", "slowstep"], &[])).await.expect("create");
+    let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
+    let quiet = farm.wait_finished(id_of("quiet"), Duration::from_secs(20)).await;
+    assert_eq!((quiet.state, quiet.reason.as_deref()), (BuildState::Failed, Some("step wait had no output for 1s")));
+    let long = farm.wait_finished(id_of("long"), Duration::from_secs(20)).await;
+    assert_eq!((long.state, long.reason.as_deref()), (BuildState::Failed, Some("timed out after 2s")));
+    let states: Vec<StepState> = long.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Succeeded, StepState::Failed, StepState::Skipped]);
+    let slow = farm.wait_finished(id_of("slowstep"), Duration::from_secs(20)).await;
+    assert_eq!((slow.state, slow.reason.as_deref()), (BuildState::Failed, Some("step s timed out after 1s")));
+    let log = farm.client().log(slow.id, "s", 0).await.expect("log").data;
+    assert!(log.contains("kiln: step stopped: timed out after 1s"), "{log}");
+    for id in [quiet.id, long.id, slow.id] {
+        assert!(farm.build_processes(id).is_empty());
+    }
 }

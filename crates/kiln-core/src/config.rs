@@ -156,6 +156,10 @@ pub struct Component {
     /// The `.spec` for rpm targets, relative to the source tree; found in
     /// the tree when absent.
     pub spec: Option<String>,
+    /// Wall-clock limit of a whole build.
+    pub timeout: Option<Duration>,
+    /// Default for steps: stop one that prints nothing for this long.
+    pub no_output_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +170,8 @@ pub struct StepSpec {
     /// Sets this property to the step's trimmed stdout.
     pub set_property: Option<String>,
     pub timeout: Option<Duration>,
+    /// Stop the step when it prints nothing for this long.
+    pub no_output_timeout: Option<Duration>,
     pub env: BTreeMap<String, String>,
     /// Stop the build when this step fails (default true).
     pub halt_on_failure: bool,
@@ -244,10 +250,21 @@ const MASTER_KEYS: &[&str] = &[
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
-const COMPONENT_KEYS: &[&str] =
-    &["name", "source", "depends_on", "targets", "steps", "properties", "artifacts", "spec"];
+const COMPONENT_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "depends_on",
+    "targets",
+    "steps",
+    "properties",
+    "artifacts",
+    "spec",
+    "timeout",
+    "no_output_timeout",
+];
 const SOURCE_KEYS: &[&str] = &["path"];
-const STEP_KEYS: &[&str] = &["name", "run", "set_property", "timeout", "env", "halt_on_failure", "always_run"];
+const STEP_KEYS: &[&str] =
+    &["name", "run", "set_property", "timeout", "no_output_timeout", "env", "halt_on_failure", "always_run"];
 
 /// Parses and validates a farm config.
 pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
@@ -416,6 +433,8 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 .collect();
             let steps = read_steps(&mut r, tbl, &what);
             let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+            let timeout = duration_key(&mut r, tbl, "timeout", &what);
+            let no_output_timeout = duration_key(&mut r, tbl, "no_output_timeout", &what);
             let spec = r.string(tbl, "spec", &what).and_then(|(p, pspan)| {
                 if p.starts_with('/') || p.split('/').any(|seg| seg == "..") || !p.ends_with(".spec") {
                     r.err(&pspan, format!("{what}: `spec` must be a .spec path inside the source tree, got {p:?}"));
@@ -443,6 +462,8 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 properties,
                 artifacts: artifacts.into_iter().map(|a| a.0).collect(),
                 spec,
+                timeout,
+                no_output_timeout,
             });
         }
     }
@@ -637,6 +658,7 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
             }
         });
         let timeout = duration_key(r, st, "timeout", &swhat);
+        let no_output_timeout = duration_key(r, st, "no_output_timeout", &swhat);
         let env = r.string_map(st, "env", &swhat).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
         let halt_on_failure = r.boolean(st, "halt_on_failure", &swhat).unwrap_or(true);
         let always_run = r.boolean(st, "always_run", &swhat).unwrap_or(false);
@@ -645,7 +667,16 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
                 r.err(&nspan, format!("duplicate step name {name:?} in {what}"));
                 continue;
             }
-            steps.push(StepSpec { name, run, set_property, timeout, env, halt_on_failure, always_run });
+            steps.push(StepSpec {
+                name,
+                run,
+                set_property,
+                timeout,
+                no_output_timeout,
+                env,
+                halt_on_failure,
+                always_run,
+            });
         }
     }
     steps

@@ -21,6 +21,7 @@ fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
         run,
         set_property: None,
         timeout,
+        no_output_timeout: None,
         env: Default::default(),
         halt_on_failure: true,
         always_run: false,

@@ -726,6 +726,7 @@ impl Dispatcher {
                 run: s.run.clone(),
                 set_property: s.set_property.clone(),
                 timeout_ms: s.timeout.map(|d| d.as_millis() as u64),
+                no_output_timeout_ms: s.no_output_timeout.or(component.no_output_timeout).map(|d| d.as_millis() as u64),
                 env: s.env.clone(),
                 halt_on_failure: s.halt_on_failure,
                 always_run: s.always_run,
@@ -760,6 +761,7 @@ impl Dispatcher {
             source_tgz: source.map(|s| s.as_str().to_owned()),
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
             artifacts,
+            timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");

@@ -139,6 +139,8 @@ pub struct Job {
     pub kill_grace_ms: u64,
     /// Glob patterns of files to upload when the build succeeds.
     pub artifacts: Vec<String>,
+    /// The build's wall-clock limit.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +149,8 @@ pub struct JobStep {
     pub run: String,
     pub set_property: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// Stop the step when it prints nothing for this long.
+    pub no_output_timeout_ms: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub halt_on_failure: bool,
     pub always_run: bool,

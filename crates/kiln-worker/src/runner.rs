@@ -45,6 +45,8 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         halted = true;
     }
     let grace = Duration::from_millis(job.kill_grace_ms.max(100));
+    let build_deadline =
+        job.timeout_ms.map(|ms| (Instant::now() + Duration::from_millis(ms), Duration::from_millis(ms)));
     for (i, step) in job.steps.iter().enumerate() {
         let idx = i as u32;
         let cancelled = *ctx.cancel.borrow();
@@ -60,7 +62,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             continue;
         }
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
-        let r = run_step(&job, idx, step, &dir, &props, &mut ctx, grace).await;
+        let r = run_step(&job, idx, step, &dir, &props, &mut ctx, grace, build_deadline).await;
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
         }
@@ -79,6 +81,11 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         results.push(r);
     }
     let cancelled = *ctx.cancel.borrow();
+    if let Some((at, limit)) = build_deadline {
+        if failed_reason.is_some() && Instant::now() >= at {
+            failed_reason = Some(format!("timed out after {}", format_duration(limit)));
+        }
+    }
     let mut artifacts = Vec::new();
     if !cancelled && failed_reason.is_none() && !job.artifacts.is_empty() {
         let outbox = ctx.worker_dir.join("outbox").join(id.to_string());
@@ -239,6 +246,7 @@ async fn run_step(
     props: &BTreeMap<String, String>,
     ctx: &mut BuildContext,
     grace: Duration,
+    build_deadline: Option<(Instant, Duration)>,
 ) -> StepResult {
     let mut log = LogSender { out: &ctx.out, build_id: job.build_id, step: idx, offset: 0, pending: Vec::new() };
     let mut result = StepResult {
@@ -292,10 +300,20 @@ async fn run_step(
             return result;
         }
     };
-    let timeout = step.timeout_ms.map(Duration::from_millis);
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // The nearest time limit: the step's own, or what is left of the build's.
+    let step_limit = step
+        .timeout_ms
+        .map(|ms| (Instant::now() + Duration::from_millis(ms), Stop::StepTimeout(Duration::from_millis(ms))));
+    let build_limit = build_deadline.map(|(at, d)| (at, Stop::BuildTimeout(d)));
+    let limit = match (step_limit, build_limit) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    let deadline = limit.map(|(at, _)| at);
+    let no_output = step.no_output_timeout_ms.map(Duration::from_millis);
+    let mut last_output = Instant::now();
     let mut stdout = Vec::new();
-    let mut stopping: Option<(Instant, &'static str)> = None;
+    let mut stopping: Option<(Instant, Stop)> = None;
     // An always_run step is not interrupted by the cancel that let it run.
     let mut cancel_seen = *ctx.cancel.borrow();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -317,11 +335,15 @@ async fn run_step(
             }
             r = proc.log.read(&mut log_buf), if log_open => match r {
                 Ok(0) | Err(_) => log_open = false,
-                Ok(n) => log.push(&log_buf[..n]),
+                Ok(n) => {
+                    last_output = Instant::now();
+                    log.push(&log_buf[..n]);
+                }
             },
             r = read_some(proc.stdout.as_mut(), &mut out_buf), if out_open => match r {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {
+                    last_output = Instant::now();
                     log.push(&out_buf[..n]);
                     stdout.extend_from_slice(&out_buf[..n]);
                 }
@@ -331,12 +353,19 @@ async fn run_step(
                 cancel_seen = true;
                 if *ctx.cancel.borrow() && stopping.is_none() {
                     process::signal_group(proc.pgid, libc::SIGTERM);
-                    stopping = Some((Instant::now(), "cancelled"));
+                    stopping = Some((Instant::now(), Stop::Cancelled));
                 }
             }
             _ = sleep_until(deadline), if stopping.is_none() && deadline.is_some() && status.is_none() => {
                 process::signal_group(proc.pgid, libc::SIGTERM);
-                stopping = Some((Instant::now(), "timed out"));
+                stopping = limit.map(|(_, why)| (Instant::now(), why));
+            }
+            _ = sleep_until(no_output.map(|d| last_output + d)), if stopping.is_none() && no_output.is_some() && status.is_none() => {
+                // Output may have come in the meantime: the branch re-arms from the latest.
+                if no_output.is_some_and(|d| last_output.elapsed() >= d) {
+                    process::signal_group(proc.pgid, libc::SIGTERM);
+                    stopping = no_output.map(|d| (Instant::now(), Stop::NoOutput(d)));
+                }
             }
             _ = sleep_until(kill_at), if kill_at.is_some() && status.is_none() => {
                 process::signal_group(proc.pgid, libc::SIGKILL);
@@ -347,16 +376,16 @@ async fn run_step(
     let status = status.unwrap_or_else(|| Err(std::io::Error::other("the step was not waited for")));
     let code = status.as_ref().ok().and_then(|s| s.code());
     result.exit_code = code;
-    match stopping {
-        Some((_, "cancelled")) => {
+    match stopping.map(|(_, why)| why) {
+        Some(Stop::Cancelled) => {
             log.line("\nkiln: step cancelled\n");
             result.state = StepState::Cancelled;
             result.message = Some("was cancelled".into());
         }
-        Some(_) => {
-            let t = format_duration(timeout.unwrap_or_default());
-            log.line(&format!("\nkiln: step timed out after {t}\n"));
-            result.message = Some(format!("timed out after {t}"));
+        Some(why) => {
+            let message = why.message();
+            log.line(&format!("\nkiln: step stopped: {message}\n"));
+            result.message = Some(message);
         }
         None if code == Some(0) => {
             result.state = StepState::Succeeded;
@@ -375,6 +404,26 @@ async fn run_step(
     }
     log.flush(true);
     result
+}
+
+/// Why a step was stopped before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    StepTimeout(Duration),
+    BuildTimeout(Duration),
+    NoOutput(Duration),
+}
+
+impl Stop {
+    fn message(self) -> String {
+        match self {
+            Stop::Cancelled => "was cancelled".into(),
+            Stop::StepTimeout(d) => format!("timed out after {}", format_duration(d)),
+            Stop::BuildTimeout(d) => format!("hit the build's time limit of {}", format_duration(d)),
+            Stop::NoOutput(d) => format!("had no output for {}", format_duration(d)),
+        }
+    }
 }
 
 async fn read_some(pipe: Option<&mut tokio::net::unix::pipe::Receiver>, buf: &mut [u8]) -> std::io::Result<usize> {
