@@ -62,7 +62,8 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             continue;
         }
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
-        let r = run_step(&job, idx, step, &dir, &props, &mut ctx, grace, build_deadline).await;
+        let scope = BuildScope { job: &job, dir: &dir, grace, build_deadline };
+        let r = run_step(&scope, idx, step, &props, &mut ctx).await;
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
         }
@@ -238,16 +239,24 @@ fn incomplete_tail(buf: &[u8]) -> usize {
     }
 }
 
+/// What every step of a build shares.
+struct BuildScope<'a> {
+    job: &'a Job,
+    dir: &'a Path,
+    /// Time between SIGTERM and SIGKILL.
+    grace: Duration,
+    /// When the build's own time limit runs out, and that limit.
+    build_deadline: Option<(Instant, Duration)>,
+}
+
 async fn run_step(
-    job: &Job,
+    scope: &BuildScope<'_>,
     idx: u32,
     step: &JobStep,
-    dir: &Path,
     props: &BTreeMap<String, String>,
     ctx: &mut BuildContext,
-    grace: Duration,
-    build_deadline: Option<(Instant, Duration)>,
 ) -> StepResult {
+    let BuildScope { job, dir, grace, build_deadline } = *scope;
     let mut log = LogSender { out: &ctx.out, build_id: job.build_id, step: idx, offset: 0, pending: Vec::new() };
     let mut result = StepResult {
         build_id: job.build_id,
