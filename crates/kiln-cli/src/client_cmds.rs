@@ -277,3 +277,54 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct UploadArgs {
+    /// The .changes, .dsc or .src.rpm; the files a .changes or .dsc lists are sent from beside it.
+    pub file: std::path::PathBuf,
+    /// Build on these targets (repeatable). Default: every target of the package's family.
+    #[arg(long = "target", short = 't')]
+    pub targets: Vec<String>,
+    /// A property, KEY=VALUE (repeatable).
+    #[arg(short = 'p', long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.file;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let mut properties = Vec::new();
+    for p in &args.properties {
+        properties.push(kiln_core::props::parse_assignment(p).map_err(|e| anyhow::anyhow!("-p {p}: {e}"))?);
+    }
+    let control = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut files = Vec::new();
+    if name.ends_with(".dsc") || name.ends_with(".changes") {
+        // Send what the control file lists; the master checks it all and says
+        // what is missing or wrong.
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        if let Ok(listed) = kiln_core::deb822::parse_source_upload(&String::from_utf8_lossy(&control)) {
+            for f in listed.files {
+                if let Ok(bytes) = std::fs::read(dir.join(&f.name)) {
+                    files.push((f.name, bytes));
+                }
+            }
+        }
+    }
+    files.push((name, control));
+    let accepted = args.remote.client()?.upload(files, &args.targets, &properties).await?;
+    if args.remote.json {
+        println!("{}", serde_json::to_string_pretty(&accepted)?);
+    } else {
+        println!("upload {} accepted: {} {}", accepted.upload_id, accepted.source, accepted.version);
+        for b in &accepted.builds {
+            println!("{}\t{}\t{}", b.id, b.component, b.target);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -115,6 +115,8 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Upload a source package (.changes, .dsc with its files, or .src.rpm) to build.
+    Upload(client_cmds::UploadArgs),
     /// List workers.
     Workers {
         #[command(flatten)]
@@ -262,6 +264,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Log(args) => client_cmds::log(args).await,
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
         Command::Workers { remote } => client_cmds::workers(&remote).await,
+        Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

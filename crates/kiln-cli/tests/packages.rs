@@ -222,3 +222,111 @@ source = { path = "src/kiln-hello" }
     assert_eq!(b2.state, BuildState::Succeeded, "{b2:?}");
     assert_eq!(b2.properties["version"].value, "1.0-1");
 }
+
+/// A source RPM made by rpmbuild -bs from the test spec.
+fn make_srpm(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("src")).expect("dir");
+    std::fs::write(dir.join("src/kiln-hello.spec"), SPEC).expect("spec");
+    std::fs::write(dir.join("src/hello.c"), HELLO_C).expect("source");
+    let (code, _, err) = run(std::process::Command::new("rpmbuild")
+        .arg("-bs")
+        .arg("--define")
+        .arg(format!("_topdir {}", dir.join("top").display()))
+        .arg("--define")
+        .arg(format!("_sourcedir {}", dir.join("src").display()))
+        .arg(dir.join("src/kiln-hello.spec")))
+    .expect("rpmbuild -bs");
+    assert_eq!(code, 0, "{err}");
+    dir.join("top/SRPMS/kiln-hello-1.0-1.src.rpm")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_checked_built_or_rejected_with_the_reason() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "el-9-x86_64"
+family = "rpm"
+
+[[target]]
+name = "debian-12-amd64"
+family = "deb"
+suite = "bookworm"
+mirror = "http://deb.example.invalid/debian"
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["el-9-x86_64"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+
+    // A source RPM: accepted, built by the standard rpm pipeline.
+    let srpm = make_srpm(&farm.path("pkg"));
+    let (code, out, err) = run(farm.kiln().arg("upload").arg(&srpm).args(["--json"])).expect("kiln upload");
+    assert_eq!(code, 0, "{err}");
+    let accepted: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((accepted["source"].as_str(), accepted["version"].as_str()), (Some("kiln-hello"), Some("1.0-1")));
+    let id = accepted["builds"][0]["id"].as_i64().expect("build id");
+    let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    assert_eq!(b.properties["version"].value, "1.0-1", "an upload keeps its version");
+    assert!(b.artifacts.iter().any(|a| a.name == "kiln-hello-1.0-1.x86_64.rpm"));
+
+    // The same version again: refused.
+    let (code, _, err) = run(farm.kiln().arg("upload").arg(&srpm)).expect("kiln upload");
+    assert_eq!(code, 1);
+    assert!(err.contains("version 1.0-1 of kiln-hello was already built on el-9-x86_64"), "{err}");
+
+    // A .dsc whose files do not match, then one with a file missing, one
+    // that is malformed, and one for a target that does not exist.
+    let dir = farm.path("dsc");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("x_1.0.tar.xz"), b"not what the dsc says").expect("write");
+    let dsc = "Source: x\nVersion: 1.0\nChecksums-Sha256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 21 x_1.0.tar.xz\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 21 x_1.0.tar.xz\n d41d8cd98f00b204e9800998ecf8427e 0 x_1.0.orig.tar.gz\n";
+    std::fs::write(dir.join("x_1.0.dsc"), dsc).expect("write");
+    std::fs::write(dir.join("bad_1.0.dsc"), "this is not a control file\n").expect("write");
+    let upload = |file: &str, extra: &[&str]| {
+        run(farm.kiln().arg("upload").arg(dir.join(file)).args(extra)).expect("kiln upload")
+    };
+    let (code, _, err) = upload("x_1.0.dsc", &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("x_1.0.tar.xz: SHA256 checksum mismatch"), "{err}");
+    assert!(err.contains("x_1.0.tar.xz: MD5 checksum mismatch"), "{err}");
+    assert!(err.contains("missing file x_1.0.orig.tar.gz (listed in x_1.0.dsc)"), "{err}");
+    assert!(err.contains("HTTP 422"), "{err}");
+    let (code, _, err) = upload("bad_1.0.dsc", &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad_1.0.dsc: malformed control file"), "{err}");
+    let (code, _, err) = run(farm.kiln().arg("upload").arg(&srpm).args(["--target", "win-11"])).expect("kiln upload");
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown target \"win-11\"; known targets: el-9-x86_64, debian-12-amd64"), "{err}");
+    // The same rejected name twice: kept twice, nothing crashes.
+    let (code, _, _) = upload("x_1.0.dsc", &[]);
+    assert_eq!(code, 1);
+
+    // Every rejection is kept, under a name that never clashes, with its reason.
+    let rejected = farm.path("data/rejected");
+    let mut kept: Vec<String> = std::fs::read_dir(&rejected)
+        .expect("rejected dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["bad_1.0.dsc", "kiln-hello-1.0-1.src.rpm", "kiln-hello-1.0-1.src.rpm.1", "x_1.0.dsc", "x_1.0.dsc.1"]
+    );
+    let reason = std::fs::read_to_string(rejected.join("x_1.0.dsc/REASON")).expect("reason");
+    assert!(reason.contains("missing file x_1.0.orig.tar.gz"), "{reason}");
+    assert!(rejected.join("x_1.0.dsc.1/x_1.0.tar.xz").exists());
+    assert_eq!(
+        std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(),
+        0,
+        "nothing stays in incoming"
+    );
+    // No build was made of any rejected upload.
+    let page = farm.client().builds(&Default::default()).await.expect("builds");
+    assert_eq!(page.builds.len(), 1);
+}

@@ -3,7 +3,7 @@
 
 use kiln_proto::api::{
     Artifact, Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, Status,
-    WorkerInfo,
+    UploadAccepted, WorkerInfo,
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -156,6 +156,27 @@ impl Client {
         std::fs::rename(&tmp, &dest)
             .map_err(|source| ClientError::Write { path: dest.display().to_string(), source })?;
         Ok(dest)
+    }
+
+    /// Uploads a source package: `files` are (name, contents), the control
+    /// file among them.
+    pub async fn upload(
+        &self,
+        files: Vec<(String, Vec<u8>)>,
+        targets: &[String],
+        properties: &[(String, String)],
+    ) -> Result<UploadAccepted> {
+        let mut form = reqwest::multipart::Form::new();
+        for t in targets {
+            form = form.text("target", t.clone());
+        }
+        for (k, v) in properties {
+            form = form.text("property", format!("{k}={v}"));
+        }
+        for (name, bytes) in files {
+            form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        }
+        self.send(self.post("/api/v1/uploads")?.multipart(form)).await
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {

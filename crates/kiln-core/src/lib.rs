@@ -5,6 +5,7 @@
 //! reads the clock. Callers pass text, values and "now" in; decisions come out.
 
 pub mod config;
+pub mod deb822;
 pub mod debian;
 pub mod duration;
 pub mod glob;

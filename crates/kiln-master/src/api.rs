@@ -20,7 +20,7 @@ use kiln_core::BuildState;
 use kiln_db::{ArtifactRow, BuildFilter, BuildRow, NewBuild, StepRow};
 use kiln_proto::api::{
     Artifact, Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, PropertyValue,
-    Status, Step, WorkerInfo,
+    Status, Step, UploadAccepted, WorkerInfo,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +45,12 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builds/{id}/steps/{step}/log", get(step_log))
         .route("/api/v1/builds/{id}/artifacts", get(list_artifacts))
         .route("/api/v1/builds/{id}/artifacts/{name}", get(download_artifact))
+        .route(
+            "/api/v1/uploads",
+            post(upload_source).layer(axum::extract::DefaultBodyLimit::max(
+                shared.farm().cfg.master.max_artifact_size.min(usize::MAX as u64) as usize,
+            )),
+        )
         .route("/api/v1/workers", get(list_workers))
         .route("/api/v1/builders", get(list_builders))
         .route("/api/v1/openapi.json", get(openapi))
@@ -297,6 +303,16 @@ async fn submit(
             NewBuild { component: p.component, target: p.target, properties, depends_on: p.depends_on }
         })
         .collect();
+    store_request(s, who, reason, builds).await
+}
+
+/// Stores a request's builds and wakes the dispatcher.
+async fn store_request(
+    s: &AppState,
+    who: &str,
+    reason: Option<&str>,
+    builds: Vec<NewBuild>,
+) -> Result<BuildRequestCreated, ApiError> {
     let reason = reason.map(|r| r.chars().take(1000).collect::<String>());
     let now = now_us();
     let (request_id, ids) = s.store.create_request(now, Some(who), reason.as_deref(), &builds).await?;
@@ -405,6 +421,163 @@ async fn step_log(
     let complete = (found.state.is_finished() || build.state.is_finished())
         && next_offset >= (found.log_size as u64).max(logs.size(id, idx));
     Ok(Json(LogChunk { build_id: id, step: found.name.clone(), offset, next_offset, data, complete }))
+}
+
+/// Uploads a source package to build: multipart fields `file` (the
+/// `.changes`, `.dsc` or `.src.rpm` and every file it lists), `target`
+/// (repeatable; default every target of the package's family) and `property`
+/// (`KEY=VALUE`, repeatable). Every listed file is checked against the sizes
+/// and checksums of the control file; a rejected upload is kept under
+/// `rejected/` and the answer says why.
+#[utoipa::path(post, path = "/api/v1/uploads", request_body(content_type = "multipart/form-data", description = "file, target, property fields"),
+    responses((status = 200, body = UploadAccepted), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "rejected: missing file, checksum mismatch, malformed control file, unknown target, version already built")),
+    security(("token" = [])))]
+async fn upload_source(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<UploadAccepted> {
+    use crate::uploads;
+    use tokio::io::AsyncWriteExt;
+    let mut multipart =
+        multipart.map_err(|e| ApiError::new(e.status(), format!("invalid upload: {}", e.body_text())))?;
+    let farm = s.farm();
+    let data_dir = farm.data_dir();
+    let upload_id = crate::auth::random_token().map_err(ApiError::internal)?[..16].to_string();
+    let staging = data_dir.join("incoming").join(format!("upload-{upload_id}"));
+    tokio::fs::create_dir_all(&staging).await.map_err(ApiError::internal)?;
+    // Whatever happens below, the staging dir does not outlive the request.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(staging.clone());
+    let (mut names, mut targets, mut props) = (Vec::new(), Vec::new(), BTreeMap::new());
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(e.status(), format!("invalid upload: {}", e.body_text()))
+    };
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or_default() {
+            "file" => {
+                let name = field.file_name().unwrap_or_default().to_string();
+                if !uploads::valid_upload_name(&name) {
+                    return Err(ApiError::bad(format!(
+                        "invalid file name {name:?}: one path segment of letters, digits and ._+-~:"
+                    )));
+                }
+                if names.contains(&name) {
+                    return Err(ApiError::bad(format!("{name} is in the upload twice")));
+                }
+                let mut file = tokio::fs::File::create(staging.join(&name)).await.map_err(ApiError::internal)?;
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    file.write_all(&chunk).await.map_err(ApiError::internal)?;
+                }
+                file.flush().await.map_err(ApiError::internal)?;
+                names.push(name);
+            }
+            "target" => targets.push(field.text().await.map_err(bad)?),
+            "property" => {
+                let text = field.text().await.map_err(bad)?;
+                let (k, v) = kiln_core::props::parse_assignment(&text).map_err(ApiError::bad)?;
+                props.insert(k, v);
+            }
+            other => {
+                return Err(ApiError::bad(format!("unknown upload field {other:?}; known: file, target, property")))
+            }
+        }
+    }
+    let mut props = request_properties(&props, PropertySource::Request)?;
+    let stem = names
+        .iter()
+        .find(|n| n.ends_with(".changes") || n.ends_with(".dsc") || n.ends_with(".src.rpm"))
+        .cloned()
+        .unwrap_or_else(|| format!("upload-{upload_id}"));
+    let reject = |problems: Vec<String>| {
+        let kept = uploads::reject(&data_dir, &staging, &stem, &problems);
+        let kept = kept.map(|p| p.display().to_string()).unwrap_or_else(|e| format!("(could not be kept: {e})"));
+        tracing::warn!(upload = %upload_id, by = %who, kept = %kept, "upload rejected: {}", problems.join("; "));
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("upload rejected: {}", problems.join("; ")))
+    };
+    let checked = {
+        let (staging, names) = (staging.clone(), names.clone());
+        tokio::task::spawn_blocking(move || uploads::check(&staging, &names)).await.map_err(ApiError::internal)?
+    };
+    let checked = match checked {
+        Ok(c) => c,
+        Err(problems) => return Err(reject(problems)),
+    };
+    let family =
+        if checked.kind == uploads::UploadKind::SrcRpm { kiln_core::Family::Rpm } else { kiln_core::Family::Deb };
+    let mut problems = Vec::new();
+    if targets.is_empty() {
+        targets = farm.cfg.targets.iter().filter(|t| t.family == family).map(|t| t.name.clone()).collect();
+        if targets.is_empty() {
+            problems.push(format!("no {family} target is configured"));
+        }
+    }
+    for t in &targets {
+        match farm.cfg.target(t) {
+            None => {
+                let known: Vec<&str> = farm.cfg.targets.iter().map(|t| t.name.as_str()).collect();
+                problems.push(format!("unknown target {t:?}; known targets: {}", known.join(", ")));
+            }
+            Some(target) if target.family != family => {
+                problems.push(format!("target {t} builds {} packages, not {family}", target.family))
+            }
+            Some(_) => {
+                let done = s
+                    .store
+                    .list_builds(&BuildFilter {
+                        state: Some(BuildState::Succeeded),
+                        component: Some(checked.source.clone()),
+                        target: Some(t.clone()),
+                        before: None,
+                        limit: 1000,
+                    })
+                    .await?;
+                if let Some(b) =
+                    done.iter().find(|b| b.properties.get("version").is_some_and(|p| p.value == checked.version))
+                {
+                    problems.push(format!(
+                        "version {} of {} was already built on {t} (build {})",
+                        checked.version, checked.source, b.id
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(reject(problems));
+    }
+    let kept = data_dir.join("uploads").join(&upload_id);
+    tokio::fs::create_dir_all(kept.parent().unwrap_or(&data_dir)).await.map_err(ApiError::internal)?;
+    tokio::fs::rename(&staging, &kept).await.map_err(ApiError::internal)?;
+    props.insert(
+        uploads::UPLOAD_PROPERTY.into(),
+        Property { value: upload_id.clone(), source: PropertySource::Request },
+    );
+    let builds: Vec<NewBuild> = targets
+        .iter()
+        .map(|t| NewBuild {
+            component: checked.source.clone(),
+            target: t.clone(),
+            properties: props.clone(),
+            depends_on: Vec::new(),
+        })
+        .collect();
+    let reason = format!("upload of {} {}", checked.source, checked.version);
+    let created = store_request(&s, &who, Some(&reason), builds).await?;
+    tracing::info!(upload = %upload_id, source = %checked.source, version = %checked.version, by = %who, "upload accepted");
+    Ok(Json(UploadAccepted {
+        upload_id,
+        source: checked.source,
+        version: checked.version,
+        request_id: created.request_id,
+        builds: created.builds,
+    }))
 }
 
 /// The files a build produced.

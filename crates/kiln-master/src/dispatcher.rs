@@ -684,10 +684,31 @@ impl Dispatcher {
     async fn start(&mut self, id: i64, worker: &str) {
         let farm = self.shared.farm();
         let Some(q) = self.queue.get(&id) else { return };
-        let Some(component) = farm.cfg.component(&q.component) else {
-            let reason = format!("component {} is no longer in the config", q.component);
-            self.fail_unstarted(id, &reason).await;
-            return;
+        let uploaded;
+        let component = match (farm.cfg.component(&q.component), q.properties.get(crate::uploads::UPLOAD_PROPERTY)) {
+            (Some(c), _) => c,
+            // An uploaded source package: the standard pipeline over the upload's files.
+            (None, Some(upload)) if upload.value.chars().all(|c| c.is_ascii_hexdigit()) => {
+                let dir = farm.data_dir().join("uploads").join(&upload.value);
+                uploaded = kiln_core::Component {
+                    name: q.component.clone(),
+                    source: Some(Source::Path(dir.display().to_string())),
+                    depends_on: Vec::new(),
+                    targets: None,
+                    steps: Vec::new(),
+                    properties: Default::default(),
+                    artifacts: Vec::new(),
+                    spec: None,
+                    timeout: None,
+                    no_output_timeout: None,
+                };
+                &uploaded
+            }
+            _ => {
+                let reason = format!("component {} is no longer in the config", q.component);
+                self.fail_unstarted(id, &reason).await;
+                return;
+            }
         };
         let source = match &component.source {
             Some(Source::Path(p)) => match self.sources.archive(&farm.resolve(p)) {

@@ -16,6 +16,7 @@ pub mod logs;
 mod reload;
 mod shared;
 mod source;
+pub mod uploads;
 mod workers;
 
 use anyhow::Context;

@@ -153,3 +153,14 @@ pub struct Status {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// Answer to `POST /api/v1/uploads`: the upload passed its checks and
+/// became builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UploadAccepted {
+    pub upload_id: String,
+    pub source: String,
+    pub version: String,
+    pub request_id: i64,
+    pub builds: Vec<Build>,
+}

@@ -1,0 +1,186 @@
+//! Source uploads (the Maemo "drop" flow): a `.changes`, `.dsc` or
+//! `.src.rpm` with its files arrives through the API, is checked against
+//! the sizes and checksums its control file lists, and becomes builds of
+//! that source on the chosen targets. A rejected upload is kept under
+//! `DATA_DIR/rejected/` with a name that is always new and a `REASON` file;
+//! an accepted one under `DATA_DIR/uploads/<id>/`, where builds take it from.
+
+use kiln_core::deb822::{parse_source_upload, SourceUpload};
+use kiln_core::names::valid_artifact_name;
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// The property that ties a build to the upload it builds.
+pub const UPLOAD_PROPERTY: &str = "upload";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadKind {
+    Changes,
+    Dsc,
+    SrcRpm,
+}
+
+/// What an accepted upload is.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub kind: UploadKind,
+    pub source: String,
+    pub version: String,
+}
+
+fn digests(path: &Path) -> io::Result<(u64, String, String, String)> {
+    let mut f = fs::File::open(path)?;
+    let (mut md5, mut sha1, mut sha256) = (Md5::new(), Sha1::new(), Sha256::new());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        md5.update(&buf[..n]);
+        sha1.update(&buf[..n]);
+        sha256.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(md5.finalize()), hex::encode(sha1.finalize()), hex::encode(sha256.finalize())))
+}
+
+/// Finds the control file among the uploaded names and checks every file it
+/// lists. Returns every problem found, not just the first.
+pub fn check(dir: &Path, names: &[String]) -> Result<Checked, Vec<String>> {
+    let pick = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).collect::<Vec<_>>();
+    let (changes, dsc, srpm) = (pick(".changes"), pick(".dsc"), pick(".src.rpm"));
+    let (kind, control) = match (changes.as_slice(), dsc.as_slice(), srpm.as_slice()) {
+        ([c], _, _) => (UploadKind::Changes, (*c).clone()),
+        ([], [d], _) => (UploadKind::Dsc, (*d).clone()),
+        ([], [], [r]) => (UploadKind::SrcRpm, (*r).clone()),
+        ([], [], []) => return Err(vec!["the upload has no .changes, .dsc or .src.rpm".into()]),
+        _ => return Err(vec!["the upload has more than one control file (.changes, .dsc or .src.rpm)".into()]),
+    };
+    if kind == UploadKind::SrcRpm {
+        // name-version-release.src.rpm
+        let stem = control.trim_end_matches(".src.rpm");
+        let mut parts = stem.rsplitn(3, '-');
+        let (release, version, name) = (parts.next(), parts.next(), parts.next());
+        return match (name, version, release) {
+            (Some(n), Some(v), Some(r)) if !n.is_empty() => {
+                Ok(Checked { kind, source: n.to_string(), version: format!("{v}-{r}") })
+            }
+            _ => Err(vec![format!("{control}: expected a name of the form NAME-VERSION-RELEASE.src.rpm")]),
+        };
+    }
+    let text = match fs::read(dir.join(&control)) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => return Err(vec![format!("{control}: cannot read: {e}")]),
+    };
+    let upload: SourceUpload =
+        parse_source_upload(&text).map_err(|e| vec![format!("{control}: malformed control file: {e}")])?;
+    let mut problems = Vec::new();
+    for f in &upload.files {
+        let path = dir.join(&f.name);
+        if !path.exists() {
+            problems.push(format!("missing file {} (listed in {control})", f.name));
+            continue;
+        }
+        let (size, md5, sha1, sha256) = match digests(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{}: cannot read: {e}", f.name));
+                continue;
+            }
+        };
+        if size != f.size {
+            problems.push(format!("{}: size mismatch: {control} says {} bytes, the file has {size}", f.name, f.size));
+            continue;
+        }
+        for (algo, want, got) in [("SHA256", &f.sha256, &sha256), ("SHA1", &f.sha1, &sha1), ("MD5", &f.md5, &md5)] {
+            if let Some(want) = want {
+                if want != got {
+                    problems.push(format!(
+                        "{}: {algo} checksum mismatch: {control} says {want}, the file has {got}",
+                        f.name
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Checked { kind, source: upload.source, version: upload.version })
+    } else {
+        Err(problems)
+    }
+}
+
+/// A new directory under `parent` named `stem` or `stem.N`; never one that
+/// exists already (a rejected upload whose name was seen before must not
+/// clash with it).
+pub fn fresh_dir(parent: &Path, stem: &str) -> io::Result<PathBuf> {
+    fs::create_dir_all(parent)?;
+    for n in 0..10_000u32 {
+        let name = if n == 0 { stem.to_string() } else { format!("{stem}.{n}") };
+        let path = parent.join(name);
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!("no free name for {stem} under {}", parent.display())))
+}
+
+/// Moves a rejected upload's files into `DATA_DIR/rejected/` with its reason.
+pub fn reject(data_dir: &Path, staging: &Path, stem: &str, reasons: &[String]) -> io::Result<PathBuf> {
+    let dest = fresh_dir(&data_dir.join("rejected"), stem)?;
+    for e in fs::read_dir(staging)?.flatten() {
+        fs::rename(e.path(), dest.join(e.file_name()))?;
+    }
+    fs::write(dest.join("REASON"), reasons.join("\n") + "\n")?;
+    fs::remove_dir(staging)?;
+    Ok(dest)
+}
+
+/// Whether `name` may be stored for an upload.
+pub fn valid_upload_name(name: &str) -> bool {
+    valid_artifact_name(name) && name != "REASON"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_listed_files_and_names_every_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("x_1.0.tar.xz"), b"hello").expect("write");
+        fs::write(dir.path().join("x_1.0.debian.tar.xz"), b"other").expect("write");
+        let sha = hex::encode(Sha256::digest(b"hello"));
+        let md5 = hex::encode(Md5::digest(b"hello"));
+        let dsc = format!(
+            "Source: x\nVersion: 1.0-1\nChecksums-Sha256:\n {sha} 5 x_1.0.tar.xz\n {sha} 5 x_1.0.debian.tar.xz\nFiles:\n {md5} 5 x_1.0.tar.xz\n {md5} 5 x_1.0.debian.tar.xz\n {md5} 5 x_1.0.orig.tar.gz\n"
+        );
+        fs::write(dir.path().join("x_1.0-1.dsc"), dsc).expect("write");
+        let names: Vec<String> = ["x_1.0-1.dsc", "x_1.0.tar.xz", "x_1.0.debian.tar.xz"].map(String::from).to_vec();
+        let problems = check(dir.path(), &names).expect_err("problems");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("x_1.0.debian.tar.xz: SHA256 checksum mismatch"), "{problems:?}");
+        assert!(problems[1].starts_with("x_1.0.debian.tar.xz: MD5 checksum mismatch"), "{problems:?}");
+        assert_eq!(problems[2], "missing file x_1.0.orig.tar.gz (listed in x_1.0-1.dsc)");
+        let ok = check(dir.path(), &["x-2.1-3.src.rpm".into()]).expect("srpm");
+        assert_eq!((ok.source.as_str(), ok.version.as_str()), ("x", "2.1-3"));
+        assert!(check(dir.path(), &["a.tar".into()]).is_err());
+    }
+
+    #[test]
+    fn rejected_names_never_clash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = fresh_dir(dir.path(), "x_1.0").expect("first");
+        let b = fresh_dir(dir.path(), "x_1.0").expect("second");
+        assert_ne!(a, b);
+        assert!(b.ends_with("x_1.0.1"));
+    }
+}
