@@ -58,18 +58,33 @@ mirror = "{mirror}"
 [[component]]
 name = "kiln-hello"
 source = {{ path = "src/kiln-hello" }}
+
+[[component]]
+name = "kiln-slow"
+source = {{ path = "src/kiln-slow" }}
 "#
     );
+    // A package whose build takes minutes, to cancel mid-build.
+    let slow_control = CONTROL.replace("kiln-hello", "kiln-slow");
+    let slow_rules = RULES.replace("$(CC) -O2", "sleep 300; $(CC) -O2");
+    let slow_changelog = CHANGELOG.replace("kiln-hello", "kiln-slow");
     let sources: &[(&str, &str)] = &[
         ("src/kiln-hello/debian/control", CONTROL),
         ("src/kiln-hello/debian/rules", RULES),
         ("src/kiln-hello/debian/changelog", CHANGELOG),
         ("src/kiln-hello/debian/source/format", "3.0 (native)\n"),
         ("src/kiln-hello/hello.c", HELLO_C),
+        ("src/kiln-slow/debian/control", &slow_control),
+        ("src/kiln-slow/debian/rules", &slow_rules),
+        ("src/kiln-slow/debian/changelog", &slow_changelog),
+        ("src/kiln-slow/debian/source/format", "3.0 (native)\n"),
+        ("src/kiln-slow/hello.c", HELLO_C),
     ];
     let mut farm = Farm::new(KILN.as_ref(), &config, sources);
-    let rules = farm.path("src/kiln-hello/debian/rules");
-    std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    for tree in ["kiln-hello", "kiln-slow"] {
+        let rules = farm.path(&format!("src/{tree}/debian/rules"));
+        std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
     farm.start_master().await;
     farm.start_worker("w1", &[&format!("debian-{suite}-amd64")], 1);
     farm.wait_for_workers(&["w1"]).await;
@@ -132,6 +147,30 @@ source = {{ path = "src/kiln-hello" }}
     assert_eq!(b2.properties["version"].value, "1.0");
     let root_log = client.log(id2, "root", 0).await.expect("log").data;
     assert!(root_log.contains("using the cached"), "{root_log}");
+
+    // Cancel while dependencies install, and while the package builds: the
+    // build ends cancelled and nothing of it survives (processes in the
+    // sandbox included), nor its root.
+    for (step, source) in [("deps", "kiln-hello"), ("build", "kiln-slow")] {
+        let created = client
+            .create_builds(&BuildRequestBody { components: vec![source.into()], ..Default::default() })
+            .await
+            .expect("create");
+        let cid = created.builds[0].id;
+        farm.wait_build(cid, Duration::from_secs(300), |b| {
+            b.steps.iter().any(|s| s.name == step && s.state == StepState::Running)
+        })
+        .await;
+        assert!(
+            kiln_testing::wait_for(Duration::from_secs(30), || async { !farm.build_processes(cid).is_empty() }).await,
+            "the {step} step runs inside the build's root"
+        );
+        client.cancel(cid).await.expect("cancel");
+        let c = farm.wait_finished(cid, Duration::from_secs(60)).await;
+        assert_eq!(c.state, BuildState::Cancelled, "{c:?}");
+        assert!(farm.build_processes(cid).is_empty(), "left running: {:?}", farm.build_processes(cid));
+        assert!(!farm.path(&format!("workers/w1/builds/{cid}.scratch")).exists(), "the root is removed");
+    }
 
     // Nothing is left on the worker: no work or scratch dirs, no mounts.
     let builds = farm.path("workers/w1/builds");

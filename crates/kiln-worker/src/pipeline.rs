@@ -167,7 +167,19 @@ fn bwrap(root: &Path, network: bool) -> Command {
         cmd.arg("--unshare-net");
     }
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8");
+    keep_build_marks(&mut cmd);
     cmd
+}
+
+/// Passes the variables that mark a process as a build's into a sandbox
+/// whose environment is otherwise cleared, so leftovers can still be found
+/// (and killed) by them.
+fn keep_build_marks(cmd: &mut Command) {
+    for var in ["KILN_BUILD_ID", "KILN_WORKER_DIR"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
 }
 
 /// `deb-deps`: installs the build dependencies into the unpacked root (with
@@ -374,7 +386,9 @@ pub fn rpm_build(executor: &str) -> anyhow::Result<()> {
             cmd.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]);
             cmd.args(["--hostname", "kiln-build", "setpriv"]);
             cmd.args(format!("--reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all").split(' '));
-            cmd.args(["--", "env", "-i", "HOME=/tmp", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]);
+            cmd.env_clear();
+            keep_build_marks(&mut cmd);
+            cmd.args(["--", "env", "HOME=/tmp", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]);
             cmd.args(["rpmbuild", "--rebuild", "--define", "_topdir /tmp/kiln-build/top"]);
             cmd.arg(format!("/tmp/kiln-build/{srpm_name}"));
             run(&mut cmd, "rpmbuild --rebuild")?;
