@@ -172,6 +172,31 @@ source = {{ path = "src/kiln-slow" }}
         assert!(!farm.path(&format!("workers/w1/builds/{cid}.scratch")).exists(), "the root is removed");
     }
 
+    // GNU hello from the Debian archive, uploaded as its .dsc and files.
+    let dsc = kiln_testing::fetch_debian_source(&mirror, &suite, "hello", &farm.path("archive")).expect("fetch hello");
+    let (code, out, err) = run(farm.kiln().arg("upload").arg(&dsc).arg("--json")).expect("kiln upload");
+    assert_eq!(code, 0, "{err}");
+    let accepted: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let hid = accepted["builds"][0]["id"].as_i64().expect("build id");
+    let hello = farm.wait_finished(hid, Duration::from_secs(900)).await;
+    assert_eq!(
+        hello.state,
+        BuildState::Succeeded,
+        "{hello:?}\n{}",
+        client.log(hid, "build", 0).await.map(|c| c.data).unwrap_or_default()
+    );
+    let hversion = accepted["version"].as_str().expect("version").to_string();
+    assert_eq!(hello.properties["version"].value, hversion);
+    let hdeb = format!("hello_{hversion}_amd64.deb");
+    assert!(hello.artifacts.iter().any(|a| a.name == hdeb), "{:?}", hello.artifacts);
+    let hdest = farm.path("hello-debs");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &hid.to_string()]).arg(&hdest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let (code, info, _) =
+        run(std::process::Command::new("dpkg-deb").arg("-I").arg(hdest.join(&hdeb))).expect("dpkg-deb");
+    assert_eq!(code, 0);
+    assert!(info.contains("Package: hello"), "{info}");
+
     // Nothing is left on the worker: no work or scratch dirs, no mounts.
     let builds = farm.path("workers/w1/builds");
     assert_eq!(std::fs::read_dir(&builds).expect("builds dir").count(), 0);

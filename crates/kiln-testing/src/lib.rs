@@ -472,3 +472,49 @@ pub fn host_debian_mirror() -> Option<(String, String)> {
         (uri.starts_with("http") && !suite.contains('-')).then_some((uri, suite))
     })
 }
+
+/// Downloads a source package from a Debian mirror (found through the
+/// suite's `Sources.xz`) into `dest` and returns the path of its `.dsc`.
+pub fn fetch_debian_source(mirror: &str, suite: &str, package: &str, dest: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dest)?;
+    let index = format!("{mirror}/dists/{suite}/main/source/Sources.xz");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("curl -fsS \"$1\" | xz -dc")
+        .arg("sh")
+        .arg(&index)
+        .output()
+        .context("cannot run curl | xz")?;
+    if !out.status.success() {
+        bail!("cannot fetch {index}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stanza = text
+        .split("\n\n")
+        .find(|p| p.lines().any(|l| l == format!("Package: {package}")))
+        .with_context(|| format!("{package} is not in {index}"))?;
+    let directory = stanza.lines().find_map(|l| l.strip_prefix("Directory: ")).context("no Directory field")?;
+    let mut files = Vec::new();
+    let mut in_files = false;
+    for l in stanza.lines() {
+        if l.starts_with("Files:") {
+            in_files = true;
+        } else if in_files && l.starts_with(' ') {
+            files.extend(l.split_whitespace().nth(2).map(str::to_string));
+        } else {
+            in_files = false;
+        }
+    }
+    let mut dsc = None;
+    for f in &files {
+        let url = format!("{mirror}/{directory}/{f}");
+        let status = Command::new("curl").args(["-fsS", "-o"]).arg(dest.join(f)).arg(&url).status()?;
+        if !status.success() {
+            bail!("cannot download {url}");
+        }
+        if f.ends_with(".dsc") {
+            dsc = Some(dest.join(f));
+        }
+    }
+    dsc.context("the source package has no .dsc")
+}
