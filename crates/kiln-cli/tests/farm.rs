@@ -516,7 +516,7 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines.len(), 3, "{err}");
     assert_eq!(lines[0], format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)"));
     assert_eq!(lines[1], format!("{file}:38:27: component \"opencore\" depends on itself"));
-    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, spec, timeout, no_output_timeout"));
+    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, spec, timeout, no_output_timeout, memory, cpus"));
 }
 
 /// A farm of two workers, one target `t` and one component `job` whose only
@@ -813,5 +813,60 @@ steps = [ { name = "s", run = "sleep 30", timeout = "1s" } ]
     assert!(log.contains("kiln: step stopped: timed out after 1s"), "{log}");
     for id in [quiet.id, long.id, slow.id] {
         assert!(farm.build_processes(id).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_and_cpu_limits_hold_and_running_out_of_memory_is_named() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[component]]
+name = "hog"
+memory = "64MiB"
+steps = [ { name = "eat", run = "echo eating; perl -e '$x = \"a\" x (400 * 1024 * 1024); print length($x), \"\\n\"'" } ]
+
+[[component]]
+name = "half"
+cpus = 0.5
+memory = "256MiB"
+steps = [
+  { name = "look", run = "for c in $(cut -d: -f2,3 /proc/self/cgroup | grep -E '^(cpu|memory):'); do echo $c; done" },
+  { name = "quota", run = "cat /sys/fs/cgroup/cpu/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.max" },
+]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 2);
+    farm.wait_for_workers(&["w1"]).await;
+    let created = farm.client().create_builds(&request(&["hog", "half"], &[])).await.expect("create");
+    let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
+    let hog = farm.wait_finished(id_of("hog"), Duration::from_secs(60)).await;
+    assert_eq!(
+        (hog.state, hog.reason.as_deref()),
+        (BuildState::Failed, Some("step eat ran out of memory (limit 64 MiB)")),
+        "{}",
+        farm.client().log(hog.id, "eat", 0).await.map(|c| c.data).unwrap_or_default()
+    );
+    let half = farm.wait_finished(id_of("half"), Duration::from_secs(60)).await;
+    assert_eq!(half.state, BuildState::Succeeded);
+    let groups = farm.client().log(half.id, "look", 0).await.expect("log").data;
+    // The step ran inside the build's groups, named after worker and build.
+    let own = format!("/kiln/w1-{}", half.id);
+    assert!(groups.lines().filter(|l| l.ends_with(&own)).count() >= 1, "{groups}");
+    assert_eq!(
+        farm.client().log(half.id, "quota", 0).await.expect("log").data,
+        "50000\n",
+        "half a CPU per 100 ms period"
+    );
+    // The groups are gone with the build.
+    for ctl in ["memory", "cpu"] {
+        assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{ctl}/kiln/w1-{}", half.id)).exists());
     }
 }

@@ -160,6 +160,10 @@ pub struct Component {
     pub timeout: Option<Duration>,
     /// Default for steps: stop one that prints nothing for this long.
     pub no_output_timeout: Option<Duration>,
+    /// Memory limit of a build (cgroups), in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit of a build (cgroups), in thousandths of a CPU.
+    pub millicpus: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +265,8 @@ const COMPONENT_KEYS: &[&str] = &[
     "spec",
     "timeout",
     "no_output_timeout",
+    "memory",
+    "cpus",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -435,6 +441,27 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
             let timeout = duration_key(&mut r, tbl, "timeout", &what);
             let no_output_timeout = duration_key(&mut r, tbl, "no_output_timeout", &what);
+            let memory = r.string(tbl, "memory", &what).and_then(|(m, mspan)| match crate::size::parse_size(&m) {
+                Ok(n) if n >= 1 << 20 => Some(n),
+                Ok(_) => {
+                    r.err(&mspan, format!("{what}: `memory` must be at least 1MiB"));
+                    None
+                }
+                Err(e) => {
+                    r.err(&mspan, format!("{what}: `memory`: {e}"));
+                    None
+                }
+            });
+            let millicpus = tbl.t.get("cpus").and_then(|item| {
+                let v = item.as_float().or_else(|| item.as_integer().map(|i| i as f64));
+                match v {
+                    Some(c) if (0.01..=1024.0).contains(&c) => Some((c * 1000.0).round() as u32),
+                    _ => {
+                        r.err(&item.span(), format!("{what}: `cpus` must be a number of CPUs above 0, like 2 or 0.5"));
+                        None
+                    }
+                }
+            });
             let spec = r.string(tbl, "spec", &what).and_then(|(p, pspan)| {
                 if p.starts_with('/') || p.split('/').any(|seg| seg == "..") || !p.ends_with(".spec") {
                     r.err(&pspan, format!("{what}: `spec` must be a .spec path inside the source tree, got {p:?}"));
@@ -464,6 +491,8 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 spec,
                 timeout,
                 no_output_timeout,
+                memory,
+                millicpus,
             });
         }
     }

@@ -701,6 +701,8 @@ impl Dispatcher {
                     spec: None,
                     timeout: None,
                     no_output_timeout: None,
+                    memory: None,
+                    millicpus: None,
                 };
                 &uploaded
             }
@@ -783,6 +785,8 @@ impl Dispatcher {
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
             artifacts,
             timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
+            memory_bytes: component.memory,
+            cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");

@@ -141,6 +141,10 @@ pub struct Job {
     pub artifacts: Vec<String>,
     /// The build's wall-clock limit.
     pub timeout_ms: Option<u64>,
+    /// Memory limit of the whole build, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit of the whole build, in CPUs.
+    pub cpus: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! backoff; a finished build's result is kept until the master acknowledges
 //! it. Policy (what runs where, retries) is the master's.
 
+mod cgroup;
 pub mod pipeline;
 mod process;
 mod runner;

@@ -28,12 +28,23 @@ impl Drop for GroupGuard {
 }
 
 /// Spawns `sh -c script` in `dir` as a new process group. When `capture` is
-/// set, stdout comes through its own pipe (the runner logs it too).
-pub fn spawn(script: &str, dir: &Path, env: &[(String, String)], capture: bool) -> std::io::Result<StepProcess> {
+/// set, stdout comes through its own pipe (the runner logs it too). The
+/// process writes itself into each of `cgroups` (`cgroup.procs` files)
+/// before it runs the script, so all it starts is limited with it.
+pub fn spawn(
+    script: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    capture: bool,
+    cgroups: Vec<std::ffi::CString>,
+) -> std::io::Result<StepProcess> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if !cgroups.is_empty() {
+        join_cgroups_before_exec(&mut cmd, cgroups);
     }
     // stdout and stderr share one pipe so the log keeps their order; a
     // `set_property` step needs stdout apart, so it gets two pipes.
@@ -57,6 +68,37 @@ pub fn spawn(script: &str, dir: &Path, env: &[(String, String)], capture: bool) 
     let log = pipe::Receiver::from_owned_fd(log_reader.into())?;
     let stdout = stdout_reader.map(|r| pipe::Receiver::from_owned_fd(r.into())).transpose()?;
     Ok(StepProcess { child, pgid, log, stdout, _guard: GroupGuard(pgid) })
+}
+
+#[allow(unsafe_code)]
+fn join_cgroups_before_exec(cmd: &mut Command, files: Vec<std::ffi::CString>) {
+    // SAFETY: the closure runs in the child between fork and exec. It only
+    // calls open(2), write(2) and close(2) on paths prepared before the fork
+    // (no allocation), all async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &files {
+                let fd = libc::open(f.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" is the writing process itself.
+                let ok = libc::write(fd, b"0\n".as_ptr().cast(), 2) == 2;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends a signal to one process.
+pub fn kill_pid(pid: i32, signal: i32) {
+    if pid > 0 {
+        kill(pid, signal);
+    }
 }
 
 /// Sends a signal to a whole process group; a group already gone is fine.

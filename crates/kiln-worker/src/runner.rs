@@ -47,6 +47,15 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
     let grace = Duration::from_millis(job.kill_grace_ms.max(100));
     let build_deadline =
         job.timeout_ms.map(|ms| (Instant::now() + Duration::from_millis(ms), Duration::from_millis(ms)));
+    let cgroup =
+        match crate::cgroup::BuildCgroup::create(&format!("{}-{id}", ctx.worker_name), job.memory_bytes, job.cpus) {
+            Ok(cg) => cg,
+            Err(e) => {
+                failed_reason.get_or_insert(format!("cannot apply the memory and CPU limits: {e}"));
+                halted = true;
+                None
+            }
+        };
     for (i, step) in job.steps.iter().enumerate() {
         let idx = i as u32;
         let cancelled = *ctx.cancel.borrow();
@@ -62,7 +71,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             continue;
         }
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
-        let scope = BuildScope { job: &job, dir: &dir, grace, build_deadline };
+        let scope = BuildScope { job: &job, dir: &dir, grace, build_deadline, cgroup: cgroup.as_ref() };
         let r = run_step(&scope, idx, step, &props, &mut ctx).await;
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
@@ -247,6 +256,8 @@ struct BuildScope<'a> {
     grace: Duration,
     /// When the build's own time limit runs out, and that limit.
     build_deadline: Option<(Instant, Duration)>,
+    /// The build's memory and CPU limits, when it has any.
+    cgroup: Option<&'a crate::cgroup::BuildCgroup>,
 }
 
 async fn run_step(
@@ -256,7 +267,7 @@ async fn run_step(
     props: &BTreeMap<String, String>,
     ctx: &mut BuildContext,
 ) -> StepResult {
-    let BuildScope { job, dir, grace, build_deadline } = *scope;
+    let BuildScope { job, dir, grace, build_deadline, cgroup } = *scope;
     let mut log = LogSender { out: &ctx.out, build_id: job.build_id, step: idx, offset: 0, pending: Vec::new() };
     let mut result = StepResult {
         build_id: job.build_id,
@@ -300,7 +311,8 @@ async fn run_step(
         }
     }
     let capture = step.set_property.is_some();
-    let mut proc = match process::spawn(&script, dir, &env, capture) {
+    let cgroups = cgroup.map(|c| c.procs_files()).unwrap_or_default();
+    let mut proc = match process::spawn(&script, dir, &env, capture, cgroups) {
         Ok(p) => p,
         Err(e) => {
             log.line(&format!("kiln: cannot start step {}: {e}\n", step.name));
@@ -402,6 +414,12 @@ async fn run_step(
                 let value = String::from_utf8_lossy(&stdout).trim().to_string();
                 result.property = Some((name.clone(), value));
             }
+        }
+        None if cgroup.is_some_and(|c| c.out_of_memory()) => {
+            let limit = cgroup.and_then(|c| c.memory_limit()).unwrap_or(0);
+            let message = format!("ran out of memory (limit {} MiB)", limit >> 20);
+            log.line(&format!("\nkiln: step stopped: {message}\n"));
+            result.message = Some(message);
         }
         None => {
             result.message = Some(match (code, &status) {
