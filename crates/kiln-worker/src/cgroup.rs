@@ -91,6 +91,22 @@ impl BuildCgroup {
     }
 }
 
+/// Removes the groups an earlier run of worker `worker` left (after a
+/// crash or `kill -9`), killing anything still in them.
+pub fn remove_leftovers(worker: &str) -> usize {
+    let prefix = format!("{worker}-");
+    let mut dirs = Vec::new();
+    for parent in ["memory/kiln", "cpu/kiln", "kiln"] {
+        let Ok(entries) = fs::read_dir(Path::new(ROOT).join(parent)) else { continue };
+        dirs.extend(
+            entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()),
+        );
+    }
+    let n = dirs.len();
+    drop(BuildCgroup { dirs, memory: None, v2: false });
+    n
+}
+
 impl Drop for BuildCgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {

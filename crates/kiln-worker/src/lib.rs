@@ -83,6 +83,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(workdir.join("builds"))
         .with_context(|| format!("cannot create the work dir {}", workdir.display()))?;
     clean_leftovers(&workdir);
+    let groups = cgroup::remove_leftovers(&opts.name);
+    if groups > 0 {
+        tracing::warn!(groups, "removed cgroups left over from an earlier run");
+    }
     if opts.refresh_roots {
         match std::fs::remove_dir_all(workdir.join("roots")) {
             Ok(()) => tracing::info!("dropped the cached build roots"),
