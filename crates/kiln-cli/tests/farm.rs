@@ -519,6 +519,17 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, spec, timeout, no_output_timeout, memory, cpus"));
 }
 
+/// One worker `w1` and one target `t`; tests add their components.
+const ONE_WORKER: &str = "
+[[worker]]
+name = \"w1\"
+token_file = \"secrets/w1.token\"
+
+[[target]]
+name = \"t\"
+family = \"deb\"
+";
+
 /// A farm of two workers, one target `t` and one component `job` whose only
 /// step (`run`) runs `run`.
 fn one_job(run: &str) -> String {
@@ -724,20 +735,13 @@ fn walk_files(dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_cut_off_by_the_network_is_sent_again_whole() {
-    let config = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
+    let config = &(ONE_WORKER.to_string()
+        + r#"
 [[component]]
 name = "pkg"
 artifacts = ["big.bin"]
 steps = [ { name = "make", run = "head -c 30000000 /dev/urandom > big.bin; touch ../made-$KILN_BUILD_ID; while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done" } ]
-"#;
+"#);
     let mut farm = Farm::new(KILN.as_ref(), config, &[]);
     farm.start_master().await;
     let proxy = Proxy::start(farm.worker_port).await;
@@ -768,15 +772,8 @@ steps = [ { name = "make", run = "head -c 30000000 /dev/urandom > big.bin; touch
 
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_end_builds_and_say_which_limit() {
-    let config = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
+    let config = &(ONE_WORKER.to_string()
+        + r#"
 [[component]]
 name = "quiet"
 no_output_timeout = "1s"
@@ -794,7 +791,7 @@ steps = [
 [[component]]
 name = "slowstep"
 steps = [ { name = "s", run = "sleep 30", timeout = "1s" } ]
-"#;
+"#);
     let mut farm = Farm::new(KILN.as_ref(), config, &[]);
     farm.start_master().await;
     farm.start_worker("w1", &["t"], 3);
@@ -818,15 +815,8 @@ steps = [ { name = "s", run = "sleep 30", timeout = "1s" } ]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_and_cpu_limits_hold_and_running_out_of_memory_is_named() {
-    let config = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[target]]
-name = "t"
-family = "deb"
-
+    let config = &(ONE_WORKER.to_string()
+        + r#"
 [[component]]
 name = "hog"
 memory = "64MiB"
@@ -840,7 +830,7 @@ steps = [
   { name = "look", run = "for c in $(cut -d: -f2,3 /proc/self/cgroup | grep -E '^(cpu|memory):'); do echo $c; done" },
   { name = "quota", run = "cat /sys/fs/cgroup/cpu/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.max" },
 ]
-"#;
+"#);
     let mut farm = Farm::new(KILN.as_ref(), config, &[]);
     farm.start_master().await;
     farm.start_worker("w1", &["t"], 2);

@@ -488,8 +488,7 @@ impl Store {
         if build_ids.is_empty() {
             return Ok(Vec::new());
         }
-        // Ids are integers we produced, so listing them inline is safe.
-        let list = build_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let list = id_list(build_ids);
         let rows = sqlx::query(&format!(
             "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
              FROM steps WHERE build_id IN ({list}) ORDER BY build_id, idx"
@@ -558,7 +557,7 @@ impl Store {
         if build_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list = build_ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let list = id_list(build_ids);
         let rows = sqlx::query(&format!(
             "SELECT build_id, name, size, sha256 FROM artifacts WHERE build_id IN ({list}) ORDER BY build_id, name"
         ))
@@ -619,7 +618,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let list = id_list(ids);
         let rows =
             sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({list})")).fetch_all(&self.reader).await?;
         rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)?, parse_state(&r.try_get::<String, _>(1)?)?))).collect()
@@ -674,6 +673,12 @@ async fn run_script(conn: &mut sqlx::AnyConnection, sql: &str) -> Result<()> {
     let script = sqlx::raw_sql(sql);
     conn.execute(script).await?;
     Ok(())
+}
+
+/// Ids for an `IN (...)` list. They are integers kiln produced, so listing
+/// them inline is safe.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
