@@ -17,7 +17,53 @@ const SOURCES: &[(&str, &str)] = &[
     ("src/libgrace/README", include_str!("../../../examples/src/libgrace/README")),
     ("src/opencore/README", include_str!("../../../examples/src/opencore/README")),
     ("src/slow/README", include_str!("../../../examples/src/slow/README")),
+    ("src/hello/hello.c", include_str!("../../../examples/src/hello/hello.c")),
+    ("src/hello/kiln-demo-hello.spec", include_str!("../../../examples/src/hello/kiln-demo-hello.spec")),
+    ("src/hello/debian/control", include_str!("../../../examples/src/hello/debian/control")),
+    ("src/hello/debian/rules", include_str!("../../../examples/src/hello/debian/rules")),
+    ("src/hello/debian/changelog", include_str!("../../../examples/src/hello/debian/changelog")),
+    ("src/hello/debian/source/format", include_str!("../../../examples/src/hello/debian/source/format")),
 ];
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+}
+
+/// Adds a real package (`hello`, one source tree with `debian/` and a
+/// `.spec`) to the demo farm, on the targets this machine can build: a deb
+/// root needs mmdebstrap, bubblewrap and a Debian mirror (the host's own),
+/// an rpm build rpmbuild and bubblewrap. Says what it leaves out and why.
+fn add_packages(farm: &str) -> (String, bool) {
+    let mut farm = farm.to_string();
+    let mut targets = Vec::new();
+    let deb_tools = ["mmdebstrap", "bwrap", "dpkg-source"].iter().all(|t| have(t));
+    match (deb_tools, kiln_worker::pipeline::host_debian_mirror()) {
+        (true, Some((mirror, suite))) => {
+            farm = farm.replacen(
+                "name = \"debian-12-amd64\"\nfamily = \"deb\"\n",
+                &format!("name = \"debian-12-amd64\"\nfamily = \"deb\"\nsuite = \"{suite}\"\nmirror = \"{mirror}\"\n"),
+                1,
+            );
+            targets.push("debian-12-amd64");
+        }
+        (false, _) => eprintln!("kiln demo: no .deb build (it needs mmdebstrap, bubblewrap and dpkg-dev)"),
+        (true, None) => eprintln!("kiln demo: no .deb build (no Debian mirror in this host's apt sources)"),
+    }
+    if ["rpmbuild", "bwrap"].iter().all(|t| have(t)) {
+        targets.push("el-9-x86_64");
+    } else {
+        eprintln!("kiln demo: no .rpm build (it needs rpm and bubblewrap)");
+    }
+    if targets.is_empty() {
+        return (farm, false);
+    }
+    let list = targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+    farm.push_str(&format!(
+        "\n# Added by kiln demo: a real package, built with the standard pipelines.\n\
+         [[component]]\nname = \"hello\"\nsource = {{ path = \"src/hello\" }}\ntargets = [{list}]\n"
+    ));
+    (farm, true)
+}
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -63,6 +109,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let farm = FARM
         .replace("listen = \"127.0.0.1:8010\"", &format!("listen = \"{listen}\""))
         .replace("worker_listen = \"127.0.0.1:9989\"", &format!("worker_listen = \"{worker_listen}\""));
+    let (farm, packages) = add_packages(&farm);
     let config = dir.join("farm.toml");
     std::fs::write(&config, farm).with_context(|| format!("cannot write {}", config.display()))?;
     for (path, text) in SOURCES {
@@ -72,6 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         std::fs::write(&p, text)?;
     }
+    std::fs::set_permissions(dir.join("src/hello/debian/rules"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     for w in ["w1", "w2"] {
         write_secret(&dir.join(format!("secrets/{w}.token")))?;
     }
@@ -102,10 +150,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("kiln demo: master on {url}, two workers connected; building libgrace and opencore (opencore waits for libgrace)");
+    let mut components = vec!["libgrace".to_string(), "opencore".to_string()];
+    if packages {
+        components.push("hello".into());
+        eprintln!("kiln demo: master on {url}, two workers; building libgrace, opencore (after libgrace) and the hello package");
+        eprintln!("kiln demo: the first .deb build makes its build root with mmdebstrap (about half a minute)");
+    } else {
+        eprintln!(
+            "kiln demo: master on {url}, two workers; building libgrace and opencore (opencore waits for libgrace)"
+        );
+    }
     let created = client
         .create_builds(&BuildRequestBody {
-            components: vec!["libgrace".into(), "opencore".into()],
+            components,
             properties: [("release".to_string(), "true".to_string())].into(),
             reason: Some("kiln demo".into()),
             ..Default::default()
@@ -119,10 +176,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("  export KILN_URL={url} KILN_TOKEN=$(cat {token_path})");
     eprintln!("  kiln builds");
     eprintln!("  kiln log {}", created.builds.first().map(|b| b.id).unwrap_or(1));
+    if let Some(pkg) = created.builds.iter().find(|b| b.component == "hello") {
+        eprintln!("  kiln fetch {} packages/                 # the .deb (or .rpm) the farm built", pkg.id);
+    }
     eprintln!("  kiln build --all -p release=true --follow     # slow takes 10 minutes: try `kiln cancel` on it");
     if args.exit {
-        master.shutdown().await;
         workers.shutdown().await;
+        master.shutdown().await;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     eprintln!("Press Ctrl-C to stop.");
@@ -130,7 +190,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         _ = crate::shutdown_signal() => {}
         _ = master.wait() => anyhow::bail!("the master stopped unexpectedly"),
     }
-    master.shutdown().await;
     workers.shutdown().await;
+    master.shutdown().await;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -442,36 +442,7 @@ async fn pipe(
     }
 }
 
-/// The host's own Debian mirror and suite, read from its apt sources
-/// (deb822 `.sources` files first, then `sources.list`), for tests that
-/// bootstrap build roots. The mirror is never hard-coded.
-pub fn host_debian_mirror() -> Option<(String, String)> {
-    let mut texts = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<_> =
-            dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "sources")).collect();
-        paths.sort();
-        texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
-    }
-    for stanza in texts.iter().flat_map(|t| t.split("\n\n")) {
-        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
-        let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-        let types = field("Types:").unwrap_or_default();
-        let uri = uris.split_whitespace().next().unwrap_or_default().to_string();
-        let suite = suites.split_whitespace().next().unwrap_or_default().to_string();
-        if types.split_whitespace().any(|t| t == "deb") && uri.starts_with("http") && !suite.contains('-') {
-            return Some((uri, suite));
-        }
-    }
-    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    list.lines().find_map(|l| {
-        let mut w = l.split_whitespace().filter(|w| !w.starts_with('['));
-        (w.next()? == "deb").then_some(())?;
-        let uri = w.next()?.to_string();
-        let suite = w.next()?.to_string();
-        (uri.starts_with("http") && !suite.contains('-')).then_some((uri, suite))
-    })
-}
+pub use kiln_worker::pipeline::host_debian_mirror;
 
 /// Downloads a source package from a Debian mirror (found through the
 /// suite's `Sources.xz`) into `dest` and returns the path of its `.dsc`.
