@@ -198,6 +198,9 @@ impl Store {
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                        } else {
+                            // Store::apply writes standard SQL string literals.
+                            conn.execute("SET standard_conforming_strings = on").await?;
                         }
                         Ok(())
                     })

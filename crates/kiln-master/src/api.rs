@@ -263,6 +263,11 @@ fn request_properties(given: &BTreeMap<String, String>, source: PropertySource) 
     let mut out = Properties::new();
     for (k, v) in given {
         kiln_core::names::check_property_name(k).map_err(ApiError::bad)?;
+        if k == crate::uploads::UPLOAD_PROPERTY {
+            return Err(ApiError::bad(format!(
+                "the property `{k}` is reserved: it names the upload a build takes its source from"
+            )));
+        }
         if v.len() > MAX_VALUE_LEN {
             return Err(ApiError::bad(format!("property {k:?} is {} bytes long; at most {MAX_VALUE_LEN}", v.len())));
         }
@@ -509,6 +514,9 @@ async fn upload_source(
         Ok(c) => c,
         Err(problems) => return Err(reject(problems)),
     };
+    if let Err(e) = kiln_core::names::check_name(&checked.source) {
+        return Err(reject(vec![format!("source package name: {e}")]));
+    }
     let family =
         if checked.kind == uploads::UploadKind::SrcRpm { kiln_core::Family::Rpm } else { kiln_core::Family::Deb };
     let mut problems = Vec::new();

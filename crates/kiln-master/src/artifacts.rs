@@ -17,6 +17,9 @@ use std::sync::Mutex;
 
 use kiln_core::names::valid_artifact_name;
 
+/// How many artifacts of one build may be in flight at once.
+const MAX_OPEN_PARTS: usize = 64;
+
 pub struct ArtifactStore {
     root: PathBuf,
     incoming: PathBuf,
@@ -93,6 +96,11 @@ impl ArtifactStore {
         };
         let key = (build_id, name.to_string());
         if offset == 0 {
+            // Bounds the files one build keeps open at once.
+            let open = intake.parts.keys().filter(|(b, n)| *b == build_id && n != name).count();
+            if open >= MAX_OPEN_PARTS {
+                return self.fail(&mut intake, build_id, name, format!("more than {MAX_OPEN_PARTS} uploads at once"));
+            }
             intake.failures.remove(&key);
             if let Some(old) = intake.parts.remove(&key) {
                 let _ = fs::remove_file(&old.path);

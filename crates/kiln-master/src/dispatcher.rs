@@ -254,7 +254,12 @@ impl Dispatcher {
         if !self.pending.is_empty() {
             let writes = std::mem::take(&mut self.pending);
             if let Err(e) = self.shared.store.apply(&writes).await {
-                tracing::error!(error = %e, writes = writes.len(), "cannot record build results");
+                // Keep them (and hold the acks, so workers keep their results)
+                // and try again at the next flush.
+                tracing::error!(error = %e, writes = writes.len(), "cannot record build results; will retry");
+                let newer = std::mem::replace(&mut self.pending, writes);
+                self.pending.extend(newer);
+                return;
             }
         }
         for (worker, build_id) in self.pending_acks.drain(..) {
@@ -375,6 +380,14 @@ impl Dispatcher {
         }
         tracing::info!(worker = %name, address = %address, targets = ?hello.targets, slots = hello.slots, "worker connected");
         let _ = reply.send(Ok(abandon));
+        // A cancel asked for while the worker was away is sent again.
+        if let Some(w) = self.workers.get(&name) {
+            for id in &w.running {
+                if self.running.get(id).is_some_and(|r| r.cancelled_by.is_some()) {
+                    let _ = w.tx.send(MasterMsg::Cancel { build_id: *id });
+                }
+            }
+        }
         for id in lost {
             self.requeue(id, &format!("worker {name} restarted and lost the build")).await;
         }
@@ -536,8 +549,15 @@ impl Dispatcher {
         }
         let expired: Vec<i64> = self.orphans.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
         for id in expired {
-            let worker = self.running.get(&id).map(|r| r.worker.clone()).unwrap_or_default();
-            self.requeue(id, &format!("worker {worker} was lost")).await;
+            let (worker, cancelled_by) =
+                self.running.get(&id).map(|r| (r.worker.clone(), r.cancelled_by.clone())).unwrap_or_default();
+            match cancelled_by {
+                // Its cancel never reached the worker: it ends cancelled, not re-queued.
+                Some(by) => {
+                    self.cancel(id, &by).await;
+                }
+                None => self.requeue(id, &format!("worker {worker} was lost")).await,
+            }
         }
         if now.duration_since(self.last_poll) >= POLL {
             self.last_poll = now;
@@ -685,10 +705,11 @@ impl Dispatcher {
         let farm = self.shared.farm();
         let Some(q) = self.queue.get(&id) else { return };
         let uploaded;
-        let component = match (farm.cfg.component(&q.component), q.properties.get(crate::uploads::UPLOAD_PROPERTY)) {
-            (Some(c), _) => c,
-            // An uploaded source package: the standard pipeline over the upload's files.
-            (None, Some(upload)) if upload.value.chars().all(|c| c.is_ascii_hexdigit()) => {
+        let upload = q.properties.get(crate::uploads::UPLOAD_PROPERTY).filter(|p| p.source == PropertySource::Request);
+        let component = match (farm.cfg.component(&q.component), upload) {
+            // An uploaded source package: the standard pipeline over the
+            // upload's files, even when a component has the same name.
+            (_, Some(upload)) if upload.value.len() == 16 && upload.value.chars().all(|c| c.is_ascii_hexdigit()) => {
                 let dir = farm.data_dir().join("uploads").join(&upload.value);
                 uploaded = kiln_core::Component {
                     name: q.component.clone(),
@@ -706,6 +727,7 @@ impl Dispatcher {
                 };
                 &uploaded
             }
+            (Some(c), _) => c,
             _ => {
                 let reason = format!("component {} is no longer in the config", q.component);
                 self.fail_unstarted(id, &reason).await;

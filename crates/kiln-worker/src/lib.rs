@@ -222,7 +222,13 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             targets: opts.targets.clone(),
             slots: opts.slots,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            running: st.running.keys().copied().collect(),
+            // A build being stopped because it was abandoned is not ours to report.
+            running: st
+                .running
+                .iter()
+                .filter(|(_, r)| !*r.abandoned.lock().unwrap_or_else(|e| e.into_inner()))
+                .map(|(id, _)| *id)
+                .collect(),
             finished: st.unacked.keys().copied().collect(),
         }
     };
@@ -240,7 +246,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                     *r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = true;
                     let _ = r.cancel.send(true);
                 }
+                // A finished result of it is not sent either.
+                if st.unacked.remove(&id).is_some() {
+                    let _ = std::fs::remove_dir_all(outbox(&opts.workdir, id));
+                }
             }
+            // Upload messages queued for the old connection are stale: the
+            // uploads start over on this one.
+            while upload_rx.try_recv().is_ok() {}
             st.last_contact = Some(Instant::now());
             st.fence = Some(Duration::from_millis(fence_ms.max(1000)));
             st.session += 1;
@@ -261,6 +274,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
+            // Step output goes before results: a build's last log lines and
+            // step results must reach the master before its BuildFinished.
+            biased;
             frame = framed.next() => {
                 let Some(frame) = frame else { return Ok(()) };
                 let frame = frame?;
@@ -301,7 +317,25 @@ fn start_build(
     upload_tx: &mpsc::Sender<WorkerMsg>,
 ) {
     let id = job.build_id;
-    if lock(state).running.contains_key(&id) {
+    let stopping = match lock(state).running.get(&id) {
+        None => false,
+        // Already running it (a repeated assign): nothing to do.
+        Some(r) if !*r.abandoned.lock().unwrap_or_else(|e| e.into_inner()) => return,
+        Some(_) => true,
+    };
+    if stopping {
+        // An abandoned copy of this build is still being stopped: start the
+        // new attempt once it is gone (they share the build's directories).
+        let (opts, state, out_tx, upload_tx) = (opts.clone(), state.clone(), out_tx.clone(), upload_tx.clone());
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                if !lock(&state).running.contains_key(&id) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            start_build(job, &opts, &state, &out_tx, &upload_tx);
+        });
         return;
     }
     tracing::info!(build = id, component = %job.component, target = %job.target, "starting build");
@@ -359,56 +393,83 @@ async fn send_artifacts_and_result(
     state: &Shared,
     tx: &mpsc::Sender<WorkerMsg>,
 ) {
-    use base64::Engine;
-    use sha2::{Digest, Sha256};
-    use tokio::io::AsyncReadExt;
     let id = result.build_id;
     let dir = outbox(workdir, id);
     let mut buf = vec![0u8; kiln_proto::wire::ARTIFACT_CHUNK];
-    for name in &result.artifacts {
-        'file: loop {
-            let session = lock(state).session;
-            let mut file = match tokio::fs::File::open(dir.join(name)).await {
-                Ok(f) => f,
-                Err(e) => {
-                    // The master sees the artifact missing and fails the build.
-                    tracing::error!(build = id, artifact = %name, error = %e, "cannot read an artifact");
-                    break 'file;
-                }
-            };
-            let (mut offset, mut hash) = (0u64, Sha256::new());
-            loop {
-                let n = match file.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::error!(build = id, artifact = %name, error = %e, "cannot read an artifact");
-                        break 'file;
-                    }
-                };
-                if lock(state).session != session {
-                    continue 'file;
-                }
-                hash.update(&buf[..n]);
-                let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
-                let chunk = WorkerMsg::ArtifactChunk { build_id: id, name: name.clone(), offset, data };
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-                offset += n as u64;
+    // When the connection is replaced, every file is sent again: pieces of
+    // files already queued may have been lost with the old connection.
+    'all: loop {
+        let session = lock(state).session;
+        for name in &result.artifacts {
+            match send_file(&dir, name, id, session, state, tx, &mut buf).await {
+                Sent::Whole | Sent::Unreadable => {}
+                Sent::Restart => continue 'all,
+                Sent::Closed => return,
             }
-            if lock(state).session != session {
-                continue 'file;
-            }
-            let sha256 = hex::encode(hash.finalize());
-            let done = WorkerMsg::ArtifactDone { build_id: id, name: name.clone(), size: offset, sha256 };
-            if tx.send(done).await.is_err() {
-                return;
-            }
+        }
+        if lock(state).session == session {
             break;
         }
     }
     let _ = tx.send(WorkerMsg::BuildFinished(result)).await;
+}
+
+enum Sent {
+    Whole,
+    /// The file cannot be read; the master will find it missing.
+    Unreadable,
+    /// The connection was replaced meanwhile.
+    Restart,
+    Closed,
+}
+
+async fn send_file(
+    dir: &std::path::Path,
+    name: &str,
+    id: i64,
+    session: u64,
+    state: &Shared,
+    tx: &mpsc::Sender<WorkerMsg>,
+    buf: &mut [u8],
+) -> Sent {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let unreadable = |e: std::io::Error| {
+        tracing::error!(build = id, artifact = %name, error = %e, "cannot read an artifact");
+        Sent::Unreadable
+    };
+    let mut file = match tokio::fs::File::open(dir.join(name)).await {
+        Ok(f) => f,
+        Err(e) => return unreadable(e),
+    };
+    let (mut offset, mut hash) = (0u64, Sha256::new());
+    loop {
+        let n = match file.read(buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return unreadable(e),
+        };
+        if lock(state).session != session {
+            return Sent::Restart;
+        }
+        hash.update(&buf[..n]);
+        let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+        let chunk = WorkerMsg::ArtifactChunk { build_id: id, name: name.to_string(), offset, data };
+        if tx.send(chunk).await.is_err() {
+            return Sent::Closed;
+        }
+        offset += n as u64;
+    }
+    if lock(state).session != session {
+        return Sent::Restart;
+    }
+    let sha256 = hex::encode(hash.finalize());
+    let done = WorkerMsg::ArtifactDone { build_id: id, name: name.to_string(), size: offset, sha256 };
+    if tx.send(done).await.is_err() {
+        return Sent::Closed;
+    }
+    Sent::Whole
 }
 
 fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
