@@ -516,7 +516,13 @@ impl Dispatcher {
                 if let Err(e) = self.shared.logs.discard(id) {
                     tracing::error!(build = id, error = %e, "cannot remove the logs of the lost attempt");
                 }
-                if let Ok(Some(b)) = self.shared.store.build(id).await {
+                if let Ok(Some(mut b)) = self.shared.store.build(id).await {
+                    // What the lost attempt's steps set does not carry over.
+                    let before = b.properties.len();
+                    b.properties.retain(|_, p| p.source != PropertySource::Step);
+                    if b.properties.len() != before {
+                        self.pending.push(Write::Properties { build_id: id, properties: b.properties.clone() });
+                    }
                     self.enqueue(b);
                 }
             }

@@ -335,6 +335,7 @@ async fn run_step(
     let mut last_output = Instant::now();
     let mut stdout = Vec::new();
     let mut stopping: Option<(Instant, Stop)> = None;
+    let mut killed = false;
     // An always_run step is not interrupted by the cancel that let it run.
     let mut cancel_seen = *ctx.cancel.borrow();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -346,7 +347,8 @@ async fn run_step(
     // a process that left the group could hold them open, so stop waiting.
     let mut drain_until = None;
     while status.is_none() || ((log_open || out_open) && drain_until.is_none_or(|t| Instant::now() < t)) {
-        let kill_at = stopping.map(|(t, _)| t + grace);
+        // SIGKILL once; a process stuck in the kernel may outlive it for a while.
+        let kill_at = stopping.filter(|_| !killed).map(|(t, _)| t + grace);
         tokio::select! {
             st = proc.child.wait(), if status.is_none() => {
                 // Whatever the step left running in its group goes with it.
@@ -390,6 +392,7 @@ async fn run_step(
             }
             _ = sleep_until(kill_at), if kill_at.is_some() && status.is_none() => {
                 process::signal_group(proc.pgid, libc::SIGKILL);
+                killed = true;
             }
             _ = sleep_until(drain_until), if drain_until.is_some() => {}
         }
