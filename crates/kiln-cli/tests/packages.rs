@@ -148,10 +148,10 @@ source = {{ path = "src/kiln-slow" }}
     let root_log = client.log(id2, "root", 0).await.expect("log").data;
     assert!(root_log.contains("using the cached"), "{root_log}");
 
-    // Cancel while dependencies install, and while the package builds: the
+    // Cancel while the root unpacks, while dependencies install, and while the package builds: the
     // build ends cancelled and nothing of it survives (processes in the
     // sandbox included), nor its root.
-    for (step, source) in [("deps", "kiln-hello"), ("build", "kiln-slow")] {
+    for (step, source) in [("root", "kiln-hello"), ("deps", "kiln-hello"), ("build", "kiln-slow")] {
         let created = client
             .create_builds(&BuildRequestBody { components: vec![source.into()], ..Default::default() })
             .await
