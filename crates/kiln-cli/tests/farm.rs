@@ -860,3 +860,38 @@ steps = [
         assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{ctl}/kiln/w1-{}", half.id)).exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_during_the_upload_ends_the_build_cancelled_without_artifacts() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "pkg"
+artifacts = ["*.bin"]
+steps = [ { name = "make", run = "head -c 1000000 /dev/urandom > small.bin; head -c 200000000 /dev/zero > big.bin; touch ../made-$KILN_BUILD_ID; while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let proxy = Proxy::start(farm.worker_port).await;
+    farm.start_worker_via("w1", &["t"], 1, proxy.addr);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["pkg"], &[])).await.expect("create").builds[0].id;
+    let builds = farm.path("workers/w1/builds");
+    assert!(wait_for(Duration::from_secs(20), || async { builds.join(format!("made-{id}")).exists() }).await);
+    // The upload starts against a stalled network, the cancel waits in it,
+    // and both go through when it moves again.
+    proxy.pause(true);
+    std::fs::write(builds.join(format!("go-{id}")), "").expect("go");
+    let outbox = farm.path(&format!("workers/w1/outbox/{id}/big.bin"));
+    assert!(wait_for(Duration::from_secs(10), || async { outbox.exists() }).await, "the upload began");
+    client.cancel(id).await.expect("cancel");
+    proxy.pause(false);
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!((b.state, b.reason.as_deref()), (BuildState::Cancelled, Some("cancelled by admin")), "{b:?}");
+    assert!(b.artifacts.is_empty(), "{:?}", b.artifacts);
+    assert!(farm.worker_log("w1").contains("cancelling build during its upload"), "{}", farm.worker_log("w1"));
+    assert_eq!(std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(), 0);
+    let gone = || async { !farm.path(&format!("workers/w1/outbox/{id}")).exists() };
+    assert!(wait_for(Duration::from_secs(10), gone).await, "the worker's outbox is emptied");
+}

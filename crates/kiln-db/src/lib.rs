@@ -398,6 +398,10 @@ impl Store {
                     if let Some(close) = close_steps_sql(*build_id, *state, *at, Some(&guard)) {
                         sql.push_str(&close);
                     }
+                    if *state == BuildState::Cancelled {
+                        // A cancelled build keeps nothing it uploaded.
+                        sql.push_str(&format!("DELETE FROM artifacts WHERE build_id = {build_id} AND {guard};\n"));
+                    }
                     sql.push_str(&format!(
                         "UPDATE builds SET state = '{}', reason = {}, finished_at = {at} \
                          WHERE id = {build_id} AND state = 'running';\n",

@@ -57,6 +57,8 @@ struct State {
     session: u64,
     /// Builds whose artifacts and result are being sent now.
     uploading: std::collections::HashSet<i64>,
+    /// Finished builds cancelled while their artifacts were being sent.
+    cancelled_uploads: std::collections::HashSet<i64>,
 }
 
 impl State {
@@ -102,6 +104,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         fence: None,
         session: 0,
         uploading: Default::default(),
+        cancelled_uploads: Default::default(),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
@@ -285,13 +288,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 match wire::decode::<MasterMsg>(&frame)? {
                     MasterMsg::Assign(job) => start_build(*job, opts, state, out_tx, upload_tx),
                     MasterMsg::Cancel { build_id } => {
-                        if let Some(r) = lock(state).running.get(&build_id) {
+                        let mut st = lock(state);
+                        if let Some(r) = st.running.get(&build_id) {
                             tracing::info!(build = build_id, "cancelling build");
                             let _ = r.cancel.send(true);
+                        } else if st.unacked.contains_key(&build_id) {
+                            tracing::info!(build = build_id, "cancelling build during its upload");
+                            st.cancelled_uploads.insert(build_id);
                         }
                     }
                     MasterMsg::Ack { build_id } => {
-                        lock(state).unacked.remove(&build_id);
+                        {
+                            let mut st = lock(state);
+                            st.unacked.remove(&build_id);
+                            st.cancelled_uploads.remove(&build_id);
+                        }
                         let _ = tokio::fs::remove_dir_all(outbox(&opts.workdir, build_id)).await;
                     }
                     MasterMsg::Ping | MasterMsg::Welcome { .. } | MasterMsg::Refused { .. } => {}
@@ -398,18 +409,27 @@ async fn send_artifacts_and_result(
     let mut buf = vec![0u8; kiln_proto::wire::ARTIFACT_CHUNK];
     // When the connection is replaced, every file is sent again: pieces of
     // files already queued may have been lost with the old connection.
+    let mut result = result;
     'all: loop {
         let session = lock(state).session;
         for name in &result.artifacts {
             match send_file(&dir, name, id, session, state, tx, &mut buf).await {
                 Sent::Whole | Sent::Unreadable => {}
                 Sent::Restart => continue 'all,
+                Sent::Cancelled => break 'all,
                 Sent::Closed => return,
             }
         }
         if lock(state).session == session {
             break;
         }
+    }
+    if lock(state).cancelled_uploads.contains(&id) {
+        // The build ends cancelled; what it produced is not kept.
+        result.state = kiln_core::BuildState::Cancelled;
+        result.reason = Some("cancelled during the upload".into());
+        result.artifacts.clear();
+        lock(state).unacked.insert(id, result.clone());
     }
     let _ = tx.send(WorkerMsg::BuildFinished(result)).await;
 }
@@ -420,6 +440,8 @@ enum Sent {
     Unreadable,
     /// The connection was replaced meanwhile.
     Restart,
+    /// The build was cancelled meanwhile.
+    Cancelled,
     Closed,
 }
 
@@ -450,8 +472,14 @@ async fn send_file(
             Ok(n) => n,
             Err(e) => return unreadable(e),
         };
-        if lock(state).session != session {
-            return Sent::Restart;
+        {
+            let st = lock(state);
+            if st.cancelled_uploads.contains(&id) {
+                return Sent::Cancelled;
+            }
+            if st.session != session {
+                return Sent::Restart;
+            }
         }
         hash.update(&buf[..n]);
         let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
