@@ -193,10 +193,7 @@ name = "tool"
 depends_on = ["app"]
 steps = [ { name = "build", run = "true" } ]
 "#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 1);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
     let (code, out, _) = run(farm.kiln().args(["build", "--all", "--follow"])).expect("kiln build --follow");
     assert_eq!(code, 1, "a failed build makes --follow fail: {out}");
     let client = farm.client();
@@ -229,10 +226,7 @@ family = "rpm"
 name = "chatty"
 steps = [ { name = "talk", run = "echo first line; touch started; while [ ! -e release ]; do sleep 0.05; done; echo second line" } ]
 "#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 1);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
     let client = farm.client();
     let id = client.create_builds(&request(&["chatty"], &[])).await.expect("create").builds[0].id;
     let ok = wait_for(Duration::from_secs(2), || async {
@@ -292,10 +286,7 @@ async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_workers_build_is_requeued_and_finishes_on_the_other_worker() {
     let config = one_job("echo on $KILN_WORKER; sleep 2");
-    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 1);
-    farm.wait_for_workers(&["w1"]).await;
+    let mut farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
     let client = farm.client();
     let id = client.create_builds(&request(&["job"], &[])).await.expect("create").builds[0].id;
     farm.wait_build(id, Duration::from_secs(10), |b| b.state == BuildState::Running).await;
@@ -678,10 +669,7 @@ name = "nomatch"
 artifacts = ["*.rpm"]
 steps = [ { name = "make", run = "true" } ]
 "#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 2);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 2).await;
     let client = farm.client();
     let created = client.create_builds(&request(&["pkg", "toobig", "nomatch"], &[])).await.expect("create");
     let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
@@ -792,10 +780,7 @@ steps = [
 name = "slowstep"
 steps = [ { name = "s", run = "sleep 30", timeout = "1s" } ]
 "#);
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 3);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 3).await;
     let created = farm.client().create_builds(&request(&["quiet", "long", "slowstep"], &[])).await.expect("create");
     let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
     let quiet = farm.wait_finished(id_of("quiet"), Duration::from_secs(20)).await;
@@ -831,10 +816,7 @@ steps = [
   { name = "quota", run = "cat /sys/fs/cgroup/cpu/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/kiln/$KILN_WORKER-$KILN_BUILD_ID/cpu.max" },
 ]
 "#);
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["t"], 2);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 2).await;
     let created = farm.client().create_builds(&request(&["hog", "half"], &[])).await.expect("create");
     let id_of = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id;
     let hog = farm.wait_finished(id_of("hog"), Duration::from_secs(60)).await;

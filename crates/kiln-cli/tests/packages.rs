@@ -248,10 +248,7 @@ source = { path = "src/kiln-hello" }
         ("src/kiln-hello/rpm/hello.c", HELLO_C),
         ("src/kiln-hello/debian/changelog", CHANGELOG),
     ];
-    let mut farm = Farm::new(KILN.as_ref(), config, sources);
-    farm.start_master().await;
-    farm.start_worker("w1", &["el-9-x86_64"], 1);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, sources, "w1", &["el-9-x86_64"], 1).await;
     let client = farm.client();
     let body = |release: bool| BuildRequestBody {
         components: vec!["kiln-hello".into()],
@@ -321,10 +318,7 @@ family = "deb"
 suite = "bookworm"
 mirror = "http://deb.example.invalid/debian"
 "#;
-    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
-    farm.start_master().await;
-    farm.start_worker("w1", &["el-9-x86_64"], 1);
-    farm.wait_for_workers(&["w1"]).await;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["el-9-x86_64"], 1).await;
 
     // A source RPM: accepted, built by the standard rpm pipeline.
     let srpm = make_srpm(&farm.path("pkg"));

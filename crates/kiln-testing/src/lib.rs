@@ -89,6 +89,23 @@ impl Farm {
         }
     }
 
+    /// A farm with its master started and one worker `name` connected,
+    /// serving `targets` with `slots` slots.
+    pub async fn running(
+        bin: &Path,
+        config: &str,
+        sources: &[(&str, &str)],
+        name: &str,
+        targets: &[&str],
+        slots: u32,
+    ) -> Farm {
+        let mut farm = Farm::new(bin, config, sources);
+        farm.start_master().await;
+        farm.start_worker(name, targets, slots);
+        farm.wait_for_workers(&[name]).await;
+        farm
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
