@@ -157,6 +157,25 @@ fn clean_leftovers(workdir: &std::path::Path) {
     if killed > 0 {
         tracing::warn!(killed, "killed processes left over from an earlier run");
     }
+    let mounts = process::unmount_under(&workdir.join("builds"));
+    if mounts > 0 {
+        tracing::warn!(mounts, "unmounted build roots left over from an earlier run");
+    }
+    // Extracted roots of tarballs that were since made again, and half-made ones.
+    if let Ok(entries) = std::fs::read_dir(workdir.join("roots")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let current = name.strip_suffix(".dir").and_then(|rest| rest.rsplit_once('.')).and_then(|(key, stamp)| {
+                let tar = workdir.join("roots").join(format!("{key}.tar"));
+                let mtime = std::fs::metadata(tar).and_then(|m| m.modified()).ok()?;
+                let secs = mtime.duration_since(std::time::SystemTime::UNIX_EPOCH).ok()?.as_secs();
+                Some(secs.to_string() == stamp)
+            });
+            if name.ends_with(".tmpdir") || current == Some(false) || (name.ends_with(".dir") && current.is_none()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(workdir.join("builds")) {
         for e in entries.flatten() {
             tracing::warn!(dir = %e.path().display(), "removing a build dir left over from an earlier run");

@@ -143,3 +143,22 @@ pub fn kill_leftovers(marker: &str) -> usize {
     }
     killed
 }
+
+/// Lazily unmounts every mount point at or below `dir` (deepest first), so
+/// a build's overlay root never outlives it. Returns how many there were.
+pub fn unmount_under(dir: &Path) -> usize {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return 0 };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        // /proc/mounts escapes spaces and the like as octal.
+        .map(|p| p.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in &points {
+        let _ = Command::new("umount").arg("-l").arg(p).status();
+    }
+    points.len()
+}

@@ -105,6 +105,9 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         }
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
+    // A standard pipeline's root may be an overlay mount: unmount, then remove.
+    let unmount_from = scratch.clone();
+    let _ = tokio::task::spawn_blocking(move || process::unmount_under(&unmount_from)).await;
     let _ = tokio::fs::remove_dir_all(&scratch).await;
     let (state, reason) = if cancelled {
         (BuildState::Cancelled, Some("cancelled".to_string()))
