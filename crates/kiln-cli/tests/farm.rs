@@ -256,14 +256,7 @@ async fn kill_9_of_the_master_loses_no_build_and_runs_none_twice() {
     farm.wait_for_workers(&["w1", "w2"]).await;
     let ledger = farm.path("ledger");
     let client = farm.client();
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        let created = client
-            .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8 path"))]))
-            .await
-            .expect("create");
-        ids.push(created.builds[0].id);
-    }
+    let ids = submit_jobs(&client, &ledger, 6).await;
     // Two run, four wait; then the master dies without warning.
     farm.wait_build(ids[0], Duration::from_secs(10), |b| b.state == BuildState::Running).await;
     farm.kill_master();
@@ -532,6 +525,20 @@ fn one_job(run: &str) -> String {
     )
 }
 
+/// Requests `n` builds of `job`, each with the `ledger` property naming the
+/// file its step appends to; returns their ids.
+async fn submit_jobs(client: &kiln_client::Client, ledger: &std::path::Path, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let created = client
+            .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8 path"))]))
+            .await
+            .expect("create");
+        ids.push(created.builds[0].id);
+    }
+    ids
+}
+
 const LEDGER_JOB: &str = "echo $KILN_WORKER >> %(prop:ledger)s; echo on $KILN_WORKER; sleep 2";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -545,12 +552,7 @@ async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
     farm.wait_for_workers(&["w1"]).await;
     let ledger = farm.path("ledger");
     let client = farm.client();
-    let id = client
-        .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
-        .await
-        .expect("create")
-        .builds[0]
-        .id;
+    let id = submit_jobs(&client, &ledger, 1).await[0];
     assert!(wait_for(Duration::from_secs(10), || async { std::fs::read_to_string(&ledger).is_ok() }).await);
     farm.start_worker("w2", &["t"], 1);
     farm.wait_for_workers(&["w2"]).await;
@@ -583,13 +585,7 @@ async fn workers_connect_over_tls() {
     farm.start_worker_with("w1", &["t"], 1, &["--tls-ca", ca.to_str().expect("utf8")]);
     farm.wait_for_workers(&["w1"]).await;
     let ledger = farm.path("ledger");
-    let id = farm
-        .client()
-        .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
-        .await
-        .expect("create")
-        .builds[0]
-        .id;
+    let id = submit_jobs(&farm.client(), &ledger, 1).await[0];
     let b = farm.wait_finished(id, Duration::from_secs(20)).await;
     assert_eq!(b.state, BuildState::Succeeded);
     assert_eq!(farm.client().log(id, "run", 0).await.expect("log").data, "on w1\n");
@@ -623,14 +619,7 @@ async fn the_farm_runs_on_postgresql() {
         farm.wait_for_workers(&["w1", "w2"]).await;
         let ledger = farm.path("ledger");
         let client = farm.client();
-        let mut ids = Vec::new();
-        for _ in 0..4 {
-            let b = client
-                .create_builds(&request(&["job"], &[("ledger", ledger.to_str().expect("utf8"))]))
-                .await
-                .expect("create");
-            ids.push(b.builds[0].id);
-        }
+        let ids = submit_jobs(&client, &ledger, 4).await;
         for id in ids {
             assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
         }

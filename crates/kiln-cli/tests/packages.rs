@@ -37,6 +37,15 @@ const CHANGELOG: &str = "kiln-hello (1.0) bookworm; urgency=medium
 
  -- kiln tests <kiln@localhost>  Sun, 22 Nov 2026 00:00:00 +0000
 ";
+/// A request to build kiln-hello, as a nightly or (`release`) a release build.
+fn hello_request(release: bool) -> BuildRequestBody {
+    BuildRequestBody {
+        components: vec!["kiln-hello".into()],
+        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
+        ..Default::default()
+    }
+}
+
 const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from kiln\"); return 0; }\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,11 +98,7 @@ source = {{ path = "src/kiln-slow" }}
     farm.start_worker("w1", &[&format!("debian-{suite}-amd64")], 1);
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
-    let body = |release: bool| BuildRequestBody {
-        components: vec!["kiln-hello".into()],
-        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
-        ..Default::default()
-    };
+    let body = hello_request;
 
     // A nightly build.
     let id = client.create_builds(&body(false)).await.expect("create").builds[0].id;
@@ -252,11 +257,7 @@ source = { path = "src/kiln-hello" }
     ];
     let farm = Farm::running(KILN.as_ref(), config, sources, "w1", &["el-9-x86_64"], 1).await;
     let client = farm.client();
-    let body = |release: bool| BuildRequestBody {
-        components: vec!["kiln-hello".into()],
-        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
-        ..Default::default()
-    };
+    let body = hello_request;
     let id = client.create_builds(&body(false)).await.expect("create").builds[0].id;
     let b = farm.wait_finished(id, Duration::from_secs(120)).await;
     let build_log = client.log(id, "build", 0).await.map(|c| c.data).unwrap_or_default();

@@ -55,10 +55,6 @@ impl Client {
         Ok(Client { base: url.trim_end_matches('/').to_string(), token, http })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
         let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
         let status = resp.status();

@@ -220,10 +220,6 @@ impl Store {
         })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
         self.reader.close().await;
@@ -620,18 +616,6 @@ impl Store {
         Ok(counts)
     }
 
-    /// The states of the given builds.
-    pub async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, BuildState)>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = id_list(ids);
-        let rows =
-            sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({list})")).fetch_all(&self.reader).await?;
-        rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)?, parse_state(&r.try_get::<String, _>(1)?)?))).collect()
-    }
-
-    /// Last build and queue counts of every builder that has builds.
     pub async fn builder_stats(&self) -> Result<Vec<BuilderStats>> {
         let rows = sqlx::query(
             "SELECT b.component, b.target, b.id, b.state, \

@@ -206,8 +206,6 @@ async fn listing_filters_and_pages_newest_first() {
         let stats = s.builder_stats().await.expect("stats");
         let odd_stats = stats.iter().find(|x| x.component == "odd").expect("odd builder");
         assert_eq!((odd_stats.queued, odd_stats.running, odd_stats.last_build_id), (11, 1, ids[23]));
-        let states = s.states(&[ids[3], ids[4]]).await.expect("states");
-        assert!(states.contains(&(ids[3], BuildState::Running)) && states.contains(&(ids[4], BuildState::Queued)));
     })
     .await;
 }
