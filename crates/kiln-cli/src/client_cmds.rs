@@ -30,6 +30,12 @@ pub struct BuildArgs {
     /// Why: shown with the request.
     #[arg(long)]
     pub reason: Option<String>,
+    /// A release build (property release=true): the changelog's version, published to the release channel.
+    #[arg(long)]
+    pub release: bool,
+    /// Overwrite a version already published (property replace=true).
+    #[arg(long)]
+    pub replace: bool,
     /// Follow the builds until they finish; exit non-zero unless all succeed.
     #[arg(long, short)]
     pub follow: bool,
@@ -48,6 +54,12 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     for p in &args.properties {
         let (k, v) = kiln_core::props::parse_assignment(p).map_err(|e| anyhow::anyhow!("-p {p}: {e}"))?;
         properties.insert(k, v);
+    }
+    if args.release {
+        properties.insert("release".into(), "true".into());
+    }
+    if args.replace {
+        properties.insert("replace".into(), "true".into());
     }
     let client = args.remote.client()?;
     let body = BuildRequestBody {

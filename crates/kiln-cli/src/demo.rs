@@ -163,7 +163,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let created = client
         .create_builds(&BuildRequestBody {
             components,
-            properties: [("release".to_string(), "true".to_string())].into(),
+            // Nightly builds: each gets its own version, so the demo can run
+            // again in the same directory and publish again.
             reason: Some("kiln demo".into()),
             ..Default::default()
         })
@@ -179,7 +180,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if let Some(pkg) = created.builds.iter().find(|b| b.component == "hello") {
         eprintln!("  kiln fetch {} packages/                 # the .deb (or .rpm) the farm built", pkg.id);
     }
-    eprintln!("  kiln build --all -p release=true --follow     # slow takes 10 minutes: try `kiln cancel` on it");
+    eprintln!("  kiln build --all --follow                     # slow takes 10 minutes: try `kiln cancel` on it");
+    if packages {
+        let published = client.packages("dev", None, None).await.unwrap_or_default();
+        eprintln!();
+        eprintln!("Published to the dev channel (signed APT/YUM repositories, {} files):", published.len());
+        for p in &published {
+            eprintln!("  {:<10} {:<32} {:<7} {url}/repos/dev/{}", p.name, p.version, p.arch, p.path);
+        }
+        let suite = kiln_worker::pipeline::host_debian_mirror().map(|(_, s)| s).unwrap_or_else(|| "bookworm".into());
+        eprintln!("Use them:");
+        eprintln!("  curl -o /etc/apt/keyrings/kiln-dev.asc {url}/repos/dev/key.asc");
+        eprintln!("  echo 'deb [signed-by=/etc/apt/keyrings/kiln-dev.asc] {url}/repos/dev/apt {suite} main' > /etc/apt/sources.list.d/kiln-dev.list");
+        eprintln!("  dnf --repofrompath=kiln,{url}/repos/dev/yum/el-9-x86_64 --setopt=kiln.gpgkey={url}/repos/dev/key.asc --setopt=kiln.repo_gpgcheck=1 repoquery --repo kiln");
+        eprintln!("  kiln repo list dev;  kiln repo promote hello VERSION --from dev --to stable");
+    }
     if args.exit {
         workers.shutdown().await;
         master.shutdown().await;

@@ -6,6 +6,7 @@ mod client_cmds;
 mod demo;
 mod follow;
 mod output;
+mod repo_cmds;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -122,6 +123,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Repositories: list, promote, remove, snapshot, roll back, export.
+    #[command(subcommand)]
+    Repo(repo_cmds::RepoCommand),
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(repo_cmds::KeyCommand),
     /// Start a demo farm (master + two workers) and build the example components.
     Demo(demo::DemoArgs),
     /// Measure throughput, latency and memory with real processes; writes JSON.
@@ -266,6 +273,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Workers { remote } => client_cmds::workers(&remote).await,
         Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
+        Command::Repo(cmd) => repo_cmds::repo(cmd).await,
+        Command::Key(cmd) => repo_cmds::key(cmd),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Internal(cmd) => {

@@ -612,7 +612,7 @@ async fn the_farm_runs_on_postgresql() {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
         let (code, out, err) =
             run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config)).expect("upgrade");
-        assert_eq!((code, out.trim()), (0, "applied 2 migration(s)"), "{err}");
+        assert_eq!((code, out.trim()), (0, "applied 3 migration(s)"), "{err}");
         farm.start_master().await;
         farm.start_worker("w1", &["t"], 1);
         farm.start_worker("w2", &["t"], 1);
@@ -645,8 +645,8 @@ family = "deb"
 
 [[component]]
 name = "pkg"
-artifacts = ["out/*.deb", "out/**/*.bin", "out/*.log"]
-steps = [ { name = "make", run = "mkdir -p out/sub && printf hello > out/hello_1.0_all.deb && head -c 1500000 /dev/urandom > out/sub/big.bin && : > out/empty.log" } ]
+artifacts = ["out/*.txt", "out/**/*.bin", "out/*.log"]
+steps = [ { name = "make", run = "mkdir -p out/sub && printf hello > out/hello_1.0_all.txt && head -c 1500000 /dev/urandom > out/sub/big.bin && : > out/empty.log" } ]
 
 [[component]]
 name = "toobig"
@@ -666,13 +666,13 @@ steps = [ { name = "make", run = "true" } ]
     let pkg = farm.wait_finished(id_of("pkg"), Duration::from_secs(30)).await;
     assert_eq!(pkg.state, BuildState::Succeeded, "{pkg:?}");
     let names: Vec<(&str, u64)> = pkg.artifacts.iter().map(|a| (a.name.as_str(), a.size)).collect();
-    assert_eq!(names, [("big.bin", 1_500_000), ("empty.log", 0), ("hello_1.0_all.deb", 5)]);
+    assert_eq!(names, [("big.bin", 1_500_000), ("empty.log", 0), ("hello_1.0_all.txt", 5)]);
 
     let dest = farm.path("fetched");
     let (code, out, err) = run(farm.kiln().args(["fetch", &pkg.id.to_string()]).arg(&dest)).expect("kiln fetch");
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    assert_eq!(std::fs::read(dest.join("hello_1.0_all.deb")).expect("deb"), b"hello");
+    assert_eq!(std::fs::read(dest.join("hello_1.0_all.txt")).expect("deb"), b"hello");
     assert_eq!(std::fs::metadata(dest.join("big.bin")).expect("bin").len(), 1_500_000);
     assert_eq!(std::fs::metadata(dest.join("empty.log")).expect("log").len(), 0);
 

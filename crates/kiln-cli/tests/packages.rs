@@ -71,8 +71,28 @@ source = {{ path = "src/kiln-hello" }}
 [[component]]
 name = "kiln-slow"
 source = {{ path = "src/kiln-slow" }}
+
+[[component]]
+name = "kiln-greeting"
+source = {{ path = "src/kiln-greeting" }}
+
+[[component]]
+name = "kiln-greeter"
+source = {{ path = "src/kiln-greeter" }}
+depends_on = ["kiln-greeting"]
 "#
     );
+    // A library (a header, here) and a program that build-depends on it:
+    // the program's build root gets the header from the farm's own repository.
+    let greeting_control = CONTROL
+        .replace("kiln-hello", "kiln-greeting")
+        .replace("Package: kiln-greeting\nArchitecture: any", "Package: kiln-greeting-dev\nArchitecture: all");
+    let greeting_rules = "#!/usr/bin/make -f\n%:\n\tdh $@\noverride_dh_auto_install:\n\tinstall -D -m 0644 kiln-greeting.h debian/kiln-greeting-dev/usr/include/kiln-greeting.h\n";
+    let greeter_control = CONTROL
+        .replace("kiln-hello", "kiln-greeter")
+        .replace("debhelper-compat (= 13)", "debhelper-compat (= 13), kiln-greeting-dev");
+    let greeter_c =
+        "#include <stdio.h>\n#include <kiln-greeting.h>\nint main(void) { puts(KILN_GREETING); return 0; }\n";
     // A package whose build takes minutes, to cancel mid-build.
     let slow_control = CONTROL.replace("kiln-hello", "kiln-slow");
     let slow_rules = RULES.replace("$(CC) -O2", "sleep 300; $(CC) -O2");
@@ -88,9 +108,19 @@ source = {{ path = "src/kiln-slow" }}
         ("src/kiln-slow/debian/changelog", &slow_changelog),
         ("src/kiln-slow/debian/source/format", "3.0 (native)\n"),
         ("src/kiln-slow/hello.c", HELLO_C),
+        ("src/kiln-greeting/debian/control", &greeting_control),
+        ("src/kiln-greeting/debian/rules", greeting_rules),
+        ("src/kiln-greeting/debian/changelog", &CHANGELOG.replace("kiln-hello", "kiln-greeting")),
+        ("src/kiln-greeting/debian/source/format", "3.0 (native)\n"),
+        ("src/kiln-greeting/kiln-greeting.h", "#define KILN_GREETING \"greetings from the farm's repository\"\n"),
+        ("src/kiln-greeter/debian/control", &greeter_control),
+        ("src/kiln-greeter/debian/rules", &RULES.replace("kiln-hello", "kiln-greeter").replace("hello.c", "greeter.c")),
+        ("src/kiln-greeter/debian/changelog", &CHANGELOG.replace("kiln-hello", "kiln-greeter")),
+        ("src/kiln-greeter/debian/source/format", "3.0 (native)\n"),
+        ("src/kiln-greeter/greeter.c", greeter_c),
     ];
     let mut farm = Farm::new(KILN.as_ref(), &config, sources);
-    for tree in ["kiln-hello", "kiln-slow"] {
+    for tree in ["kiln-hello", "kiln-slow", "kiln-greeting", "kiln-greeter"] {
         let rules = farm.path(&format!("src/{tree}/debian/rules"));
         std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
@@ -153,6 +183,41 @@ source = {{ path = "src/kiln-slow" }}
     let root_log = client.log(id2, "root", 0).await.expect("log").data;
     assert!(root_log.contains("using the cached"), "{root_log}");
     assert!(root_log.contains("build root ready in") || root_log.contains("build root unpacked in"), "{root_log}");
+
+    // A dependent builds against what its dependency just published: the
+    // library lands in dev first, the program's root installs it from there.
+    let created = client
+        .create_builds(&BuildRequestBody {
+            components: vec!["kiln-greeter".into(), "kiln-greeting".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let mut by_name = std::collections::HashMap::new();
+    for b in &created.builds {
+        by_name.insert(b.component.clone(), b.id);
+    }
+    let lib = farm.wait_finished(by_name["kiln-greeting"], Duration::from_secs(600)).await;
+    assert_eq!(lib.state, BuildState::Succeeded, "{lib:?}");
+    assert_eq!(lib.properties["published"].value, "2 to dev", "the .deb and the .dsc");
+    let prog_id = by_name["kiln-greeter"];
+    let prog = farm.wait_finished(prog_id, Duration::from_secs(600)).await;
+    let deps_log = client.log(prog_id, "deps", 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(prog.state, BuildState::Succeeded, "{prog:?}\n{deps_log}");
+    assert!(deps_log.contains("build root uses the farm's dev repository"), "{deps_log}");
+    assert!(deps_log.contains("kiln-greeting-dev"), "{deps_log}");
+    let pversion = prog.properties["version"].value.clone();
+    let gdest = farm.path("greeter");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &prog_id.to_string()]).arg(&gdest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let gunpacked = farm.path("greeter-unpacked");
+    let gdeb = gdest.join(format!("kiln-greeter_{pversion}_amd64.deb"));
+    let (code, _, _) =
+        run(std::process::Command::new("dpkg-deb").arg("-x").arg(&gdeb).arg(&gunpacked)).expect("dpkg-deb -x");
+    assert_eq!(code, 0);
+    let (code, out, _) =
+        run(&mut std::process::Command::new(gunpacked.join("usr/bin/kiln-greeter"))).expect("run the program");
+    assert_eq!((code, out.as_str()), (0, "greetings from the farm's repository\n"));
 
     // Cancel while dependencies install, and while the package builds: the
     // build ends cancelled and nothing of it survives (processes in the
@@ -285,6 +350,90 @@ source = { path = "src/kiln-hello" }
     let b2 = farm.wait_finished(id2, Duration::from_secs(120)).await;
     assert_eq!(b2.state, BuildState::Succeeded, "{b2:?}");
     assert_eq!(b2.properties["version"].value, "1.0-1");
+
+    // Published: the nightly into dev's YUM repository, the release into
+    // stable's, each RPM signed with its channel's key.
+    assert_eq!(b.properties["published"].value, "1 to dev");
+    assert_eq!(b2.properties["published"].value, "1 to stable");
+    let base = farm.url();
+    let yum = |channel: &str| format!("{base}/repos/{channel}/yum/el-9-x86_64");
+    let rpmdb = farm.path("rpmdb");
+    let rpm_cmd = || {
+        let mut c = std::process::Command::new("rpm");
+        c.arg("--dbpath").arg(&rpmdb);
+        c
+    };
+    assert_eq!(run(rpm_cmd().arg("--initdb")).expect("rpm --initdb").0, 0);
+    let dev_key = farm.path("dev-key.asc");
+    std::fs::write(
+        &dev_key,
+        reqwest::get(format!("{base}/repos/dev/key.asc")).await.expect("key").bytes().await.expect("key"),
+    )
+    .expect("write key");
+    let published = farm.path("published.rpm");
+    let pkg = client.packages("dev", None, Some("el-9-x86_64")).await.expect("list");
+    assert_eq!(pkg.len(), 1, "{pkg:?}");
+    let bytes =
+        reqwest::get(format!("{base}/repos/dev/{}", pkg[0].path)).await.expect("get").bytes().await.expect("rpm");
+    std::fs::write(&published, &bytes).expect("write rpm");
+    let (code, out, _) = run(rpm_cmd().arg("-K").arg(&published)).expect("rpm -K");
+    assert_ne!(code, 0, "without the key the signature cannot be checked: {out}");
+    assert_eq!(run(rpm_cmd().arg("--import").arg(&dev_key)).expect("rpm --import").0, 0);
+    let (code, out, err) = run(rpm_cmd().arg("-K").arg(&published)).expect("rpm -K");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim_end().ends_with("digests signatures OK"), "{out}");
+
+    // dnf reads the repository with repo_gpgcheck (repomd.xml.asc) and gpgcheck on.
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let dnf = |channel: &str, key_channel: &str| {
+        // A fresh cache each time: dnf would otherwise reuse metadata it already has.
+        let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = farm.path(&format!("dnf-{n}"));
+        std::fs::create_dir_all(dir.join("repos.d")).expect("dnf dirs");
+        std::fs::create_dir_all(dir.join("root")).expect("dnf dirs");
+        run(std::process::Command::new("dnf")
+            .args(["-y", "-q", "--releasever=9", "--disableplugin=*", "--setopt=skip_if_unavailable=False"])
+            .arg(format!("--installroot={}", dir.join("root").display()))
+            .arg(format!("--setopt=reposdir={}", dir.join("repos.d").display()))
+            .arg(format!("--setopt=cachedir={}", dir.join("cache").display()))
+            .arg(format!("--repofrompath=kiln,{}", yum(channel)))
+            .args(["--setopt=kiln.gpgcheck=1", "--setopt=kiln.repo_gpgcheck=1"])
+            .arg(format!("--setopt=kiln.gpgkey={base}/repos/{key_channel}/key.asc"))
+            .args(["repoquery", "--repo", "kiln", "--qf", "%{name} %{version}-%{release} %{arch}"]))
+        .expect("dnf")
+    };
+    let (code, out, err) = dnf("dev", "dev");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.lines().any(|l| l == format!("kiln-hello {version} x86_64")), "{out}");
+    let (code, out, err) = dnf("stable", "stable");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.lines().any(|l| l == "kiln-hello 1.0-1 x86_64"), "{out}");
+    let (code, out, err) = dnf("stable", "dev");
+    assert_ne!(code, 0, "stable's metadata is not accepted under dev's key: {out}");
+    assert!(err.contains("GPG signature"), "{err}");
+
+    // Promotion re-signs with the target channel's key.
+    let promoted = client
+        .promote(&kiln_proto::api::PromoteBody {
+            name: "kiln-hello".into(),
+            version: version.clone(),
+            from: "dev".into(),
+            to: "stable".into(),
+            replace: false,
+        })
+        .await
+        .expect("promote");
+    assert!(promoted.message.contains("promoted 1 file(s)"), "{promoted:?}");
+    let (code, out, err) = dnf("stable", "stable");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.lines().any(|l| l == format!("kiln-hello {version} x86_64")), "{out}");
+    let stable = client.packages("stable", Some("kiln-*"), None).await.expect("list");
+    let moved = stable.iter().find(|p| p.version == version).expect("promoted package");
+    let bytes =
+        reqwest::get(format!("{base}/repos/stable/{}", moved.path)).await.expect("get").bytes().await.expect("rpm");
+    std::fs::write(&published, &bytes).expect("write rpm");
+    let (code, out, _) = run(rpm_cmd().arg("-K").arg(&published)).expect("rpm -K");
+    assert_ne!(code, 0, "signed by stable's key, which this rpmdb does not trust: {out}");
 }
 
 /// A source RPM made by rpmbuild -bs from the test spec.

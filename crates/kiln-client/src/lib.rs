@@ -183,3 +183,52 @@ impl Client {
         self.send(self.get("/api/v1/builders")).await
     }
 }
+
+/// Repositories.
+impl Client {
+    pub async fn channels(&self) -> Result<Vec<kiln_proto::api::ChannelInfo>> {
+        self.send(self.get("/api/v1/repos")).await
+    }
+
+    pub async fn packages(
+        &self,
+        channel: &str,
+        filter: Option<&str>,
+        target: Option<&str>,
+    ) -> Result<Vec<kiln_proto::api::PackageInfo>> {
+        let mut params: Vec<(&str, &str)> = Vec::new();
+        if let Some(f) = filter {
+            params.push(("filter", f));
+        }
+        if let Some(t) = target {
+            params.push(("target", t));
+        }
+        self.send(self.get(&format!("/api/v1/repos/{channel}/packages")).query(&params)).await
+    }
+
+    pub async fn promote(&self, body: &kiln_proto::api::PromoteBody) -> Result<kiln_proto::api::RepoChange> {
+        self.send(self.post("/api/v1/repos/promote")?.json(body)).await
+    }
+
+    pub async fn remove_package(
+        &self,
+        channel: &str,
+        body: &kiln_proto::api::RemoveBody,
+    ) -> Result<kiln_proto::api::RepoChange> {
+        self.send(self.post(&format!("/api/v1/repos/{channel}/remove"))?.json(body)).await
+    }
+
+    pub async fn snapshot(&self, channel: &str, name: &str) -> Result<kiln_proto::api::RepoChange> {
+        let body = kiln_proto::api::SnapshotBody { name: name.to_string() };
+        self.send(self.post(&format!("/api/v1/repos/{channel}/snapshots"))?.json(&body)).await
+    }
+
+    pub async fn snapshots(&self, channel: &str) -> Result<Vec<kiln_proto::api::SnapshotInfo>> {
+        self.send(self.get(&format!("/api/v1/repos/{channel}/snapshots"))).await
+    }
+
+    pub async fn rollback(&self, channel: &str, name: &str) -> Result<kiln_proto::api::RepoChange> {
+        let body = kiln_proto::api::SnapshotBody { name: name.to_string() };
+        self.send(self.post(&format!("/api/v1/repos/{channel}/rollback"))?.json(&body)).await
+    }
+}

@@ -7,6 +7,7 @@
 //! Parsing is pure: it takes the file's text and returns either the model or
 //! every problem found, each with its line and column.
 
+pub use crate::channel::{Accepts, Channel, SecretRef};
 use crate::duration::parse_duration;
 use crate::names::{check_name, check_property_name};
 use crate::toml_reader::{Reader, Span, Tbl};
@@ -23,6 +24,8 @@ pub struct FarmConfig {
     pub workers: Vec<WorkerDef>,
     pub targets: Vec<Target>,
     pub components: Vec<Component>,
+    /// The repositories builds publish into ([`Channel::defaults`] when none are configured).
+    pub channels: Vec<Channel>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +48,19 @@ pub struct MasterSection {
     pub worker_tls: Option<TlsFiles>,
     /// The largest artifact a worker may upload, in bytes.
     pub max_artifact_size: u64,
+    /// The master's address as clients and build roots reach it
+    /// (repositories are served under `URL/repos/`); `http://LISTEN` when absent.
+    pub url: Option<String>,
+}
+
+impl MasterSection {
+    /// The base URL the master is reached at, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +81,7 @@ impl Default for MasterSection {
             kill_grace: Duration::from_secs(10),
             worker_tls: None,
             max_artifact_size: 4 << 30,
+            url: None,
         }
     }
 }
@@ -188,6 +205,10 @@ impl FarmConfig {
         self.components.iter().find(|c| c.name == name)
     }
 
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
     }
@@ -250,8 +271,11 @@ const MASTER_KEYS: &[&str] = &[
     "kill_grace",
     "worker_tls",
     "max_artifact_size",
+    "url",
 ];
-const TOP_KEYS: &[&str] = &["master", "worker", "target", "component"];
+const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel"];
+const CHANNEL_KEYS: &[&str] =
+    &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
 const COMPONENT_KEYS: &[&str] = &[
@@ -541,8 +565,10 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
         r.err(&span, format!("dependency cycle: {}", path.join(" -> ")));
     }
 
+    let channels = read_channels(&mut r, root.get("channel"));
+
     if r.diags.is_empty() {
-        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components })
+        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components, channels })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
         Err(ConfigErrors { diagnostics: r.diags })
@@ -629,6 +655,15 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
             Err(e) => r.err(&sspan, format!("`max_artifact_size` in [master]: {e}")),
         }
     }
+    if let Some((u, uspan)) = r.string(tbl, "url", "[master]") {
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && !u.chars().any(|c| c.is_whitespace() || "'\"\\`$".contains(c));
+        if ok {
+            m.url = Some(u);
+        } else {
+            r.err(&uspan, format!("`url` in [master] must be an http:// or https:// URL, got {u:?}"));
+        }
+    }
     if let Some(item) = t.get("worker_tls") {
         let span = item.span();
         match item.as_table_like() {
@@ -648,6 +683,103 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
         r.err(&span, "`heartbeat` must be shorter than `worker_timeout` and above zero");
     }
     Some(m)
+}
+
+fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Channel> {
+    let Some(item) = item else { return Channel::defaults() };
+    let mut channels: Vec<(Channel, Vec<(String, Span)>)> = Vec::new();
+    for (t, span) in r.tables(item, "[[channel]]") {
+        let tbl = Tbl { t, span: &span };
+        r.check_keys(tbl, CHANNEL_KEYS, "[[channel]]");
+        let Some((name, nspan)) = named(r, tbl, "[[channel]]") else { continue };
+        let what = format!("channel {name:?}");
+        if channels.iter().any(|(c, _)| c.name == name) {
+            r.err(&nspan, format!("duplicate channel name {name:?}"));
+            continue;
+        }
+        let key = r.string(tbl, "key", &what).map(|k| k.0);
+        let passphrase = tbl.t.get("passphrase").and_then(|item| {
+            let pspan = item.span();
+            let Some(pt) = item.as_table_like() else {
+                r.err(&pspan, format!("`passphrase` of {what} must be a table like {{ file = \"secrets/key.pass\" }}, {{ env = \"VAR\" }} or {{ credential = \"NAME\" }}; the passphrase itself never goes in the config"));
+                return None;
+            };
+            let ptbl = Tbl { t: pt, span: &pspan };
+            r.check_keys(ptbl, &["file", "env", "credential"], "`passphrase`");
+            let mut refs = Vec::new();
+            if let Some((f, _)) = r.string(ptbl, "file", &what) {
+                refs.push(SecretRef::File(f));
+            }
+            if let Some((e, _)) = r.string(ptbl, "env", &what) {
+                refs.push(SecretRef::Env(e));
+            }
+            if let Some((c, cspan)) = r.string(ptbl, "credential", &what) {
+                if check_name(&c).is_err() {
+                    r.err(&cspan, format!("`passphrase.credential` of {what} must be a plain name"));
+                }
+                refs.push(SecretRef::Credential(c));
+            }
+            if refs.len() != 1 {
+                r.err(&pspan, format!("`passphrase` of {what} needs exactly one of `file`, `env`, `credential`"));
+                return None;
+            }
+            refs.pop()
+        });
+        if passphrase.is_some() && key.is_none() {
+            r.err(&nspan, format!("{what} has a `passphrase` but no `key`"));
+        }
+        let accepts = match r.string(tbl, "accepts", &what) {
+            None => Accepts::Promoted,
+            Some((a, aspan)) => match a.as_str() {
+                "nightly" => Accepts::Nightly,
+                "release" => Accepts::Release,
+                "promoted" => Accepts::Promoted,
+                other => {
+                    r.err(&aspan, format!("`accepts` of {what}: unknown {other:?}; known: nightly, release, promoted"));
+                    Accepts::Promoted
+                }
+            },
+        };
+        let promote_to = r.string_list(tbl, "promote_to", &what).unwrap_or_default();
+        let keep = tbl.t.get("keep").and_then(|item| match item.as_integer() {
+            Some(n) if n >= 1 && n <= u32::MAX as i64 => Some(n as u32),
+            _ => {
+                r.err(&item.span(), format!("`keep` of {what} must be a whole number of versions, at least 1"));
+                None
+            }
+        });
+        let component = match r.string(tbl, "component", &what) {
+            Some((c, cspan)) => {
+                if check_name(&c).is_err() {
+                    r.err(&cspan, format!("`component` of {what} must be a plain name like \"main\""));
+                }
+                c
+            }
+            None => "main".to_string(),
+        };
+        let description = r.string(tbl, "description", &what).map(|d| d.0).unwrap_or_default();
+        let names = promote_to.iter().map(|(n, _)| n.clone()).collect();
+        channels.push((
+            Channel { name, key, passphrase, accepts, promote_to: names, keep, component, description },
+            promote_to,
+        ));
+    }
+    for (c, targets) in &channels {
+        for (t, tspan) in targets {
+            if !channels.iter().any(|(o, _)| &o.name == t) || t == &c.name {
+                let known: Vec<&str> = channels.iter().map(|(o, _)| o.name.as_str()).collect();
+                r.err(
+                    tspan,
+                    format!(
+                        "channel {:?} promotes to unknown channel {t:?}; known channels: {}",
+                        c.name,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    channels.into_iter().map(|(c, _)| c).collect()
 }
 
 fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {

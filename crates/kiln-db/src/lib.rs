@@ -9,6 +9,9 @@
 //! Times are microseconds since the Unix epoch, passed in by the caller.
 
 mod migrations;
+mod packages;
+
+pub use packages::{PackageRow, SnapshotRow};
 
 use futures::TryStreamExt;
 use kiln_core::props::Properties;
@@ -142,6 +145,10 @@ pub enum Write {
     Properties {
         build_id: i64,
         properties: Properties,
+    },
+    /// Its packages wait for the publisher (the build stays running until they land).
+    QueuePublish {
+        build_id: i64,
     },
     /// Ends a running build (only if it is still running).
     Finish {
@@ -386,10 +393,15 @@ impl Store {
                     "UPDATE builds SET properties = {} WHERE id = {build_id};\n",
                     literal(&to_json(properties))
                 )),
+                Write::QueuePublish { build_id } => sql.push_str(&format!(
+                    "INSERT INTO publishing (build_id) SELECT id FROM builds WHERE id = {build_id} AND state = 'running' \
+                     AND NOT EXISTS (SELECT 1 FROM publishing WHERE build_id = {build_id});\n"
+                )),
                 Write::Finish { build_id, state, reason, at } => {
                     if !BuildState::Running.can_become(*state) {
                         continue;
                     }
+                    sql.push_str(&format!("DELETE FROM publishing WHERE build_id = {build_id};\n"));
                     let guard = format!("EXISTS (SELECT 1 FROM builds WHERE id = {build_id} AND state = 'running')");
                     if let Some(close) = close_steps_sql(*build_id, *state, *at, Some(&guard)) {
                         sql.push_str(&close);
@@ -672,7 +684,7 @@ fn id_list(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Maps with string keys and plain values always serialize.
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }

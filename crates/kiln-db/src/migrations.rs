@@ -76,4 +76,41 @@ CREATE TABLE artifacts (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        description: "channels, published packages, snapshots, publish queue",
+        sql: r#"
+CREATE TABLE publishing (
+    build_id BIGINT PRIMARY KEY REFERENCES builds(id)
+);
+CREATE TABLE channels (
+    name TEXT PRIMARY KEY,
+    revision BIGINT NOT NULL
+);
+CREATE TABLE packages (
+    id {ID},
+    channel TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    build_id BIGINT,
+    entry TEXT NOT NULL,
+    published_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX packages_identity ON packages (channel, repo, kind, name, version, arch);
+CREATE TABLE snapshots (
+    channel TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revision BIGINT NOT NULL,
+    packages TEXT NOT NULL,
+    PRIMARY KEY (channel, name)
+);
+"#,
+    },
 ];

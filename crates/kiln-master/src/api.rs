@@ -57,6 +57,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/change_hook/base", post(change_hook_base))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; the API lives under /api/v1") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .merge(crate::repos::routes())
         .with_state(shared)
 }
 
@@ -107,7 +108,7 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error answering a request");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the master's log has details")
     }

@@ -12,6 +12,7 @@
 //! a build that was re-queued or cancelled meanwhile is told to abandon it.
 
 use crate::clock::{now_us, rfc3339};
+use crate::publisher::PublishRequest;
 use crate::shared::Shared;
 use crate::source::SourceCache;
 use kiln_core::config::Source;
@@ -54,6 +55,11 @@ pub enum Event {
         reply: oneshot::Sender<CancelOutcome>,
     },
     ConfigChanged,
+    /// The publisher finished with a build's packages.
+    Published {
+        build_id: i64,
+        outcome: Result<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +88,8 @@ struct RunningBuild {
     steps_done: HashSet<u32>,
     /// Who asked to cancel it, for the reason recorded.
     cancelled_by: Option<String>,
+    /// Its worker is done; its packages are with the publisher.
+    publishing: bool,
 }
 
 struct Conn {
@@ -143,10 +151,28 @@ impl Dispatcher {
     /// queue; running ones wait for their worker to come back.
     pub async fn recover(&mut self) -> anyhow::Result<()> {
         let rows = self.shared.store.unfinished_builds().await?;
+        let publishing: HashSet<i64> = self.shared.store.publishing_builds().await?.into_iter().collect();
         let deadline = Instant::now() + self.timeout();
         for b in rows {
             match b.state {
                 BuildState::Queued => self.enqueue(b),
+                BuildState::Running if publishing.contains(&b.id) => {
+                    tracing::info!(build = b.id, "build was being published before restart; publishing again");
+                    self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Running));
+                    self.running.insert(
+                        b.id,
+                        RunningBuild {
+                            worker: String::new(),
+                            component: b.component,
+                            target: b.target,
+                            properties: b.properties,
+                            steps_done: HashSet::new(),
+                            cancelled_by: None,
+                            publishing: true,
+                        },
+                    );
+                    let _ = self.shared.publisher.send(PublishRequest::Build(b.id));
+                }
                 BuildState::Running => {
                     tracing::info!(
                         build = b.id,
@@ -163,6 +189,7 @@ impl Dispatcher {
                             properties: b.properties,
                             steps_done: HashSet::new(),
                             cancelled_by: None,
+                            publishing: false,
                         },
                     );
                 }
@@ -305,6 +332,7 @@ impl Dispatcher {
                 let _ = reply.send(outcome);
             }
             Event::ConfigChanged => self.publish_workers(),
+            Event::Published { build_id, outcome } => self.published(build_id, outcome),
         }
     }
 
@@ -484,9 +512,23 @@ impl Dispatcher {
                 reason = Some(format!("cancelled by {by}"));
             }
         }
-        self.pending.push(Write::Finish { build_id: id, state, reason, at: now_us() });
         self.orphans.remove(&id);
         self.shared.logs.end(id);
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.remove(&id);
+        }
+        if state == BuildState::Succeeded && self.has_packages(id, &r.artifacts).await {
+            // Succeeded on the worker; it ends when its packages are published.
+            if let Some(run) = self.running.get_mut(&id) {
+                run.publishing = true;
+                run.worker.clear();
+            }
+            self.pending.push(Write::QueuePublish { build_id: id });
+            let _ = self.shared.publisher.send(PublishRequest::Build(id));
+            self.publish_running(worker);
+            return;
+        }
+        self.pending.push(Write::Finish { build_id: id, state, reason, at: now_us() });
         if let Some(run) = self.running.remove(&id) {
             tracing::info!(build = id, component = %run.component, target = %run.target, worker, state = %state, "build finished");
         }
@@ -495,6 +537,67 @@ impl Dispatcher {
             w.running.remove(&id);
         }
         self.publish_running(worker);
+    }
+
+    /// The farm's own repository for a deb build root: the channel the build
+    /// publishes to (dev for nightlies, stable for releases), so a
+    /// component builds against what its dependencies just published.
+    fn repo_env(
+        &self,
+        cfg: &kiln_core::config::FarmConfig,
+        target: &str,
+        props: &Properties,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(t) = cfg.target(target).filter(|t| t.family == kiln_core::config::Family::Deb) else { return env };
+        let values: BTreeMap<String, String> = props.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+        let Some(ch) = cfg.channels.iter().find(|c| c.accepts.takes(&values)) else { return env };
+        let Some(key) = self.shared.public_keys.get(&ch.name) else { return env };
+        let suite = t.suite.as_deref().unwrap_or("unstable");
+        env.insert("KILN_APT_CHANNEL".into(), ch.name.clone());
+        env.insert(
+            "KILN_APT_SOURCE".into(),
+            format!("{}/repos/{}/apt {suite} {}", cfg.master.public_url(), ch.name, ch.component),
+        );
+        env.insert("KILN_APT_KEY".into(), key.clone());
+        env
+    }
+
+    /// Whether a build that succeeded has packages a channel will take.
+    async fn has_packages(&self, id: i64, reported: &[String]) -> bool {
+        let farm = self.shared.farm();
+        let Some(run) = self.running.get(&id) else { return false };
+        let props: std::collections::BTreeMap<String, String> =
+            run.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+        if !farm.cfg.channels.iter().any(|c| c.accepts.takes(&props)) {
+            return false;
+        }
+        if reported.iter().any(|n| crate::publisher::is_package(n)) {
+            return true;
+        }
+        // Uploads stored before a restart are in the store, not the report.
+        self.shared
+            .store
+            .artifacts_of(&[id])
+            .await
+            .is_ok_and(|rows| rows.iter().any(|a| crate::publisher::is_package(&a.name)))
+    }
+
+    /// Ends a build whose packages the publisher handled.
+    fn published(&mut self, id: i64, outcome: Result<String, String>) {
+        if !self.running.get(&id).is_some_and(|r| r.publishing) {
+            return;
+        }
+        let Some(mut run) = self.running.remove(&id) else { return };
+        let (state, reason, note) = match outcome {
+            Ok(summary) => (BuildState::Succeeded, None, summary),
+            Err(e) => (BuildState::Failed, Some(format!("publish failed: {e}")), "failed".to_string()),
+        };
+        run.properties.insert("published".into(), Property { value: note, source: PropertySource::Step });
+        self.pending.push(Write::Properties { build_id: id, properties: run.properties.clone() });
+        self.pending.push(Write::Finish { build_id: id, state, reason, at: now_us() });
+        tracing::info!(build = id, component = %run.component, target = %run.target, state = %state, "build finished");
+        self.set_state(id, state);
     }
 
     fn drop_worker(&mut self, name: &str) {
@@ -598,6 +701,9 @@ impl Dispatcher {
     }
 
     async fn cancel(&mut self, id: i64, by: &str) -> CancelOutcome {
+        if self.running.get(&id).is_some_and(|r| r.publishing) {
+            return CancelOutcome::Failed("its packages are being published; it cannot be cancelled now".into());
+        }
         if let Some(run) = self.running.get_mut(&id) {
             if let Some(w) = self.workers.get(&run.worker) {
                 let _ = w.tx.send(MasterMsg::Cancel { build_id: id });
@@ -822,6 +928,7 @@ impl Dispatcher {
             timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
             memory_bytes: component.memory,
             cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
+            env: self.repo_env(&farm.cfg, &q.target, &q.properties),
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");
@@ -834,6 +941,7 @@ impl Dispatcher {
                 properties: q.properties,
                 steps_done: HashSet::new(),
                 cancelled_by: None,
+                publishing: false,
             },
         );
         if let Some(w) = self.workers.get_mut(worker) {

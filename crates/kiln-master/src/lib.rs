@@ -13,7 +13,9 @@ mod clock;
 pub mod dispatcher;
 pub mod farm;
 pub mod logs;
+pub mod publisher;
 mod reload;
+mod repos;
 mod shared;
 mod source;
 pub mod uploads;
@@ -93,12 +95,20 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
-    let shared = Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx));
+    let keys = publisher::load_keys(&farm)?;
+    let public_keys =
+        keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
+    let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared =
+        Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx, publish_tx, public_keys));
+    let mut publisher = publisher::Publisher::new(shared.clone(), keys);
+    publisher.catch_up().await;
     let mut dispatcher = dispatcher::Dispatcher::new(shared.clone());
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
     tasks.spawn(dispatcher.run(rx));
+    tasks.spawn(publisher.run(publish_rx));
     tasks.spawn(workers::serve(wl, tls, shared.clone()));
     tasks.spawn(reload::watch(shared.clone()));
     let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());

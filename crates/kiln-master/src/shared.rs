@@ -5,9 +5,10 @@ use crate::artifacts::ArtifactStore;
 use crate::dispatcher::Event;
 use crate::farm::LoadedFarm;
 use crate::logs::LogStore;
+use crate::publisher::PublishRequest;
 use kiln_db::Store;
 use kiln_proto::api::WorkerInfo;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
@@ -22,9 +23,14 @@ pub struct Shared {
     /// What `/api/v1/workers` shows; written by the dispatcher only.
     pub workers: Mutex<BTreeMap<String, WorkerInfo>>,
     pub events: UnboundedSender<Event>,
+    /// The one queue of repository changes.
+    pub publisher: UnboundedSender<PublishRequest>,
+    /// Each channel's public key, armored (for build roots and `/repos/CHANNEL/key.asc`).
+    pub public_keys: HashMap<String, String>,
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         logs: LogStore,
@@ -32,6 +38,8 @@ impl Shared {
         farm: LoadedFarm,
         admin_token: String,
         events: UnboundedSender<Event>,
+        publisher: UnboundedSender<PublishRequest>,
+        public_keys: HashMap<String, String>,
     ) -> Self {
         Shared {
             store,
@@ -42,6 +50,8 @@ impl Shared {
             admin_token,
             workers: Mutex::new(BTreeMap::new()),
             events,
+            publisher,
+            public_keys,
         }
     }
 

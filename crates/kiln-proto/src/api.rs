@@ -164,3 +164,75 @@ pub struct UploadAccepted {
     pub request_id: i64,
     pub builds: Vec<Build>,
 }
+
+/// A channel: a signed APT and YUM repository the farm publishes into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChannelInfo {
+    pub name: String,
+    /// Which builds land here by themselves: `nightly`, `release` or `promoted`.
+    pub accepts: String,
+    pub promote_to: Vec<String>,
+    /// Bumped by every change.
+    pub revision: i64,
+    pub packages: usize,
+    /// Where the repository is served, e.g. `http://HOST/repos/dev/`.
+    pub url: String,
+    /// Fingerprint of the channel's signing key.
+    pub fingerprint: String,
+}
+
+/// One published file of a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PackageInfo {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// `deb`, `dsc` or `rpm`.
+    pub kind: String,
+    /// `apt:SUITE` or `yum:TARGET`.
+    pub repo: String,
+    /// Path relative to the channel's URL.
+    pub path: String,
+    pub size: i64,
+    pub sha256: String,
+    pub build_id: Option<i64>,
+    pub published_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    pub name: String,
+    pub version: String,
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveBody {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotBody {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub created_at: String,
+    pub revision: i64,
+    pub packages: usize,
+}
+
+/// What a repository change did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RepoChange {
+    pub message: String,
+}

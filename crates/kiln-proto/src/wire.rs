@@ -145,6 +145,10 @@ pub struct Job {
     pub memory_bytes: Option<u64>,
     /// CPU limit of the whole build, in CPUs.
     pub cpus: Option<f64>,
+    /// Environment the master sets for every step, e.g. the farm's own
+    /// package repository for build roots (`KILN_APT_SOURCE`, `KILN_APT_KEY`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -147,17 +147,31 @@ impl Farm {
 
     /// Starts `kiln master` and waits until its API answers.
     pub async fn start_master(&mut self) {
+        self.start_master_with(None, &[]).await
+    }
+
+    /// Starts `kiln master` under `umask` (as a daemon manager might) with
+    /// extra environment, and waits until its API answers.
+    pub async fn start_master_with(&mut self, umask: Option<u32>, env: &[(&str, &str)]) {
         self.master_runs += 1;
         let log = std::fs::File::create(self.path(&format!("master-{}.log", self.master_runs))).expect("log file");
-        let child = Command::new(&self.bin)
-            .arg("master")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kiln master");
+        let mut cmd = match umask {
+            None => {
+                let mut c = Command::new(&self.bin);
+                c.arg("master").arg("--config").arg(&self.config);
+                c
+            }
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o}; exec \"$0\" master --config \"$1\""))
+                    .arg(&self.bin)
+                    .arg(&self.config);
+                c
+            }
+        };
+        cmd.envs(env.iter().copied());
+        let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().expect("spawn kiln master");
         self.master = Some(child);
         let client = Client::new(&self.url(), None).expect("client");
         let ok = wait_for(Duration::from_secs(30), || async { client.status().await.is_ok() }).await;
@@ -505,4 +519,58 @@ pub fn fetch_debian_source(mirror: &str, suite: &str, package: &str, dest: &Path
         }
     }
     dsc.context("the source package has no .dsc")
+}
+
+/// An apt client that touches no system state: its own sources, lists,
+/// cache and trust (only `signed-by=` keys), reading the host's dpkg status
+/// so packages the host has count as installed.
+pub struct AptClient {
+    pub dir: PathBuf,
+}
+
+impl AptClient {
+    /// Sets up `dir` for apt with the given `deb ...` source lines.
+    pub fn new(dir: &Path, sources: &[String]) -> AptClient {
+        for d in
+            ["lists/partial", "cache/archives/partial", "etc/preferences.d", "etc/apt.conf.d", "etc/sources.list.d"]
+        {
+            std::fs::create_dir_all(dir.join(d)).expect("apt dirs");
+        }
+        std::fs::write(dir.join("etc/sources.list"), sources.join("\n") + "\n").expect("sources.list");
+        AptClient { dir: dir.to_path_buf() }
+    }
+
+    /// `apt-get` with the isolating options and `args`; (exit code, stdout, stderr).
+    pub fn apt_get(&self, args: &[&str]) -> (i32, String, String) {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        let opts = [
+            format!("Dir::Etc={}", d("etc")),
+            format!("Dir::Etc::SourceList={}", d("etc/sources.list")),
+            format!("Dir::Etc::SourceParts={}", d("etc/sources.list.d")),
+            format!("Dir::Etc::Parts={}", d("etc/apt.conf.d")),
+            format!("Dir::Etc::PreferencesParts={}", d("etc/preferences.d")),
+            "Dir::Etc::Trusted=/dev/null".to_string(),
+            format!("Dir::Etc::TrustedParts={}", d("etc/trusted.gpg.d")),
+            format!("Dir::State::Lists={}", d("lists")),
+            format!("Dir::Cache={}", d("cache")),
+            "Dir::State::status=/var/lib/dpkg/status".to_string(),
+            "Debug::NoLocking=1".to_string(),
+            "APT::Sandbox::User=root".to_string(),
+        ];
+        let mut cmd = Command::new("apt-get");
+        for o in &opts {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd).unwrap_or_else(|e| (-1, String::new(), e.to_string()))
+    }
+
+    /// The `.deb` files apt downloaded.
+    pub fn downloaded(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.join("cache/archives"))
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
 }

@@ -239,6 +239,19 @@ pub fn deb_deps() -> anyhow::Result<()> {
     for e in fs::read_dir(scratch.join("pkg"))?.flatten() {
         fs::copy(e.path(), build.join(e.file_name()))?;
     }
+    // The farm's own repository (what dependencies just published), trusted
+    // through its key only: `signed-by`, nothing added to apt's global keyring.
+    if let (Ok(source), Ok(key)) = (std::env::var("KILN_APT_SOURCE"), std::env::var("KILN_APT_KEY")) {
+        let channel = std::env::var("KILN_APT_CHANNEL").unwrap_or_else(|_| "farm".into());
+        let keyring = format!("/etc/apt/keyrings/kiln-{channel}.asc");
+        fs::create_dir_all(root.join("etc/apt/keyrings"))?;
+        fs::write(root.join(keyring.trim_start_matches('/')), key)?;
+        fs::write(
+            root.join(format!("etc/apt/sources.list.d/kiln-{channel}.list")),
+            format!("deb [signed-by={keyring}] {source}\n"),
+        )?;
+        eprintln!("kiln: build root uses the farm's {channel} repository: {source}");
+    }
     let script = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
                   dpkg-source -x *.dsc src; apt-get build-dep -y --no-install-recommends ./src";
     run(bwrap(&root, true).args(["/bin/sh", "-c", script]), "installing build dependencies")?;

@@ -301,6 +301,7 @@ async fn run_step(
         ("KILN_SCRATCH".into(), scratch_dir(dir).display().to_string()),
         ("KILN_EXE".into(), std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "kiln".into())),
     ];
+    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));
     for (k, v) in &step.env {
         match interpolate(v, lookup) {

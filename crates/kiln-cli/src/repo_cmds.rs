@@ -1,0 +1,206 @@
+//! `kiln repo ...` and `kiln key ...`: repository operations through the
+//! master's API, exporting a served channel, and making signing keys.
+
+use crate::Remote;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use kiln_proto::api::{PromoteBody, RemoveBody};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// List channels, or the packages of one channel.
+    List {
+        channel: Option<String>,
+        /// Only package names matching this glob, e.g. `lib*`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only this target's repository.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a package (every version, or one) from a channel.
+    Remove {
+        channel: String,
+        name: String,
+        #[arg(value_name = "VERSION")]
+        pkg_version: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Copy a package version from one channel to another (re-signed with its key).
+    Promote {
+        name: String,
+        #[arg(value_name = "VERSION")]
+        pkg_version: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Overwrite the same version already in the target channel.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Save what a channel holds now under a name.
+    Snapshot {
+        channel: String,
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a channel's snapshots.
+    Snapshots {
+        channel: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a channel hold exactly what a snapshot held.
+    Rollback {
+        channel: String,
+        snapshot: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Copy a channel's served repository into a directory (for rsync or a web server).
+    Export {
+        channel: String,
+        dir: PathBuf,
+        /// The master's config (the repository is read from its data_dir).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Make a new OpenPGP signing key (Ed25519); writes FILE (secret, mode 0600) and FILE.pub.asc.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The key's user ID, e.g. "Example Releases <releases@example.org>".
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Protect the key with the passphrase in this file (first line).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RepoCommand::List { channel: None, remote, .. } => {
+            let channels = remote.client()?.channels().await?;
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&channels)?);
+            } else {
+                for c in channels {
+                    println!(
+                        "{:<12} {:<9} revision {:<4} {:>5} files  {}  key {}",
+                        c.name, c.accepts, c.revision, c.packages, c.url, c.fingerprint
+                    );
+                }
+            }
+        }
+        RepoCommand::List { channel: Some(channel), filter, target, remote } => {
+            let pkgs = remote.client()?.packages(&channel, filter.as_deref(), target.as_deref()).await?;
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&pkgs)?);
+            } else {
+                for p in pkgs {
+                    let build = p.build_id.map(|b| format!("build {b}")).unwrap_or_default();
+                    println!("{:<24} {:<36} {:<8} {:<18} {build}", p.name, p.version, p.arch, p.repo);
+                }
+            }
+        }
+        RepoCommand::Remove { channel, name, pkg_version: version, remote } => {
+            let r = remote.client()?.remove_package(&channel, &RemoveBody { name, version }).await?;
+            println!("{}", r.message);
+        }
+        RepoCommand::Promote { name, pkg_version: version, from, to, replace, remote } => {
+            let r = remote.client()?.promote(&PromoteBody { name, version, from, to, replace }).await?;
+            println!("{}", r.message);
+        }
+        RepoCommand::Snapshot { channel, name, remote } => {
+            println!("{}", remote.client()?.snapshot(&channel, &name).await?.message);
+        }
+        RepoCommand::Snapshots { channel, remote } => {
+            for s in remote.client()?.snapshots(&channel).await? {
+                println!("{:<24} {}  revision {:<4} {} files", s.name, s.created_at, s.revision, s.packages);
+            }
+        }
+        RepoCommand::Rollback { channel, snapshot, remote } => {
+            println!("{}", remote.client()?.rollback(&channel, &snapshot).await?.message);
+        }
+        RepoCommand::Export { channel, dir, config } => {
+            let farm = kiln_master::farm::LoadedFarm::load(&config)?;
+            if farm.cfg.channel(&channel).is_none() {
+                anyhow::bail!("{}: no channel named {channel:?}", config.display());
+            }
+            let served = farm.data_dir().join("repos").join(&channel).join("current");
+            let gen = std::fs::canonicalize(&served)
+                .with_context(|| format!("channel {channel} has not been published yet ({})", served.display()))?;
+            let n = export(&gen, &dir)?;
+            println!("exported {n} files of channel {channel} to {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies a served tree, following its pool links, by hard link where the
+/// file system allows; files are written then renamed, modes 0644/0755.
+fn export(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+    let mut n = 0;
+    for e in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let e = e?;
+        let (src, dest) = (e.path(), to.join(e.file_name()));
+        let meta = std::fs::metadata(&src)?; // follows symlinks
+        if meta.is_dir() {
+            n += export(&src, &dest)?;
+        } else {
+            kiln_repo::publish::place_file(&src, &dest)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeyCommand::Generate(a) => {
+            let passphrase = match &a.passphrase_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            if a.out.exists() {
+                anyhow::bail!("{} exists; not overwriting a key", a.out.display());
+            }
+            let key = kiln_repo::key::SigningKey::generate(&a.name, passphrase.as_deref())?;
+            kiln_master::publisher::write_private(&a.out, key.secret_armored()?.as_bytes())
+                .with_context(|| format!("cannot write {}", a.out.display()))?;
+            let public = PathBuf::from(format!("{}.pub.asc", a.out.display()));
+            kiln_repo::publish::write_atomic(&public, key.public_armored()?.as_bytes())?;
+            println!("secret key: {} (mode 0600)", a.out.display());
+            println!("public key: {}", public.display());
+            println!("fingerprint: {}", key.fingerprint());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

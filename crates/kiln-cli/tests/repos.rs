@@ -1,0 +1,395 @@
+//! Signed repositories, end to end with real clients: builds publish their
+//! packages into channels served by the master; real `apt-get` and `gpgv`
+//! read them; promotion, removal, snapshots, retention, concurrency and a
+//! master killed mid-publish.
+//!
+//! The packages here are made by the build's own steps with `dpkg-deb`
+//! (seconds, no build root); `packages.rs` covers the standard pipelines.
+
+use kiln_core::BuildState;
+use kiln_proto::api::{BuildRequestBody, PackageInfo};
+use kiln_testing::{run, AptClient, Farm};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// A component whose build makes `PKG_VERSION_all.deb`: the package name
+/// is the `pkg` property (default `kiln-tool`), the version the `version`
+/// property for releases, else `1.0~bBUILD`. Its file holds the build id,
+/// so two builds never make the same bytes.
+const MAKE_DEB: &str = r#"set -e
+name=${KILN_PROP_PKG:-kiln-tool}
+if [ "$KILN_PROP_RELEASE" = true ]; then v=${KILN_PROP_VERSION:-1.0}; else v=1.0~b$KILN_BUILD_ID; fi
+mkdir -p pkg/DEBIAN pkg/usr/share/$name
+echo "built by $KILN_BUILD_ID" > pkg/usr/share/$name/built-by
+printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kiln@localhost>\nDescription: kiln test package\n a package made by a test build\n' "$name" "$v" > pkg/DEBIAN/control
+dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null
+echo "made ${name}_${v}_all.deb""#;
+
+fn config(channels: &str, slots_note: &str) -> String {
+    format!(
+        r#"# {slots_note}
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[worker]]
+name = "w2"
+token_file = "secrets/w2.token"
+
+[[target]]
+name = "debian-12-amd64"
+family = "deb"
+suite = "bookworm"
+arch = "amd64"
+
+[[component]]
+name = "tool"
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+{channels}
+"#
+    )
+}
+
+fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn request(pairs: &[(&str, &str)]) -> BuildRequestBody {
+    BuildRequestBody { components: vec!["tool".into()], properties: props(pairs), ..Default::default() }
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+async fn fetch(url: &str) -> Vec<u8> {
+    let r = get(url).await;
+    assert!(r.status().is_success(), "GET {url}: {}", r.status());
+    r.bytes().await.expect("body").to_vec()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    kiln_repo::hash::sha256(bytes)
+}
+
+/// Checks one suite of a served channel the way apt reads it: `InRelease`
+/// first, then each `Packages` by its hash (Acquire-By-Hash), then every
+/// file the index names. Returns the package names listed for amd64.
+async fn check_consistent(base: &str, channel: &str) -> Vec<String> {
+    let dists = format!("{base}/repos/{channel}/apt/dists/bookworm");
+    let inrelease = String::from_utf8(fetch(&format!("{dists}/InRelease")).await).expect("utf8");
+    let listed = kiln_repo::apt::release_sha256(&inrelease);
+    let (hash, _) = listed
+        .iter()
+        .find(|(_, p)| p == "main/binary-amd64/Packages")
+        .expect("Release lists main/binary-amd64/Packages");
+    let packages = fetch(&format!("{dists}/main/binary-amd64/by-hash/SHA256/{hash}")).await;
+    assert_eq!(&sha256(&packages), hash, "by-hash content matches the Release");
+    let text = String::from_utf8(packages).expect("utf8");
+    let mut names = Vec::new();
+    for stanza in text.split("\n\n").filter(|s| !s.trim().is_empty()) {
+        let field =
+            |f: &str| stanza.lines().find_map(|l| l.strip_prefix(&format!("{f}: "))).map(str::to_string).expect(f);
+        let deb = fetch(&format!("{base}/repos/{channel}/apt/{}", field("Filename"))).await;
+        assert_eq!(sha256(&deb), field("SHA256"), "{} matches its index entry", field("Filename"));
+        names.push(field("Package"));
+    }
+    names
+}
+
+fn all_modes_ok(dir: &Path) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let meta = std::fs::symlink_metadata(e.path()).map_err(|e| e.to_string())?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            if mode != 0o755 {
+                return Err(format!("{}: mode {mode:o}", e.path().display()));
+            }
+            all_modes_ok(&e.path())?;
+        } else if meta.is_file() && mode != 0o644 {
+            return Err(format!("{}: mode {mode:o}", e.path().display()));
+        }
+    }
+    Ok(())
+}
+
+async fn list(farm: &Farm, channel: &str) -> Vec<PackageInfo> {
+    farm.client().packages(channel, None, None).await.expect("list packages")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_publish_into_signed_channels_that_apt_installs_from() {
+    let channels = r#"
+[[channel]]
+name = "dev"
+accepts = "nightly"
+keep = 2
+promote_to = ["stable"]
+
+[[channel]]
+name = "stable"
+accepts = "release"
+key = "keys/stable.asc"
+passphrase = { file = "secrets/stable.pass" }
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config(channels, "repos"), &[("secrets/stable.pass", "correct horse\n")]);
+    // A release key made with the CLI, protected by a passphrase from a secret file.
+    let (code, out, err) = run(farm
+        .kiln()
+        .args(["key", "generate", "--name", "Test Releases <rel@localhost>"])
+        .arg("--out")
+        .arg(farm.path("keys/stable.asc"))
+        .arg("--passphrase-file")
+        .arg(farm.path("secrets/stable.pass")))
+    .expect("kiln key generate");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("fingerprint: "), "{out}");
+    let key_mode = std::fs::metadata(farm.path("keys/stable.asc")).expect("key").permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+
+    // The master runs under umask 077, as a careless daemon setup would.
+    farm.start_master_with(Some(0o077), &[]).await;
+    let base = farm.url();
+    let client = farm.client();
+    let log = farm.master_log();
+    assert!(!log.contains("correct horse"), "the passphrase never reaches a log");
+
+    // Both channels are valid, empty, signed repositories from the start.
+    let apt_dir = farm.path("apt");
+    let dev_key = farm.path("dev.asc");
+    let stable_key = farm.path("stable-key.asc");
+    std::fs::write(&dev_key, fetch(&format!("{base}/repos/dev/key.asc")).await).expect("key");
+    std::fs::write(&stable_key, fetch(&format!("{base}/repos/stable/key.asc")).await).expect("key");
+    let apt = AptClient::new(
+        &apt_dir,
+        &[
+            format!("deb [signed-by={}] {base}/repos/dev/apt bookworm main", dev_key.display()),
+            format!("deb [signed-by={}] {base}/repos/stable/apt bookworm main", stable_key.display()),
+        ],
+    );
+    let (code, out, err) = apt.apt_get(&["update"]);
+    assert_eq!(code, 0, "apt-get update on empty channels:\n{out}\n{err}");
+    assert!(!err.contains("W:") && !err.contains("E:"), "{err}");
+
+    farm.start_worker("w1", &["debian-12-amd64"], 2);
+    farm.wait_for_workers(&["w1"]).await;
+
+    // Three nightlies: each lands in dev; dev keeps the newest two.
+    let mut nightly = Vec::new();
+    for _ in 0..3 {
+        let id = client.create_builds(&request(&[])).await.expect("create").builds[0].id;
+        let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+        assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{}", farm.master_log());
+        assert_eq!(b.properties["published"].value, "1 to dev");
+        nightly.push(id);
+    }
+    let dev: Vec<String> = list(&farm, "dev").await.into_iter().map(|p| p.version).collect();
+    assert_eq!(dev, [format!("1.0~b{}", nightly[1]), format!("1.0~b{}", nightly[2])], "retention keeps 2");
+    assert!(list(&farm, "stable").await.is_empty(), "nightlies stay out of stable");
+
+    // apt installs the newest nightly from the master, verified by its key.
+    let (code, out, err) = apt.apt_get(&["update"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = apt.apt_get(&["install", "-y", "--download-only", "kiln-tool"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let debs = apt.downloaded();
+    assert_eq!(debs.len(), 1, "{debs:?}");
+    let name = debs[0].file_name().expect("name").to_string_lossy().into_owned();
+    assert_eq!(name, format!("kiln-tool_1.0~b{}_all.deb", nightly[2]));
+    let (code, body, _) = run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&debs[0])).expect("dpkg-deb");
+    assert_eq!(code, 0);
+    assert!(body.contains(&format!("built by {}", nightly[2])));
+
+    // gpgv checks InRelease and Release.gpg against the served key.
+    let dists = format!("{base}/repos/dev/apt/dists/bookworm");
+    let keyring = farm.path("dev.gpg");
+    std::fs::write(&keyring, fetch(&format!("{base}/repos/dev/key.gpg")).await).expect("keyring");
+    let inrelease = farm.path("InRelease");
+    std::fs::write(&inrelease, fetch(&format!("{dists}/InRelease")).await).expect("InRelease");
+    let (code, _, err) = run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(&inrelease)).expect("gpgv");
+    assert_eq!(code, 0, "gpgv InRelease: {err}");
+    let (release, sig) = (farm.path("Release"), farm.path("Release.gpg"));
+    std::fs::write(&release, fetch(&format!("{dists}/Release")).await).expect("Release");
+    std::fs::write(&sig, fetch(&format!("{dists}/Release.gpg")).await).expect("Release.gpg");
+    let (code, _, err) =
+        run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(&sig).arg(&release)).expect("gpgv");
+    assert_eq!(code, 0, "gpgv Release.gpg: {err}");
+    std::fs::write(&release, b"Origin: someone else\n").expect("tamper");
+    let (code, _, _) = run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(&sig).arg(&release)).expect("gpgv");
+    assert_ne!(code, 0, "a changed Release fails verification");
+    check_consistent(&base, "dev").await;
+
+    // Modes are 0644/0755 despite umask 077.
+    all_modes_ok(&farm.path("data/repos")).expect("repository modes");
+
+    // HTTP: ETag/If-None-Match, Range, content types.
+    let pool_url = format!("{base}/repos/dev/apt/{}", list(&farm, "dev").await[0].path.trim_start_matches("apt/"));
+    let r = get(&pool_url).await;
+    assert_eq!(r.headers()["content-type"], "application/vnd.debian.binary-package");
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let http = reqwest::Client::new();
+    let r = http.get(&pool_url).header("if-none-match", &etag).send().await.expect("get");
+    assert_eq!(r.status(), 304);
+    let r = http.get(&pool_url).header("range", "bytes=0-7").send().await.expect("get");
+    assert_eq!(r.status(), 206);
+    assert_eq!(&r.bytes().await.expect("body")[..], b"!<arch>\n");
+    assert_eq!(get(&format!("{base}/repos/dev/apt/../../admin.token")).await.status(), 404);
+    assert_eq!(get(&format!("{base}/repos/nope/key.asc")).await.status(), 404);
+
+    // Releases: the changelog's version, once; again only with --replace.
+    let rel = |extra: &[(&str, &str)]| {
+        let mut p = vec![("release", "true"), ("version", "2.0-1")];
+        p.extend_from_slice(extra);
+        request(&p)
+    };
+    let r1 = client.create_builds(&rel(&[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(r1, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    assert_eq!(b.properties["published"].value, "1 to stable");
+    let r2 = client.create_builds(&rel(&[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(r2, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Failed);
+    let reason = b.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("kiln-tool 2.0-1 (all) is already published in stable") && reason.contains("--replace"),
+        "{reason}"
+    );
+    let r3 = client.create_builds(&rel(&[("replace", "true")])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(r3, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    let stable = list(&farm, "stable").await;
+    assert_eq!(stable.len(), 1);
+    assert_eq!((stable[0].version.as_str(), stable[0].build_id), ("2.0-1", Some(r3)));
+    check_consistent(&base, "stable").await;
+
+    // Promotion: dev -> stable only (stable promotes nowhere), re-signed by stable's key.
+    let newest = format!("1.0~b{}", nightly[2]);
+    let (code, out, err) =
+        run(farm.kiln().args(["repo", "promote", "kiln-tool", &newest, "--from", "dev", "--to", "stable"]))
+            .expect("promote");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("promoted 1 file(s)"), "{out}");
+    let (code, _, err) =
+        run(farm.kiln().args(["repo", "promote", "kiln-tool", "2.0-1", "--from", "stable", "--to", "dev"]))
+            .expect("promote");
+    assert_ne!(code, 0);
+    assert!(err.contains("does not promote to dev"), "{err}");
+    let versions: Vec<String> = list(&farm, "stable").await.into_iter().map(|p| p.version).collect();
+    assert_eq!(versions, ["2.0-1".to_string(), newest.clone()]);
+    let skeyring = farm.path("stable.gpg");
+    std::fs::write(&skeyring, fetch(&format!("{base}/repos/stable/key.gpg")).await).expect("keyring");
+    std::fs::write(&inrelease, fetch(&format!("{base}/repos/stable/apt/dists/bookworm/InRelease")).await).expect("ir");
+    let (code, _, err) = run(Command::new("gpgv").arg("--keyring").arg(&skeyring).arg(&inrelease)).expect("gpgv");
+    assert_eq!(code, 0, "stable is signed by the stable key: {err}");
+    let (code, _, _) = run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(&inrelease)).expect("gpgv");
+    assert_ne!(code, 0, "and not by the dev key");
+    assert_eq!(check_consistent(&base, "stable").await, ["kiln-tool", "kiln-tool"]);
+
+    // Snapshot, remove, roll back.
+    let (code, out, err) = run(farm.kiln().args(["repo", "snapshot", "stable", "before-cleanup"])).expect("snapshot");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 file(s)"), "{out}");
+    let (code, _, err) = run(farm.kiln().args(["repo", "remove", "stable", "kiln-tool", "2.0-1"])).expect("remove");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list(&farm, "stable").await.len(), 1);
+    assert_eq!(check_consistent(&base, "stable").await, ["kiln-tool"]);
+    let (code, _, err) = run(farm.kiln().args(["repo", "remove", "stable", "no-such-package"])).expect("remove");
+    assert_ne!(code, 0);
+    assert!(err.contains("not in channel stable"), "{err}");
+    let (code, _, err) = run(farm.kiln().args(["repo", "rollback", "stable", "before-cleanup"])).expect("rollback");
+    assert_eq!(code, 0, "{err}");
+    let versions: Vec<String> = list(&farm, "stable").await.into_iter().map(|p| p.version).collect();
+    assert_eq!(versions, ["2.0-1".to_string(), newest.clone()]);
+    assert_eq!(check_consistent(&base, "stable").await.len(), 2);
+    let (code, out, err) = apt.apt_get(&["update"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // The previous generation's index stays reachable by hash.
+    let old_inrelease =
+        String::from_utf8(fetch(&format!("{base}/repos/dev/apt/dists/bookworm/InRelease")).await).expect("utf8");
+    let id = client.create_builds(&request(&[])).await.expect("create").builds[0].id;
+    assert_eq!(farm.wait_finished(id, Duration::from_secs(60)).await.state, BuildState::Succeeded);
+    for (hash, path) in kiln_repo::apt::release_sha256(&old_inrelease).iter().filter(|(_, p)| p.ends_with("Packages")) {
+        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+        let old = fetch(&format!("{base}/repos/dev/apt/dists/bookworm/{dir}/by-hash/SHA256/{hash}")).await;
+        assert_eq!(&sha256(&old), hash);
+    }
+
+    // Export for mirrors: a plain tree (no links) that holds the pool too.
+    let export = farm.path("export");
+    let (code, out, err) =
+        run(farm.kiln().args(["repo", "export", "dev"]).arg(&export).arg("--config").arg(farm.path("farm.toml")))
+            .expect("export");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("exported"), "{out}");
+    assert!(export.join("apt/dists/bookworm/InRelease").is_file());
+    let pool_file = export.join(list(&farm, "dev").await[0].path.as_str());
+    assert!(std::fs::symlink_metadata(&pool_file).expect("pool file exported").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_builds_finishing_together_each_land_once_and_a_publish_cut_by_kill_is_redone() {
+    let mut farm = Farm::new(KILN.as_ref(), &config("", "concurrency"), &[]);
+    farm.start_master().await;
+    farm.start_worker("w1", &["debian-12-amd64"], 25);
+    farm.start_worker("w2", &["debian-12-amd64"], 25);
+    farm.wait_for_workers(&["w1", "w2"]).await;
+    let client = farm.client();
+    let base = farm.url();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let pkg = format!("kiln-pkg{i:02}");
+        ids.push(client.create_builds(&request(&[("pkg", &pkg)])).await.expect("create").builds[0].id);
+    }
+    // While they land, every look at the repository is consistent.
+    let looks = std::sync::atomic::AtomicUsize::new(0);
+    let done = kiln_testing::wait_for(Duration::from_secs(180), || async {
+        check_consistent(&base, "dev").await;
+        looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let page = client
+            .builds(&kiln_client::BuildQuery {
+                state: Some("succeeded".into()),
+                limit: Some(100),
+                ..Default::default()
+            })
+            .await
+            .expect("builds");
+        page.builds.len() == 50
+    })
+    .await;
+    assert!(done, "all 50 builds succeed\n{}", farm.master_log());
+    assert!(looks.into_inner() > 1);
+    let mut names = check_consistent(&base, "dev").await;
+    names.sort();
+    let want: Vec<String> = (0..50).map(|i| format!("kiln-pkg{i:02}")).collect();
+    assert_eq!(names, want, "each package listed exactly once");
+    assert_eq!(list(&farm, "dev").await.len(), 50);
+
+    // kill -9 of the master in the middle of a publish.
+    farm.kill_master();
+    let marker = farm.path("paused-mid-publish");
+    let marker_s = marker.display().to_string();
+    farm.start_master_with(None, &[("KILN_TEST_PUBLISH_PAUSE", &marker_s)]).await;
+    let id = client.create_builds(&request(&[("pkg", "kiln-late")])).await.expect("create").builds[0].id;
+    assert!(
+        kiln_testing::wait_for(Duration::from_secs(60), || async { marker.exists() }).await,
+        "the publish reaches the pause\n{}",
+        farm.master_log()
+    );
+    // Recorded in the database, not yet on disk: clients still see the old, valid state.
+    assert_eq!(check_consistent(&base, "dev").await.len(), 50);
+    farm.kill_master();
+    farm.start_master().await;
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{}", farm.master_log());
+    let names = check_consistent(&base, "dev").await;
+    assert_eq!(names.len(), 51);
+    assert_eq!(names.iter().filter(|n| *n == "kiln-late").count(), 1);
+    assert_eq!(list(&farm, "dev").await.iter().filter(|p| p.name == "kiln-late").count(), 1);
+}

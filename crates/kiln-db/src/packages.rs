@@ -1,0 +1,211 @@
+//! What each channel holds: published packages, the channel's revision
+//! (bumped by every change, so a repository on disk can tell whether it is
+//! behind), snapshots, and the builds waiting to be published.
+
+use crate::{Result, Store};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+/// One published file of a channel (a `.deb`, a `.dsc`, an `.rpm`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackageRow {
+    pub id: i64,
+    pub channel: String,
+    /// `apt:SUITE` or `yum:TARGET`.
+    pub repo: String,
+    /// `deb`, `dsc` or `rpm`.
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// Path in the channel's pool, relative to the channel directory.
+    pub file: String,
+    pub sha256: String,
+    pub size: i64,
+    pub build_id: Option<i64>,
+    /// The index entry (JSON), rendered once when the package was published.
+    pub entry: String,
+    pub published_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub channel: String,
+    pub name: String,
+    pub created_at: i64,
+    pub revision: i64,
+    pub packages: usize,
+}
+
+const PACKAGE_COLUMNS: &str =
+    "id, channel, repo, kind, name, version, arch, file, sha256, size, build_id, entry, published_at";
+
+fn package_row(r: &AnyRow) -> Result<PackageRow> {
+    Ok(PackageRow {
+        id: r.try_get(0)?,
+        channel: r.try_get(1)?,
+        repo: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        name: r.try_get(4)?,
+        version: r.try_get(5)?,
+        arch: r.try_get(6)?,
+        file: r.try_get(7)?,
+        sha256: r.try_get(8)?,
+        size: r.try_get(9)?,
+        build_id: r.try_get(10)?,
+        entry: r.try_get(11)?,
+        published_at: r.try_get(12)?,
+    })
+}
+
+impl Store {
+    /// The builds whose packages are waiting to be published.
+    pub async fn publishing_builds(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT build_id FROM publishing ORDER BY build_id").fetch_all(&self.reader).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// The channel's revision (0 before anything was published).
+    pub async fn channel_revision(&self, channel: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT revision FROM channels WHERE name = $1")
+            .bind(channel)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        })
+    }
+
+    /// Every package of a channel, oldest first.
+    pub async fn packages(&self, channel: &str) -> Result<Vec<PackageRow>> {
+        let rows = sqlx::query(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE channel = $1 ORDER BY id"))
+            .bind(channel)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(package_row).collect()
+    }
+
+    /// Every package file any channel or snapshot names (for pool cleanup).
+    pub async fn snapshot_files(&self, channel: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT packages FROM snapshots WHERE channel = $1")
+            .bind(channel)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let text: String = r.try_get(0)?;
+            let pkgs: Vec<PackageRow> =
+                serde_json::from_str(&text).map_err(|e| crate::StoreError::Corrupt(format!("snapshot: {e}")))?;
+            out.extend(pkgs.into_iter().map(|p| p.file));
+        }
+        Ok(out)
+    }
+
+    /// Changes a channel in one transaction: removes the rows `remove`, adds
+    /// `add` (their ids are ignored), bumps and returns the revision.
+    pub async fn change_channel(&self, channel: &str, add: &[PackageRow], remove: &[i64]) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        for id in remove {
+            sqlx::query("DELETE FROM packages WHERE id = $1 AND channel = $2")
+                .bind(id)
+                .bind(channel)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for p in add {
+            sqlx::query(
+                "INSERT INTO packages (channel, repo, kind, name, version, arch, file, sha256, size, build_id, entry, \
+                 published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(channel)
+            .bind(&p.repo)
+            .bind(&p.kind)
+            .bind(&p.name)
+            .bind(&p.version)
+            .bind(&p.arch)
+            .bind(&p.file)
+            .bind(&p.sha256)
+            .bind(p.size)
+            .bind(p.build_id)
+            .bind(&p.entry)
+            .bind(p.published_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let revision = bump_revision(&mut tx, channel).await?;
+        tx.commit().await?;
+        Ok(revision)
+    }
+
+    /// Saves the channel's current packages as snapshot `name`.
+    pub async fn save_snapshot(&self, channel: &str, name: &str, now: i64) -> Result<SnapshotRow> {
+        let pkgs = self.packages(channel).await?;
+        let revision = self.channel_revision(channel).await?;
+        sqlx::query(
+            "INSERT INTO snapshots (channel, name, created_at, revision, packages) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(channel)
+        .bind(name)
+        .bind(now)
+        .bind(revision)
+        .bind(crate::to_json(&pkgs))
+        .execute(&self.pool)
+        .await?;
+        Ok(SnapshotRow { channel: channel.into(), name: name.into(), created_at: now, revision, packages: pkgs.len() })
+    }
+
+    pub async fn snapshots(&self, channel: &str) -> Result<Vec<SnapshotRow>> {
+        let rows =
+            sqlx::query("SELECT channel, name, created_at, revision, packages FROM snapshots WHERE channel = $1 ORDER BY created_at, name")
+                .bind(channel)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(4)?;
+                let n = serde_json::from_str::<Vec<serde_json::Value>>(&text).map(|v| v.len()).unwrap_or(0);
+                Ok(SnapshotRow {
+                    channel: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                    revision: r.try_get(3)?,
+                    packages: n,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes the channel hold exactly what snapshot `name` held; returns the
+    /// new revision, or `None` when there is no such snapshot.
+    pub async fn restore_snapshot(&self, channel: &str, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT packages FROM snapshots WHERE channel = $1 AND name = $2")
+            .bind(channel)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: String = row.try_get(0)?;
+        let pkgs: Vec<PackageRow> =
+            serde_json::from_str(&text).map_err(|e| crate::StoreError::Corrupt(format!("snapshot: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM packages WHERE channel = $1").bind(channel).execute(&mut *tx).await?;
+        tx.commit().await?;
+        // Re-inserted with the ids they had, so "oldest first" still holds.
+        let revision = self.change_channel(channel, &pkgs, &[]).await?;
+        Ok(Some(revision))
+    }
+}
+
+async fn bump_revision(tx: &mut sqlx::Transaction<'_, sqlx::Any>, channel: &str) -> Result<i64> {
+    let updated = sqlx::query("UPDATE channels SET revision = revision + 1 WHERE name = $1")
+        .bind(channel)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        sqlx::query("INSERT INTO channels (name, revision) VALUES ($1, 1)").bind(channel).execute(&mut **tx).await?;
+    }
+    let r = sqlx::query("SELECT revision FROM channels WHERE name = $1").bind(channel).fetch_one(&mut **tx).await?;
+    Ok(r.try_get(0)?)
+}

@@ -1,0 +1,210 @@
+//! APT indexes for one distribution (`dists/SUITE/`): `Packages` per
+//! architecture, `Sources`, each plain, gzip and xz, and the `Release` that
+//! lists them with MD5/SHA-1/SHA-256. Signing and writing are the caller's
+//! ([`crate::publish`]); this module only renders bytes.
+
+use crate::deb::{DebEntry, DscEntry};
+use crate::hash::{sums, Sums};
+use std::collections::BTreeSet;
+use std::io::Write;
+
+/// What a channel says about itself in every `Release`.
+#[derive(Debug, Clone)]
+pub struct ReleaseMeta {
+    pub origin: String,
+    pub label: String,
+    pub description: String,
+}
+
+/// One distribution of a channel: a suite, its component and what it holds.
+#[derive(Debug, Clone)]
+pub struct Dist<'a> {
+    pub suite: String,
+    pub component: String,
+    /// Every architecture configured for the suite, even with no package yet,
+    /// so `apt update` succeeds on an empty repository.
+    pub archs: BTreeSet<String>,
+    pub binaries: Vec<&'a DebEntry>,
+    pub sources: Vec<&'a DscEntry>,
+}
+
+/// One rendered file, its path relative to `dists/SUITE/`.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// gzip level for indexes: fast, since indexes are rebuilt on every publish.
+const GZIP_LEVEL: u32 = 6;
+/// xz preset: level 1 compresses Packages files nearly as well as 6, many times faster.
+const XZ_PRESET: u32 = 1;
+
+fn join_stanzas<'e>(stanzas: impl Iterator<Item = &'e str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in stanzas {
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::new(GZIP_LEVEL));
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut enc = liblzma::write::XzEncoder::new(Vec::with_capacity(data.len() / 5), XZ_PRESET);
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// An index in its three encodings, compressed on two threads at once.
+fn with_compressed(path: &str, plain: Vec<u8>) -> [IndexFile; 3] {
+    let (gz, xz) = std::thread::scope(|s| {
+        let x = s.spawn(|| xz(&plain));
+        let g = gzip(&plain);
+        (g, x.join().unwrap_or_default())
+    });
+    [
+        IndexFile { path: format!("{path}.gz"), bytes: gz },
+        IndexFile { path: format!("{path}.xz"), bytes: xz },
+        IndexFile { path: path.to_string(), bytes: plain },
+    ]
+}
+
+/// The per-index `Release` file apt reads for pinning.
+fn component_release(meta: &ReleaseMeta, dist: &Dist<'_>, arch: &str) -> Vec<u8> {
+    format!(
+        "Archive: {}\nOrigin: {}\nLabel: {}\nComponent: {}\nArchitecture: {arch}\n",
+        dist.suite, meta.origin, meta.label, dist.component
+    )
+    .into_bytes()
+}
+
+/// Renders every index of `dist` and its unsigned `Release`, whose `Date`
+/// is `date` (RFC 2822, e.g. `Sun, 22 Nov 2026 10:00:00 UTC`). The
+/// `Release` comes last.
+pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str) -> Vec<IndexFile> {
+    let mut files = Vec::new();
+    let comp = &dist.component;
+    for arch in &dist.archs {
+        // Architecture-independent packages are listed under every
+        // architecture (No-Support-for-Architecture-all below says so).
+        let mut entries: Vec<&DebEntry> =
+            dist.binaries.iter().copied().filter(|e| &e.arch == arch || e.arch == "all").collect();
+        entries.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        let plain = join_stanzas(entries.iter().map(|e| e.stanza.as_str()));
+        files.extend(with_compressed(&format!("{comp}/binary-{arch}/Packages"), plain));
+        files.push(IndexFile {
+            path: format!("{comp}/binary-{arch}/Release"),
+            bytes: component_release(meta, dist, arch),
+        });
+    }
+    let mut sources: Vec<&DscEntry> = dist.sources.clone();
+    sources.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    files.extend(with_compressed(
+        &format!("{comp}/source/Sources"),
+        join_stanzas(sources.iter().map(|e| e.stanza.as_str())),
+    ));
+    files.push(IndexFile { path: format!("{comp}/source/Release"), bytes: component_release(meta, dist, "source") });
+
+    let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
+    let archs: Vec<&str> = dist.archs.iter().map(String::as_str).collect();
+    let mut release = format!(
+        "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\nArchitectures: {}\nComponents: {comp}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
+        meta.origin,
+        meta.label,
+        dist.suite,
+        dist.suite,
+        archs.join(" "),
+        meta.description,
+    );
+    type Pick = fn(&Sums) -> &str;
+    let sections: [(&str, Pick); 3] = [("MD5Sum", |s| &s.md5), ("SHA1", |s| &s.sha1), ("SHA256", |s| &s.sha256)];
+    for (title, pick) in sections {
+        release.push_str(title);
+        release.push_str(":\n");
+        for (path, s) in &listed {
+            release.push_str(&format!(" {} {:>16} {path}\n", pick(s), s.size));
+        }
+    }
+    files.push(IndexFile { path: "Release".into(), bytes: release.into_bytes() });
+    files
+}
+
+/// The `SHA256` section of a `Release`: (hash, path) of every index it lists.
+pub fn release_sha256(release: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in release.lines() {
+        if !line.starts_with(' ') {
+            inside = line.trim_end() == "SHA256:";
+            continue;
+        }
+        if inside {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if let [hash, _size, path] = parts[..] {
+                out.push((hash.to_string(), path.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, arch: &str) -> DebEntry {
+        DebEntry {
+            name: name.into(),
+            version: "1.0-1".into(),
+            arch: arch.into(),
+            source: name.into(),
+            stanza: format!("Package: {name}\nVersion: 1.0-1\nArchitecture: {arch}"),
+        }
+    }
+
+    #[test]
+    fn release_lists_every_index_with_matching_sums() {
+        let meta = ReleaseMeta { origin: "kiln".into(), label: "kiln dev".into(), description: "nightly".into() };
+        let (a, b, c) = (entry("alpha", "amd64"), entry("beta", "all"), entry("gamma", "arm64"));
+        let dist = Dist {
+            suite: "bookworm".into(),
+            component: "main".into(),
+            archs: ["amd64".to_string(), "arm64".to_string()].into(),
+            binaries: vec![&a, &b, &c],
+            sources: vec![],
+        };
+        let files = render_dist(&meta, &dist, "Sun, 22 Nov 2026 10:00:00 UTC");
+        let get = |p: &str| files.iter().find(|f| f.path == p).map(|f| String::from_utf8_lossy(&f.bytes).into_owned());
+        let amd = get("main/binary-amd64/Packages").expect("amd64 Packages");
+        assert_eq!(amd, "Package: alpha\nVersion: 1.0-1\nArchitecture: amd64\n\nPackage: beta\nVersion: 1.0-1\nArchitecture: all\n\n");
+        let arm = get("main/binary-arm64/Packages").expect("arm64 Packages");
+        assert!(arm.contains("Package: beta") && arm.contains("Package: gamma") && !arm.contains("alpha"));
+        assert_eq!(get("main/source/Sources").as_deref(), Some(""));
+
+        let release = get("Release").expect("Release");
+        assert!(release.contains("Suite: bookworm\n") && release.contains("Architectures: amd64 arm64\n"));
+        let listed = release_sha256(&release);
+        assert_eq!(listed.len(), files.len() - 1);
+        for (hash, path) in listed {
+            let f = files.iter().find(|f| f.path == path).expect("listed file exists");
+            assert_eq!(hash, crate::hash::sha256(&f.bytes), "{path}");
+        }
+        // The compressed forms decompress to the plain index.
+        let gz = files.iter().find(|f| f.path == "main/binary-amd64/Packages.gz").expect("gz");
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz.bytes[..]), &mut plain).expect("gunzip");
+        assert_eq!(plain, amd);
+        let xz = files.iter().find(|f| f.path == "main/binary-amd64/Packages.xz").expect("xz");
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut liblzma::read::XzDecoder::new(&xz.bytes[..]), &mut plain).expect("unxz");
+        assert_eq!(plain, amd);
+    }
+}

@@ -1,0 +1,163 @@
+//! OpenPGP signing keys, natively (rPGP): no gpg-agent, no keychain and no
+//! `expect` script typing a passphrase.
+//!
+//! A key file is an ASCII-armored OpenPGP secret key. Its passphrase, when
+//! it has one, comes from the caller (a secret file or the environment),
+//! never from the config, and is checked when the key is loaded: a wrong
+//! passphrase fails at start, not at the first publish.
+//!
+//! Generated keys are Ed25519 (v4, the "legacy" EdDSA encoding that gpgv,
+//! rpm 4.16+ and librepo all verify) with one primary key that signs: a
+//! repository key does not encrypt, and a single key keeps `rpm --import`
+//! and `signed-by=` simple.
+
+use crate::{RepoError, Result};
+use pgp::composed::{
+    ArmorOptions, CleartextSignedMessage, Deserializable, DetachedSignature, EncryptionCaps, KeyType,
+    SecretKeyParamsBuilder, SignedPublicKey, SignedSecretKey,
+};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::types::{KeyDetails, Password};
+use std::fmt;
+
+/// A secret key ready to sign, with its passphrase (zeroised on drop by rPGP).
+pub struct SigningKey {
+    secret: SignedSecretKey,
+    password: Password,
+}
+
+impl fmt::Debug for SigningKey {
+    // Never print key material or the passphrase.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.fingerprint())
+    }
+}
+
+impl SigningKey {
+    /// Generates a new signing key for `user_id` (e.g. `"Example Repo <repo@example.org>"`),
+    /// protected by `passphrase` when one is given.
+    pub fn generate(user_id: &str, passphrase: Option<&str>) -> Result<SigningKey> {
+        let mut params = SecretKeyParamsBuilder::default();
+        params
+            .key_type(KeyType::Ed25519Legacy)
+            .can_certify(true)
+            .can_sign(true)
+            .can_encrypt(EncryptionCaps::None)
+            .primary_user_id(user_id.to_string())
+            .passphrase(passphrase.map(str::to_string));
+        let params = params.build().map_err(|e| RepoError::Key(format!("key parameters: {e}")))?;
+        let secret = params.generate(rand::thread_rng()).map_err(|e| RepoError::Key(format!("generating: {e}")))?;
+        Ok(SigningKey { secret, password: passphrase.map(Password::from).unwrap_or_else(Password::empty) })
+    }
+
+    /// Loads an armored secret key and checks that `passphrase` unlocks it.
+    pub fn from_armored(text: &str, passphrase: Option<&str>) -> Result<SigningKey> {
+        let (secret, _) = SignedSecretKey::from_string(text)
+            .map_err(|e| RepoError::Key(format!("not an armored OpenPGP secret key: {e}")))?;
+        let key = SigningKey { secret, password: passphrase.map(Password::from).unwrap_or_else(Password::empty) };
+        // A trial signature proves the passphrase now rather than at the first publish.
+        key.detached(b"kiln key check").map_err(|_| {
+            RepoError::Key(if passphrase.is_some() {
+                "the passphrase does not unlock this key".to_string()
+            } else {
+                "the key is passphrase-protected and no passphrase was given".to_string()
+            })
+        })?;
+        Ok(key)
+    }
+
+    /// The secret key, armored, for writing to a key file.
+    pub fn secret_armored(&self) -> Result<String> {
+        self.secret.to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Key(e.to_string()))
+    }
+
+    /// The public key, armored: what users pass to `signed-by=`, `rpm --import` and `gpgkey=`.
+    pub fn public_armored(&self) -> Result<String> {
+        self.public().to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Key(e.to_string()))
+    }
+
+    /// The public key in binary form (an apt `signed-by` keyring file may be binary).
+    pub fn public_binary(&self) -> Result<Vec<u8>> {
+        use pgp::ser::Serialize;
+        self.public().to_bytes().map_err(|e| RepoError::Key(e.to_string()))
+    }
+
+    fn public(&self) -> SignedPublicKey {
+        SignedPublicKey::from(self.secret.clone())
+    }
+
+    /// Upper-case hex fingerprint.
+    pub fn fingerprint(&self) -> String {
+        hex::encode_upper(self.secret.primary_key.fingerprint().as_bytes())
+    }
+
+    /// A clear-signed document (APT's `InRelease`).
+    pub fn clearsign(&self, text: &str) -> Result<String> {
+        let msg = CleartextSignedMessage::sign(rand::thread_rng(), text, &self.secret.primary_key, &self.password)
+            .map_err(|e| RepoError::Sign(e.to_string()))?;
+        msg.to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Sign(e.to_string()))
+    }
+
+    /// An armored detached signature over `data` (`Release.gpg`, `repomd.xml.asc`).
+    pub fn detached(&self, data: &[u8]) -> Result<String> {
+        let sig = DetachedSignature::sign_binary_data(
+            rand::thread_rng(),
+            &self.secret.primary_key,
+            &self.password,
+            HashAlgorithm::Sha256,
+            data,
+        )
+        .map_err(|e| RepoError::Sign(e.to_string()))?;
+        sig.to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Sign(e.to_string()))
+    }
+
+    /// The key and passphrase as the `rpm` crate's signer, for RPM header signatures.
+    pub fn rpm_signer(&self) -> Result<rpm::signature::pgp::Signer> {
+        let armored = self.secret_armored()?;
+        let signer = rpm::signature::pgp::Signer::from_asc(&armored).map_err(|e| RepoError::Key(e.to_string()))?;
+        let pw = self.password.read();
+        Ok(if pw.is_empty() { signer } else { signer.with_key_passphrase(String::from_utf8_lossy(&pw).into_owned()) })
+    }
+}
+
+/// The fingerprint of an armored public key.
+pub fn fingerprint_of_public(armored: &str) -> Result<String> {
+    let (key, _) = SignedPublicKey::from_string(armored).map_err(|e| RepoError::Key(e.to_string()))?;
+    Ok(hex::encode_upper(key.fingerprint().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_signs_and_verifies() {
+        let key = SigningKey::generate("Test Repo <repo@example.org>", Some("s3cret")).expect("generate");
+        let armored = key.secret_armored().expect("armor");
+        assert!(armored.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"));
+
+        let loaded = SigningKey::from_armored(&armored, Some("s3cret")).expect("load with passphrase");
+        assert_eq!(loaded.fingerprint(), key.fingerprint());
+        let wrong = SigningKey::from_armored(&armored, Some("nope")).expect_err("wrong passphrase");
+        assert!(wrong.to_string().contains("does not unlock"), "{wrong}");
+        let missing = SigningKey::from_armored(&armored, None).expect_err("no passphrase");
+        assert!(missing.to_string().contains("passphrase-protected"), "{missing}");
+
+        let public = SignedPublicKey::from_string(&key.public_armored().expect("pub")).expect("parse pub").0;
+        let signed = loaded.clearsign("Origin: kiln\nSuite: bookworm\n").expect("clearsign");
+        let (msg, _) = CleartextSignedMessage::from_string(&signed).expect("parse clearsigned");
+        msg.verify(&public).expect("clear signature verifies");
+        assert!(signed.contains("\nOrigin: kiln\nSuite: bookworm\n"));
+
+        let det = loaded.detached(b"repomd").expect("detached");
+        let (sig, _) = DetachedSignature::from_string(&det).expect("parse sig");
+        sig.verify(&public, b"repomd").expect("detached signature verifies");
+        assert!(sig.verify(&public, b"tampered").is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let e = SigningKey::from_armored("hello", None).expect_err("garbage");
+        assert!(e.to_string().contains("not an armored OpenPGP secret key"), "{e}");
+    }
+}

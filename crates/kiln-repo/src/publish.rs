@@ -1,0 +1,272 @@
+//! A channel's directory and its atomic generations.
+//!
+//! ```text
+//! repos/CHANNEL/
+//!   pool/apt/main/h/hello/hello_2.10-3_amd64.deb     package files, shared by all generations
+//!   pool/yum/el-9-x86_64/hello-2.12-1.el9.x86_64.rpm  (signed with the channel's key)
+//!   gens/41/  gens/42/                                 complete index trees, one per revision
+//!     key.asc
+//!     apt/dists/bookworm/{InRelease,Release,Release.gpg,main/...}
+//!     apt/pool -> ../../../pool/apt
+//!     yum/el-9-x86_64/repodata/{repomd.xml,repomd.xml.asc,<sha>-primary.xml.gz,...}
+//!     yum/el-9-x86_64/Packages -> ../../../../pool/yum/el-9-x86_64
+//!   current -> gens/42                                 what is served
+//! ```
+//!
+//! A generation is written in full beside the served one (`gens/N.tmp`),
+//! renamed into place, then `current` is switched with one `rename`: a
+//! reader sees the old tree or the new one, never a mix, and never an index
+//! naming a file that is not there (package files are placed before the
+//! index that names them, and removed only after no generation names them).
+//! The previous generation's indexes stay reachable through `by-hash/` and
+//! its hashed repodata names, for clients that read the old `InRelease`.
+//!
+//! Modes are set explicitly (0644 files, 0755 directories), whatever the
+//! process umask.
+
+use crate::apt::{self, Dist, ReleaseMeta};
+use crate::key::SigningKey;
+use crate::yum::{self, RpmEntry};
+use crate::{RepoError, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+/// Generations kept besides the current one (for by-hash readers and a quick look back).
+const KEEP_OLD: usize = 2;
+
+/// Creates `dir` and its missing parents with mode 0755.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.iter().rev() {
+        match fs::create_dir(m) {
+            Ok(()) => fs::set_permissions(m, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| RepoError::io(m, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RepoError::io(m, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0644.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(|e| RepoError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| RepoError::io(&tmp, e))?;
+    f.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
+}
+
+/// Places a package file at `dest` by hard link (same file system), else by
+/// copy; mode 0644 either way. An existing `dest` is left as it is.
+pub fn place_file(src: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dest.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = dest.with_extension("kiln-tmp");
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(src, &tmp).is_err() {
+        fs::copy(src, &tmp).map_err(|e| RepoError::io(src, e))?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
+    fs::rename(&tmp, dest).map_err(|e| RepoError::io(dest, e))
+}
+
+/// One YUM repository of a channel: an rpm target and its packages.
+#[derive(Debug, Clone)]
+pub struct YumRepo<'a> {
+    pub target: String,
+    pub entries: Vec<&'a RpmEntry>,
+}
+
+/// Everything one generation of a channel holds.
+#[derive(Debug, Clone)]
+pub struct ChannelContent<'a> {
+    pub meta: ReleaseMeta,
+    pub apt: Vec<Dist<'a>>,
+    pub yum: Vec<YumRepo<'a>>,
+}
+
+/// A channel's directory (`repos/CHANNEL`).
+#[derive(Debug, Clone)]
+pub struct ChannelDir {
+    root: PathBuf,
+}
+
+impl ChannelDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ChannelDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the file an APT index calls `pool/...` lives.
+    pub fn apt_pool_file(&self, filename: &str) -> PathBuf {
+        self.root.join("pool/apt").join(filename.strip_prefix("pool/").unwrap_or(filename))
+    }
+
+    /// Where an rpm target's package `file_name` lives.
+    pub fn yum_pool_file(&self, target: &str, file_name: &str) -> PathBuf {
+        self.root.join("pool/yum").join(target).join(file_name)
+    }
+
+    /// The served tree (`current`), resolved.
+    pub fn served(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    /// The generation being served, if any.
+    pub fn current_generation(&self) -> Option<u64> {
+        let target = fs::read_link(self.root.join("current")).ok()?;
+        target.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// Removes what a crash left half-written.
+    pub fn clean_partial(&self) {
+        if let Ok(dir) = fs::read_dir(self.root.join("gens")) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let _ = fs::remove_file(self.root.join("current.tmp"));
+    }
+
+    /// Writes generation `gen` with `content`, signed with `key`, and serves
+    /// it. `date` is the RFC 2822 date for APT's `Release`.
+    pub fn write_generation(&self, gen: u64, content: &ChannelContent<'_>, key: &SigningKey, date: &str) -> Result<()> {
+        let gens = self.root.join("gens");
+        create_dirs(&gens)?;
+        create_dirs(&self.root.join("pool/apt"))?;
+        let previous = fs::read_link(self.root.join("current")).ok().map(|t| self.root.join(t));
+        let tmp = gens.join(format!("{gen}.tmp"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| RepoError::io(&tmp, e))?;
+        }
+        create_dirs(&tmp)?;
+        write_atomic(&tmp.join("key.asc"), key.public_armored()?.as_bytes())?;
+        write_atomic(&tmp.join("key.gpg"), &key.public_binary()?)?;
+
+        create_dirs(&tmp.join("apt/dists"))?;
+        std::os::unix::fs::symlink("../../../pool/apt", tmp.join("apt/pool")).map_err(|e| RepoError::io(&tmp, e))?;
+        for dist in &content.apt {
+            let dir = tmp.join("apt/dists").join(&dist.suite);
+            let files = apt::render_dist(&content.meta, dist, date);
+            for f in &files {
+                write_atomic(&dir.join(&f.path), &f.bytes)?;
+            }
+            let release = files.last().map(|f| String::from_utf8_lossy(&f.bytes).into_owned()).unwrap_or_default();
+            write_atomic(&dir.join("InRelease"), key.clearsign(&release)?.as_bytes())?;
+            write_atomic(&dir.join("Release.gpg"), key.detached(release.as_bytes())?.as_bytes())?;
+            // by-hash: this generation's indexes, and the previous one's.
+            link_by_hash(&dir, &dir, &release)?;
+            if let Some(prev) = &previous {
+                let prev_dir = prev.join("apt/dists").join(&dist.suite);
+                if let Ok(prev_release) = fs::read_to_string(prev_dir.join("Release")) {
+                    link_by_hash(&prev_dir, &dir, &prev_release)?;
+                }
+            }
+        }
+
+        for repo in &content.yum {
+            let dir = tmp.join("yum").join(&repo.target);
+            create_dirs(&dir)?;
+            create_dirs(&self.root.join("pool/yum").join(&repo.target))?;
+            let link = format!("../../../../pool/yum/{}", repo.target);
+            std::os::unix::fs::symlink(link, dir.join("Packages")).map_err(|e| RepoError::io(&dir, e))?;
+            // repomd's revision and timestamps are Unix times, as createrepo_c writes them.
+            let stamp =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(gen);
+            for f in yum::render_repodata(&repo.entries, stamp) {
+                write_atomic(&dir.join(&f.path), &f.bytes)?;
+                if f.path == "repodata/repomd.xml" {
+                    write_atomic(&dir.join("repodata/repomd.xml.asc"), key.detached(&f.bytes)?.as_bytes())?;
+                }
+            }
+            if let Some(prev) = &previous {
+                carry_repodata(&prev.join("yum").join(&repo.target), &dir)?;
+            }
+        }
+
+        let done = gens.join(gen.to_string());
+        if done.exists() {
+            fs::remove_dir_all(&done).map_err(|e| RepoError::io(&done, e))?;
+        }
+        fs::rename(&tmp, &done).map_err(|e| RepoError::io(&done, e))?;
+        let link_tmp = self.root.join("current.tmp");
+        let _ = fs::remove_file(&link_tmp);
+        std::os::unix::fs::symlink(format!("gens/{gen}"), &link_tmp).map_err(|e| RepoError::io(&link_tmp, e))?;
+        fs::rename(&link_tmp, self.root.join("current")).map_err(|e| RepoError::io(&self.root, e))?;
+        self.prune(gen);
+        Ok(())
+    }
+
+    /// Deletes generations older than the last few.
+    fn prune(&self, current: u64) {
+        let Ok(dir) = fs::read_dir(self.root.join("gens")) else { return };
+        let mut gens: Vec<u64> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        gens.sort_unstable();
+        gens.retain(|g| *g != current);
+        let old = gens.len().saturating_sub(KEEP_OLD);
+        for g in &gens[..old] {
+            let _ = fs::remove_dir_all(self.root.join("gens").join(g.to_string()));
+        }
+    }
+}
+
+/// Links every index a `Release` lists (found under `from`) into `to`'s
+/// `by-hash/SHA256/` directories.
+fn link_by_hash(from: &Path, to: &Path, release: &str) -> Result<()> {
+    for (hash, path) in apt::release_sha256(release) {
+        let src = from.join(&path);
+        let Some(parent) = Path::new(&path).parent() else { continue };
+        let dest_dir = to.join(parent).join("by-hash/SHA256");
+        let dest = dest_dir.join(&hash);
+        if dest.exists() || !src.exists() {
+            continue;
+        }
+        create_dirs(&dest_dir)?;
+        fs::hard_link(&src, &dest).map_err(|e| RepoError::io(&dest, e))?;
+    }
+    Ok(())
+}
+
+/// Links the previous generation's hashed repodata files into `to`, so a
+/// client holding the old `repomd.xml` still finds what it names.
+fn carry_repodata(from: &Path, to: &Path) -> Result<()> {
+    let Ok(repomd) = fs::read_to_string(from.join("repodata/repomd.xml")) else { return Ok(()) };
+    for href in repomd.split("href=\"").skip(1).filter_map(|s| s.split('"').next()) {
+        if href.contains("..") || !href.starts_with("repodata/") {
+            continue;
+        }
+        let (src, dest) = (from.join(href), to.join(href));
+        if src.exists() && !dest.exists() {
+            fs::hard_link(&src, &dest).map_err(|e| RepoError::io(&dest, e))?;
+        }
+    }
+    Ok(())
+}
