@@ -2,6 +2,7 @@
 //! the other commands talk to a master over its HTTP API.
 
 mod bench;
+mod bench_repo;
 mod client_cmds;
 mod demo;
 mod follow;
@@ -133,6 +134,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure throughput, latency and memory with real processes; writes JSON.
     Bench(bench::BenchArgs),
+    /// Time repository index generation against apt-ftparchive, reprepro and createrepo_c; writes JSON.
+    BenchRepo(bench_repo::BenchRepoArgs),
     /// Helpers the standard pipelines' steps run on a worker.
     #[command(subcommand, hide = true)]
     Internal(Internal),
@@ -277,6 +280,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Key(cmd) => repo_cmds::key(cmd),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchRepo(args) => tokio::task::spawn_blocking(move || bench_repo::run(args)).await?,
         Command::Internal(cmd) => {
             use kiln_worker::pipeline;
             match cmd {

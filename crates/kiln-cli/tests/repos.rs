@@ -51,6 +51,11 @@ arch = "amd64"
 name = "tool"
 steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
 artifacts = ["*.deb"]
+
+[[component]]
+name = "broken"
+steps = [ {{ name = "package", run = "echo not a package > broken_1.0_all.deb" }} ]
+artifacts = ["*.deb"]
 {channels}
 "#
     )
@@ -242,6 +247,18 @@ passphrase = { file = "secrets/stable.pass" }
     assert_eq!(get(&format!("{base}/repos/dev/apt/../../admin.token")).await.status(), 404);
     assert_eq!(get(&format!("{base}/repos/nope/key.asc")).await.status(), 404);
 
+    // A build whose .deb is not a package fails, naming the file; nothing is published.
+    let bad = BuildRequestBody { components: vec!["broken".into()], ..Default::default() };
+    let id = client.create_builds(&bad).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Failed);
+    let reason = b.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("publish failed: broken_1.0_all.deb: not a valid package: not an ar archive"),
+        "{reason}"
+    );
+    assert_eq!(list(&farm, "dev").await.len(), 2);
+
     // Releases: the changelog's version, once; again only with --replace.
     let rel = |extra: &[(&str, &str)]| {
         let mut p = vec![("release", "true"), ("version", "2.0-1")];
@@ -370,6 +387,19 @@ async fn fifty_builds_finishing_together_each_land_once_and_a_publish_cut_by_kil
     let want: Vec<String> = (0..50).map(|i| format!("kiln-pkg{i:02}")).collect();
     assert_eq!(names, want, "each package listed exactly once");
     assert_eq!(list(&farm, "dev").await.len(), 50);
+    // apt reads the whole index (pieces of it are separate gzip members and
+    // xz blocks): the first and the last package both install.
+    let key = farm.path("dev.asc");
+    std::fs::write(&key, fetch(&format!("{base}/repos/dev/key.asc")).await).expect("key");
+    let apt = AptClient::new(
+        &farm.path("apt"),
+        &[format!("deb [signed-by={}] {base}/repos/dev/apt bookworm main", key.display())],
+    );
+    let (code, out, err) = apt.apt_get(&["update"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = apt.apt_get(&["install", "-y", "--download-only", "kiln-pkg00", "kiln-pkg49", "kiln-pkg25"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(apt.downloaded().len(), 3);
 
     // kill -9 of the master in the middle of a publish.
     farm.kill_master();

@@ -5,8 +5,8 @@
 
 use crate::deb::{DebEntry, DscEntry};
 use crate::hash::{sums, Sums};
+use crate::pieces::{self, PieceCache};
 use std::collections::BTreeSet;
-use std::io::Write;
 
 /// What a channel says about itself in every `Release`.
 #[derive(Debug, Clone)]
@@ -40,41 +40,26 @@ const GZIP_LEVEL: u32 = 6;
 /// xz preset: level 1 compresses Packages files nearly as well as 6, many times faster.
 const XZ_PRESET: u32 = 1;
 
-fn join_stanzas<'e>(stanzas: impl Iterator<Item = &'e str>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in stanzas {
-        out.extend_from_slice(s.as_bytes());
-        out.extend_from_slice(b"\n\n");
-    }
-    out
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc =
-        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::new(GZIP_LEVEL));
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
-}
-
-fn xz(data: &[u8]) -> Vec<u8> {
-    let mut enc = liblzma::write::XzEncoder::new(Vec::with_capacity(data.len() / 5), XZ_PRESET);
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
-}
-
-/// An index in its three encodings, compressed on two threads at once.
-fn with_compressed(path: &str, plain: Vec<u8>) -> [IndexFile; 3] {
+/// An index in its three encodings. The compressed forms are assembled from
+/// cached pieces (see [`crate::pieces`]); what is not cached yet is
+/// compressed on two threads at once.
+fn with_compressed(path: &str, pieces: &[Vec<u8>], cache: &PieceCache) -> [IndexFile; 3] {
+    let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
     let (gz, xz) = std::thread::scope(|s| {
-        let x = s.spawn(|| xz(&plain));
-        let g = gzip(&plain);
+        let x = s.spawn(|| pieces::xz(&refs, XZ_PRESET, cache));
+        let g = pieces::gzip(&refs, GZIP_LEVEL, cache);
         (g, x.join().unwrap_or_default())
     });
     [
         IndexFile { path: format!("{path}.gz"), bytes: gz },
         IndexFile { path: format!("{path}.xz"), bytes: xz },
-        IndexFile { path: path.to_string(), bytes: plain },
+        IndexFile { path: path.to_string(), bytes: pieces.concat() },
     ]
+}
+
+/// Stanzas as index pieces, each stanza followed by a blank line.
+fn stanza_pieces<'e>(entries: impl Iterator<Item = (&'e str, &'e str)>) -> Vec<Vec<u8>> {
+    pieces::cut(entries.map(|(key, stanza)| (key, stanza.as_bytes())), b"\n\n")
 }
 
 /// The per-index `Release` file apt reads for pinning.
@@ -89,7 +74,7 @@ fn component_release(meta: &ReleaseMeta, dist: &Dist<'_>, arch: &str) -> Vec<u8>
 /// Renders every index of `dist` and its unsigned `Release`, whose `Date`
 /// is `date` (RFC 2822, e.g. `Sun, 22 Nov 2026 10:00:00 UTC`). The
 /// `Release` comes last.
-pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str) -> Vec<IndexFile> {
+pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &PieceCache) -> Vec<IndexFile> {
     let mut files = Vec::new();
     let comp = &dist.component;
     for arch in &dist.archs {
@@ -98,8 +83,8 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str) -> Vec<Index
         let mut entries: Vec<&DebEntry> =
             dist.binaries.iter().copied().filter(|e| &e.arch == arch || e.arch == "all").collect();
         entries.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        let plain = join_stanzas(entries.iter().map(|e| e.stanza.as_str()));
-        files.extend(with_compressed(&format!("{comp}/binary-{arch}/Packages"), plain));
+        let pieces = stanza_pieces(entries.iter().map(|e| (e.name.as_str(), e.stanza.as_str())));
+        files.extend(with_compressed(&format!("{comp}/binary-{arch}/Packages"), &pieces, cache));
         files.push(IndexFile {
             path: format!("{comp}/binary-{arch}/Release"),
             bytes: component_release(meta, dist, arch),
@@ -107,10 +92,8 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str) -> Vec<Index
     }
     let mut sources: Vec<&DscEntry> = dist.sources.clone();
     sources.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    files.extend(with_compressed(
-        &format!("{comp}/source/Sources"),
-        join_stanzas(sources.iter().map(|e| e.stanza.as_str())),
-    ));
+    let pieces = stanza_pieces(sources.iter().map(|e| (e.name.as_str(), e.stanza.as_str())));
+    files.extend(with_compressed(&format!("{comp}/source/Sources"), &pieces, cache));
     files.push(IndexFile { path: format!("{comp}/source/Release"), bytes: component_release(meta, dist, "source") });
 
     let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
@@ -181,7 +164,7 @@ mod tests {
             binaries: vec![&a, &b, &c],
             sources: vec![],
         };
-        let files = render_dist(&meta, &dist, "Sun, 22 Nov 2026 10:00:00 UTC");
+        let files = render_dist(&meta, &dist, "Sun, 22 Nov 2026 10:00:00 UTC", &PieceCache::new(None));
         let get = |p: &str| files.iter().find(|f| f.path == p).map(|f| String::from_utf8_lossy(&f.bytes).into_owned());
         let amd = get("main/binary-amd64/Packages").expect("amd64 Packages");
         assert_eq!(amd, "Package: alpha\nVersion: 1.0-1\nArchitecture: amd64\n\nPackage: beta\nVersion: 1.0-1\nArchitecture: all\n\n");

@@ -14,6 +14,7 @@ pub mod apt;
 pub mod deb;
 pub mod hash;
 pub mod key;
+pub mod pieces;
 pub mod publish;
 pub mod rpmsign;
 pub mod yum;

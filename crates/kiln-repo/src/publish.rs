@@ -26,6 +26,7 @@
 
 use crate::apt::{self, Dist, ReleaseMeta};
 use crate::key::SigningKey;
+use crate::pieces::PieceCache;
 use crate::yum::{self, RpmEntry};
 use crate::{RepoError, Result};
 use std::fs;
@@ -171,11 +172,13 @@ impl ChannelDir {
         write_atomic(&tmp.join("key.asc"), key.public_armored()?.as_bytes())?;
         write_atomic(&tmp.join("key.gpg"), &key.public_binary()?)?;
 
+        // Compressed index pieces, reused from one generation to the next.
+        let cache = PieceCache::new(Some(self.root.join("pieces")));
         create_dirs(&tmp.join("apt/dists"))?;
         std::os::unix::fs::symlink("../../../pool/apt", tmp.join("apt/pool")).map_err(|e| RepoError::io(&tmp, e))?;
         for dist in &content.apt {
             let dir = tmp.join("apt/dists").join(&dist.suite);
-            let files = apt::render_dist(&content.meta, dist, date);
+            let files = apt::render_dist(&content.meta, dist, date, &cache);
             for f in &files {
                 write_atomic(&dir.join(&f.path), &f.bytes)?;
             }
@@ -201,7 +204,7 @@ impl ChannelDir {
             // repomd's revision and timestamps are Unix times, as createrepo_c writes them.
             let stamp =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(gen);
-            for f in yum::render_repodata(&repo.entries, stamp) {
+            for f in yum::render_repodata_cached(&repo.entries, stamp, &cache) {
                 write_atomic(&dir.join(&f.path), &f.bytes)?;
                 if f.path == "repodata/repomd.xml" {
                     write_atomic(&dir.join("repodata/repomd.xml.asc"), key.detached(&f.bytes)?.as_bytes())?;
@@ -222,6 +225,7 @@ impl ChannelDir {
         std::os::unix::fs::symlink(format!("gens/{gen}"), &link_tmp).map_err(|e| RepoError::io(&link_tmp, e))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(|e| RepoError::io(&self.root, e))?;
         self.prune(gen);
+        cache.prune();
         Ok(())
     }
 

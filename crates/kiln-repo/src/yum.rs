@@ -31,10 +31,10 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufReader, Read, Write as _};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
-use flate2::write::GzEncoder;
+use crate::pieces::PieceCache;
 use flate2::Compression;
 use rpm::{DependencyFlags, FileFlags, IndexSignatureTag, IndexTag};
 use sha2::{Digest, Sha256};
@@ -776,31 +776,21 @@ struct Compressed {
 
 /// Streams a section through gzip while hashing and counting the uncompressed
 /// bytes, so that the uncompressed document is never held in memory.
-fn compress(section: Section, entries: &[&RpmEntry]) -> Compressed {
-    struct Sink {
-        gz: GzEncoder<Vec<u8>>,
-        hasher: Sha256,
-        size: u64,
+fn compress(section: Section, entries: &[&RpmEntry], cache: &PieceCache) -> Compressed {
+    // The document's opening (which counts the packages) and closing are
+    // pieces of their own; the package fragments are cut at content-defined
+    // points, so one new package changes one cached piece.
+    let mut pieces = vec![section.open(entries.len()).into_bytes()];
+    pieces.extend(crate::pieces::cut(entries.iter().map(|e| (e.sha256.as_str(), section.fragment(e).as_bytes())), b""));
+    pieces.push(section.close().as_bytes().to_vec());
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    for p in &pieces {
+        hasher.update(p);
+        size += p.len() as u64;
     }
-    impl Sink {
-        fn push(&mut self, s: &str) {
-            self.hasher.update(s.as_bytes());
-            self.size += s.len() as u64;
-            // Compressing into a Vec cannot fail.
-            let written = self.gz.write_all(s.as_bytes());
-            debug_assert!(written.is_ok(), "gzip into memory failed: {written:?}");
-        }
-    }
-    let mut sink = Sink { gz: GzEncoder::new(Vec::new(), GZIP_LEVEL), hasher: Sha256::new(), size: 0 };
-    sink.push(&section.open(entries.len()));
-    for entry in entries {
-        sink.push(section.fragment(entry));
-    }
-    sink.push(section.close());
-    let Sink { gz, hasher, size } = sink;
-    let finished = gz.finish();
-    debug_assert!(finished.is_ok(), "gzip into memory failed");
-    let bytes = finished.unwrap_or_default();
+    let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    let bytes = crate::pieces::gzip(&refs, GZIP_LEVEL.level(), cache);
     Compressed {
         section,
         checksum: hex::encode(Sha256::digest(&bytes)),
@@ -821,21 +811,26 @@ fn compress(section: Section, entries: &[&RpmEntry]) -> Compressed {
 /// a Unix time. The output depends only on the arguments (the gzip headers carry
 /// no time), so rendering the same entries twice gives the same bytes.
 pub fn render_repodata(entries: &[&RpmEntry], revision: u64) -> Vec<RepoFile> {
+    render_repodata_cached(entries, revision, &PieceCache::new(None))
+}
+
+/// [`render_repodata`], reusing compressed pieces from `cache`.
+pub fn render_repodata_cached(entries: &[&RpmEntry], revision: u64, cache: &PieceCache) -> Vec<RepoFile> {
     let (primary, filelists, other) = std::thread::scope(|scope| {
         // filelists is usually the largest: compress it beside the other two.
         let spawned = if entries.len() > PARALLEL_THRESHOLD {
             std::thread::Builder::new()
                 .name("yum-filelists".into())
-                .spawn_scoped(scope, || compress(Section::Filelists, entries))
+                .spawn_scoped(scope, || compress(Section::Filelists, entries, cache))
                 .ok()
         } else {
             None
         };
-        let primary = compress(Section::Primary, entries);
-        let other = compress(Section::Other, entries);
+        let primary = compress(Section::Primary, entries, cache);
+        let other = compress(Section::Other, entries, cache);
         let filelists = match spawned {
             Some(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            None => compress(Section::Filelists, entries),
+            None => compress(Section::Filelists, entries, cache),
         };
         (primary, filelists, other)
     });
@@ -868,7 +863,6 @@ pub fn render_repodata(entries: &[&RpmEntry], revision: u64) -> Vec<RepoFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::read::GzDecoder;
     use std::path::PathBuf;
 
     // The rpm crate's PackageBuilder needs its "payload" feature, which this crate
@@ -1049,7 +1043,7 @@ mod tests {
 
     fn gunzip(bytes: &[u8]) -> String {
         let mut out = String::new();
-        GzDecoder::new(bytes).read_to_string(&mut out).expect("gunzip");
+        flate2::read::MultiGzDecoder::new(bytes).read_to_string(&mut out).expect("gunzip");
         out
     }
 

@@ -116,3 +116,64 @@ fn step_names_are_unique_per_component() {
     let errs = errors("[[component]]\nname = \"a\"\nsteps = [ { name = \"s\", run = \"true\" }, { name = \"s\", run = \"false\" } ]\n");
     assert_eq!(errs, ["farm.toml:3:50: duplicate step name \"s\" in component \"a\""]);
 }
+
+#[test]
+fn channels_default_to_dev_and_stable() {
+    let cfg = parse(EXAMPLE).expect("example");
+    let names: Vec<&str> = cfg.channels.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["dev", "stable"]);
+    let release: BTreeMap<String, String> = [("release".to_string(), "true".to_string())].into();
+    let dev = cfg.channel("dev").expect("dev");
+    assert!(dev.accepts.takes(&BTreeMap::new()) && !dev.accepts.takes(&release));
+    assert_eq!(dev.promote_to, ["stable"]);
+    assert!(cfg.channel("stable").expect("stable").accepts.takes(&release));
+    assert_eq!(cfg.master.public_url(), "http://127.0.0.1:8010");
+}
+
+#[test]
+fn channels_are_parsed_and_checked() {
+    let good = r#"
+[master]
+url = "https://farm.example.org/"
+
+[[channel]]
+name = "extras-devel"
+accepts = "nightly"
+keep = 3
+promote_to = ["extras"]
+
+[[channel]]
+name = "extras"
+key = "keys/release.asc"
+passphrase = { credential = "release-pass" }
+component = "contrib"
+"#;
+    let cfg = parse(good).expect("channels parse");
+    assert_eq!(cfg.master.public_url(), "https://farm.example.org");
+    let devel = cfg.channel("extras-devel").expect("devel");
+    assert_eq!((devel.accepts, devel.keep), (Accepts::Nightly, Some(3)));
+    let extras = cfg.channel("extras").expect("extras");
+    assert_eq!(extras.accepts, Accepts::Promoted);
+    assert_eq!(extras.passphrase, Some(SecretRef::Credential("release-pass".into())));
+    assert_eq!(extras.component, "contrib");
+
+    let bad = r#"
+[[channel]]
+name = "a"
+accepts = "sometimes"
+keep = 0
+promote_to = ["nowhere"]
+passphrase = "hunter2"
+
+[[channel]]
+name = "b"
+passphrase = { file = "x", env = "Y" }
+"#;
+    let e = errors(bad);
+    let has = |needle: &str| e.iter().any(|l| l.contains(needle));
+    assert!(has("farm.toml:4:11: `accepts` of channel \"a\": unknown \"sometimes\""), "{e:?}");
+    assert!(has("farm.toml:5:8: `keep` of channel \"a\" must be a whole number"), "{e:?}");
+    assert!(has("promotes to unknown channel \"nowhere\""), "{e:?}");
+    assert!(has("the passphrase itself never goes in the config"), "{e:?}");
+    assert!(has("needs exactly one of `file`, `env`, `credential`"), "{e:?}");
+}

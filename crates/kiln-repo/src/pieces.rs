@@ -1,0 +1,274 @@
+//! Compressed indexes from cached pieces, so adding one package to a
+//! 10,000-package repository recompresses one piece, not the whole index.
+//!
+//! An index is cut into pieces at content-defined points (after an entry
+//! whose key hashes to a boundary), so a new entry changes only the piece it
+//! falls into. Each piece is compressed once and kept in the channel's piece
+//! cache under the SHA-256 of its content; an index is then:
+//! - gzip: the pieces' gzip members, concatenated (RFC 1952 allows several
+//!   members; zlib's readers, used by apt and librepo, read them all);
+//! - xz: one stream whose blocks are the pieces' blocks, with an index and
+//!   footer written here (apt reads only the first of concatenated xz
+//!   *streams*, but any number of blocks within one).
+
+use crate::hash::sha256;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// A piece ends after an entry whose key hash is 0 modulo this (about 48
+/// entries, a few tens of KiB of Packages text per piece).
+const BOUNDARY: u64 = 48;
+/// A piece also ends when it grows past this, whatever the keys.
+const MAX_PIECE: usize = 256 * 1024;
+
+/// Where pieces' compressed forms are kept between publishes (`None`: no cache).
+pub struct PieceCache {
+    dir: Option<PathBuf>,
+    used: Mutex<HashSet<String>>,
+}
+
+impl PieceCache {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        if let Some(d) = &dir {
+            let _ = crate::publish::create_dirs(d);
+        }
+        PieceCache { dir, used: Mutex::new(HashSet::new()) }
+    }
+
+    fn get_or(&self, key: String, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+        let Some(dir) = &self.dir else { return make() };
+        let path = dir.join(&key);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(_) => {
+                let b = make();
+                // A cache write that fails only costs the next publish time.
+                let _ = crate::publish::write_atomic(&path, &b);
+                b
+            }
+        };
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+        bytes
+    }
+
+    /// Removes cached pieces that this round did not use.
+    pub fn prune(&self) {
+        let Some(dir) = &self.dir else { return };
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if !used.contains(e.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a: a stable hash for boundary decisions (not for identity).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Joins `entries` (key, text), each followed by `sep`, into pieces cut at
+/// content-defined points.
+pub fn cut<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>, sep: &[u8]) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut current = Vec::new();
+    for (key, text) in entries {
+        current.extend_from_slice(text);
+        current.extend_from_slice(sep);
+        if fnv(key) % BOUNDARY == 0 || current.len() >= MAX_PIECE {
+            pieces.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
+
+/// The pieces' gzip members, concatenated: a valid multi-member gzip file.
+pub fn gzip(pieces: &[&[u8]], level: u32, cache: &PieceCache) -> Vec<u8> {
+    if pieces.is_empty() {
+        return gzip_one(&[], level);
+    }
+    let mut out = Vec::new();
+    for p in pieces {
+        out.extend(cache.get_or(format!("{}.gz{level}", sha256(p)), || gzip_one(p, level)));
+    }
+    out
+}
+
+fn gzip_one(data: &[u8], level: u32) -> Vec<u8> {
+    let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(level));
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// One xz stream whose blocks are the pieces, each compressed on its own.
+pub fn xz(pieces: &[&[u8]], preset: u32, cache: &PieceCache) -> Vec<u8> {
+    if pieces.is_empty() {
+        return xz_stream(&[], preset);
+    }
+    let blocks: Vec<Vec<u8>> =
+        pieces.iter().map(|p| cache.get_or(format!("{}.xzb{preset}", sha256(p)), || xz_block(p, preset))).collect();
+    let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum::<usize>() + 64);
+    // Stream header: magic, flags (CRC64 check, as the blocks were made with), CRC32 of the flags.
+    let flags = [0x00, 0x04];
+    out.extend_from_slice(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]);
+    out.extend_from_slice(&flags);
+    out.extend_from_slice(&crc32fast::hash(&flags).to_le_bytes());
+    let mut index = vec![0x00];
+    varint(&mut index, blocks.len() as u64);
+    for b in &blocks {
+        // Cached form: uncompressed size, unpadded size, then the block itself.
+        let (sizes, block) = b.split_at(16);
+        let uncompressed = u64::from_le_bytes(sizes[..8].try_into().unwrap_or_default());
+        let unpadded = u64::from_le_bytes(sizes[8..].try_into().unwrap_or_default());
+        out.extend_from_slice(block);
+        varint(&mut index, unpadded);
+        varint(&mut index, uncompressed);
+    }
+    while index.len() % 4 != 0 {
+        index.push(0);
+    }
+    let crc = crc32fast::hash(&index);
+    index.extend_from_slice(&crc.to_le_bytes());
+    let backward = (index.len() / 4 - 1) as u32;
+    out.extend_from_slice(&index);
+    let mut footer_body = backward.to_le_bytes().to_vec();
+    footer_body.extend_from_slice(&flags);
+    out.extend_from_slice(&crc32fast::hash(&footer_body).to_le_bytes());
+    out.extend_from_slice(&footer_body);
+    out.extend_from_slice(b"YZ");
+    out
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..63).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn xz_stream(data: &[u8], preset: u32) -> Vec<u8> {
+    let mut enc = liblzma::write::XzEncoder::new(Vec::new(), preset);
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// A piece as one xz block: compressed as a single-block stream, then the
+/// block and its index record taken out (cached as sizes + block).
+fn xz_block(data: &[u8], preset: u32) -> Vec<u8> {
+    let stream = xz_stream(data, preset);
+    let parsed = (|| {
+        let n = stream.len();
+        let footer = stream.get(n.checked_sub(12)?..)?;
+        let backward = u32::from_le_bytes(footer.get(4..8)?.try_into().ok()?);
+        let index_size = (backward as usize + 1) * 4;
+        let index_start = n.checked_sub(12 + index_size)?;
+        let block = stream.get(12..index_start)?;
+        let mut pos = index_start + 1;
+        let count = read_varint(&stream, &mut pos)?;
+        if count != 1 {
+            return None;
+        }
+        let unpadded = read_varint(&stream, &mut pos)?;
+        let uncompressed = read_varint(&stream, &mut pos)?;
+        let mut out = Vec::with_capacity(block.len() + 16);
+        out.extend_from_slice(&uncompressed.to_le_bytes());
+        out.extend_from_slice(&unpadded.to_le_bytes());
+        out.extend_from_slice(block);
+        Some(out)
+    })();
+    // liblzma always writes one block for a non-empty input; anything else is a bug here.
+    parsed.unwrap_or_else(|| {
+        let mut out = vec![0u8; 16];
+        out.extend_from_slice(&stream);
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pieces_of(n: usize) -> Vec<Vec<u8>> {
+        let texts: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("pkg{i}"), format!("Package: pkg{i}\nVersion: 1.{i}\nDescription: thing {i}\n\n")))
+            .collect();
+        cut(texts.iter().map(|(k, t)| (k.as_str(), t.as_bytes())), b"")
+    }
+
+    #[test]
+    fn pieces_decompress_to_the_whole_and_are_reused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pieces = pieces_of(500);
+        assert!(pieces.len() > 3, "500 entries make several pieces");
+        let whole: Vec<u8> = pieces.concat();
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let cache = PieceCache::new(Some(dir.path().to_path_buf()));
+        let xz_bytes = xz(&refs, 1, &cache);
+        let gz_bytes = gzip(&refs, 6, &cache);
+
+        let mut out = Vec::new();
+        liblzma::read::XzDecoder::new(&xz_bytes[..]).read_to_end(&mut out).expect("xz decodes");
+        assert_eq!(out, whole);
+        // One stream: a decoder that stops after the first stream still sees everything.
+        let mut single = Vec::new();
+        let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).expect("decoder");
+        liblzma::read::XzDecoder::new_stream(&xz_bytes[..], stream).read_to_end(&mut single).expect("decodes");
+        assert_eq!(single, whole);
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&gz_bytes[..]).read_to_end(&mut out).expect("gz decodes");
+        assert_eq!(out, whole);
+
+        // A new entry changes one piece: the others come from the cache.
+        let cached = std::fs::read_dir(dir.path()).expect("cache").count();
+        assert_eq!(cached, 2 * pieces.len());
+        let mut more: Vec<(String, String)> = (0..500)
+            .map(|i| (format!("pkg{i}"), format!("Package: pkg{i}\nVersion: 1.{i}\nDescription: thing {i}\n\n")))
+            .collect();
+        more.insert(250, ("newpkg".into(), "Package: newpkg\nVersion: 1\n\n".into()));
+        let pieces2 = cut(more.iter().map(|(k, t)| (k.as_str(), t.as_bytes())), b"");
+        let refs2: Vec<&[u8]> = pieces2.iter().map(Vec::as_slice).collect();
+        let cache2 = PieceCache::new(Some(dir.path().to_path_buf()));
+        let xz2 = xz(&refs2, 1, &cache2);
+        let changed = pieces2.iter().filter(|p| !pieces.contains(p)).count();
+        assert!(changed <= 2, "{changed} pieces changed");
+        cache2.prune();
+        assert_eq!(std::fs::read_dir(dir.path()).expect("cache").count(), pieces2.len());
+        let mut out = Vec::new();
+        liblzma::read::XzDecoder::new(&xz2[..]).read_to_end(&mut out).expect("xz decodes");
+        assert_eq!(out, pieces2.concat());
+    }
+
+    #[test]
+    fn empty_indexes_are_valid() {
+        let cache = PieceCache::new(None);
+        let mut out = Vec::new();
+        liblzma::read::XzDecoder::new(&xz(&[], 1, &cache)[..]).read_to_end(&mut out).expect("xz");
+        assert!(out.is_empty());
+        flate2::read::MultiGzDecoder::new(&gzip(&[], 6, &cache)[..]).read_to_end(&mut out).expect("gz");
+        assert!(out.is_empty());
+    }
+}
