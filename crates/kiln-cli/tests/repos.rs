@@ -136,6 +136,7 @@ name = "dev"
 accepts = "nightly"
 keep = 2
 promote_to = ["stable"]
+sign_debs = true
 
 [[channel]]
 name = "stable"
@@ -211,6 +212,40 @@ passphrase = { file = "secrets/stable.pass" }
     assert_eq!(code, 0);
     assert!(body.contains(&format!("built by {}", nightly[2])));
 
+    // dev signs each .deb too: debsig-verify accepts it under a policy for dev's key.
+    let fingerprint =
+        client.channels().await.expect("channels").into_iter().find(|c| c.name == "dev").expect("dev").fingerprint;
+    let keyid = &fingerprint[fingerprint.len() - 16..];
+    let (policies, keyrings) =
+        (farm.path(&format!("debsig/policies/{keyid}")), farm.path(&format!("debsig/keyrings/{keyid}")));
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::create_dir_all(&keyrings).expect("dir");
+    std::fs::write(keyrings.join("kiln.gpg"), fetch(&format!("{base}/repos/dev/key.gpg")).await).expect("keyring");
+    std::fs::write(
+        policies.join("kiln.pol"),
+        format!(
+            "<?xml version=\"1.0\"?>\n<!DOCTYPE Policy SYSTEM \"https://www.debian.org/debsig/1.0/policy.dtd\">\n\
+             <Policy xmlns=\"https://www.debian.org/debsig/1.0/\">\n\
+             <Origin Name=\"kiln\" id=\"{keyid}\" Description=\"kiln dev\"/>\n\
+             <Selection><Required Type=\"origin\" File=\"kiln.gpg\" id=\"{keyid}\"/></Selection>\n\
+             <Verification MinOptional=\"0\"><Required Type=\"origin\" File=\"kiln.gpg\" id=\"{keyid}\"/></Verification>\n\
+             </Policy>\n"
+        ),
+    )
+    .expect("policy");
+    let debsig = |deb: &Path| {
+        run(Command::new("debsig-verify")
+            .arg("--policies-dir")
+            .arg(farm.path("debsig/policies"))
+            .arg("--keyrings-dir")
+            .arg(farm.path("debsig/keyrings"))
+            .arg(deb))
+        .expect("debsig-verify")
+    };
+    let (code, out, err) = debsig(&debs[0]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Verified package from 'kiln dev'"), "{out}");
+
     // gpgv checks InRelease and Release.gpg against the served key.
     let dists = format!("{base}/repos/dev/apt/dists/bookworm");
     let keyring = farm.path("dev.gpg");
@@ -283,6 +318,11 @@ passphrase = { file = "secrets/stable.pass" }
     let stable = list(&farm, "stable").await;
     assert_eq!(stable.len(), 1);
     assert_eq!((stable[0].version.as_str(), stable[0].build_id), ("2.0-1", Some(r3)));
+    // stable does not sign .debs themselves: debsig-verify finds no origin signature.
+    let unsigned = farm.path("unsigned.deb");
+    std::fs::write(&unsigned, fetch(&format!("{base}/repos/stable/{}", stable[0].path)).await).expect("deb");
+    let (code, _, _) = debsig(&unsigned);
+    assert_ne!(code, 0, "an unsigned .deb does not verify");
     check_consistent(&base, "stable").await;
 
     // Promotion: dev -> stable only (stable promotes nowhere), re-signed by stable's key.

@@ -64,6 +64,9 @@ pub struct Channel {
     /// APT component of the channel's distributions.
     pub component: String,
     pub description: String,
+    /// Sign each `.deb` itself too (a debsig `_gpgorigin` member), for
+    /// `debsig-verify` policies.
+    pub sign_debs: bool,
 }
 
 impl Channel {
@@ -77,6 +80,7 @@ impl Channel {
             keep,
             component: "main".into(),
             description: description.into(),
+            sign_debs: false,
         }
     }
 

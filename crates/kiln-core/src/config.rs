@@ -275,7 +275,7 @@ const MASTER_KEYS: &[&str] = &[
 ];
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel"];
 const CHANNEL_KEYS: &[&str] =
-    &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description"];
+    &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
 const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
 const COMPONENT_KEYS: &[&str] = &[
@@ -758,9 +758,10 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
             None => "main".to_string(),
         };
         let description = r.string(tbl, "description", &what).map(|d| d.0).unwrap_or_default();
+        let sign_debs = r.boolean(tbl, "sign_debs", &what).unwrap_or(false);
         let names = promote_to.iter().map(|(n, _)| n.clone()).collect();
         channels.push((
-            Channel { name, key, passphrase, accepts, promote_to: names, keep, component, description },
+            Channel { name, key, passphrase, accepts, promote_to: names, keep, component, description, sign_debs },
             promote_to,
         ));
     }

@@ -154,7 +154,12 @@ fn release_date() -> String {
 pub struct Publisher {
     shared: Arc<Shared>,
     keys: HashMap<String, Arc<SigningKey>>,
+    /// The config generation the served repositories were last written for.
+    farm_generation: u64,
 }
+
+/// How often the publisher checks that served repositories match the database.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A build's packages prepared for one channel.
 struct Prepared {
@@ -164,7 +169,8 @@ struct Prepared {
 
 impl Publisher {
     pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
-        Publisher { shared, keys }
+        let farm_generation = shared.generation();
+        Publisher { shared, keys, farm_generation }
     }
 
     fn channel_dir(&self, channel: &str) -> ChannelDir {
@@ -186,11 +192,14 @@ impl Publisher {
     /// serves anything, so a client never finds a channel missing.
     pub async fn catch_up(&mut self) {
         let farm = self.shared.farm();
+        // A changed config may add suites, architectures or rpm targets: write everything again.
+        let config_changed =
+            std::mem::replace(&mut self.farm_generation, self.shared.generation()) != self.shared.generation();
         for ch in &farm.cfg.channels {
             let dir = self.channel_dir(&ch.name);
             dir.clean_partial();
             let revision = self.shared.store.channel_revision(&ch.name).await.unwrap_or(-1);
-            if revision < 0 || dir.current_generation() != Some(revision as u64) {
+            if config_changed || revision < 0 || dir.current_generation() != Some(revision as u64) {
                 if let Err(e) = self.regenerate(ch).await {
                     tracing::error!(channel = %ch.name, error = %e, "cannot write the repository");
                 }
@@ -200,7 +209,21 @@ impl Publisher {
 
     /// Handles repository changes, one at a time.
     pub async fn run(mut self, mut rx: UnboundedReceiver<PublishRequest>) {
-        while let Some(req) = rx.recv().await {
+        // Another master sharing the database may change a channel; a config
+        // reload may add a channel or a target. Look now and then.
+        let mut tick = tokio::time::interval(CATCH_UP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let req = tokio::select! {
+                req = rx.recv() => match req {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.catch_up().await;
+                    continue;
+                }
+            };
             match req {
                 PublishRequest::Build(id) => {
                     let outcome = self.publish_build(id).await;
@@ -481,6 +504,14 @@ fn prepare(
             };
         match target.family {
             Family::Deb if name.ends_with(".deb") || name.ends_with(".udeb") => {
+                // A channel that signs .debs gets a signed copy.
+                let signed = root.join("pool/.incoming").join(format!("{build_id}-{name}"));
+                let path = if ch.sign_debs {
+                    kiln_repo::debsig::sign_deb(path, &signed, key).map_err(err)?;
+                    &signed
+                } else {
+                    path
+                };
                 let sums = file_sums(path).map_err(err)?;
                 let control = kiln_repo::deb::read_control(path).map_err(err)?;
                 let bad = |reason: String| format!("{name}: {reason}");
@@ -492,7 +523,7 @@ fn prepare(
                 let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
                 rows.push((
                     row("deb", &e.name, &e.version, &e.arch, format!("pool/apt/{rel}"), &sums.sha256, sums.size, entry),
-                    path.clone(),
+                    path.to_path_buf(),
                 ));
             }
             Family::Deb if name.ends_with(".dsc") => {
@@ -622,6 +653,26 @@ fn promote(
                     place_file(&src.root().join(&parent).join(f), &dst.root().join(&parent).join(f)).map_err(err)?;
                 }
                 place_file(&from, &dst.root().join(&row.file)).map_err(err)?;
+            }
+            "deb" if ch.sign_debs => {
+                // Re-signed by the channel it enters; a new pool path, as its bytes change.
+                let staging = dst.root().join("pool/.incoming");
+                let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let signed = staging.join(&name);
+                kiln_repo::debsig::sign_deb(&from, &signed, key).map_err(err)?;
+                let sums = file_sums(&signed).map_err(err)?;
+                let rel = p.file.trim_start_matches("pool/apt/");
+                let (dir, _) = rel.rsplit_once('/').unwrap_or((".", rel));
+                let rel = pool_path(&dst.root().join("pool/apt"), dir, &name, &sums.sha256);
+                let control = kiln_repo::deb::read_control(&signed).map_err(err)?;
+                let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                row.entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
+                row.file = format!("pool/apt/{rel}");
+                row.sha256 = sums.sha256;
+                row.size = sums.size as i64;
+                place_file(&signed, &dst.root().join(&row.file)).map_err(err)?;
+                let _ = std::fs::remove_dir_all(&staging);
             }
             _ => place_file(&from, &dst.root().join(&row.file)).map_err(err)?,
         }

@@ -12,6 +12,7 @@
 
 pub mod apt;
 pub mod deb;
+pub mod debsig;
 pub mod hash;
 pub mod key;
 pub mod pieces;
