@@ -186,14 +186,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!();
         eprintln!("Published to the dev channel (signed APT/YUM repositories, {} files):", published.len());
         for p in &published {
-            eprintln!("  {:<10} {:<32} {:<7} {url}/repos/dev/{}", p.name, p.version, p.arch, p.path);
+            eprintln!("  {:<24} {:<30} {:<7} {url}/repos/dev/{}", p.name, p.version, p.arch, p.path);
         }
         let suite = kiln_worker::pipeline::host_debian_mirror().map(|(_, s)| s).unwrap_or_else(|| "bookworm".into());
         eprintln!("Use them:");
         eprintln!("  curl -o /etc/apt/keyrings/kiln-dev.asc {url}/repos/dev/key.asc");
         eprintln!("  echo 'deb [signed-by=/etc/apt/keyrings/kiln-dev.asc] {url}/repos/dev/apt {suite} main' > /etc/apt/sources.list.d/kiln-dev.list");
         eprintln!("  dnf --repofrompath=kiln,{url}/repos/dev/yum/el-9-x86_64 --setopt=kiln.gpgkey={url}/repos/dev/key.asc --setopt=kiln.repo_gpgcheck=1 repoquery --repo kiln");
-        eprintln!("  kiln repo list dev;  kiln repo promote hello VERSION --from dev --to stable");
+        if let Some(p) = published.iter().find(|p| p.kind == "deb") {
+            eprintln!("  kiln repo list dev;  kiln repo promote {} {} --from dev --to stable", p.name, p.version);
+        }
     }
     if args.exit {
         workers.shutdown().await;
