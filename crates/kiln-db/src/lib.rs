@@ -103,6 +103,15 @@ pub struct BuildFilter {
     pub limit: i64,
 }
 
+/// A build request as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub id: i64,
+    pub requested_at: i64,
+    pub requested_by: Option<String>,
+    pub reason: Option<String>,
+}
+
 /// A file a build produced, stored by content (SHA-256) on the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactRow {
@@ -588,6 +597,38 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The newest requests (id, when, by whom, why), newest first, with ids below `before`.
+    pub async fn recent_requests(&self, limit: i64, before: Option<i64>) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(
+            "SELECT id, requested_at, requested_by, reason FROM requests WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RequestRow {
+                    id: r.try_get(0)?,
+                    requested_at: r.try_get(1)?,
+                    requested_by: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The builds of many requests.
+    pub async fn builds_of_requests(&self, request_ids: &[i64]) -> Result<Vec<BuildRow>> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql =
+            format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id IN ({}) ORDER BY id", id_list(request_ids));
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(build_row).collect()
     }
 
     /// The builds of one request, in the order they were planned.

@@ -37,7 +37,6 @@ type AppState = Arc<Shared>;
 
 pub fn router(shared: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/api/v1/status", get(status))
         .route("/api/v1/builds", get(list_builds).post(create_builds))
         .route("/api/v1/builds/{id}", get(get_build))
@@ -58,6 +57,7 @@ pub fn router(shared: AppState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; the API lives under /api/v1") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .merge(crate::repos::routes())
+        .merge(crate::web::routes())
         .with_state(shared)
 }
 
@@ -107,6 +107,10 @@ impl ApiError {
     }
     fn bad(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// The status and message, for rendering elsewhere (the web pages).
+    pub(crate) fn parts(self) -> (StatusCode, String) {
+        (self.status, self.message)
     }
     pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error answering a request");
@@ -165,22 +169,6 @@ impl FromRequestParts<AppState> for Caller {
             Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the token is not valid")),
         }
     }
-}
-
-async fn index(State(s): State<AppState>) -> impl IntoResponse {
-    let farm = s.farm();
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>kiln</title>\
-         <h1>kiln</h1><p>{} components, {} targets, {} builders. \
-         JSON API: <a href=/api/v1/builds>/api/v1/builds</a>, \
-         <a href=/api/v1/workers>/api/v1/workers</a>, \
-         <a href=/api/v1/builders>/api/v1/builders</a>, \
-         <a href=/api/v1/openapi.json>OpenAPI</a>.</p>",
-        farm.cfg.components.len(),
-        farm.cfg.targets.len(),
-        matrix::builders(&farm.cfg).count()
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body)
 }
 
 /// The master's version and config generation.
@@ -257,7 +245,10 @@ async fn create_builds(
     Ok(Json(created))
 }
 
-fn request_properties(given: &BTreeMap<String, String>, source: PropertySource) -> Result<Properties, ApiError> {
+pub(crate) fn request_properties(
+    given: &BTreeMap<String, String>,
+    source: PropertySource,
+) -> Result<Properties, ApiError> {
     if given.len() > MAX_PROPERTIES {
         return Err(ApiError::bad(format!("too many properties ({}); at most {MAX_PROPERTIES}", given.len())));
     }
@@ -278,7 +269,7 @@ fn request_properties(given: &BTreeMap<String, String>, source: PropertySource) 
 }
 
 /// Plans a request against the current config, stores it and wakes the dispatcher.
-async fn submit(
+pub(crate) async fn submit(
     s: &AppState,
     who: &str,
     reason: Option<&str>,
@@ -749,7 +740,7 @@ async fn change_hook_base(
 }
 
 /// Store rows to API objects, with steps and live log sizes.
-async fn to_api_builds(s: &AppState, rows: Vec<BuildRow>) -> Result<Vec<Build>, ApiError> {
+pub(crate) async fn to_api_builds(s: &AppState, rows: Vec<BuildRow>) -> Result<Vec<Build>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|b| b.id).collect();
     let mut steps: HashMap<i64, Vec<StepRow>> = HashMap::new();
     for st in s.store.steps_of(&ids).await? {

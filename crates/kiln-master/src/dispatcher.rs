@@ -268,6 +268,7 @@ impl Dispatcher {
     }
 
     fn set_state(&mut self, id: i64, state: BuildState) {
+        self.shared.changed();
         if let Some(entry) = self.known.get_mut(&id) {
             entry.1 = state;
         }
@@ -288,6 +289,7 @@ impl Dispatcher {
                 self.pending.extend(newer);
                 return;
             }
+            self.shared.changed();
         }
         for (worker, build_id) in self.pending_acks.drain(..) {
             if let Some(w) = self.workers.get(&worker) {
@@ -965,6 +967,11 @@ impl Dispatcher {
     fn publish_workers(&self) {
         let farm = self.shared.farm();
         let mut infos = self.shared.workers();
+        // Live pages follow changes; heartbeats alone (last_seen) are not one.
+        let shape = |infos: &BTreeMap<String, WorkerInfo>| -> Vec<(String, bool, Vec<i64>)> {
+            infos.values().map(|i| (i.name.clone(), i.connected, i.running.clone())).collect()
+        };
+        let before = shape(&infos);
         for w in &farm.cfg.workers {
             infos.entry(w.name.clone()).or_insert_with(|| empty_info(&w.name));
         }
@@ -987,6 +994,10 @@ impl Dispatcher {
                 let ago = c.last_seen.elapsed();
                 info.last_seen = Some(rfc3339(now_us() - ago.as_micros() as i64));
             }
+        }
+        if shape(&infos) != before {
+            drop(infos);
+            self.shared.changed();
         }
     }
 }

@@ -19,6 +19,7 @@ mod repos;
 mod shared;
 mod source;
 pub mod uploads;
+pub mod web;
 mod workers;
 
 use anyhow::Context;

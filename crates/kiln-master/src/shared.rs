@@ -27,6 +27,10 @@ pub struct Shared {
     pub publisher: UnboundedSender<PublishRequest>,
     /// Each channel's public key, armored (for build roots and `/repos/CHANNEL/key.asc`).
     pub public_keys: HashMap<String, String>,
+    /// Bumped whenever builds, workers or repositories change; live pages follow it.
+    pub changes: tokio::sync::watch::Sender<u64>,
+    /// Web sessions (cookie value to session).
+    pub sessions: Mutex<HashMap<String, crate::web::Session>>,
 }
 
 impl Shared {
@@ -52,6 +56,8 @@ impl Shared {
             events,
             publisher,
             public_keys,
+            changes: tokio::sync::watch::channel(0).0,
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,6 +77,11 @@ impl Shared {
 
     pub fn workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerInfo>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells live pages that something changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Sends an event to the dispatcher; it only fails while shutting down.
