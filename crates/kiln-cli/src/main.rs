@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_repo;
+mod bench_ui;
 mod client_cmds;
 mod demo;
 mod follow;
@@ -136,6 +137,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time repository index generation against apt-ftparchive, reprepro and createrepo_c; writes JSON.
     BenchRepo(bench_repo::BenchRepoArgs),
+    /// Time the web pages of a big farm (1,400 builders, 100,000 builds); writes JSON.
+    BenchUi(bench_ui::BenchUiArgs),
     /// Helpers the standard pipelines' steps run on a worker.
     #[command(subcommand, hide = true)]
     Internal(Internal),
@@ -280,6 +283,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Key(cmd) => repo_cmds::key(cmd),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchUi(args) => bench_ui::run(args).await,
         Command::BenchRepo(args) => tokio::task::spawn_blocking(move || bench_repo::run(args)).await?,
         Command::Internal(cmd) => {
             use kiln_worker::pipeline;

@@ -612,7 +612,7 @@ async fn the_farm_runs_on_postgresql() {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
         let (code, out, err) =
             run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config)).expect("upgrade");
-        assert_eq!((code, out.trim()), (0, "applied 3 migration(s)"), "{err}");
+        assert_eq!((code, out.trim()), (0, "applied 4 migration(s)"), "{err}");
         farm.start_master().await;
         farm.start_worker("w1", &["t"], 1);
         farm.start_worker("w2", &["t"], 1);

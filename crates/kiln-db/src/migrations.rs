@@ -113,4 +113,11 @@ CREATE TABLE snapshots (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        description: "builds by request (the console's rows)",
+        sql: r#"
+CREATE INDEX builds_by_request ON builds (request_id, target, state, component);
+"#,
+    },
 ];

@@ -58,7 +58,7 @@ fn new_build(component: &str, target: &str, deps: &[usize]) -> NewBuild {
 #[tokio::test]
 async fn migrations_are_idempotent() {
     on_both(|s| async move {
-        assert_eq!(s.schema_version().await.expect("version"), 3);
+        assert_eq!(s.schema_version().await.expect("version"), 4);
         assert_eq!(s.migrate().await.expect("migrate again"), 0);
     })
     .await;
@@ -283,6 +283,51 @@ async fn artifacts_are_recorded_replaced_and_removed() {
         assert!(s.claim(ids[0], "w", 2, &[]).await.expect("claim"));
         assert!(s.requeue(ids[0], "lost").await.expect("requeue"));
         assert!(s.artifacts_of(&ids).await.expect("list").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn console_queries_cover_cells_summaries_and_builder_stats() {
+    on_both(|s| async move {
+        let builds = [new_build("a", "t1", &[]), new_build("b", "t1", &[]), new_build("a", "t2", &[])];
+        let (r1, ids) = s.create_request(1, Some("me"), Some("first"), &builds).await.expect("request");
+        let (r2, ids2) = s.create_request(2, Some("me"), None, &builds[..1]).await.expect("request");
+        assert!(s.claim(ids[1], "w", 3, &[]).await.expect("claim"));
+        assert!(s.finish(ids[1], BuildState::Failed, Some("boom"), 4).await.expect("finish"));
+
+        let recent = s.recent_requests(10, None).await.expect("recent");
+        assert_eq!(recent.iter().map(|r| r.id).collect::<Vec<_>>(), [r2, r1]);
+        assert_eq!(s.recent_requests(10, Some(r2)).await.expect("older")[0].reason.as_deref(), Some("first"));
+
+        let all = s.console_cells(&[r1, r2], None, None).await.expect("cells");
+        assert_eq!(all.len(), 4);
+        let t2 = s.console_cells(&[r1, r2], Some("t2"), None).await.expect("cells");
+        assert_eq!(t2, [(ids[2], r1, "a".to_string(), "t2".to_string(), BuildState::Queued)]);
+        let only_b = s.console_cells(&[r1], None, Some("b")).await.expect("cells");
+        assert_eq!(only_b[0].4, BuildState::Failed);
+
+        let mut summary = s.console_summary(&[r1]).await.expect("summary");
+        summary.sort_by(|a, b| (&a.1, a.2.as_str()).cmp(&(&b.1, b.2.as_str())));
+        assert_eq!(
+            summary,
+            [
+                (r1, "t1".to_string(), BuildState::Failed, 1),
+                (r1, "t1".to_string(), BuildState::Queued, 1),
+                (r1, "t2".to_string(), BuildState::Queued, 1)
+            ]
+        );
+        let props = s.request_properties(&[r1, r2]).await.expect("props");
+        assert_eq!(props.len(), 2);
+        assert!(props.iter().all(|(_, p)| p["release"].value == "true"));
+
+        let stats = s.builder_stats().await.expect("stats");
+        assert_eq!(stats.len(), 3);
+        let of = |c: &str, t: &str| stats.iter().find(|x| x.component == c && x.target == t).expect("builder");
+        let a_t1 = of("a", "t1");
+        assert_eq!((a_t1.last_build_id, a_t1.last_state, a_t1.queued), (ids2[0], BuildState::Queued, 2));
+        let b_t1 = of("b", "t1");
+        assert_eq!((b_t1.last_state, b_t1.queued, b_t1.running), (BuildState::Failed, 0, 0));
     })
     .await;
 }

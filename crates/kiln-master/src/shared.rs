@@ -29,6 +29,9 @@ pub struct Shared {
     pub public_keys: HashMap<String, String>,
     /// Bumped whenever builds, workers or repositories change; live pages follow it.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// The builders' last results, as of a `changes` value (the console and
+    /// builders pages read it on every render).
+    pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
     /// Web sessions (cookie value to session).
     pub sessions: Mutex<HashMap<String, crate::web::Session>>,
 }
@@ -58,6 +61,7 @@ impl Shared {
             public_keys,
             changes: tokio::sync::watch::channel(0).0,
             sessions: Mutex::new(HashMap::new()),
+            builder_stats: Mutex::new(None),
         }
     }
 
@@ -77,6 +81,19 @@ impl Shared {
 
     pub fn workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerInfo>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every builder's last result and queue, cached until the next change.
+    pub async fn builder_stats(&self) -> Arc<Vec<kiln_db::BuilderStats>> {
+        let now = *self.changes.borrow();
+        if let Some((at, stats)) = self.builder_stats.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if *at == now {
+                return stats.clone();
+            }
+        }
+        let stats = Arc::new(self.store.builder_stats().await.unwrap_or_default());
+        *self.builder_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, stats.clone()));
+        stats
     }
 
     /// Tells live pages that something changed.

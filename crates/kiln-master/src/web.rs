@@ -230,25 +230,38 @@ struct ConsoleQuery {
     target: Option<String>,
     component: Option<String>,
     before: Option<i64>,
+    /// Show every builder even on a big farm.
+    expand: Option<u8>,
+}
+
+/// Above this many builder columns the console starts collapsed: one column
+/// per target, each cell the worst state of that target's builds.
+const COLLAPSE_ABOVE: usize = 200;
+
+/// How bad a state is, for a collapsed cell: the worst one shows.
+fn severity(st: BuildState) -> u8 {
+    match st {
+        BuildState::Failed => 6,
+        BuildState::Cancelled => 5,
+        BuildState::Running => 4,
+        BuildState::Queued => 3,
+        BuildState::Skipped => 2,
+        BuildState::Succeeded => 1,
+    }
 }
 
 async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<ConsoleQuery>) -> Response {
     let c = ctx(&s, &headers, "/");
     let farm = s.farm();
+    let target_filter = q.target.as_deref().filter(|t| !t.is_empty());
+    let component_filter = q.component.as_deref().filter(|t| !t.is_empty());
     let requests = match s.store.recent_requests(CONSOLE_ROWS, q.before).await {
         Ok(r) => r,
         Err(e) => return web_error(e.into()),
     };
     let ids: Vec<i64> = requests.iter().map(|r| r.id).collect();
-    let builds = match s.store.builds_of_requests(&ids).await {
-        Ok(b) => b,
-        Err(e) => return web_error(e.into()),
-    };
-    let stats = s.store.builder_stats().await.unwrap_or_default();
-    let keep = |comp: &str, tgt: &str| {
-        q.target.as_deref().is_none_or(|t| t.is_empty() || t == tgt)
-            && q.component.as_deref().is_none_or(|x| x.is_empty() || x == comp)
-    };
+    let keep =
+        |comp: &str, tgt: &str| target_filter.is_none_or(|t| t == tgt) && component_filter.is_none_or(|x| x == comp);
     // Columns: builders grouped by target.
     let mut columns: Vec<(String, Vec<String>)> = Vec::new();
     for t in &farm.cfg.targets {
@@ -263,35 +276,60 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
             columns.push((t.name.clone(), comps));
         }
     }
-    let mut cells: HashMap<(i64, &str, &str), (i64, BuildState)> = HashMap::new();
-    for b in &builds {
-        cells.insert((b.request_id, b.component.as_str(), b.target.as_str()), (b.id, b.state));
-    }
-    let props_of: HashMap<i64, String> = builds
-        .iter()
-        .map(|b| {
-            let p: Vec<String> = b
-                .properties
+    let total: usize = columns.iter().map(|(_, c)| c.len()).sum();
+    let collapsed =
+        total > COLLAPSE_ABOVE && q.expand.is_none() && target_filter.is_none() && component_filter.is_none();
+    let stats = s.builder_stats().await;
+    let props_of: HashMap<i64, String> = s
+        .store
+        .request_properties(&ids)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(rid, props)| {
+            let p: Vec<String> = props
                 .iter()
                 .filter(|(_, v)| v.source == PropertySource::Request)
                 .map(|(k, v)| format!("{k}={}", v.value))
                 .collect();
-            (b.request_id, p.join(" "))
+            (rid, p.join(" "))
         })
         .collect();
+    // Cells: one per build, or (collapsed) the worst state per request and target.
+    let mut cells: HashMap<(i64, String, String), (i64, BuildState)> = HashMap::new();
+    let mut worst: HashMap<(i64, String), (BuildState, i64)> = HashMap::new();
+    if collapsed {
+        for (rid, tgt, st, n) in s.store.console_summary(&ids).await.unwrap_or_default() {
+            let e = worst.entry((rid, tgt)).or_insert((st, 0));
+            if severity(st) > severity(e.0) {
+                e.0 = st;
+            }
+            e.1 += n;
+        }
+    } else {
+        for (id, rid, comp, tgt, st) in
+            s.store.console_cells(&ids, target_filter, component_filter).await.unwrap_or_default()
+        {
+            cells.insert((rid, comp, tgt), (id, st));
+        }
+    }
     let last: HashMap<(&str, &str), BuildState> =
         stats.iter().map(|st| ((st.component.as_str(), st.target.as_str()), st.last_state)).collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut target_worst: HashMap<&str, BuildState> = HashMap::new();
     for (t, comps) in &columns {
         for comp in comps {
             if let Some(st) = last.get(&(comp.as_str(), t.as_str())) {
                 *counts.entry(bulb(*st)).or_default() += 1;
+                let w = target_worst.entry(t.as_str()).or_insert(*st);
+                if severity(*st) > severity(*w) {
+                    *w = *st;
+                }
             }
         }
     }
     let not_green =
         counts.iter().filter(|(k, _)| **k == "bad" || **k == "cancel" || **k == "skip").map(|(_, n)| n).sum::<usize>();
-    let total: usize = columns.iter().map(|(_, c)| c.len()).sum();
     let body = html! {
         section.summary aria-label="Summary" {
             @if not_green == 0 {
@@ -304,43 +342,64 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
             }
         }
         form.filter method="get" action="/" {
-            label { "Target " select name="target" { option value="" { "all" } @for t in &farm.cfg.targets { option value=(t.name) selected[q.target.as_deref() == Some(t.name.as_str())] { (t.name) } } } }
-            label { "Component " select name="component" { option value="" { "all" } @for comp in &farm.cfg.components { option value=(comp.name) selected[q.component.as_deref() == Some(comp.name.as_str())] { (comp.name) } } } }
+            label { "Target " select name="target" { option value="" { "all" } @for t in &farm.cfg.targets { option value=(t.name) selected[target_filter == Some(t.name.as_str())] { (t.name) } } } }
+            label { "Component " select name="component" { option value="" { "all" } @for comp in &farm.cfg.components { option value=(comp.name) selected[component_filter == Some(comp.name.as_str())] { (comp.name) } } } }
             button type="submit" { "Filter" }
+            @if collapsed {
+                span.hint { (total) " builders: one column per target (worst state). " a href="/?expand=1" { "Show every builder" } }
+            }
         }
         div.gridwrap {
             table.console {
-                thead {
-                    tr {
-                        th rowspan="2" scope="col" { "Request" }
-                        @for (t, comps) in &columns { th.group colspan=(comps.len()) scope="colgroup" { (t) } }
-                    }
-                    tr {
-                        @for (_, comps) in &columns { @for comp in comps { th.comp scope="col" title=(comp) { span { (comp) } } } }
-                    }
-                    tr.lastrow {
-                        th scope="row" { "Last result" }
-                        @for (t, comps) in &columns { @for comp in comps {
-                            @let st = last.get(&(comp.as_str(), t.as_str()));
-                            td { @if let Some(st) = st { span class={"bulb " (bulb(*st))} title={(comp) "@" (t) ": " (st)} {} } }
-                        } }
-                    }
-                }
-                tbody {
-                    @for r in &requests {
+                @if collapsed {
+                    thead {
                         tr {
-                            th scope="row" {
-                                div { "#" (r.id) " " (r.requested_by.as_deref().unwrap_or("?")) " " (when(r.requested_at)) }
-                                @if let Some(reason) = &r.reason { div.reason { (reason) } }
-                                @if let Some(p) = props_of.get(&r.id) { @if !p.is_empty() { div.props { (p) } } }
-                            }
-                            @for (t, comps) in &columns { @for comp in comps {
-                                td {
-                                    @if let Some((id, st)) = cells.get(&(r.id, comp.as_str(), t.as_str())) {
-                                        a class={"bulb " (bulb(*st))} href={"/builds/" (id)} title={"#" (id) " " (comp) "@" (t) ": " (st)} aria-label={"build " (id) " " (st)} {}
-                                    }
+                            th scope="col" { "Request" }
+                            @for (t, comps) in &columns { th.group scope="col" { a href={"/?target=" (t)} title={"expand " (t)} { (t) } br; small { (comps.len()) } } }
+                        }
+                        tr.lastrow {
+                            th scope="row" { "Last result" }
+                            @for (t, _) in &columns { td { @if let Some(st) = target_worst.get(t.as_str()) { span class={"bulb " (bulb(*st))} title={(t) ": worst " (st)} {} } } }
+                        }
+                    }
+                    tbody {
+                        @for r in &requests {
+                            tr {
+                                (request_header(r, props_of.get(&r.id)))
+                                @for (t, _) in &columns {
+                                    td { @if let Some((st, n)) = worst.get(&(r.id, t.clone())) {
+                                        a class={"bulb " (bulb(*st))} href={"/?target=" (t) "#r" (r.id)} title={(n) " builds, worst " (st)} aria-label={(t) ": " (n) " builds, worst " (st)} {}
+                                    } }
                                 }
+                            }
+                        }
+                    }
+                } @else {
+                    thead {
+                        tr {
+                            th rowspan="2" scope="col" { "Request" }
+                            @for (t, comps) in &columns { th.group colspan=(comps.len()) scope="colgroup" { (t) } }
+                        }
+                        tr {
+                            @for (_, comps) in &columns { @for comp in comps { th.comp scope="col" title=(comp) { span { (comp) } } } }
+                        }
+                        tr.lastrow {
+                            th scope="row" { "Last result" }
+                            @for (t, comps) in &columns { @for comp in comps {
+                                td { @if let Some(st) = last.get(&(comp.as_str(), t.as_str())) { span class={"bulb " (bulb(*st))} title={(comp) "@" (t) ": " (st)} {} } }
                             } }
+                        }
+                    }
+                    tbody {
+                        @for r in &requests {
+                            tr id={"r" (r.id)} {
+                                (request_header(r, props_of.get(&r.id)))
+                                @for (t, comps) in &columns { @for comp in comps {
+                                    td { @if let Some((id, st)) = cells.get(&(r.id, comp.clone(), t.clone())) {
+                                        a class={"bulb " (bulb(*st))} href={"/builds/" (id)} title={"#" (id) " " (st)} aria-label={"build " (id) " " (st)} {}
+                                    } }
+                                } }
+                            }
                         }
                     }
                 }
@@ -351,6 +410,16 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
         }
     };
     page(&c, "Console", true, body)
+}
+
+fn request_header(r: &kiln_db::RequestRow, props: Option<&String>) -> Markup {
+    html! {
+        th scope="row" {
+            div { "#" (r.id) " " (r.requested_by.as_deref().unwrap_or("?")) " " (when(r.requested_at)) }
+            @if let Some(reason) = &r.reason { div.reason { (reason) } }
+            @if let Some(p) = props { @if !p.is_empty() { div.props { (p) } } }
+        }
+    }
 }
 
 fn label_of(k: &str) -> &'static str {
@@ -369,7 +438,7 @@ fn label_of(k: &str) -> &'static str {
 async fn builders(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let c = ctx(&s, &headers, "/builders");
     let farm = s.farm();
-    let stats = s.store.builder_stats().await.unwrap_or_default();
+    let stats = s.builder_stats().await;
     let workers = s.workers().clone();
     let body = html! {
         h1 { "Builders" }

@@ -1,0 +1,136 @@
+//! `kiln bench-ui`: how long the master takes to render its pages for a
+//! big farm — 70 components × 20 targets (1,400 builders), the console's
+//! 50 newest requests each with a build on every builder, and 100,000
+//! builds in history. Writes JSON.
+
+use anyhow::Context;
+use clap::Args;
+use kiln_db::{NewBuild, Store};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchUiArgs {
+    #[arg(long, default_value_t = 70)]
+    pub components: usize,
+    #[arg(long, default_value_t = 20)]
+    pub targets: usize,
+    /// Builds in history (the newest 50 requests cover every builder).
+    #[arg(long, default_value_t = 100_000)]
+    pub builds: usize,
+    /// Requests of each page; the report gives median and p95.
+    #[arg(long, default_value_t = 30)]
+    pub samples: usize,
+    #[arg(long, default_value = "bench-ui")]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "bench-ui.json")]
+    pub out: PathBuf,
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("secrets"))?;
+    std::fs::write(dir.join("secrets/w1.token"), "bench-token\n")?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let wlisten = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut config = format!(
+        "[master]\nlisten = \"{listen}\"\nworker_listen = \"{wlisten}\"\n\n[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n"
+    );
+    let targets: Vec<String> = (0..args.targets).map(|i| format!("target-{i:02}")).collect();
+    let components: Vec<String> = (0..args.components).map(|i| format!("component-{i:02}")).collect();
+    for t in &targets {
+        config.push_str(&format!("\n[[target]]\nname = \"{t}\"\nfamily = \"deb\"\nsuite = \"bookworm\"\n"));
+    }
+    for c in &components {
+        config.push_str(&format!("\n[[component]]\nname = \"{c}\"\nsteps = [ {{ name = \"s\", run = \"true\" }} ]\n"));
+    }
+    let config_path = dir.join("farm.toml");
+    std::fs::write(&config_path, config)?;
+    let farm = kiln_master::farm::LoadedFarm::load(&config_path)?;
+    std::fs::create_dir_all(farm.data_dir())?;
+
+    // History: old requests of 1,000 builds, then 50 requests covering every builder.
+    let store = Store::open(&farm.database_url()).await.context("cannot open the database")?;
+    let builders: Vec<(String, String)> =
+        components.iter().flat_map(|c| targets.iter().map(move |t| (c.clone(), t.clone()))).collect();
+    let recent = 50 * builders.len();
+    let mut old = args.builds.saturating_sub(recent);
+    let t0 = Instant::now();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
+    let new_build = |(c, t): &(String, String)| NewBuild {
+        component: c.clone(),
+        target: t.clone(),
+        properties: Default::default(),
+        depends_on: vec![],
+    };
+    while old > 0 {
+        let n = old.min(1000);
+        let builds: Vec<NewBuild> = builders.iter().cycle().take(n).map(new_build).collect();
+        store.create_request(now, Some("bench"), Some("history"), &builds).await?;
+        old -= n;
+    }
+    for _ in 0..50 {
+        let builds: Vec<NewBuild> = builders.iter().map(new_build).collect();
+        store.create_request(now, Some("bench"), Some("nightly"), &builds).await?;
+    }
+    store
+        .execute_raw(
+            "UPDATE builds SET state = CASE WHEN id % 97 = 0 THEN 'failed' WHEN id % 89 = 0 THEN 'cancelled' \
+             ELSE 'succeeded' END, started_at = requested_at, finished_at = requested_at",
+        )
+        .await?;
+    store.close().await;
+    eprintln!(
+        "kiln bench-ui: {} builds over {} builders stored in {:.1} s",
+        args.builds.max(recent),
+        builders.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let master = kiln_master::start(&config_path).await?;
+    let base = format!("http://{}", master.http_addr);
+    let http = reqwest::Client::new();
+    let mut report = serde_json::Map::new();
+    report.insert("builders".into(), json!(builders.len()));
+    report.insert("builds".into(), json!(args.builds.max(recent)));
+    let last_build = args.builds.max(recent);
+    for (name, path) in [
+        ("console", "/".to_string()),
+        ("console_one_target", format!("/?target={}", targets[0])),
+        ("console_every_builder", "/?expand=1".to_string()),
+        ("builders", "/builders".to_string()),
+        ("builder", format!("/builders/{}/{}", components[0], targets[0])),
+        ("build", format!("/builds/{last_build}")),
+        ("workers", "/workers".to_string()),
+    ] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..args.samples.max(1) {
+            let t = Instant::now();
+            let r = http.get(format!("{base}{path}")).send().await?;
+            anyhow::ensure!(r.status().is_success(), "GET {path}: {}", r.status());
+            bytes = r.bytes().await?.len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        report.insert(
+            name.into(),
+            json!({ "path": path, "median_ms": percentile(times.clone(), 0.5), "p95_ms": percentile(times, 0.95), "bytes": bytes }),
+        );
+    }
+    master.shutdown().await;
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
+    let mut f = std::fs::File::create(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    writeln!(f, "{text}")?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
