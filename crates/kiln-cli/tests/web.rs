@@ -241,3 +241,31 @@ async fn force_follow_and_cancel_builds_in_a_real_browser() {
     assert!(until_text(&c, "main table", "connected", Duration::from_secs(10)).await);
     c.close().await.expect("close the browser");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_can_require_a_login_to_read() {
+    let config = format!("[master]\nanonymous_read = false\n{CONFIG}");
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let base = farm.url();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let page = http.get(format!("{base}/builders")).send().await.expect("get");
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()["location"], "/login?next=/builders");
+    let api = http.get(format!("{base}/api/v1/builds")).send().await.expect("get");
+    assert_eq!(api.status(), 401);
+    let api = http.get(format!("{base}/api/v1/builds")).bearer_auth(farm.admin_token()).send().await.expect("get");
+    assert_eq!(api.status(), 200);
+    assert_eq!(http.get(format!("{base}/login")).send().await.expect("get").status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/repos/dev/key.asc")).send().await.expect("get").status(),
+        200,
+        "apt and dnf cannot log in"
+    );
+    // Logged in, pages read again.
+    let login =
+        http.post(format!("{base}/login")).form(&[("token", farm.admin_token().as_str())]).send().await.expect("login");
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie").split(';').next().expect("cookie").to_string();
+    let page = http.get(format!("{base}/builders")).header("cookie", cookie).send().await.expect("get");
+    assert_eq!(page.status(), 200);
+}

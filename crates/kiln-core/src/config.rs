@@ -48,6 +48,9 @@ pub struct MasterSection {
     pub worker_tls: Option<TlsFiles>,
     /// The largest artifact a worker may upload, in bytes.
     pub max_artifact_size: u64,
+    /// Whether pages and API reads are open to anyone (default); when false
+    /// they need a logged-in session or a token. Repositories stay public.
+    pub anonymous_read: bool,
     /// The master's address as clients and build roots reach it
     /// (repositories are served under `URL/repos/`); `http://LISTEN` when absent.
     pub url: Option<String>,
@@ -82,6 +85,7 @@ impl Default for MasterSection {
             worker_tls: None,
             max_artifact_size: 4 << 30,
             url: None,
+            anonymous_read: true,
         }
     }
 }
@@ -272,6 +276,7 @@ const MASTER_KEYS: &[&str] = &[
     "worker_tls",
     "max_artifact_size",
     "url",
+    "anonymous_read",
 ];
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel"];
 const CHANNEL_KEYS: &[&str] =
@@ -654,6 +659,9 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
             Ok(n) => m.max_artifact_size = n,
             Err(e) => r.err(&sspan, format!("`max_artifact_size` in [master]: {e}")),
         }
+    }
+    if let Some(b) = r.boolean(tbl, "anonymous_read", "[master]") {
+        m.anonymous_read = b;
     }
     if let Some((u, uspan)) = r.string(tbl, "url", "[master]") {
         let ok = (u.starts_with("http://") || u.starts_with("https://"))

@@ -58,6 +58,7 @@ pub fn router(shared: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .merge(crate::repos::routes())
         .merge(crate::web::routes())
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::web::read_gate))
         .with_state(shared)
 }
 

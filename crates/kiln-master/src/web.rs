@@ -104,6 +104,41 @@ fn form_get<'a>(f: &'a FormPairs, key: &str) -> Option<&'a str> {
     f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// With `anonymous_read = false`, every read needs a session or a token:
+/// pages send the browser to log in, the API answers 401. Log-in, static
+/// files and repositories (apt and dnf cannot log in) stay open; mutations
+/// are checked by their own handlers either way.
+pub async fn read_gate(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let open = s.farm().cfg.master.anonymous_read
+        || !(req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD);
+    let path = req.uri().path().to_string();
+    if open || path == "/login" || path.starts_with("/static/") || path.starts_with("/repos/") {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| crate::auth::tokens_match(&s.admin_token, t.trim()));
+    if bearer || session(&s, req.headers()).is_some() {
+        return next.run(req).await;
+    }
+    if path.starts_with("/api/") {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "reading needs a token on this master: send `Authorization: Bearer TOKEN`",
+        )
+        .into_response();
+    }
+    let next_path: String = path.chars().filter(|c| c.is_ascii_alphanumeric() || "/-_.".contains(*c)).collect();
+    Redirect::to(&format!("/login?next={next_path}")).into_response()
+}
+
 // ---------- layout ----------
 
 struct Ctx {

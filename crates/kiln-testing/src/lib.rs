@@ -174,7 +174,11 @@ impl Farm {
         let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().expect("spawn kiln master");
         self.master = Some(child);
         let client = Client::new(&self.url(), None).expect("client");
-        let ok = wait_for(Duration::from_secs(30), || async { client.status().await.is_ok() }).await;
+        // Up means answering; a master that requires a login to read answers 401.
+        let ok = wait_for(Duration::from_secs(30), || async {
+            matches!(client.status().await, Ok(_) | Err(kiln_client::ClientError::Api { status: 401, .. }))
+        })
+        .await;
         if !ok {
             panic!("the master did not come up:\n{}", self.master_log());
         }
