@@ -25,6 +25,11 @@ name = "quick"
 steps = [ { name = "greet", run = "printf '\\033[32mgreen\\033[0m <b>not bold</b>\\n'; echo greeting=$KILN_PROP_GREETING" } ]
 
 [[component]]
+name = "pkg"
+artifacts = ["*.deb"]
+steps = [ { name = "package", run = "mkdir -p p/DEBIAN && printf 'Package: web-pkg\\nVersion: 1.0~b%s\\nArchitecture: all\\nMaintainer: t <t@localhost>\\nDescription: t\\n' $KILN_BUILD_ID > p/DEBIAN/control && dpkg-deb --root-owner-group -b p web-pkg.deb" } ]
+
+[[component]]
 name = "slow"
 steps = [ { name = "wait", run = "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo tick $i; sleep 0.2; done" } ]
 "#;
@@ -228,6 +233,22 @@ async fn force_follow_and_cancel_builds_in_a_real_browser() {
         c.execute("return [window.kilnChanges, window.kilnRefreshes, window.kilnSseErrors, document.body.dataset.live, document.activeElement.outerHTML]", vec![]).await,
         text_of(&c, "table.console tbody").await
     );
+
+    // Repositories: a package built here is promoted from dev to stable with its button.
+    c.goto(&format!("{base}/builders/pkg/t")).await.expect("builder page");
+    click(&c, "details.force button[type=submit]").await;
+    assert!(
+        until_text(&c, "h1 .state", "succeeded", Duration::from_secs(30)).await,
+        "{}",
+        c.source().await.unwrap_or_default()
+    );
+    c.goto(&format!("{base}/repos/dev")).await.expect("channel page");
+    assert!(until_text(&c, "main", "web-pkg", Duration::from_secs(10)).await);
+    click(&c, "form[action='/repos/dev/change'] button").await;
+    assert!(until_text(&c, "h1", "Channel dev", Duration::from_secs(10)).await);
+    c.goto(&format!("{base}/repos/stable")).await.expect("stable");
+    assert!(until_text(&c, "main", "web-pkg", Duration::from_secs(10)).await, "promoted into stable");
+    shot(&c, "channel-stable").await;
 
     for (path, name) in
         [("/builders", "builders"), ("/workers", "workers"), ("/repos", "repos"), ("/repos/dev", "channel")]
