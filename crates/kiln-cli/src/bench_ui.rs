@@ -107,6 +107,7 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
     for (name, path) in [
         ("console", "/".to_string()),
         ("console_one_target", format!("/?target={}", targets[0])),
+        ("console_by_component", "/?group=component".to_string()),
         ("console_every_builder", "/?expand=1".to_string()),
         ("builders", "/builders".to_string()),
         ("builder", format!("/builders/{}/{}", components[0], targets[0])),

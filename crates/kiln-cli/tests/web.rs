@@ -210,6 +210,18 @@ async fn force_follow_and_cancel_builds_in_a_real_browser() {
     assert_eq!(slow_cell.attr("class").await.expect("class").as_deref(), Some("bulb cancel"));
     assert!(text_of(&c, ".summary").await.contains("need attention"));
     shot(&c, "console").await;
+    // Grouped by component instead: a column group per component, its targets beneath.
+    c.goto(&format!("{base}/?group=component")).await.expect("console by component");
+    let groups: Vec<String> = {
+        let mut v = Vec::new();
+        for e in c.find_all(Locator::Css("th.group")).await.expect("groups") {
+            v.push(e.text().await.unwrap_or_default());
+        }
+        v
+    };
+    assert_eq!(groups, ["quick", "pkg", "slow"]);
+    assert!(c.find(Locator::Css(&cell(&slow_url))).await.is_ok(), "the same cells, grouped differently");
+    c.goto(&format!("{base}/")).await.expect("console");
 
     // The console updates by itself: a build forced elsewhere shows up running, then green.
     let id = farm

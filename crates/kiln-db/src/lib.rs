@@ -758,14 +758,20 @@ impl Store {
             .collect()
     }
 
-    /// Per request and target, how many builds are in each state (the console's collapsed view).
-    pub async fn console_summary(&self, request_ids: &[i64]) -> Result<Vec<(i64, String, BuildState, i64)>> {
+    /// Per request and target (or component, with `by_component`), how many
+    /// builds are in each state (the console's collapsed view).
+    pub async fn console_summary(
+        &self,
+        request_ids: &[i64],
+        by_component: bool,
+    ) -> Result<Vec<(i64, String, BuildState, i64)>> {
         if request_ids.is_empty() {
             return Ok(Vec::new());
         }
+        let column = if by_component { "component" } else { "target" };
         let sql = format!(
-            "SELECT request_id, target, state, COUNT(*) FROM builds WHERE request_id IN ({}) \
-             GROUP BY request_id, target, state",
+            "SELECT request_id, {column}, state, COUNT(*) FROM builds WHERE request_id IN ({}) \
+             GROUP BY request_id, {column}, state",
             id_list(request_ids)
         );
         let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;

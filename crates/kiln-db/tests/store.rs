@@ -307,7 +307,9 @@ async fn console_queries_cover_cells_summaries_and_builder_stats() {
         let only_b = s.console_cells(&[r1], None, Some("b")).await.expect("cells");
         assert_eq!(only_b[0].4, BuildState::Failed);
 
-        let mut summary = s.console_summary(&[r1]).await.expect("summary");
+        let by_component = s.console_summary(&[r1], true).await.expect("summary");
+        assert_eq!(by_component.iter().filter(|x| x.1 == "a").map(|x| x.3).sum::<i64>(), 2);
+        let mut summary = s.console_summary(&[r1], false).await.expect("summary");
         summary.sort_by(|a, b| (&a.1, a.2.as_str()).cmp(&(&b.1, b.2.as_str())));
         assert_eq!(
             summary,

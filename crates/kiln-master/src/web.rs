@@ -267,6 +267,8 @@ struct ConsoleQuery {
     before: Option<i64>,
     /// Show every builder even on a big farm.
     expand: Option<u8>,
+    /// Group columns by `target` (default) or `component`.
+    group: Option<String>,
 }
 
 /// Above this many builder columns the console starts collapsed: one column
@@ -297,20 +299,38 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
     let ids: Vec<i64> = requests.iter().map(|r| r.id).collect();
     let keep =
         |comp: &str, tgt: &str| target_filter.is_none_or(|t| t == tgt) && component_filter.is_none_or(|x| x == comp);
-    // Columns: builders grouped by target.
-    let mut columns: Vec<(String, Vec<String>)> = Vec::new();
-    for t in &farm.cfg.targets {
-        let comps: Vec<String> = farm
-            .cfg
-            .components
-            .iter()
-            .filter(|comp| farm.cfg.builds_on(comp, &t.name) && keep(&comp.name, &t.name))
-            .map(|comp| comp.name.clone())
-            .collect();
-        if !comps.is_empty() {
-            columns.push((t.name.clone(), comps));
+    // Columns: builders (component, target) grouped by target or by component.
+    let by_component = q.group.as_deref() == Some("component");
+    let mut columns: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    if by_component {
+        for comp in &farm.cfg.components {
+            let builders: Vec<(String, String)> = farm
+                .cfg
+                .targets_of(comp)
+                .filter(|t| keep(&comp.name, &t.name))
+                .map(|t| (comp.name.clone(), t.name.clone()))
+                .collect();
+            if !builders.is_empty() {
+                columns.push((comp.name.clone(), builders));
+            }
+        }
+    } else {
+        for t in &farm.cfg.targets {
+            let builders: Vec<(String, String)> = farm
+                .cfg
+                .components
+                .iter()
+                .filter(|comp| farm.cfg.builds_on(comp, &t.name) && keep(&comp.name, &t.name))
+                .map(|comp| (comp.name.clone(), t.name.clone()))
+                .collect();
+            if !builders.is_empty() {
+                columns.push((t.name.clone(), builders));
+            }
         }
     }
+    // Within a group, a column is named by the other dimension.
+    let sub = |b: &(String, String)| if by_component { b.1.clone() } else { b.0.clone() };
+    let group_param = if by_component { "component" } else { "target" };
     let total: usize = columns.iter().map(|(_, c)| c.len()).sum();
     let collapsed =
         total > COLLAPSE_ABOVE && q.expand.is_none() && target_filter.is_none() && component_filter.is_none();
@@ -334,8 +354,8 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
     let mut cells: HashMap<(i64, String, String), (i64, BuildState)> = HashMap::new();
     let mut worst: HashMap<(i64, String), (BuildState, i64)> = HashMap::new();
     if collapsed {
-        for (rid, tgt, st, n) in s.store.console_summary(&ids).await.unwrap_or_default() {
-            let e = worst.entry((rid, tgt)).or_insert((st, 0));
+        for (rid, group, st, n) in s.store.console_summary(&ids, by_component).await.unwrap_or_default() {
+            let e = worst.entry((rid, group)).or_insert((st, 0));
             if severity(st) > severity(e.0) {
                 e.0 = st;
             }
@@ -351,12 +371,12 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
     let last: HashMap<(&str, &str), BuildState> =
         stats.iter().map(|st| ((st.component.as_str(), st.target.as_str()), st.last_state)).collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut target_worst: HashMap<&str, BuildState> = HashMap::new();
-    for (t, comps) in &columns {
-        for comp in comps {
+    let mut group_worst: HashMap<&str, BuildState> = HashMap::new();
+    for (g, builders) in &columns {
+        for (comp, t) in builders {
             if let Some(st) = last.get(&(comp.as_str(), t.as_str())) {
                 *counts.entry(bulb(*st)).or_default() += 1;
-                let w = target_worst.entry(t.as_str()).or_insert(*st);
+                let w = group_worst.entry(g.as_str()).or_insert(*st);
                 if severity(*st) > severity(*w) {
                     *w = *st;
                 }
@@ -379,9 +399,13 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
         form.filter method="get" action="/" {
             label { "Target " select name="target" { option value="" { "all" } @for t in &farm.cfg.targets { option value=(t.name) selected[target_filter == Some(t.name.as_str())] { (t.name) } } } }
             label { "Component " select name="component" { option value="" { "all" } @for comp in &farm.cfg.components { option value=(comp.name) selected[component_filter == Some(comp.name.as_str())] { (comp.name) } } } }
-            button type="submit" { "Filter" }
+            label { "Group by " select name="group" {
+                option value="target" selected[!by_component] { "target" }
+                option value="component" selected[by_component] { "component" }
+            } }
+            button type="submit" { "Show" }
             @if collapsed {
-                span.hint { (total) " builders: one column per target (worst state). " a href="/?expand=1" { "Show every builder" } }
+                span.hint { (total) " builders: one column per " (group_param) " (worst state). " a href={"/?expand=1&group=" (group_param)} { "Show every builder" } }
             }
         }
         div.gridwrap {
@@ -390,20 +414,20 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
                     thead {
                         tr {
                             th scope="col" { "Request" }
-                            @for (t, comps) in &columns { th.group scope="col" { a href={"/?target=" (t)} title={"expand " (t)} { (t) } br; small { (comps.len()) } } }
+                            @for (g, builders) in &columns { th.group scope="col" { a href={"/?" (group_param) "=" (g) "&group=" (group_param)} title={"expand " (g)} { (g) } br; small { (builders.len()) } } }
                         }
                         tr.lastrow {
                             th scope="row" { "Last result" }
-                            @for (t, _) in &columns { td { @if let Some(st) = target_worst.get(t.as_str()) { span class={"bulb " (bulb(*st))} title={(t) ": worst " (st)} {} } } }
+                            @for (g, _) in &columns { td { @if let Some(st) = group_worst.get(g.as_str()) { span class={"bulb " (bulb(*st))} title={(g) ": worst " (st)} {} } } }
                         }
                     }
                     tbody {
                         @for r in &requests {
                             tr {
                                 (request_header(r, props_of.get(&r.id)))
-                                @for (t, _) in &columns {
-                                    td { @if let Some((st, n)) = worst.get(&(r.id, t.clone())) {
-                                        a class={"bulb " (bulb(*st))} href={"/?target=" (t) "#r" (r.id)} title={(n) " builds, worst " (st)} aria-label={(t) ": " (n) " builds, worst " (st)} {}
+                                @for (g, _) in &columns {
+                                    td { @if let Some((st, n)) = worst.get(&(r.id, g.clone())) {
+                                        a class={"bulb " (bulb(*st))} href={"/?" (group_param) "=" (g) "&group=" (group_param) "#r" (r.id)} title={(n) " builds, worst " (st)} aria-label={(g) ": " (n) " builds, worst " (st)} {}
                                     } }
                                 }
                             }
@@ -413,14 +437,14 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
                     thead {
                         tr {
                             th rowspan="2" scope="col" { "Request" }
-                            @for (t, comps) in &columns { th.group colspan=(comps.len()) scope="colgroup" { (t) } }
+                            @for (g, builders) in &columns { th.group colspan=(builders.len()) scope="colgroup" { (g) } }
                         }
                         tr {
-                            @for (_, comps) in &columns { @for comp in comps { th.comp scope="col" title=(comp) { span { (comp) } } } }
+                            @for (_, builders) in &columns { @for b in builders { th.comp scope="col" title={(b.0) "@" (b.1)} { span { (sub(b)) } } } }
                         }
                         tr.lastrow {
                             th scope="row" { "Last result" }
-                            @for (t, comps) in &columns { @for comp in comps {
+                            @for (_, builders) in &columns { @for (comp, t) in builders {
                                 td { @if let Some(st) = last.get(&(comp.as_str(), t.as_str())) { span class={"bulb " (bulb(*st))} title={(comp) "@" (t) ": " (st)} {} } }
                             } }
                         }
@@ -429,7 +453,7 @@ async fn console(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
                         @for r in &requests {
                             tr id={"r" (r.id)} {
                                 (request_header(r, props_of.get(&r.id)))
-                                @for (t, comps) in &columns { @for comp in comps {
+                                @for (_, builders) in &columns { @for (comp, t) in builders {
                                     td { @if let Some((id, st)) = cells.get(&(r.id, comp.clone(), t.clone())) {
                                         a class={"bulb " (bulb(*st))} href={"/builds/" (id)} title={"#" (id) " " (st)} aria-label={"build " (id) " " (st)} {}
                                     } }
