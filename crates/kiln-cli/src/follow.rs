@@ -1,7 +1,7 @@
 //! Following a request's builds until they all finish: an indicatif display
 //! on a terminal, one plain line per change otherwise.
 
-use crate::output::{build_line, current_step, elapsed, human_secs};
+use crate::output::{activity, build_line, current_step, elapsed, human_secs};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_client::{BuildQuery, Client};
 use kiln_core::BuildState;
@@ -34,15 +34,8 @@ pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> any
                 });
                 let dur =
                     elapsed(b.started_at.as_deref(), b.finished_at.as_deref()).map(human_secs).unwrap_or_default();
-                let msg = format!(
-                    "#{} {}@{}  {}  {}  {}",
-                    b.id,
-                    b.component,
-                    b.target,
-                    b.state,
-                    if b.state == BuildState::Running { step.as_str() } else { "" },
-                    dur
-                );
+                let msg =
+                    format!("#{} {}@{}  {}  {}  {}", b.id, b.component, b.target, b.state, activity(b, &builds), dur);
                 if b.state.is_finished() {
                     if !bar.is_finished() {
                         bar.finish_with_message(msg);

@@ -8,6 +8,7 @@ mod client_cmds;
 mod demo;
 mod follow;
 mod output;
+mod release;
 mod repo_cmds;
 
 use anyhow::Context;
@@ -125,6 +126,8 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Release-build everything (or the named components) with release=true, in dependency order, with a summary.
+    Release(release::ReleaseArgs),
     /// Repositories: list, promote, remove, snapshot, roll back, export.
     #[command(subcommand)]
     Repo(repo_cmds::RepoCommand),
@@ -279,6 +282,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Workers { remote } => client_cmds::workers(&remote).await,
         Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
+        Command::Release(args) => release::release(args).await,
         Command::Repo(cmd) => repo_cmds::repo(cmd).await,
         Command::Key(cmd) => repo_cmds::key(cmd),
         Command::Demo(args) => demo::run(args).await,

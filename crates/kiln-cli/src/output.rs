@@ -25,6 +25,36 @@ pub fn human_secs(s: f64) -> String {
     }
 }
 
+/// What a build is doing, in words: the running step, "publishing" once every
+/// step is done but the build is not (its packages are being published), or
+/// what a queued build waits for.
+pub fn activity(b: &Build, all: &[Build]) -> String {
+    match b.state {
+        kiln_core::BuildState::Running => {
+            if !b.steps.is_empty() && b.steps.iter().all(|s| s.state.is_finished()) {
+                "publishing".into()
+            } else {
+                current_step(b).map(|s| format!("step {s}")).unwrap_or_default()
+            }
+        }
+        kiln_core::BuildState::Queued => {
+            let waiting: Vec<String> = b
+                .depends_on
+                .iter()
+                .filter_map(|d| all.iter().find(|x| x.id == *d))
+                .filter(|d| !d.state.is_finished())
+                .map(|d| format!("{}@{}", d.component, d.target))
+                .collect();
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!("waits for {}", waiting.join(", "))
+            }
+        }
+        _ => String::new(),
+    }
+}
+
 /// The step running now, or the last one that ran.
 pub fn current_step(b: &Build) -> Option<&str> {
     b.steps

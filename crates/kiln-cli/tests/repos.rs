@@ -53,6 +53,22 @@ steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
 artifacts = ["*.deb"]
 
 [[component]]
+name = "rlib"
+properties = {{ pkg = "kiln-rlib" }}
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+
+[[component]]
+name = "rapp"
+depends_on = ["rlib"]
+properties = {{ pkg = "kiln-rapp" }}
+steps = [
+  {{ name = "check", run = 'set -- $KILN_APT_SOURCE; curl -fsS "$1/dists/$2/main/binary-amd64/Packages" | grep "^Package: kiln-rlib" && echo "kiln-rlib was published before this build started"' }},
+  {{ name = "package", run = '''{MAKE_DEB}''' }},
+]
+artifacts = ["*.deb"]
+
+[[component]]
 name = "broken"
 steps = [ {{ name = "package", run = "echo not a package > broken_1.0_all.deb" }} ]
 artifacts = ["*.deb"]
@@ -462,4 +478,45 @@ async fn fifty_builds_finishing_together_each_land_once_and_a_publish_cut_by_kil
     assert_eq!(names.len(), 51);
     assert_eq!(names.iter().filter(|n| *n == "kiln-late").count(), 1);
     assert_eq!(list(&farm, "dev").await.iter().filter(|p| p.name == "kiln-late").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kiln_release_builds_in_dependency_order_each_published_before_its_dependents() {
+    let farm = Farm::running(KILN.as_ref(), &config("", "release"), &[], "w1", &["debian-12-amd64"], 2).await;
+    let (code, out, err) =
+        run(farm.kiln().args(["release", "rlib", "rapp", "-p", "version=3.1-1"])).expect("kiln release");
+    let check_log = async |component: &str| {
+        let b = farm
+            .client()
+            .builds(&kiln_client::BuildQuery { component: Some(component.into()), ..Default::default() })
+            .await
+            .expect("builds");
+        farm.client().log(b.builds[0].id, "check", 0).await.map(|c| c.data).unwrap_or_else(|e| e.to_string())
+    };
+    assert_eq!(code, 0, "{out}\n{err}\n{}", check_log("rapp").await);
+    // The summary table follows its header line (progress lines come before it).
+    let rows: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("BUILD")).filter(|l| l.starts_with('#')).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for (row, component) in rows.iter().zip(["rlib", "rapp"]) {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[1..7], [component, "debian-12-amd64", "succeeded", "3.1-1", "1", "to"], "{row}");
+    }
+    let app = farm
+        .client()
+        .builds(&kiln_client::BuildQuery { component: Some("rapp".into()), ..Default::default() })
+        .await
+        .expect("builds");
+    let log = farm.client().log(app.builds[0].id, "check", 0).await.expect("log").data;
+    assert!(log.contains("kiln-rlib was published before this build started"), "{log}");
+    let stable: Vec<String> =
+        list(&farm, "stable").await.into_iter().map(|p| format!("{} {}", p.name, p.version)).collect();
+    assert_eq!(stable, ["kiln-rlib 3.1-1", "kiln-rapp 3.1-1"]);
+
+    // The same release again: refused (a version is published once), and the summary says why.
+    let (code, out, _) = run(farm.kiln().args(["release", "rlib", "-p", "version=3.1-1"])).expect("kiln release");
+    assert_ne!(code, 0);
+    assert!(out.contains("already published in stable"), "{out}");
+    let (code, out, err) =
+        run(farm.kiln().args(["release", "rlib", "-p", "version=3.1-1", "--replace"])).expect("kiln release");
+    assert_eq!(code, 0, "{out}\n{err}");
 }
