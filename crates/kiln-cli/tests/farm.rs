@@ -612,7 +612,7 @@ async fn the_farm_runs_on_postgresql() {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
         let (code, out, err) =
             run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config)).expect("upgrade");
-        assert_eq!((code, out.trim()), (0, "applied 4 migration(s)"), "{err}");
+        assert_eq!((code, out.trim()), (0, "applied 5 migration(s)"), "{err}");
         farm.start_master().await;
         farm.start_worker("w1", &["t"], 1);
         farm.start_worker("w2", &["t"], 1);
@@ -865,4 +865,56 @@ steps = [ { name = "make", run = "head -c 1000000 /dev/urandom > small.bin; head
     assert_eq!(std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(), 0);
     let gone = || async { !farm.path(&format!("workers/w1/outbox/{id}")).exists() };
     assert!(wait_for(Duration::from_secs(10), gone).await, "the worker's outbox is emptied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nightly_missed_while_the_master_was_down_runs_once_when_it_is_back() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "pkg"
+steps = [ { name = "s", run = "echo built by $KILN_PROP_SCHEDULE" } ]
+
+[[schedule]]
+name = "nightly"
+cron = "0 3 * * *"
+components = ["*"]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    // A new schedule starts counting from now: nothing runs for times before it existed.
+    let db = format!("sqlite://{}?mode=rwc", farm.path("data/kiln.db").display());
+    let store = kiln_db::Store::connect(&db).await.expect("db");
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            store.schedule_last_run("nightly").await.ok().flatten().is_some()
+        })
+        .await,
+        "the schedule is recorded"
+    );
+    assert!(farm.client().builds(&Default::default()).await.expect("builds").builds.is_empty());
+    farm.kill_master();
+    // The master was down for three nights.
+    let three_days_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros()
+        as i64)
+        - 3 * 86_400 * 1_000_000;
+    store.execute_raw(&format!("UPDATE schedules SET last_run = {three_days_ago}")).await.expect("rewind");
+    store.close().await;
+
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 1);
+    let client = farm.client();
+    let found = wait_for(Duration::from_secs(30), || async {
+        client.builds(&Default::default()).await.is_ok_and(|p| !p.builds.is_empty())
+    })
+    .await;
+    assert!(found, "the missed nightly runs\n{}", farm.master_log());
+    let scheduled = client.builds(&Default::default()).await.expect("builds").builds;
+    let b = farm.wait_finished(scheduled[0].id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(b.requested_by.as_deref(), Some("schedule:nightly"));
+    assert_eq!(client.log(b.id, "s", 0).await.expect("log").data, "built by nightly\n");
+    // Once, not once per missed night.
+    let all = client.builds(&Default::default()).await.expect("builds").builds;
+    assert_eq!(all.len(), 1, "{all:?}");
 }

@@ -26,6 +26,24 @@ pub struct FarmConfig {
     pub components: Vec<Component>,
     /// The repositories builds publish into ([`Channel::defaults`] when none are configured).
     pub channels: Vec<Channel>,
+    /// Timed requests (nightlies).
+    pub schedules: Vec<Schedule>,
+}
+
+/// A request made at the times a cron expression names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: crate::cron::CronSpec,
+    /// The cron text as written (for display).
+    pub cron_text: String,
+    /// An IANA time zone name (`Europe/Amsterdam`); UTC when absent.
+    pub timezone: Option<String>,
+    /// Components to build; empty means every component.
+    pub components: Vec<String>,
+    /// Targets; empty means each component's every target.
+    pub targets: Vec<String>,
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,7 +296,8 @@ const MASTER_KEYS: &[&str] = &[
     "url",
     "anonymous_read",
 ];
-const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel"];
+const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel", "schedule"];
+const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
@@ -572,8 +591,67 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
 
     let channels = read_channels(&mut r, root.get("channel"));
 
+    let mut schedules: Vec<Schedule> = Vec::new();
+    if let Some(item) = root.get("schedule") {
+        for (t, span) in r.tables(item, "[[schedule]]") {
+            let tbl = Tbl { t, span: &span };
+            r.check_keys(tbl, SCHEDULE_KEYS, "[[schedule]]");
+            let Some((name, nspan)) = named(&mut r, tbl, "[[schedule]]") else { continue };
+            let what = format!("schedule {name:?}");
+            if schedules.iter().any(|s| s.name == name) {
+                r.err(&nspan, format!("duplicate schedule name {name:?}"));
+                continue;
+            }
+            let cron =
+                r.required_string(tbl, "cron", &what).and_then(|(c, cspan)| match crate::cron::CronSpec::parse(&c) {
+                    Ok(spec) => Some((spec, c)),
+                    Err(e) => {
+                        r.err(&cspan, format!("`cron` of {what}: {e}"));
+                        None
+                    }
+                });
+            let timezone = r.string(tbl, "timezone", &what).map(|t| t.0);
+            let mut wanted = Vec::new();
+            for (c, cspan) in r.string_list(tbl, "components", &what).unwrap_or_default() {
+                if c == "*" {
+                    continue;
+                }
+                if components.iter().any(|x: &Component| x.name == c) {
+                    wanted.push(c);
+                } else {
+                    r.err(&cspan, format!("{what}: unknown component {c:?}"));
+                }
+            }
+            let mut on = Vec::new();
+            for (t, tspan) in r.string_list(tbl, "targets", &what).unwrap_or_default() {
+                if targets.iter().any(|x: &Target| x.name == t) {
+                    on.push(t);
+                } else {
+                    r.err(&tspan, format!("{what}: unknown target {t:?}"));
+                }
+            }
+            let properties = r
+                .string_map(tbl, "properties", &what)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v, _)| (k, v))
+                .collect();
+            if let Some((cron, cron_text)) = cron {
+                schedules.push(Schedule {
+                    name,
+                    cron,
+                    cron_text,
+                    timezone,
+                    components: wanted,
+                    targets: on,
+                    properties,
+                });
+            }
+        }
+    }
+
     if r.diags.is_empty() {
-        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components, channels })
+        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components, channels, schedules })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
         Err(ConfigErrors { diagnostics: r.diags })

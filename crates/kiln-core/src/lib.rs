@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod cron;
 pub mod deb822;
 pub mod debian;
 pub mod duration;

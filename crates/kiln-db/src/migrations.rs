@@ -120,4 +120,14 @@ CREATE TABLE snapshots (
 CREATE INDEX builds_by_request ON builds (request_id, target, state, component);
 "#,
     },
+    Migration {
+        version: 5,
+        description: "schedules",
+        sql: r#"
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    last_run BIGINT NOT NULL
+);
+"#,
+    },
 ];

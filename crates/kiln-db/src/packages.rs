@@ -197,6 +197,39 @@ impl Store {
     }
 }
 
+impl Store {
+    /// When a schedule last ran (µs), if ever.
+    pub async fn schedule_last_run(&self, name: &str) -> Result<Option<i64>> {
+        let row =
+            sqlx::query("SELECT last_run FROM schedules WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// Records a run of a schedule if its last run is still `previous`;
+    /// returns whether this call won (with masters sharing a database, one does).
+    pub async fn claim_schedule_run(&self, name: &str, previous: Option<i64>, at: i64) -> Result<bool> {
+        let changed = match previous {
+            Some(p) => sqlx::query("UPDATE schedules SET last_run = $1 WHERE name = $2 AND last_run = $3")
+                .bind(at)
+                .bind(name)
+                .bind(p)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+            None => sqlx::query("INSERT INTO schedules (name, last_run) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(changed == 1)
+    }
+}
+
 async fn bump_revision(tx: &mut sqlx::Transaction<'_, sqlx::Any>, channel: &str) -> Result<i64> {
     let updated = sqlx::query("UPDATE channels SET revision = revision + 1 WHERE name = $1")
         .bind(channel)

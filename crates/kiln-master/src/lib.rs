@@ -16,6 +16,7 @@ pub mod logs;
 pub mod publisher;
 mod reload;
 mod repos;
+pub mod scheduler;
 mod shared;
 mod source;
 pub mod uploads;
@@ -96,6 +97,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
+    scheduler::check(&farm.cfg)?;
     let keys = publisher::load_keys(&farm)?;
     let public_keys =
         keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
@@ -112,6 +114,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(publisher.run(publish_rx));
     tasks.spawn(workers::serve(wl, tls, shared.clone()));
     tasks.spawn(reload::watch(shared.clone()));
+    tasks.spawn(scheduler::run(shared.clone()));
     let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

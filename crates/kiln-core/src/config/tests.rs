@@ -118,6 +118,19 @@ fn step_names_are_unique_per_component() {
 }
 
 #[test]
+fn schedules_are_parsed_and_checked() {
+    let good = format!("{EXAMPLE}\n[[schedule]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Amsterdam\"\ncomponents = [\"*\"]\n");
+    let cfg = parse(&good).expect("parses");
+    let s = &cfg.schedules[0];
+    assert_eq!((s.name.as_str(), s.timezone.as_deref(), s.components.len()), ("nightly", Some("Europe/Amsterdam"), 0));
+    assert!(s.cron.matches(0, 3, 1, 1, 0));
+    let bad = format!("{EXAMPLE}\n[[schedule]]\nname = \"n\"\ncron = \"0 25 * * *\"\ncomponents = [\"nope\"]\n");
+    let e = errors(&bad);
+    assert!(e.iter().any(|l| l.contains("`cron` of schedule \"n\": hour")), "{e:?}");
+    assert!(e.iter().any(|l| l.contains("unknown component \"nope\"")), "{e:?}");
+}
+
+#[test]
 fn channels_default_to_dev_and_stable() {
     let cfg = parse(EXAMPLE).expect("example");
     let names: Vec<&str> = cfg.channels.iter().map(|c| c.name.as_str()).collect();

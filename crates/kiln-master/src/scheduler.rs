@@ -1,0 +1,132 @@
+//! Schedules: requests made at the times a `[[schedule]]`'s cron expression
+//! names, in its time zone. The last run of each is in the database, so a
+//! master that was down when a run was due makes it once when it comes back
+//! (not once per missed time), and masters sharing a database make it once
+//! between them (the run is claimed by a conditional update).
+
+use crate::clock::now_us;
+use crate::shared::Shared;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use kiln_core::config::Schedule;
+use kiln_core::cron::CronSpec;
+use kiln_core::matrix::RequestSpec;
+use kiln_core::props::PropertySource;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest the scheduler sleeps (config reloads are seen within this).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// The first time strictly after `after` that `cron` names in `tz`, within a year.
+pub fn next_after(cron: &CronSpec, tz: &TimeZone, after: Timestamp) -> Option<Timestamp> {
+    let minute = SignedDuration::from_secs(60);
+    // The next whole minute.
+    let secs = after.as_second().div_euclid(60) * 60 + 60;
+    let mut t = Timestamp::from_second(secs).ok()?;
+    for _ in 0..(366 * 24 * 60) {
+        let z = t.to_zoned(tz.clone());
+        let (mi, h, d, mo, wd) = (z.minute(), z.hour(), z.day(), z.month(), z.weekday().to_sunday_zero_offset());
+        if cron.matches(mi as u32, h as u32, d as u32, mo as u32, wd as u32) {
+            return Some(t);
+        }
+        t = t.checked_add(minute).ok()?;
+    }
+    None
+}
+
+fn zone(s: &Schedule) -> Result<TimeZone, String> {
+    match &s.timezone {
+        None => Ok(TimeZone::UTC),
+        Some(name) => TimeZone::get(name).map_err(|e| format!("schedule {}: time zone {name:?}: {e}", s.name)),
+    }
+}
+
+/// Checks every schedule's time zone (so a typo stops the master at start).
+pub fn check(cfg: &kiln_core::config::FarmConfig) -> anyhow::Result<()> {
+    for s in &cfg.schedules {
+        zone(s).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+pub async fn run(shared: Arc<Shared>) {
+    loop {
+        let farm = shared.farm();
+        let now = Timestamp::now();
+        let mut sleep = MAX_SLEEP;
+        for s in &farm.cfg.schedules {
+            let tz = match zone(s) {
+                Ok(tz) => tz,
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule skipped");
+                    continue;
+                }
+            };
+            let last = match shared.store.schedule_last_run(&s.name).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(schedule = %s.name, error = %e, "cannot read the schedule's last run");
+                    continue;
+                }
+            };
+            let Some(last) = last else {
+                // A new schedule starts counting now; it does not fire for times before it existed.
+                let _ = shared.store.claim_schedule_run(&s.name, None, now_us()).await;
+                continue;
+            };
+            let Ok(last_ts) = Timestamp::from_microsecond(last) else { continue };
+            let Some(due) = next_after(&s.cron, &tz, last_ts) else { continue };
+            if due > now {
+                let wait = Duration::from_secs((due.as_second() - now.as_second()).max(1) as u64);
+                sleep = sleep.min(wait);
+                continue;
+            }
+            // Due (or missed while the master was down): run once, now.
+            match shared.store.claim_schedule_run(&s.name, Some(last), now_us()).await {
+                Ok(true) => fire(&shared, s, due).await,
+                Ok(false) => {} // another master took it
+                Err(e) => tracing::error!(schedule = %s.name, error = %e, "cannot record the schedule's run"),
+            }
+        }
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
+    let spec =
+        RequestSpec { components: s.components.clone(), all: s.components.is_empty(), targets: s.targets.clone() };
+    let mut given = s.properties.clone();
+    given.insert("schedule".into(), s.name.clone());
+    let props = match crate::api::request_properties(&given, PropertySource::Request) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(schedule = %s.name, error = ?e, "schedule properties refused");
+            return;
+        }
+    };
+    let reason = format!("schedule {} ({}) due {due}", s.name, s.cron_text);
+    match crate::api::submit(shared, &format!("schedule:{}", s.name), Some(&reason), &spec, props).await {
+        Ok(created) => {
+            tracing::info!(schedule = %s.name, request = created.request_id, builds = created.builds.len(), "scheduled builds requested")
+        }
+        Err(e) => tracing::error!(schedule = %s.name, error = ?e, "scheduled request failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_run_in_a_time_zone_and_across_days() {
+        let cron = CronSpec::parse("0 3 * * *").expect("cron");
+        let after: Timestamp = "2026-11-22T10:00:00Z".parse().expect("ts");
+        assert_eq!(next_after(&cron, &TimeZone::UTC, after).expect("next").to_string(), "2026-11-23T03:00:00Z");
+        let ams = TimeZone::get("Europe/Amsterdam").expect("tzdata");
+        // 03:00 in Amsterdam (UTC+1 in November) is 02:00 UTC.
+        assert_eq!(next_after(&cron, &ams, after).expect("next").to_string(), "2026-11-23T02:00:00Z");
+        let weekly = CronSpec::parse("30 6 * * mon").expect("cron");
+        assert_eq!(next_after(&weekly, &TimeZone::UTC, after).expect("next").to_string(), "2026-11-23T06:30:00Z");
+    }
+}
