@@ -918,3 +918,33 @@ components = ["*"]
     let all = client.builds(&Default::default()).await.expect("builds").builds;
     assert_eq!(all.len(), 1, "{all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_requests_collapses_into_the_newest_build() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "pkg"
+collapse = true
+steps = [ { name = "s", run = "echo built" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let client = farm.client();
+    // No worker yet: five pushes queue up; a release request is a different kind of build.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(client.create_builds(&request(&["pkg"], &[])).await.expect("create").builds[0].id);
+    }
+    let release = client.create_builds(&request(&["pkg"], &[("release", "true")])).await.expect("create").builds[0].id;
+    // Each arrival stands for the one before it: only the newest of the burst waits.
+    for pair in ids.windows(2) {
+        let b = farm.wait_finished(pair[0], Duration::from_secs(10)).await;
+        assert_eq!(b.state, BuildState::Skipped);
+        assert_eq!(b.reason.as_deref(), Some(format!("collapsed into build {}", pair[1]).as_str()));
+    }
+    farm.start_worker("w1", &["t"], 1);
+    for id in [ids[4], release] {
+        assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    }
+}

@@ -203,6 +203,9 @@ pub struct Component {
     pub memory: Option<u64>,
     /// CPU limit of a build (cgroups), in thousandths of a CPU.
     pub millicpus: Option<u32>,
+    /// When newer builds of the same builder with the same request
+    /// properties join the queue, older ones still waiting are skipped.
+    pub collapse: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +318,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "no_output_timeout",
     "memory",
     "cpus",
+    "collapse",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -526,6 +530,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             if !unique(&mut r, "component", &name, &nspan) {
                 continue;
             }
+            let collapse = r.boolean(tbl, "collapse", &what).unwrap_or(false);
             dep_spans.insert(name.clone(), depends.clone());
             component_spans.insert(name.clone(), nspan.clone());
             components.push(Component {
@@ -541,6 +546,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 no_output_timeout,
                 memory,
                 millicpus,
+                collapse,
             });
         }
     }

@@ -322,12 +322,15 @@ impl Dispatcher {
                 }
             }
             Event::Queued(rows) => {
+                let mut fresh = Vec::new();
                 for b in rows {
                     if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
+                        fresh.push(b.id);
                         self.enqueue(b);
                     }
                 }
                 self.load_dependency_states().await;
+                self.collapse(&fresh).await;
             }
             Event::Cancel { build_id, by, reply } => {
                 let outcome = self.cancel(build_id, &by).await;
@@ -799,6 +802,41 @@ impl Dispatcher {
         }
     }
 
+    /// Build collapsing: for each new build of a component with `collapse`,
+    /// older builds of the same builder still waiting, asked for with the
+    /// same request properties, are skipped (the newest stands for them).
+    async fn collapse(&mut self, fresh: &[i64]) {
+        let farm = self.shared.farm();
+        let request_props = |q: &QueuedBuild| -> BTreeMap<String, String> {
+            q.properties
+                .iter()
+                .filter(|(_, p)| p.source == PropertySource::Request)
+                .map(|(k, p)| (k.clone(), p.value.clone()))
+                .collect()
+        };
+        for &id in fresh {
+            let Some(newer) = self.queue.get(&id) else { continue };
+            if !farm.cfg.component(&newer.component).is_some_and(|c| c.collapse) {
+                continue;
+            }
+            let props = request_props(newer);
+            let older: Vec<i64> = self
+                .queue
+                .iter()
+                .filter(|(other, q)| {
+                    **other < id
+                        && q.component == newer.component
+                        && q.target == newer.target
+                        && request_props(q) == props
+                })
+                .map(|(other, _)| *other)
+                .collect();
+            for old in older {
+                self.skip(old, &format!("collapsed into build {id}")).await;
+            }
+        }
+    }
+
     async fn skip(&mut self, id: i64, reason: &str) {
         self.queue.remove(&id);
         match self.shared.store.finish(id, BuildState::Skipped, Some(reason), now_us()).await {
@@ -845,6 +883,7 @@ impl Dispatcher {
                     no_output_timeout: None,
                     memory: None,
                     millicpus: None,
+                    collapse: false,
                 };
                 &uploaded
             }
