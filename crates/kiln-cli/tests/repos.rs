@@ -61,6 +61,7 @@ artifacts = ["*.deb"]
 [[component]]
 name = "rapp"
 depends_on = ["rlib"]
+rebuild_after = ["rlib"]
 properties = {{ pkg = "kiln-rapp" }}
 steps = [
   {{ name = "check", run = 'set -- $KILN_APT_SOURCE; curl -fsS "$1/dists/$2/main/binary-amd64/Packages" | grep "^Package: kiln-rlib" && echo "kiln-rlib was published before this build started"' }},
@@ -519,4 +520,43 @@ async fn kiln_release_builds_in_dependency_order_each_published_before_its_depen
     let (code, out, err) =
         run(farm.kiln().args(["release", "rlib", "-p", "version=3.1-1", "--replace"])).expect("kiln release");
     assert_eq!(code, 0, "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_a_library_rebuilds_what_asked_to_be_rebuilt_after_it() {
+    let farm = Farm::running(KILN.as_ref(), &config("", "rebuild"), &[], "w1", &["debian-12-amd64"], 2).await;
+    let client = farm.client();
+    let lib = client
+        .create_builds(&BuildRequestBody { components: vec!["rlib".into()], ..Default::default() })
+        .await
+        .expect("create")
+        .builds[0]
+        .id;
+    assert_eq!(farm.wait_finished(lib, Duration::from_secs(60)).await.state, BuildState::Succeeded);
+    let query = kiln_client::BuildQuery { component: Some("rapp".into()), ..Default::default() };
+    assert!(
+        kiln_testing::wait_for(Duration::from_secs(30), || async {
+            client.builds(&query).await.is_ok_and(|p| !p.builds.is_empty())
+        })
+        .await,
+        "a rebuild of rapp is requested\n{}",
+        farm.master_log()
+    );
+    let app = client.builds(&query).await.expect("builds").builds.remove(0);
+    assert_eq!(app.requested_by.as_deref(), Some("rebuild"));
+    let done = farm.wait_finished(app.id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, BuildState::Succeeded, "{done:?}");
+    let log = client.log(app.id, "check", 0).await.expect("log").data;
+    assert!(log.contains("kiln-rlib was published before this build started"), "{log}");
+    // Built together, nothing extra: the request already builds rapp after rlib.
+    let both = client
+        .create_builds(&BuildRequestBody { components: vec!["rlib".into(), "rapp".into()], ..Default::default() })
+        .await
+        .expect("create");
+    for b in &both.builds {
+        assert_eq!(farm.wait_finished(b.id, Duration::from_secs(60)).await.state, BuildState::Succeeded);
+    }
+    // Settle: the master has handled both publishes; still two rapp builds in all.
+    let n = client.builds(&query).await.expect("builds").builds.len();
+    assert_eq!(n, 2);
 }

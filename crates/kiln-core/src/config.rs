@@ -206,6 +206,9 @@ pub struct Component {
     /// When newer builds of the same builder with the same request
     /// properties join the queue, older ones still waiting are skipped.
     pub collapse: bool,
+    /// Dependencies whose publish triggers a rebuild of this component on
+    /// the same target (as the Open Build Service rebuilds dependents).
+    pub rebuild_after: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +322,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "memory",
     "cpus",
     "collapse",
+    "rebuild_after",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -531,6 +535,14 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 continue;
             }
             let collapse = r.boolean(tbl, "collapse", &what).unwrap_or(false);
+            let mut rebuild_after = Vec::new();
+            for (dep, dspan) in r.string_list(tbl, "rebuild_after", &what).unwrap_or_default() {
+                if depends.iter().any(|(d, _)| d == &dep) {
+                    rebuild_after.push(dep);
+                } else {
+                    r.err(&dspan, format!("{what}: `rebuild_after` names {dep:?}, which is not in its `depends_on`"));
+                }
+            }
             dep_spans.insert(name.clone(), depends.clone());
             component_spans.insert(name.clone(), nspan.clone());
             components.push(Component {
@@ -547,6 +559,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 memory,
                 millicpus,
                 collapse,
+                rebuild_after,
             });
         }
     }

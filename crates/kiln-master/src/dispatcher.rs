@@ -603,6 +603,9 @@ impl Dispatcher {
         self.pending.push(Write::Finish { build_id: id, state, reason, at: now_us() });
         tracing::info!(build = id, component = %run.component, target = %run.target, state = %state, "build finished");
         self.set_state(id, state);
+        if state == BuildState::Succeeded {
+            tokio::spawn(rebuild_dependents(self.shared.clone(), id, run.component, run.target));
+        }
     }
 
     fn drop_worker(&mut self, name: &str) {
@@ -884,6 +887,7 @@ impl Dispatcher {
                     memory: None,
                     millicpus: None,
                     collapse: false,
+                    rebuild_after: Vec::new(),
                 };
                 &uploaded
             }
@@ -1057,5 +1061,52 @@ fn empty_info(name: &str) -> WorkerInfo {
         last_seen: None,
         version: None,
         address: None,
+    }
+}
+
+/// After `component` is published on `target` by build `id`, requests builds
+/// of the components that asked to be rebuilt after it (`rebuild_after`) on
+/// that target, unless the same request already builds them there. The new
+/// request carries the triggering request's properties (a release rebuilds
+/// as a release).
+async fn rebuild_dependents(shared: Arc<Shared>, id: i64, component: String, target: String) {
+    let farm = shared.farm();
+    let wanted: Vec<String> = farm
+        .cfg
+        .components
+        .iter()
+        .filter(|c| c.rebuild_after.contains(&component) && farm.cfg.builds_on(c, &target))
+        .map(|c| c.name.clone())
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let Ok(Some(build)) = shared.store.build(id).await else { return };
+    let siblings = shared.store.request_builds(build.request_id).await.unwrap_or_default();
+    let given: BTreeMap<String, String> = build
+        .properties
+        .iter()
+        .filter(|(k, p)| p.source == PropertySource::Request && k.as_str() != crate::uploads::UPLOAD_PROPERTY)
+        .map(|(k, p)| (k.clone(), p.value.clone()))
+        .collect();
+    for dependent in wanted {
+        if siblings.iter().any(|b| b.component == dependent && b.target == target) {
+            continue;
+        }
+        let Ok(props) = crate::api::request_properties(&given, PropertySource::Request) else { return };
+        let spec = kiln_core::matrix::RequestSpec {
+            components: vec![dependent.clone()],
+            all: false,
+            targets: vec![target.clone()],
+        };
+        let reason = format!("rebuild after {component} was published (build {id})");
+        match crate::api::submit(&shared, "rebuild", Some(&reason), &spec, props).await {
+            Ok(created) => {
+                tracing::info!(build = id, dependent = %dependent, request = created.request_id, "dependent rebuild requested")
+            }
+            Err(e) => {
+                tracing::error!(build = id, dependent = %dependent, error = ?e, "cannot request the dependent's rebuild")
+            }
+        }
     }
 }
