@@ -948,3 +948,88 @@ steps = [ { name = "s", run = "echo built" } ]
         assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
     }
 }
+
+/// A webhook receiver on loopback: each POST's headers (lower-cased) and body
+/// go to the returned channel; it answers 200. Stops when the test ends.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, mut body) = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (String::from_utf8_lossy(&buf[..i]).to_lowercase(), buf[i + 4..].to_vec());
+                    }
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while body.len() < len {
+                    let Ok(n) = sock.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_builds_are_reported_to_a_signed_webhook() {
+    let (url, mut rx) = webhook_receiver().await;
+    let config = ONE_WORKER.to_string()
+        + &format!(
+            r#"
+[[component]]
+name = "good"
+steps = [ {{ name = "s", run = "true" }} ]
+
+[[component]]
+name = "bad"
+steps = [ {{ name = "s", run = "exit 3" }} ]
+
+[[notify]]
+name = "chat"
+webhook = "{url}"
+on = ["failed"]
+secret_file = "secrets/hook.secret"
+"#
+        );
+    let farm = Farm::running(KILN.as_ref(), &config, &[("secrets/hook.secret", "s3cret\n")], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let good = client.create_builds(&request(&["good"], &[])).await.expect("create").builds[0].id;
+    assert_eq!(farm.wait_finished(good, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    let bad = client.create_builds(&request(&["bad"], &[("why", "test")])).await.expect("create").builds[0].id;
+    assert_eq!(farm.wait_finished(bad, Duration::from_secs(30)).await.state, BuildState::Failed);
+    let (head, body) =
+        tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("a notification").expect("sent");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["build_id"], bad, "only the failure is reported (on = [failed]): {v}");
+    assert_eq!((v["component"].as_str(), v["state"].as_str()), (Some("bad"), Some("failed")));
+    assert_eq!(v["properties"]["why"], "test");
+    assert!(v["url"].as_str().is_some_and(|u| u.ends_with(&format!("/builds/{bad}"))));
+    // The signature is HMAC-SHA256 of the body with the shared secret.
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").expect("hmac");
+    mac.update(body.as_bytes());
+    let want = format!("x-kiln-signature-256: sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert!(head.lines().any(|l| l.trim() == want), "{head}");
+}

@@ -28,6 +28,22 @@ pub struct FarmConfig {
     pub channels: Vec<Channel>,
     /// Timed requests (nightlies).
     pub schedules: Vec<Schedule>,
+    /// Where finished builds are reported.
+    pub notifiers: Vec<Notifier>,
+}
+
+/// A webhook told about finished builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifier {
+    pub name: String,
+    /// `http://` or `https://` URL that receives a JSON POST per build.
+    pub webhook: String,
+    /// Final states that are reported (default: failed).
+    pub on: Vec<crate::BuildState>,
+    /// Components reported; empty means all.
+    pub components: Vec<String>,
+    /// File with a shared secret: the body is signed (`X-Kiln-Signature-256: sha256=HMAC`).
+    pub secret_file: Option<String>,
 }
 
 /// A request made at the times a cron expression names.
@@ -302,8 +318,9 @@ const MASTER_KEYS: &[&str] = &[
     "url",
     "anonymous_read",
 ];
-const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel", "schedule"];
+const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel", "schedule", "notify"];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties"];
+const NOTIFY_KEYS: &[&str] = &["name", "webhook", "on", "components", "secret_file"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
@@ -669,8 +686,55 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
         }
     }
 
+    let mut notifiers: Vec<Notifier> = Vec::new();
+    if let Some(item) = root.get("notify") {
+        for (t, span) in r.tables(item, "[[notify]]") {
+            let tbl = Tbl { t, span: &span };
+            r.check_keys(tbl, NOTIFY_KEYS, "[[notify]]");
+            let Some((name, _)) = named(&mut r, tbl, "[[notify]]") else { continue };
+            let what = format!("notifier {name:?}");
+            let webhook = r.required_string(tbl, "webhook", &what).and_then(|(u, uspan)| {
+                if (u.starts_with("http://") || u.starts_with("https://")) && !u.chars().any(char::is_whitespace) {
+                    Some(u)
+                } else {
+                    r.err(&uspan, format!("`webhook` of {what} must be an http:// or https:// URL"));
+                    None
+                }
+            });
+            let mut on = Vec::new();
+            for (st, sspan) in r.string_list(tbl, "on", &what).unwrap_or_else(|| vec![("failed".into(), None)]) {
+                match st.parse::<crate::BuildState>() {
+                    Ok(s) if s.is_finished() => on.push(s),
+                    _ => r.err(
+                        &sspan,
+                        format!("`on` of {what}: {st:?} is not a final state (succeeded, failed, cancelled, skipped)"),
+                    ),
+                }
+            }
+            let components = r
+                .string_list(tbl, "components", &what)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.0)
+                .filter(|c| c != "*")
+                .collect();
+            let secret_file = r.string(tbl, "secret_file", &what).map(|s| s.0);
+            if let Some(webhook) = webhook {
+                notifiers.push(Notifier { name, webhook, on, components, secret_file });
+            }
+        }
+    }
+
     if r.diags.is_empty() {
-        Ok(FarmConfig { master: master.unwrap_or_default(), workers, targets, components, channels, schedules })
+        Ok(FarmConfig {
+            master: master.unwrap_or_default(),
+            workers,
+            targets,
+            components,
+            channels,
+            schedules,
+            notifiers,
+        })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
         Err(ConfigErrors { diagnostics: r.diags })

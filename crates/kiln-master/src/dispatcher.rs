@@ -290,6 +290,11 @@ impl Dispatcher {
                 return;
             }
             self.shared.changed();
+            for w in &writes {
+                if let Write::Finish { build_id, .. } = w {
+                    crate::notify::build_finished(&self.shared, *build_id);
+                }
+            }
         }
         for (worker, build_id) in self.pending_acks.drain(..) {
             if let Some(w) = self.workers.get(&worker) {
@@ -730,6 +735,7 @@ impl Dispatcher {
                     self.orphans.remove(&id);
                     self.shared.logs.end(id);
                     self.set_state(id, BuildState::Cancelled);
+                    crate::notify::build_finished(&self.shared, id);
                     CancelOutcome::Cancelled
                 }
                 Err(e) => CancelOutcome::Failed(e.to_string()),
@@ -846,6 +852,7 @@ impl Dispatcher {
             Ok(_) => {
                 tracing::info!(build = id, reason, "build skipped");
                 self.set_state(id, BuildState::Skipped);
+                crate::notify::build_finished(&self.shared, id);
             }
             Err(e) => tracing::error!(build = id, error = %e, "cannot record skip"),
         }
@@ -860,6 +867,7 @@ impl Dispatcher {
         if ok {
             tracing::warn!(build = id, reason, "build failed before it could start");
             self.set_state(id, BuildState::Failed);
+            crate::notify::build_finished(&self.shared, id);
         }
     }
 

@@ -13,6 +13,7 @@ mod clock;
 pub mod dispatcher;
 pub mod farm;
 pub mod logs;
+mod notify;
 pub mod publisher;
 mod reload;
 mod repos;
