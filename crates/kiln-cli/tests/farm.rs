@@ -612,7 +612,7 @@ async fn the_farm_runs_on_postgresql() {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
         let (code, out, err) =
             run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config)).expect("upgrade");
-        assert_eq!((code, out.trim()), (0, "applied 5 migration(s)"), "{err}");
+        assert_eq!((code, out.trim()), (0, "applied 6 migration(s)"), "{err}");
         farm.start_master().await;
         farm.start_worker("w1", &["t"], 1);
         farm.start_worker("w2", &["t"], 1);
@@ -1032,4 +1032,75 @@ secret_file = "secrets/hook.secret"
     mac.update(body.as_bytes());
     let want = format!("x-kiln-signature-256: sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert!(head.lines().any(|l| l.trim() == want), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nightly_with_only_if_changed_builds_what_changed() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "a"
+source = { path = "src/a" }
+steps = [ { name = "s", run = "cat file" } ]
+
+[[component]]
+name = "b"
+source = { path = "src/b" }
+steps = [ { name = "s", run = "cat file" } ]
+
+[[schedule]]
+name = "nightly"
+cron = "0 3 * * *"
+only_if_changed = true
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[("src/a/file", "a1\n"), ("src/b/file", "b1\n")]);
+    let db = format!("sqlite://{}?mode=rwc", farm.path("data/kiln.db").display());
+    // Each "night": the master comes back after its nightly was due.
+    let mut night = async |farm: &mut Farm| {
+        farm.kill_master();
+        let store = kiln_db::Store::open(&db).await.expect("db");
+        let long_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros()
+            as i64)
+            - 86_400 * 1_000_000 * 2;
+        store.execute_raw("DELETE FROM schedules").await.expect("reset");
+        assert!(store.claim_schedule_run("nightly", None, long_ago).await.expect("rewind"));
+        store.close().await;
+        farm.start_master().await;
+    };
+    farm.start_master().await;
+    farm.start_worker("w1", &["t"], 2);
+    let client = farm.client();
+    let built = async |n: usize| {
+        assert!(
+            wait_for(Duration::from_secs(30), || async {
+                client
+                    .builds(&Default::default())
+                    .await
+                    .is_ok_and(|p| p.builds.len() == n && p.builds.iter().all(|b| b.state.is_finished()))
+            })
+            .await,
+            "{n} builds in all"
+        );
+        client.builds(&Default::default()).await.expect("builds").builds
+    };
+    night(&mut farm).await;
+    let first = built(2).await;
+    assert!(first.iter().all(|b| b.state == BuildState::Succeeded));
+    // Nothing changed: the next night requests nothing. (A change to b follows, so waiting for
+    // exactly three builds after it shows the quiet night added none.)
+    night(&mut farm).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            farm.master_log().contains("nothing changed since the last run")
+        })
+        .await,
+        "{}",
+        farm.master_log()
+    );
+    std::fs::write(farm.path("src/b/file"), "b2, longer\n").expect("change b");
+    night(&mut farm).await;
+    let all = built(3).await;
+    let newest = &all[0];
+    assert_eq!(newest.component, "b");
+    assert_eq!(client.log(newest.id, "s", 0).await.expect("log").data, "b2, longer\n");
 }

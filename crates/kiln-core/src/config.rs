@@ -60,6 +60,9 @@ pub struct Schedule {
     /// Targets; empty means each component's every target.
     pub targets: Vec<String>,
     pub properties: BTreeMap<String, String>,
+    /// Request only the components whose source or definition changed since
+    /// this schedule last requested them.
+    pub only_if_changed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -319,7 +322,7 @@ const MASTER_KEYS: &[&str] = &[
     "anonymous_read",
 ];
 const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel", "schedule", "notify"];
-const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties"];
+const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
 const NOTIFY_KEYS: &[&str] = &["name", "webhook", "on", "components", "secret_file"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
@@ -672,6 +675,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 .into_iter()
                 .map(|(k, v, _)| (k, v))
                 .collect();
+            let only_if_changed = r.boolean(tbl, "only_if_changed", &what).unwrap_or(false);
             if let Some((cron, cron_text)) = cron {
                 schedules.push(Schedule {
                     name,
@@ -680,6 +684,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     timezone,
                     components: wanted,
                     targets: on,
+                    only_if_changed,
                     properties,
                 });
             }

@@ -130,4 +130,16 @@ CREATE TABLE schedules (
 );
 "#,
     },
+    Migration {
+        version: 6,
+        description: "what each schedule last requested (only_if_changed)",
+        sql: r#"
+CREATE TABLE schedule_sources (
+    schedule TEXT NOT NULL,
+    component TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (schedule, component)
+);
+"#,
+    },
 ];

@@ -208,6 +208,28 @@ impl Store {
         })
     }
 
+    /// The source fingerprints a schedule last requested builds for, by component.
+    pub async fn schedule_fingerprints(&self, schedule: &str) -> Result<std::collections::HashMap<String, String>> {
+        let rows = sqlx::query("SELECT component, fingerprint FROM schedule_sources WHERE schedule = $1")
+            .bind(schedule)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    pub async fn set_schedule_fingerprint(&self, schedule: &str, component: &str, fingerprint: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedule_sources (schedule, component, fingerprint) VALUES ($1, $2, $3) \
+             ON CONFLICT (schedule, component) DO UPDATE SET fingerprint = excluded.fingerprint",
+        )
+        .bind(schedule)
+        .bind(component)
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a run of a schedule if its last run is still `previous`;
     /// returns whether this call won (with masters sharing a database, one does).
     pub async fn claim_schedule_run(&self, name: &str, previous: Option<i64>, at: i64) -> Result<bool> {

@@ -93,9 +93,58 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// A fingerprint of what a build of `component` would build: its definition
+/// and, for a path source, every file's path, size and modification time.
+fn fingerprint(farm: &crate::farm::LoadedFarm, component: &kiln_core::config::Component) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &std::path::Path, base: &std::path::Path, h: &mut Sha256) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(meta) = e.metadata() else { continue };
+            let path = e.path();
+            if meta.is_dir() {
+                walk(&path, base, h);
+            } else {
+                let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy().into_owned();
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                h.update(format!("{rel}\0{}\0{:?}\n", meta.len(), mtime).as_bytes());
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(format!("{component:?}").as_bytes());
+    if let Some(kiln_core::config::Source::Path(p)) = &component.source {
+        let dir = farm.resolve(p);
+        walk(&dir, &dir, &mut h);
+    }
+    hex::encode(h.finalize())
+}
+
 async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
-    let spec =
+    let mut spec =
         RequestSpec { components: s.components.clone(), all: s.components.is_empty(), targets: s.targets.clone() };
+    let mut fingerprints = Vec::new();
+    if s.only_if_changed {
+        let farm = shared.farm();
+        let before = shared.store.schedule_fingerprints(&s.name).await.unwrap_or_default();
+        for c in farm.cfg.components.iter().filter(|c| s.components.is_empty() || s.components.contains(&c.name)) {
+            let fp = fingerprint(&farm, c);
+            if before.get(&c.name) != Some(&fp) {
+                fingerprints.push((c.name.clone(), fp));
+            }
+        }
+        if fingerprints.is_empty() {
+            tracing::info!(schedule = %s.name, "nothing changed since the last run; no builds");
+            return;
+        }
+        spec = RequestSpec {
+            components: fingerprints.iter().map(|(c, _)| c.clone()).collect(),
+            all: false,
+            targets: s.targets.clone(),
+        };
+    }
     let mut given = s.properties.clone();
     given.insert("schedule".into(), s.name.clone());
     let props = match crate::api::request_properties(&given, PropertySource::Request) {
@@ -108,6 +157,11 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
     let reason = format!("schedule {} ({}) due {due}", s.name, s.cron_text);
     match crate::api::submit(shared, &format!("schedule:{}", s.name), Some(&reason), &spec, props).await {
         Ok(created) => {
+            for (component, fp) in &fingerprints {
+                if let Err(e) = shared.store.set_schedule_fingerprint(&s.name, component, fp).await {
+                    tracing::error!(schedule = %s.name, error = %e, "cannot record what was requested");
+                }
+            }
             tracing::info!(schedule = %s.name, request = created.request_id, builds = created.builds.len(), "scheduled builds requested")
         }
         Err(e) => tracing::error!(schedule = %s.name, error = ?e, "scheduled request failed"),
