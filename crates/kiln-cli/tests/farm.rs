@@ -1056,7 +1056,7 @@ only_if_changed = true
     let mut farm = Farm::new(KILN.as_ref(), &config, &[("src/a/file", "a1\n"), ("src/b/file", "b1\n")]);
     let db = format!("sqlite://{}?mode=rwc", farm.path("data/kiln.db").display());
     // Each "night": the master comes back after its nightly was due.
-    let mut night = async |farm: &mut Farm| {
+    let night = async |farm: &mut Farm| {
         farm.kill_master();
         let store = kiln_db::Store::open(&db).await.expect("db");
         let long_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros()
