@@ -86,7 +86,7 @@ impl Store {
         rows.iter().map(package_row).collect()
     }
 
-    /// Every package file any channel or snapshot names (for pool cleanup).
+    /// Every pool file a snapshot of `channel` names (kept by pool cleanup).
     pub async fn snapshot_files(&self, channel: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT packages FROM snapshots WHERE channel = $1")
             .bind(channel)

@@ -557,21 +557,12 @@ fn prepare(
                 ));
             }
             Family::Rpm if is_package(name) && name.ends_with(".rpm") => {
-                // Signed with the channel's key on the way into the pool.
-                let staging = root.join("pool/.incoming");
-                let signed = staging.join(format!("{build_id}-{name}"));
-                kiln_repo::rpmsign::sign_rpm(path, &signed, key).map_err(err)?;
-                let sums = file_sums(&signed).map_err(err)?;
-                let rel = pool_path(&root.join("pool/yum").join(&target.name), ".", name, &sums.sha256);
-                let rel = rel.trim_start_matches("./").to_string();
-                let e =
-                    kiln_repo::yum::inspect_rpm(&signed, &format!("Packages/{rel}"), &sums.sha256, sums.size, now_s())
-                        .map_err(err)?;
-                let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
-                let file = format!("pool/yum/{}/{rel}", target.name);
-                let arch = e.arch.clone();
-                let version = evr(&e);
-                rows.push((row("rpm", &e.name, &version, &arch, file, &sums.sha256, sums.size, entry), signed.clone()));
+                let signed = sign_rpm_for_pool(&root, &target.name, path, name, key)?;
+                let e = &signed.entry;
+                let entry = serde_json::to_string(e).map_err(|e| e.to_string())?;
+                let r =
+                    row("rpm", &e.name, &evr(e), &e.arch, signed.file, &signed.sums.sha256, signed.sums.size, entry);
+                rows.push((r, signed.staged));
             }
             _ => {}
         }
@@ -590,6 +581,36 @@ fn prepare(
     }
     let _ = std::fs::remove_dir_all(root.join("pool/.incoming"));
     Ok(out)
+}
+
+/// An RPM signed with a channel's key, staged in the channel's
+/// `pool/.incoming`, with the pool file it becomes (relative to the channel
+/// directory) and its index entry.
+struct SignedRpm {
+    staged: PathBuf,
+    file: String,
+    sums: kiln_repo::hash::Sums,
+    entry: RpmEntry,
+}
+
+/// Signs `src` (named `name`) for `target`'s pool in the channel at `channel_root`.
+/// Used when a build publishes and when a promotion re-signs.
+fn sign_rpm_for_pool(
+    channel_root: &Path,
+    target: &str,
+    src: &Path,
+    name: &str,
+    key: &SigningKey,
+) -> Result<SignedRpm, String> {
+    let err = |e: kiln_repo::RepoError| e.to_string().replace(&src.display().to_string(), name);
+    let staged = channel_root.join("pool/.incoming").join(name);
+    kiln_repo::rpmsign::sign_rpm(src, &staged, key).map_err(err)?;
+    let sums = file_sums(&staged).map_err(err)?;
+    let rel = pool_path(&channel_root.join("pool/yum").join(target), ".", name, &sums.sha256);
+    let rel = rel.trim_start_matches("./").to_string();
+    let entry = kiln_repo::yum::inspect_rpm(&staged, &format!("Packages/{rel}"), &sums.sha256, sums.size, now_s())
+        .map_err(err)?;
+    Ok(SignedRpm { staged, file: format!("pool/yum/{target}/{rel}"), sums, entry })
 }
 
 fn now_s() -> u64 {
@@ -628,23 +649,14 @@ fn promote(
         };
         match p.kind.as_str() {
             "rpm" => {
-                let staging = dst.root().join("pool/.incoming");
                 let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let signed = staging.join(&name);
-                kiln_repo::rpmsign::sign_rpm(&from, &signed, key).map_err(err)?;
-                let sums = file_sums(&signed).map_err(err)?;
-                let target = p.repo.trim_start_matches("yum:");
-                let rel = pool_path(&dst.root().join("pool/yum").join(target), ".", &name, &sums.sha256);
-                let rel = rel.trim_start_matches("./").to_string();
-                let e =
-                    kiln_repo::yum::inspect_rpm(&signed, &format!("Packages/{rel}"), &sums.sha256, sums.size, now_s())
-                        .map_err(err)?;
-                row.entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
-                row.file = format!("pool/yum/{target}/{rel}");
-                row.sha256 = sums.sha256;
-                row.size = sums.size as i64;
-                place_file(&signed, &dst.root().join(&row.file)).map_err(err)?;
-                let _ = std::fs::remove_dir_all(&staging);
+                let signed = sign_rpm_for_pool(dst.root(), p.repo.trim_start_matches("yum:"), &from, &name, key)?;
+                row.entry = serde_json::to_string(&signed.entry).map_err(|e| e.to_string())?;
+                row.file = signed.file;
+                row.sha256 = signed.sums.sha256;
+                row.size = signed.sums.size as i64;
+                place_file(&signed.staged, &dst.root().join(&row.file)).map_err(err)?;
+                let _ = std::fs::remove_dir_all(dst.root().join("pool/.incoming"));
             }
             "dsc" => {
                 let e: DscEntry = serde_json::from_str(&p.entry).map_err(|e| e.to_string())?;

@@ -52,9 +52,18 @@ pub fn read_control(path: &Path) -> Result<String> {
     control_of(&bytes).map_err(|reason| RepoError::bad(path, reason))
 }
 
-/// The `control` file inside a `.deb`'s bytes.
-fn control_of(deb: &[u8]) -> std::result::Result<String, String> {
-    let mut rest = deb.strip_prefix(b"!<arch>\n").ok_or("not an ar archive")?;
+/// One member of an `ar` archive (what a `.deb` is): its name, its 60-byte
+/// header as written, and its data.
+pub(crate) struct ArMember<'a> {
+    pub name: String,
+    pub header: &'a [u8],
+    pub data: &'a [u8],
+}
+
+/// The members of an `ar` archive, checked for corrupt headers and truncation.
+pub(crate) fn ar_members(bytes: &[u8]) -> std::result::Result<Vec<ArMember<'_>>, String> {
+    let mut rest = bytes.strip_prefix(b"!<arch>\n").ok_or("not an ar archive")?;
+    let mut out = Vec::new();
     while rest.len() >= 60 {
         let (header, body) = rest.split_at(60);
         if &header[58..60] != b"`\n" {
@@ -65,11 +74,19 @@ fn control_of(deb: &[u8]) -> std::result::Result<String, String> {
             .trim()
             .parse()
             .map_err(|_| format!("ar member {name}: bad size"))?;
-        if body.len() < size {
-            return Err(format!("ar member {name} is truncated"));
-        }
-        let data = &body[..size];
-        if let Some(compression) = name.strip_prefix("control.tar") {
+        let data = body.get(..size).ok_or_else(|| format!("ar member {name} is truncated"))?;
+        out.push(ArMember { name, header, data });
+        // Members are padded to an even length.
+        rest = body.get(size + (size & 1)..).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// The `control` file inside a `.deb`'s bytes.
+fn control_of(deb: &[u8]) -> std::result::Result<String, String> {
+    for m in ar_members(deb)? {
+        if let Some(compression) = m.name.strip_prefix("control.tar") {
+            let data = m.data;
             let reader: Box<dyn Read + '_> = match compression {
                 "" => Box::new(data),
                 ".gz" => Box::new(flate2::read::GzDecoder::new(data)),
@@ -79,9 +96,6 @@ fn control_of(deb: &[u8]) -> std::result::Result<String, String> {
             };
             return control_in_tar(reader);
         }
-        // Members are padded to an even length.
-        let next = size + (size & 1);
-        rest = body.get(next..).unwrap_or_default();
     }
     Err("no control.tar member".into())
 }

@@ -3,6 +3,7 @@
 //! `debian-binary`, `control.tar.*` and `data.tar.*`, in that order, which
 //! is what `debsig-verify` checks against its policies.
 
+use crate::deb::ar_members;
 use crate::key::SigningKey;
 use crate::publish::write_atomic;
 use crate::{RepoError, Result};
@@ -11,37 +12,11 @@ use std::path::Path;
 /// The member name debsig-verify reads for the origin's signature.
 const ORIGIN: &str = "_gpgorigin";
 
-struct Member<'a> {
-    name: String,
-    header: &'a [u8],
-    data: &'a [u8],
-}
-
-fn members(deb: &[u8]) -> std::result::Result<Vec<Member<'_>>, String> {
-    let mut rest = deb.strip_prefix(b"!<arch>\n").ok_or("not an ar archive")?;
-    let mut out = Vec::new();
-    while rest.len() >= 60 {
-        let (header, body) = rest.split_at(60);
-        if &header[58..60] != b"`\n" {
-            return Err("corrupt ar member header".into());
-        }
-        let name = String::from_utf8_lossy(&header[..16]).trim_end().trim_end_matches('/').to_string();
-        let size: usize = String::from_utf8_lossy(&header[48..58])
-            .trim()
-            .parse()
-            .map_err(|_| format!("ar member {name}: bad size"))?;
-        let data = body.get(..size).ok_or(format!("ar member {name} is truncated"))?;
-        out.push(Member { name, header, data });
-        rest = body.get(size + (size & 1)..).unwrap_or_default();
-    }
-    Ok(out)
-}
-
 /// Signs the `.deb` at `src` with `key` into `dest` (atomically, mode 0644);
 /// an earlier origin signature is replaced.
 pub fn sign_deb(src: &Path, dest: &Path, key: &SigningKey) -> Result<()> {
     let deb = std::fs::read(src).map_err(|e| RepoError::io(src, e))?;
-    let members = members(&deb).map_err(|e| RepoError::bad(src, e))?;
+    let members = ar_members(&deb).map_err(|e| RepoError::bad(src, e))?;
     let mut signed = Vec::new();
     let mut out = b"!<arch>\n".to_vec();
     for m in members.iter().filter(|m| m.name != ORIGIN) {
@@ -89,7 +64,7 @@ mod tests {
         let twice = dir.path().join("twice.deb");
         sign_deb(&once, &twice, &key).expect("sign again");
         let bytes = std::fs::read(&twice).expect("read");
-        let ms = members(&bytes).expect("members");
+        let ms = ar_members(&bytes).expect("members");
         let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["debian-binary", "control.tar.gz", "data.tar.xz", "_gpgorigin"]);
         let sig = std::str::from_utf8(ms[3].data).expect("armored");
