@@ -182,6 +182,17 @@ enum Internal {
         #[arg(long, default_value = "bwrap")]
         executor: String,
     },
+    /// Check a git revision out into the work dir; print the commit id.
+    GitCheckout {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        branch: String,
+        #[arg(long)]
+        subdir: Option<String>,
+        #[arg(long)]
+        submodules: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -301,6 +312,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Internal::DebBuild { executor } => pipeline::deb_build(&executor)?,
                 Internal::RpmSource { spec } => pipeline::rpm_source(spec.as_deref())?,
                 Internal::RpmBuild { executor } => pipeline::rpm_build(&executor)?,
+                Internal::GitCheckout { url, branch, subdir, submodules } => {
+                    kiln_worker::checkout::git_checkout(&url, &branch, subdir.as_deref(), submodules)?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

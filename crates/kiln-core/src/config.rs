@@ -17,6 +17,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::toml_reader::Diagnostic;
+pub use triggers::{
+    check_branch, check_git_url, check_revision, ForgeHook, GitSource, Hooks, Irc, Notifier, NotifyVia, Smtp,
+    SmtpSecurity,
+};
+
+mod triggers;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FarmConfig {
@@ -30,20 +36,12 @@ pub struct FarmConfig {
     pub schedules: Vec<Schedule>,
     /// Where finished builds are reported.
     pub notifiers: Vec<Notifier>,
-}
-
-/// A webhook told about finished builds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notifier {
-    pub name: String,
-    /// `http://` or `https://` URL that receives a JSON POST per build.
-    pub webhook: String,
-    /// Final states that are reported (default: failed).
-    pub on: Vec<crate::BuildState>,
-    /// Components reported; empty means all.
-    pub components: Vec<String>,
-    /// File with a shared secret: the body is signed (`X-Kiln-Signature-256: sha256=HMAC`).
-    pub secret_file: Option<String>,
+    /// Where forges post push events.
+    pub hooks: Hooks,
+    /// How mail notifications are sent.
+    pub smtp: Option<Smtp>,
+    /// The IRC bot.
+    pub irc: Option<Irc>,
 }
 
 /// A request made at the times a cron expression names.
@@ -196,6 +194,8 @@ impl Executor {
 pub enum Source {
     /// A directory, relative to the config file; each build gets a fresh copy.
     Path(String),
+    /// A git repository; each build checks out one revision.
+    Git(GitSource),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,9 +321,9 @@ const MASTER_KEYS: &[&str] = &[
     "url",
     "anonymous_read",
 ];
-const TOP_KEYS: &[&str] = &["master", "worker", "target", "component", "channel", "schedule", "notify"];
+const TOP_KEYS: &[&str] =
+    &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc"];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
-const NOTIFY_KEYS: &[&str] = &["name", "webhook", "on", "components", "secret_file"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
@@ -695,39 +695,21 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
     if let Some(item) = root.get("notify") {
         for (t, span) in r.tables(item, "[[notify]]") {
             let tbl = Tbl { t, span: &span };
-            r.check_keys(tbl, NOTIFY_KEYS, "[[notify]]");
+            r.check_keys(tbl, triggers::NOTIFY_KEYS, "[[notify]]");
             let Some((name, _)) = named(&mut r, tbl, "[[notify]]") else { continue };
-            let what = format!("notifier {name:?}");
-            let webhook = r.required_string(tbl, "webhook", &what).and_then(|(u, uspan)| {
-                if (u.starts_with("http://") || u.starts_with("https://")) && !u.chars().any(char::is_whitespace) {
-                    Some(u)
-                } else {
-                    r.err(&uspan, format!("`webhook` of {what} must be an http:// or https:// URL"));
-                    None
-                }
-            });
-            let mut on = Vec::new();
-            for (st, sspan) in r.string_list(tbl, "on", &what).unwrap_or_else(|| vec![("failed".into(), None)]) {
-                match st.parse::<crate::BuildState>() {
-                    Ok(s) if s.is_finished() => on.push(s),
-                    _ => r.err(
-                        &sspan,
-                        format!("`on` of {what}: {st:?} is not a final state (succeeded, failed, cancelled, skipped)"),
-                    ),
-                }
-            }
-            let components = r
-                .string_list(tbl, "components", &what)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| c.0)
-                .filter(|c| c != "*")
-                .collect();
-            let secret_file = r.string(tbl, "secret_file", &what).map(|s| s.0);
-            if let Some(webhook) = webhook {
-                notifiers.push(Notifier { name, webhook, on, components, secret_file });
+            if let Some(n) = triggers::read_notifier(&mut r, tbl, name, &span) {
+                notifiers.push(n);
             }
         }
+    }
+    let hooks = triggers::read_hooks(&mut r, root.get("hooks"));
+    let smtp = triggers::read_smtp(&mut r, root.get("smtp"));
+    let irc = triggers::read_irc(&mut r, root.get("irc"));
+    if smtp.is_none() && notifiers.iter().any(|n| matches!(n.via, NotifyVia::Email { .. })) {
+        r.err(&root_span, "a notifier sends mail but there is no [smtp] section saying how");
+    }
+    if irc.is_none() && notifiers.iter().any(|n| matches!(n.via, NotifyVia::Irc { .. })) {
+        r.err(&root_span, "a notifier posts to IRC but there is no [irc] section naming the server");
     }
 
     if r.diags.is_empty() {
@@ -739,6 +721,9 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             channels,
             schedules,
             notifiers,
+            hooks,
+            smtp,
+            irc,
         })
     } else {
         r.diags.sort_by_key(|d| (d.line, d.col));
@@ -872,33 +857,7 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
             continue;
         }
         let key = r.string(tbl, "key", &what).map(|k| k.0);
-        let passphrase = tbl.t.get("passphrase").and_then(|item| {
-            let pspan = item.span();
-            let Some(pt) = item.as_table_like() else {
-                r.err(&pspan, format!("`passphrase` of {what} must be a table like {{ file = \"secrets/key.pass\" }}, {{ env = \"VAR\" }} or {{ credential = \"NAME\" }}; the passphrase itself never goes in the config"));
-                return None;
-            };
-            let ptbl = Tbl { t: pt, span: &pspan };
-            r.check_keys(ptbl, &["file", "env", "credential"], "`passphrase`");
-            let mut refs = Vec::new();
-            if let Some((f, _)) = r.string(ptbl, "file", &what) {
-                refs.push(SecretRef::File(f));
-            }
-            if let Some((e, _)) = r.string(ptbl, "env", &what) {
-                refs.push(SecretRef::Env(e));
-            }
-            if let Some((c, cspan)) = r.string(ptbl, "credential", &what) {
-                if check_name(&c).is_err() {
-                    r.err(&cspan, format!("`passphrase.credential` of {what} must be a plain name"));
-                }
-                refs.push(SecretRef::Credential(c));
-            }
-            if refs.len() != 1 {
-                r.err(&pspan, format!("`passphrase` of {what} needs exactly one of `file`, `env`, `credential`"));
-                return None;
-            }
-            refs.pop()
-        });
+        let passphrase = triggers::read_secret(r, tbl, "passphrase", &what);
         if passphrase.is_some() && key.is_none() {
             r.err(&nspan, format!("{what} has a `passphrase` but no `key`"));
         }
@@ -965,6 +924,9 @@ fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
         return None;
     };
     let st = Tbl { t, span: &span };
+    if t.get("git").is_some() {
+        return triggers::read_git_source(r, st, what).map(Source::Git);
+    }
     r.check_keys(st, SOURCE_KEYS, &format!("the source of {what}"));
     let (path, _) = r.required_string(st, "path", &format!("the source of {what}"))?;
     Some(Source::Path(path))

@@ -4,6 +4,7 @@
 //! Architecture invariant: nothing in this crate does I/O, spawns, sleeps or
 //! reads the clock. Callers pass text, values and "now" in; decisions come out.
 
+pub mod change;
 pub mod channel;
 pub mod config;
 pub mod cron;

@@ -3,7 +3,7 @@
 //! worker's own `kiln internal ...` helpers, so they show, log, time out and
 //! cancel like any other step.
 
-use crate::config::{Component, Executor, Family, StepSpec, Target};
+use crate::config::{Component, Executor, Family, GitSource, StepSpec, Target};
 use std::time::Duration;
 
 /// Where the standard pipelines leave what they produce, relative to the
@@ -26,6 +26,27 @@ fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
         halt_on_failure: true,
         always_run: false,
     }
+}
+
+/// The step that puts a git source's tree in the work dir: the revision the
+/// build names (property `revision`), else the tip of its branch (property
+/// `branch`, else the configured one). It sets `revision` to the full
+/// commit id, so every build says exactly what it built.
+pub fn checkout_step(git: &GitSource) -> StepSpec {
+    let mut run = format!(
+        "exec \"$KILN_EXE\" internal git-checkout --url {} --branch {}",
+        sh_quote(&git.url),
+        sh_quote(&git.branch)
+    );
+    if let Some(dir) = &git.subdir {
+        run.push_str(&format!(" --subdir {}", sh_quote(dir)));
+    }
+    if git.submodules {
+        run.push_str(" --submodules");
+    }
+    let mut s = step("checkout", run, Some(Duration::from_secs(1800)));
+    s.set_property = Some("revision".into());
+    s
 }
 
 /// The steps of the standard pipeline for `component` on `target`, and the

@@ -142,4 +142,16 @@ CREATE TABLE schedule_sources (
 );
 "#,
     },
+    Migration {
+        version: 7,
+        description: "the last revision the poller saw of each git branch",
+        sql: r#"
+CREATE TABLE polled_branches (
+    url TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    PRIMARY KEY (url, branch)
+);
+"#,
+    },
 ];

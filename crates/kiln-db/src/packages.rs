@@ -230,6 +230,47 @@ impl Store {
         Ok(())
     }
 
+    /// The revision the poller last saw of a branch.
+    pub async fn polled_revision(&self, url: &str, branch: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT revision FROM polled_branches WHERE url = $1 AND branch = $2")
+            .bind(url)
+            .bind(branch)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// Records `revision` as the branch's if it still is `previous` (none:
+    /// first sight); returns whether this call won, so masters sharing a
+    /// database act on a push once.
+    pub async fn claim_polled_revision(
+        &self,
+        url: &str,
+        branch: &str,
+        previous: Option<&str>,
+        revision: &str,
+    ) -> Result<bool> {
+        let q = match previous {
+            Some(p) => sqlx::query(
+                "UPDATE polled_branches SET revision = $1 WHERE url = $2 AND branch = $3 AND revision = $4",
+            )
+            .bind(revision)
+            .bind(url)
+            .bind(branch)
+            .bind(p),
+            None => sqlx::query(
+                "INSERT INTO polled_branches (url, branch, revision) VALUES ($2, $3, $1) ON CONFLICT (url, branch) DO NOTHING",
+            )
+            .bind(revision)
+            .bind(url)
+            .bind(branch),
+        };
+        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
     /// Records a run of a schedule if its last run is still `previous`;
     /// returns whether this call won (with masters sharing a database, one does).
     pub async fn claim_schedule_run(&self, name: &str, previous: Option<i64>, at: i64) -> Result<bool> {

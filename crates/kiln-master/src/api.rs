@@ -56,6 +56,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/change_hook/base", post(change_hook_base))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; the API lives under /api/v1") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .merge(crate::hooks::routes())
         .merge(crate::repos::routes())
         .merge(crate::web::routes())
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::web::read_gate))
@@ -106,7 +107,7 @@ impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into() }
     }
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     /// The status and message, for rendering elsewhere (the web pages).
@@ -686,7 +687,7 @@ struct BaseChange {
     when: Option<String>,
     #[allow(dead_code)]
     revlink: Option<String>,
-    #[allow(dead_code)]
+    /// A JSON list of the paths the change touched.
     files: Option<String>,
     #[allow(dead_code)]
     codebase: Option<String>,
@@ -705,10 +706,41 @@ async fn change_hook_base(
     form: Result<Form<BaseChange>, FormRejection>,
 ) -> ApiResult<BuildRequestCreated> {
     let Form(change) = form?;
-    let project = change
-        .project
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| ApiError::bad("the change has no `project`; kiln builds the component it names"))?;
+    let project = change.project.clone().filter(|p| !p.is_empty());
+    let Some(project) = project else {
+        // No project: the components whose git source is this repository and branch.
+        let (Some(repository), Some(branch), Some(revision)) = (&change.repository, &change.branch, &change.revision)
+        else {
+            return Err(ApiError::bad(
+                "the change names neither a `project` (a component) nor a `repository`, `branch` and `revision`",
+            ));
+        };
+        kiln_core::config::check_branch(branch).map_err(ApiError::bad)?;
+        kiln_core::config::check_revision(revision).map_err(ApiError::bad)?;
+        let files = match change.files.as_deref().filter(|f| !f.trim().is_empty()) {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<Vec<String>>(text)
+                    .map_err(|e| ApiError::bad(format!("`files` is not a JSON list of paths: {e}")))?,
+            ),
+        };
+        let found = kiln_core::change::Change {
+            urls: vec![repository.clone()],
+            branch: branch.clone(),
+            revision: revision.clone(),
+            files,
+            who: change.author.clone().or(change.who.clone()).filter(|a| !a.is_empty()),
+            comments: change.comments.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
+            project: None,
+        };
+        return match crate::hooks::submit_change(&s, &found, &format!("change hook ({who})")).await? {
+            Some(created) => Ok(Json(created)),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no component builds from {repository} branch {branch} with these files"),
+            )),
+        };
+    };
     let mut given: BTreeMap<String, String> = match change.properties.as_deref().filter(|p| !p.trim().is_empty()) {
         None => BTreeMap::new(),
         Some(text) => {

@@ -914,7 +914,8 @@ impl Dispatcher {
                     return;
                 }
             },
-            None => None,
+            // The worker checks the revision out itself (a first step).
+            Some(Source::Git(_)) | None => None,
         };
         // A component without steps gets its family's standard pipeline.
         let (specs, artifacts) = if component.steps.is_empty() {
@@ -936,8 +937,13 @@ impl Dispatcher {
         } else {
             (component.steps.clone(), component.artifacts.clone())
         };
-        let steps: Vec<JobStep> = specs
+        let checkout = match &component.source {
+            Some(Source::Git(git)) => Some(kiln_core::pipeline::checkout_step(git)),
+            _ => None,
+        };
+        let steps: Vec<JobStep> = checkout
             .iter()
+            .chain(specs.iter())
             .map(|s| JobStep {
                 name: s.name.clone(),
                 run: s.run.clone(),

@@ -60,6 +60,31 @@ impl LoadedFarm {
         Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text })
     }
 
+    /// Reads a secret (its first line) from where the config says it is;
+    /// `what` names it in errors, which never hold the value.
+    pub fn secret(&self, r: &kiln_core::config::SecretRef, what: &str) -> anyhow::Result<String> {
+        use anyhow::Context;
+        use kiln_core::config::SecretRef;
+        let text = match r {
+            SecretRef::File(f) => {
+                let path = self.resolve(f);
+                std::fs::read_to_string(&path).with_context(|| format!("{what}: cannot read {}", path.display()))?
+            }
+            SecretRef::Env(var) => {
+                std::env::var(var).with_context(|| format!("{what}: the variable {var} is not set"))?
+            }
+            SecretRef::Credential(name) => {
+                let dir = std::env::var("CREDENTIALS_DIRECTORY").with_context(|| {
+                    format!("{what}: credential {name}: CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=)")
+                })?;
+                let path = Path::new(&dir).join(name);
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("{what}: cannot read credential {}", path.display()))?
+            }
+        };
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
     pub fn resolve(&self, p: &str) -> PathBuf {
         self.base_dir.join(p)
     }

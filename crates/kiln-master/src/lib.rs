@@ -12,14 +12,18 @@ mod auth;
 mod clock;
 pub mod dispatcher;
 pub mod farm;
+mod hooks;
+mod irc;
 pub mod logs;
 mod notify;
+mod poller;
 pub mod publisher;
 mod reload;
 mod repos;
 pub mod scheduler;
 mod shared;
 mod source;
+mod status;
 pub mod uploads;
 pub mod web;
 mod workers;
@@ -116,6 +120,8 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(workers::serve(wl, tls, shared.clone()));
     tasks.spawn(reload::watch(shared.clone()));
     tasks.spawn(scheduler::run(shared.clone()));
+    tasks.spawn(poller::run(shared.clone()));
+    tasks.spawn(irc::run(shared.clone()));
     let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

@@ -21,7 +21,7 @@
 use crate::clock::now_us;
 use crate::dispatcher::Event;
 use crate::shared::Shared;
-use kiln_core::config::{Channel, Family, SecretRef, Target};
+use kiln_core::config::{Channel, Family, Target};
 use kiln_db::{ArtifactRow, PackageRow};
 use kiln_repo::apt::{Dist, ReleaseMeta};
 use kiln_repo::deb::{DebEntry, DscEntry};
@@ -82,31 +82,10 @@ pub fn load_keys(farm: &crate::farm::LoadedFarm) -> anyhow::Result<HashMap<Strin
     Ok(keys)
 }
 
-fn read_secret(farm: &crate::farm::LoadedFarm, r: &SecretRef, channel: &str) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let text = match r {
-        SecretRef::File(f) => {
-            let path = farm.resolve(f);
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("channel {channel}: cannot read the passphrase file {}", path.display()))?
-        }
-        SecretRef::Env(var) => std::env::var(var)
-            .with_context(|| format!("channel {channel}: the passphrase variable {var} is not set"))?,
-        SecretRef::Credential(name) => {
-            let dir = std::env::var("CREDENTIALS_DIRECTORY").with_context(|| {
-                format!("channel {channel}: passphrase credential {name}: CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential=)")
-            })?;
-            let path = Path::new(&dir).join(name);
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("channel {channel}: cannot read credential {}", path.display()))?
-        }
-    };
-    Ok(text.lines().next().unwrap_or_default().to_string())
-}
-
 fn load_key(farm: &crate::farm::LoadedFarm, ch: &Channel) -> anyhow::Result<SigningKey> {
     use anyhow::Context;
-    let passphrase = ch.passphrase.as_ref().map(|r| read_secret(farm, r, &ch.name)).transpose()?;
+    let passphrase =
+        ch.passphrase.as_ref().map(|r| farm.secret(r, &format!("channel {}'s passphrase", ch.name))).transpose()?;
     let path = match &ch.key {
         Some(k) => farm.resolve(k),
         None => {

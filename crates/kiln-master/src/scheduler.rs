@@ -94,7 +94,8 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// A fingerprint of what a build of `component` would build: its definition
-/// and, for a path source, every file's path, size and modification time.
+/// and, for a path source, every file's path, size and modification time
+/// (for a git source, the caller adds the branch's tip).
 fn fingerprint(farm: &crate::farm::LoadedFarm, component: &kiln_core::config::Component) -> String {
     use sha2::{Digest, Sha256};
     fn walk(dir: &std::path::Path, base: &std::path::Path, h: &mut Sha256) {
@@ -130,7 +131,16 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
         let farm = shared.farm();
         let before = shared.store.schedule_fingerprints(&s.name).await.unwrap_or_default();
         for c in farm.cfg.components.iter().filter(|c| s.components.is_empty() || s.components.contains(&c.name)) {
-            let fp = fingerprint(&farm, c);
+            let mut fp = fingerprint(&farm, c);
+            if let Some(kiln_core::config::Source::Git(g)) = &c.source {
+                // A git source changed when its branch points elsewhere.
+                match crate::poller::remote_tip(&g.url, &g.branch).await {
+                    Ok(tip) => fp.push_str(&format!(" {tip}")),
+                    Err(e) => {
+                        tracing::warn!(schedule = %s.name, component = %c.name, error = %e, "cannot read the branch tip; building")
+                    }
+                }
+            }
             if before.get(&c.name) != Some(&fp) {
                 fingerprints.push((c.name.clone(), fp));
             }

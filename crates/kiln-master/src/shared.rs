@@ -34,6 +34,9 @@ pub struct Shared {
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
     /// Web sessions (cookie value to session).
     pub sessions: Mutex<HashMap<String, crate::web::Session>>,
+    /// Lines for the IRC bot, and its end of the queue (taken once, by the bot).
+    pub chat: tokio::sync::mpsc::UnboundedSender<crate::irc::Say>,
+    pub chat_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::irc::Say>>>,
 }
 
 impl Shared {
@@ -48,7 +51,10 @@ impl Shared {
         publisher: UnboundedSender<PublishRequest>,
         public_keys: HashMap<String, String>,
     ) -> Self {
+        let (chat, chat_rx) = tokio::sync::mpsc::unbounded_channel();
         Shared {
+            chat,
+            chat_rx: Mutex::new(Some(chat_rx)),
             store,
             logs,
             artifacts,

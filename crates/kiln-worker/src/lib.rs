@@ -7,6 +7,7 @@
 //! it. Policy (what runs where, retries) is the master's.
 
 mod cgroup;
+pub mod checkout;
 pub mod pipeline;
 mod process;
 mod runner;

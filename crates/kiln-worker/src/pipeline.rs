@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 /// The unprivileged user builds run as inside the root.
 const BUILD_UID: u32 = 1000;
 
-fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .with_context(|| format!("{name} is not set; this runs as a kiln build step"))

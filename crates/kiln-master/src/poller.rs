@@ -1,0 +1,151 @@
+//! Polling git remotes, for hosts that cannot send hooks: every branch a
+//! component with `poll = "5m"` builds from is looked at (`git ls-remote`)
+//! at that interval. A new tip is fetched into a bare mirror under
+//! `data_dir/git/` to learn which files changed, then goes to
+//! [`crate::hooks::submit_change`] like a pushed change. The last tip seen
+//! is in the database and is claimed by a conditional update, so masters
+//! sharing a database act on a push once; the first sight of a branch
+//! builds nothing.
+
+use crate::shared::Shared;
+use kiln_core::change::Change;
+use kiln_core::config::{check_revision, Source};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+/// How often the poller looks at what is due.
+const TICK: Duration = Duration::from_secs(2);
+/// A remote that does not answer in this time is tried again next interval.
+const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn git() -> Command {
+    let mut c = Command::new("git");
+    c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").env("LC_ALL", "C").kill_on_drop(true);
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+async fn git_output(cmd: &mut Command) -> Result<String, String> {
+    match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+        Err(_) => Err("git timed out".into()),
+        Ok(Err(e)) => Err(format!("cannot run git: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(Ok(out)) => Err(String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect()),
+    }
+}
+
+/// The commit a branch of a remote points at now.
+pub async fn remote_tip(url: &str, branch: &str) -> Result<String, String> {
+    let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await?;
+    let rev = out.split_whitespace().next().ok_or_else(|| format!("{url} has no branch {branch}"))?;
+    check_revision(rev)?;
+    Ok(rev.to_string())
+}
+
+pub async fn run(shared: Arc<Shared>) {
+    let mut next_due: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        // Every polled (url, branch) with the shortest interval any component asks.
+        let mut wanted: BTreeMap<(String, String), Duration> = BTreeMap::new();
+        for c in &shared.farm().cfg.components {
+            if let Some(Source::Git(g)) = &c.source {
+                if let Some(every) = g.poll {
+                    let e = wanted.entry((g.url.clone(), g.branch.clone())).or_insert(every);
+                    *e = (*e).min(every);
+                }
+            }
+        }
+        next_due.retain(|k, _| wanted.contains_key(k));
+        for (key, every) in wanted {
+            let now = Instant::now();
+            if next_due.get(&key).is_some_and(|at| *at > now) {
+                continue;
+            }
+            next_due.insert(key.clone(), now + every);
+            let (url, branch) = key;
+            if let Err(e) = poll(&shared, &url, &branch).await {
+                tracing::warn!(%url, %branch, error = %e, "polling failed");
+            }
+        }
+    }
+}
+
+async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), String> {
+    let tip = remote_tip(url, branch).await?;
+    let seen = shared.store.polled_revision(url, branch).await.map_err(|e| e.to_string())?;
+    if seen.as_deref() == Some(tip.as_str()) {
+        return Ok(());
+    }
+    let won =
+        shared.store.claim_polled_revision(url, branch, seen.as_deref(), &tip).await.map_err(|e| e.to_string())?;
+    let Some(before) = seen.filter(|_| won) else {
+        if won {
+            tracing::info!(%url, %branch, revision = %tip, "polling a new branch; builds start with its next change");
+        }
+        return Ok(());
+    };
+    let mirror = shared.farm().data_dir().join("git").join(format!("{}.git", mirror_key(url)));
+    let (files, who, comments) = match describe(&mirror, url, branch, &before, &tip).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "cannot tell which files changed; building every component of the branch");
+            (None, None, String::new())
+        }
+    };
+    let change = Change {
+        urls: vec![url.to_string()],
+        branch: branch.to_string(),
+        revision: tip.clone(),
+        files,
+        who,
+        comments,
+        project: None,
+    };
+    match crate::hooks::submit_change(shared, &change, "poller").await {
+        Ok(Some(created)) => {
+            tracing::info!(%url, %branch, revision = %tip, request = created.request_id, builds = created.builds.len(), "change found by polling")
+        }
+        Ok(None) => tracing::info!(%url, %branch, revision = %tip, "change found by polling touches no component"),
+        Err(e) => tracing::error!(%url, error = ?e, "cannot request builds for a polled change"),
+    }
+    Ok(())
+}
+
+fn mirror_key(url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(url.as_bytes())[..10])
+}
+
+type Description = (Option<Vec<String>>, Option<String>, String);
+
+/// Files changed between two commits, the new one's author and subject,
+/// from a mirror fetched now.
+async fn describe(mirror: &Path, url: &str, branch: &str, before: &str, tip: &str) -> Result<Description, String> {
+    if !mirror.join("HEAD").exists() {
+        std::fs::create_dir_all(mirror).map_err(|e| e.to_string())?;
+        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(mirror)).await?;
+    }
+    git_output(
+        git()
+            .arg("-C")
+            .arg(mirror)
+            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
+            .arg(format!("+refs/heads/{branch}:refs/heads/{branch}")),
+    )
+    .await?;
+    let log = git_output(git().arg("-C").arg(mirror).args(["log", "-1", "--format=%an%x00%ae%x00%s", tip])).await?;
+    let mut parts = log.trim_end().splitn(3, '\0');
+    let (name, email, subject) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let who = (!name.is_empty()).then(|| if email.is_empty() { name.to_string() } else { format!("{name} <{email}>") });
+    // An old tip that is gone (a force push) leaves the changed files unknown.
+    let files = match git_output(git().arg("-C").arg(mirror).args(["diff", "--name-only", before, tip, "--"])).await {
+        Ok(out) => Some(out.lines().map(str::to_string).collect()),
+        Err(_) => None,
+    };
+    Ok((files, who, subject.to_string()))
+}

@@ -1,0 +1,145 @@
+//! Commit statuses: a build started by a forge's push reports back to that
+//! forge — pending when requested, then success or failure — with a link
+//! to the build, when the forge's `[hooks.*]` has a `status_token`. Sent
+//! from tasks of their own; a forge that is down never holds up a build.
+
+use crate::shared::Shared;
+use kiln_core::config::ForgeHook;
+use kiln_core::BuildState;
+use kiln_db::BuildRow;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts per status, with 1 s then 2 s between them.
+const ATTEMPTS: u32 = 3;
+
+struct Target {
+    forge: String,
+    hook: ForgeHook,
+    project: String,
+    revision: String,
+}
+
+fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
+    let prop = |k: &str| b.properties.get(k).map(|p| p.value.clone());
+    let forge = prop("change_source")?;
+    let farm = shared.farm();
+    let hook = match forge.as_str() {
+        "github" => farm.cfg.hooks.github.clone(),
+        "gitlab" => farm.cfg.hooks.gitlab.clone(),
+        "gitea" => farm.cfg.hooks.gitea.clone(),
+        _ => None,
+    }?;
+    hook.status_token.as_ref()?;
+    let project = prop("project")?;
+    let revision = prop("revision")?;
+    // Both come from a checked payload, but they go into a URL path.
+    let safe = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) && !s.contains("..")
+    };
+    (safe(&project) && kiln_core::config::check_revision(&revision).is_ok()).then_some(Target {
+        forge,
+        hook,
+        project,
+        revision,
+    })
+}
+
+/// Reports every build of a new request as pending.
+pub fn request_created(shared: &Arc<Shared>, created: &kiln_proto::api::BuildRequestCreated) {
+    for b in &created.builds {
+        let id = b.id;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Ok(Some(row)) = shared.store.build(id).await {
+                send(&shared, &row, None).await;
+            }
+        });
+    }
+}
+
+/// Reports a build's end.
+pub fn build_finished(shared: &Arc<Shared>, row: &BuildRow) {
+    if !row.properties.contains_key("change_source") {
+        return;
+    }
+    let shared = shared.clone();
+    let row = row.clone();
+    tokio::spawn(async move { send(&shared, &row, Some(row.state)).await });
+}
+
+async fn send(shared: &Arc<Shared>, b: &BuildRow, end: Option<BuildState>) {
+    let Some(t) = target_of(shared, b) else { return };
+    let farm = shared.farm();
+    let Some(token_ref) = &t.hook.status_token else { return };
+    let token = match farm.secret(token_ref, &format!("[hooks.{}] status_token", t.forge)) {
+        Ok(tok) => tok,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the status token; no commit status sent");
+            return;
+        }
+    };
+    let link = format!("{}/builds/{}", farm.cfg.master.public_url(), b.id);
+    let context = format!("kiln/{}/{}", b.component, b.target);
+    let description = match end {
+        None => "queued".to_string(),
+        Some(BuildState::Succeeded) => "succeeded".to_string(),
+        Some(s) => match &b.reason {
+            Some(r) => format!("{}: {}", s.as_str(), r.chars().take(120).collect::<String>()),
+            None => s.as_str().to_string(),
+        },
+    };
+    let http = match reqwest::Client::builder().timeout(Duration::from_secs(15)).user_agent("kiln").build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make an HTTP client for commit statuses");
+            return;
+        }
+    };
+    let req = match t.forge.as_str() {
+        "gitlab" => {
+            let state = match end {
+                None => "pending",
+                Some(BuildState::Succeeded) => "success",
+                Some(BuildState::Cancelled | BuildState::Skipped) => "canceled",
+                Some(_) => "failed",
+            };
+            let api = t.hook.api_url.as_deref().unwrap_or("https://gitlab.com");
+            let project: String = t.project.replace('/', "%2F");
+            http.post(format!("{api}/api/v4/projects/{project}/statuses/{}", t.revision))
+                .header("PRIVATE-TOKEN", token)
+                .query(&[("state", state), ("name", &context), ("target_url", &link), ("description", &description)])
+        }
+        forge => {
+            let state = match end {
+                None => "pending",
+                Some(BuildState::Succeeded) => "success",
+                Some(BuildState::Failed) => "failure",
+                Some(_) => "error",
+            };
+            let body =
+                serde_json::json!({"state": state, "target_url": link, "description": description, "context": context});
+            let (url, auth) = if forge == "github" {
+                let api = t.hook.api_url.as_deref().unwrap_or("https://api.github.com");
+                (format!("{api}/repos/{}/statuses/{}", t.project, t.revision), format!("Bearer {token}"))
+            } else {
+                let api = t.hook.api_url.as_deref().unwrap_or_default();
+                (format!("{api}/api/v1/repos/{}/statuses/{}", t.project, t.revision), format!("token {token}"))
+            };
+            http.post(url).header("authorization", auth).header("accept", "application/vnd.github+json").json(&body)
+        }
+    };
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=ATTEMPTS {
+        let Some(r) = req.try_clone() else { return };
+        match r.send().await {
+            Ok(resp) if resp.status().is_success() => return,
+            Ok(resp) => tracing::warn!(build = b.id, status = %resp.status(), attempt, "commit status refused"),
+            Err(e) => tracing::warn!(build = b.id, error = %e, attempt, "commit status not sent"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `kiln internal git-checkout`: puts one revision of a git repository in
+//! the build's work dir. Each worker keeps a bare mirror per repository URL
+//! under its dir (`git/`), so a build fetches only what is new; builds that
+//! share a repository take turns on its mirror (a file lock), then each
+//! clones from it into its own scratch dir and checks the revision out.
+//!
+//! Prints the full commit id on stdout (the step sets property `revision`).
+
+use anyhow::{bail, Context};
+use kiln_core::config::{check_branch, check_revision};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// A `git` command that never prompts and never reads the user's config
+/// for credentials helpers that could hang a build.
+fn git() -> Command {
+    let mut c = Command::new("git");
+    c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").env("LC_ALL", "C").stdin(Stdio::null());
+    c
+}
+
+/// Runs git with its output on our stderr (the build log).
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit())
+        .status()
+        .with_context(|| format!("cannot run git ({what}); is git installed on this worker?"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs git and returns its trimmed stdout, or `None` when it fails.
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: bool) -> anyhow::Result<()> {
+    kiln_core::config::check_git_url(url).map_err(|e| anyhow::anyhow!("repository URL {url:?} {e}"))?;
+    let worker_dir = crate::pipeline::env_path("KILN_WORKER_DIR")?;
+    let build_dir = crate::pipeline::env_path("KILN_BUILD_DIR")?;
+    let scratch = crate::pipeline::env_path("KILN_SCRATCH")?;
+    // A build may name another branch or an exact revision.
+    let branch = match std::env::var("KILN_PROP_BRANCH") {
+        Ok(b) if !b.is_empty() => b,
+        _ => branch.to_string(),
+    };
+    check_branch(&branch).map_err(anyhow::Error::msg)?;
+    let wanted = std::env::var("KILN_PROP_REVISION").ok().filter(|r| !r.is_empty());
+    if let Some(r) = &wanted {
+        check_revision(r).map_err(|e| anyhow::anyhow!("property revision: {e}"))?;
+    }
+
+    let cache_root = worker_dir.join("git");
+    fs::create_dir_all(&cache_root)?;
+    let key = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
+    let mirror = cache_root.join(format!("{key}.git"));
+    let lock = fs::File::create(cache_root.join(format!("{key}.lock")))?;
+    lock.lock().context("cannot lock the repository mirror")?;
+    if !mirror.join("HEAD").exists() {
+        let _ = fs::remove_dir_all(&mirror);
+        run(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror), "git init")?;
+    }
+    eprintln!("kiln: fetching {url}");
+    run(
+        git()
+            .arg("-C")
+            .arg(&mirror)
+            .args(["fetch", "--quiet", "--force", "--prune", "--no-tags", "--", url])
+            .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]),
+        "git fetch",
+    )?;
+    let commit = match &wanted {
+        Some(rev) => {
+            let have = |m: &Path| {
+                output(git().arg("-C").arg(m).args(["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]))
+            };
+            match have(&mirror) {
+                Some(c) => c,
+                None => {
+                    // Not on any branch or tag: ask the server for it directly.
+                    let fetched = run(
+                        git().arg("-C").arg(&mirror).args(["fetch", "--quiet", "--no-tags", "--", url, rev]),
+                        "git fetch of the revision",
+                    );
+                    match (fetched, have(&mirror)) {
+                        (_, Some(c)) => c,
+                        _ => bail!("revision {rev} is not in {url}"),
+                    }
+                }
+            }
+        }
+        None => output(git().arg("-C").arg(&mirror).args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}^{{commit}}"),
+        ]))
+        .with_context(|| format!("{url} has no branch {branch}"))?,
+    };
+    let checkout = scratch.join("checkout");
+    let _ = fs::remove_dir_all(&checkout);
+    // A local clone hard-links the mirror's objects: quick, and independent of it afterwards.
+    run(git().args(["clone", "--quiet", "--no-checkout"]).arg(&mirror).arg(&checkout), "git clone from the mirror")?;
+    drop(lock);
+    run(git().arg("-C").arg(&checkout).args(["remote", "set-url", "origin", url]), "git remote set-url")?;
+    run(git().arg("-C").arg(&checkout).args(["checkout", "--quiet", "--detach", &commit]), "git checkout")?;
+    if submodules {
+        eprintln!("kiln: updating submodules");
+        // Relative submodule URLs resolve against origin, which is the real URL again.
+        run(
+            git().arg("-C").arg(&checkout).args(["submodule", "update", "--init", "--recursive", "--quiet"]),
+            "git submodule update",
+        )?;
+    }
+    let subject =
+        output(git().arg("-C").arg(&checkout).args(["log", "-1", "--format=%s", &commit])).unwrap_or_default();
+    let tree = match subdir {
+        Some(dir) => {
+            let t = checkout.join(dir);
+            if !t.is_dir() {
+                bail!("{url} at {commit} has no directory {dir}");
+            }
+            t
+        }
+        None => checkout.clone(),
+    };
+    // The work dir is empty and on the same filesystem as the scratch dir.
+    for entry in fs::read_dir(&tree)? {
+        let entry = entry?;
+        fs::rename(entry.path(), build_dir.join(entry.file_name()))
+            .with_context(|| format!("cannot move {} into the work dir", entry.path().display()))?;
+    }
+    let _ = fs::remove_dir_all(&checkout);
+    eprintln!("kiln: checked out {url} {branch} at {commit} ({subject})");
+    println!("{commit}");
+    Ok(())
+}
