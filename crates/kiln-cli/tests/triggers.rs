@@ -1,6 +1,6 @@
 //! End-to-end tests of what starts builds and who hears about them: git
 //! sources served by a real `git daemon` on loopback, forge hooks with
-//! recorded payload shapes, polling, mail to a real SMTP server (aiosmtpd)
+//! recorded payload shapes, polling, mail over STARTTLS to a real SMTP server (aiosmtpd)
 //! and lines in a real IRC server's channel (ngIRCd).
 
 use kiln_client::BuildQuery;
@@ -487,12 +487,30 @@ impl IrcUser {
     }
 }
 
-/// aiosmtpd (Debian's python3-aiosmtpd) delivering into a maildir.
-async fn smtp_server(dir: &Path) -> (Server, SocketAddr, PathBuf) {
+/// aiosmtpd (Debian's python3-aiosmtpd) delivering into a maildir, with
+/// STARTTLS required, its certificate issued by a CA of the test's own.
+/// Returns the server, its address, the maildir and the CA (PEM).
+async fn smtp_server(dir: &Path) -> (Server, SocketAddr, PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("cert");
+    std::fs::write(dir.join("smtp.crt"), cert.pem()).expect("cert");
+    std::fs::write(dir.join("smtp.key"), key.serialize_pem()).expect("key");
     let addr = free_addr();
     let maildir = dir.join("maildir");
     let child = Command::new("/usr/bin/python3")
         .args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string(), "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg("--tlscert")
+        .arg(dir.join("smtp.crt"))
+        .arg("--tlskey")
+        .arg(dir.join("smtp.key"))
         .arg(&maildir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -500,7 +518,7 @@ async fn smtp_server(dir: &Path) -> (Server, SocketAddr, PathBuf) {
         .expect("aiosmtpd starts");
     let server = Server(child);
     listening(addr, "aiosmtpd").await;
-    (server, addr, maildir)
+    (server, addr, maildir, ca.pem())
 }
 
 fn mails(maildir: &Path) -> Vec<String> {
@@ -519,7 +537,7 @@ fn mails(maildir: &Path) -> Vec<String> {
 async fn failures_and_fixes_are_mailed_and_announced_on_irc_which_answers_status() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let (_irc, irc_addr) = irc_server(scratch.path()).await;
-    let (_smtp, smtp_addr, maildir) = smtp_server(scratch.path()).await;
+    let (_smtp, smtp_addr, maildir, ca) = smtp_server(scratch.path()).await;
     let config = format!(
         r##"{WORKER}
 [[component]]
@@ -529,7 +547,8 @@ steps = [ {{ name = "compile", run = "echo compiling; echo 'error: it is broken'
 [smtp]
 server = "127.0.0.1"
 port = {smtp_port}
-security = "none"
+security = "starttls"
+ca_file = "secrets/smtp-ca.pem"
 from = "kiln <kiln@localhost>"
 
 [irc]
@@ -549,7 +568,7 @@ on = ["failed", "fixed"]
 "##,
         smtp_port = smtp_addr.port()
     );
-    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let farm = Farm::running(KILN.as_ref(), &config, &[("secrets/smtp-ca.pem", &ca)], "w1", &["t"], 1).await;
     let mut ann = IrcUser::join(irc_addr, "ann", "#builds").await;
     // The bot joins the channel.
     ann.wait_for_member("#builds", "kiln").await;

@@ -207,7 +207,8 @@ async fn failing_step(shared: &Shared, b: &BuildRow) -> Option<(String, String)>
 async fn email(shared: &Shared, n: &Notifier, smtp: &Smtp, to: &[String], b: &BuildRow, outcome: &str, link: &str) {
     use lettre::message::{header::ContentType, Mailbox};
     use lettre::transport::smtp::authentication::Credentials;
-    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    use lettre::AsyncTransport;
+    use lettre::Message;
 
     let farm = shared.farm();
     let subject = format!("kiln: {} on {} {} (build {})", b.component, b.target, outcome, b.id);
@@ -250,12 +251,8 @@ async fn email(shared: &Shared, n: &Notifier, smtp: &Smtp, to: &[String], b: &Bu
             return;
         }
     };
-    let mut transport = match smtp.security {
-        SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.server),
-        SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.server),
-        SmtpSecurity::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.server)),
-    }
-    .map(|t| t.port(smtp.port).timeout(Some(Duration::from_secs(20))));
+    let transport = smtp_transport(&farm, smtp);
+    let mut transport = transport.map(|t| t.port(smtp.port).timeout(Some(Duration::from_secs(20))));
     if let (Ok(t), Some(user), Some(pass)) = (&mut transport, &smtp.username, &smtp.password) {
         match farm.secret(pass, "[smtp] password") {
             Ok(p) => *t = t.clone().credentials(Credentials::new(user.clone(), p)),
@@ -277,4 +274,30 @@ async fn email(shared: &Shared, n: &Notifier, smtp: &Smtp, to: &[String], b: &Bu
         async move { t.send(m).await.map(|_| ()).map_err(|e| e.to_string()) }
     })
     .await;
+}
+
+type SmtpBuilder = lettre::transport::smtp::AsyncSmtpTransportBuilder;
+
+/// An SMTP transport as `[smtp]` says: STARTTLS (required) or TLS from the
+/// first byte, trusting the web's roots or the configured CA file; plain
+/// text only when asked for.
+fn smtp_transport(farm: &crate::farm::LoadedFarm, smtp: &Smtp) -> Result<SmtpBuilder, String> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, Tokio1Executor};
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.server);
+    if smtp.security == SmtpSecurity::None {
+        return Ok(builder.tls(Tls::None));
+    }
+    let mut params = TlsParameters::builder(smtp.server.clone());
+    if let Some(file) = &smtp.ca_file {
+        let path = farm.resolve(file);
+        let pem = std::fs::read(&path).map_err(|e| format!("[smtp] ca_file {}: {e}", path.display()))?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| format!("[smtp] ca_file {}: {e}", path.display()))?;
+        params = params.add_root_certificate(cert);
+    }
+    let params = params.build_rustls().map_err(|e| e.to_string())?;
+    Ok(builder.tls(match smtp.security {
+        SmtpSecurity::Tls => Tls::Wrapper(params),
+        _ => Tls::Required(params),
+    }))
 }

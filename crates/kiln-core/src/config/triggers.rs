@@ -58,6 +58,9 @@ pub struct Smtp {
     pub from: String,
     pub username: Option<String>,
     pub password: Option<SecretRef>,
+    /// PEM file of the certificate authorities that vouch for the server
+    /// (a relay with a private CA); the public web roots when absent.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +123,7 @@ impl Notifier {
 
 pub(super) const HOOK_KEYS: &[&str] = &["github", "gitlab", "gitea"];
 const FORGE_HOOK_KEYS: &[&str] = &["secret_file", "secret", "status_token_file", "status_token", "api_url"];
-const SMTP_KEYS: &[&str] = &["server", "port", "security", "from", "username", "password"];
+const SMTP_KEYS: &[&str] = &["server", "port", "security", "from", "username", "password", "ca_file"];
 const IRC_KEYS: &[&str] = &["server", "tls", "nick", "password", "channels"];
 pub(super) const NOTIFY_KEYS: &[&str] =
     &["name", "on", "components", "webhook", "secret_file", "email", "email_requester", "irc"];
@@ -365,7 +368,8 @@ pub(super) fn read_smtp(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> O
     if password.is_some() != username.is_some() {
         r.err(&span, "[smtp] needs both `username` and `password` (or neither)");
     }
-    Some(Smtp { server: server?, port: port?, security: security?, from: from?, username, password })
+    let ca_file = r.string(tbl, "ca_file", "[smtp]").map(|c| c.0);
+    Some(Smtp { server: server?, port: port?, security: security?, from: from?, username, password, ca_file })
 }
 
 fn check_irc_channel(c: &str) -> bool {
