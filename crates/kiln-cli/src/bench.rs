@@ -147,7 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut procs = Procs(Vec::new());
     let master_log = std::fs::File::create(dir.path().join("master.log"))?;
     let master = Command::new(&exe)
-        .args(["master", "--config"])
+        .args(["master", "--allow-root", "--config"])
         .arg(dir.path().join("farm.toml"))
         .stdout(Stdio::null())
         .stderr(master_log)

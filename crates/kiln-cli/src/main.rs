@@ -58,6 +58,9 @@ enum Command {
     Master {
         #[arg(long, short)]
         config: PathBuf,
+        /// Run even as root (not recommended: the master needs no privileges).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Run a worker that dials the master and builds.
     Worker {
@@ -227,7 +230,14 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Master { config } => {
+        Command::Master { config, allow_root } => {
+            if !allow_root && running_as_root() {
+                anyhow::bail!(
+                    "kiln master refuses to run as root: it needs no privileges (its own ports, its data dir), \
+                     and a root master is a risk and fails in subtle ways (files other users cannot change). \
+                     Run it as its own user, or pass --allow-root if you really must"
+                );
+            }
             let mut m = kiln_master::start(&config).await?;
             eprintln!("kiln master: web and API on http://{}, workers on {}", m.http_addr, m.worker_addr);
             eprintln!("kiln master: admin token in {}", m.admin_token_path.display());
@@ -319,6 +329,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether this process runs as root: `/proc/self` belongs to the effective user.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 async fn shutdown_signal() {

@@ -13,6 +13,11 @@ mod packages;
 
 pub use packages::{PackageRow, SnapshotRow};
 
+/// The schema version this build of kiln migrates a database to.
+pub fn latest_schema_version() -> i64 {
+    migrations::MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
 use futures::TryStreamExt;
 use kiln_core::props::Properties;
 use kiln_core::{BuildState, StepState};

@@ -158,7 +158,8 @@ impl Farm {
         let mut cmd = match umask {
             None => {
                 let mut c = Command::new(&self.bin);
-                c.arg("master").arg("--config").arg(&self.config);
+                // Tests run as root in CI; the master refuses that unless told.
+                c.arg("master").arg("--allow-root").arg("--config").arg(&self.config);
                 c
             }
             Some(mask) => {
