@@ -1089,3 +1089,38 @@ fn the_master_refuses_to_run_as_root_unless_allowed() {
         .collect();
     assert!(!entries.iter().any(|e| e == "data"), "{entries:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_steps_and_are_masked_in_logs_even_when_split() {
+    let token = "tok-7f3a9c21e5";
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "deploy"
+secrets = { API_TOKEN = { file = "secrets/api.token" } }
+steps = [
+  { name = "use", run = "test \"$API_TOKEN\" = tok-7f3a9c21e5 && echo \"token is $API_TOKEN\"" },
+  { name = "split", run = "printf 'half: %s' \"${API_TOKEN%%9*}\"; sleep 0.4; printf '%s\\n' \"9${API_TOKEN#*9}\"" },
+  { name = "leak", run = "echo \"$API_TOKEN\"", set_property = "leaked" },
+]
+"#;
+    let farm =
+        Farm::running(KILN.as_ref(), &config, &[("secrets/api.token", &format!("{token}\n"))], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["deploy"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{:?}", b.reason);
+    assert_eq!(client.log(id, "use", 0).await.expect("log").data, "token is ***\n");
+    // The value left the step in two writes 0.4 s apart, flushed separately.
+    assert_eq!(client.log(id, "split", 0).await.expect("log").data, "half: ***\n");
+    assert_eq!(b.properties["leaked"].value, "***");
+    let shown = serde_json::to_string(&client.build(id).await.expect("build")).expect("json");
+    assert!(!shown.contains(token), "{shown}");
+    assert!(!farm.master_log().contains(token) && !farm.worker_log("w1").contains(token));
+    // A secret that cannot be read fails the build, naming the file, not a value.
+    std::fs::remove_file(farm.path("secrets/api.token")).expect("rm");
+    let id = client.create_builds(&request(&["deploy"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Failed);
+    assert!(b.reason.as_deref().is_some_and(|r| r.contains("secret API_TOKEN of component deploy")), "{:?}", b.reason);
+}

@@ -228,6 +228,8 @@ pub struct Component {
     /// Dependencies whose publish triggers a rebuild of this component on
     /// the same target (as the Open Build Service rebuilds dependents).
     pub rebuild_after: Vec<String>,
+    /// Secrets its steps get as environment variables (masked in logs).
+    pub secrets: BTreeMap<String, SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +345,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "cpus",
     "collapse",
     "rebuild_after",
+    "secrets",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -563,6 +566,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     r.err(&dspan, format!("{what}: `rebuild_after` names {dep:?}, which is not in its `depends_on`"));
                 }
             }
+            let secrets = triggers::read_step_secrets(&mut r, tbl, &what);
             dep_spans.insert(name.clone(), depends.clone());
             component_spans.insert(name.clone(), nspan.clone());
             components.push(Component {
@@ -580,6 +584,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 millicpus,
                 collapse,
                 rebuild_after,
+                secrets,
             });
         }
     }

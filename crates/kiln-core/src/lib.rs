@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod names;
 pub mod pipeline;
 pub mod props;
+pub mod redact;
 pub mod rpmspec;
 pub mod schedule;
 pub mod size;

@@ -896,6 +896,7 @@ impl Dispatcher {
                     millicpus: None,
                     collapse: false,
                     rebuild_after: Vec::new(),
+                    secrets: Default::default(),
                 };
                 &uploaded
             }
@@ -955,6 +956,18 @@ impl Dispatcher {
                 always_run: s.always_run,
             })
             .collect();
+        let mut secrets = BTreeMap::new();
+        for (var, r) in &component.secrets {
+            match farm.secret(r, &format!("secret {var} of component {}", component.name)) {
+                Ok(v) => {
+                    secrets.insert(var.clone(), v);
+                }
+                Err(e) => {
+                    self.fail_unstarted(id, &format!("{e:#}")).await;
+                    return;
+                }
+            }
+        }
         let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
         match self.shared.store.claim(id, worker, now_us(), &names).await {
             Ok(true) => {}
@@ -988,6 +1001,7 @@ impl Dispatcher {
             memory_bytes: component.memory,
             cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
             env: self.repo_env(&farm.cfg, &q.target, &q.properties),
+            secrets: kiln_proto::wire::Secrets(secrets),
         };
         self.set_state(id, BuildState::Running);
         tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");

@@ -149,6 +149,21 @@ pub struct Job {
     /// package repository for build roots (`KILN_APT_SOURCE`, `KILN_APT_KEY`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret values for the steps' environment; masked in every log.
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+/// Secret values by environment variable. Their `Debug` form names the
+/// variables only, so a logged job never shows a value.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -165,7 +165,7 @@ impl Farm {
             Some(mask) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("umask {mask:03o}; exec \"$0\" master --config \"$1\""))
+                    .arg(format!("umask {mask:03o}; exec \"$0\" master --allow-root --config \"$1\""))
                     .arg(&self.bin)
                     .arg(&self.config);
                 c

@@ -56,6 +56,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
                 None
             }
         };
+    let redactor = kiln_core::redact::Redactor::new(job.secrets.0.values().map(String::as_str));
     for (i, step) in job.steps.iter().enumerate() {
         let idx = i as u32;
         let cancelled = *ctx.cancel.borrow();
@@ -71,7 +72,8 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             continue;
         }
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
-        let scope = BuildScope { job: &job, dir: &dir, grace, build_deadline, cgroup: cgroup.as_ref() };
+        let scope =
+            BuildScope { job: &job, dir: &dir, grace, build_deadline, cgroup: cgroup.as_ref(), redactor: &redactor };
         let r = run_step(&scope, idx, step, &props, &mut ctx).await;
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
@@ -202,6 +204,8 @@ struct LogSender<'a> {
     step: u32,
     offset: u64,
     pending: Vec<u8>,
+    /// Masks the build's secrets, also when split across reads.
+    redactor: &'a kiln_core::redact::Redactor,
 }
 
 impl LogSender<'_> {
@@ -222,8 +226,16 @@ impl LogSender<'_> {
         }
         let keep = if last { 0 } else { incomplete_tail(&self.pending) };
         let cut = self.pending.len() - keep;
-        let text = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
-        self.pending.drain(..cut);
+        let text = if self.redactor.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
+            self.pending.drain(..cut);
+            text
+        } else {
+            // A tail that may be the start of a secret waits for what follows.
+            let (masked, used) = self.redactor.split(&self.pending[..cut], last);
+            self.pending.drain(..used);
+            String::from_utf8_lossy(&masked).into_owned()
+        };
         if text.is_empty() {
             return;
         }
@@ -261,6 +273,8 @@ struct BuildScope<'a> {
     build_deadline: Option<(Instant, Duration)>,
     /// The build's memory and CPU limits, when it has any.
     cgroup: Option<&'a crate::cgroup::BuildCgroup>,
+    /// Masks the build's secrets in its logs and properties.
+    redactor: &'a kiln_core::redact::Redactor,
 }
 
 async fn run_step(
@@ -270,8 +284,15 @@ async fn run_step(
     props: &BTreeMap<String, String>,
     ctx: &mut BuildContext,
 ) -> StepResult {
-    let BuildScope { job, dir, grace, build_deadline, cgroup } = *scope;
-    let mut log = LogSender { out: &ctx.out, build_id: job.build_id, step: idx, offset: 0, pending: Vec::new() };
+    let BuildScope { job, dir, grace, build_deadline, cgroup, redactor } = *scope;
+    let mut log = LogSender {
+        out: &ctx.out,
+        build_id: job.build_id,
+        step: idx,
+        offset: 0,
+        pending: Vec::new(),
+        redactor: scope.redactor,
+    };
     let mut result = StepResult {
         build_id: job.build_id,
         step: idx,
@@ -302,6 +323,7 @@ async fn run_step(
         ("KILN_EXE".into(), std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "kiln".into())),
     ];
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(job.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));
     for (k, v) in &step.env {
         match interpolate(v, lookup) {
@@ -418,7 +440,7 @@ async fn run_step(
         None if code == Some(0) => {
             result.state = StepState::Succeeded;
             if let Some(name) = &step.set_property {
-                let value = String::from_utf8_lossy(&stdout).trim().to_string();
+                let value = redactor.redact(String::from_utf8_lossy(&stdout).trim());
                 result.property = Some((name.clone(), value));
             }
         }

@@ -271,6 +271,43 @@ pub(super) fn read_secret(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &st
     refs.pop()
 }
 
+/// A component's `secrets = { VAR = { file = "..." }, ... }`: environment
+/// variables its steps get, their values masked in logs.
+pub(super) fn read_step_secrets(
+    r: &mut Reader<'_>,
+    tbl: Tbl<'_>,
+    what: &str,
+) -> std::collections::BTreeMap<String, SecretRef> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(item) = tbl.t.get("secrets") else { return out };
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(
+            &span,
+            format!("`secrets` of {what} must be a table like {{ API_TOKEN = {{ file = \"secrets/api.token\" }} }}"),
+        );
+        return out;
+    };
+    let st = Tbl { t, span: &span };
+    let names: Vec<(String, Span)> = t.iter().map(|(k, v)| (k.to_string(), v.span())).collect();
+    for (name, nspan) in names {
+        let ok = name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && !name.starts_with("KILN_");
+        if !ok {
+            r.err(
+                &nspan,
+                format!("`secrets` of {what}: {name:?} is not an environment variable name (A-Z, 0-9, _; not KILN_*)"),
+            );
+            continue;
+        }
+        if let Some(s) = read_secret(r, st, &name, &format!("secret {name} of {what}")) {
+            out.insert(name, s);
+        }
+    }
+    out
+}
+
 fn http_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
     let (u, uspan) = r.string(tbl, key, what)?;
     if (u.starts_with("http://") || u.starts_with("https://")) && !u.chars().any(char::is_whitespace) {
