@@ -3,7 +3,7 @@
 
 use kiln_core::{BuildState, StepState};
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{run, wait_for, Farm, Proxy};
+use kiln_testing::{run, wait_for, Farm, Proxy, ONE_WORKER};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -502,17 +502,6 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines[1], format!("{file}:38:27: component \"opencore\" depends on itself"));
     assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, spec, timeout, no_output_timeout, memory, cpus, collapse, rebuild_after, secrets"));
 }
-
-/// One worker `w1` and one target `t`; tests add their components.
-const ONE_WORKER: &str = "
-[[worker]]
-name = \"w1\"
-token_file = \"secrets/w1.token\"
-
-[[target]]
-name = \"t\"
-family = \"deb\"
-";
 
 /// A farm of two workers, one target `t` and one component `job` whose only
 /// step (`run`) runs `run`.

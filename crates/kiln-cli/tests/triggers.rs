@@ -6,7 +6,7 @@
 use kiln_client::BuildQuery;
 use kiln_core::BuildState;
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{free_addr, http_recorder, wait_for, Farm};
+use kiln_testing::{free_addr, http_recorder, wait_for, Farm, ONE_WORKER};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,16 +165,6 @@ async fn all_builds(farm: &Farm) -> Vec<kiln_proto::api::Build> {
     farm.client().builds(&BuildQuery { limit: Some(100), ..Default::default() }).await.expect("builds").builds
 }
 
-const WORKER: &str = r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[target]]
-name = "t"
-family = "deb"
-"#;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_github_push_builds_the_touched_components_at_the_pushed_revision() {
     let host = GitHost::start().await;
@@ -206,7 +196,7 @@ async fn a_signed_github_push_builds_the_touched_components_at_the_pushed_revisi
     let (api, mut statuses) = http_recorder().await;
     let url = host.url("mono");
     let config = format!(
-        r#"{WORKER}
+        r#"{ONE_WORKER}
 [[component]]
 name = "libgrace"
 source = {{ git = "{url}", branch = "main", subdir = "libgrace" }}
@@ -366,7 +356,7 @@ async fn polling_builds_new_commits_that_touch_a_component() {
     host.commit(&mono, &[("libgrace/grace.c", "GRACE 1\n"), ("docs/README.md", "docs\n")], "first");
     let url = host.url("mono");
     let config = format!(
-        r#"{WORKER}
+        r#"{ONE_WORKER}
 [[component]]
 name = "libgrace"
 source = {{ git = "{url}", subdir = "libgrace", poll = "10s" }}
@@ -539,7 +529,7 @@ async fn failures_and_fixes_are_mailed_and_announced_on_irc_which_answers_status
     let (_irc, irc_addr) = irc_server(scratch.path()).await;
     let (_smtp, smtp_addr, maildir, ca) = smtp_server(scratch.path()).await;
     let config = format!(
-        r##"{WORKER}
+        r##"{ONE_WORKER}
 [[component]]
 name = "flaky"
 steps = [ {{ name = "compile", run = "echo compiling; echo 'error: it is broken' >&2; test \"$KILN_PROP_OUTCOME\" = good" }} ]

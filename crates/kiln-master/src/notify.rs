@@ -7,7 +7,7 @@
 
 use crate::shared::Shared;
 use hmac::{Hmac, Mac};
-use kiln_core::config::{Notifier, NotifyVia, Smtp, SmtpSecurity};
+use kiln_core::config::{Notifier, NotifyVia, SecretRef, Smtp, SmtpSecurity};
 use kiln_core::{BuildState, StepState};
 use kiln_db::{BuildFilter, BuildRow};
 use sha2::Sha256;
@@ -44,7 +44,8 @@ async fn send_all(shared: Arc<Shared>, id: i64) {
     if farm.cfg.notifiers.is_empty() {
         return;
     }
-    let previous = previous_result(&shared, &b).await;
+    // Only `fixed` needs the builder's previous result.
+    let previous = if farm.cfg.notifiers.iter().any(|n| n.fixed) { previous_result(&shared, &b).await } else { None };
     let fixed = b.state == BuildState::Succeeded && previous == Some(BuildState::Failed);
     let wanted: Vec<&Notifier> =
         farm.cfg.notifiers.iter().filter(|n| n.wants(&b.component, b.state, previous)).collect();
@@ -108,7 +109,18 @@ fn requester_address(b: &BuildRow) -> Option<String> {
     ok.then_some(candidate)
 }
 
-async fn retry<F, Fut>(name: &str, what: &str, mut attempt_once: F)
+/// Sends one HTTP request (a copy, so it can be sent again); any 2xx is success.
+pub(crate) async fn send_http(req: Option<reqwest::RequestBuilder>) -> Result<(), String> {
+    let req = req.ok_or("the request cannot be sent again")?;
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(format!("refused: {}", resp.status())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs `attempt_once` up to [`ATTEMPTS`] times, 1 s then 2 s apart, until it succeeds.
+pub(crate) async fn retry<F, Fut>(name: &str, what: &str, mut attempt_once: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -117,7 +129,7 @@ where
     for attempt in 1..=ATTEMPTS {
         match attempt_once().await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(notifier = %name, error = %e, attempt, "{what} not delivered"),
+            Err(e) => tracing::warn!(to = %name, error = %e, attempt, "{what} not delivered"),
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(delay).await;
@@ -161,7 +173,7 @@ async fn webhook(
     };
     let mut req = http.post(url).header("content-type", "application/json").header("x-kiln-event", "build_finished");
     if let Some(file) = secret_file {
-        match std::fs::read_to_string(farm.resolve(file)) {
+        match farm.secret(&SecretRef::File(file.to_string()), &format!("notifier {}'s secret", n.name)) {
             Ok(secret) => {
                 let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes()) else { return };
                 mac.update(body.as_bytes());
@@ -174,18 +186,7 @@ async fn webhook(
             }
         }
     }
-    retry(&n.name, "notification", || {
-        let r = req.try_clone().map(|r| r.body(body.clone()));
-        async move {
-            let r = r.ok_or("request cannot be sent again")?;
-            match r.send().await {
-                Ok(resp) if resp.status().is_success() => Ok(()),
-                Ok(resp) => Err(format!("refused: {}", resp.status())),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await;
+    retry(&n.name, "notification", || send_http(req.try_clone().map(|r| r.body(body.clone())))).await;
 }
 
 /// The failing step's name and the last lines of its log.

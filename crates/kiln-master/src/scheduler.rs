@@ -130,11 +130,18 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
     if s.only_if_changed {
         let farm = shared.farm();
         let before = shared.store.schedule_fingerprints(&s.name).await.unwrap_or_default();
+        let mut tips = std::collections::HashMap::new();
         for c in farm.cfg.components.iter().filter(|c| s.components.is_empty() || s.components.contains(&c.name)) {
             let mut fp = fingerprint(&farm, c);
             if let Some(kiln_core::config::Source::Git(g)) = &c.source {
-                // A git source changed when its branch points elsewhere.
-                match crate::poller::remote_tip(&g.url, &g.branch).await {
+                // A git source changed when its branch points elsewhere
+                // (asked once per repository and branch, however many components share it).
+                let key = (g.url.clone(), g.branch.clone());
+                if !tips.contains_key(&key) {
+                    let tip = crate::poller::remote_tip(&g.url, &g.branch).await;
+                    tips.insert(key.clone(), tip);
+                }
+                match &tips[&key] {
                     Ok(tip) => fp.push_str(&format!(" {tip}")),
                     Err(e) => {
                         tracing::warn!(schedule = %s.name, component = %c.name, error = %e, "cannot read the branch tip; building")

@@ -10,9 +10,6 @@ use kiln_db::BuildRow;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Attempts per status, with 1 s then 2 s between them.
-const ATTEMPTS: u32 = 3;
-
 struct Target {
     forge: String,
     hook: ForgeHook,
@@ -129,17 +126,6 @@ async fn send(shared: &Arc<Shared>, b: &BuildRow, end: Option<BuildState>) {
             http.post(url).header("authorization", auth).header("accept", "application/vnd.github+json").json(&body)
         }
     };
-    let mut delay = Duration::from_secs(1);
-    for attempt in 1..=ATTEMPTS {
-        let Some(r) = req.try_clone() else { return };
-        match r.send().await {
-            Ok(resp) if resp.status().is_success() => return,
-            Ok(resp) => tracing::warn!(build = b.id, status = %resp.status(), attempt, "commit status refused"),
-            Err(e) => tracing::warn!(build = b.id, error = %e, attempt, "commit status not sent"),
-        }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-    }
+    let name = format!("{} commit status of build {}", t.forge, b.id);
+    crate::notify::retry(&name, "commit status", || crate::notify::send_http(req.try_clone())).await;
 }

@@ -29,6 +29,18 @@ pub struct Farm {
     workers: HashMap<String, Child>,
 }
 
+/// A worker `w1` (token in `secrets/w1.token`) and a target `t`: the start
+/// of most test configs.
+pub const ONE_WORKER: &str = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+"#;
+
 /// Default master settings for tests: short timeouts so lost workers are
 /// noticed quickly.
 pub const TEST_MASTER_EXTRA: &str = "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\n";

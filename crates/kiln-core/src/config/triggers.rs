@@ -311,7 +311,7 @@ pub(super) fn read_step_secrets(
 fn http_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
     let (u, uspan) = r.string(tbl, key, what)?;
     if (u.starts_with("http://") || u.starts_with("https://")) && !u.chars().any(char::is_whitespace) {
-        Some(u.trim_end_matches('/').to_string())
+        Some(u)
     } else {
         r.err(&uspan, format!("`{key}` of {what} must be an http:// or https:// URL"));
         None
@@ -342,7 +342,8 @@ pub(super) fn read_hooks(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> 
             r.err(&fspan, format!("{what} needs `secret_file` (deliveries are checked with it)"));
         }
         let status_token = read_secret(r, tbl, "status_token", &what);
-        let api_url = http_url(r, tbl, "api_url", &what);
+        // A base the API paths are appended to.
+        let api_url = http_url(r, tbl, "api_url", &what).map(|u| u.trim_end_matches('/').to_string());
         if status_token.is_some() && api_url.is_none() && forge != "github" {
             r.err(&fspan, format!("{what} has a `status_token` but no `api_url` (the instance's address)"));
         }
