@@ -139,6 +139,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             workdir: dir.join("workers").join(w),
             tls_ca: None,
             refresh_roots: false,
+            root_cache: None,
+            tls_identity: None,
         };
         workers.spawn(kiln_worker::run(opts));
     }

@@ -4,12 +4,14 @@
 mod bench;
 mod bench_repo;
 mod bench_ui;
+mod cert_cmds;
 mod client_cmds;
 mod demo;
 mod follow;
 mod output;
 mod release;
 mod repo_cmds;
+mod user_cmds;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +37,9 @@ pub struct Remote {
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust this CA certificate (PEM) for an https:// master with a private CA.
+    #[arg(long, env = "KILN_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Remote {
@@ -48,7 +53,13 @@ impl Remote {
             ),
             None => std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty()),
         };
-        Ok(kiln_client::Client::new(&self.url, token)?)
+        match &self.ca_cert {
+            Some(ca) => {
+                let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+                Ok(kiln_client::Client::with_ca(&self.url, token, &pem)?)
+            }
+            None => Ok(kiln_client::Client::new(&self.url, token)?),
+        }
     }
 }
 
@@ -69,9 +80,10 @@ enum Command {
         master: String,
         #[arg(long)]
         name: String,
-        /// File holding this worker's token (as named in the master's config).
+        /// File holding this worker's token (as named in the master's config);
+        /// not needed with a client certificate.
         #[arg(long)]
-        token_file: PathBuf,
+        token_file: Option<PathBuf>,
         /// Targets this worker builds, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         targets: Vec<String>,
@@ -84,9 +96,19 @@ enum Command {
         /// Connect over TLS, trusting this CA certificate (PEM).
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// Log in with this client certificate (PEM, from the workers' CA; needs --tls-ca and --tls-key).
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Make every target's build root again instead of using the cached ones.
         #[arg(long)]
         refresh_roots: bool,
+        /// Keep cached build roots here instead of under the work dir;
+        /// workers on one host may share the dir (they take turns making a root).
+        #[arg(long)]
+        root_cache: Option<PathBuf>,
     },
     /// Check a farm config; print every problem as file:line:col.
     Checkconfig { config: PathBuf },
@@ -137,6 +159,15 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Key(repo_cmds::KeyCommand),
+    /// Certificates for TLS: a CA, and certificates for workers, users and the master.
+    #[command(subcommand)]
+    Cert(cert_cmds::CertCommand),
+    /// Users and their permissions: add, list, remove.
+    #[command(subcommand)]
+    User(user_cmds::UserCommand),
+    /// API tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(user_cmds::TokenCommand),
     /// Start a demo farm (master + two workers) and build the example components.
     Demo(demo::DemoArgs),
     /// Measure throughput, latency and memory with real processes; writes JSON.
@@ -167,6 +198,9 @@ enum Internal {
         /// Seconds after which the cached root is made again.
         #[arg(long, default_value_t = 15 * 86400)]
         max_age: u64,
+        /// Only make sure the cached tarball is fresh (sbuild unpacks it).
+        #[arg(long)]
+        tarball_only: bool,
     },
     /// Install build dependencies into the root.
     DebDeps,
@@ -174,6 +208,12 @@ enum Internal {
     DebBuild {
         #[arg(long, default_value = "bwrap")]
         executor: String,
+        /// The distribution (sbuild).
+        #[arg(long)]
+        suite: Option<String>,
+        /// The architecture to build for (sbuild).
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Make the source RPM (nightly release unless release=true); print VERSION-RELEASE.
     RpmSource {
@@ -184,6 +224,9 @@ enum Internal {
     RpmBuild {
         #[arg(long, default_value = "bwrap")]
         executor: String,
+        /// The mock configuration (`mock -r`) for the mock executor.
+        #[arg(long)]
+        mock_config: Option<String>,
     },
     /// Check a git revision out into the work dir; print the commit id.
     GitCheckout {
@@ -250,11 +293,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { master, name, token_file, targets, slots, workdir, tls_ca, refresh_roots } => {
-            let token = std::fs::read_to_string(&token_file)
-                .with_context(|| format!("cannot read the token file {}", token_file.display()))?
-                .trim()
-                .to_string();
+        Command::Worker {
+            master,
+            name,
+            token_file,
+            targets,
+            slots,
+            workdir,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            refresh_roots,
+            root_cache,
+        } => {
+            let token = match &token_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the token file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                None if tls_cert.is_some() => String::new(),
+                None => anyhow::bail!("a worker needs --token-file, or --tls-cert and --tls-key"),
+            };
             let opts = kiln_worker::WorkerOptions {
                 master,
                 name,
@@ -263,7 +322,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 slots: slots.max(1),
                 workdir,
                 tls_ca,
+                tls_identity: tls_cert.zip(tls_key),
                 refresh_roots,
+                root_cache,
             };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,
@@ -306,6 +367,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Release(args) => release::release(args).await,
         Command::Repo(cmd) => repo_cmds::repo(cmd).await,
         Command::Key(cmd) => repo_cmds::key(cmd),
+        Command::Cert(cmd) => cert_cmds::cert(cmd),
+        Command::User(cmd) => user_cmds::user(cmd).await,
+        Command::Token(cmd) => user_cmds::token(cmd).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchUi(args) => bench_ui::run(args).await,
@@ -314,14 +378,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             use kiln_worker::pipeline;
             match cmd {
                 Internal::DebSource => pipeline::deb_source()?,
-                Internal::DebRoot { suite, mirror, components, arch, max_age } => {
+                Internal::DebRoot { suite, mirror, components, arch, max_age, tarball_only } => {
                     let max_age = std::time::Duration::from_secs(max_age);
-                    pipeline::deb_root(&pipeline::RootOptions { suite, mirror, components, arch, max_age })?
+                    let o = pipeline::RootOptions { suite, mirror, components, arch, max_age, tarball_only };
+                    pipeline::deb_root(&o)?
                 }
                 Internal::DebDeps => pipeline::deb_deps()?,
-                Internal::DebBuild { executor } => pipeline::deb_build(&executor)?,
+                Internal::DebBuild { executor, suite, arch } => {
+                    pipeline::deb_build(&executor, suite.as_deref(), arch.as_deref())?
+                }
                 Internal::RpmSource { spec } => pipeline::rpm_source(spec.as_deref())?,
-                Internal::RpmBuild { executor } => pipeline::rpm_build(&executor)?,
+                Internal::RpmBuild { executor, mock_config } => pipeline::rpm_build(&executor, mock_config.as_deref())?,
                 Internal::GitCheckout { url, branch, subdir, submodules } => {
                     kiln_worker::checkout::git_checkout(&url, &branch, subdir.as_deref(), submodules)?
                 }

@@ -587,6 +587,117 @@ async fn workers_connect_over_tls() {
     assert!(!connected, "a plain-TCP worker must not get through the TLS port");
 }
 
+/// `kiln cert` makes three CAs (server, workers, users); the master serves
+/// HTTPS, and a worker logs in with its certificate alone. A user's
+/// certificate, or a worker certificate naming another worker, gets nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_and_worker_certificates_from_separate_cas() {
+    use std::os::unix::fs::PermissionsExt;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let at = |p: &str| certs.path().join(p).display().to_string();
+    let kiln = |args: &[&str]| {
+        let (code, out, err) = run(std::process::Command::new(KILN).args(args)).expect("kiln cert");
+        assert_eq!(code, 0, "kiln {args:?}: {err}");
+        out
+    };
+    for (name, dir) in [("farm server", "sca"), ("farm workers", "wca"), ("farm users", "uca")] {
+        kiln(&["cert", "ca", "--name", name, "--out", &at(dir)]);
+    }
+    kiln(&["cert", "issue", "--ca", &at("sca"), "--server", "127.0.0.1,localhost", "--out", &at("tls")]);
+    kiln(&["cert", "issue", "--ca", &at("wca"), "--worker", "w2", "--out", &at("wc")]);
+    kiln(&["cert", "issue", "--ca", &at("wca"), "--worker", "w3", "--out", &at("wc")]);
+    let user_pem = kiln(&["cert", "issue", "--ca", &at("uca"), "--user", "ann@example.org", "--out", &at("uc")]);
+    assert_eq!(user_pem.trim(), at("uc/ann@example.org.pem"));
+    for key in ["sca/ca.key", "wca/ca.key", "tls/127.0.0.1.key", "wc/w2.key", "uc/ann@example.org.key"] {
+        let mode = std::fs::metadata(at(key)).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let (code, _, err) = run(std::process::Command::new(KILN).args([
+        "cert",
+        "issue",
+        "--ca",
+        &at("nowhere"),
+        "--worker",
+        "w9",
+        "--out",
+        &at("x"),
+    ]))
+    .expect("kiln cert");
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read") && err.contains("ca.pem"), "{err}");
+
+    let (cert, key) = (at("tls/127.0.0.1.pem"), at("tls/127.0.0.1.key"));
+    let config = format!(
+        "[master]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
+         worker_tls = {{ cert = \"{cert}\", key = \"{key}\", client_ca = \"{}\" }}\n\
+         [[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\
+         [[worker]]\nname = \"w2\"\n\
+         [[target]]\nname = \"t\"\nfamily = \"deb\"\n\
+         [[component]]\nname = \"job\"\nsteps = [ {{ name = \"run\", run = \"echo on $KILN_WORKER\" }} ]\n",
+        at("wca/ca.pem")
+    );
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.web_ca = Some(at("sca/ca.pem").into());
+    farm.start_master().await;
+    assert!(farm.url().starts_with("https://"));
+    // Plain HTTP to the HTTPS port gets no answer.
+    let plain = reqwest::get(format!("http://{}/api/v1/status", farm.http)).await;
+    assert!(plain.is_err() || !plain.as_ref().is_ok_and(|r| r.status().is_success()), "{plain:?}");
+
+    // w2 has no token: its certificate is its login.
+    let tls_ca = at("sca/ca.pem");
+    let w2 = ["--tls-ca", tls_ca.as_str(), "--tls-cert", &at("wc/w2.pem"), "--tls-key", &at("wc/w2.key")];
+    farm.start_worker_with("w2", &["t"], 1, &w2);
+    farm.wait_for_workers(&["w2"]).await;
+    let client = farm.client();
+    let id = client
+        .create_builds(&BuildRequestBody { components: vec!["job".into()], ..Default::default() })
+        .await
+        .expect("create over https")
+        .builds[0]
+        .id;
+    let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+    assert_eq!(b.state, BuildState::Succeeded);
+    assert_eq!(client.log(id, "run", 0).await.expect("log").data, "on w2\n");
+
+    // w3's certificate claiming to be w1 (no token): refused by name.
+    std::fs::remove_file(farm.path("secrets/w1.token")).expect("no token for this try");
+    let w3 = ["--tls-ca", tls_ca.as_str(), "--tls-cert", &at("wc/w3.pem"), "--tls-key", &at("wc/w3.key")];
+    farm.start_worker_with("w1", &["t"], 1, &w3);
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            farm.master_log().contains("refused a worker: its certificate names another")
+        })
+        .await,
+        "{}",
+        farm.master_log()
+    );
+    farm.kill_worker("w1");
+    // A user's certificate (another CA) cannot connect as a worker at all.
+    let user = [
+        "--tls-ca",
+        tls_ca.as_str(),
+        "--tls-cert",
+        &at("uc/ann@example.org.pem"),
+        "--tls-key",
+        &at("uc/ann@example.org.key"),
+    ];
+    farm.start_worker_with("w1", &["t"], 1, &user);
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            farm.master_log().contains("TLS handshake with a worker failed")
+        })
+        .await,
+        "{}",
+        farm.master_log()
+    );
+    let ws = client.workers().await.expect("workers");
+    assert!(
+        ws.iter().any(|w| w.name == "w2" && w.connected) && !ws.iter().any(|w| w.name == "w1" && w.connected),
+        "{ws:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_farm_runs_on_postgresql() {
     let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

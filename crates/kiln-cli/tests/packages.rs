@@ -4,7 +4,7 @@
 
 use kiln_core::{BuildState, StepState};
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{host_debian_mirror, run, Farm};
+use kiln_testing::{host_debian_mirror, run, wait_for, Farm};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -48,40 +48,9 @@ fn hello_request(release: bool) -> BuildRequestBody {
 
 const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from kiln\"); return 0; }\n";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_debian_source_tree_builds_into_debs_in_a_clean_cached_root() {
-    let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
-    let config = format!(
-        r#"
-[[worker]]
-name = "w1"
-token_file = "secrets/w1.token"
-
-[[target]]
-name = "debian-{suite}-amd64"
-family = "deb"
-suite = "{suite}"
-arch = "amd64"
-mirror = "{mirror}"
-
-[[component]]
-name = "kiln-hello"
-source = {{ path = "src/kiln-hello" }}
-
-[[component]]
-name = "kiln-slow"
-source = {{ path = "src/kiln-slow" }}
-
-[[component]]
-name = "kiln-greeting"
-source = {{ path = "src/kiln-greeting" }}
-
-[[component]]
-name = "kiln-greeter"
-source = {{ path = "src/kiln-greeter" }}
-depends_on = ["kiln-greeting"]
-"#
-    );
+/// The Debian source trees the deb tests build: kiln-hello, a slow one to
+/// cancel, a library (a header) and a program that build-depends on it.
+fn deb_sources() -> Vec<(String, String)> {
     // A library (a header, here) and a program that build-depends on it:
     // the program's build root gets the header from the farm's own repository.
     let greeting_control = CONTROL
@@ -119,14 +88,65 @@ depends_on = ["kiln-greeting"]
         ("src/kiln-greeter/debian/source/format", "3.0 (native)\n"),
         ("src/kiln-greeter/greeter.c", greeter_c),
     ];
-    let mut farm = Farm::new(KILN.as_ref(), &config, sources);
-    for tree in ["kiln-hello", "kiln-slow", "kiln-greeting", "kiln-greeter"] {
-        let rules = farm.path(&format!("src/{tree}/debian/rules"));
-        std::fs::set_permissions(&rules, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    sources.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect()
+}
+
+/// Where the deb tests' workers keep build roots: one cache for the test
+/// binary's farms (and for later runs), so the root is made once.
+fn shared_root_cache() -> String {
+    format!("{}/kiln-root-cache", env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A farm running the deb sources with one worker for `target`, whose
+/// root cache is shared.
+async fn deb_farm(config: &str, sources: &[(&str, &str)], target: &str) -> Farm {
+    let mut farm = Farm::new(KILN.as_ref(), config, sources);
+    for (path, _) in sources.iter().filter(|(p, _)| p.ends_with("debian/rules")) {
+        std::fs::set_permissions(farm.path(path), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
     farm.start_master().await;
-    farm.start_worker("w1", &[&format!("debian-{suite}-amd64")], 1);
+    farm.start_worker_with("w1", &[target], 1, &["--root-cache", &shared_root_cache()]);
     farm.wait_for_workers(&["w1"]).await;
+    farm
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debian_source_tree_builds_into_debs_in_a_clean_cached_root() {
+    let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
+    let config = format!(
+        r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "debian-{suite}-amd64"
+family = "deb"
+suite = "{suite}"
+arch = "amd64"
+mirror = "{mirror}"
+
+[[component]]
+name = "kiln-hello"
+source = {{ path = "src/kiln-hello" }}
+
+[[component]]
+name = "kiln-slow"
+source = {{ path = "src/kiln-slow" }}
+
+[[component]]
+name = "kiln-greeting"
+source = {{ path = "src/kiln-greeting" }}
+
+[[component]]
+name = "kiln-greeter"
+source = {{ path = "src/kiln-greeter" }}
+depends_on = ["kiln-greeting"]
+"#
+    );
+    let owned = deb_sources();
+    let sources: Vec<(&str, &str)> = owned.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let farm = deb_farm(&config, &sources, &format!("debian-{suite}-amd64")).await;
     let client = farm.client();
     let body = hello_request;
 
@@ -157,7 +177,10 @@ depends_on = ["kiln-greeting"]
     ] {
         assert!(artifact_names.contains(&wanted), "{wanted} missing from {artifact_names:?}");
     }
-    assert!(logs("root").await.contains("making the"), "the first build makes the root");
+    // The root cache is shared with the other tests' workers: whichever
+    // build comes first makes the root, the others wait for it and use it.
+    let first_root = logs("root").await;
+    assert!(first_root.contains("making the") || first_root.contains("using the cached"), "{first_root}");
 
     let dest = farm.path("fetched");
     let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dest)).expect("kiln fetch");
@@ -204,7 +227,7 @@ depends_on = ["kiln-greeting"]
     let prog = farm.wait_finished(prog_id, Duration::from_secs(600)).await;
     let deps_log = client.log(prog_id, "deps", 0).await.map(|c| c.data).unwrap_or_default();
     assert_eq!(prog.state, BuildState::Succeeded, "{prog:?}\n{deps_log}");
-    assert!(deps_log.contains("build root uses the farm's dev repository"), "{deps_log}");
+    assert!(deps_log.contains("build root uses repository dev: http://127.0.0.1:"), "{deps_log}");
     assert!(deps_log.contains("kiln-greeting-dev"), "{deps_log}");
     let pversion = prog.properties["version"].value.clone();
     let gdest = farm.path("greeter");
@@ -276,6 +299,114 @@ depends_on = ["kiln-greeting"]
     assert!(!mounts.contains(&farm.dir.path().display().to_string()), "no mount left under the farm");
 }
 
+/// sbuild's unshare mode over the shared cached tarball; the program's
+/// build-dependency comes from a target's extra repository (added by a
+/// config reload), since the release build's own channel lacks it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sbuild_builds_in_its_unshare_root_with_an_extra_repository() {
+    let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
+    let target = format!("debian-{suite}-sbuild");
+    let config = format!(
+        r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "{target}"
+family = "deb"
+suite = "{suite}"
+arch = "amd64"
+mirror = "{mirror}"
+executor = "sbuild"
+
+[[component]]
+name = "kiln-greeting"
+source = {{ path = "src/kiln-greeting" }}
+
+[[component]]
+name = "kiln-greeter"
+source = {{ path = "src/kiln-greeter" }}
+"#
+    );
+    let owned = deb_sources();
+    let sources: Vec<(&str, &str)> =
+        owned.iter().filter(|(p, _)| p.starts_with("src/kiln-greet")).map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let farm = deb_farm(&config, &sources, &target).await;
+    let client = farm.client();
+    let request = |component: &str, release: bool| BuildRequestBody {
+        components: vec![component.into()],
+        properties: if release { [("release".to_string(), "true".to_string())].into() } else { Default::default() },
+        ..Default::default()
+    };
+    let log_of = async |id: i64, step: &str| client.log(id, step, 0).await.map(|c| c.data).unwrap_or_default();
+
+    // The library, a nightly: published to dev.
+    let lib_id = client.create_builds(&request("kiln-greeting", false)).await.expect("create").builds[0].id;
+    let lib = farm.wait_finished(lib_id, Duration::from_secs(900)).await;
+    assert_eq!(lib.state, BuildState::Succeeded, "{lib:?}\n{}", log_of(lib_id, "build").await);
+    let names: Vec<&str> = lib.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["source", "root", "build"]);
+    let build_log = log_of(lib_id, "build").await;
+    assert!(build_log.contains("chroot-mode=unshare") || build_log.contains("Status: successful"), "{build_log}");
+    assert_eq!(lib.properties["published"].value, "2 to dev", "the .deb and the .dsc");
+
+    // dev's repository as an extra repository of the target, trusted by
+    // its key, through a config reload.
+    let base = farm.url();
+    let key = reqwest::get(format!("{base}/repos/dev/key.asc")).await.expect("key").text().await.expect("key");
+    std::fs::write(farm.path("dev.asc"), key).expect("write key");
+    let before = client.status().await.expect("status").config_generation;
+    let written = std::fs::read_to_string(&farm.config).expect("read config");
+    let with_repo = written.replace(
+        "executor = \"sbuild\"",
+        &format!(
+            "executor = \"sbuild\"\nrepositories = [{{ url = \"{base}/repos/dev/apt\", suite = \"{suite}\", key = \"dev.asc\" }}]"
+        ),
+    );
+    std::fs::write(&farm.config, with_repo).expect("write config");
+    farm.hup_master();
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            client.status().await.is_ok_and(|s| s.config_generation > before)
+        })
+        .await,
+        "the master reloads its config:\n{}",
+        farm.master_log()
+    );
+
+    // A release build of the program: its channel (stable) has no
+    // kiln-greeting-dev; the extra repository does.
+    let prog_id = client.create_builds(&request("kiln-greeter", true)).await.expect("create").builds[0].id;
+    let prog = farm.wait_finished(prog_id, Duration::from_secs(900)).await;
+    let prog_log = log_of(prog_id, "build").await;
+    assert_eq!(prog.state, BuildState::Succeeded, "{prog:?}\n{prog_log}");
+    assert!(
+        prog_log.contains(&format!("build root uses repository extra-1: {base}/repos/dev/apt {suite} main")),
+        "{prog_log}"
+    );
+    assert!(prog_log.contains("kiln-greeting-dev"), "{prog_log}");
+    assert_eq!(prog.properties["version"].value, "1.0");
+    let dest = farm.path("greeter");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &prog_id.to_string()]).arg(&dest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let packages = std::fs::read_to_string(dest.join("buildroot-packages.txt")).expect("package list");
+    assert!(packages.lines().any(|l| l.starts_with("kiln-greeting-dev=1.0~nightly")), "{packages}");
+    let unpacked = farm.path("greeter-unpacked");
+    let (code, _, err) = run(std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(dest.join("kiln-greeter_1.0_amd64.deb"))
+        .arg(&unpacked))
+    .expect("dpkg-deb");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(&mut std::process::Command::new(unpacked.join("usr/bin/kiln-greeter"))).expect("run it");
+    assert_eq!(out.trim(), "greetings from the farm's repository");
+    // sbuild unpacked its root in the build's scratch dir, removed with it.
+    for id in [lib_id, prog_id] {
+        assert!(!farm.path(&format!("workers/w1/builds/{id}.scratch")).exists(), "build {id} left its scratch dir");
+    }
+}
+
 const SPEC: &str = "Name:           kiln-hello
 Version:        1.0
 Release:        1%{?dist}
@@ -314,11 +445,23 @@ arch = "x86_64"
 [[component]]
 name = "kiln-hello"
 source = { path = "src/kiln-hello" }
+
+[[component]]
+name = "kiln-tree"
+source = { path = "src/kiln-tree" }
 "#;
+    // kiln-tree's spec names a Source0 tarball that is not in the tree:
+    // kiln makes it from the tree.
+    let tree_spec = SPEC
+        .replace("kiln-hello", "kiln-tree")
+        .replace("Source0:        hello.c", "Source0:        https://example.org/dl/%{name}-%{version}.tar.gz")
+        .replace("cp %{SOURCE0} .", "%setup -q");
     let sources: &[(&str, &str)] = &[
         ("src/kiln-hello/rpm/kiln-hello.spec", SPEC),
         ("src/kiln-hello/rpm/hello.c", HELLO_C),
         ("src/kiln-hello/debian/changelog", CHANGELOG),
+        ("src/kiln-tree/kiln-tree.spec", &tree_spec),
+        ("src/kiln-tree/hello.c", HELLO_C),
     ];
     let farm = Farm::running(KILN.as_ref(), config, sources, "w1", &["el-9-x86_64"], 1).await;
     let client = farm.client();
@@ -346,6 +489,30 @@ source = { path = "src/kiln-hello" }
         run(std::process::Command::new("rpm").args(["-qlp", "--nosignature"]).arg(dest.join(&rpm))).expect("rpm -qlp");
     assert!(files.lines().any(|f| f == "/usr/bin/kiln-hello"), "{files}");
 
+    let tree_request = BuildRequestBody { components: vec!["kiln-tree".into()], ..Default::default() };
+    let tid = client.create_builds(&tree_request).await.expect("create").builds[0].id;
+    let t = farm.wait_finished(tid, Duration::from_secs(120)).await;
+    let source_log = client.log(tid, "source", 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(t.state, BuildState::Succeeded, "{t:?}\n{source_log}");
+    assert!(
+        source_log.contains("making kiln-tree-1.0.tar.gz from the source tree (top directory kiln-tree-1.0/)"),
+        "{source_log}"
+    );
+    let tversion = t.properties["version"].value.clone();
+    let tdest = farm.path("tree-fetched");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &tid.to_string()]).arg(&tdest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let (_, listed, _) = run(std::process::Command::new("rpm")
+        .args(["-qlp", "--nosignature"])
+        .arg(tdest.join(format!("kiln-tree-{tversion}.src.rpm"))))
+    .expect("rpm -qlp");
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["kiln-tree-1.0.tar.gz", "kiln-tree.spec"], "{listed}");
+    let (_, files, _) = run(std::process::Command::new("rpm")
+        .args(["-qlp", "--nosignature"])
+        .arg(tdest.join(format!("kiln-tree-{tversion}.x86_64.rpm"))))
+    .expect("rpm -qlp");
+    assert!(files.lines().any(|f| f == "/usr/bin/kiln-tree"), "{files}");
+
     let id2 = client.create_builds(&body(true)).await.expect("create").builds[0].id;
     let b2 = farm.wait_finished(id2, Duration::from_secs(120)).await;
     assert_eq!(b2.state, BuildState::Succeeded, "{b2:?}");
@@ -371,7 +538,7 @@ source = { path = "src/kiln-hello" }
     )
     .expect("write key");
     let published = farm.path("published.rpm");
-    let pkg = client.packages("dev", None, Some("el-9-x86_64")).await.expect("list");
+    let pkg = client.packages("dev", Some("kiln-hello"), Some("el-9-x86_64")).await.expect("list");
     assert_eq!(pkg.len(), 1, "{pkg:?}");
     let bytes =
         reqwest::get(format!("{base}/repos/dev/{}", pkg[0].path)).await.expect("get").bytes().await.expect("rpm");

@@ -46,7 +46,23 @@ pub struct BuildQuery {
 
 impl Client {
     pub fn new(url: &str, token: Option<String>) -> Result<Client> {
-        let http = reqwest::Client::builder()
+        Client::configured(url, token, None)
+    }
+
+    /// A client of a master whose HTTPS certificate comes from a private CA
+    /// (`ca_pem`, e.g. made with `kiln cert ca`).
+    pub fn with_ca(url: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Client> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), source: e })?;
+        Client::configured(url, token, Some(ca))
+    }
+
+    fn configured(url: &str, token: Option<String>, ca: Option<reqwest::Certificate>) -> Result<Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
@@ -68,8 +84,49 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// A read: with the token when there is one (a master may close reads).
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.get(format!("{}{path}", self.base))
+        let req = self.http.get(format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    fn authed(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
+        Ok(self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token))
+    }
+
+    pub async fn users(&self) -> Result<Vec<kiln_proto::api::UserInfo>> {
+        self.send(self.authed(reqwest::Method::GET, "/api/v1/users")?).await
+    }
+
+    /// Adds a user; the answer holds their first token.
+    pub async fn add_user(&self, body: &kiln_proto::api::NewUser) -> Result<kiln_proto::api::TokenCreated> {
+        self.send(self.post("/api/v1/users")?.json(body)).await
+    }
+
+    pub async fn remove_user(&self, email: &str) -> Result<kiln_proto::api::UserInfo> {
+        let path = format!("/api/v1/users/{}", url_path_segment(email));
+        self.send(self.authed(reqwest::Method::DELETE, &path)?).await
+    }
+
+    /// Tokens: one's own (`None`), a user's, or everyone's (`Some("*")`).
+    pub async fn tokens(&self, user: Option<&str>) -> Result<Vec<kiln_proto::api::TokenInfo>> {
+        let mut req = self.authed(reqwest::Method::GET, "/api/v1/tokens")?;
+        if let Some(u) = user {
+            req = req.query(&[("user", u)]);
+        }
+        self.send(req).await
+    }
+
+    pub async fn create_token(&self, body: &kiln_proto::api::NewToken) -> Result<kiln_proto::api::TokenCreated> {
+        self.send(self.post("/api/v1/tokens")?.json(body)).await
+    }
+
+    pub async fn revoke_token(&self, id: i64) -> Result<kiln_proto::api::TokenInfo> {
+        self.send(self.authed(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"))?).await
     }
 
     fn post(&self, path: &str) -> Result<reqwest::RequestBuilder> {
@@ -231,4 +288,16 @@ impl Client {
         let body = kiln_proto::api::SnapshotBody { name: name.to_string() };
         self.send(self.post(&format!("/api/v1/repos/{channel}/rollback"))?.json(&body)).await
     }
+}
+
+/// Percent-encodes what a path segment cannot hold as it is.
+fn url_path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b'+' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

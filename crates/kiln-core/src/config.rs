@@ -81,6 +81,9 @@ pub struct MasterSection {
     pub kill_grace: Duration,
     /// Serve the worker port over TLS with this certificate and key (PEM files).
     pub worker_tls: Option<TlsFiles>,
+    /// Serve the web pages and API over TLS (HTTPS) with this certificate
+    /// and key; `client_ca` lets users log in with certificates.
+    pub tls: Option<TlsFiles>,
     /// The largest artifact a worker may upload, in bytes.
     pub max_artifact_size: u64,
     /// Whether pages and API reads are open to anyone (default); when false
@@ -96,7 +99,7 @@ impl MasterSection {
     pub fn public_url(&self) -> String {
         match &self.url {
             Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("http://{}", self.listen),
+            None => format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.listen),
         }
     }
 }
@@ -105,6 +108,12 @@ impl MasterSection {
 pub struct TlsFiles {
     pub cert: String,
     pub key: String,
+    /// A CA whose certificates may log in as clients (mutual TLS): on the
+    /// worker port, the workers' CA (a certificate names its worker); on
+    /// the web port, the users' CA (a certificate names its user's email).
+    /// Keep the two CAs apart, so a user's certificate can never connect
+    /// as a worker.
+    pub client_ca: Option<String>,
 }
 
 impl Default for MasterSection {
@@ -118,6 +127,7 @@ impl Default for MasterSection {
             heartbeat: Duration::from_secs(5),
             kill_grace: Duration::from_secs(10),
             worker_tls: None,
+            tls: None,
             max_artifact_size: 4 << 30,
             url: None,
             anonymous_read: true,
@@ -129,7 +139,9 @@ impl Default for MasterSection {
 pub struct WorkerDef {
     pub name: String,
     /// File holding the worker's token, relative to the config file.
-    pub token_file: String,
+    /// The file holding its token; none when it logs in by certificate
+    /// only (mutual TLS, `[master.worker_tls] client_ca`).
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,6 +181,30 @@ pub struct Target {
     pub max_age: Duration,
     /// Where the standard pipeline's build runs.
     pub executor: Executor,
+    /// More package repositories for a deb build root (backports, a
+    /// vendor's archive), each trusted through its own key only.
+    pub repositories: Vec<AptRepository>,
+    /// The mock configuration (`mock -r`) of an rpm target built with mock.
+    pub mock_config: Option<String>,
+}
+
+/// A package repository a deb build root installs build dependencies from,
+/// beside its mirror: `deb [signed-by=KEY] URL SUITE COMPONENTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptRepository {
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// The repository's signing key (an armored OpenPGP key file), relative
+    /// to the config file or absolute.
+    pub key: String,
+}
+
+impl AptRepository {
+    /// The words after `deb [...]` in a sources.list line.
+    pub fn source(&self) -> String {
+        format!("{} {} {}", self.url, self.suite, self.components.join(" "))
+    }
 }
 
 /// How the standard pipeline isolates a build.
@@ -179,6 +215,12 @@ pub enum Executor {
     Bwrap,
     /// Directly on the worker host (trusted builds only).
     Host,
+    /// Debian's sbuild in its unshare mode, over the cached root tarball
+    /// (deb targets; the worker's user needs subuid/subgid ranges).
+    Sbuild,
+    /// mock, with the target's `mock_config` (rpm targets on workers that
+    /// have mock: real RHEL/Fedora machines).
+    Mock,
 }
 
 impl Executor {
@@ -186,6 +228,8 @@ impl Executor {
         match self {
             Executor::Bwrap => "bwrap",
             Executor::Host => "host",
+            Executor::Sbuild => "sbuild",
+            Executor::Mock => "mock",
         }
     }
 }
@@ -319,6 +363,7 @@ const MASTER_KEYS: &[&str] = &[
     "heartbeat",
     "kill_grace",
     "worker_tls",
+    "tls",
     "max_artifact_size",
     "url",
     "anonymous_read",
@@ -329,7 +374,9 @@ const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targ
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
-const TARGET_KEYS: &[&str] = &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor"];
+const TARGET_KEYS: &[&str] =
+    &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor", "repositories", "mock_config"];
+const REPOSITORY_KEYS: &[&str] = &["url", "suite", "components", "key"];
 const COMPONENT_KEYS: &[&str] = &[
     "name",
     "source",
@@ -394,12 +441,10 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             let tbl = Tbl { t, span: &span };
             r.check_keys(tbl, WORKER_KEYS, "[[worker]]");
             let name = named(&mut r, tbl, "[[worker]]");
-            let token = r.required_string(tbl, "token_file", "[[worker]]");
+            let token = r.string(tbl, "token_file", "[[worker]]");
             if let Some((name, nspan)) = name {
                 if unique(&mut r, "worker", &name, &nspan) {
-                    if let Some((token_file, _)) = token {
-                        workers.push(WorkerDef { name, token_file });
-                    }
+                    workers.push(WorkerDef { name, token_file: token.map(|t| t.0) });
                 }
             }
         }
@@ -431,45 +476,101 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
             };
             let suite = word(&mut r, "suite");
             let arch = word(&mut r, "arch");
-            let mirror = r.string(tbl, "mirror", "[[target]]").and_then(|(m, mspan)| {
-                let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| m.starts_with(p));
-                if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$".contains(c)) {
-                    Some(m)
-                } else {
-                    r.err(&mspan, format!("`mirror` of [[target]] must be an http(s):// or file:/ URL, got {m:?}"));
-                    None
-                }
-            });
-            let components = r
-                .string_list(tbl, "components", "[[target]]")
-                .map(|l| {
-                    l.into_iter()
-                        .filter_map(|(c, cspan)| match check_name(&c) {
-                            Ok(()) => Some(c),
-                            Err(e) => {
-                                r.err(&cspan, format!("`components` of [[target]]: {e}"));
-                                None
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_else(|| vec!["main".to_string()]);
+            let mirror = repo_url(&mut r, tbl, "mirror", "[[target]]");
+            let components = archive_components(&mut r, tbl, "[[target]]");
             let max_age = duration_key(&mut r, tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
             let executor = match r.string(tbl, "executor", "[[target]]") {
                 None => Some(Executor::Bwrap),
-                Some((e, espan)) => match e.as_str() {
-                    "bwrap" => Some(Executor::Bwrap),
-                    "host" => Some(Executor::Host),
-                    other => {
-                        r.err(&espan, format!("unknown executor {other:?}; known executors: bwrap, host"));
-                        None
+                Some((e, espan)) => {
+                    let executor = match e.as_str() {
+                        "bwrap" => Some(Executor::Bwrap),
+                        "host" => Some(Executor::Host),
+                        "sbuild" => Some(Executor::Sbuild),
+                        "mock" => Some(Executor::Mock),
+                        other => {
+                            r.err(
+                                &espan,
+                                format!("unknown executor {other:?}; known executors: bwrap, sbuild, mock, host"),
+                            );
+                            None
+                        }
+                    };
+                    let fits = match (executor, family) {
+                        (Some(Executor::Sbuild), Some(Family::Rpm)) => Err("sbuild builds deb targets only"),
+                        (Some(Executor::Mock), Some(Family::Deb)) => Err("mock builds rpm targets only"),
+                        _ => Ok(()),
+                    };
+                    match fits {
+                        Ok(()) => executor,
+                        Err(why) => {
+                            r.err(&espan, format!("`executor = {e:?}` of [[target]]: {why}"));
+                            None
+                        }
                     }
-                },
+                }
             };
+            let mut repositories = Vec::new();
+            if let Some(item) = t.get("repositories") {
+                if family == Some(Family::Rpm) {
+                    r.err(&item.span(), "`repositories` of [[target]] are apt repositories, for deb targets only");
+                }
+                for (rt, rspan) in r.tables(item, "`repositories` of [[target]]") {
+                    let rtbl = Tbl { t: rt, span: &rspan };
+                    let what = "a repository of [[target]]";
+                    r.check_keys(rtbl, REPOSITORY_KEYS, what);
+                    let url = repo_url(&mut r, rtbl, "url", what);
+                    let suite = r.required_string(rtbl, "suite", what).and_then(|(s, sspan)| match check_name(&s) {
+                        Ok(()) => Some(s),
+                        Err(e) => {
+                            r.err(&sspan, format!("`suite` of {what}: {e}"));
+                            None
+                        }
+                    });
+                    let components = archive_components(&mut r, rtbl, what);
+                    let key = r.required_string(rtbl, "key", what).and_then(|(k, kspan)| {
+                        if k.trim().is_empty() {
+                            r.err(&kspan, format!("`key` of {what} must name the repository's key file"));
+                            return None;
+                        }
+                        Some(k)
+                    });
+                    if url.is_none() && !rtbl.t.contains_key("url") {
+                        r.err(&rspan, format!("{what} needs `url`"));
+                    }
+                    if let (Some(url), Some(suite), Some(key)) = (url, suite, key) {
+                        repositories.push(AptRepository { url, suite, components, key });
+                    }
+                }
+            }
+            let mock_config = r.string(tbl, "mock_config", "[[target]]").and_then(|(m, mspan)| {
+                let ok = !m.is_empty()
+                    && !m.starts_with('-')
+                    && m.chars().all(|c| c.is_ascii_alphanumeric() || "._-+/".contains(c));
+                if !ok {
+                    r.err(
+                        &mspan,
+                        format!(
+                            "`mock_config` of [[target]] must name a mock config like \"rocky-9-x86_64\", got {m:?}"
+                        ),
+                    );
+                }
+                ok.then_some(m)
+            });
             if let Some((name, nspan)) = name {
                 if unique(&mut r, "target", &name, &nspan) {
                     if let (Some(family), Some(executor)) = (family, executor) {
-                        targets.push(Target { name, family, suite, arch, mirror, components, max_age, executor });
+                        targets.push(Target {
+                            name,
+                            family,
+                            suite,
+                            arch,
+                            mirror,
+                            components,
+                            max_age,
+                            executor,
+                            repositories,
+                            mock_config,
+                        });
                     }
                 }
             }
@@ -765,6 +866,52 @@ fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Opti
     }
 }
 
+/// A package repository's URL (`mirror` of a target, `url` of one of its
+/// repositories): http(s) or file, nothing a shell or apt line could split.
+fn repo_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
+    let (m, mspan) = r.string(tbl, key, what)?;
+    let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| m.starts_with(p));
+    if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$[]".contains(c)) {
+        Some(m)
+    } else {
+        r.err(&mspan, format!("`{key}` of {what} must be an http(s):// or file:/ URL, got {m:?}"));
+        None
+    }
+}
+
+/// The archive components of a mirror or repository (default `main`).
+fn archive_components(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<String> {
+    r.string_list(tbl, "components", what)
+        .map(|l| {
+            l.into_iter()
+                .filter_map(|(c, cspan)| match check_name(&c) {
+                    Ok(()) => Some(c),
+                    Err(e) => {
+                        r.err(&cspan, format!("`components` of {what}: {e}"));
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["main".to_string()])
+}
+
+/// `cert`, `key` and an optional `client_ca`: PEM files.
+fn tls_files(r: &mut Reader<'_>, item: Option<&toml_edit::Item>, what: &str) -> Option<TlsFiles> {
+    let item = item?;
+    let span = item.span();
+    let Some(tt) = item.as_table_like() else {
+        r.err(&span, format!("{what} must be a table with `cert` and `key`"));
+        return None;
+    };
+    let tls = Tbl { t: tt, span: &span };
+    r.check_keys(tls, &["cert", "key", "client_ca"], what);
+    let cert = r.required_string(tls, "cert", what);
+    let key = r.required_string(tls, "key", what);
+    let client_ca = r.string(tls, "client_ca", what).map(|c| c.0);
+    Some(TlsFiles { cert: cert?.0, key: key?.0, client_ca })
+}
+
 fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<MasterSection> {
     let mut m = MasterSection::default();
     let Some(item) = item else { return Some(m) };
@@ -828,21 +975,8 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
             r.err(&uspan, format!("`url` in [master] must be an http:// or https:// URL, got {u:?}"));
         }
     }
-    if let Some(item) = t.get("worker_tls") {
-        let span = item.span();
-        match item.as_table_like() {
-            Some(tt) => {
-                let tls = Tbl { t: tt, span: &span };
-                r.check_keys(tls, &["cert", "key"], "[master.worker_tls]");
-                let cert = r.required_string(tls, "cert", "[master.worker_tls]");
-                let key = r.required_string(tls, "key", "[master.worker_tls]");
-                if let (Some(cert), Some(key)) = (cert, key) {
-                    m.worker_tls = Some(TlsFiles { cert: cert.0, key: key.0 });
-                }
-            }
-            None => r.err(&span, "`worker_tls` must be a table with `cert` and `key`"),
-        }
-    }
+    m.worker_tls = tls_files(r, t.get("worker_tls"), "[master.worker_tls]");
+    m.tls = tls_files(r, t.get("tls"), "[master.tls]");
     if timings_ok && (m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout) {
         r.err(&span, "`heartbeat` must be shorter than `worker_timeout` and above zero");
     }

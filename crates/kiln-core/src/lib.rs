@@ -14,6 +14,7 @@ pub mod duration;
 pub mod glob;
 pub mod matrix;
 pub mod names;
+pub mod perm;
 pub mod pipeline;
 pub mod props;
 pub mod redact;

@@ -73,11 +73,25 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
                 step("source", "exec \"$KILN_EXE\" internal deb-source".into(), Some(Duration::from_secs(600)));
             source.set_property = Some("version".into());
             let mut steps = vec![source];
-            if target.executor == Executor::Bwrap {
-                steps.push(step("root", root, hour));
-                steps.push(step("deps", "exec \"$KILN_EXE\" internal deb-deps".into(), hour));
+            match target.executor {
+                Executor::Bwrap => {
+                    steps.push(step("root", root, hour));
+                    steps.push(step("deps", "exec \"$KILN_EXE\" internal deb-deps".into(), hour));
+                }
+                // sbuild unpacks the cached tarball itself and installs the
+                // build dependencies as part of its run.
+                Executor::Sbuild => steps.push(step("root", root + " --tarball-only", hour)),
+                Executor::Host | Executor::Mock => {}
             }
-            steps.push(step("build", format!("exec \"$KILN_EXE\" internal deb-build --executor {executor}"), None));
+            let mut build = format!("exec \"$KILN_EXE\" internal deb-build --executor {executor}");
+            if target.executor == Executor::Sbuild {
+                // sbuild names the distribution in the .changes it writes.
+                build.push_str(&format!(" --suite {}", sh_quote(suite)));
+                if let Some(arch) = &target.arch {
+                    build.push_str(&format!(" --arch {}", sh_quote(arch)));
+                }
+            }
+            steps.push(step("build", build, None));
             Ok((steps, vec![format!("{OUTPUT_DIR}/*")]))
         }
         Family::Rpm => {
@@ -87,7 +101,10 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
             }
             let mut source = step("source", run, Some(Duration::from_secs(600)));
             source.set_property = Some("version".into());
-            let build = format!("exec \"$KILN_EXE\" internal rpm-build --executor {}", target.executor.as_str());
+            let mut build = format!("exec \"$KILN_EXE\" internal rpm-build --executor {}", target.executor.as_str());
+            if let (Executor::Mock, Some(config)) = (target.executor, &target.mock_config) {
+                build.push_str(&format!(" --mock-config {}", sh_quote(config)));
+            }
             Ok((vec![source, step("build", build, None)], vec![format!("{OUTPUT_DIR}/*")]))
         }
     }
@@ -129,6 +146,26 @@ mod tests {
         assert_eq!(steps[0].run, "exec \"$KILN_EXE\" internal rpm-source --spec 'rpm/hello.spec'");
         assert_eq!(steps[1].run, "exec \"$KILN_EXE\" internal rpm-build --executor bwrap");
         assert!(parse("[[component]]\nname = \"x\"\nspec = \"../x.spec\"\n").is_err());
+    }
+
+    #[test]
+    fn sbuild_and_mock_pipelines() {
+        let cfg = parse(
+            "[[target]]\nname = \"d12\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"http://deb.example.org/debian\"\nexecutor = \"sbuild\"\n\
+             [[target]]\nname = \"el9\"\nfamily = \"rpm\"\nexecutor = \"mock\"\nmock_config = \"rocky-9-x86_64\"\n\
+             [[component]]\nname = \"hello\"\n",
+        )
+        .expect("parses");
+        let (steps, _) = standard_steps(&cfg.targets[0], &cfg.components[0]).expect("pipeline");
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["source", "root", "build"]);
+        assert!(steps[1].run.ends_with(" --tarball-only"), "{}", steps[1].run);
+        assert_eq!(steps[2].run, "exec \"$KILN_EXE\" internal deb-build --executor sbuild --suite 'bookworm'");
+        let (steps, _) = standard_steps(&cfg.targets[1], &cfg.components[0]).expect("pipeline");
+        assert_eq!(
+            steps[1].run,
+            "exec \"$KILN_EXE\" internal rpm-build --executor mock --mock-config 'rocky-9-x86_64'"
+        );
     }
 
     #[test]

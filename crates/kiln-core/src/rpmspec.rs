@@ -33,9 +33,66 @@ pub fn rewrite_release(spec: &str, f: impl Fn(&str) -> String) -> Result<String,
     }
 }
 
+/// The file names of a parsed spec's `Source`/`SourceN` tags (a URL's
+/// last part: rpmbuild looks for that name in the source dir).
+pub fn source_files(parsed_spec: &str) -> Vec<String> {
+    parsed_spec
+        .lines()
+        .filter_map(|line| {
+            let (tag, value) = line.split_once(':')?;
+            let tag = tag.trim();
+            let is_source = tag.len() >= 6
+                && tag[..6].eq_ignore_ascii_case("source")
+                && tag[6..].chars().all(|c| c.is_ascii_digit());
+            let value = value.trim();
+            let name = value.rsplit('/').next().unwrap_or(value);
+            (is_source && !name.is_empty()).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Whether a source file name is a tarball kiln can make from the tree.
+pub fn is_tarball(name: &str) -> bool {
+    [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"].iter().any(|s| name.ends_with(s))
+        && !name.contains(['/', '\\'])
+        && !name.starts_with('.')
+}
+
+/// The directory `%setup -n DIR` / `%autosetup -n DIR` names, if any.
+pub fn setup_dir(parsed_spec: &str) -> Option<String> {
+    parsed_spec.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let first = words.next()?;
+        if first != "%setup" && first != "%autosetup" {
+            return None;
+        }
+        let mut words = words.peekable();
+        while let Some(w) = words.next() {
+            if w == "-n" {
+                return words.next().map(str::to_string);
+            }
+            if let Some(d) = w.strip_prefix("-n") {
+                return Some(d.to_string());
+            }
+        }
+        None
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_and_the_setup_dir_are_read_from_a_parsed_spec() {
+        let spec = "Name: x\nSource0: https://example.org/dl/x-1.0.tar.gz\nsource1:  extra.patch\nSourceX: no\n\
+                    %prep\n%autosetup -p1 -n x-src\n";
+        assert_eq!(source_files(spec), ["x-1.0.tar.gz", "extra.patch"]);
+        assert!(is_tarball("x-1.0.tar.gz") && is_tarball("y.tgz") && !is_tarball("extra.patch"));
+        assert!(!is_tarball(".hidden.tar"));
+        assert_eq!(setup_dir(spec).as_deref(), Some("x-src"));
+        assert_eq!(setup_dir("%setup -q\n"), None);
+    }
 
     #[test]
     fn nightly_releases() {

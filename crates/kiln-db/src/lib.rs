@@ -10,6 +10,8 @@
 
 mod migrations;
 mod packages;
+mod users;
+pub use users::{TokenRow, UserRow};
 
 pub use packages::{PackageRow, SnapshotRow};
 

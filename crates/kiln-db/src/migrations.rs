@@ -154,4 +154,25 @@ CREATE TABLE polled_branches (
 );
 "#,
     },
+    Migration {
+        version: 8,
+        description: "users, their permissions and their API tokens (argon2 hashes)",
+        sql: r#"
+CREATE TABLE users (
+    id {ID},
+    email TEXT NOT NULL UNIQUE,
+    permissions TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE api_tokens (
+    id {ID},
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX api_tokens_user ON api_tokens (user_id);
+"#,
+    },
 ];

@@ -58,6 +58,7 @@ pub fn router(shared: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .merge(crate::hooks::routes())
         .merge(crate::repos::routes())
+        .merge(crate::users::routes())
         .merge(crate::web::routes())
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::web::read_gate))
         .with_state(shared)
@@ -67,7 +68,7 @@ pub fn router(shared: AppState) -> Router {
 #[openapi(
     info(
         title = "kiln",
-        description = "The kiln build farm's JSON API. Reads are anonymous; mutations need a token (Authorization: Bearer TOKEN)."
+        description = "The kiln build farm's JSON API. Reads are anonymous unless the master says otherwise; mutations need a token (Authorization: Bearer TOKEN) whose user holds the permission they need (own_jobs, kill_any_job, modify_users, server_admin)."
     ),
     paths(
         status,
@@ -100,7 +101,7 @@ pub struct ApiDoc;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -146,30 +147,54 @@ impl From<FormRejection> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Who made an authenticated request. Extracting it checks the token.
-pub struct Caller(pub String);
+pub use crate::auth::Caller;
+use kiln_core::perm::Permission;
 
+/// Who may cancel a build: its requester with own_jobs, anyone with
+/// kill_any_job (or server_admin).
+pub fn may_cancel(caller: &Caller, requested_by: Option<&str>) -> Result<(), ApiError> {
+    if requested_by == Some(caller.name.as_str()) {
+        caller.must(Permission::OwnJobs)
+    } else {
+        caller.must(Permission::KillAnyJob)
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer TOKEN`, else `?token=`.
+pub fn request_token(parts: &Parts) -> Option<String> {
+    let from_header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    from_header.or_else(|| {
+        parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string))
+    })
+}
+
+/// Extracting a `Caller` checks the request's token.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let from_header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let from_query =
-            parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string));
-        let given = from_header.map(str::to_string).or(from_query);
-        match given {
-            None => Err(ApiError::new(
+        let Some(token) = request_token(parts) else {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this action needs a token: send `Authorization: Bearer TOKEN`",
-            )),
-            Some(t) if crate::auth::tokens_match(&state.admin_token, &t) => Ok(Caller("admin".into())),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "the token is not valid")),
-        }
+            ));
+        };
+        crate::auth::authenticate(state, &token).await.map_err(|e| match e {
+            crate::auth::AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            crate::auth::AuthError::Store(e) => ApiError::from(e),
+        })
+    }
+}
+
+impl Caller {
+    /// 403 unless the caller holds `p`.
+    pub fn must(&self, p: kiln_core::perm::Permission) -> Result<(), ApiError> {
+        self.require(p).map_err(|why| ApiError::new(StatusCode::FORBIDDEN, why))
     }
 }
 
@@ -237,9 +262,11 @@ async fn list_builds(
     security(("token" = [])))]
 async fn create_builds(
     State(s): State<AppState>,
-    Caller(who): Caller,
+    caller: Caller,
     body: Result<Json<BuildRequestBody>, JsonRejection>,
 ) -> ApiResult<BuildRequestCreated> {
+    caller.must(Permission::OwnJobs)?;
+    let who = caller.name;
     let Json(body) = body?;
     let spec = RequestSpec { components: body.components, all: body.all, targets: body.targets };
     let props = request_properties(&body.properties, PropertySource::Request)?;
@@ -363,12 +390,15 @@ fn not_found_build(id: i64) -> ApiError {
 /// Cancels a build: a queued one leaves the queue, a running one is stopped
 /// (its `always_run` steps still run).
 #[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path)),
-    responses((status = 200, body = Build), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")),
+    responses((status = 200, body = Build), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "someone else's build, and no kill_any_job"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")),
     security(("token" = [])))]
-async fn cancel_build(State(s): State<AppState>, Caller(who): Caller, Path(id): Path<String>) -> ApiResult<Build> {
+async fn cancel_build(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Build> {
     let id = parse_id(&id)?;
+    let Some(build) = s.store.build(id).await? else { return Err(not_found_build(id)) };
+    may_cancel(&caller, build.requested_by.as_deref())?;
     let (tx, rx) = oneshot::channel();
-    s.send(Event::Cancel { build_id: id, by: who, reply: tx });
+    s.send(Event::Cancel { build_id: id, by: caller.name, reply: tx });
     match rx.await.map_err(ApiError::internal)? {
         CancelOutcome::Cancelled | CancelOutcome::Stopping => get_build(State(s), Path(id.to_string())).await,
         CancelOutcome::AlreadyFinished(st) => {
@@ -434,9 +464,11 @@ async fn step_log(
     security(("token" = [])))]
 async fn upload_source(
     State(s): State<AppState>,
-    Caller(who): Caller,
+    caller: Caller,
     multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<UploadAccepted> {
+    caller.must(Permission::OwnJobs)?;
+    let who = caller.name;
     use crate::uploads;
     use tokio::io::AsyncWriteExt;
     let mut multipart =
@@ -657,7 +689,7 @@ async fn list_builders(State(s): State<AppState>) -> ApiResult<Vec<BuilderInfo>>
 }
 
 async fn openapi() -> impl IntoResponse {
-    let mut doc = ApiDoc::openapi();
+    let mut doc = ApiDoc::openapi().merge_from(crate::users::UsersDoc::openapi());
     let mut components = doc.components.take().unwrap_or_default();
     components.add_security_scheme(
         "token",
@@ -702,9 +734,18 @@ struct BaseChange {
     security(("token" = [])))]
 async fn change_hook_base(
     State(s): State<AppState>,
-    Caller(who): Caller,
+    caller: Result<Caller, ApiError>,
     form: Result<Form<BaseChange>, FormRejection>,
 ) -> ApiResult<BuildRequestCreated> {
+    // A token with own_jobs, unless the config opens the hook.
+    let who = match caller {
+        Ok(c) => {
+            c.must(Permission::OwnJobs)?;
+            c.name
+        }
+        Err(_) if s.farm().cfg.hooks.base_open => "anonymous".to_string(),
+        Err(e) => return Err(e),
+    };
     let Form(change) = form?;
     let project = change.project.clone().filter(|p| !p.is_empty());
     let Some(project) = project else {

@@ -35,6 +35,8 @@ pub enum Event {
         conn: u64,
         hello: Box<Hello>,
         address: String,
+        /// The worker its client certificate names, when it showed one.
+        certified: Option<String>,
         tx: UnboundedSender<MasterMsg>,
         reply: oneshot::Sender<Result<Vec<i64>, String>>,
     },
@@ -309,7 +311,9 @@ impl Dispatcher {
             self.flush().await;
         }
         match ev {
-            Event::Hello { conn, hello, address, tx, reply } => self.hello(conn, *hello, address, tx, reply).await,
+            Event::Hello { conn, hello, address, certified, tx, reply } => {
+                self.hello(conn, *hello, address, certified, tx, reply).await
+            }
             Event::FromWorker { conn, worker, msg } => {
                 let Some(w) = self.workers.get_mut(&worker) else {
                     return;
@@ -351,6 +355,7 @@ impl Dispatcher {
         conn: u64,
         hello: Hello,
         address: String,
+        certified: Option<String>,
         tx: UnboundedSender<MasterMsg>,
         reply: oneshot::Sender<Result<Vec<i64>, String>>,
     ) {
@@ -362,9 +367,16 @@ impl Dispatcher {
             return;
         }
         let farm = self.shared.farm();
-        let authorised =
-            farm.worker_tokens.get(&hello.name).is_some_and(|t| crate::auth::tokens_match(t, &hello.token));
-        if !authorised {
+        // A certificate from the workers' CA that names this worker, or its token.
+        let declared = farm.cfg.workers.iter().any(|w| w.name == hello.name);
+        let by_cert = certified.as_deref() == Some(hello.name.as_str());
+        let by_token = farm.worker_tokens.get(&hello.name).is_some_and(|t| crate::auth::tokens_match(t, &hello.token));
+        if let Some(other) = certified.as_deref().filter(|c| *c != hello.name) {
+            tracing::warn!(worker = %hello.name, certificate = other, address = %address, "refused a worker: its certificate names another");
+            let _ = reply.send(Err(format!("the certificate names worker {other}, not {}", hello.name)));
+            return;
+        }
+        if !(declared && (by_cert || by_token)) {
             tracing::warn!(worker = %hello.name, address = %address, "refused a worker: unknown name or wrong token");
             let _ = reply.send(Err("unknown worker or wrong token".into()));
             return;
@@ -552,24 +564,32 @@ impl Dispatcher {
     /// The farm's own repository for a deb build root: the channel the build
     /// publishes to (dev for nightlies, stable for releases), so a
     /// component builds against what its dependencies just published.
-    fn repo_env(
-        &self,
-        cfg: &kiln_core::config::FarmConfig,
-        target: &str,
-        props: &Properties,
-    ) -> BTreeMap<String, String> {
+    /// The target's own `repositories` come after it, each with its key.
+    fn repo_env(&self, farm: &crate::farm::LoadedFarm, target: &str, props: &Properties) -> BTreeMap<String, String> {
+        use kiln_proto::wire::BuildRootRepo;
+        let cfg = &farm.cfg;
         let mut env = BTreeMap::new();
         let Some(t) = cfg.target(target).filter(|t| t.family == kiln_core::config::Family::Deb) else { return env };
+        let mut repos = Vec::new();
         let values: BTreeMap<String, String> = props.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
-        let Some(ch) = cfg.channels.iter().find(|c| c.accepts.takes(&values)) else { return env };
-        let Some(key) = self.shared.public_keys.get(&ch.name) else { return env };
-        let suite = t.suite.as_deref().unwrap_or("unstable");
-        env.insert("KILN_APT_CHANNEL".into(), ch.name.clone());
-        env.insert(
-            "KILN_APT_SOURCE".into(),
-            format!("{}/repos/{}/apt {suite} {}", cfg.master.public_url(), ch.name, ch.component),
-        );
-        env.insert("KILN_APT_KEY".into(), key.clone());
+        let channel = cfg.channels.iter().find(|c| c.accepts.takes(&values));
+        if let Some((ch, key)) = channel.and_then(|ch| Some((ch, self.shared.public_keys.get(&ch.name)?))) {
+            let suite = t.suite.as_deref().unwrap_or("unstable");
+            let source = format!("{}/repos/{}/apt {suite} {}", cfg.master.public_url(), ch.name, ch.component);
+            env.insert("KILN_APT_CHANNEL".into(), ch.name.clone());
+            env.insert("KILN_APT_SOURCE".into(), source.clone());
+            env.insert("KILN_APT_KEY".into(), key.clone());
+            repos.push(BuildRootRepo { name: ch.name.clone(), source, key: key.clone() });
+        }
+        let keys = farm.repository_keys.get(target).map(Vec::as_slice).unwrap_or_default();
+        for (i, (repo, key)) in t.repositories.iter().zip(keys).enumerate() {
+            repos.push(BuildRootRepo { name: format!("extra-{}", i + 1), source: repo.source(), key: key.clone() });
+        }
+        if !repos.is_empty() {
+            if let Ok(json) = serde_json::to_string(&repos) {
+                env.insert(kiln_proto::wire::APT_REPOS_ENV.into(), json);
+            }
+        }
         env
     }
 
@@ -1000,7 +1020,7 @@ impl Dispatcher {
             timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
             memory_bytes: component.memory,
             cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
-            env: self.repo_env(&farm.cfg, &q.target, &q.properties),
+            env: self.repo_env(&farm, &q.target, &q.properties),
             secrets: kiln_proto::wire::Secrets(secrets),
         };
         self.set_state(id, BuildState::Running);

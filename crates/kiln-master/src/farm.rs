@@ -18,6 +18,9 @@ pub struct LoadedFarm {
     pub worker_tokens: HashMap<String, String>,
     /// Text the config was parsed from, to notice changes.
     pub text: String,
+    /// The armored keys of each target's extra repositories, in the order
+    /// of its `repositories`.
+    pub repository_keys: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +47,8 @@ impl LoadedFarm {
             .to_path_buf();
         let mut worker_tokens = HashMap::new();
         for w in &cfg.workers {
-            let file = base_dir.join(&w.token_file);
+            let Some(token_file) = &w.token_file else { continue };
+            let file = base_dir.join(token_file);
             match std::fs::read_to_string(&file) {
                 Ok(t) if !t.trim().is_empty() => {
                     worker_tokens.insert(w.name.clone(), t.trim().to_string());
@@ -57,7 +61,27 @@ impl LoadedFarm {
                 }
             }
         }
-        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text })
+        let mut repository_keys = HashMap::new();
+        for t in &cfg.targets {
+            let mut keys = Vec::new();
+            for repo in &t.repositories {
+                let file = base_dir.join(&repo.key);
+                let key = std::fs::read_to_string(&file)
+                    .map_err(|source| LoadError::Read { path: file.display().to_string(), source })?;
+                if !key.trim_start().starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+                    return Err(LoadError::Invalid(format!(
+                        "{}: the key of repository {} (target {}) is not an armored OpenPGP public key; \
+                         export it with `gpg --armor --export`",
+                        file.display(),
+                        repo.url,
+                        t.name
+                    )));
+                }
+                keys.push(key);
+            }
+            repository_keys.insert(t.name.clone(), keys);
+        }
+        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys })
     }
 
     /// Reads a secret (its first line) from where the config says it is;

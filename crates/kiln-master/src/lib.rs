@@ -25,6 +25,7 @@ mod shared;
 mod source;
 mod status;
 pub mod uploads;
+mod users;
 pub mod web;
 mod workers;
 
@@ -95,7 +96,17 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
         .await
         .with_context(|| format!("cannot listen for workers on {}", farm.cfg.master.worker_listen))?;
     let tls = match &farm.cfg.master.worker_tls {
-        Some(files) => Some(tls_acceptor(&farm.resolve(&files.cert), &farm.resolve(&files.key))?),
+        Some(files) => {
+            let client_ca = files.client_ca.as_ref().map(|c| farm.resolve(c));
+            Some(tls_acceptor(&farm.resolve(&files.cert), &farm.resolve(&files.key), client_ca.as_deref())?)
+        }
+        None => None,
+    };
+    let web_tls = match &farm.cfg.master.tls {
+        Some(files) => {
+            let client_ca = files.client_ca.as_ref().map(|c| farm.resolve(c));
+            Some(tls_acceptor(&farm.resolve(&files.cert), &farm.resolve(&files.key), client_ca.as_deref())?)
+        }
         None => None,
     };
     let (http_addr, worker_addr) = (http.local_addr()?, wl.local_addr()?);
@@ -123,16 +134,56 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(poller::run(shared.clone()));
     tasks.spawn(irc::run(shared.clone()));
     let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    tasks.spawn(serve_http(http, web_tls, app));
     tracing::info!(%http_addr, %worker_addr, "kiln master running");
     Ok(RunningMaster { http_addr, worker_addr, admin_token_path: token_path, admin_token: token, tasks, store })
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// How long a client may take to send a request's headers (slow clients
+/// must not hold connections open for ever).
+const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the web pages and API on `listener`, over TLS when `tls` is set.
+async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, app: axum::Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the web port");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_DEADLINE);
+            let service = TowerToHyperService::new(app);
+            let served = match tls {
+                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match tokio::time::timeout(HEADER_DEADLINE, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed on the web port");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = served {
+                tracing::debug!(%addr, error = %e, "web connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A TLS acceptor for the certificate and key; with `client_ca`, clients
+/// may present a certificate from that CA (and only that CA), which then
+/// names them (mutual TLS). Clients without one still connect (a token).
+fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
     ))
@@ -143,10 +194,26 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     ))
     .with_context(|| format!("cannot read the private key {}", key.display()))?
     .with_context(|| format!("no private key in {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::File::open(ca).with_context(|| format!("cannot open {}", ca.display()))?;
+            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
+                roots.add(c.with_context(|| format!("cannot read {}", ca.display()))?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .with_context(|| format!("cannot use {} as a client CA", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(certs, key)
-        .context("the worker TLS certificate and key do not fit together")?;
+        .with_context(|| format!("the TLS certificate {} and its key do not fit together", cert.display()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

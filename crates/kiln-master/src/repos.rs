@@ -13,6 +13,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kiln_core::perm::Permission;
 use kiln_proto::api::{ChannelInfo, PackageInfo, PromoteBody, RemoveBody, RepoChange, SnapshotBody, SnapshotInfo};
 use serde::Deserialize;
 use std::os::unix::fs::MetadataExt;
@@ -217,36 +218,40 @@ fn served_path(p: &kiln_db::PackageRow) -> String {
 
 async fn remove(
     State(s): State<AppState>,
-    _: Caller,
+    caller: Caller,
     Path(channel): Path<String>,
     Json(b): Json<RemoveBody>,
 ) -> Result<Json<RepoChange>, ApiError> {
+    caller.must(Permission::ServerAdmin)?;
     op(&s, RepoOp::Remove { channel, name: b.name, version: b.version }).await
 }
 
 async fn promote(
     State(s): State<AppState>,
-    _: Caller,
+    caller: Caller,
     Json(b): Json<PromoteBody>,
 ) -> Result<Json<RepoChange>, ApiError> {
+    caller.must(Permission::ServerAdmin)?;
     op(&s, RepoOp::Promote { name: b.name, version: b.version, from: b.from, to: b.to, replace: b.replace }).await
 }
 
 async fn snapshot(
     State(s): State<AppState>,
-    _: Caller,
+    caller: Caller,
     Path(channel): Path<String>,
     Json(b): Json<SnapshotBody>,
 ) -> Result<Json<RepoChange>, ApiError> {
+    caller.must(Permission::ServerAdmin)?;
     op(&s, RepoOp::Snapshot { channel, name: b.name }).await
 }
 
 async fn rollback(
     State(s): State<AppState>,
-    _: Caller,
+    caller: Caller,
     Path(channel): Path<String>,
     Json(b): Json<SnapshotBody>,
 ) -> Result<Json<RepoChange>, ApiError> {
+    caller.must(Permission::ServerAdmin)?;
     op(&s, RepoOp::Rollback { channel, name: b.name }).await
 }
 

@@ -32,6 +32,8 @@ pub struct Shared {
     /// The builders' last results, as of a `changes` value (the console and
     /// builders pages read it on every render).
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
+    /// Users' tokens checked lately (by hash), to spare an argon2 check per request.
+    pub checked_tokens: crate::auth::TokenCache,
     /// Web sessions (cookie value to session).
     pub sessions: Mutex<HashMap<String, crate::web::Session>>,
     /// Lines for the IRC bot, and its end of the queue (taken once, by the bot).
@@ -67,6 +69,7 @@ impl Shared {
             public_keys,
             changes: tokio::sync::watch::channel(0).0,
             sessions: Mutex::new(HashMap::new()),
+            checked_tokens: Default::default(),
             builder_stats: Mutex::new(None),
         }
     }

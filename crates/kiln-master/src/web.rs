@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use kiln_core::matrix::RequestSpec;
+use kiln_core::perm::Permission;
 use kiln_core::props::PropertySource;
 use kiln_core::BuildState;
 use kiln_proto::api::Build;
@@ -34,7 +35,7 @@ type AppState = Arc<Shared>;
 /// A logged-in browser.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub user: String,
+    pub caller: crate::auth::Caller,
     pub csrf: String,
     pub created: Instant,
 }
@@ -97,6 +98,13 @@ fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result
     }
 }
 
+/// A 403 page unless the session's user holds `p`.
+fn permit(sess: &Session, p: Permission) -> Result<(), Box<Response>> {
+    sess.caller
+        .require(p)
+        .map_err(|why| Box::new((StatusCode::FORBIDDEN, page_error("Not allowed", &why)).into_response()))
+}
+
 /// Values of a form, in order (keys may repeat).
 type FormPairs = Vec<(String, String)>;
 
@@ -124,8 +132,12 @@ pub async fn read_gate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| crate::auth::tokens_match(&s.admin_token, t.trim()));
-    if bearer || session(&s, req.headers()).is_some() {
+        .map(|t| t.trim().to_string());
+    let token_ok = match bearer {
+        Some(t) => crate::auth::authenticate(&s, &t).await.is_ok(),
+        None => false,
+    };
+    if token_ok || session(&s, req.headers()).is_some() {
         return next.run(req).await;
     }
     if path.starts_with("/api/") {
@@ -174,7 +186,7 @@ fn page(c: &Ctx, title: &str, live: bool, body: Markup) -> Response {
                     div.who {
                         @match &c.session {
                             Some(sess) => {
-                                span { "Logged in as " (sess.user) }
+                                span { "Logged in as " (sess.caller.name) }
                                 form method="post" action="/logout" {
                                     input type="hidden" name="csrf" value=(sess.csrf);
                                     button type="submit" { "Log out" }
@@ -604,6 +616,9 @@ async fn force(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Form
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if let Err(r) = permit(&sess, Permission::OwnJobs) {
+        return *r;
+    }
     let components: Vec<String> = f.iter().filter(|(k, _)| k == "component").map(|(_, v)| v.clone()).collect();
     let targets: Vec<String> = f.iter().filter(|(k, _)| k == "target").map(|(_, v)| v.clone()).collect();
     let keys = f.iter().filter(|(k, _)| k == "prop_key").map(|(_, v)| v.trim().to_string());
@@ -619,7 +634,7 @@ async fn force(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Form
     };
     let reason = form_get(&f, "reason").filter(|r| !r.trim().is_empty()).unwrap_or("forced from the web");
     let spec = RequestSpec { components: components.clone(), all: false, targets };
-    match submit(&s, &sess.user, Some(reason), &spec, props).await {
+    match submit(&s, &sess.caller.name, Some(reason), &spec, props).await {
         Ok(created) if created.builds.len() == 1 => {
             Redirect::to(&format!("/builds/{}", created.builds[0].id)).into_response()
         }
@@ -790,8 +805,15 @@ async fn cancel(
         Ok(x) => x,
         Err(r) => return *r,
     };
+    let requested_by = match s.store.build(id).await {
+        Ok(Some(b)) => b.requested_by,
+        _ => return (StatusCode::NOT_FOUND, page_error("No such build", "")).into_response(),
+    };
+    if let Err(e) = crate::api::may_cancel(&sess.caller, requested_by.as_deref()) {
+        return (StatusCode::FORBIDDEN, page_error("Not allowed", &e.message)).into_response();
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    s.send(Event::Cancel { build_id: id, by: sess.user, reply: tx });
+    s.send(Event::Cancel { build_id: id, by: sess.caller.name, reply: tx });
     match rx.await {
         Ok(CancelOutcome::Cancelled | CancelOutcome::Stopping | CancelOutcome::AlreadyFinished(_)) => {
             Redirect::to(&format!("/builds/{id}")).into_response()
@@ -812,6 +834,9 @@ async fn rebuild(
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if let Err(r) = permit(&sess, Permission::OwnJobs) {
+        return *r;
+    }
     let row = match s.store.build(id).await {
         Ok(Some(r)) => r,
         _ => return (StatusCode::NOT_FOUND, page_error("No such build", "")).into_response(),
@@ -827,7 +852,7 @@ async fn rebuild(
         Err(e) => return web_error(e),
     };
     let spec = RequestSpec { components: vec![row.component], all: false, targets: vec![row.target] };
-    match submit(&s, &sess.user, Some(&format!("rebuild of #{id}")), &spec, props).await {
+    match submit(&s, &sess.caller.name, Some(&format!("rebuild of #{id}")), &spec, props).await {
         Ok(created) => match created.builds.first() {
             Some(b) => Redirect::to(&format!("/builds/{}", b.id)).into_response(),
             None => Redirect::to("/").into_response(),
@@ -965,8 +990,13 @@ async fn repo_change(
     Path(channel): Path<String>,
     Form(f): Form<FormPairs>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, form_get(&f, "csrf")) {
-        return *r;
+    match authorize(&s, &headers, form_get(&f, "csrf")) {
+        Ok(sess) => {
+            if let Err(r) = permit(&sess, Permission::ServerAdmin) {
+                return *r;
+            }
+        }
+        Err(r) => return *r,
     }
     let get = |k: &str| form_get(&f, k).unwrap_or_default().to_string();
     let op = match get("op").as_str() {
@@ -1030,18 +1060,31 @@ struct LoginForm {
 }
 
 async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Response {
-    if !crate::auth::tokens_match(&s.admin_token, f.token.trim()) {
-        return (StatusCode::UNAUTHORIZED, page_error("Log in failed", "That token is not valid.")).into_response();
-    }
+    let caller = match crate::auth::authenticate(&s, f.token.trim()).await {
+        Ok(c) => c,
+        Err(crate::auth::AuthError::Invalid) => {
+            return (StatusCode::UNAUTHORIZED, page_error("Log in failed", "That token is not valid.")).into_response()
+        }
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, page_error("Log in failed", &e.to_string())).into_response()
+        }
+    };
     let (Ok(id), Ok(csrf)) = (crate::auth::random_token(), crate::auth::random_token()) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, page_error("Log in failed", "no randomness")).into_response();
     };
     s.sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), Session { user: "admin".into(), csrf, created: Instant::now() });
+        .insert(id.clone(), Session { caller, csrf, created: Instant::now() });
     let mut r = Redirect::to(&safe_next(f.next.as_deref())).into_response();
-    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL.as_secs());
+    // Secure whenever the master is reached over TLS.
+    let farm = s.farm();
+    let secure = if farm.cfg.master.tls.is_some() || farm.cfg.master.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_TTL.as_secs());
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -34,21 +34,34 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
             let address = addr.to_string();
             match tls {
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => connection(s, address, shared).await,
+                    Ok(Ok(s)) => {
+                        // A verified client certificate (from the workers' CA) names its worker.
+                        let certified =
+                            s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
+                        connection(s, address, certified, shared).await
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(address, error = %e, "TLS handshake with a worker failed")
                     }
                     Err(_) => tracing::warn!(address, "TLS handshake with a worker timed out"),
                 },
-                None => connection(stream, address, shared).await,
+                None => connection(stream, address, None, shared).await,
             }
         });
     }
 }
 
+/// The common name of a certificate's subject.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     address: String,
+    certified: Option<String>,
     shared: Arc<Shared>,
 ) {
     let mut framed = Framed::new(stream, wire::codec());
@@ -65,7 +78,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();
     let (reply_tx, reply_rx) = oneshot::channel();
-    shared.send(Event::Hello { conn, hello: Box::new(hello), address, tx, reply: reply_tx });
+    shared.send(Event::Hello { conn, hello: Box::new(hello), address, certified, tx, reply: reply_tx });
     let abandon = match reply_rx.await {
         Ok(Ok(abandon)) => abandon,
         Ok(Err(reason)) => return refuse(&mut framed, &reason).await,

@@ -236,3 +236,52 @@ pub struct SnapshotInfo {
 pub struct RepoChange {
     pub message: String,
 }
+
+/// A user of the farm and what they may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserInfo {
+    pub email: String,
+    /// own_jobs, kill_any_job, modify_users, server_admin
+    pub permissions: Vec<String>,
+    pub created_at: String,
+}
+
+/// A new user: their email and permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub email: String,
+    /// Permission names; none gives read access only.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// A new API token. `user` makes one for someone else (needs modify_users).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    pub user: Option<String>,
+    /// What the token is for, e.g. "laptop" or "release script".
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A token just made: shown this once; the master keeps only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: i64,
+    pub user: String,
+    pub name: String,
+    pub token: String,
+}
+
+/// An API token as listed: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub user: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}

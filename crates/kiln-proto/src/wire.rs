@@ -154,6 +154,23 @@ pub struct Job {
     pub secrets: Secrets,
 }
 
+/// The step environment variable that lists a deb build root's package
+/// repositories beside its mirror (JSON: a list of [`BuildRootRepo`]).
+pub const APT_REPOS_ENV: &str = "KILN_APT_REPOS";
+
+/// A package repository a deb build root installs build dependencies from:
+/// the farm's own channel or one of the target's `repositories`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRootRepo {
+    /// A short name for the files it gets in the root (`kiln-NAME.list`).
+    pub name: String,
+    /// `URL SUITE COMPONENT...`, the words after `deb [...]`.
+    pub source: String,
+    /// The repository's armored OpenPGP key; apt trusts it for this
+    /// repository only (`signed-by`).
+    pub key: String,
+}
+
 /// Secret values by environment variable. Their `Debug` form names the
 /// variables only, so a logged job never shows a value.
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ pub struct Farm {
     master: Option<Child>,
     master_runs: u32,
     workers: HashMap<String, Child>,
+    /// Set when the master serves HTTPS: the CA its certificate comes from.
+    pub web_ca: Option<PathBuf>,
 }
 
 /// A worker `w1` (token in `secrets/w1.token`) and a target `t`: the start
@@ -98,6 +100,7 @@ impl Farm {
             master: None,
             master_runs: 0,
             workers: HashMap::new(),
+            web_ca: None,
         }
     }
 
@@ -123,7 +126,15 @@ impl Farm {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        let scheme = if self.web_ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
+    }
+
+    fn client_with(&self, token: Option<String>) -> Client {
+        match &self.web_ca {
+            Some(ca) => Client::with_ca(&self.url(), token, &std::fs::read(ca).expect("CA")).expect("client"),
+            None => Client::new(&self.url(), token).expect("client"),
+        }
     }
 
     pub fn admin_token(&self) -> String {
@@ -131,11 +142,11 @@ impl Farm {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url(), Some(self.admin_token())).expect("client")
+        self.client_with(Some(self.admin_token()))
     }
 
     pub fn anonymous(&self) -> Client {
-        Client::new(&self.url(), None).expect("client")
+        self.client_with(None)
     }
 
     /// The master's log so far (all its runs).
@@ -186,7 +197,7 @@ impl Farm {
         cmd.envs(env.iter().copied());
         let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().expect("spawn kiln master");
         self.master = Some(child);
-        let client = Client::new(&self.url(), None).expect("client");
+        let client = self.anonymous();
         // Up means answering; a master that requires a login to read answers 401.
         let ok = wait_for(Duration::from_secs(30), || async {
             matches!(client.status().await, Ok(_) | Err(kiln_client::ClientError::Api { status: 401, .. }))
@@ -221,14 +232,13 @@ impl Farm {
     pub fn start_worker_with(&mut self, name: &str, targets: &[&str], slots: u32, extra: &[&str]) {
         let token_file = self.path(&format!("secrets/{name}.token"));
         let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
-        let child = Command::new(&self.bin)
-            .arg("worker")
-            .arg("--master")
-            .arg(self.worker_port.to_string())
-            .arg("--name")
-            .arg(name)
-            .arg("--token-file")
-            .arg(token_file)
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("worker").arg("--master").arg(self.worker_port.to_string()).arg("--name").arg(name);
+        // A worker with a client certificate may have no token.
+        if token_file.exists() {
+            cmd.arg("--token-file").arg(token_file);
+        }
+        let child = cmd
             .arg("--targets")
             .arg(targets.join(","))
             .arg("--slots")

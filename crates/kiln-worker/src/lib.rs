@@ -36,8 +36,14 @@ pub struct WorkerOptions {
     pub workdir: PathBuf,
     /// Connect with TLS, trusting this CA certificate (PEM).
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate and key (PEM) from the workers' CA: the worker
+    /// logs in with it (mutual TLS), with or without a token.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
     /// Drop the cached build roots at start, so each target's is made again.
     pub refresh_roots: bool,
+    /// Where cached build roots live (default: `roots/` in the work dir);
+    /// workers on one host may share one.
+    pub root_cache: Option<PathBuf>,
 }
 
 struct RunningBuild {
@@ -91,7 +97,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         tracing::warn!(groups, "removed cgroups left over from an earlier run");
     }
     if opts.refresh_roots {
-        match std::fs::remove_dir_all(workdir.join("roots")) {
+        match std::fs::remove_dir_all(opts.root_cache.clone().unwrap_or_else(|| workdir.join("roots"))) {
             Ok(()) => tracing::info!("dropped the cached build roots"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).context("cannot drop the cached build roots"),
@@ -113,7 +119,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     // upload goes at the connection's pace instead of filling memory.
     let (upload_tx, mut upload_rx) = mpsc::channel::<WorkerMsg>(16);
     let tls = match &opts.tls_ca {
-        Some(ca) => Some(tls_connector(ca)?),
+        Some(ca) => Some(tls_connector(ca, opts.tls_identity.as_ref())?),
         None => None,
     };
     let mut backoff = Duration::from_millis(200);
@@ -375,6 +381,7 @@ fn start_build(
     lock(state).running.insert(id, RunningBuild { cancel: cancel_tx, abandoned: abandoned.clone() });
     let ctx = runner::BuildContext {
         worker_dir: opts.workdir.clone(),
+        root_cache: opts.root_cache.clone(),
         worker_name: opts.name.clone(),
         out: out_tx.clone(),
         cancel: cancel_rx,
@@ -520,7 +527,10 @@ async fn send_file(
     Sent::Whole
 }
 
-fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+fn tls_connector(
+    ca: &std::path::Path,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::File::open(ca).with_context(|| format!("cannot open {}", ca.display()))?;
     for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
@@ -528,7 +538,22 @@ fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnec
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+                std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
+            ))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
+            let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+                std::fs::File::open(key).with_context(|| format!("cannot open {}", key.display()))?,
+            ))
+            .with_context(|| format!("cannot read {}", key.display()))?
+            .with_context(|| format!("no private key in {}", key.display()))?;
+            config.with_client_auth_cert(certs, key).context("the client certificate and key do not fit together")?
+        }
+    };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

@@ -7,7 +7,9 @@
 //! cached under the worker dir and made again when older than `max_age`.
 //! Each build unpacks a fresh copy, installs build dependencies in it with
 //! network, then builds in bubblewrap without network, as an unprivileged
-//! user with no capabilities.
+//! user with no capabilities. With the `sbuild` executor, sbuild's unshare
+//! mode takes the cached tarball and does the unpacking, installing and
+//! building itself; with `mock`, mock makes its own root.
 
 use anyhow::{bail, Context};
 use kiln_core::debian::{changelog_entry, changelog_head, nightly_version};
@@ -101,12 +103,24 @@ pub struct RootOptions {
     pub components: String,
     pub arch: Option<String>,
     pub max_age: Duration,
+    /// Only make sure the cached tarball is fresh and name it in
+    /// SCRATCH/root-tarball (for sbuild, which unpacks it itself).
+    pub tarball_only: bool,
+}
+
+/// Where cached build roots live: `kiln worker --root-cache` (several
+/// workers on one host may share it), else the worker dir's `roots/`.
+fn root_cache() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("KILN_ROOT_CACHE") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Ok(env_path("KILN_WORKER_DIR")?.join("roots")),
+    }
 }
 
 /// `deb-root`: makes sure the cached root tarball is fresh, then unpacks a
 /// copy into SCRATCH/root.
 pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
-    let cache = env_path("KILN_WORKER_DIR")?.join("roots");
+    let cache = root_cache()?;
     fs::create_dir_all(&cache)?;
     let key = {
         use std::hash::{Hash, Hasher};
@@ -136,6 +150,16 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
         fs::rename(&tmp, &tarball)?;
     } else {
         eprintln!("kiln: using the cached {} build root", o.suite);
+    }
+    if o.tarball_only {
+        // Hard-linked into the build's scratch dir: a refresh that replaces
+        // the cached name leaves this build's copy whole.
+        let scratch = env_path("KILN_SCRATCH")?;
+        let mine = scratch.join("root.tar");
+        if fs::hard_link(&tarball, &mine).is_err() {
+            fs::copy(&tarball, &mine).context("cannot copy the root tarball")?;
+        }
+        return Ok(());
     }
     let root = env_path("KILN_SCRATCH")?.join("root");
     fs::create_dir_all(&root)?;
@@ -239,18 +263,18 @@ pub fn deb_deps() -> anyhow::Result<()> {
     for e in fs::read_dir(scratch.join("pkg"))?.flatten() {
         fs::copy(e.path(), build.join(e.file_name()))?;
     }
-    // The farm's own repository (what dependencies just published), trusted
-    // through its key only: `signed-by`, nothing added to apt's global keyring.
-    if let (Ok(source), Ok(key)) = (std::env::var("KILN_APT_SOURCE"), std::env::var("KILN_APT_KEY")) {
-        let channel = std::env::var("KILN_APT_CHANNEL").unwrap_or_else(|_| "farm".into());
-        let keyring = format!("/etc/apt/keyrings/kiln-{channel}.asc");
+    // The farm's own repository (what dependencies just published) and the
+    // target's extra ones, each trusted through its own key only:
+    // `signed-by`, nothing added to apt's global keyring.
+    for repo in build_root_repos()? {
+        let keyring = format!("/etc/apt/keyrings/kiln-{}.asc", repo.name);
         fs::create_dir_all(root.join("etc/apt/keyrings"))?;
-        fs::write(root.join(keyring.trim_start_matches('/')), key)?;
+        fs::write(root.join(keyring.trim_start_matches('/')), &repo.key)?;
         fs::write(
-            root.join(format!("etc/apt/sources.list.d/kiln-{channel}.list")),
-            format!("deb [signed-by={keyring}] {source}\n"),
+            root.join(format!("etc/apt/sources.list.d/kiln-{}.list", repo.name)),
+            format!("deb [signed-by={keyring}] {}\n", repo.source),
         )?;
-        eprintln!("kiln: build root uses the farm's {channel} repository: {source}");
+        eprintln!("kiln: build root uses repository {}: {}", repo.name, repo.source);
     }
     let script = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
                   dpkg-source -x *.dsc src; apt-get build-dep -y --no-install-recommends ./src";
@@ -268,9 +292,99 @@ pub fn deb_deps() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The package repositories the master named for this build's root.
+fn build_root_repos() -> anyhow::Result<Vec<kiln_proto::wire::BuildRootRepo>> {
+    let Ok(json) = std::env::var(kiln_proto::wire::APT_REPOS_ENV) else { return Ok(Vec::new()) };
+    let repos: Vec<kiln_proto::wire::BuildRootRepo> =
+        serde_json::from_str(&json).context("the master's list of build root repositories is malformed")?;
+    for r in &repos {
+        if !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || r.source.contains('\n') {
+            bail!("the master named an unusable repository {:?}", r.name);
+        }
+    }
+    Ok(repos)
+}
+
+/// The `.dsc` that `deb-source` made.
+fn made_dsc(pkg: &Path) -> anyhow::Result<PathBuf> {
+    fs::read_dir(pkg)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "dsc"))
+        .context("no .dsc was made")
+}
+
+/// Builds with sbuild in its unshare mode over the cached tarball: sbuild
+/// unpacks it in a user namespace, installs the build dependencies (with
+/// network), builds without network as its own unprivileged user, and
+/// removes the unpacked root. Returns the dir holding the results.
+fn sbuild(scratch: &Path, suite: &str, arch: Option<&str>) -> anyhow::Result<PathBuf> {
+    let pkg = scratch.join("pkg");
+    let dsc = made_dsc(&pkg)?;
+    let results = scratch.join("sbuild-out");
+    let tmp = scratch.join("tmp");
+    fs::create_dir_all(&results)?;
+    fs::create_dir_all(&tmp)?;
+    let mut cmd = Command::new("sbuild");
+    cmd.args(["--chroot-mode=unshare", "--no-run-lintian", "--no-run-autopkgtest", "--no-run-piuparts", "--nolog"]);
+    cmd.arg(format!("--chroot={}", scratch.join("root.tar").display()));
+    cmd.arg(format!("--dist={suite}"));
+    if let Some(arch) = arch {
+        cmd.arg(format!("--arch={arch}"));
+    }
+    let keys = scratch.join("keys");
+    for repo in build_root_repos()? {
+        fs::create_dir_all(&keys)?;
+        let key = keys.join(format!("{}.asc", repo.name));
+        fs::write(&key, &repo.key)?;
+        cmd.arg(format!("--extra-repository=deb {}", repo.source));
+        cmd.arg(format!("--extra-repository-key={}", key.display()));
+        eprintln!("kiln: build root uses repository {}: {}", repo.name, repo.source);
+    }
+    // sbuild unpacks into TMPDIR: inside the scratch dir, whatever is left
+    // after a cancel goes with it.
+    cmd.env("TMPDIR", &tmp).arg(&dsc).current_dir(&results);
+    run(&mut cmd, "sbuild")?;
+    // The source package goes with the binaries, as with the other executors.
+    for e in fs::read_dir(&pkg)?.flatten() {
+        if e.file_type()?.is_file() && !results.join(e.file_name()).exists() {
+            fs::copy(e.path(), results.join(e.file_name()))?;
+        }
+    }
+    // The root's packages, as the .buildinfo records them.
+    if let Some(buildinfo) = find_one(&results, ".buildinfo")? {
+        let text = fs::read_to_string(&buildinfo)?;
+        fs::write(scratch.join("buildroot-packages.txt"), installed_build_depends(&text))?;
+    }
+    Ok(results)
+}
+
+/// `name=version` lines from a .buildinfo's `Installed-Build-Depends`.
+fn installed_build_depends(buildinfo: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in buildinfo.lines() {
+        if line.starts_with("Installed-Build-Depends:") {
+            inside = true;
+            continue;
+        }
+        if inside && !line.starts_with(' ') {
+            break;
+        }
+        if inside {
+            let entry = line.trim().trim_end_matches(',');
+            if let Some((name, rest)) = entry.split_once(" (= ") {
+                out.push_str(&format!("{name}={}\n", rest.trim_end_matches(')')));
+            }
+        }
+    }
+    out
+}
+
 /// `deb-build`: builds the package (in bubblewrap without network as an
-/// unprivileged user, or on the host) and puts the results in `.kiln-out/`.
-pub fn deb_build(executor: &str) -> anyhow::Result<()> {
+/// unprivileged user, with sbuild, or on the host) and puts the results in
+/// `.kiln-out/`.
+pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let scratch = env_path("KILN_SCRATCH")?;
     let out = build_dir.join(OUTPUT_DIR);
@@ -291,13 +405,10 @@ pub fn deb_build(executor: &str) -> anyhow::Result<()> {
             run(&mut cmd, "dpkg-buildpackage")?;
             build
         }
+        "sbuild" => sbuild(&scratch, suite.context("the sbuild executor needs --suite")?, arch)?,
         "host" => {
             let pkg = scratch.join("pkg");
-            let dsc = fs::read_dir(&pkg)?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "dsc"))
-                .context("no .dsc was made")?;
+            let dsc = made_dsc(&pkg)?;
             run(Command::new("dpkg-source").arg("-x").arg(&dsc).arg("src").current_dir(&pkg), "dpkg-source -x")?;
             run(
                 Command::new("dpkg-buildpackage").args(["-us", "-uc"]).current_dir(pkg.join("src")),
@@ -398,7 +509,16 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
             let name = spec_path.file_name().context("spec path")?;
             let edited = rpm.join(name);
             fs::write(&edited, text)?;
-            let sources = spec_path.parent().unwrap_or(&build_dir);
+            // The files beside the spec, and the tarballs it names that are
+            // not there, made from the tree (`Source0: %{name}-%{version}.tar.gz`).
+            let sources = rpm.join("sources");
+            fs::create_dir_all(&sources)?;
+            for e in fs::read_dir(spec_path.parent().unwrap_or(&build_dir))?.flatten() {
+                if e.file_type()?.is_file() {
+                    fs::copy(e.path(), sources.join(e.file_name()))?;
+                }
+            }
+            tarballs_from_tree(&edited, &build_dir, &sources)?;
             let top = rpm.join("srpm-top");
             let mut cmd = Command::new("rpmbuild");
             cmd.arg("-bs")
@@ -412,6 +532,7 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
             let dest = rpm.join(made.file_name().context("srpm name")?);
             fs::rename(&made, &dest)?;
             fs::remove_dir_all(&top)?;
+            fs::remove_dir_all(&sources)?;
             fs::remove_file(&edited)?;
             dest
         }
@@ -426,10 +547,67 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes each source tarball the spec names but `sources` lacks from the
+/// source tree, the way `git archive` would: the tree (without `.git` and
+/// kiln's output) under the directory `%setup` expects.
+fn tarballs_from_tree(spec: &Path, tree: &Path, sources: &Path) -> anyhow::Result<()> {
+    let parsed = Command::new("rpmspec")
+        .arg("-P")
+        .arg("--define")
+        .arg(format!("_sourcedir {}", sources.display()))
+        .arg(spec)
+        .output()
+        .context("cannot run rpmspec")?;
+    if !parsed.status.success() {
+        bail!("rpmspec -P {} failed: {}", spec.display(), String::from_utf8_lossy(&parsed.stderr).trim());
+    }
+    let parsed = String::from_utf8_lossy(&parsed.stdout);
+    let missing: Vec<String> = kiln_core::rpmspec::source_files(&parsed)
+        .into_iter()
+        .filter(|f| kiln_core::rpmspec::is_tarball(f) && !sources.join(f).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let nv = Command::new("rpmspec")
+        .args(["-q", "--srpm", "--qf", "%{NAME}-%{VERSION}"])
+        .arg(spec)
+        .output()
+        .context("cannot run rpmspec")?;
+    let default_dir = String::from_utf8_lossy(&nv.stdout).trim().to_string();
+    let dir = kiln_core::rpmspec::setup_dir(&parsed).unwrap_or(default_dir);
+    if dir.is_empty() || !dir.chars().all(|c| c.is_ascii_alphanumeric() || "._+~-".contains(c)) {
+        bail!("cannot tell which directory %setup expects the sources in (got {dir:?}); name it with `%setup -n`");
+    }
+    for file in missing {
+        eprintln!("kiln: making {file} from the source tree (top directory {dir}/)");
+        // Written under a prefixed name, then renamed; `-a` picks the
+        // compression by the name's suffix, which the prefix keeps.
+        let part = sources.join(format!(".partial-{file}"));
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(tree)
+            .args(["--exclude=./.git", "--exclude=./.kiln-out", "--sort=name", "--owner=0", "--group=0"])
+            .arg("--numeric-owner")
+            .arg(format!("--transform=s,^\\.,{dir},S"))
+            .arg("-caf")
+            .arg(&part)
+            .arg(".")
+            .status()
+            .context("cannot run tar")?;
+        if !status.success() {
+            let _ = fs::remove_file(&part);
+            bail!("making {file} from the source tree failed ({status})");
+        }
+        fs::rename(&part, sources.join(&file))?;
+    }
+    Ok(())
+}
+
 /// `rpm-build`: rebuilds the source RPM (in bubblewrap over the host,
-/// read-only, without network, as an unprivileged user; or on the host) and
-/// puts the RPMs in `.kiln-out/`.
-pub fn rpm_build(executor: &str) -> anyhow::Result<()> {
+/// read-only, without network, as an unprivileged user; with mock in a
+/// root of its own; or on the host) and puts the RPMs in `.kiln-out/`.
+pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let rpm = env_path("KILN_SCRATCH")?.join("rpm");
     let srpm = find_one(&rpm, ".src.rpm")?.context("no source RPM was made")?;
@@ -453,6 +631,30 @@ pub fn rpm_build(executor: &str) -> anyhow::Result<()> {
             cmd.arg(format!("/tmp/kiln-build/{srpm_name}"));
             run(&mut cmd, "rpmbuild --rebuild")?;
         }
+        "mock" => {
+            // mock makes and caches its own root (its config names the
+            // distribution), installs the BuildRequires and builds as its
+            // unprivileged `mockbuild` user; results land in --resultdir.
+            let results = rpm.join("top/RPMS");
+            fs::create_dir_all(&results)?;
+            let mut cmd = Command::new("mock");
+            if let Some(config) = mock_config {
+                cmd.arg("-r").arg(config);
+            }
+            cmd.arg("--resultdir").arg(&results).arg("--rebuild").arg(&srpm);
+            run(&mut cmd, "mock --rebuild")?;
+            // mock's record of the root's packages, and its logs.
+            for (from, to) in [
+                ("installed_pkgs.log", "buildroot-packages.txt"),
+                ("root.log", "mock-root.log"),
+                ("build.log", "mock-build.log"),
+            ] {
+                if results.join(from).exists() {
+                    fs::create_dir_all(build_dir.join(OUTPUT_DIR))?;
+                    fs::copy(results.join(from), build_dir.join(OUTPUT_DIR).join(to))?;
+                }
+            }
+        }
         "host" => {
             let mut cmd = Command::new("rpmbuild");
             cmd.arg("--rebuild").arg("--define").arg(format!("_topdir {}", rpm.join("top").display())).arg(&srpm);
@@ -470,7 +672,7 @@ pub fn rpm_build(executor: &str) -> anyhow::Result<()> {
                 stack.push(e.path());
             } else if e.file_name().to_string_lossy().ends_with(".rpm") {
                 fs::copy(e.path(), out.join(e.file_name()))?;
-                n += 1;
+                n += usize::from(!e.file_name().to_string_lossy().ends_with(".src.rpm"));
             }
         }
     }

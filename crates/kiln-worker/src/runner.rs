@@ -22,6 +22,7 @@ const FLUSH_BYTES: usize = 32 * 1024;
 
 pub struct BuildContext {
     pub worker_dir: PathBuf,
+    pub root_cache: Option<PathBuf>,
     pub worker_name: String,
     pub out: mpsc::UnboundedSender<WorkerMsg>,
     /// Flips to true when the build is to be cancelled.
@@ -322,6 +323,9 @@ async fn run_step(
         ("KILN_SCRATCH".into(), scratch_dir(dir).display().to_string()),
         ("KILN_EXE".into(), std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "kiln".into())),
     ];
+    if let Some(cache) = &ctx.root_cache {
+        env.push(("KILN_ROOT_CACHE".into(), cache.display().to_string()));
+    }
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(job.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(props.iter().map(|(k, v)| (env_name(k), v.clone())));

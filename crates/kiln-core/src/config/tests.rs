@@ -107,8 +107,9 @@ fn invalid_toml_and_bad_values() {
     let errs = errors("[[component]]\nname = \"../x\"\nsteps = []\n");
     assert!(errs[0].contains("invalid name"), "{errs:?}");
 
-    let errs = errors("[[worker]]\nname = \"w\"\n");
-    assert_eq!(errs, ["farm.toml:1:1: [[worker]] needs `token_file`"]);
+    // A worker without a token file logs in by certificate only.
+    let cfg = parse("[[worker]]\nname = \"w\"\n").expect("parses");
+    assert_eq!(cfg.workers[0].token_file, None);
 }
 
 #[test]
@@ -189,4 +190,55 @@ passphrase = { file = "x", env = "Y" }
     assert!(has("promotes to unknown channel \"nowhere\""), "{e:?}");
     assert!(has("the passphrase itself never goes in the config"), "{e:?}");
     assert!(has("needs exactly one of `file`, `env`, `credential`"), "{e:?}");
+}
+
+#[test]
+fn deb_targets_take_extra_repositories_with_their_keys() {
+    let cfg = parse(
+        r#"
+[[target]]
+name = "d12"
+family = "deb"
+suite = "bookworm"
+mirror = "http://deb.example.org/debian"
+repositories = [
+  { url = "http://deb.example.org/debian", suite = "bookworm-backports", key = "keys/backports.asc" },
+  { url = "https://vendor.example.com/apt", suite = "stable", components = ["main", "contrib"], key = "/etc/kiln/vendor.asc" },
+]
+"#,
+    )
+    .expect("parses");
+    let repos = &cfg.targets[0].repositories;
+    assert_eq!(repos.len(), 2);
+    assert_eq!(repos[0].source(), "http://deb.example.org/debian bookworm-backports main");
+    assert_eq!(repos[1].source(), "https://vendor.example.com/apt stable main contrib");
+    assert_eq!(repos[1].key, "/etc/kiln/vendor.asc");
+
+    let errs = errors(
+        r#"
+[[target]]
+name = "d12"
+family = "deb"
+executor = "mock"
+repositories = [{ url = "http://x/ y", suite = "s" }]
+
+[[target]]
+name = "el9"
+family = "rpm"
+executor = "sbuild"
+repositories = [{ url = "http://x/", suite = "s", key = "k.asc" }]
+mock_config = "--root"
+"#,
+    );
+    let all = errs.join("\n");
+    for want in [
+        "`executor = \"mock\"` of [[target]]: mock builds rpm targets only",
+        "must be an http(s):// or file:/ URL, got \"http://x/ y\"",
+        "a repository of [[target]] needs `key`",
+        "`executor = \"sbuild\"` of [[target]]: sbuild builds deb targets only",
+        "are apt repositories, for deb targets only",
+        "`mock_config` of [[target]] must name a mock config",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
 }

@@ -29,6 +29,9 @@ pub struct GitSource {
 /// Change hooks: where forges post push events.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hooks {
+    /// `[hooks.base] open = true`: the base hook takes requests without a
+    /// token (for trusted networks only); otherwise it needs one with own_jobs.
+    pub base_open: bool,
     pub github: Option<ForgeHook>,
     pub gitlab: Option<ForgeHook>,
     pub gitea: Option<ForgeHook>,
@@ -121,7 +124,7 @@ impl Notifier {
     }
 }
 
-pub(super) const HOOK_KEYS: &[&str] = &["github", "gitlab", "gitea"];
+pub(super) const HOOK_KEYS: &[&str] = &["base", "github", "gitlab", "gitea"];
 const FORGE_HOOK_KEYS: &[&str] = &["secret_file", "secret", "status_token_file", "status_token", "api_url"];
 const SMTP_KEYS: &[&str] = &["server", "port", "security", "from", "username", "password", "ca_file"];
 const IRC_KEYS: &[&str] = &["server", "tls", "nick", "password", "channels"];
@@ -327,6 +330,17 @@ pub(super) fn read_hooks(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> 
         return hooks;
     };
     r.check_keys(Tbl { t, span: &span }, HOOK_KEYS, "[hooks]");
+    if let Some(bitem) = t.get("base") {
+        let bspan = bitem.span();
+        match bitem.as_table_like() {
+            Some(bt) => {
+                let tbl = Tbl { t: bt, span: &bspan };
+                r.check_keys(tbl, &["open"], "[hooks.base]");
+                hooks.base_open = r.boolean(tbl, "open", "[hooks.base]").unwrap_or(false);
+            }
+            None => r.err(&bspan, "[hooks.base] must be a table"),
+        }
+    }
     for forge in ["github", "gitlab", "gitea"] {
         let Some(fitem) = t.get(forge) else { continue };
         let fspan = fitem.span();
