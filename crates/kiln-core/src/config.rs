@@ -84,6 +84,9 @@ pub struct MasterSection {
     /// Serve the web pages and API over TLS (HTTPS) with this certificate
     /// and key; `client_ca` lets users log in with certificates.
     pub tls: Option<TlsFiles>,
+    /// How long a web client may take to send a request's headers (and a
+    /// TLS handshake) before its connection is closed.
+    pub header_timeout: Duration,
     /// The largest artifact a worker may upload, in bytes.
     pub max_artifact_size: u64,
     /// Whether pages and API reads are open to anyone (default); when false
@@ -128,6 +131,7 @@ impl Default for MasterSection {
             kill_grace: Duration::from_secs(10),
             worker_tls: None,
             tls: None,
+            header_timeout: Duration::from_secs(30),
             max_artifact_size: 4 << 30,
             url: None,
             anonymous_read: true,
@@ -364,6 +368,7 @@ const MASTER_KEYS: &[&str] = &[
     "kill_grace",
     "worker_tls",
     "tls",
+    "header_timeout",
     "max_artifact_size",
     "url",
     "anonymous_read",
@@ -956,6 +961,9 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
     let timings_ok = r.diags.len() == errors_before;
     if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
         m.kill_grace = d;
+    }
+    if let Some(d) = duration_key(r, tbl, "header_timeout", "[master]") {
+        m.header_timeout = d.max(Duration::from_millis(100));
     }
     if let Some((text, sspan)) = r.string(tbl, "max_artifact_size", "[master]") {
         match crate::size::parse_size(&text) {

@@ -292,6 +292,10 @@ pub(crate) fn request_properties(
         if v.len() > MAX_VALUE_LEN {
             return Err(ApiError::bad(format!("property {k:?} is {} bytes long; at most {MAX_VALUE_LEN}", v.len())));
         }
+        // Steps see properties as environment variables, which cannot hold NUL.
+        if v.contains('\0') {
+            return Err(ApiError::bad(format!("property {k:?} holds a NUL byte, which no step could be given")));
+        }
         out.insert(k.clone(), Property { value: v.clone(), source });
     }
     Ok(out)

@@ -45,6 +45,12 @@ pub enum Event {
         worker: String,
         msg: WorkerMsg,
     },
+    /// A worker's connection carried something (log output, artifact
+    /// pieces): it is alive even if its heartbeat waits behind that.
+    Seen {
+        conn: u64,
+        worker: String,
+    },
     Gone {
         conn: u64,
         worker: String,
@@ -313,6 +319,11 @@ impl Dispatcher {
         match ev {
             Event::Hello { conn, hello, address, certified, tx, reply } => {
                 self.hello(conn, *hello, address, certified, tx, reply).await
+            }
+            Event::Seen { conn, worker } => {
+                if let Some(w) = self.workers.get_mut(&worker).filter(|w| w.conn == conn) {
+                    w.last_seen = Instant::now();
+                }
             }
             Event::FromWorker { conn, worker, msg } => {
                 let Some(w) = self.workers.get_mut(&worker) else {

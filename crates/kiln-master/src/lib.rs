@@ -109,6 +109,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
         }
         None => None,
     };
+    let header_timeout = farm.cfg.master.header_timeout;
     let (http_addr, worker_addr) = (http.local_addr()?, wl.local_addr()?);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
@@ -134,17 +135,20 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(poller::run(shared.clone()));
     tasks.spawn(irc::run(shared.clone()));
     let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
-    tasks.spawn(serve_http(http, web_tls, app));
+    tasks.spawn(serve_http(http, web_tls, header_timeout, app));
     tracing::info!(%http_addr, %worker_addr, "kiln master running");
     Ok(RunningMaster { http_addr, worker_addr, admin_token_path: token_path, admin_token: token, tasks, store })
 }
 
-/// How long a client may take to send a request's headers (slow clients
-/// must not hold connections open for ever).
-const HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Serves the web pages and API on `listener`, over TLS when `tls` is set.
-async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, app: axum::Router) {
+/// A client gets `deadline` to send a request's headers (and to finish a
+/// TLS handshake): slow clients cannot hold connections open for ever.
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    deadline: std::time::Duration,
+    app: axum::Router,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -160,11 +164,11 @@ async fn serve_http(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor
         let (tls, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_DEADLINE);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
             let service = TowerToHyperService::new(app);
             let served = match tls {
                 None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
-                Some(acceptor) => match tokio::time::timeout(HEADER_DEADLINE, acceptor.accept(tcp)).await {
+                Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
                     Ok(Err(e)) => {
                         tracing::debug!(%addr, error = %e, "TLS handshake failed on the web port");

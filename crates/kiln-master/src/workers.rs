@@ -110,7 +110,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let reader = async {
+        // Log output and artifact pieces bypass the dispatcher; they still
+        // show the worker is alive (a big upload over a slow link can keep
+        // its heartbeats queued for longer than the timeout).
+        let mut noted = tokio::time::Instant::now();
         while let Some(Ok(frame)) = stream.next().await {
+            if noted.elapsed() >= Duration::from_secs(1) {
+                noted = tokio::time::Instant::now();
+                shared.send(Event::Seen { conn, worker: name.clone() });
+            }
             match wire::decode::<WorkerMsg>(&frame) {
                 Ok(WorkerMsg::Log { build_id, step, offset, data }) => {
                     if let Err(e) = shared.logs.append(build_id, &name, step, offset, &data) {

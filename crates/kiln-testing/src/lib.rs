@@ -287,7 +287,13 @@ impl Farm {
             match client.build(id).await {
                 Ok(b) if b.state.is_finished() => return b,
                 Ok(b) if Instant::now() > deadline => {
-                    panic!("build {id} did not finish within {within:?}: {b:?}\n{}", self.master_log())
+                    let workers: Vec<String> =
+                        self.workers.keys().map(|w| format!("--- worker {w}:\n{}", self.worker_log(w))).collect();
+                    panic!(
+                        "build {id} did not finish within {within:?}: {b:?}\n--- master:\n{}\n{}",
+                        self.master_log(),
+                        workers.join("\n")
+                    )
                 }
                 Err(e) if Instant::now() > deadline => panic!("cannot read build {id}: {e}"),
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
