@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_repo;
+mod bench_roots;
 mod bench_ui;
 mod cert_cmds;
 mod client_cmds;
@@ -176,6 +177,8 @@ enum Command {
     BenchRepo(bench_repo::BenchRepoArgs),
     /// Time the web pages of a big farm (1,400 builders, 100,000 builds); writes JSON.
     BenchUi(bench_ui::BenchUiArgs),
+    /// Time a deb build root's setup per build (root step + apt-get update); writes JSON.
+    BenchRoots(bench_roots::BenchRootsArgs),
     /// Helpers the standard pipelines' steps run on a worker.
     #[command(subcommand, hide = true)]
     Internal(Internal),
@@ -204,6 +207,8 @@ enum Internal {
     },
     /// Install build dependencies into the root.
     DebDeps,
+    /// `apt-get update` inside the unpacked root (what `deb-deps` starts with).
+    RootUpdate,
     /// Build the package.
     DebBuild {
         #[arg(long, default_value = "bwrap")]
@@ -373,6 +378,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchUi(args) => bench_ui::run(args).await,
+        Command::BenchRoots(args) => tokio::task::spawn_blocking(move || bench_roots::run(args)).await?,
         Command::BenchRepo(args) => tokio::task::spawn_blocking(move || bench_repo::run(args)).await?,
         Command::Internal(cmd) => {
             use kiln_worker::pipeline;
@@ -384,6 +390,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     pipeline::deb_root(&o)?
                 }
                 Internal::DebDeps => pipeline::deb_deps()?,
+                Internal::RootUpdate => pipeline::root_update()?,
                 Internal::DebBuild { executor, suite, arch } => {
                     pipeline::deb_build(&executor, suite.as_deref(), arch.as_deref())?
                 }

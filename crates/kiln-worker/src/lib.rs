@@ -9,7 +9,7 @@
 mod cgroup;
 pub mod checkout;
 pub mod pipeline;
-mod process;
+pub mod process;
 mod runner;
 
 use anyhow::{bail, Context};

@@ -292,6 +292,13 @@ pub fn deb_deps() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `root-update`: `apt-get update` in the unpacked root, with network (the
+/// first thing `deb-deps` does; alone, for measuring a root's setup).
+pub fn root_update() -> anyhow::Result<()> {
+    let root = env_path("KILN_SCRATCH")?.join("root");
+    run(bwrap(&root, true).args(["apt-get", "update", "-q"]), "apt-get update")
+}
+
 /// The package repositories the master named for this build's root.
 fn build_root_repos() -> anyhow::Result<Vec<kiln_proto::wire::BuildRootRepo>> {
     let Ok(json) = std::env::var(kiln_proto::wire::APT_REPOS_ENV) else { return Ok(Vec::new()) };
