@@ -258,7 +258,9 @@ async fn list_builds(
 /// Forces builds: the same options as `kiln build`.
 #[utoipa::path(post, path = "/api/v1/builds", request_body = BuildRequestBody,
     responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "unknown component or target"), (status = 413, body = ErrorBody)),
+        (status = 403, body = ErrorBody, description = "no own_jobs permission"),
+        (status = 404, body = ErrorBody, description = "unknown component or target"), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "the body is not JSON"), (status = 422, body = ErrorBody, description = "the JSON does not have the expected shape")),
     security(("token" = [])))]
 async fn create_builds(
     State(s): State<AppState>,
@@ -375,7 +377,7 @@ async fn store_request(
 
 /// One build with its steps and properties.
 #[utoipa::path(get, path = "/api/v1/builds/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = Build), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Build), (status = 400, body = ErrorBody, description = "not a build id"), (status = 404, body = ErrorBody)))]
 async fn get_build(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Build> {
     let id = parse_id(&id)?;
     let row = s.store.build(id).await?.ok_or_else(|| not_found_build(id))?;
@@ -394,7 +396,7 @@ fn not_found_build(id: i64) -> ApiError {
 /// Cancels a build: a queued one leaves the queue, a running one is stopped
 /// (its `always_run` steps still run).
 #[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path)),
-    responses((status = 200, body = Build), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "someone else's build, and no kill_any_job"),
+    responses((status = 200, body = Build), (status = 400, body = ErrorBody, description = "not a build id"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "someone else's build, and no kill_any_job"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already finished")),
     security(("token" = [])))]
 async fn cancel_build(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Build> {
@@ -424,7 +426,7 @@ struct LogQuery {
 
 /// A step's log from an offset; `step` is the step's name or index.
 #[utoipa::path(get, path = "/api/v1/builds/{id}/steps/{step}/log", params(("id" = i64, Path), ("step" = String, Path), LogQuery),
-    responses((status = 200, body = LogChunk), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LogChunk), (status = 400, body = ErrorBody, description = "not a build id, or a bad query"), (status = 404, body = ErrorBody)))]
 async fn step_log(
     State(s): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -734,7 +736,9 @@ struct BaseChange {
 /// Buildbot's base change hook: builds the component named by `project` on
 /// all its targets. Compatible with `post_build_request.py`.
 #[utoipa::path(post, path = "/change_hook/base", request_body(content = BaseChange, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "no own_jobs permission"), (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "the body is not a form")),
     security(("token" = [])))]
 async fn change_hook_base(
     State(s): State<AppState>,

@@ -65,7 +65,8 @@ async fn list_users(State(s): State<AppState>, caller: Caller) -> Result<Json<Ve
 /// permission they do not hold themselves.
 #[utoipa::path(post, path = "/api/v1/users", request_body = NewUser,
     responses((status = 200, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "the user exists")),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "the user exists"),
+        (status = 415, body = ErrorBody, description = "the body is not JSON"), (status = 422, body = ErrorBody, description = "the JSON does not have the expected shape")),
     security(("token" = [])))]
 async fn add_user(
     State(s): State<AppState>,
@@ -138,7 +139,7 @@ async fn list_tokens(
 /// Makes a token: one's own, or (with modify_users) another user's.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken,
     responses((status = 200, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody, description = "the body is not JSON"), (status = 422, body = ErrorBody, description = "the JSON does not have the expected shape")),
     security(("token" = [])))]
 async fn create_token(
     State(s): State<AppState>,
