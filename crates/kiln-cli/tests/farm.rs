@@ -606,6 +606,7 @@ async fn https_and_worker_certificates_from_separate_cas() {
     kiln(&["cert", "issue", "--ca", &at("sca"), "--server", "127.0.0.1,localhost", "--out", &at("tls")]);
     kiln(&["cert", "issue", "--ca", &at("wca"), "--worker", "w2", "--out", &at("wc")]);
     kiln(&["cert", "issue", "--ca", &at("wca"), "--worker", "w3", "--out", &at("wc")]);
+    kiln(&["cert", "issue", "--ca", &at("uca"), "--user", "bob@example.org", "--out", &at("uc")]);
     let user_pem = kiln(&["cert", "issue", "--ca", &at("uca"), "--user", "ann@example.org", "--out", &at("uc")]);
     assert_eq!(user_pem.trim(), at("uc/ann@example.org.pem"));
     for key in ["sca/ca.key", "wca/ca.key", "tls/127.0.0.1.key", "wc/w2.key", "uc/ann@example.org.key"] {
@@ -628,12 +629,13 @@ async fn https_and_worker_certificates_from_separate_cas() {
 
     let (cert, key) = (at("tls/127.0.0.1.pem"), at("tls/127.0.0.1.key"));
     let config = format!(
-        "[master]\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
+        "[master]\ntls = {{ cert = \"{cert}\", key = \"{key}\", client_ca = \"{}\" }}\n\
          worker_tls = {{ cert = \"{cert}\", key = \"{key}\", client_ca = \"{}\" }}\n\
          [[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\
          [[worker]]\nname = \"w2\"\n\
          [[target]]\nname = \"t\"\nfamily = \"deb\"\n\
          [[component]]\nname = \"job\"\nsteps = [ {{ name = \"run\", run = \"echo on $KILN_WORKER\" }} ]\n",
+        at("uca/ca.pem"),
         at("wca/ca.pem")
     );
     let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
@@ -696,6 +698,37 @@ async fn https_and_worker_certificates_from_separate_cas() {
         ws.iter().any(|w| w.name == "w2" && w.connected) && !ws.iter().any(|w| w.name == "w1" && w.connected),
         "{ws:?}"
     );
+
+    // On the web port, a certificate from the users' CA logs its user in (no token).
+    client
+        .add_user(&kiln_proto::api::NewUser { email: "ann@example.org".into(), permissions: vec!["own_jobs".into()] })
+        .await
+        .expect("add ann");
+    let with_identity = |pem: &str, key: &str| {
+        let mut both = std::fs::read(at(pem)).expect("cert");
+        both.extend(std::fs::read(at(key)).expect("key"));
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(at("sca/ca.pem")).expect("ca")).expect("ca"),
+            )
+            .identity(reqwest::Identity::from_pem(&both).expect("identity"))
+            .build()
+            .expect("client")
+    };
+    let body = serde_json::json!({ "components": ["job"] });
+    let ann = with_identity("uc/ann@example.org.pem", "uc/ann@example.org.key");
+    let resp = ann.post(format!("{}/api/v1/builds", farm.url())).json(&body).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let created: kiln_proto::api::BuildRequestCreated = resp.json().await.expect("json");
+    let b = farm.wait_finished(created.builds[0].id, Duration::from_secs(20)).await;
+    assert_eq!(b.requested_by.as_deref(), Some("ann@example.org"));
+    let bob = with_identity("uc/bob@example.org.pem", "uc/bob@example.org.key");
+    let resp = bob.post(format!("{}/api/v1/builds", farm.url())).json(&body).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 401, "bob has a certificate but is not a user");
+    // A worker's certificate (another CA) gets no connection on the web port.
+    let worker = with_identity("wc/w2.pem", "wc/w2.key");
+    let resp = worker.post(format!("{}/api/v1/builds", farm.url())).json(&body).send().await;
+    assert!(resp.is_err(), "{resp:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

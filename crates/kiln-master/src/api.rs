@@ -179,6 +179,18 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(token) = request_token(parts) else {
+            // No token: a client certificate from the users' CA is a login too.
+            if let Some(crate::auth::PeerCertificate(Some(email))) =
+                parts.extensions.get::<crate::auth::PeerCertificate>()
+            {
+                return crate::auth::by_certificate(state, email).await.map_err(|e| match e {
+                    crate::auth::AuthError::Invalid => ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        format!("the client certificate names {email}, who is not a user here"),
+                    ),
+                    crate::auth::AuthError::Store(e) => ApiError::from(e),
+                });
+            }
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this action needs a token: send `Authorization: Bearer TOKEN`",

@@ -127,6 +127,18 @@ impl TokenCache {
     }
 }
 
+/// The common name of the client certificate a web connection showed (the
+/// users' CA verified it): the user's email.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate(pub Option<String>);
+
+/// The user a verified client certificate names.
+pub async fn by_certificate(shared: &crate::shared::Shared, email: &str) -> Result<Caller, AuthError> {
+    let user = shared.store.user(email).await?.ok_or(AuthError::Invalid)?;
+    let perms = Permissions::parse(&user.permissions).map_err(|_| AuthError::Invalid)?;
+    Ok(Caller { name: user.email, perms })
+}
+
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -165,11 +165,28 @@ async fn serve_http(
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
-            let service = TowerToHyperService::new(app);
             let served = match tls {
-                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app)).await,
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                    Ok(Ok(stream)) => {
+                        // A verified client certificate (from the users' CA) names its user.
+                        let peer = auth::PeerCertificate(
+                            stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| workers::common_name(c)),
+                        );
+                        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                            app,
+                            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                                req.extensions_mut().insert(peer.clone());
+                                req
+                            },
+                        ));
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%addr, error = %e, "TLS handshake failed on the web port");
                         return;

@@ -135,7 +135,10 @@ pub async fn read_gate(
         .map(|t| t.trim().to_string());
     let token_ok = match bearer {
         Some(t) => crate::auth::authenticate(&s, &t).await.is_ok(),
-        None => false,
+        None => match req.extensions().get::<crate::auth::PeerCertificate>() {
+            Some(crate::auth::PeerCertificate(Some(email))) => crate::auth::by_certificate(&s, email).await.is_ok(),
+            _ => false,
+        },
     };
     if token_ok || session(&s, req.headers()).is_some() {
         return next.run(req).await;

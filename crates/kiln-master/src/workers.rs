@@ -52,7 +52,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
 }
 
 /// The common name of a certificate's subject.
-fn common_name(der: &[u8]) -> Option<String> {
+pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
