@@ -141,6 +141,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             refresh_roots: false,
             root_cache: None,
             tls_identity: None,
+            build_user: None,
         };
         workers.spawn(kiln_worker::run(opts));
     }

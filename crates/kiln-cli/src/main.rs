@@ -106,6 +106,10 @@ enum Command {
         /// Make every target's build root again instead of using the cached ones.
         #[arg(long)]
         refresh_roots: bool,
+        /// The user the components' own steps run as when the worker runs as
+        /// root (default `nobody`; `root` keeps them root, for trusted farms only).
+        #[arg(long)]
+        build_user: Option<String>,
         /// Keep cached build roots here instead of under the work dir;
         /// workers on one host may share the dir (they take turns making a root).
         #[arg(long)]
@@ -310,7 +314,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tls_key,
             refresh_roots,
             root_cache,
+            build_user,
         } => {
+            // A root worker runs build steps as an unprivileged user.
+            let build_user = if running_as_root() {
+                let name = build_user.as_deref().unwrap_or("nobody");
+                let user = kiln_worker::process::BuildUser::named(name)
+                    .with_context(|| format!("the build user {name:?} is not in /etc/passwd"))?;
+                (user.uid != 0).then_some(user)
+            } else {
+                None
+            };
             let token = match &token_file {
                 Some(f) => std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read the token file {}", f.display()))?
@@ -330,6 +344,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls_identity: tls_cert.zip(tls_key),
                 refresh_roots,
                 root_cache,
+                build_user,
             };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,

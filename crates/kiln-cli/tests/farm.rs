@@ -731,6 +731,39 @@ async fn https_and_worker_certificates_from_separate_cas() {
     assert!(resp.is_err(), "{resp:?}");
 }
 
+/// A worker that runs as root runs the components' own steps as `nobody`
+/// (no groups, no capabilities), in a work dir handed to that user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_worker_runs_build_steps_unprivileged() {
+    let config = format!(
+        "{ONE_WORKER}\n[[component]]\nname = \"who\"\n\
+         steps = [ {{ name = \"id\", run = \"id -u; id -G; grep CapEff /proc/self/status; echo made > made.txt; cat made.txt\" }} ]\n\
+         artifacts = [\"made.txt\"]\n"
+    );
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    farm.start_worker_with("w1", &["t"], 1, &["--default-build-user"]);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["who"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+    let log = client.log(id, "id", 0).await.expect("log").data;
+    assert_eq!(b.state, BuildState::Succeeded, "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").expect("proc").uid();
+    if me == 0 {
+        let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+        assert_eq!(lines[0], nobody.uid.to_string(), "{log}");
+        assert_eq!(lines[1], nobody.gid.to_string(), "only its own group: {log}");
+        assert_eq!(lines[2].split_whitespace().last(), Some("0000000000000000"), "no capabilities: {log}");
+    } else {
+        assert_eq!(lines[0], me.to_string(), "a worker that is not root runs steps as itself: {log}");
+    }
+    assert_eq!(lines[3], "made", "the work dir is the build user's: {log}");
+    assert_eq!(b.artifacts.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_farm_runs_on_postgresql() {
     let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

@@ -950,7 +950,7 @@ impl Dispatcher {
             Some(Source::Git(_)) | None => None,
         };
         // A component without steps gets its family's standard pipeline.
-        let (specs, artifacts) = if component.steps.is_empty() {
+        let (specs, artifacts, pipeline) = if component.steps.is_empty() {
             let Some(target) = farm.cfg.target(&q.target) else {
                 let reason = format!("target {} is no longer in the config", q.target);
                 self.fail_unstarted(id, &reason).await;
@@ -959,7 +959,7 @@ impl Dispatcher {
             match kiln_core::pipeline::standard_steps(target, component) {
                 Ok((steps, mut artifacts)) => {
                     artifacts.extend(component.artifacts.iter().cloned());
-                    (steps, artifacts)
+                    (steps, artifacts, true)
                 }
                 Err(e) => {
                     self.fail_unstarted(id, &e).await;
@@ -967,7 +967,7 @@ impl Dispatcher {
                 }
             }
         } else {
-            (component.steps.clone(), component.artifacts.clone())
+            (component.steps.clone(), component.artifacts.clone(), false)
         };
         let checkout = match &component.source {
             Some(Source::Git(git)) => Some(kiln_core::pipeline::checkout_step(git)),
@@ -975,8 +975,9 @@ impl Dispatcher {
         };
         let steps: Vec<JobStep> = checkout
             .iter()
-            .chain(specs.iter())
-            .map(|s| JobStep {
+            .map(|s| (s, true))
+            .chain(specs.iter().map(|s| (s, pipeline)))
+            .map(|(s, privileged)| JobStep {
                 name: s.name.clone(),
                 run: s.run.clone(),
                 set_property: s.set_property.clone(),
@@ -985,6 +986,7 @@ impl Dispatcher {
                 env: s.env.clone(),
                 halt_on_failure: s.halt_on_failure,
                 always_run: s.always_run,
+                privileged,
             })
             .collect();
         let mut secrets = BTreeMap::new();

@@ -194,6 +194,11 @@ pub struct JobStep {
     pub env: BTreeMap<String, String>,
     pub halt_on_failure: bool,
     pub always_run: bool,
+    /// One of kiln's own steps (checkout, the standard pipeline's helpers),
+    /// which keep the worker's privileges: they mount roots and drop
+    /// privileges themselves. Every other step runs as the build user.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// The framing both sides use.

@@ -238,6 +238,12 @@ impl Farm {
         if token_file.exists() {
             cmd.arg("--token-file").arg(token_file);
         }
+        // Test steps write beside the farm (ledgers, marks), so they keep the
+        // worker's user unless a test asks for the default.
+        if !extra.contains(&"--build-user") && !extra.contains(&"--default-build-user") {
+            cmd.args(["--build-user", "root"]);
+        }
+        let extra: Vec<&str> = extra.iter().copied().filter(|a| *a != "--default-build-user").collect();
         let child = cmd
             .arg("--targets")
             .arg(targets.join(","))

@@ -44,6 +44,8 @@ pub struct WorkerOptions {
     /// Where cached build roots live (default: `roots/` in the work dir);
     /// workers on one host may share one.
     pub root_cache: Option<PathBuf>,
+    /// Who the components' own steps run as; `None`: the worker's user.
+    pub build_user: Option<process::BuildUser>,
 }
 
 struct RunningBuild {
@@ -382,6 +384,7 @@ fn start_build(
     let ctx = runner::BuildContext {
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
+        build_user: opts.build_user,
         worker_name: opts.name.clone(),
         out: out_tx.clone(),
         cancel: cancel_rx,

@@ -31,14 +31,50 @@ impl Drop for GroupGuard {
 /// set, stdout comes through its own pipe (the runner logs it too). The
 /// process writes itself into each of `cgroups` (`cgroup.procs` files)
 /// before it runs the script, so all it starts is limited with it.
+/// The unprivileged user a root worker runs build steps as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl BuildUser {
+    /// Looks a user up in `/etc/passwd`.
+    pub fn named(name: &str) -> Option<BuildUser> {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some(BuildUser { uid: f[2].parse().ok()?, gid: f[3].parse().ok()? }))?
+        })
+    }
+}
+
 pub fn spawn(
     script: &str,
     dir: &Path,
     env: &[(String, String)],
     capture: bool,
     cgroups: Vec<std::ffi::CString>,
+    user: Option<BuildUser>,
 ) -> std::io::Result<StepProcess> {
-    let mut cmd = Command::new("/bin/sh");
+    let mut cmd = match user {
+        // setpriv drops every group and capability and forbids regaining
+        // any (no_new_privs) before the step's shell starts.
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", u.uid)).arg(format!("--regid={}", u.gid)).args([
+                "--clear-groups",
+                "--no-new-privs",
+                "--inh-caps=-all",
+                "--",
+                "/bin/sh",
+            ]);
+            c.env("HOME", dir);
+            c
+        }
+        None => Command::new("/bin/sh"),
+    };
     cmd.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);

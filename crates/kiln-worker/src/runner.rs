@@ -21,6 +21,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 32 * 1024;
 
 pub struct BuildContext {
+    /// Who the component's own steps run as (a root worker's unprivileged user).
+    pub build_user: Option<process::BuildUser>,
     pub worker_dir: PathBuf,
     pub root_cache: Option<PathBuf>,
     pub worker_name: String,
@@ -171,6 +173,24 @@ fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<V
 }
 
 /// A build's scratch dir (build roots, source packages), beside its work dir.
+/// Makes every file under `dir` (and `dir`) the build user's.
+fn give_tree(dir: &Path, u: process::BuildUser) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else {
+                std::os::unix::fs::lchown(e.path(), Some(u.uid), Some(u.gid))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn scratch_dir(dir: &Path) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dir.with_file_name(format!("{name}.scratch"))
@@ -342,7 +362,19 @@ async fn run_step(
     }
     let capture = step.set_property.is_some();
     let cgroups = cgroup.map(|c| c.procs_files()).unwrap_or_default();
-    let mut proc = match process::spawn(&script, dir, &env, capture, cgroups) {
+    // A step of the component's own runs as the build user (when the worker
+    // is root); the tree becomes that user's first, as kiln's own steps
+    // (checkout, unpacking) wrote it as root.
+    let user = ctx.build_user.filter(|_| !step.privileged);
+    if let Some(u) = user {
+        if let Err(e) = give_tree(dir, u) {
+            log.line(&format!("kiln: cannot hand the work dir to the build user: {e}\n"));
+            log.flush(true);
+            result.message = Some(format!("could not start: {e}"));
+            return result;
+        }
+    }
+    let mut proc = match process::spawn(&script, dir, &env, capture, cgroups, user) {
         Ok(p) => p,
         Err(e) => {
             log.line(&format!("kiln: cannot start step {}: {e}\n", step.name));
