@@ -257,6 +257,46 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
         .expect("cancel");
     assert_eq!(resp.status().as_u16(), 403, "not Ann's build");
     assert!(!admin.build(running).await.expect("build").state.is_finished());
+    // Carl (no permissions) logs in too; forcing and rebuilding are refused.
+    let login = http
+        .post(format!("{}/login", farm.url()))
+        .form(&[("token", carl.as_str()), ("next", "/")])
+        .send()
+        .await
+        .expect("login");
+    let carl_cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    let page = http
+        .get(format!("{}/builds/{running}", farm.url()))
+        .header("cookie", &carl_cookie)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("page");
+    let carl_csrf =
+        page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf").to_string();
+    let builds_before = admin.builds(&Default::default()).await.expect("builds").builds.len();
+    for (path, form) in [
+        ("/force".to_string(), vec![("csrf", carl_csrf.as_str()), ("component", "sleepy")]),
+        (format!("/builds/{running}/rebuild"), vec![("csrf", carl_csrf.as_str())]),
+    ] {
+        let resp = http
+            .post(format!("{}{path}", farm.url()))
+            .header("cookie", &carl_cookie)
+            .form(&form)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status().as_u16(), 403, "{path}");
+    }
+    assert_eq!(admin.builds(&Default::default()).await.expect("builds").builds.len(), builds_before);
     admin.cancel(running).await.expect("the admin cancels anything");
     assert!(
         wait_for(Duration::from_secs(30), || async { admin.build(running).await.is_ok_and(|b| b.state.is_finished()) })
