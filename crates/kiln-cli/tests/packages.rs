@@ -449,6 +449,8 @@ source = { path = "src/kiln-hello" }
 [[component]]
 name = "kiln-tree"
 source = { path = "src/kiln-tree" }
+before = [{ name = "stamp", run = "echo 'made before the pipeline' > STAMP" }]
+after = [{ name = "list", run = "ls .kiln-out; id -u" }]
 "#;
     // kiln-tree's spec names a Source0 tarball that is not in the tree:
     // kiln makes it from the tree.
@@ -494,6 +496,13 @@ source = { path = "src/kiln-tree" }
     let t = farm.wait_finished(tid, Duration::from_secs(120)).await;
     let source_log = client.log(tid, "source", 0).await.map(|c| c.data).unwrap_or_default();
     assert_eq!(t.state, BuildState::Succeeded, "{t:?}\n{source_log}");
+    let names: Vec<&str> = t.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["stamp", "source", "build", "list"], "before and after wrap the pipeline");
+    let list_log = client.log(tid, "list", 0).await.map(|c| c.data).unwrap_or_default();
+    assert!(
+        list_log.lines().any(|l| l.starts_with("kiln-tree-1.0-1~nightly") && l.ends_with(".x86_64.rpm")),
+        "{list_log}"
+    );
     assert!(
         source_log.contains("making kiln-tree-1.0.tar.gz from the source tree (top directory kiln-tree-1.0/)"),
         "{source_log}"

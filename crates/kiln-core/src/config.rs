@@ -254,6 +254,9 @@ pub struct Component {
     /// `None`: every target of the farm.
     pub targets: Option<Vec<String>>,
     pub steps: Vec<StepSpec>,
+    /// Steps before and after the standard pipeline (components without `steps`).
+    pub before: Vec<StepSpec>,
+    pub after: Vec<StepSpec>,
     /// Properties every build of this component starts with.
     pub properties: BTreeMap<String, String>,
     /// Files the build produces (glob patterns relative to the build's work
@@ -398,6 +401,8 @@ const COMPONENT_KEYS: &[&str] = &[
     "collapse",
     "rebuild_after",
     "secrets",
+    "before",
+    "after",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -622,7 +627,30 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                     }
                 })
                 .collect();
-            let steps = read_steps(&mut r, tbl, &what);
+            let steps = read_steps(&mut r, tbl, &what, "steps");
+            // Steps around the standard pipeline (a component without `steps`).
+            let before = read_steps(&mut r, tbl, &what, "before");
+            let after = read_steps(&mut r, tbl, &what, "after");
+            if !steps.is_empty() && (!before.is_empty() || !after.is_empty()) {
+                r.err(
+                    &span,
+                    format!("{what}: `before` and `after` wrap the standard pipeline; a component with `steps` runs only those"),
+                );
+            }
+            for s in before.iter().chain(&after) {
+                if crate::pipeline::STEP_NAMES.contains(&s.name.as_str())
+                    || before.iter().chain(&after).filter(|o| o.name == s.name).count() > 1
+                {
+                    r.err(
+                        &span,
+                        format!(
+                            "{what}: step {:?} of `before`/`after` must differ from the others and from the pipeline's ({})",
+                            s.name,
+                            crate::pipeline::STEP_NAMES.join(", ")
+                        ),
+                    );
+                }
+            }
             let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
             let timeout = duration_key(&mut r, tbl, "timeout", &what);
             let no_output_timeout = duration_key(&mut r, tbl, "no_output_timeout", &what);
@@ -681,6 +709,8 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 depends_on: depends.into_iter().map(|d| d.0).collect(),
                 targets: target_names.map(|l| l.into_iter().map(|t| t.0).collect()),
                 steps,
+                before,
+                after,
                 properties,
                 artifacts: artifacts.into_iter().map(|a| a.0).collect(),
                 spec,
@@ -1080,14 +1110,14 @@ fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
 }
 
 /// A component's own steps; none means its family's standard pipeline.
-fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<StepSpec> {
-    let Some(item) = tbl.t.get("steps") else {
+fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, key: &str) -> Vec<StepSpec> {
+    let Some(item) = tbl.t.get(key) else {
         return Vec::new();
     };
     let mut steps: Vec<StepSpec> = Vec::new();
-    let tables = r.tables(item, &format!("the steps of {what}"));
+    let tables = r.tables(item, &format!("the `{key}` steps of {what}"));
     if tables.is_empty() {
-        r.err(&item.span(), format!("{what} has an empty `steps` list"));
+        r.err(&item.span(), format!("{what} has an empty `{key}` list"));
     }
     for (t, span) in tables {
         let st = Tbl { t, span: &span };

@@ -6,6 +6,9 @@
 use crate::config::{Component, Executor, Family, GitSource, StepSpec, Target};
 use std::time::Duration;
 
+/// The names of the steps kiln's own pipelines use.
+pub const STEP_NAMES: &[&str] = &["checkout", "source", "root", "deps", "build"];
+
 /// Where the standard pipelines leave what they produce, relative to the
 /// build's work dir; their artifacts are everything in it.
 pub const OUTPUT_DIR: &str = ".kiln-out";

@@ -918,6 +918,8 @@ impl Dispatcher {
                     depends_on: Vec::new(),
                     targets: None,
                     steps: Vec::new(),
+                    before: Vec::new(),
+                    after: Vec::new(),
                     properties: Default::default(),
                     artifacts: Vec::new(),
                     spec: None,
@@ -973,10 +975,15 @@ impl Dispatcher {
             Some(Source::Git(git)) => Some(kiln_core::pipeline::checkout_step(git)),
             _ => None,
         };
+        // The component's own `before`/`after` steps wrap the standard
+        // pipeline; kiln's own steps keep the worker's privileges.
+        let (before, after) = if pipeline { (&component.before[..], &component.after[..]) } else { (&[][..], &[][..]) };
         let steps: Vec<JobStep> = checkout
             .iter()
             .map(|s| (s, true))
+            .chain(before.iter().map(|s| (s, false)))
             .chain(specs.iter().map(|s| (s, pipeline)))
+            .chain(after.iter().map(|s| (s, false)))
             .map(|(s, privileged)| JobStep {
                 name: s.name.clone(),
                 run: s.run.clone(),

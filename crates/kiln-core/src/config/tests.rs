@@ -242,3 +242,21 @@ mock_config = "--root"
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
     }
 }
+
+#[test]
+fn before_and_after_wrap_the_standard_pipeline_only() {
+    let cfg = parse(
+        "[[component]]\nname = \"c\"\nbefore = [{ name = \"gen\", run = \"./autogen.sh\" }]\n\
+         after = [{ name = \"lint\", run = \"lintian .kiln-out/*.changes\" }]\n",
+    )
+    .expect("parses");
+    assert_eq!(cfg.components[0].before[0].name, "gen");
+    assert_eq!(cfg.components[0].after[0].run, "lintian .kiln-out/*.changes");
+    let errs = errors(
+        "[[component]]\nname = \"c\"\nsteps = [{ name = \"s\", run = \"true\" }]\nbefore = [{ name = \"gen\", run = \"x\" }]\n\
+         [[component]]\nname = \"d\"\nafter = [{ name = \"build\", run = \"x\" }]\n",
+    )
+    .join("\n");
+    assert!(errs.contains("a component with `steps` runs only those"), "{errs}");
+    assert!(errs.contains("step \"build\" of `before`/`after` must differ"), "{errs}");
+}
