@@ -17,8 +17,10 @@ pub fn rewrite_release(spec: &str, f: impl Fn(&str) -> String) -> Result<String,
     let mut done = false;
     for line in spec.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if !done && trimmed.len() >= 8 && trimmed[..8].eq_ignore_ascii_case("release:") {
-            let value = trimmed[8..].trim();
+        // `get`, not indexing: a line may start with multi-byte characters.
+        let value = trimmed.get(..8).filter(|tag| tag.eq_ignore_ascii_case("release:")).and_then(|_| trimmed.get(8..));
+        if let Some(value) = value.filter(|_| !done) {
+            let value = value.trim();
             let ending = if line.ends_with('\n') { "\n" } else { "" };
             out.push_str(&format!("Release:        {}{ending}", f(value)));
             done = true;
@@ -41,9 +43,8 @@ pub fn source_files(parsed_spec: &str) -> Vec<String> {
         .filter_map(|line| {
             let (tag, value) = line.split_once(':')?;
             let tag = tag.trim();
-            let is_source = tag.len() >= 6
-                && tag[..6].eq_ignore_ascii_case("source")
-                && tag[6..].chars().all(|c| c.is_ascii_digit());
+            let is_source = tag.get(..6).is_some_and(|t| t.eq_ignore_ascii_case("source"))
+                && tag.get(6..).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
             let value = value.trim();
             let name = value.rsplit('/').next().unwrap_or(value);
             (is_source && !name.is_empty()).then(|| name.to_string())
@@ -92,6 +93,18 @@ mod tests {
         assert!(!is_tarball(".hidden.tar"));
         assert_eq!(setup_dir(spec).as_deref(), Some("x-src"));
         assert_eq!(setup_dir("%setup -q\n"), None);
+    }
+
+    #[test]
+    fn lines_starting_with_multibyte_characters_are_no_tags() {
+        // Found by the fuzzer: slicing at byte 8 or 6 inside a character panicked.
+        let spec = "\u{3bc}\u{a888}x:y\nSourc\u{e9}\u{e9}: z\nRelease: 1\n";
+        assert_eq!(
+            rewrite_release(spec, |r| format!("{r}.1")).as_deref(),
+            Ok("\u{3bc}\u{a888}x:y\nSourc\u{e9}\u{e9}: z\nRelease:        1.1\n")
+        );
+        assert!(source_files(spec).is_empty());
+        assert!(rewrite_release("\u{3bc}\u{a888}", |r| r.to_string()).is_err());
     }
 
     #[test]
