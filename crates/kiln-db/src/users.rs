@@ -107,10 +107,13 @@ impl Store {
 
     /// A token that is not revoked, with its user.
     pub async fn live_token(&self, id: i64) -> Result<Option<TokenRow>> {
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} WHERE t.id = $1 AND t.revoked_at IS NULL"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        Ok(self.token(id).await?.filter(|t| t.revoked_at.is_none()))
+    }
+
+    /// A token, revoked or not, with its user.
+    pub async fn token(&self, id: i64) -> Result<Option<TokenRow>> {
+        let row =
+            sqlx::query(&format!("SELECT {TOKEN_COLUMNS} WHERE t.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(token).transpose()
     }
 

@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for Caller {
             if let Some(crate::auth::PeerCertificate(Some(email))) =
                 parts.extensions.get::<crate::auth::PeerCertificate>()
             {
-                return crate::auth::by_certificate(state, email).await.map_err(|e| match e {
+                return crate::auth::user_caller(state, email).await.map_err(|e| match e {
                     crate::auth::AuthError::Invalid => ApiError::new(
                         StatusCode::UNAUTHORIZED,
                         format!("the client certificate names {email}, who is not a user here"),

@@ -107,17 +107,17 @@ const CHECKED_TTL: Duration = Duration::from_secs(60);
 /// Checked user tokens, by the SHA-256 of the token (never the token), so
 /// each request does not pay for an argon2 check.
 #[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<[u8; 32], (Caller, i64, Instant)>>);
+pub struct TokenCache(Mutex<HashMap<[u8; 32], (Caller, Instant)>>);
 
 impl TokenCache {
     fn get(&self, key: &[u8; 32]) -> Option<Caller> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, (_, _, at)| at.elapsed() < CHECKED_TTL);
-        m.get(key).map(|(c, _, _)| c.clone())
+        m.retain(|_, (_, at)| at.elapsed() < CHECKED_TTL);
+        m.get(key).map(|(c, _)| c.clone())
     }
 
-    fn put(&self, key: [u8; 32], caller: Caller, token_id: i64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (caller, token_id, Instant::now()));
+    fn put(&self, key: [u8; 32], caller: Caller) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (caller, Instant::now()));
     }
 
     /// Forgets everything checked (after a revocation, a removal or a
@@ -132,8 +132,9 @@ impl TokenCache {
 #[derive(Debug, Clone, Default)]
 pub struct PeerCertificate(pub Option<String>);
 
-/// The user a verified client certificate names.
-pub async fn by_certificate(shared: &crate::shared::Shared, email: &str) -> Result<Caller, AuthError> {
+/// The caller a user is (a verified client certificate names one; a
+/// checked token belongs to one).
+pub async fn user_caller(shared: &crate::shared::Shared, email: &str) -> Result<Caller, AuthError> {
     let user = shared.store.user(email).await?.ok_or(AuthError::Invalid)?;
     let perms = Permissions::parse(&user.permissions).map_err(|_| AuthError::Invalid)?;
     Ok(Caller { name: user.email, perms })
@@ -169,10 +170,8 @@ pub async fn authenticate(shared: &crate::shared::Shared, token: &str) -> Result
     if !ok {
         return Err(AuthError::Invalid);
     }
-    let user = shared.store.user(&row.email).await?.ok_or(AuthError::Invalid)?;
-    let perms = Permissions::parse(&user.permissions).map_err(|_| AuthError::Invalid)?;
-    let caller = Caller { name: user.email, perms };
-    shared.checked_tokens.put(key, caller.clone(), row.id);
+    let caller = user_caller(shared, &row.email).await?;
+    shared.checked_tokens.put(key, caller.clone());
     Ok(caller)
 }
 

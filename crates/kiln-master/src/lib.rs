@@ -205,27 +205,15 @@ async fn serve_http(
 /// may present a certificate from that CA (and only that CA), which then
 /// names them (mutual TLS). Clients without one still connect (a token).
 fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("cannot open {}", key.display()))?,
-    ))
-    .with_context(|| format!("cannot read the private key {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
+    let certs = kiln_proto::tls::certificates(cert)?;
+    let key = kiln_proto::tls::private_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = std::fs::File::open(ca).with_context(|| format!("cannot open {}", ca.display()))?;
-            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
-                roots.add(c.with_context(|| format!("cannot read {}", ca.display()))?)?;
-            }
+            let roots = kiln_proto::tls::roots(ca)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()

@@ -187,8 +187,7 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a token id")))?;
-    let found = s.store.tokens(None).await?.into_iter().find(|t| t.id == id);
-    let Some(token) = found.filter(|t| t.revoked_at.is_none()) else {
+    let Some(token) = s.store.live_token(id).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no live token {id}")));
     };
     if token.email != caller.name {
@@ -197,6 +196,6 @@ async fn revoke_token(
     s.store.revoke_token(id, now_us()).await?;
     s.checked_tokens.clear();
     tracing::info!(token = id, user = %token.email, by = %caller.name, "token revoked");
-    let revoked = s.store.tokens(Some(&token.email)).await?.into_iter().find(|t| t.id == id).unwrap_or(token);
+    let revoked = s.store.token(id).await?.unwrap_or(token);
     Ok(Json(token_info(revoked)))
 }

@@ -136,7 +136,7 @@ pub async fn read_gate(
     let token_ok = match bearer {
         Some(t) => crate::auth::authenticate(&s, &t).await.is_ok(),
         None => match req.extensions().get::<crate::auth::PeerCertificate>() {
-            Some(crate::auth::PeerCertificate(Some(email))) => crate::auth::by_certificate(&s, email).await.is_ok(),
+            Some(crate::auth::PeerCertificate(Some(email))) => crate::auth::user_caller(&s, email).await.is_ok(),
             _ => false,
         },
     };

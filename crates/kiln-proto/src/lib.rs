@@ -3,4 +3,5 @@
 //! and worker convert to and from their own types at the edge.
 
 pub mod api;
+pub mod tls;
 pub mod wire;

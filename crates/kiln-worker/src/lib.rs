@@ -385,6 +385,7 @@ fn start_build(
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
         build_user: opts.build_user,
+        tree_handed_over: false,
         worker_name: opts.name.clone(),
         out: out_tx.clone(),
         cancel: cancel_rx,
@@ -534,27 +535,14 @@ fn tls_connector(
     ca: &std::path::Path,
     identity: Option<&(PathBuf, PathBuf)>,
 ) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::File::open(ca).with_context(|| format!("cannot open {}", ca.display()))?;
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(pem)) {
-        roots.add(cert.with_context(|| format!("cannot read {}", ca.display()))?)?;
-    }
+    let roots = kiln_proto::tls::roots(ca)?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let config = match identity {
         None => config.with_no_client_auth(),
         Some((cert, key)) => {
-            let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-                std::fs::File::open(cert).with_context(|| format!("cannot open {}", cert.display()))?,
-            ))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
-            let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-                std::fs::File::open(key).with_context(|| format!("cannot open {}", key.display()))?,
-            ))
-            .with_context(|| format!("cannot read {}", key.display()))?
-            .with_context(|| format!("no private key in {}", key.display()))?;
+            let (certs, key) = (kiln_proto::tls::certificates(cert)?, kiln_proto::tls::private_key(key)?);
             config.with_client_auth_cert(certs, key).context("the client certificate and key do not fit together")?
         }
     };

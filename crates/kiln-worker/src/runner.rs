@@ -23,6 +23,9 @@ const FLUSH_BYTES: usize = 32 * 1024;
 pub struct BuildContext {
     /// Who the component's own steps run as (a root worker's unprivileged user).
     pub build_user: Option<process::BuildUser>,
+    /// Whether the work dir is the build user's since the last step that
+    /// ran as root (so it is handed over once, not before every step).
+    pub tree_handed_over: bool,
     pub worker_dir: PathBuf,
     pub root_cache: Option<PathBuf>,
     pub worker_name: String,
@@ -366,7 +369,11 @@ async fn run_step(
     // is root); the tree becomes that user's first, as kiln's own steps
     // (checkout, unpacking) wrote it as root.
     let user = ctx.build_user.filter(|_| !step.privileged);
-    if let Some(u) = user {
+    if step.privileged {
+        ctx.tree_handed_over = false;
+    }
+    if let Some(u) = user.filter(|_| !ctx.tree_handed_over) {
+        ctx.tree_handed_over = true;
         if let Err(e) = give_tree(dir, u) {
             log.line(&format!("kiln: cannot hand the work dir to the build user: {e}\n"));
             log.flush(true);
@@ -398,8 +405,13 @@ async fn run_step(
     let mut stdout = Vec::new();
     let mut stopping: Option<(Instant, Stop)> = None;
     let mut killed = false;
-    // An always_run step is not interrupted by the cancel that let it run.
+    // An always_run step is not interrupted by the cancel that let it run;
+    // any other step cancelled while it was being set up stops at once.
     let mut cancel_seen = *ctx.cancel.borrow();
+    if cancel_seen && !step.always_run {
+        process::signal_group(proc.pgid, libc::SIGTERM);
+        stopping = Some((Instant::now(), Stop::Cancelled));
+    }
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut status = None;
     let (mut log_open, mut out_open) = (true, proc.stdout.is_some());
