@@ -1,4 +1,4 @@
-//! The client commands: build, builds, show, log, cancel, workers.
+//! The client commands: build, builds, show, log, cancel, rebuild, workers.
 
 use crate::output::{build_line, elapsed, header, human_secs};
 use crate::Remote;
@@ -266,6 +266,25 @@ pub async fn cancel(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
         println!("build #{id} is being cancelled");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rebuild(id: i64, follow: bool, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = remote.client()?;
+    let created = client.rebuild(id).await?;
+    if remote.json && !follow {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !remote.json {
+        for b in &created.builds {
+            println!("{}\t{}\t{}\t(rebuild of #{id})", b.id, b.component, b.target);
+        }
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ok = crate::follow::follow_request(&client, created.request_id, remote.json).await?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {

@@ -140,6 +140,16 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Build a build again: the same component, target, request properties
+    /// and source (the same revision of a change, the same upload).
+    Rebuild {
+        build: i64,
+        /// Follow the new build until it finishes; exit non-zero unless it succeeds.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Download a build's artifacts into a directory (checked by SHA-256).
     Fetch {
         build: i64,
@@ -381,6 +391,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Show { build, remote } => client_cmds::show(build, &remote).await,
         Command::Log(args) => client_cmds::log(args).await,
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
+        Command::Rebuild { build, follow, remote } => client_cmds::rebuild(build, follow, &remote).await,
         Command::Workers { remote } => client_cmds::workers(&remote).await,
         Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,

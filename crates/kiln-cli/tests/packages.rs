@@ -660,6 +660,27 @@ mirror = "http://deb.example.invalid/debian"
     assert_eq!(b.properties["version"].value, "1.0-1", "an upload keeps its version");
     assert!(b.artifacts.iter().any(|a| a.name == "kiln-hello-1.0-1.x86_64.rpm"));
 
+    // The web's Rebuild button builds the same upload again (it used to be
+    // refused: "property `upload` is reserved").
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    let (cookie, csrf) = farm.web_login(&http, &farm.admin_token(), &format!("/builds/{id}"), "admin").await;
+    let answer = http
+        .post(format!("{}/builds/{id}/rebuild", farm.url()))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("rebuild");
+    assert_eq!(answer.status().as_u16(), 303, "{:?}", answer.text().await);
+    let location = answer.headers()["location"].to_str().expect("location").to_string();
+    let again: i64 = location.trim_start_matches("/builds/").parse().expect("the new build's page");
+    assert_ne!(again, id);
+    let rebuilt = farm.wait_finished(again, Duration::from_secs(120)).await;
+    assert_eq!(rebuilt.state, BuildState::Succeeded, "{rebuilt:?}");
+    assert_eq!(rebuilt.properties["upload"].value, b.properties["upload"].value, "the same upload");
+    assert_eq!(rebuilt.reason, None);
+    assert!(rebuilt.artifacts.iter().any(|a| a.name == "kiln-hello-1.0-1.x86_64.rpm"));
+
     // The same version again: refused.
     let (code, _, err) = run(farm.kiln().arg("upload").arg(&srpm)).expect("kiln upload");
     assert_eq!(code, 1);
@@ -712,7 +733,7 @@ mirror = "http://deb.example.invalid/debian"
         0,
         "nothing stays in incoming"
     );
-    // No build was made of any rejected upload.
+    // No build was made of any rejected upload (the two are the upload's and its rebuild).
     let page = farm.client().builds(&Default::default()).await.expect("builds");
-    assert_eq!(page.builds.len(), 1);
+    assert_eq!(page.builds.len(), 2);
 }

@@ -6,7 +6,7 @@
 use kiln_client::BuildQuery;
 use kiln_core::BuildState;
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{free_addr, http_recorder, wait_for, Farm, ONE_WORKER};
+use kiln_testing::{free_addr, http_recorder, run, wait_for, Farm, ONE_WORKER};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -311,6 +311,19 @@ secret_file = "secrets/gitlab.secret"
             _ => assert_eq!(out, "TOOL 2\nVENDOR 1\n", "the submodule is checked out"),
         }
     }
+
+    // `kiln rebuild` of the first push's build builds that push's revision
+    // again, not the branch's tip (which is c3 now).
+    let first = b.id;
+    let (code, out, err) = run(farm.kiln().args(["rebuild", &first.to_string()])).expect("kiln rebuild");
+    assert_eq!(code, 0, "{err}");
+    let again: i64 = out.split('\t').next().and_then(|id| id.trim().parse().ok()).expect("the new build's id");
+    assert!(out.contains(&format!("(rebuild of #{first})")), "{out}");
+    let rebuilt = farm.wait_finished(again, Duration::from_secs(60)).await;
+    assert_eq!(rebuilt.state, BuildState::Succeeded, "{:?}", rebuilt.reason);
+    assert_eq!(rebuilt.properties["revision"].value, c1);
+    assert_eq!(client.log(again, "show", 0).await.expect("log").data, "GRACE 1b\n");
+    assert_eq!(rebuilt.requested_by.as_deref(), Some("admin"));
 
     // A push that touches no component's files starts nothing, and says so.
     let c4 = host.commit(&mono, &[("docs/README.md", "more docs\n")], "docs");

@@ -52,35 +52,6 @@ async fn call(
 
 /// Logs in to the web with `token`; returns the session cookie and the
 /// CSRF token of `page`, which must greet `who`.
-async fn web_login(http: &reqwest::Client, farm: &Farm, token: &str, page: &str, who: &str) -> (String, String) {
-    let login = http
-        .post(format!("{}/login", farm.url()))
-        .form(&[("token", token), ("next", "/")])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(login.status().as_u16(), 303, "logged in");
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("session cookie")
-        .to_string();
-    let html = http
-        .get(format!("{}{page}", farm.url()))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("page");
-    assert!(html.contains(&format!("Logged in as {who}")), "{html}");
-    let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf");
-    (cookie, csrf.to_string())
-}
-
 fn sleepy() -> BuildRequestBody {
     BuildRequestBody { components: vec!["sleepy".into()], ..Default::default() }
 }
@@ -246,7 +217,7 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
 
     // The web: a user without server_admin logs in, cannot change a repository.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
-    let (cookie, csrf) = web_login(&http, &farm, &ann, &format!("/builds/{running}"), "ann@example.org").await;
+    let (cookie, csrf) = farm.web_login(&http, &ann, &format!("/builds/{running}"), "ann@example.org").await;
     let resp = http
         .post(format!("{}/repos/dev/change", farm.url()))
         .header("cookie", &cookie)
@@ -266,7 +237,7 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
     assert!(!admin.build(running).await.expect("build").state.is_finished());
     // Carl (no permissions) logs in too; forcing and rebuilding are refused.
     let (carl_cookie, carl_csrf) =
-        web_login(&http, &farm, &carl, &format!("/builds/{running}"), "carl@example.org").await;
+        farm.web_login(&http, &carl, &format!("/builds/{running}"), "carl@example.org").await;
     let builds_before = admin.builds(&Default::default()).await.expect("builds").builds.len();
     for (path, form) in [
         ("/force".to_string(), vec![("csrf", carl_csrf.as_str()), ("component", "sleepy")]),

@@ -173,6 +173,12 @@ impl Client {
         self.send(self.post(&format!("/api/v1/builds/{id}/cancel"))?).await
     }
 
+    /// Builds build `id` again: the same component, target, request
+    /// properties and source.
+    pub async fn rebuild(&self, id: i64) -> Result<BuildRequestCreated> {
+        self.send(self.post(&format!("/api/v1/builds/{id}/rebuild"))?).await
+    }
+
     pub async fn log(&self, id: i64, step: &str, offset: u64) -> Result<LogChunk> {
         let step = step.replace('/', "%2F");
         self.send(self.get(&format!("/api/v1/builds/{id}/steps/{step}/log")).query(&[("offset", offset)])).await

@@ -114,6 +114,24 @@ fn dependency_order<'a>(chosen: &[&'a Component]) -> Vec<&'a Component> {
     out
 }
 
+/// The components to rebuild on `target` now that `published` was
+/// published there: those with `rebuild_after = [published]` that build on
+/// the target, except the ones `already` says the same request builds
+/// there anyway.
+pub fn dependents_to_rebuild(
+    cfg: &FarmConfig,
+    published: &str,
+    target: &str,
+    already: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    cfg.components
+        .iter()
+        .filter(|c| c.rebuild_after.iter().any(|d| d == published) && cfg.builds_on(c, target))
+        .filter(|c| !already(&c.name))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +139,47 @@ mod tests {
 
     fn farm() -> FarmConfig {
         parse(include_str!("../../../examples/farm.toml")).expect("example parses")
+    }
+
+    #[test]
+    fn dependents_rebuild_on_the_target_unless_the_request_has_them() {
+        let cfg = parse(
+            r#"
+[[worker]]
+name = "w1"
+token_file = "w1.token"
+
+[[target]]
+name = "a"
+family = "deb"
+
+[[target]]
+name = "b"
+family = "deb"
+
+[[component]]
+name = "lib"
+steps = [{ name = "s", run = "true" }]
+
+[[component]]
+name = "app"
+depends_on = ["lib"]
+rebuild_after = ["lib"]
+steps = [{ name = "s", run = "true" }]
+
+[[component]]
+name = "tool"
+depends_on = ["lib"]
+rebuild_after = ["lib"]
+targets = ["b"]
+steps = [{ name = "s", run = "true" }]
+"#,
+        )
+        .expect("config");
+        assert_eq!(dependents_to_rebuild(&cfg, "lib", "a", |_| false), ["app"]);
+        assert_eq!(dependents_to_rebuild(&cfg, "lib", "b", |_| false), ["app", "tool"]);
+        assert_eq!(dependents_to_rebuild(&cfg, "lib", "b", |c| c == "app"), ["tool"]);
+        assert!(dependents_to_rebuild(&cfg, "app", "a", |_| false).is_empty());
     }
 
     fn names(plan: &[PlannedBuild]) -> Vec<String> {

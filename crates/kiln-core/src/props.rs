@@ -9,6 +9,71 @@ use std::collections::BTreeMap;
 /// Longest property value accepted from a request or a step (64 KiB).
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
+/// Most properties one request may set.
+pub const MAX_PROPERTIES: usize = 100;
+
+/// The property that records the upload a build takes its source from
+/// ([`crate::job::BuildSource`]). Requests may not set it; only an accepted
+/// upload does.
+pub const UPLOAD_PROPERTY: &str = "upload";
+
+/// Why properties given with a request were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PropertyError {
+    #[error("too many properties ({0}); at most {MAX_PROPERTIES}")]
+    TooMany(usize),
+    #[error("{0}")]
+    BadName(String),
+    #[error("the property `{0}` is reserved: it names the upload a build takes its source from")]
+    Reserved(String),
+    #[error("property {0:?} is {1} bytes long; at most {MAX_VALUE_LEN}")]
+    TooLong(String, usize),
+    #[error("property {0:?} holds a NUL byte, which no step could be given")]
+    Nul(String),
+}
+
+/// Checks properties given with a request (by a user, a change or a
+/// schedule) and marks them with `source`: valid names, bounded values
+/// without NUL (steps see them as environment variables), and none of the
+/// names kiln reserves for itself.
+pub fn request_properties(
+    given: &BTreeMap<String, String>,
+    source: PropertySource,
+) -> Result<Properties, PropertyError> {
+    if given.len() > MAX_PROPERTIES {
+        return Err(PropertyError::TooMany(given.len()));
+    }
+    let mut out = Properties::new();
+    for (k, v) in given {
+        crate::names::check_property_name(k).map_err(PropertyError::BadName)?;
+        if k == UPLOAD_PROPERTY {
+            return Err(PropertyError::Reserved(k.clone()));
+        }
+        if v.len() > MAX_VALUE_LEN {
+            return Err(PropertyError::TooLong(k.clone(), v.len()));
+        }
+        if v.contains('\0') {
+            return Err(PropertyError::Nul(k.clone()));
+        }
+        out.insert(k.clone(), Property { value: v.clone(), source });
+    }
+    Ok(out)
+}
+
+/// The properties a build's request gave it (from the user, or from the
+/// change it builds: revision, branch, repository), with their sources:
+/// what a rebuild of it asks for again. The upload a build takes its
+/// source from is not among them ([`crate::job::BuildSource`] carries it).
+pub fn requested(properties: &Properties) -> Properties {
+    properties
+        .iter()
+        .filter(|(k, p)| {
+            matches!(p.source, PropertySource::Request | PropertySource::Change) && k.as_str() != UPLOAD_PROPERTY
+        })
+        .map(|(k, p)| (k.clone(), p.clone()))
+        .collect()
+}
+
 /// Where a property's value came from, shown next to it in the API and UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +166,48 @@ pub fn parse_assignment(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_properties_are_checked_and_marked() {
+        let given = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let ok = request_properties(&given(&[("release", "true")]), PropertySource::Request).expect("ok");
+        assert_eq!(ok["release"], Property { value: "true".into(), source: PropertySource::Request });
+        assert_eq!(
+            request_properties(&given(&[("upload", "x")]), PropertySource::Request),
+            Err(PropertyError::Reserved("upload".into()))
+        );
+        assert_eq!(
+            request_properties(&given(&[("a", "x\0y")]), PropertySource::Request).map_err(|e| e.to_string()),
+            Err("property \"a\" holds a NUL byte, which no step could be given".to_string())
+        );
+        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        assert!(matches!(
+            request_properties(&given(&[("a", &long)]), PropertySource::Request),
+            Err(PropertyError::TooLong(_, _))
+        ));
+        let many: BTreeMap<String, String> = (0..=MAX_PROPERTIES).map(|i| (format!("p{i}"), String::new())).collect();
+        assert_eq!(request_properties(&many, PropertySource::Request), Err(PropertyError::TooMany(101)));
+        assert!(matches!(
+            request_properties(&given(&[("../x", "")]), PropertySource::Request),
+            Err(PropertyError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn a_rebuild_asks_for_what_the_request_and_the_change_gave() {
+        let mut p = Properties::new();
+        let mut put = |k: &str, source| p.insert(k.into(), Property { value: k.to_uppercase(), source });
+        put("release", PropertySource::Request);
+        put("revision", PropertySource::Change);
+        put("version", PropertySource::Step);
+        put("arch", PropertySource::Config);
+        put(UPLOAD_PROPERTY, PropertySource::Request);
+        let again = requested(&p);
+        assert_eq!(again.keys().map(String::as_str).collect::<Vec<_>>(), ["release", "revision"]);
+        assert_eq!(again["revision"].source, PropertySource::Change);
+    }
 
     fn props(name: &str) -> Option<String> {
         match name {

@@ -44,6 +44,19 @@ impl BuildState {
         }
     }
 
+    /// How bad a state is when several builds share one cell (a collapsed
+    /// console column, a group's last result): the worst one shows.
+    pub fn severity(self) -> u8 {
+        match self {
+            BuildState::Failed => 6,
+            BuildState::Cancelled => 5,
+            BuildState::Running => 4,
+            BuildState::Queued => 3,
+            BuildState::Skipped => 2,
+            BuildState::Succeeded => 1,
+        }
+    }
+
     /// A finished build never changes state again.
     pub fn is_finished(self) -> bool {
         !matches!(self, BuildState::Queued | BuildState::Running)

@@ -1,32 +1,31 @@
 //! The kiln master: loads the farm config, opens the store, and serves the
-//! HTTP API (with change hooks) and the worker port, with one dispatcher
-//! deciding what runs where.
+//! web port (API, hooks, pages, repositories) and the worker port, with one
+//! dispatcher deciding what runs where and one publisher writing channels.
 //!
-//! Code map: [`farm`] loads the config from disk; [`dispatcher`] owns the
-//! queue; [`workers`] speaks the worker protocol; [`api`] is the HTTP side;
-//! [`logs`] stores step logs; [`reload`] applies config changes live.
+//! Code map: [`ops`] is every operation, whatever door it comes in by;
+//! [`http`] is the web port; [`dispatch`] owns the queue; [`publish`]
+//! writes the repositories; [`workers`] speaks the worker protocol;
+//! [`triggers`] and [`reporters`] are the master's own tasks; [`events`]
+//! and [`caller`] are the leaves everything shares. `start` only wires.
 
-pub mod api;
 mod artifacts;
 mod auth;
+mod caller;
 mod clock;
-pub mod dispatcher;
+mod dispatch;
+mod events;
 pub mod farm;
-mod hooks;
-mod irc;
+pub mod fsio;
+mod http;
 pub mod logs;
-mod notify;
-mod poller;
-pub mod publisher;
+mod ops;
+mod publish;
 mod reload;
-mod repos;
-pub mod scheduler;
+mod reporters;
 mod shared;
 mod source;
-mod status;
-pub mod uploads;
-mod users;
-pub mod web;
+mod triggers;
+mod uploads;
 mod workers;
 
 use anyhow::Context;
@@ -114,16 +113,16 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
-    scheduler::check(&farm.cfg)?;
-    let keys = publisher::load_keys(&farm)?;
+    triggers::schedule::check(&farm.cfg)?;
+    let keys = publish::load_keys(&farm)?;
     let public_keys =
         keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
     let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared =
         Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx, publish_tx, public_keys));
-    let mut publisher = publisher::Publisher::new(shared.clone(), keys);
+    let mut publisher = publish::Publisher::new(shared.clone(), keys);
     publisher.catch_up().await;
-    let mut dispatcher = dispatcher::Dispatcher::new(shared.clone());
+    let mut dispatcher = dispatch::Dispatcher::new(shared.clone());
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
@@ -131,10 +130,10 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(publisher.run(publish_rx));
     tasks.spawn(workers::serve(wl, tls, shared.clone()));
     tasks.spawn(reload::watch(shared.clone()));
-    tasks.spawn(scheduler::run(shared.clone()));
-    tasks.spawn(poller::run(shared.clone()));
-    tasks.spawn(irc::run(shared.clone()));
-    let app = api::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    tasks.spawn(triggers::schedule::run(shared.clone()));
+    tasks.spawn(triggers::poller::run(shared.clone()));
+    tasks.spawn(reporters::irc::run(shared.clone()));
+    let app = http::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
     tasks.spawn(serve_http(http, web_tls, header_timeout, app));
     tracing::info!(%http_addr, %worker_addr, "kiln master running");
     Ok(RunningMaster { http_addr, worker_addr, admin_token_path: token_path, admin_token: token, tasks, store })
@@ -170,7 +169,7 @@ async fn serve_http(
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         // A verified client certificate (from the users' CA) names its user.
-                        let peer = auth::PeerCertificate(
+                        let peer = caller::PeerCertificate(
                             stream
                                 .get_ref()
                                 .1

@@ -2,7 +2,7 @@
 //! content changes. A config with errors is refused (its errors logged) and
 //! the running one stays; workers and running builds are never dropped.
 
-use crate::dispatcher::Event;
+use crate::events::Event;
 use crate::farm::LoadedFarm;
 use crate::shared::Shared;
 use std::sync::Arc;

@@ -1,17 +1,21 @@
-//! State shared by the HTTP handlers, the worker connections and the
-//! dispatcher.
+//! State shared by the operations, the HTTP handlers, the worker
+//! connections and the tasks. It imports only leaves (events, callers, the
+//! stores, the loaded config), so anything may hold it.
 
 use crate::artifacts::ArtifactStore;
-use crate::dispatcher::Event;
+use crate::caller::{Session, TokenCache};
+use crate::events::{Event, PublishRequest, Say};
 use crate::farm::LoadedFarm;
 use crate::logs::LogStore;
-use crate::publisher::PublishRequest;
 use kiln_db::Store;
 use kiln_proto::api::WorkerInfo;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// Browser sessions end after this long.
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 pub struct Shared {
     pub store: Store,
@@ -33,12 +37,12 @@ pub struct Shared {
     /// builders pages read it on every render).
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
     /// Users' tokens checked lately (by hash), to spare an argon2 check per request.
-    pub checked_tokens: crate::auth::TokenCache,
+    pub checked_tokens: TokenCache,
     /// Web sessions (cookie value to session).
-    pub sessions: Mutex<HashMap<String, crate::web::Session>>,
+    pub sessions: Mutex<HashMap<String, Session>>,
     /// Lines for the IRC bot, and its end of the queue (taken once, by the bot).
-    pub chat: tokio::sync::mpsc::UnboundedSender<crate::irc::Say>,
-    pub chat_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::irc::Say>>>,
+    pub chat: tokio::sync::mpsc::UnboundedSender<Say>,
+    pub chat_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Say>>>,
 }
 
 impl Shared {
@@ -113,5 +117,12 @@ impl Shared {
     /// Sends an event to the dispatcher; it only fails while shutting down.
     pub fn send(&self, ev: Event) {
         let _ = self.events.send(ev);
+    }
+
+    /// The browser session a cookie value names, if it is still live.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, v| v.created.elapsed() < SESSION_TTL);
+        sessions.get(id).cloned()
     }
 }

@@ -14,9 +14,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// The property that ties a build to the upload it builds.
-pub const UPLOAD_PROPERTY: &str = "upload";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadKind {
     Changes,
@@ -142,6 +139,11 @@ pub fn reject(data_dir: &Path, staging: &Path, stem: &str, reasons: &[String]) -
     fs::write(dest.join("REASON"), reasons.join("\n") + "\n")?;
     fs::remove_dir(staging)?;
     Ok(dest)
+}
+
+/// Where an accepted upload is kept (its builds take their source from there).
+pub fn kept_dir(data_dir: &Path, upload_id: &str) -> PathBuf {
+    data_dir.join("uploads").join(upload_id)
 }
 
 /// Whether `name` may be stored for an upload.

@@ -1,11 +1,14 @@
-//! The worker port: accepts connections (plain TCP or TLS), runs the hello
-//! handshake through the dispatcher, then relays messages both ways. Log
-//! output goes straight to the log store so it never waits behind the queue.
+//! The worker port: accepts connections (plain TCP or TLS), admits a
+//! worker by its hello (protocol version, then a certificate from the
+//! workers' CA naming it, or its token), hands it to the dispatcher, then
+//! relays messages both ways. Log output goes straight to the log store so
+//! it never waits behind the queue.
 
-use crate::dispatcher::Event;
+use crate::caller::tokens_match;
+use crate::events::Event;
 use crate::shared::Shared;
 use futures::{SinkExt, StreamExt};
-use kiln_proto::wire::{self, MasterMsg, WorkerMsg};
+use kiln_proto::wire::{self, Hello, MasterMsg, WorkerMsg, PROTOCOL_VERSION};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,16 +77,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         },
         _ => return,
     };
+    if let Err(reason) = admit(&shared, &hello, certified.as_deref(), &address) {
+        return refuse(&mut framed, &reason).await;
+    }
     let name = hello.name.clone();
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();
     let (reply_tx, reply_rx) = oneshot::channel();
-    shared.send(Event::Hello { conn, hello: Box::new(hello), address, certified, tx, reply: reply_tx });
-    let abandon = match reply_rx.await {
-        Ok(Ok(abandon)) => abandon,
-        Ok(Err(reason)) => return refuse(&mut framed, &reason).await,
-        Err(_) => return,
-    };
+    shared.send(Event::Hello { conn, hello: Box::new(hello), address, tx, reply: reply_tx });
+    let Ok(abandon) = reply_rx.await else { return };
     let master_cfg = shared.farm().cfg.master.clone();
     let heartbeat = master_cfg.heartbeat;
     // Workers fence themselves well before the master re-queues their builds.
@@ -156,6 +158,32 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         _ = reader => {}
     }
     shared.send(Event::Gone { conn, worker: name });
+}
+
+/// Whether a worker may connect: it speaks this master's protocol, is
+/// declared in the config, and shows a certificate from the workers' CA
+/// that names it or its token. A certificate naming another worker is
+/// refused outright. The reason goes back to the worker.
+fn admit(shared: &Shared, hello: &Hello, certified: Option<&str>, address: &str) -> Result<(), String> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported; this master speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    let farm = shared.farm();
+    let declared = farm.cfg.workers.iter().any(|w| w.name == hello.name);
+    let by_cert = certified == Some(hello.name.as_str());
+    let by_token = farm.worker_tokens.get(&hello.name).is_some_and(|t| tokens_match(t, &hello.token));
+    if let Some(other) = certified.filter(|c| *c != hello.name) {
+        tracing::warn!(worker = %hello.name, certificate = other, address = %address, "refused a worker: its certificate names another");
+        return Err(format!("the certificate names worker {other}, not {}", hello.name));
+    }
+    if !(declared && (by_cert || by_token)) {
+        tracing::warn!(worker = %hello.name, address = %address, "refused a worker: unknown name or wrong token");
+        return Err("unknown worker or wrong token".into());
+    }
+    Ok(())
 }
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(

@@ -149,6 +149,38 @@ impl Farm {
         self.client_with(None)
     }
 
+    /// Logs in to the web interface with `token` and reads `page`, which
+    /// must greet `who`: the session cookie and the page's CSRF token, for
+    /// posting its forms.
+    pub async fn web_login(&self, http: &reqwest::Client, token: &str, page: &str, who: &str) -> (String, String) {
+        let login = http
+            .post(format!("{}/login", self.url()))
+            .form(&[("token", token), ("next", "/")])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status().as_u16(), 303, "logged in");
+        let cookie = login
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("session cookie")
+            .to_string();
+        let html = http
+            .get(format!("{}{page}", self.url()))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("page");
+        assert!(html.contains(&format!("Logged in as {who}")), "{html}");
+        let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf");
+        (cookie, csrf.to_string())
+    }
+
     /// The master's log so far (all its runs).
     pub fn master_log(&self) -> String {
         let mut out = String::new();

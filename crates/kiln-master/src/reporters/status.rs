@@ -43,15 +43,10 @@ fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
 }
 
 /// Reports every build of a new request as pending.
-pub fn request_created(shared: &Arc<Shared>, created: &kiln_proto::api::BuildRequestCreated) {
-    for b in &created.builds {
-        let id = b.id;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Ok(Some(row)) = shared.store.build(id).await {
-                send(&shared, &row, None).await;
-            }
-        });
+pub fn request_created(shared: &Arc<Shared>, builds: &[BuildRow]) {
+    for row in builds {
+        let (shared, row) = (shared.clone(), row.clone());
+        tokio::spawn(async move { send(&shared, &row, None).await });
     }
 }
 
@@ -127,5 +122,5 @@ async fn send(shared: &Arc<Shared>, b: &BuildRow, end: Option<BuildState>) {
         }
     };
     let name = format!("{} commit status of build {}", t.forge, b.id);
-    crate::notify::retry(&name, "commit status", || crate::notify::send_http(req.try_clone())).await;
+    super::outbound::retry(&name, "commit status", || super::outbound::send_http(req.try_clone())).await;
 }

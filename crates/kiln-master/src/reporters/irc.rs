@@ -6,6 +6,7 @@
 //! never holds up a build (messages go through a queue, dropped with a
 //! warning while there is no connection).
 
+use crate::events::Say;
 use crate::shared::Shared;
 use futures::{SinkExt, StreamExt};
 use kiln_core::config::{Irc, NotifyVia};
@@ -16,13 +17,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls;
 use tokio_util::codec::{Framed, LinesCodec};
-
-/// A line for a channel.
-#[derive(Debug, Clone)]
-pub struct Say {
-    pub channel: String,
-    pub text: String,
-}
 
 /// Servers cut lines at 512 bytes including the prefix they add.
 const MAX_TEXT: usize = 400;

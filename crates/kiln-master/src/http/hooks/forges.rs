@@ -1,40 +1,26 @@
-//! Change hooks: forges post push events here (`/change_hook/github`,
+//! Forges post push events here (`/change_hook/github`,
 //! `/change_hook/gitlab`, `/change_hook/gitea`), each delivery checked
 //! against the forge's secret in constant time before its body is read as
 //! JSON. A push becomes one request for every component whose git source
 //! is that repository and branch and whose files it touched, at the pushed
-//! revision. The poller hands the changes it finds to the same
-//! [`submit_change`].
+//! revision ([`crate::ops::requests::submit_change`], which the poller
+//! calls too).
 
-use crate::api::{request_properties, submit, ApiError};
+use crate::caller::Caller;
+use crate::http::ApiError;
+use crate::ops;
 use crate::shared::Shared;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use hmac::{Hmac, Mac};
 use kiln_core::change::{parse_github_push, parse_gitlab_push, Change, PayloadError};
 use kiln_core::config::ForgeHook;
-use kiln_core::matrix::RequestSpec;
-use kiln_core::props::PropertySource;
 use sha2::Sha256;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 type AppState = Arc<Shared>;
-
-/// Forges send at most 25 MB; a push event is far smaller.
-const MAX_PAYLOAD: usize = 5 * 1024 * 1024;
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/change_hook/github", post(github))
-        .route("/change_hook/gitlab", post(gitlab))
-        .route("/change_hook/gitea", post(gitea))
-        .route("/change_hook/forgejo", post(gitea))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_PAYLOAD))
-}
 
 /// What a hook answers: the builds a push started (possibly none, and why).
 #[derive(serde::Serialize)]
@@ -89,7 +75,7 @@ fn bad_payload(e: PayloadError) -> ApiError {
     ApiError::bad(e.to_string())
 }
 
-async fn github(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
+pub async fn github(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
     let secret = hook_secret(&s, "github", |h| &h.github)?;
     let sig = header(&headers, "x-hub-signature-256")
         .and_then(|v| v.strip_prefix("sha256="))
@@ -106,7 +92,7 @@ async fn github(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> H
     handle(&s, change, "github").await
 }
 
-async fn gitea(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
+pub async fn gitea(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
     let secret = hook_secret(&s, "gitea", |h| &h.gitea)?;
     let sig = header(&headers, "x-gitea-signature")
         .or_else(|| header(&headers, "x-forgejo-signature"))
@@ -123,10 +109,10 @@ async fn gitea(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Ho
     handle(&s, change, "gitea").await
 }
 
-async fn gitlab(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
+pub async fn gitlab(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> HookResult {
     let secret = hook_secret(&s, "gitlab", |h| &h.gitlab)?;
     let token = header(&headers, "x-gitlab-token").ok_or_else(|| unauthorized("the delivery has no X-Gitlab-Token"))?;
-    if !crate::auth::tokens_match(&secret, token) {
+    if !crate::caller::tokens_match(&secret, token) {
         return Err(unauthorized("X-Gitlab-Token is not the configured secret"));
     }
     if header(&headers, "x-gitlab-event") != Some("Push Hook") {
@@ -136,11 +122,12 @@ async fn gitlab(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> H
     handle(&s, change, "gitlab").await
 }
 
-async fn handle(s: &AppState, change: Option<Change>, forge: &str) -> HookResult {
+async fn handle(s: &Arc<Shared>, change: Option<Change>, forge: &str) -> HookResult {
     let Some(change) = change else {
         return answer("not a push to a branch (a tag or a deleted branch); nothing to build");
     };
-    match submit_change(s, &change, forge).await? {
+    // The delivery's signature showed it comes from the forge.
+    match ops::requests::submit_change(s, &Caller::system(forge), &change, forge).await? {
         Some(created) => Ok(Json(HookAnswer {
             message: format!("{} builds requested", created.builds.len()),
             request_id: Some(created.request_id),
@@ -152,47 +139,4 @@ async fn handle(s: &AppState, change: Option<Change>, forge: &str) -> HookResult
             change.branch
         )),
     }
-}
-
-/// Requests builds of every component `change` concerns, at its revision;
-/// `None` when it concerns none. `origin` says where the change came from
-/// (a forge, or `poller`): statuses go back to a forge with a token.
-pub async fn submit_change(
-    s: &AppState,
-    change: &Change,
-    origin: &str,
-) -> Result<Option<kiln_proto::api::BuildRequestCreated>, ApiError> {
-    let farm = s.farm();
-    let components: Vec<String> = change.components(&farm.cfg.components).iter().map(|c| c.name.clone()).collect();
-    if components.is_empty() {
-        return Ok(None);
-    }
-    let mut given = BTreeMap::new();
-    given.insert("revision".to_string(), change.revision.clone());
-    given.insert("branch".to_string(), change.branch.clone());
-    if let Some(url) = change.urls.first() {
-        given.insert("repository".to_string(), url.chars().take(500).collect());
-    }
-    given.insert("change_source".to_string(), origin.to_string());
-    if let Some(p) = &change.project {
-        given.insert("project".to_string(), p.chars().take(200).collect());
-    }
-    if let Some(w) = &change.who {
-        given.insert("changed_by".to_string(), w.clone());
-    }
-    let props = request_properties(&given, PropertySource::Change)?;
-    let where_ = change.project.clone().or_else(|| change.urls.first().cloned()).unwrap_or_default();
-    let reason = if change.comments.is_empty() {
-        format!("push to {} of {where_}", change.branch)
-    } else {
-        format!("push to {} of {where_}: {}", change.branch, change.comments)
-    };
-    let by = match &change.who {
-        Some(w) => format!("{w} ({origin})"),
-        None => origin.to_string(),
-    };
-    let spec = RequestSpec { components, all: false, targets: Vec::new() };
-    let created = submit(s, &by, Some(&reason), &spec, props).await?;
-    crate::status::request_created(s, &created);
-    Ok(Some(created))
 }

@@ -1,30 +1,22 @@
-//! Users and their API tokens over the API: `/api/v1/users` (modify_users)
-//! and `/api/v1/tokens` (one's own; anyone's with modify_users). Tokens
-//! are shown once, when made; the store keeps argon2 hashes.
+//! `/api/v1/users` and `/api/v1/tokens`: the shapes of
+//! [`crate::ops::users`] on the API. Tokens are shown once, when made.
 
-use crate::api::{ApiError, Caller};
-use crate::clock::{now_us, rfc3339};
+use crate::caller::Caller;
+use crate::clock::rfc3339;
+use crate::http::ApiError;
+use crate::ops;
+use crate::ops::users::MadeToken;
 use crate::shared::Shared;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
-use kiln_core::perm::{check_email, Permission, Permissions};
+use axum::Json;
+use kiln_core::perm::Permissions;
 use kiln_proto::api::{ErrorBody, NewToken, NewUser, TokenCreated, TokenInfo, UserInfo};
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::{IntoParams, OpenApi};
 
 type AppState = Arc<Shared>;
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list_users).post(add_user))
-        .route("/api/v1/users/{email}", delete(remove_user))
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{id}", delete(revoke_token))
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,9 +48,8 @@ fn token_info(row: kiln_db::TokenRow) -> TokenInfo {
 #[utoipa::path(get, path = "/api/v1/users",
     responses((status = 200, body = [UserInfo]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
-async fn list_users(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<UserInfo>>, ApiError> {
-    caller.must(Permission::ModifyUsers)?;
-    Ok(Json(s.store.users().await?.into_iter().map(user_info).collect()))
+pub async fn list_users(State(s): State<AppState>, caller: Caller) -> Result<Json<Vec<UserInfo>>, ApiError> {
+    Ok(Json(ops::users::list_users(&s, &caller).await?.into_iter().map(user_info).collect()))
 }
 
 /// Adds a user and makes their first token (shown once). Nobody grants a
@@ -68,23 +59,13 @@ async fn list_users(State(s): State<AppState>, caller: Caller) -> Result<Json<Ve
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "the user exists"),
         (status = 415, body = ErrorBody, description = "the body is not JSON"), (status = 422, body = ErrorBody, description = "the JSON does not have the expected shape")),
     security(("token" = [])))]
-async fn add_user(
+pub async fn add_user(
     State(s): State<AppState>,
     caller: Caller,
     body: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<Json<TokenCreated>, ApiError> {
-    caller.must(Permission::ModifyUsers)?;
     let Json(body) = body?;
-    check_email(&body.email).map_err(ApiError::bad)?;
-    let perms = Permissions::parse(&body.permissions.join(",")).map_err(ApiError::bad)?;
-    for p in perms.iter() {
-        caller.must(p)?;
-    }
-    let Some(user) = s.store.add_user(&body.email, &perms.to_string(), now_us()).await? else {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("user {} exists already", body.email)));
-    };
-    tracing::info!(user = %user.email, permissions = %perms, by = %caller.name, "user added");
-    Ok(Json(make_token(&s, &user, "first").await?))
+    Ok(Json(token_created(ops::users::add_user(&s, &caller, &body.email, &body.permissions).await?)))
 }
 
 /// Removes a user and every token of theirs.
@@ -92,28 +73,17 @@ async fn add_user(
     responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-async fn remove_user(
+pub async fn remove_user(
     State(s): State<AppState>,
     caller: Caller,
     Path(email): Path<String>,
 ) -> Result<Json<UserInfo>, ApiError> {
-    caller.must(Permission::ModifyUsers)?;
-    let Some(user) = s.store.user(&email).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no user {email}")));
-    };
-    // Only a server admin removes one.
-    if Permissions::parse(&user.permissions).unwrap_or_default().allows(Permission::ServerAdmin) {
-        caller.must(Permission::ServerAdmin)?;
-    }
-    s.store.remove_user(&email).await?;
-    s.checked_tokens.clear();
-    tracing::info!(user = %email, by = %caller.name, "user removed");
-    Ok(Json(user_info(user)))
+    Ok(Json(user_info(ops::users::remove_user(&s, &caller, &email).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct TokenQuery {
+pub struct TokenQuery {
     /// Someone else's tokens (needs modify_users); `*` for everyone's.
     user: Option<String>,
 }
@@ -122,18 +92,13 @@ struct TokenQuery {
 #[utoipa::path(get, path = "/api/v1/tokens", params(TokenQuery),
     responses((status = 200, body = [TokenInfo]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("token" = [])))]
-async fn list_tokens(
+pub async fn list_tokens(
     State(s): State<AppState>,
     caller: Caller,
-    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad(e.body_text()))?;
-    let whose = q.user.unwrap_or_else(|| caller.name.clone());
-    if whose != caller.name {
-        caller.must(Permission::ModifyUsers)?;
-    }
-    let rows = s.store.tokens((whose != "*").then_some(whose.as_str())).await?;
-    Ok(Json(rows.into_iter().map(token_info).collect()))
+    Ok(Json(ops::users::list_tokens(&s, &caller, q.user).await?.into_iter().map(token_info).collect()))
 }
 
 /// Makes a token: one's own, or (with modify_users) another user's.
@@ -141,39 +106,17 @@ async fn list_tokens(
     responses((status = 200, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody, description = "the body is not JSON"), (status = 422, body = ErrorBody, description = "the JSON does not have the expected shape")),
     security(("token" = [])))]
-async fn create_token(
+pub async fn create_token(
     State(s): State<AppState>,
     caller: Caller,
     body: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<Json<TokenCreated>, ApiError> {
     let Json(body) = body?;
-    let whose = body.user.unwrap_or_else(|| caller.name.clone());
-    if whose != caller.name {
-        caller.must(Permission::ModifyUsers)?;
-    }
-    let Some(user) = s.store.user(&whose).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no user {whose} (the admin token is not a user)")));
-    };
-    let name = body.name.unwrap_or_else(|| "token".into());
-    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad("a token's name is 1 to 100 printable characters"));
-    }
-    Ok(Json(make_token(&s, &user, &name).await?))
+    Ok(Json(token_created(ops::users::create_token(&s, &caller, body.user, body.name).await?)))
 }
 
-async fn make_token(s: &Shared, user: &kiln_db::UserRow, name: &str) -> Result<TokenCreated, ApiError> {
-    let (secret, hash) = tokio::task::spawn_blocking(crate::auth::new_token_secret)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let id = s.store.add_token(user.id, name, &hash, now_us()).await?;
-    tracing::info!(user = %user.email, token = id, "token made");
-    Ok(TokenCreated {
-        id,
-        user: user.email.clone(),
-        name: name.to_string(),
-        token: crate::auth::user_token(id, &secret),
-    })
+fn token_created(t: MadeToken) -> TokenCreated {
+    TokenCreated { id: t.id, user: t.user, name: t.name, token: t.token }
 }
 
 /// Revokes a token: one's own, or anyone's with modify_users.
@@ -181,21 +124,11 @@ async fn make_token(s: &Shared, user: &kiln_db::UserRow, name: &str) -> Result<T
     responses((status = 200, body = TokenInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("token" = [])))]
-async fn revoke_token(
+pub async fn revoke_token(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::bad(format!("{id:?} is not a token id")))?;
-    let Some(token) = s.store.live_token(id).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no live token {id}")));
-    };
-    if token.email != caller.name {
-        caller.must(Permission::ModifyUsers)?;
-    }
-    s.store.revoke_token(id, now_us()).await?;
-    s.checked_tokens.clear();
-    tracing::info!(token = id, user = %token.email, by = %caller.name, "token revoked");
-    let revoked = s.store.token(id).await?.unwrap_or(token);
-    Ok(Json(token_info(revoked)))
+    Ok(Json(token_info(ops::users::revoke_token(&s, &caller, id).await?)))
 }

@@ -2,11 +2,12 @@
 //! component with `poll = "5m"` builds from is looked at (`git ls-remote`)
 //! at that interval. A new tip is fetched into a bare mirror under
 //! `data_dir/git/` to learn which files changed, then goes to
-//! [`crate::hooks::submit_change`] like a pushed change. The last tip seen
+//! [`crate::ops::requests::submit_change`] like a pushed change. The last tip seen
 //! is in the database and is claimed by a conditional update, so masters
 //! sharing a database act on a push once; the first sight of a branch
 //! builds nothing.
 
+use crate::caller::Caller;
 use crate::shared::Shared;
 use kiln_core::change::Change;
 use kiln_core::config::{check_revision, Source};
@@ -106,12 +107,12 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
         comments,
         project: None,
     };
-    match crate::hooks::submit_change(shared, &change, "poller").await {
+    match crate::ops::requests::submit_change(shared, &Caller::system("poller"), &change, "poller").await {
         Ok(Some(created)) => {
             tracing::info!(%url, %branch, revision = %tip, request = created.request_id, builds = created.builds.len(), "change found by polling")
         }
         Ok(None) => tracing::info!(%url, %branch, revision = %tip, "change found by polling touches no component"),
-        Err(e) => tracing::error!(%url, error = ?e, "cannot request builds for a polled change"),
+        Err(e) => tracing::error!(%url, error = %e, "cannot request builds for a polled change"),
     }
     Ok(())
 }

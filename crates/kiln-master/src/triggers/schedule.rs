@@ -4,14 +4,16 @@
 //! (not once per missed time), and masters sharing a database make it once
 //! between them (the run is claimed by a conditional update).
 
+use crate::caller::Caller;
 use crate::clock::now_us;
+use crate::ops::requests::NewRequest;
 use crate::shared::Shared;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use kiln_core::config::Schedule;
 use kiln_core::cron::CronSpec;
 use kiln_core::matrix::RequestSpec;
-use kiln_core::props::PropertySource;
+use kiln_core::props::{request_properties, PropertySource};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,7 +140,7 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
                 // (asked once per repository and branch, however many components share it).
                 let key = (g.url.clone(), g.branch.clone());
                 if !tips.contains_key(&key) {
-                    let tip = crate::poller::remote_tip(&g.url, &g.branch).await;
+                    let tip = super::poller::remote_tip(&g.url, &g.branch).await;
                     tips.insert(key.clone(), tip);
                 }
                 match &tips[&key] {
@@ -164,15 +166,16 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
     }
     let mut given = s.properties.clone();
     given.insert("schedule".into(), s.name.clone());
-    let props = match crate::api::request_properties(&given, PropertySource::Request) {
+    let properties = match request_properties(&given, PropertySource::Request) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(schedule = %s.name, error = ?e, "schedule properties refused");
+            tracing::error!(schedule = %s.name, error = %e, "schedule properties refused");
             return;
         }
     };
     let reason = format!("schedule {} ({}) due {due}", s.name, s.cron_text);
-    match crate::api::submit(shared, &format!("schedule:{}", s.name), Some(&reason), &spec, props).await {
+    let req = NewRequest { spec, properties, reason: Some(reason) };
+    match crate::ops::requests::submit(shared, &Caller::system(format!("schedule:{}", s.name)), req).await {
         Ok(created) => {
             for (component, fp) in &fingerprints {
                 if let Err(e) = shared.store.set_schedule_fingerprint(&s.name, component, fp).await {
@@ -181,7 +184,7 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
             }
             tracing::info!(schedule = %s.name, request = created.request_id, builds = created.builds.len(), "scheduled builds requested")
         }
-        Err(e) => tracing::error!(schedule = %s.name, error = ?e, "scheduled request failed"),
+        Err(e) => tracing::error!(schedule = %s.name, error = %e, "scheduled request failed"),
     }
 }
 

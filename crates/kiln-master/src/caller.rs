@@ -1,0 +1,173 @@
+//! Who is asking: the [`Caller`] every operation takes, a browser's
+//! [`Session`], the client certificate a connection showed, and the token
+//! primitives (constant-time comparison, random tokens, argon2 hashes of
+//! users' token secrets, the cache of checked tokens). A leaf: it imports
+//! nothing of the master. Checking a request's token against the store is
+//! [`crate::auth`]'s job.
+
+use kiln_core::perm::{Permission, Permissions};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// Who made a request, and what they may do. The admin token is `admin`
+/// with every permission; a user's token or certificate is that user; a
+/// door the master trusts by other means (a forge hook's signature, a
+/// schedule, the poller) is a [`Caller::system`] named after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Recorded as who requested what this caller starts.
+    pub name: String,
+    pub perms: Permissions,
+}
+
+/// A caller lacks a permission; the text says who and which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
+impl Caller {
+    pub fn admin() -> Caller {
+        Caller { name: "admin".into(), perms: Permissions::admin() }
+    }
+
+    /// A trigger of the master's own (a verified forge hook, a schedule,
+    /// the poller, a dependent rebuild): it may start builds, nothing more.
+    pub fn system(name: impl Into<String>) -> Caller {
+        Caller { name: name.into(), perms: [Permission::OwnJobs].into_iter().collect() }
+    }
+
+    /// The same permissions under another name (who a change hook's
+    /// request is recorded as).
+    pub fn named(&self, name: impl Into<String>) -> Caller {
+        Caller { name: name.into(), perms: self.perms }
+    }
+
+    /// Ok when the caller holds `p` (or server_admin); else why not.
+    pub fn require(&self, p: Permission) -> Result<(), Forbidden> {
+        if self.perms.allows(p) {
+            Ok(())
+        } else {
+            Err(Forbidden(format!("{} lacks the {p} permission this needs", self.name)))
+        }
+    }
+}
+
+/// A logged-in browser.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub caller: Caller,
+    pub csrf: String,
+    pub created: Instant,
+}
+
+/// The common name of the client certificate a web connection showed (the
+/// users' CA verified it): the user's email.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate(pub Option<String>);
+
+pub fn tokens_match(expected: &str, given: &str) -> bool {
+    // Length differences are not secret; contents are compared in constant time.
+    expected.len() == given.len() && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+pub fn random_token() -> std::io::Result<String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex::encode(raw))
+}
+
+/// Users' API tokens look like `kiln_ID_SECRET`: the id finds the stored
+/// hash, the secret is checked against it.
+const USER_TOKEN_PREFIX: &str = "kiln_";
+
+/// The stored row id and the secret of a user's token, if it has that shape.
+pub fn split_user_token(token: &str) -> Option<(i64, &str)> {
+    let (id, secret) = token.strip_prefix(USER_TOKEN_PREFIX)?.split_once('_')?;
+    Some((id.parse().ok()?, secret))
+}
+
+/// A new token secret and the argon2 hash the store keeps of it (a PHC
+/// string, with its own random salt). The token handed out is
+/// [`user_token`] of the stored row's id and this secret.
+pub fn new_token_secret() -> std::io::Result<(String, String)> {
+    let secret = random_token()?;
+    let hash = hash_secret(&secret)?;
+    Ok((secret, hash))
+}
+
+/// The token handed out for stored row `id` with `secret`.
+pub fn user_token(id: i64, secret: &str) -> String {
+    format!("{USER_TOKEN_PREFIX}{id}_{secret}")
+}
+
+pub fn hash_secret(secret: &str) -> std::io::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| std::io::Error::other(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+pub fn secret_matches(hash: &str, secret: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+/// How long a checked user token is trusted without asking the store
+/// again; a revocation on another master sharing the database takes
+/// effect within this time (on this master at once).
+const CHECKED_TTL: Duration = Duration::from_secs(60);
+
+/// Checked user tokens, by the SHA-256 of the token (never the token), so
+/// each request does not pay for an argon2 check.
+#[derive(Default)]
+pub struct TokenCache(Mutex<HashMap<[u8; 32], (Caller, Instant)>>);
+
+impl TokenCache {
+    pub fn get(&self, key: &[u8; 32]) -> Option<Caller> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (_, at)| at.elapsed() < CHECKED_TTL);
+        m.get(key).map(|(c, _)| c.clone())
+    }
+
+    pub fn put(&self, key: [u8; 32], caller: Caller) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (caller, Instant::now()));
+    }
+
+    /// Forgets everything checked (after a revocation, a removal or a
+    /// change of permissions).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hashed_secret_checks_only_itself() {
+        let (token, hash) = new_token_secret().expect("token");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(!hash.contains(&token));
+        assert!(secret_matches(&hash, &token));
+        assert!(!secret_matches(&hash, &format!("{token}x")));
+        assert!(!secret_matches("not a hash", &token));
+        assert_eq!(user_token(7, "abc"), "kiln_7_abc");
+        assert_eq!(split_user_token("kiln_7_abc"), Some((7, "abc")));
+        assert_eq!(split_user_token("kiln_x_abc"), None);
+    }
+
+    #[test]
+    fn a_system_caller_may_start_builds_and_nothing_else() {
+        let poller = Caller::system("poller");
+        assert!(poller.require(Permission::OwnJobs).is_ok());
+        let refused = poller.require(Permission::KillAnyJob).expect_err("refused");
+        assert_eq!(refused.to_string(), "poller lacks the kill_any_job permission this needs");
+    }
+}

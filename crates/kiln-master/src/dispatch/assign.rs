@@ -1,0 +1,165 @@
+//! Starting a build on a worker: its component (or upload), source, steps
+//! ([`kiln_core::job::steps_for`]), secrets and build-root repositories
+//! become one job, sent once the build is claimed in the store.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) async fn start(&mut self, id: i64, worker: &str) {
+        let farm = self.shared.farm();
+        let Some(q) = self.queue.get(&id) else { return };
+        let uploaded;
+        let component = match (farm.cfg.component(&q.component), BuildSource::of(&q.properties)) {
+            // An uploaded source package: the standard pipeline over the
+            // upload's files, even when a component has the same name.
+            (_, BuildSource::Upload(upload)) => {
+                let dir = crate::uploads::kept_dir(&farm.data_dir(), &upload);
+                uploaded = uploaded_component(&q.component, &dir.display().to_string());
+                &uploaded
+            }
+            (Some(c), BuildSource::Component) => c,
+            (None, BuildSource::Component) => {
+                let reason = format!("component {} is no longer in the config", q.component);
+                self.fail_unstarted(id, &reason).await;
+                return;
+            }
+        };
+        let source = match &component.source {
+            Some(Source::Path(p)) => match self.sources.archive(&farm.resolve(p)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.fail_unstarted(id, &e).await;
+                    return;
+                }
+            },
+            // The worker checks the revision out itself (a first step).
+            Some(Source::Git(_)) | None => None,
+        };
+        let plan = match steps_for(&q.target, farm.cfg.target(&q.target), component) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.fail_unstarted(id, &e.to_string()).await;
+                return;
+            }
+        };
+        let artifacts = plan.artifacts;
+        let steps: Vec<JobStep> = plan
+            .steps
+            .into_iter()
+            .map(|PlannedStep { spec: s, privileged }| JobStep {
+                no_output_timeout_ms: s.no_output_timeout.or(component.no_output_timeout).map(|d| d.as_millis() as u64),
+                timeout_ms: s.timeout.map(|d| d.as_millis() as u64),
+                name: s.name,
+                run: s.run,
+                set_property: s.set_property,
+                env: s.env,
+                halt_on_failure: s.halt_on_failure,
+                always_run: s.always_run,
+                privileged,
+            })
+            .collect();
+        let mut secrets = BTreeMap::new();
+        for (var, r) in &component.secrets {
+            match farm.secret(r, &format!("secret {var} of component {}", component.name)) {
+                Ok(v) => {
+                    secrets.insert(var.clone(), v);
+                }
+                Err(e) => {
+                    self.fail_unstarted(id, &format!("{e:#}")).await;
+                    return;
+                }
+            }
+        }
+        let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        match self.shared.store.claim(id, worker, now_us(), &names).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cancelled or taken elsewhere meanwhile.
+                self.queue.remove(&id);
+                if let Ok(Some(b)) = self.shared.store.build(id).await {
+                    self.set_state(id, b.state);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(build = id, error = %e, "cannot claim build");
+                return;
+            }
+        }
+        let Some(q) = self.queue.remove(&id) else {
+            return;
+        };
+        self.shared.logs.begin(id, worker);
+        let job = Job {
+            build_id: id,
+            component: q.component.clone(),
+            target: q.target.clone(),
+            properties: q.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect(),
+            steps,
+            source_tgz: source.map(|s| s.as_str().to_owned()),
+            kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
+            artifacts,
+            timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
+            memory_bytes: component.memory,
+            cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
+            env: self.repo_env(&farm, &q.target, &q.properties),
+            secrets: kiln_proto::wire::Secrets(secrets),
+        };
+        self.set_state(id, BuildState::Running);
+        tracing::info!(build = id, component = %q.component, target = %q.target, worker, "build dispatched");
+        self.running.insert(
+            id,
+            RunningBuild {
+                worker: worker.to_string(),
+                component: q.component,
+                target: q.target,
+                properties: q.properties,
+                steps_done: HashSet::new(),
+                cancelled_by: None,
+                publishing: false,
+            },
+        );
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.insert(id);
+            let _ = w.tx.send(MasterMsg::Assign(Box::new(job)));
+        }
+        self.publish_running(worker);
+    }
+
+    /// The farm's own repository for a deb build root: the channel the build
+    /// publishes to (dev for nightlies, stable for releases), so a
+    /// component builds against what its dependencies just published.
+    /// The target's own `repositories` come after it, each with its key.
+    pub(super) fn repo_env(
+        &self,
+        farm: &crate::farm::LoadedFarm,
+        target: &str,
+        props: &Properties,
+    ) -> BTreeMap<String, String> {
+        use kiln_proto::wire::BuildRootRepo;
+        let cfg = &farm.cfg;
+        let mut env = BTreeMap::new();
+        let Some(t) = cfg.target(target).filter(|t| t.family == kiln_core::config::Family::Deb) else { return env };
+        let mut repos = Vec::new();
+        let values: BTreeMap<String, String> = props.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+        let channel = cfg.channels.iter().find(|c| c.accepts.takes(&values));
+        if let Some((ch, key)) = channel.and_then(|ch| Some((ch, self.shared.public_keys.get(&ch.name)?))) {
+            let suite = t.suite.as_deref().unwrap_or("unstable");
+            let source = format!("{}/repos/{}/apt {suite} {}", cfg.master.public_url(), ch.name, ch.component);
+            env.insert("KILN_APT_CHANNEL".into(), ch.name.clone());
+            env.insert("KILN_APT_SOURCE".into(), source.clone());
+            env.insert("KILN_APT_KEY".into(), key.clone());
+            repos.push(BuildRootRepo { name: ch.name.clone(), source, key: key.clone() });
+        }
+        let keys = farm.repository_keys.get(target).map(Vec::as_slice).unwrap_or_default();
+        for (i, (repo, key)) in t.repositories.iter().zip(keys).enumerate() {
+            repos.push(BuildRootRepo { name: format!("extra-{}", i + 1), source: repo.source(), key: key.clone() });
+        }
+        if !repos.is_empty() {
+            if let Ok(json) = serde_json::to_string(&repos) {
+                env.insert(kiln_proto::wire::APT_REPOS_ENV.into(), json);
+            }
+        }
+        env
+    }
+}

@@ -1,0 +1,315 @@
+//! The dispatcher: the one task that decides what runs where.
+//!
+//! Every change to the queue goes through here, one event at a time (worker
+//! hellos and messages, new requests, cancels, ticks), so there are no races
+//! between deciding and recording. It keeps the queue in memory for speed;
+//! the database stays the source of truth: it is written before a decision
+//! is acted on, and the in-memory view is rebuilt from it at start.
+//!
+//! Invariant: a build is dispatched once. It is claimed by a conditional
+//! UPDATE before its `Assign` is sent, and it is only re-queued after its
+//! worker has been away for `worker_timeout`; a worker that comes back with
+//! a build that was re-queued or cancelled meanwhile is told to abandon it.
+
+mod assign;
+mod queue;
+mod registry;
+mod results;
+mod timeouts;
+
+use crate::clock::{now_us, rfc3339};
+use crate::events::{CancelOutcome, Event, PublishOutcome, PublishRequest};
+use crate::shared::Shared;
+use crate::source::SourceCache;
+use kiln_core::config::Source;
+use kiln_core::job::{steps_for, uploaded_component, BuildSource, PlannedStep};
+use kiln_core::props::{Properties, Property, PropertySource};
+use kiln_core::schedule::{pick_worker, readiness, Readiness, WorkerLoad};
+use kiln_core::BuildState;
+use kiln_db::{BuildRow, Write};
+use kiln_proto::api::WorkerInfo;
+use kiln_proto::wire::{BuildResult, Hello, Job, JobStep, MasterMsg, StepResult, WorkerMsg};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+struct QueuedBuild {
+    component: String,
+    target: String,
+    depends_on: Vec<i64>,
+    properties: Properties,
+}
+
+struct RunningBuild {
+    worker: String,
+    component: String,
+    target: String,
+    properties: Properties,
+    steps_done: HashSet<u32>,
+    /// Who asked to cancel it, for the reason recorded.
+    cancelled_by: Option<String>,
+    /// Its worker is done; its packages are with the publisher.
+    publishing: bool,
+}
+
+struct Conn {
+    conn: u64,
+    tx: UnboundedSender<MasterMsg>,
+    targets: Vec<String>,
+    slots: usize,
+    running: HashSet<i64>,
+    last_seen: Instant,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    queue: BTreeMap<i64, QueuedBuild>,
+    running: HashMap<i64, RunningBuild>,
+    workers: HashMap<String, Conn>,
+    /// Running builds whose worker is away, with the time they are re-queued.
+    orphans: HashMap<i64, Instant>,
+    /// Label and state of builds that others depend on.
+    known: HashMap<i64, (String, BuildState)>,
+    sources: SourceCache,
+    last_poll: Instant,
+    /// A build finished or joined the queue since the last look for
+    /// builds whose dependencies failed.
+    deps_dirty: bool,
+    /// Step and build results not yet written; written together by `flush`
+    /// before anything is acted on.
+    pending: Vec<Write>,
+    /// Results to acknowledge to their workers once written.
+    pending_acks: Vec<(String, i64)>,
+}
+
+/// How often the dispatcher looks for work it was not told about (builds
+/// queued by another master sharing the database).
+const POLL: Duration = Duration::from_secs(2);
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Dispatcher {
+            shared,
+            queue: BTreeMap::new(),
+            running: HashMap::new(),
+            workers: HashMap::new(),
+            orphans: HashMap::new(),
+            known: HashMap::new(),
+            sources: SourceCache::default(),
+            last_poll: Instant::now(),
+            deps_dirty: true,
+            pending: Vec::new(),
+            pending_acks: Vec::new(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.farm().cfg.master.worker_timeout
+    }
+
+    /// Rebuilds the in-memory view from the database: queued builds join the
+    /// queue; running ones wait for their worker to come back.
+    pub async fn recover(&mut self) -> anyhow::Result<()> {
+        let rows = self.shared.store.unfinished_builds().await?;
+        let publishing: HashSet<i64> = self.shared.store.publishing_builds().await?.into_iter().collect();
+        let deadline = Instant::now() + self.timeout();
+        for b in rows {
+            match b.state {
+                BuildState::Queued => self.enqueue(b),
+                BuildState::Running if publishing.contains(&b.id) => {
+                    tracing::info!(build = b.id, "build was being published before restart; publishing again");
+                    self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Running));
+                    self.running.insert(
+                        b.id,
+                        RunningBuild {
+                            worker: String::new(),
+                            component: b.component,
+                            target: b.target,
+                            properties: b.properties,
+                            steps_done: HashSet::new(),
+                            cancelled_by: None,
+                            publishing: true,
+                        },
+                    );
+                    let _ = self.shared.publisher.send(PublishRequest::Build(b.id));
+                }
+                BuildState::Running => {
+                    tracing::info!(
+                        build = b.id,
+                        worker = b.worker.as_deref().unwrap_or("?"),
+                        "build was running before restart; waiting for its worker"
+                    );
+                    self.orphans.insert(b.id, deadline);
+                    self.running.insert(
+                        b.id,
+                        RunningBuild {
+                            worker: b.worker.clone().unwrap_or_default(),
+                            component: b.component,
+                            target: b.target,
+                            properties: b.properties,
+                            steps_done: HashSet::new(),
+                            cancelled_by: None,
+                            publishing: false,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.load_dependency_states().await;
+        self.publish_workers();
+        Ok(())
+    }
+
+    pub async fn run(mut self, mut rx: UnboundedReceiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.handle(ev).await;
+                    // Take whatever else is waiting before deciding once.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(ev) => self.handle(ev).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    self.flush().await;
+                    self.tick().await;
+                }
+            }
+            self.flush().await;
+            self.dispatch().await;
+        }
+    }
+
+    fn enqueue(&mut self, b: BuildRow) {
+        self.deps_dirty = true;
+        self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
+        self.queue.insert(
+            b.id,
+            QueuedBuild {
+                component: b.component,
+                target: b.target,
+                depends_on: b.depends_on,
+                properties: b.properties,
+            },
+        );
+    }
+
+    /// Makes sure the state of every dependency of a queued build is known.
+    async fn load_dependency_states(&mut self) {
+        let missing: Vec<i64> = self
+            .queue
+            .values()
+            .flat_map(|q| q.depends_on.iter().copied())
+            .filter(|d| !self.known.contains_key(d))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        for id in missing {
+            match self.shared.store.build(id).await {
+                Ok(Some(b)) => {
+                    self.known.insert(id, (format!("{}@{}", b.component, b.target), b.state));
+                }
+                Ok(None) => {
+                    self.known.insert(id, (format!("#{id}"), BuildState::Skipped));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read dependency state"),
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: i64, state: BuildState) {
+        self.shared.changed();
+        if let Some(entry) = self.known.get_mut(&id) {
+            entry.1 = state;
+        }
+        if state.is_finished() {
+            self.deps_dirty = true;
+        }
+    }
+
+    /// Writes pending results in one transaction, then acknowledges them.
+    async fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let writes = std::mem::take(&mut self.pending);
+            if let Err(e) = self.shared.store.apply(&writes).await {
+                // Keep them (and hold the acks, so workers keep their results)
+                // and try again at the next flush.
+                tracing::error!(error = %e, writes = writes.len(), "cannot record build results; will retry");
+                let newer = std::mem::replace(&mut self.pending, writes);
+                self.pending.extend(newer);
+                return;
+            }
+            self.shared.changed();
+            for w in &writes {
+                if let Write::Finish { build_id, .. } = w {
+                    crate::reporters::build_finished(&self.shared, *build_id);
+                }
+            }
+        }
+        for (worker, build_id) in self.pending_acks.drain(..) {
+            if let Some(w) = self.workers.get(&worker) {
+                let _ = w.tx.send(MasterMsg::Ack { build_id });
+            }
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        if !matches!(ev, Event::FromWorker { .. }) {
+            // Everything else reads or writes the store directly.
+            self.flush().await;
+        }
+        match ev {
+            Event::Hello { conn, hello, address, tx, reply } => self.hello(conn, *hello, address, tx, reply).await,
+            Event::Seen { conn, worker } => {
+                if let Some(w) = self.workers.get_mut(&worker).filter(|w| w.conn == conn) {
+                    w.last_seen = Instant::now();
+                }
+            }
+            Event::FromWorker { conn, worker, msg } => {
+                let Some(w) = self.workers.get_mut(&worker) else {
+                    return;
+                };
+                if w.conn != conn {
+                    return;
+                }
+                w.last_seen = Instant::now();
+                self.worker_message(&worker, msg).await;
+            }
+            Event::Gone { conn, worker } => {
+                if self.workers.get(&worker).is_some_and(|w| w.conn == conn) {
+                    tracing::warn!(worker = %worker, "worker disconnected");
+                    self.drop_worker(&worker);
+                }
+            }
+            Event::Queued(rows) => {
+                let mut fresh = Vec::new();
+                for b in rows {
+                    if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
+                        fresh.push(b.id);
+                        self.enqueue(b);
+                    }
+                }
+                self.load_dependency_states().await;
+                self.collapse(&fresh).await;
+            }
+            Event::Cancel { build_id, by, reply } => {
+                let outcome = self.cancel(build_id, &by).await;
+                let _ = reply.send(outcome);
+            }
+            Event::ConfigChanged => self.publish_workers(),
+            Event::Published { build_id, outcome } => self.published(build_id, outcome),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The queue: cancels, builds skipped because a dependency did not
+//! succeed or a newer build stands for them (collapsing), and handing
+//! ready builds to the least-loaded worker with a free slot.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) async fn cancel(&mut self, id: i64, by: &str) -> CancelOutcome {
+        if self.running.get(&id).is_some_and(|r| r.publishing) {
+            return CancelOutcome::Busy("its packages are being published".into());
+        }
+        if let Some(run) = self.running.get_mut(&id) {
+            if let Some(w) = self.workers.get(&run.worker) {
+                let _ = w.tx.send(MasterMsg::Cancel { build_id: id });
+                run.cancelled_by.get_or_insert_with(|| by.to_string());
+                return CancelOutcome::Stopping;
+            }
+        }
+        // Queued, or running on a worker that is away: end it here. A worker
+        // that comes back with it is told to abandon it.
+        if self.queue.contains_key(&id) || self.running.contains_key(&id) {
+            let reason = format!("cancelled by {by}");
+            return match self.shared.store.finish(id, BuildState::Cancelled, Some(&reason), now_us()).await {
+                Ok(_) => {
+                    self.queue.remove(&id);
+                    self.running.remove(&id);
+                    self.orphans.remove(&id);
+                    self.shared.logs.end(id);
+                    self.set_state(id, BuildState::Cancelled);
+                    crate::reporters::build_finished(&self.shared, id);
+                    CancelOutcome::Cancelled
+                }
+                Err(e) => CancelOutcome::Failed(e.to_string()),
+            };
+        }
+        match self.shared.store.build(id).await {
+            Ok(Some(b)) if b.state.is_finished() => CancelOutcome::AlreadyFinished(b.state),
+            Ok(Some(_)) => CancelOutcome::Busy("another master handles it".into()),
+            Ok(None) => CancelOutcome::NotFound,
+            Err(e) => CancelOutcome::Failed(e.to_string()),
+        }
+    }
+
+    pub(super) fn readiness_of(&self, q: &QueuedBuild) -> Readiness {
+        readiness(
+            q.depends_on.iter().map(|d| {
+                self.known.get(d).map(|(l, s)| (l.as_str(), *s)).unwrap_or(("unknown build", BuildState::Queued))
+            }),
+        )
+    }
+
+    /// Skips the queued builds whose dependencies failed, then starts what
+    /// can start, oldest first, while workers have free slots.
+    pub(super) async fn dispatch(&mut self) {
+        // Skips cascade (a skipped build blocks its own dependents), so
+        // repeat until nothing changes. Only needed after a state change.
+        while self.deps_dirty {
+            self.deps_dirty = false;
+            let blocked: Vec<(i64, String)> = self
+                .queue
+                .iter()
+                .filter_map(|(id, q)| match self.readiness_of(q) {
+                    Readiness::Blocked { reason } => Some((*id, reason)),
+                    _ => None,
+                })
+                .collect();
+            for (id, reason) in blocked {
+                self.skip(id, &reason).await;
+            }
+        }
+        let mut loads: Vec<(String, WorkerLoadOwned)> = self
+            .workers
+            .iter()
+            .map(|(n, w)| {
+                let load = WorkerLoadOwned { targets: w.targets.clone(), slots: w.slots, running: w.running.len() };
+                (n.clone(), load)
+            })
+            .collect();
+        let mut free: usize = loads.iter().map(|(_, l)| l.slots.saturating_sub(l.running)).sum();
+        if free == 0 || self.queue.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = self.queue.keys().copied().collect();
+        for id in ids {
+            if free == 0 {
+                break;
+            }
+            let Some(q) = self.queue.get(&id) else { continue };
+            if self.readiness_of(q) != Readiness::Ready {
+                continue;
+            }
+            let view: Vec<WorkerLoad<'_>> = loads
+                .iter()
+                .map(|(n, l)| WorkerLoad { name: n, targets: &l.targets, slots: l.slots, running: l.running })
+                .collect();
+            let Some(i) = pick_worker(&view, &q.target) else {
+                continue;
+            };
+            let worker = loads[i].0.clone();
+            loads[i].1.running += 1;
+            free -= 1;
+            self.start(id, &worker).await;
+        }
+    }
+
+    /// Build collapsing: for each new build of a component with `collapse`,
+    /// older builds of the same builder still waiting, asked for with the
+    /// same request properties, are skipped (the newest stands for them).
+    pub(super) async fn collapse(&mut self, fresh: &[i64]) {
+        let farm = self.shared.farm();
+        let request_props = |q: &QueuedBuild| -> BTreeMap<String, String> {
+            q.properties
+                .iter()
+                .filter(|(_, p)| p.source == PropertySource::Request)
+                .map(|(k, p)| (k.clone(), p.value.clone()))
+                .collect()
+        };
+        for &id in fresh {
+            let Some(newer) = self.queue.get(&id) else { continue };
+            if !farm.cfg.component(&newer.component).is_some_and(|c| c.collapse) {
+                continue;
+            }
+            let props = request_props(newer);
+            let older: Vec<i64> = self
+                .queue
+                .iter()
+                .filter(|(other, q)| {
+                    **other < id
+                        && q.component == newer.component
+                        && q.target == newer.target
+                        && request_props(q) == props
+                })
+                .map(|(other, _)| *other)
+                .collect();
+            for old in older {
+                self.skip(old, &format!("collapsed into build {id}")).await;
+            }
+        }
+    }
+
+    pub(super) async fn skip(&mut self, id: i64, reason: &str) {
+        self.queue.remove(&id);
+        match self.shared.store.finish(id, BuildState::Skipped, Some(reason), now_us()).await {
+            Ok(_) => {
+                tracing::info!(build = id, reason, "build skipped");
+                self.set_state(id, BuildState::Skipped);
+                crate::reporters::build_finished(&self.shared, id);
+            }
+            Err(e) => tracing::error!(build = id, error = %e, "cannot record skip"),
+        }
+    }
+
+    pub(super) async fn fail_unstarted(&mut self, id: i64, reason: &str) {
+        self.queue.remove(&id);
+        // A queued build cannot fail without running; claim it to the master.
+        let store = &self.shared.store;
+        let ok = store.claim(id, "master", now_us(), &[]).await.unwrap_or(false)
+            && store.finish(id, BuildState::Failed, Some(reason), now_us()).await.unwrap_or(false);
+        if ok {
+            tracing::warn!(build = id, reason, "build failed before it could start");
+            self.set_state(id, BuildState::Failed);
+            crate::reporters::build_finished(&self.shared, id);
+        }
+    }
+}
+
+struct WorkerLoadOwned {
+    targets: Vec<String>,
+    slots: usize,
+    running: usize,
+}

@@ -1,0 +1,157 @@
+//! The worker registry: workers joining (taking over an older connection,
+//! keeping the builds they still run), leaving, and what
+//! `/api/v1/workers` shows of them.
+
+use super::*;
+
+impl Dispatcher {
+    /// A worker the worker port admitted: it takes over any older
+    /// connection of the same name, keeps the builds it still runs, and is
+    /// told to abandon the ones that were re-queued or cancelled meanwhile.
+    pub(super) async fn hello(
+        &mut self,
+        conn: u64,
+        hello: Hello,
+        address: String,
+        tx: UnboundedSender<MasterMsg>,
+        reply: oneshot::Sender<Vec<i64>>,
+    ) {
+        let name = hello.name.clone();
+        if self.workers.contains_key(&name) {
+            tracing::warn!(worker = %name, "worker connected again; dropping its old connection");
+            self.drop_worker(&name);
+        }
+        let unacked: HashSet<i64> = hello.finished.iter().copied().collect();
+        let mut abandon = Vec::new();
+        let mut running = HashSet::new();
+        // Builds it still runs, or finished and is about to report: they stay its own.
+        for id in hello.running.iter().chain(&hello.finished) {
+            if self.running.get(id).is_some_and(|r| r.worker == name) {
+                running.insert(*id);
+                self.orphans.remove(id);
+                self.shared.logs.begin(*id, &name);
+                tracing::info!(build = id, worker = %name, "worker resumed a running build");
+            } else {
+                abandon.push(*id);
+            }
+        }
+        // Builds this worker had but no longer knows about (it restarted).
+        let lost: Vec<i64> = self
+            .running
+            .iter()
+            .filter(|(id, r)| r.worker == name && !running.contains(id) && !unacked.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        self.workers.insert(
+            name.clone(),
+            Conn {
+                conn,
+                tx,
+                targets: hello.targets.clone(),
+                slots: hello.slots.max(1) as usize,
+                running,
+                last_seen: Instant::now(),
+            },
+        );
+        {
+            let mut infos = self.shared.workers();
+            let info = infos.entry(name.clone()).or_insert_with(|| empty_info(&name));
+            info.connected = true;
+            info.targets = hello.targets.clone();
+            info.slots = i64::from(hello.slots.max(1));
+            info.version = Some(hello.version.clone());
+            info.address = Some(address.clone());
+            info.last_seen = Some(rfc3339(now_us()));
+        }
+        tracing::info!(worker = %name, address = %address, targets = ?hello.targets, slots = hello.slots, "worker connected");
+        let _ = reply.send(abandon);
+        // A cancel asked for while the worker was away is sent again.
+        if let Some(w) = self.workers.get(&name) {
+            for id in &w.running {
+                if self.running.get(id).is_some_and(|r| r.cancelled_by.is_some()) {
+                    let _ = w.tx.send(MasterMsg::Cancel { build_id: *id });
+                }
+            }
+        }
+        for id in lost {
+            self.requeue(id, &format!("worker {name} restarted and lost the build")).await;
+        }
+        self.publish_workers();
+    }
+
+    pub(super) fn drop_worker(&mut self, name: &str) {
+        let Some(w) = self.workers.remove(name) else {
+            return;
+        };
+        let deadline = Instant::now() + self.timeout();
+        for id in w.running {
+            self.orphans.insert(id, deadline);
+        }
+        if let Some(info) = self.shared.workers().get_mut(name) {
+            info.connected = false;
+        }
+        self.publish_workers();
+    }
+
+    /// Refreshes one worker's running builds in what `/api/v1/workers` shows.
+    pub(super) fn publish_running(&self, name: &str) {
+        let Some(c) = self.workers.get(name) else { return };
+        if let Some(info) = self.shared.workers().get_mut(name) {
+            let mut r: Vec<i64> = c.running.iter().copied().collect();
+            r.sort_unstable();
+            info.running = r;
+        }
+    }
+
+    /// Refreshes what `/api/v1/workers` shows.
+    pub(super) fn publish_workers(&self) {
+        let farm = self.shared.farm();
+        let mut infos = self.shared.workers();
+        // Live pages follow changes; heartbeats alone (last_seen) are not one.
+        let shape = |infos: &BTreeMap<String, WorkerInfo>| -> Vec<(String, bool, Vec<i64>)> {
+            infos.values().map(|i| (i.name.clone(), i.connected, i.running.clone())).collect()
+        };
+        let before = shape(&infos);
+        for w in &farm.cfg.workers {
+            infos.entry(w.name.clone()).or_insert_with(|| empty_info(&w.name));
+        }
+        for (name, info) in infos.iter_mut() {
+            match self.workers.get(name) {
+                Some(c) => {
+                    info.connected = true;
+                    let mut r: Vec<i64> = c.running.iter().copied().collect();
+                    r.sort_unstable();
+                    info.running = r;
+                }
+                None => {
+                    info.connected = false;
+                    info.running.clear();
+                }
+            }
+        }
+        for (name, c) in &self.workers {
+            if let Some(info) = infos.get_mut(name) {
+                let ago = c.last_seen.elapsed();
+                info.last_seen = Some(rfc3339(now_us() - ago.as_micros() as i64));
+            }
+        }
+        if shape(&infos) != before {
+            drop(infos);
+            self.shared.changed();
+        }
+    }
+}
+
+/// A configured worker that has not connected yet.
+pub(super) fn empty_info(name: &str) -> WorkerInfo {
+    WorkerInfo {
+        name: name.to_string(),
+        connected: false,
+        targets: Vec::new(),
+        slots: 0,
+        running: Vec::new(),
+        last_seen: None,
+        version: None,
+        address: None,
+    }
+}

@@ -1,0 +1,11 @@
+//! The JSON API under `/api/v1`, by resource. Reads are anonymous (unless
+//! the master says otherwise); every mutation takes a [`Caller`] and calls
+//! the operation, which checks the caller's permission.
+//!
+//! [`Caller`]: crate::caller::Caller
+
+pub mod builders;
+pub mod builds;
+pub mod repos;
+pub mod uploads;
+pub mod users;

@@ -1,0 +1,94 @@
+//! Browser sessions: the cookie, the session a form's POST needs (logged
+//! in, CSRF token matching), and the read gate for masters that do not
+//! allow anonymous reading.
+
+use super::layout::{page_error, Ctx};
+use crate::caller::{tokens_match, PeerCertificate, Session};
+use crate::http::error::bearer;
+use crate::http::ApiError;
+use crate::shared::Shared;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub const COOKIE: &str = "kiln_session";
+
+/// A form with nothing but its CSRF token.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    pub csrf: Option<String>,
+}
+
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(header::COOKIE)?.to_str().ok()?;
+    raw.split(';').find_map(|kv| kv.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+}
+
+/// Who is looking at `path`.
+pub fn ctx(s: &Shared, headers: &HeaderMap, path: &str) -> Ctx {
+    Ctx { session: session(s, headers), path: path.to_string() }
+}
+
+pub fn session(s: &Shared, headers: &HeaderMap) -> Option<Session> {
+    s.session(&cookie_value(headers)?)
+}
+
+/// The session a POST needs: logged in, and the form's CSRF token matches.
+pub fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Session, Box<Response>> {
+    let Some(sess) = session(s, headers) else {
+        let page = page_error("Log in first", "This action needs you to log in.");
+        return Err(Box::new((StatusCode::UNAUTHORIZED, page).into_response()));
+    };
+    match form_csrf {
+        Some(t) if tokens_match(&sess.csrf, t) => Ok(sess),
+        _ => {
+            let page = page_error("Form expired", "The form's token did not match; reload the page and try again.");
+            Err(Box::new((StatusCode::FORBIDDEN, page).into_response()))
+        }
+    }
+}
+
+/// Values of a form, in order (keys may repeat).
+pub type FormPairs = Vec<(String, String)>;
+
+pub fn form_get<'a>(f: &'a FormPairs, key: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// With `anonymous_read = false`, every read needs a session or a token:
+/// pages send the browser to log in, the API answers 401. Log-in, static
+/// files and repositories (apt and dnf cannot log in) stay open; mutations
+/// are checked by their own handlers either way.
+pub async fn read_gate(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let open = s.farm().cfg.master.anonymous_read
+        || !(req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD);
+    let path = req.uri().path().to_string();
+    if open || path == "/login" || path.starts_with("/static/") || path.starts_with("/repos/") {
+        return next.run(req).await;
+    }
+    let token_ok = match bearer(req.headers()) {
+        Some(t) => crate::auth::authenticate(&s, &t).await.is_ok(),
+        None => match req.extensions().get::<PeerCertificate>() {
+            Some(PeerCertificate(Some(email))) => crate::auth::user_caller(&s, email).await.is_ok(),
+            _ => false,
+        },
+    };
+    if token_ok || session(&s, req.headers()).is_some() {
+        return next.run(req).await;
+    }
+    if path.starts_with("/api/") {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "reading needs a token on this master: send `Authorization: Bearer TOKEN`",
+        )
+        .into_response();
+    }
+    let next_path: String = path.chars().filter(|c| c.is_ascii_alphanumeric() || "/-_.".contains(*c)).collect();
+    Redirect::to(&format!("/login?next={next_path}")).into_response()
+}

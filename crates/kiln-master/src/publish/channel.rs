@@ -1,0 +1,124 @@
+//! Writing a channel's served generation: APT dists and YUM repodata from
+//! the stored rows, signed, switched in atomically; then pool files nothing
+//! names any more are removed.
+
+use super::keys::host_deb_arch;
+use kiln_core::config::{Channel, Family, Target};
+use kiln_db::PackageRow;
+use kiln_repo::apt::{Dist, ReleaseMeta};
+use kiln_repo::deb::{DebEntry, DscEntry};
+use kiln_repo::key::SigningKey;
+use kiln_repo::publish::{ChannelContent, ChannelDir, YumRepo};
+use kiln_repo::yum::RpmEntry;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+
+/// The APT date format (`Date:` of a Release), always UTC.
+fn release_date() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] UTC"
+    );
+    now.format(&fmt).unwrap_or_default()
+}
+
+/// Renders and serves a channel's generation `revision` from its rows, then
+/// removes pool files that neither the rows nor a snapshot name.
+pub(super) fn write_channel(
+    dir: &ChannelDir,
+    ch: &Channel,
+    key: &SigningKey,
+    targets: &[Target],
+    rows: &[PackageRow],
+    revision: u64,
+    mut keep_files: HashSet<String>,
+) -> Result<(), String> {
+    let mut debs: BTreeMap<String, Vec<DebEntry>> = BTreeMap::new();
+    let mut dscs: BTreeMap<String, Vec<DscEntry>> = BTreeMap::new();
+    let mut rpms: BTreeMap<String, Vec<RpmEntry>> = BTreeMap::new();
+    let mut archs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in targets {
+        match t.family {
+            Family::Deb => {
+                let suite = t.suite.clone().unwrap_or_else(|| "unstable".into());
+                archs.entry(suite).or_default().insert(t.arch.clone().unwrap_or_else(|| host_deb_arch().into()));
+            }
+            Family::Rpm => {
+                rpms.entry(t.name.clone()).or_default();
+            }
+        }
+    }
+    for r in rows {
+        keep_files.insert(r.file.clone());
+        let bad = |e: serde_json::Error| format!("package row {}: {e}", r.id);
+        if let Some(suite) = r.repo.strip_prefix("apt:") {
+            let a = archs.entry(suite.to_string()).or_default();
+            match r.kind.as_str() {
+                "deb" => {
+                    let e: DebEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+                    if e.arch != "all" {
+                        a.insert(e.arch.clone());
+                    }
+                    debs.entry(suite.to_string()).or_default().push(e);
+                }
+                "dsc" => {
+                    let e: DscEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+                    let parent =
+                        Path::new(&r.file).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                    for f in &e.files {
+                        keep_files.insert(format!("{parent}/{f}"));
+                    }
+                    dscs.entry(suite.to_string()).or_default().push(e);
+                }
+                _ => {}
+            }
+        } else if let Some(t) = r.repo.strip_prefix("yum:") {
+            let e: RpmEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+            rpms.entry(t.to_string()).or_default().push(e);
+        }
+    }
+    let meta = ReleaseMeta {
+        origin: "kiln".into(),
+        label: format!("kiln {}", ch.name),
+        description: if ch.description.is_empty() {
+            format!("kiln channel {}", ch.name)
+        } else {
+            ch.description.clone()
+        },
+    };
+    let empty_debs = Vec::new();
+    let empty_dscs = Vec::new();
+    let apt = archs
+        .iter()
+        .map(|(suite, a)| Dist {
+            suite: suite.clone(),
+            component: ch.component.clone(),
+            archs: a.clone(),
+            binaries: debs.get(suite).unwrap_or(&empty_debs).iter().collect(),
+            sources: dscs.get(suite).unwrap_or(&empty_dscs).iter().collect(),
+        })
+        .collect();
+    let yum = rpms.iter().map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().collect() }).collect();
+    let content = ChannelContent { meta, apt, yum };
+    dir.write_generation(revision, &content, key, &release_date()).map_err(|e| e.to_string())?;
+    remove_unnamed(&dir.root().join("pool"), dir.root(), &keep_files);
+    Ok(())
+}
+
+/// Removes files under `pool` whose path (relative to `root`) is not in `keep`.
+fn remove_unnamed(pool: &Path, root: &Path, keep: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(pool) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => remove_unnamed(&path, root, keep),
+            Ok(_) => {
+                let rel = path.strip_prefix(root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                if !keep.contains(&rel) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The publisher: the one task that changes repositories.
+//!
+//! Everything that changes what a channel holds (a build's packages, a
+//! promotion, a removal, a rollback) is a request on one queue, handled one
+//! at a time, so publishes to a channel are serialized and each lands once.
+//!
+//! A change is made in this order, which is what keeps the invariants:
+//! 1. package files are placed in the channel's pool (new names only);
+//! 2. the database records the channel's new contents and revision in one
+//!    transaction (the source of truth);
+//! 3. a new generation of indexes is written and switched in atomically
+//!    ([`kiln_repo::publish::ChannelDir`]);
+//! 4. pool files nothing names any more are removed.
+//!
+//! A crash between 2 and 3 leaves the served repository at the old
+//! revision; at start the master finds the revision on disk behind the
+//! database's and writes it again. A build whose publish was cut short is
+//! still marked publishing in the database and is published again (its
+//! rows are recognised by build id, so nothing lands twice).
+
+mod channel;
+mod keys;
+mod prepare;
+
+pub use keys::load_keys;
+
+use crate::events::{Event, PublishOutcome, PublishRequest, RepoOp, RepoRefusal};
+use crate::shared::Shared;
+use channel::write_channel;
+use kiln_core::config::Channel;
+use kiln_db::{ArtifactRow, PackageRow};
+use kiln_repo::key::SigningKey;
+use kiln_repo::publish::ChannelDir;
+use prepare::{prepare, promote};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A failure inside the publisher that refuses nothing in particular.
+impl From<String> for RepoRefusal {
+    fn from(e: String) -> Self {
+        RepoRefusal::Failed(e)
+    }
+}
+
+pub struct Publisher {
+    shared: Arc<Shared>,
+    keys: HashMap<String, Arc<SigningKey>>,
+    /// The config generation the served repositories were last written for.
+    farm_generation: u64,
+}
+
+/// How often the publisher checks that served repositories match the database.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Publisher {
+    pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
+        let farm_generation = shared.generation();
+        Publisher { shared, keys, farm_generation }
+    }
+
+    fn channel_dir(&self, channel: &str) -> ChannelDir {
+        ChannelDir::new(self.shared.farm().data_dir().join("repos").join(channel))
+    }
+
+    fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, String> {
+        if let Some(k) = self.keys.get(&ch.name) {
+            return Ok(k.clone());
+        }
+        // A channel added by a config reload.
+        let key = Arc::new(keys::load_key(&self.shared.farm(), ch).map_err(|e| format!("{e:#}"))?);
+        self.keys.insert(ch.name.clone(), key.clone());
+        Ok(key)
+    }
+
+    /// Brings every channel's served generation up to its revision (an
+    /// empty, valid repository for a new channel). Run before the master
+    /// serves anything, so a client never finds a channel missing.
+    pub async fn catch_up(&mut self) {
+        let farm = self.shared.farm();
+        // A changed config may add suites, architectures or rpm targets: write everything again.
+        let config_changed =
+            std::mem::replace(&mut self.farm_generation, self.shared.generation()) != self.shared.generation();
+        for ch in &farm.cfg.channels {
+            let dir = self.channel_dir(&ch.name);
+            dir.clean_partial();
+            let revision = self.shared.store.channel_revision(&ch.name).await.unwrap_or(-1);
+            if config_changed || revision < 0 || dir.current_generation() != Some(revision as u64) {
+                if let Err(e) = self.regenerate(ch).await {
+                    tracing::error!(channel = %ch.name, error = %e, "cannot write the repository");
+                }
+            }
+        }
+    }
+
+    /// Handles repository changes, one at a time.
+    pub async fn run(mut self, mut rx: UnboundedReceiver<PublishRequest>) {
+        // Another master sharing the database may change a channel; a config
+        // reload may add a channel or a target. Look now and then.
+        let mut tick = tokio::time::interval(CATCH_UP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let req = tokio::select! {
+                req = rx.recv() => match req {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.catch_up().await;
+                    continue;
+                }
+            };
+            match req {
+                PublishRequest::Build(id) => {
+                    let outcome = match self.publish_build(id).await {
+                        Ok(summary) => PublishOutcome::Published(summary),
+                        Err(e) => {
+                            tracing::warn!(build = id, error = %e, "publish failed");
+                            PublishOutcome::Failed(e)
+                        }
+                    };
+                    self.shared.send(Event::Published { build_id: id, outcome });
+                }
+                PublishRequest::Op(op, reply) => {
+                    let outcome = self.operate(op).await;
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// Publishes a build's packages into every channel that takes it.
+    async fn publish_build(&mut self, id: i64) -> Result<String, String> {
+        let store = self.shared.store.clone();
+        let build = store.build(id).await.map_err(|e| e.to_string())?.ok_or(format!("build {id} not found"))?;
+        let farm = self.shared.farm();
+        let target = farm
+            .cfg
+            .target(&build.target)
+            .cloned()
+            .ok_or(format!("target {} is no longer configured", build.target))?;
+        let props: BTreeMap<String, String> =
+            build.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+        // All of them: a .dsc brings the tarballs it lists.
+        let artifacts: Vec<ArtifactRow> = store.artifacts_of(&[id]).await.map_err(|e| e.to_string())?;
+        let channels: Vec<Channel> = farm.cfg.channels.iter().filter(|c| c.accepts.takes(&props)).cloned().collect();
+        if !artifacts.iter().any(|a| kiln_core::job::is_package(&a.name)) || channels.is_empty() {
+            return Ok("nothing to publish".into());
+        }
+        let replace = props.get("replace").is_some_and(|v| v == "true");
+        let files: Vec<(String, PathBuf)> = artifacts
+            .iter()
+            .map(|a| {
+                let path =
+                    self.shared.artifacts.path_of(&a.sha256).ok_or(format!("{}: not in the artifact store", a.name))?;
+                Ok((a.name.clone(), path))
+            })
+            .collect::<Result<_, String>>()?;
+        let mut summary = Vec::new();
+        for ch in channels {
+            let key = self.key(&ch)?;
+            let existing = store.packages(&ch.name).await.map_err(|e| e.to_string())?;
+            let dir = self.channel_dir(&ch.name);
+            let (files, target, ch2) = (files.clone(), target.clone(), ch.clone());
+            let prepared =
+                tokio::task::spawn_blocking(move || prepare(&dir, &ch2, &key, &target, id, &files, &existing, replace))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            let n = prepared.add.len();
+            if n > 0 || !prepared.remove.is_empty() {
+                self.commit(&ch, &prepared.add, &prepared.remove).await?;
+            }
+            summary.push(format!("{n} to {}", ch.name));
+        }
+        Ok(summary.join(", "))
+    }
+
+    /// Records a channel change, applies retention, and serves the result.
+    async fn commit(&mut self, ch: &Channel, add: &[PackageRow], remove: &[i64]) -> Result<i64, String> {
+        let store = &self.shared.store;
+        let mut remove = remove.to_vec();
+        if let Some(keep) = ch.keep {
+            // Newest `keep` versions of each package stay, by publish order.
+            let current = store.packages(&ch.name).await.map_err(|e| e.to_string())?;
+            let mut groups: HashMap<(&str, &str, &str, &str), Vec<i64>> = HashMap::new();
+            for p in current.iter().filter(|p| !remove.contains(&p.id)) {
+                groups.entry((&p.repo, &p.kind, &p.name, &p.arch)).or_default().push(p.id);
+            }
+            let mut incoming: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
+            for p in add {
+                *incoming.entry((&p.repo, &p.kind, &p.name, &p.arch)).or_default() += 1;
+            }
+            for (k, ids) in groups {
+                let total = ids.len() + incoming.get(&k).copied().unwrap_or(0);
+                let drop = total.saturating_sub(keep as usize).min(ids.len());
+                remove.extend(&ids[..drop]);
+            }
+        }
+        let revision = store.change_channel(&ch.name, add, &remove).await.map_err(|e| e.to_string())?;
+        crash_test_pause().await;
+        self.regenerate(ch).await?;
+        Ok(revision)
+    }
+
+    /// Writes the channel's current contents as a new generation, then
+    /// removes pool files nothing names.
+    async fn regenerate(&mut self, ch: &Channel) -> Result<(), String> {
+        let store = &self.shared.store;
+        let rows = store.packages(&ch.name).await.map_err(|e| e.to_string())?;
+        let revision = store.channel_revision(&ch.name).await.map_err(|e| e.to_string())?;
+        let keep_files: HashSet<String> =
+            store.snapshot_files(&ch.name).await.map_err(|e| e.to_string())?.into_iter().collect();
+        let key = self.key(ch)?;
+        let farm = self.shared.farm();
+        let targets = farm.cfg.targets.clone();
+        let dir = self.channel_dir(&ch.name);
+        let ch = ch.clone();
+        tokio::task::spawn_blocking(move || {
+            write_channel(&dir, &ch, &key, &targets, &rows, revision as u64, keep_files)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn operate(&mut self, op: RepoOp) -> Result<String, RepoRefusal> {
+        let farm = self.shared.farm();
+        let channel = |name: &str| {
+            farm.cfg.channel(name).cloned().ok_or_else(|| RepoRefusal::NotFound(format!("no channel named {name:?}")))
+        };
+        let store = self.shared.store.clone();
+        let failed = |e: kiln_db::StoreError| RepoRefusal::Failed(e.to_string());
+        match op {
+            RepoOp::Remove { channel: c, name, version } => {
+                let ch = channel(&c)?;
+                let rows = store.packages(&c).await.map_err(failed)?;
+                let gone: Vec<i64> = rows
+                    .iter()
+                    .filter(|p| p.name == name && version.as_ref().is_none_or(|v| &p.version == v))
+                    .map(|p| p.id)
+                    .collect();
+                if gone.is_empty() {
+                    return Err(RepoRefusal::NotFound(match version {
+                        Some(v) => format!("{name} {v} is not in channel {c}"),
+                        None => format!("{name} is not in channel {c}"),
+                    }));
+                }
+                self.commit(&ch, &[], &gone).await?;
+                Ok(format!("removed {} file(s) of {name} from {c}", gone.len()))
+            }
+            RepoOp::Promote { name, version, from, to, replace } => {
+                let (src, dst) = (channel(&from)?, channel(&to)?);
+                if !src.promote_to.contains(&to) {
+                    return Err(RepoRefusal::Conflict(format!(
+                        "channel {from} does not promote to {to} (promote_to = [{}])",
+                        src.promote_to.join(", ")
+                    )));
+                }
+                let rows = store.packages(&from).await.map_err(failed)?;
+                let picked: Vec<PackageRow> =
+                    rows.into_iter().filter(|p| p.name == name && p.version == version).collect();
+                if picked.is_empty() {
+                    return Err(RepoRefusal::NotFound(format!("{name} {version} is not in channel {from}")));
+                }
+                let existing = store.packages(&to).await.map_err(failed)?;
+                let key = self.key(&dst)?;
+                let (src_dir, dst_dir) = (self.channel_dir(&from), self.channel_dir(&to));
+                let dst2 = dst.clone();
+                let prepared = tokio::task::spawn_blocking(move || {
+                    promote(&src_dir, &dst_dir, &dst2, &key, &picked, &existing, replace)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                let n = prepared.add.len();
+                self.commit(&dst, &prepared.add, &prepared.remove).await?;
+                Ok(format!("promoted {n} file(s) of {name} {version} from {from} to {to}"))
+            }
+            RepoOp::Snapshot { channel: c, name } => {
+                channel(&c)?;
+                kiln_core::names::check_name(&name).map_err(|e| RepoRefusal::Invalid(format!("snapshot name: {e}")))?;
+                let s = store.save_snapshot(&c, &name, crate::clock::now_us()).await.map_err(|e| match e {
+                    kiln_db::StoreError::Sql(ref s) if s.to_string().to_lowercase().contains("unique") => {
+                        RepoRefusal::Conflict(format!("channel {c} already has a snapshot named {name}"))
+                    }
+                    other => failed(other),
+                })?;
+                Ok(format!("snapshot {name} of {c}: {} file(s) at revision {}", s.packages, s.revision))
+            }
+            RepoOp::Rollback { channel: c, name } => {
+                let ch = channel(&c)?;
+                let revision = store
+                    .restore_snapshot(&c, &name)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| RepoRefusal::NotFound(format!("channel {c} has no snapshot named {name}")))?;
+                self.regenerate(&ch).await?;
+                Ok(format!("{c} rolled back to snapshot {name} (revision {revision})"))
+            }
+        }
+    }
+}
+
+/// Test hook for the crash-during-publish test: with `KILN_TEST_PUBLISH_PAUSE`
+/// naming a file, the publisher creates it after recording a change and
+/// before writing the repository, and waits there (to be killed).
+async fn crash_test_pause() {
+    let Some(marker) = std::env::var_os("KILN_TEST_PUBLISH_PAUSE") else { return };
+    if std::fs::write(&marker, b"paused\n").is_ok() {
+        tracing::warn!("KILN_TEST_PUBLISH_PAUSE: pausing mid-publish");
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    }
+}

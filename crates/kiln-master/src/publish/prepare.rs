@@ -1,0 +1,298 @@
+//! Preparing packages for a channel: placing a build's files (or a
+//! promotion's) in the channel's pool, signing what the channel signs, and
+//! the rows the database will record; a version already published with
+//! other contents is refused unless replacing.
+
+use crate::clock::now_us;
+use crate::events::RepoRefusal;
+use kiln_core::config::{Channel, Family, Target};
+use kiln_core::job::is_package;
+use kiln_db::PackageRow;
+use kiln_repo::deb::DscEntry;
+use kiln_repo::hash::file_sums;
+use kiln_repo::key::SigningKey;
+use kiln_repo::publish::{place_file, ChannelDir};
+use kiln_repo::yum::RpmEntry;
+use std::path::{Path, PathBuf};
+
+/// A build's packages prepared for one channel.
+pub(super) struct Prepared {
+    pub add: Vec<PackageRow>,
+    pub remove: Vec<i64>,
+}
+
+/// The `repo` column of a target's packages.
+fn repo_of(target: &Target) -> String {
+    match target.family {
+        Family::Deb => format!("apt:{}", target.suite.as_deref().unwrap_or("unstable")),
+        Family::Rpm => format!("yum:{}", target.name),
+    }
+}
+
+fn identity(p: &PackageRow) -> (&str, &str, &str, &str, &str) {
+    (&p.repo, &p.kind, &p.name, &p.version, &p.arch)
+}
+
+/// Decides what happens to a row that has the identity of one already in
+/// the channel: nothing (the same build, published again after a crash), a
+/// replacement, or a refusal.
+fn resolve_conflict(
+    new: &PackageRow,
+    existing: &[PackageRow],
+    channel: &str,
+    replace: bool,
+) -> Result<Option<Option<i64>>, String> {
+    let Some(old) = existing.iter().find(|e| identity(e) == identity(new)) else { return Ok(Some(None)) };
+    if old.build_id.is_some() && old.build_id == new.build_id {
+        return Ok(None);
+    }
+    if old.sha256 == new.sha256 {
+        return Ok(None);
+    }
+    if replace {
+        return Ok(Some(Some(old.id)));
+    }
+    Err(format!(
+        "{} {} ({}) is already published in {channel} with different contents; a version is published once: \
+         raise the version, or rebuild with --replace to overwrite it",
+        new.name, new.version, new.arch
+    ))
+}
+
+/// The pool path for `file_name` under `dir` (relative to the channel
+/// directory): the conventional place, or, when a different file already has
+/// that name (a replacement), a subdirectory named by content, so the file
+/// the served index names is never overwritten.
+fn pool_path(channel_root: &Path, dir: &str, file_name: &str, sha256: &str) -> String {
+    let plain = format!("{dir}/{file_name}");
+    match file_sums(&channel_root.join(&plain)) {
+        Ok(s) if s.sha256 != sha256 => format!("{dir}/{}/{file_name}", &sha256[..16]),
+        _ => plain,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare(
+    dir: &ChannelDir,
+    ch: &Channel,
+    key: &SigningKey,
+    target: &Target,
+    build_id: i64,
+    files: &[(String, PathBuf)],
+    existing: &[PackageRow],
+    replace: bool,
+) -> Result<Prepared, String> {
+    let repo = repo_of(target);
+    let now = now_us();
+    let mut rows: Vec<(PackageRow, PathBuf)> = Vec::new();
+    let root = dir.root().to_path_buf();
+    for (name, path) in files {
+        // Errors name the artifact, not where the artifact store keeps it.
+        let err = |e: kiln_repo::RepoError| e.to_string().replace(&path.display().to_string(), name);
+        let row =
+            |kind: &str, n: &str, v: &str, a: &str, file: String, sha: &str, size: u64, entry: String| PackageRow {
+                id: 0,
+                channel: ch.name.clone(),
+                repo: repo.clone(),
+                kind: kind.into(),
+                name: n.into(),
+                version: v.into(),
+                arch: a.into(),
+                file,
+                sha256: sha.into(),
+                size: size as i64,
+                build_id: Some(build_id),
+                entry,
+                published_at: now,
+            };
+        match target.family {
+            Family::Deb if name.ends_with(".deb") || name.ends_with(".udeb") => {
+                // A channel that signs .debs gets a signed copy.
+                let signed = root.join("pool/.incoming").join(format!("{build_id}-{name}"));
+                let path = if ch.sign_debs {
+                    kiln_repo::debsig::sign_deb(path, &signed, key).map_err(err)?;
+                    &signed
+                } else {
+                    path
+                };
+                let sums = file_sums(path).map_err(err)?;
+                let control = kiln_repo::deb::read_control(path).map_err(err)?;
+                let bad = |reason: String| format!("{name}: {reason}");
+                // The pool directory depends on the source package the control file names.
+                let source = kiln_repo::deb::entry_from_control(&control, "", &sums).map_err(bad)?.source;
+                let pool = kiln_repo::deb::pool_dir(&ch.component, &source);
+                let rel = pool_path(&root.join("pool/apt"), pool.trim_start_matches("pool/"), name, &sums.sha256);
+                let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums).map_err(bad)?;
+                let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
+                rows.push((
+                    row("deb", &e.name, &e.version, &e.arch, format!("pool/apt/{rel}"), &sums.sha256, sums.size, entry),
+                    path.to_path_buf(),
+                ));
+            }
+            Family::Deb if name.ends_with(".dsc") => {
+                let sums = file_sums(path).map_err(err)?;
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+                let upload = kiln_core::deb822::parse_source_upload(&text).map_err(|e| format!("{name}: {e}"))?;
+                let pool = kiln_repo::deb::pool_dir(&ch.component, &upload.source);
+                let e = kiln_repo::deb::inspect_dsc(path, name, &pool, &sums).map_err(err)?;
+                // The files a .dsc lists travel with it.
+                for f in &e.files {
+                    let (_, p) = files
+                        .iter()
+                        .find(|(n, _)| n == f)
+                        .ok_or(format!("{name} lists {f}, which the build did not upload"))?;
+                    place_file(p, &dir.apt_pool_file(&format!("{pool}/{f}"))).map_err(err)?;
+                }
+                let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
+                let rel = format!("{}/{name}", pool.trim_start_matches("pool/"));
+                rows.push((
+                    row(
+                        "dsc",
+                        &e.name,
+                        &e.version,
+                        "source",
+                        format!("pool/apt/{rel}"),
+                        &sums.sha256,
+                        sums.size,
+                        entry,
+                    ),
+                    path.clone(),
+                ));
+            }
+            Family::Rpm if is_package(name) && name.ends_with(".rpm") => {
+                let signed = sign_rpm_for_pool(&root, &target.name, path, name, key)?;
+                let e = &signed.entry;
+                let entry = serde_json::to_string(e).map_err(|e| e.to_string())?;
+                let r =
+                    row("rpm", &e.name, &evr(e), &e.arch, signed.file, &signed.sums.sha256, signed.sums.size, entry);
+                rows.push((r, signed.staged));
+            }
+            _ => {}
+        }
+    }
+    let err = |e: kiln_repo::RepoError| e.to_string();
+    let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
+    for (row, src) in rows {
+        match resolve_conflict(&row, existing, &ch.name, replace)? {
+            None => {}
+            Some(replaced) => {
+                kiln_repo::publish::place_file(&src, &root.join(&row.file)).map_err(err)?;
+                out.remove.extend(replaced);
+                out.add.push(row);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(root.join("pool/.incoming"));
+    Ok(out)
+}
+
+/// An RPM signed with a channel's key, staged in the channel's
+/// `pool/.incoming`, with the pool file it becomes (relative to the channel
+/// directory) and its index entry.
+struct SignedRpm {
+    staged: PathBuf,
+    file: String,
+    sums: kiln_repo::hash::Sums,
+    entry: RpmEntry,
+}
+
+/// Signs `src` (named `name`) for `target`'s pool in the channel at `channel_root`.
+/// Used when a build publishes and when a promotion re-signs.
+fn sign_rpm_for_pool(
+    channel_root: &Path,
+    target: &str,
+    src: &Path,
+    name: &str,
+    key: &SigningKey,
+) -> Result<SignedRpm, String> {
+    let err = |e: kiln_repo::RepoError| e.to_string().replace(&src.display().to_string(), name);
+    let staged = channel_root.join("pool/.incoming").join(name);
+    kiln_repo::rpmsign::sign_rpm(src, &staged, key).map_err(err)?;
+    let sums = file_sums(&staged).map_err(err)?;
+    let rel = pool_path(&channel_root.join("pool/yum").join(target), ".", name, &sums.sha256);
+    let rel = rel.trim_start_matches("./").to_string();
+    let entry = kiln_repo::yum::inspect_rpm(&staged, &format!("Packages/{rel}"), &sums.sha256, sums.size, now_s())
+        .map_err(err)?;
+    Ok(SignedRpm { staged, file: format!("pool/yum/{target}/{rel}"), sums, entry })
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An RPM's version as users write it: `[epoch:]version-release`.
+fn evr(e: &RpmEntry) -> String {
+    if e.epoch > 0 {
+        format!("{}:{}-{}", e.epoch, e.version, e.release)
+    } else {
+        format!("{}-{}", e.version, e.release)
+    }
+}
+
+/// Copies rows from one channel to another: the same pool files for APT,
+/// re-signed with the target channel's key for RPM.
+pub(super) fn promote(
+    src: &ChannelDir,
+    dst: &ChannelDir,
+    ch: &Channel,
+    key: &SigningKey,
+    picked: &[PackageRow],
+    existing: &[PackageRow],
+    replace: bool,
+) -> Result<Prepared, RepoRefusal> {
+    let err = |e: kiln_repo::RepoError| e.to_string();
+    let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
+    let now = now_us();
+    for p in picked {
+        let from = src.root().join(&p.file);
+        let mut row = PackageRow { id: 0, channel: ch.name.clone(), published_at: now, ..p.clone() };
+        let replaced = match resolve_conflict(&row, existing, &ch.name, replace).map_err(RepoRefusal::Conflict)? {
+            None => continue,
+            Some(r) => r,
+        };
+        match p.kind.as_str() {
+            "rpm" => {
+                let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let signed = sign_rpm_for_pool(dst.root(), p.repo.trim_start_matches("yum:"), &from, &name, key)?;
+                row.entry = serde_json::to_string(&signed.entry).map_err(|e| e.to_string())?;
+                row.file = signed.file;
+                row.sha256 = signed.sums.sha256;
+                row.size = signed.sums.size as i64;
+                place_file(&signed.staged, &dst.root().join(&row.file)).map_err(err)?;
+                let _ = std::fs::remove_dir_all(dst.root().join("pool/.incoming"));
+            }
+            "dsc" => {
+                let e: DscEntry = serde_json::from_str(&p.entry).map_err(|e| e.to_string())?;
+                let parent = Path::new(&p.file).parent().map(Path::to_path_buf).unwrap_or_default();
+                for f in &e.files {
+                    place_file(&src.root().join(&parent).join(f), &dst.root().join(&parent).join(f)).map_err(err)?;
+                }
+                place_file(&from, &dst.root().join(&row.file)).map_err(err)?;
+            }
+            "deb" if ch.sign_debs => {
+                // Re-signed by the channel it enters; a new pool path, as its bytes change.
+                let staging = dst.root().join("pool/.incoming");
+                let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let signed = staging.join(&name);
+                kiln_repo::debsig::sign_deb(&from, &signed, key).map_err(err)?;
+                let sums = file_sums(&signed).map_err(err)?;
+                let rel = p.file.trim_start_matches("pool/apt/");
+                let (dir, _) = rel.rsplit_once('/').unwrap_or((".", rel));
+                let rel = pool_path(&dst.root().join("pool/apt"), dir, &name, &sums.sha256);
+                let control = kiln_repo::deb::read_control(&signed).map_err(err)?;
+                let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                row.entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
+                row.file = format!("pool/apt/{rel}");
+                row.sha256 = sums.sha256;
+                row.size = sums.size as i64;
+                place_file(&signed, &dst.root().join(&row.file)).map_err(err)?;
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            _ => place_file(&from, &dst.root().join(&row.file)).map_err(err)?,
+        }
+        out.remove.extend(replaced);
+        out.add.push(row);
+    }
+    Ok(out)
+}
