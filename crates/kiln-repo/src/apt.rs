@@ -1,7 +1,7 @@
 //! APT indexes for one distribution (`dists/SUITE/`): `Packages` per
 //! architecture, `Sources`, each plain, gzip and xz, and the `Release` that
 //! lists them with MD5/SHA-1/SHA-256. Signing and writing are the caller's
-//! ([`crate::publish`]); this module only renders bytes.
+//! (the `publish` module's); this module only renders bytes.
 
 use crate::deb::{DebEntry, DscEntry};
 use crate::hash::{sums, Sums};

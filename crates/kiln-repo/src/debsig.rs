@@ -4,8 +4,8 @@
 //! is what `debsig-verify` checks against its policies.
 
 use crate::deb::ar_members;
+use crate::fsio::write_atomic;
 use crate::key::SigningKey;
-use crate::publish::write_atomic;
 use crate::{RepoError, Result};
 use std::path::Path;
 

@@ -13,6 +13,7 @@
 pub mod apt;
 pub mod deb;
 pub mod debsig;
+pub mod fsio;
 pub mod hash;
 pub mod key;
 pub mod pieces;

@@ -32,7 +32,7 @@ pub struct PieceCache {
 impl PieceCache {
     pub fn new(dir: Option<PathBuf>) -> Self {
         if let Some(d) = &dir {
-            let _ = crate::publish::create_dirs(d);
+            let _ = crate::fsio::create_dirs(d);
         }
         PieceCache { dir, used: Mutex::new(HashSet::new()) }
     }
@@ -45,7 +45,7 @@ impl PieceCache {
             Err(_) => {
                 let b = make();
                 // A cache write that fails only costs the next publish time.
-                let _ = crate::publish::write_atomic(&path, &b);
+                let _ = crate::fsio::write_atomic(&path, &b);
                 b
             }
         };

@@ -25,74 +25,19 @@
 //! process umask.
 
 use crate::apt::{self, Dist, ReleaseMeta};
+use crate::fsio::create_dirs;
 use crate::key::SigningKey;
 use crate::pieces::PieceCache;
 use crate::yum::{self, RpmEntry};
 use crate::{RepoError, Result};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-const FILE_MODE: u32 = 0o644;
-const DIR_MODE: u32 = 0o755;
+// Other crates place package files and write files from here.
+pub use crate::fsio::{place_file, write_atomic};
+
 /// Generations kept besides the current one (for by-hash readers and a quick look back).
 const KEEP_OLD: usize = 2;
-
-/// Creates `dir` and its missing parents with mode 0755.
-pub fn create_dirs(dir: &Path) -> Result<()> {
-    let mut missing = Vec::new();
-    let mut d = dir;
-    while !d.exists() {
-        missing.push(d.to_path_buf());
-        match d.parent() {
-            Some(p) => d = p,
-            None => break,
-        }
-    }
-    for m in missing.iter().rev() {
-        match fs::create_dir(m) {
-            Ok(()) => fs::set_permissions(m, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| RepoError::io(m, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(RepoError::io(m, e)),
-        }
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, mode 0644.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        create_dirs(parent)?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    let mut f = fs::File::create(&tmp).map_err(|e| RepoError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| RepoError::io(&tmp, e))?;
-    f.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
-}
-
-/// Places a package file at `dest` by hard link (same file system), else by
-/// copy; mode 0644 either way. An existing `dest` is left as it is.
-pub fn place_file(src: &Path, dest: &Path) -> Result<()> {
-    if dest.exists() {
-        return Ok(());
-    }
-    if let Some(parent) = dest.parent() {
-        create_dirs(parent)?;
-    }
-    let tmp = dest.with_extension("kiln-tmp");
-    let _ = fs::remove_file(&tmp);
-    if fs::hard_link(src, &tmp).is_err() {
-        fs::copy(src, &tmp).map_err(|e| RepoError::io(src, e))?;
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
-    fs::rename(&tmp, dest).map_err(|e| RepoError::io(dest, e))
-}
 
 /// One YUM repository of a channel: an rpm target and its packages.
 #[derive(Debug, Clone)]

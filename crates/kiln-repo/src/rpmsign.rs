@@ -1,8 +1,8 @@
 //! RPM header signatures, made natively with the channel's key so that
 //! `rpm -K` and dnf's `gpgcheck=1` accept the package.
 
+use crate::fsio::write_atomic;
 use crate::key::SigningKey;
-use crate::publish::write_atomic;
 use crate::{RepoError, Result};
 use std::path::Path;
 

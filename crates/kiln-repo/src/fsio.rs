@@ -1,0 +1,154 @@
+//! Small file-system helpers: directories and files with explicit modes
+//! (whatever the process umask), and files written whole, through a
+//! temporary name and a rename, so a reader sees the old content or the new
+//! one, never a part.
+//!
+//! A leaf module: it imports nothing else of this crate but its error type,
+//! so every other module may use it.
+
+use crate::{RepoError, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Mode of the files a repository serves.
+const FILE_MODE: u32 = 0o644;
+/// Mode of the directories a repository serves.
+const DIR_MODE: u32 = 0o755;
+
+/// Creates `dir` and its missing parents with mode 0755.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.iter().rev() {
+        match fs::create_dir(m) {
+            Ok(()) => fs::set_permissions(m, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| RepoError::io(m, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RepoError::io(m, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0644.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_through_temp(path, bytes, FILE_MODE, false)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, the file
+/// created with `mode` (e.g. 0o600 for a private key or a token): the bytes
+/// are never in a file with a wider mode, not even for a moment. The data
+/// reaches the disk (fsync) before the rename, so after a crash `path` holds
+/// the old content or the new one, never an empty file. Missing parent
+/// directories are created with mode 0755.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_through_temp(path, bytes, mode, true)
+}
+
+/// Writes `.NAME.tmp` beside `path` with exactly `mode`, then renames it to
+/// `path`; with `sync`, flushes it to disk first.
+fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    // A temporary file a crash left behind may have another mode or owner,
+    // or be open elsewhere: start from a new one.
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| RepoError::io(&tmp, e))?;
+    // The umask may have taken bits off `mode`: set it exactly.
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| RepoError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| RepoError::io(&tmp, e))?;
+    if sync {
+        f.sync_all().map_err(|e| RepoError::io(&tmp, e))?;
+    }
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
+}
+
+/// Places a package file at `dest` by hard link (same file system), else by
+/// copy; mode 0644 either way. An existing `dest` is left as it is.
+pub fn place_file(src: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dest.parent() {
+        create_dirs(parent)?;
+    }
+    let tmp = dest.with_extension("kiln-tmp");
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(src, &tmp).is_err() {
+        fs::copy(src, &tmp).map_err(|e| RepoError::io(src, e))?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
+    fs::rename(&tmp, dest).map_err(|e| RepoError::io(dest, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn write_atomic_writes_whole_files_with_mode_0644() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("a/b/index");
+        write_atomic(&path, b"first").expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"first");
+        assert_eq!(mode_of(&path), 0o644);
+        assert_eq!(mode_of(&dir.path().join("a/b")), 0o755);
+        write_atomic(&path, b"second").expect("rewrite");
+        assert_eq!(fs::read(&path).expect("read"), b"second");
+        assert_eq!(fs::read_dir(dir.path().join("a/b")).expect("dir").count(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn write_atomic_mode_creates_the_file_with_its_mode() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("secret.key");
+        // A readable temporary file left by a crash is not reused.
+        let stale = dir.path().join(".secret.key.tmp");
+        fs::write(&stale, b"old").expect("stale");
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic_mode(&path, b"private", 0o600).expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"private");
+        assert_eq!(mode_of(&path), 0o600);
+        assert!(!stale.exists());
+        write_atomic_mode(&path, b"public", 0o644).expect("rewrite");
+        assert_eq!(mode_of(&path), 0o644);
+    }
+
+    #[test]
+    fn place_file_links_or_copies_and_keeps_an_existing_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let src = dir.path().join("src.deb");
+        fs::write(&src, b"package").expect("src");
+        let dest = dir.path().join("pool/p/pkg.deb");
+        place_file(&src, &dest).expect("place");
+        assert_eq!(fs::read(&dest).expect("read"), b"package");
+        assert_eq!(mode_of(&dest), 0o644);
+        let other = dir.path().join("other.deb");
+        fs::write(&other, b"other").expect("other");
+        place_file(&other, &dest).expect("place again");
+        assert_eq!(fs::read(&dest).expect("read"), b"package");
+    }
+}
