@@ -149,7 +149,7 @@ impl Store {
         .bind(name)
         .bind(now)
         .bind(revision)
-        .bind(crate::to_json(&pkgs))
+        .bind(crate::rows::to_json(&pkgs))
         .execute(&self.pool)
         .await?;
         Ok(SnapshotRow { channel: channel.into(), name: name.into(), created_at: now, revision, packages: pkgs.len() })

@@ -1,0 +1,386 @@
+//! Requests and their builds: creating them, claiming, the dispatcher's
+//! batched writes ([`Write`]), finishing and requeueing, and reading builds
+//! and steps back.
+
+use futures::TryStreamExt;
+use kiln_core::props::Properties;
+use kiln_core::{BuildState, StepState};
+use sqlx::{Executor, Row};
+
+use crate::rows::{build_row, id_list, step_row, to_json, BuildFilter, BuildRow, NewBuild, StepRow, BUILD_COLUMNS};
+use crate::store::Store;
+use crate::Result;
+
+/// A change the dispatcher records about a running build. Many of them are
+/// applied together by [`Store::apply`], in one round trip and one
+/// transaction, because the master reports steps of hundreds of builds a
+/// second and each statement's round trip costs more than its work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    StepStarted {
+        build_id: i64,
+        idx: i64,
+        at: i64,
+    },
+    StepFinished {
+        build_id: i64,
+        idx: i64,
+        state: StepState,
+        exit_code: Option<i32>,
+        at: i64,
+        log_size: i64,
+    },
+    Properties {
+        build_id: i64,
+        properties: Properties,
+    },
+    /// Its packages wait for the publisher (the build stays running until they land).
+    QueuePublish {
+        build_id: i64,
+    },
+    /// Ends a running build (only if it is still running).
+    Finish {
+        build_id: i64,
+        state: BuildState,
+        reason: Option<String>,
+        at: i64,
+    },
+}
+
+/// An SQL string literal; valid on SQLite and PostgreSQL (standard strings).
+fn literal(s: &str) -> String {
+    // NUL cannot be stored in PostgreSQL text; nothing kiln writes needs it.
+    format!("'{}'", s.replace('\0', "").replace('\'', "''"))
+}
+
+fn opt_literal(s: Option<&str>) -> String {
+    s.map(literal).unwrap_or_else(|| "NULL".into())
+}
+
+fn opt_int<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "NULL".into())
+}
+
+impl Store {
+    /// Records a request and its builds in one transaction; returns the
+    /// request id and the build ids in the order given.
+    pub async fn create_request(
+        &self,
+        now: i64,
+        requested_by: Option<&str>,
+        reason: Option<&str>,
+        builds: &[NewBuild],
+    ) -> Result<(i64, Vec<i64>)> {
+        let mut tx = self.pool.begin().await?;
+        let request_id: i64 =
+            sqlx::query("INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id")
+                .bind(now)
+                .bind(requested_by)
+                .bind(reason)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        let mut ids: Vec<i64> = Vec::with_capacity(builds.len());
+        for b in builds {
+            let deps: Vec<i64> = b.depends_on.iter().filter_map(|&i| ids.get(i).copied()).collect();
+            let id: i64 = sqlx::query(
+                "INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, depends_on) \
+                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(request_id)
+            .bind(&b.component)
+            .bind(&b.target)
+            .bind(now)
+            .bind(requested_by)
+            .bind(to_json(&b.properties))
+            .bind(to_json(&deps))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok((request_id, ids))
+    }
+
+    /// Claims a queued build for a worker and records its steps. Returns
+    /// false when the build was not queued any more (someone else took it, or
+    /// it was cancelled): the claim is exactly-once.
+    pub async fn claim(&self, build_id: i64, worker: &str, now: i64, step_names: &[String]) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1 \
+             WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            return Ok(false);
+        }
+        // A queued build has no step rows: `requeue` removes them.
+        if !step_names.is_empty() {
+            let values: Vec<String> = (0..step_names.len())
+                .map(|i| format!("(${}, ${}, ${}, 'pending')", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!("INSERT INTO steps (build_id, idx, name, state) VALUES {}", values.join(", "));
+            let mut q = sqlx::query(&sql);
+            for (i, name) in step_names.iter().enumerate() {
+                q = q.bind(build_id).bind(i as i64).bind(name.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies writes in order, in one transaction and one round trip. The
+    /// statements are conditional like their one-at-a-time forms: a finish
+    /// only ends a build that is still running.
+    pub async fn apply(&self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::with_capacity(writes.len() * 120);
+        for w in writes {
+            match w {
+                Write::StepStarted { build_id, idx, at } => sql.push_str(&format!(
+                    "UPDATE steps SET state = 'running', started_at = {at} WHERE build_id = {build_id} AND idx = {idx};\n"
+                )),
+                Write::StepFinished { build_id, idx, state, exit_code, at, log_size } => {
+                    // A step that never ran keeps no times.
+                    let (started, finished) = if *state == StepState::Skipped {
+                        ("started_at".to_string(), "NULL".to_string())
+                    } else {
+                        (format!("COALESCE(started_at, {at})"), at.to_string())
+                    };
+                    sql.push_str(&format!(
+                        "UPDATE steps SET state = '{}', exit_code = {}, finished_at = {finished}, log_size = {log_size}, \
+                         started_at = {started} WHERE build_id = {build_id} AND idx = {idx};\n",
+                        state.as_str(),
+                        opt_int(*exit_code)
+                    ))
+                }
+                Write::Properties { build_id, properties } => sql.push_str(&format!(
+                    "UPDATE builds SET properties = {} WHERE id = {build_id};\n",
+                    literal(&to_json(properties))
+                )),
+                Write::QueuePublish { build_id } => sql.push_str(&format!(
+                    "INSERT INTO publishing (build_id) SELECT id FROM builds WHERE id = {build_id} AND state = 'running' \
+                     AND NOT EXISTS (SELECT 1 FROM publishing WHERE build_id = {build_id});\n"
+                )),
+                Write::Finish { build_id, state, reason, at } => {
+                    if !BuildState::Running.can_become(*state) {
+                        continue;
+                    }
+                    sql.push_str(&format!("DELETE FROM publishing WHERE build_id = {build_id};\n"));
+                    let guard = format!("EXISTS (SELECT 1 FROM builds WHERE id = {build_id} AND state = 'running')");
+                    if let Some(close) = close_steps_sql(*build_id, *state, *at, Some(&guard)) {
+                        sql.push_str(&close);
+                    }
+                    if *state == BuildState::Cancelled {
+                        // A cancelled build keeps nothing it uploaded.
+                        sql.push_str(&format!("DELETE FROM artifacts WHERE build_id = {build_id} AND {guard};\n"));
+                    }
+                    sql.push_str(&format!(
+                        "UPDATE builds SET state = '{}', reason = {}, finished_at = {at} \
+                         WHERE id = {build_id} AND state = 'running';\n",
+                        state.as_str(),
+                        opt_literal(reason.as_deref())
+                    ));
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        run_script(&mut tx, &sql).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a build to a finished state if the state machine allows it from
+    /// where it is now; returns whether it changed. Steps still pending or
+    /// running are closed with `step_state`.
+    pub async fn finish(&self, build_id: i64, state: BuildState, reason: Option<&str>, now: i64) -> Result<bool> {
+        let from: Vec<&str> = [BuildState::Queued, BuildState::Running]
+            .into_iter()
+            .filter(|s| s.can_become(state))
+            .map(BuildState::as_str)
+            .collect();
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let in_list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(&format!(
+            "UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ({in_list})"
+        ))
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if let Some(close) = close_steps_sql(build_id, state, now, None).filter(|_| changed) {
+            run_script(&mut tx, &close).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Puts a running build back in the queue (its worker was lost).
+    pub async fn requeue(&self, build_id: i64, reason: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE builds SET state = 'queued', worker = NULL, started_at = NULL, reason = $1 \
+             WHERE id = $2 AND state = 'running'",
+        )
+        .bind(reason)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            // The next attempt starts with no steps and no artifacts.
+            sqlx::query("DELETE FROM steps WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM artifacts WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| build_row(&r)).transpose()
+    }
+
+    pub async fn steps(&self, build_id: i64) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(
+            "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
+             FROM steps WHERE build_id = $1 ORDER BY idx",
+        )
+        .bind(build_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// Steps of many builds at once, grouped by build id.
+    pub async fn steps_of(&self, build_ids: &[i64]) -> Result<Vec<StepRow>> {
+        if build_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = id_list(build_ids);
+        let rows = sqlx::query(&format!(
+            "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
+             FROM steps WHERE build_id IN ({list}) ORDER BY build_id, idx"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(step_row).collect()
+    }
+
+    /// Builds matching a filter, newest first.
+    pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildRow>> {
+        let mut sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if f.component.is_some() {
+            sql += &format!(" AND component = {}", next());
+        }
+        if f.target.is_some() {
+            sql += &format!(" AND target = {}", next());
+        }
+        if f.before.is_some() {
+            sql += &format!(" AND id < {}", next());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT {}", next());
+        let mut q = sqlx::query(&sql);
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(c) = &f.component {
+            q = q.bind(c.as_str());
+        }
+        if let Some(t) = &f.target {
+            q = q.bind(t.as_str());
+        }
+        if let Some(b) = f.before {
+            q = q.bind(b);
+        }
+        q = q.bind(f.limit.clamp(1, 1000));
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(build_row).collect()
+    }
+
+    /// The builds of many requests.
+    pub async fn builds_of_requests(&self, request_ids: &[i64]) -> Result<Vec<BuildRow>> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql =
+            format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id IN ({}) ORDER BY id", id_list(request_ids));
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(build_row).collect()
+    }
+
+    /// The builds of one request, in the order they were planned.
+    pub async fn request_builds(&self, request_id: i64) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id = $1 ORDER BY id"))
+            .bind(request_id)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(build_row).collect()
+    }
+
+    /// Every build that is queued or running, oldest first.
+    pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
+        let mut out = Vec::new();
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ('queued', 'running') ORDER BY id");
+        let mut rows = sqlx::query(&sql).fetch(&self.reader);
+        while let Some(r) = rows.try_next().await? {
+            out.push(build_row(&r)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The statement that closes the steps a build leaves unfinished when it
+/// ends (cancelled steps for a cancel, skipped ones otherwise); none for a
+/// success, which only happens when every step ended.
+fn close_steps_sql(build_id: i64, state: BuildState, at: i64, guard: Option<&str>) -> Option<String> {
+    let step_state = match state {
+        BuildState::Succeeded => return None,
+        BuildState::Cancelled => StepState::Cancelled,
+        _ => StepState::Skipped,
+    };
+    let guard = guard.map(|g| format!(" AND {g}")).unwrap_or_default();
+    Some(format!(
+        "UPDATE steps SET state = '{}', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE {at} END \
+         WHERE build_id = {build_id} AND state IN ('pending', 'running'){guard};\n",
+        step_state.as_str()
+    ))
+}
+
+/// Runs several statements in one round trip. A plain function (not a
+/// generic executor call inline) keeps the caller's future `Send`.
+async fn run_script(conn: &mut sqlx::AnyConnection, sql: &str) -> Result<()> {
+    let script = sqlx::raw_sql(sql);
+    conn.execute(script).await?;
+    Ok(())
+}
