@@ -5,9 +5,7 @@
 use anyhow::Context;
 use clap::Args;
 use kiln_proto::api::BuildRequestBody;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,8 +94,7 @@ fn write_secret(path: &Path) -> anyhow::Result<()> {
     let mut raw = [0u8; 24];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    writeln!(f, "{token}")?;
+    kiln_repo::fsio::write_atomic_mode(path, format!("{token}\n").as_bytes(), 0o600)?;
     Ok(())
 }
 

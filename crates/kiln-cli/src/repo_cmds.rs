@@ -193,7 +193,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} exists; not overwriting a key", a.out.display());
             }
             let key = kiln_repo::key::SigningKey::generate(&a.name, passphrase.as_deref())?;
-            kiln_master::fsio::write_private(&a.out, key.secret_armored()?.as_bytes())
+            kiln_repo::fsio::write_atomic_mode(&a.out, key.secret_armored()?.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", a.out.display()))?;
             let public = PathBuf::from(format!("{}.pub.asc", a.out.display()));
             kiln_repo::publish::write_atomic(&public, key.public_armored()?.as_bytes())?;

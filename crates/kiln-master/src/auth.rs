@@ -19,7 +19,7 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, PathBuf, bool)> 
         Err(e) => return Err(e),
     }
     let token = crate::caller::random_token()?;
-    crate::fsio::write_private(&path, format!("{token}\n").as_bytes())?;
+    kiln_repo::fsio::write_atomic_mode(&path, format!("{token}\n").as_bytes(), 0o600).map_err(std::io::Error::other)?;
     Ok((token, path, true))
 }
 

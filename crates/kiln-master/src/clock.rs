@@ -1,20 +1,24 @@
-//! Wall-clock time as the store keeps it (microseconds since the epoch) and
-//! as the API shows it (RFC 3339, UTC, always with microseconds, so the
-//! strings also sort in time order).
+//! The master's one clock: wall-clock time as the store keeps it
+//! (microseconds since the epoch), as the API shows it (RFC 3339, UTC,
+//! always with microseconds, so the strings also sort in time order), and
+//! as APT's `Release` files date it.
 
-use time::macros::format_description;
-use time::OffsetDateTime;
+use jiff::Timestamp;
 
 pub fn now_us() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+    Timestamp::now().as_microsecond()
 }
 
 pub fn rfc3339(us: i64) -> String {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| us.to_string())
+    match Timestamp::from_microsecond(us) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        Err(_) => us.to_string(),
+    }
+}
+
+/// Now in APT's date format (`Date:` of a Release), always UTC.
+pub fn apt_date() -> String {
+    Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S UTC").to_string()
 }
 
 #[cfg(test)]
@@ -23,5 +27,7 @@ mod tests {
     fn fixed_width_utc() {
         assert_eq!(super::rfc3339(1_795_000_000_410_000), "2026-11-18T11:06:40.410000Z");
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        let apt = super::apt_date();
+        assert!(apt.ends_with(" UTC") && apt.contains(", "), "{apt}");
     }
 }

@@ -15,7 +15,6 @@ mod clock;
 mod dispatch;
 mod events;
 pub mod farm;
-pub mod fsio;
 mod http;
 pub mod logs;
 mod ops;

@@ -56,7 +56,8 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// Writes `.NAME.tmp` beside `path` with exactly `mode`, then renames it to
 /// `path`; with `sync`, flushes it to disk first.
 fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
-    if let Some(parent) = path.parent() {
+    // A bare file name has the empty path as its parent: the current directory.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent)?;
     }
     let tmp = path.with_file_name(format!(

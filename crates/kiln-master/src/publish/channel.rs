@@ -13,15 +13,6 @@ use kiln_repo::yum::RpmEntry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-/// The APT date format (`Date:` of a Release), always UTC.
-fn release_date() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] UTC"
-    );
-    now.format(&fmt).unwrap_or_default()
-}
-
 /// Renders and serves a channel's generation `revision` from its rows, then
 /// removes pool files that neither the rows nor a snapshot name.
 pub(super) fn write_channel(
@@ -100,7 +91,7 @@ pub(super) fn write_channel(
         .collect();
     let yum = rpms.iter().map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().collect() }).collect();
     let content = ChannelContent { meta, apt, yum };
-    dir.write_generation(revision, &content, key, &release_date()).map_err(|e| e.to_string())?;
+    dir.write_generation(revision, &content, key, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
     remove_unnamed(&dir.root().join("pool"), dir.root(), &keep_files);
     Ok(())
 }

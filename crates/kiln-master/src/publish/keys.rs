@@ -42,7 +42,7 @@ pub(super) fn load_key(farm: &LoadedFarm, ch: &Channel) -> anyhow::Result<Signin
             let path = farm.data_dir().join("keys").join(format!("{}.asc", ch.name));
             if !path.exists() {
                 let key = SigningKey::generate(&format!("kiln {} channel <kiln@localhost>", ch.name), None)?;
-                crate::fsio::write_private(&path, key.secret_armored()?.as_bytes())
+                kiln_repo::fsio::write_atomic_mode(&path, key.secret_armored()?.as_bytes(), 0o600)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 tracing::info!(channel = %ch.name, path = %path.display(), fingerprint = %key.fingerprint(), "generated a signing key");
                 return Ok(key);
