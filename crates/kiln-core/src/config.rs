@@ -283,6 +283,11 @@ pub struct Component {
     pub secrets: BTreeMap<String, SecretRef>,
 }
 
+/// The names of the steps kiln's own standard pipelines use
+/// ([`crate::pipeline`]): a component's `before` and `after` steps may not
+/// take them, so every step of a build has a name of its own.
+pub const STEP_NAMES: &[&str] = &["checkout", "source", "root", "deps", "build"];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepSpec {
     pub name: String,
@@ -638,7 +643,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                 );
             }
             for s in before.iter().chain(&after) {
-                if crate::pipeline::STEP_NAMES.contains(&s.name.as_str())
+                if STEP_NAMES.contains(&s.name.as_str())
                     || before.iter().chain(&after).filter(|o| o.name == s.name).count() > 1
                 {
                     r.err(
@@ -646,7 +651,7 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
                         format!(
                             "{what}: step {:?} of `before`/`after` must differ from the others and from the pipeline's ({})",
                             s.name,
-                            crate::pipeline::STEP_NAMES.join(", ")
+                            STEP_NAMES.join(", ")
                         ),
                     );
                 }

@@ -6,8 +6,9 @@
 use crate::config::{Component, Executor, Family, GitSource, StepSpec, Target};
 use std::time::Duration;
 
-/// The names of the steps kiln's own pipelines use.
-pub const STEP_NAMES: &[&str] = &["checkout", "source", "root", "deps", "build"];
+/// The names of the steps kiln's own pipelines use; the config model owns
+/// the list, since it keeps components' own steps off these names.
+pub use crate::config::STEP_NAMES;
 
 /// Where the standard pipelines leave what they produce, relative to the
 /// build's work dir; their artifacts are everything in it.
@@ -169,6 +170,29 @@ mod tests {
             steps[1].run,
             "exec \"$KILN_EXE\" internal rpm-build --executor mock --mock-config 'rocky-9-x86_64'"
         );
+    }
+
+    #[test]
+    fn standard_steps_are_named_from_step_names() {
+        let cfg = parse(
+            "[[target]]\nname = \"d-bwrap\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"http://deb.example.org/debian\"\n\
+             [[target]]\nname = \"d-sbuild\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"http://deb.example.org/debian\"\nexecutor = \"sbuild\"\n\
+             [[target]]\nname = \"d-host\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"http://deb.example.org/debian\"\nexecutor = \"host\"\n\
+             [[target]]\nname = \"r-bwrap\"\nfamily = \"rpm\"\n\
+             [[target]]\nname = \"r-mock\"\nfamily = \"rpm\"\nexecutor = \"mock\"\nmock_config = \"rocky-9-x86_64\"\n\
+             [[component]]\nname = \"hello\"\nsource = { git = \"https://git.example.org/hello.git\" }\n",
+        )
+        .expect("parses");
+        let component = &cfg.components[0];
+        let Some(crate::config::Source::Git(git)) = &component.source else { panic!("a git source") };
+        let mut names = vec![checkout_step(git).name];
+        for target in &cfg.targets {
+            let (steps, _) = standard_steps(target, component).expect("pipeline");
+            names.extend(steps.into_iter().map(|s| s.name));
+        }
+        for name in names {
+            assert!(STEP_NAMES.contains(&name.as_str()), "{name} is missing from STEP_NAMES");
+        }
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! them: git sources, change hooks (`[hooks.*]`), and notifiers
 //! (`[[notify]]`, with `[smtp]` and `[irc]` for mail and chat).
 
-use super::{check_name, parse_duration, Reader, SecretRef, Span, Tbl};
-use crate::BuildState;
+use crate::channel::SecretRef;
+use crate::duration::parse_duration;
+use crate::names::check_name;
+use crate::state::BuildState;
+use crate::toml_reader::{Reader, Span, Tbl};
 use std::time::Duration;
 
 /// A component's source in a git repository.
