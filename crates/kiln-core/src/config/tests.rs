@@ -1,4 +1,6 @@
 use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 const EXAMPLE: &str = include_str!("../../../../examples/farm.toml");
 

@@ -1,0 +1,51 @@
+//! The farm configuration (`farm.toml`): its model, parsing and validation.
+//!
+//! A builder is a component × a target. The config names components and
+//! targets once each; [`crate::matrix`] expands them, so 70 components on 20
+//! targets are 1,400 builders from a few dozen lines.
+//!
+//! Parsing is pure: it takes the file's text and returns either the model or
+//! every problem found, each with its line and column. It goes in two
+//! stages, from as written to ready to use. `read` takes each table as written (`written`), checks what can be
+//! checked inside it, and keeps the span of every name it refers to
+//! elsewhere; `validate` checks what is only known across tables
+//! (references, dependency cycles, step names) and reports it at those
+//! spans. Only a config with no problem at all becomes the model (`model`),
+//! ready to use.
+
+pub use crate::channel::{Accepts, Channel, SecretRef};
+pub use crate::toml_reader::Diagnostic;
+pub use errors::ConfigErrors;
+pub use model::{
+    AptRepository, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec, Target,
+    TlsFiles, WorkerDef, STEP_NAMES,
+};
+pub use triggers::{
+    check_branch, check_git_url, check_revision, ForgeHook, GitSource, Hooks, Irc, Notifier, NotifyVia, Smtp,
+    SmtpSecurity,
+};
+
+use crate::toml_reader::Reader;
+
+mod errors;
+mod model;
+mod read;
+mod triggers;
+mod validate;
+mod written;
+
+/// Parses and validates a farm config.
+pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
+    let mut r = Reader::new(text);
+    if let Some(written) = read::farm(&mut r, text) {
+        validate::farm(&mut r, &written);
+        if r.diags.is_empty() {
+            return Ok(written.into_config());
+        }
+    }
+    r.diags.sort_by_key(|d| (d.line, d.col));
+    Err(ConfigErrors { diagnostics: r.diags })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! The farm config as the rest of kiln uses it: ready to use, every name
+//! checked and every reference known to resolve.
+
+use super::triggers::{GitSource, Hooks, Irc, Notifier, Smtp};
+use crate::channel::{Channel, SecretRef};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FarmConfig {
+    pub master: MasterSection,
+    pub workers: Vec<WorkerDef>,
+    pub targets: Vec<Target>,
+    pub components: Vec<Component>,
+    /// The repositories builds publish into ([`Channel::defaults`] when none are configured).
+    pub channels: Vec<Channel>,
+    /// Timed requests (nightlies).
+    pub schedules: Vec<Schedule>,
+    /// Where finished builds are reported.
+    pub notifiers: Vec<Notifier>,
+    /// Where forges post push events.
+    pub hooks: Hooks,
+    /// How mail notifications are sent.
+    pub smtp: Option<Smtp>,
+    /// The IRC bot.
+    pub irc: Option<Irc>,
+}
+
+/// A request made at the times a cron expression names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: crate::cron::CronSpec,
+    /// The cron text as written (for display).
+    pub cron_text: String,
+    /// An IANA time zone name (`Europe/Amsterdam`); UTC when absent.
+    pub timezone: Option<String>,
+    /// Components to build; empty means every component.
+    pub components: Vec<String>,
+    /// Targets; empty means each component's every target.
+    pub targets: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    /// Request only the components whose source or definition changed since
+    /// this schedule last requested them.
+    pub only_if_changed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterSection {
+    /// Web UI, JSON API and change hooks.
+    pub listen: SocketAddr,
+    /// Where workers connect.
+    pub worker_listen: SocketAddr,
+    /// Relative to the config file's directory unless absolute.
+    pub data_dir: String,
+    /// A `postgres://` or `sqlite:` URL; an SQLite file in `data_dir` when absent.
+    pub database: Option<String>,
+    /// How long a worker may be silent (or away) before its builds are re-queued.
+    pub worker_timeout: Duration,
+    /// How often workers send a heartbeat.
+    pub heartbeat: Duration,
+    /// Time between SIGTERM and SIGKILL when a step is cancelled or times out.
+    pub kill_grace: Duration,
+    /// Serve the worker port over TLS with this certificate and key (PEM files).
+    pub worker_tls: Option<TlsFiles>,
+    /// Serve the web pages and API over TLS (HTTPS) with this certificate
+    /// and key; `client_ca` lets users log in with certificates.
+    pub tls: Option<TlsFiles>,
+    /// How long a web client may take to send a request's headers (and a
+    /// TLS handshake) before its connection is closed.
+    pub header_timeout: Duration,
+    /// The largest artifact a worker may upload, in bytes.
+    pub max_artifact_size: u64,
+    /// Whether pages and API reads are open to anyone (default); when false
+    /// they need a logged-in session or a token. Repositories stay public.
+    pub anonymous_read: bool,
+    /// The master's address as clients and build roots reach it
+    /// (repositories are served under `URL/repos/`); `http://LISTEN` when absent.
+    pub url: Option<String>,
+}
+
+impl MasterSection {
+    /// The base URL the master is reached at, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.listen),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    /// A CA whose certificates may log in as clients (mutual TLS): on the
+    /// worker port, the workers' CA (a certificate names its worker); on
+    /// the web port, the users' CA (a certificate names its user's email).
+    /// Keep the two CAs apart, so a user's certificate can never connect
+    /// as a worker.
+    pub client_ca: Option<String>,
+}
+
+impl Default for MasterSection {
+    fn default() -> Self {
+        MasterSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8010)),
+            worker_listen: SocketAddr::from(([127, 0, 0, 1], 9989)),
+            data_dir: "data".into(),
+            database: None,
+            worker_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(10),
+            worker_tls: None,
+            tls: None,
+            header_timeout: Duration::from_secs(30),
+            max_artifact_size: 4 << 30,
+            url: None,
+            anonymous_read: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDef {
+    pub name: String,
+    /// File holding the worker's token, relative to the config file.
+    /// The file holding its token; none when it logs in by certificate
+    /// only (mutual TLS, `[master.worker_tls] client_ca`).
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Deb,
+    Rpm,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Deb => "deb",
+            Family::Rpm => "rpm",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub family: Family,
+    /// Debian/Ubuntu suite of the build root, e.g. `bookworm`.
+    pub suite: Option<String>,
+    /// Architecture to build for; the worker's own when absent.
+    pub arch: Option<String>,
+    /// Package mirror the build root comes from.
+    pub mirror: Option<String>,
+    /// Archive components of the mirror (default `main`).
+    pub components: Vec<String>,
+    /// A cached build root older than this is made again (mock's default: 15 days).
+    pub max_age: Duration,
+    /// Where the standard pipeline's build runs.
+    pub executor: Executor,
+    /// More package repositories for a deb build root (backports, a
+    /// vendor's archive), each trusted through its own key only.
+    pub repositories: Vec<AptRepository>,
+    /// The mock configuration (`mock -r`) of an rpm target built with mock.
+    pub mock_config: Option<String>,
+}
+
+/// A package repository a deb build root installs build dependencies from,
+/// beside its mirror: `deb [signed-by=KEY] URL SUITE COMPONENTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptRepository {
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// The repository's signing key (an armored OpenPGP key file), relative
+    /// to the config file or absolute.
+    pub key: String,
+}
+
+impl AptRepository {
+    /// The words after `deb [...]` in a sources.list line.
+    pub fn source(&self) -> String {
+        format!("{} {} {}", self.url, self.suite, self.components.join(" "))
+    }
+}
+
+/// How the standard pipeline isolates a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// bubblewrap over a fresh, unpacked build root: no network while
+    /// building, an unprivileged user, no capabilities.
+    Bwrap,
+    /// Directly on the worker host (trusted builds only).
+    Host,
+    /// Debian's sbuild in its unshare mode, over the cached root tarball
+    /// (deb targets; the worker's user needs subuid/subgid ranges).
+    Sbuild,
+    /// mock, with the target's `mock_config` (rpm targets on workers that
+    /// have mock: real RHEL/Fedora machines).
+    Mock,
+}
+
+impl Executor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Executor::Bwrap => "bwrap",
+            Executor::Host => "host",
+            Executor::Sbuild => "sbuild",
+            Executor::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory, relative to the config file; each build gets a fresh copy.
+    Path(String),
+    /// A git repository; each build checks out one revision.
+    Git(GitSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub name: String,
+    pub source: Option<Source>,
+    pub depends_on: Vec<String>,
+    /// `None`: every target of the farm.
+    pub targets: Option<Vec<String>>,
+    pub steps: Vec<StepSpec>,
+    /// Steps before and after the standard pipeline (components without `steps`).
+    pub before: Vec<StepSpec>,
+    pub after: Vec<StepSpec>,
+    /// Properties every build of this component starts with.
+    pub properties: BTreeMap<String, String>,
+    /// Files the build produces (glob patterns relative to the build's work
+    /// dir, e.g. `out/*.deb`), uploaded to the master when it succeeds.
+    pub artifacts: Vec<String>,
+    /// The `.spec` for rpm targets, relative to the source tree; found in
+    /// the tree when absent.
+    pub spec: Option<String>,
+    /// Wall-clock limit of a whole build.
+    pub timeout: Option<Duration>,
+    /// Default for steps: stop one that prints nothing for this long.
+    pub no_output_timeout: Option<Duration>,
+    /// Memory limit of a build (cgroups), in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit of a build (cgroups), in thousandths of a CPU.
+    pub millicpus: Option<u32>,
+    /// When newer builds of the same builder with the same request
+    /// properties join the queue, older ones still waiting are skipped.
+    pub collapse: bool,
+    /// Dependencies whose publish triggers a rebuild of this component on
+    /// the same target (as the Open Build Service rebuilds dependents).
+    pub rebuild_after: Vec<String>,
+    /// Secrets its steps get as environment variables (masked in logs).
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// The names of the steps kiln's own standard pipelines use
+/// ([`crate::pipeline`]): a component's `before` and `after` steps may not
+/// take them, so every step of a build has a name of its own.
+pub const STEP_NAMES: &[&str] = &["checkout", "source", "root", "deps", "build"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    pub name: String,
+    /// A shell command line, run with `sh -c`.
+    pub run: String,
+    /// Sets this property to the step's trimmed stdout.
+    pub set_property: Option<String>,
+    pub timeout: Option<Duration>,
+    /// Stop the step when it prints nothing for this long.
+    pub no_output_timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    /// Stop the build when this step fails (default true).
+    pub halt_on_failure: bool,
+    /// Run even after a failure or a cancel, e.g. for cleanup.
+    pub always_run: bool,
+}
+
+impl FarmConfig {
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&WorkerDef> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// The targets a component builds on, in config order.
+    pub fn targets_of<'a>(&'a self, component: &'a Component) -> impl Iterator<Item = &'a Target> + 'a {
+        self.targets.iter().filter(move |t| match &component.targets {
+            None => true,
+            Some(names) => names.iter().any(|n| n == &t.name),
+        })
+    }
+
+    pub fn builds_on(&self, component: &Component, target: &str) -> bool {
+        self.targets_of(component).any(|t| t.name == target)
+    }
+}

@@ -1,0 +1,761 @@
+//! The first stage of parsing: each table of `farm.toml` read as written.
+//!
+//! There is one reader per table: `[master]`, `[[worker]]`, `[[target]]`,
+//! `[[component]]`, `[[channel]]`, `[[schedule]]` and `[[notify]]` here,
+//! `[hooks]`, `[smtp]` and `[irc]` in `triggers`. Each checks what can be
+//! checked inside its table (keys, types, values, names, duplicates) and
+//! reports it at its line and column. A name that refers to another table
+//! (a component's targets and dependencies, a channel's promotions, a
+//! schedule's components and targets) is kept with its span (`written`),
+//! for `validate` to check once every table is read.
+
+use super::model::{
+    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, WorkerDef,
+};
+use super::triggers::{self, Notifier};
+use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
+use crate::channel::{Accepts, Channel};
+use crate::cron::CronSpec;
+use crate::duration::parse_duration;
+use crate::names::{check_name, check_property_name};
+use crate::toml_reader::{Reader, Span, Tbl};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const MASTER_KEYS: &[&str] = &[
+    "listen",
+    "worker_listen",
+    "data_dir",
+    "database",
+    "worker_timeout",
+    "heartbeat",
+    "kill_grace",
+    "worker_tls",
+    "tls",
+    "header_timeout",
+    "max_artifact_size",
+    "url",
+    "anonymous_read",
+];
+const TOP_KEYS: &[&str] =
+    &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc"];
+const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
+const CHANNEL_KEYS: &[&str] =
+    &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
+const WORKER_KEYS: &[&str] = &["name", "token_file"];
+const TARGET_KEYS: &[&str] =
+    &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor", "repositories", "mock_config"];
+const REPOSITORY_KEYS: &[&str] = &["url", "suite", "components", "key"];
+const COMPONENT_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "depends_on",
+    "targets",
+    "steps",
+    "properties",
+    "artifacts",
+    "spec",
+    "timeout",
+    "no_output_timeout",
+    "memory",
+    "cpus",
+    "collapse",
+    "rebuild_after",
+    "secrets",
+    "before",
+    "after",
+];
+const SOURCE_KEYS: &[&str] = &["path"];
+const STEP_KEYS: &[&str] =
+    &["name", "run", "set_property", "timeout", "no_output_timeout", "env", "halt_on_failure", "always_run"];
+
+/// Reads every table of `text`; `None` when it is not TOML at all.
+pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
+    let doc = match toml_edit::ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let span = e.span();
+            let msg = e.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
+            r.err(&span, format!("invalid TOML: {msg}"));
+            return None;
+        }
+    };
+    let root = doc.as_table();
+    let root_span: Span = Some(0..0);
+    r.check_keys(Tbl { t: root, span: &root_span }, TOP_KEYS, "the config file");
+    Some(FarmAsWritten {
+        master: read_master(r, root.get("master")),
+        workers: read_workers(r, root.get("worker")),
+        targets: read_targets(r, root.get("target")),
+        components: read_components(r, root.get("component")),
+        channels: read_channels(r, root.get("channel")),
+        schedules: read_schedules(r, root.get("schedule")),
+        notifiers: read_notifiers(r, root.get("notify")),
+        hooks: triggers::read_hooks(r, root.get("hooks")),
+        smtp: triggers::read_smtp(r, root.get("smtp")),
+        irc: triggers::read_irc(r, root.get("irc")),
+    })
+}
+
+/// The names taken so far by one kind of table, so that a second use of
+/// one is reported together with where the first is.
+struct Names {
+    kind: &'static str,
+    seen: HashMap<String, Span>,
+}
+
+impl Names {
+    fn new(kind: &'static str) -> Self {
+        Names { kind, seen: HashMap::new() }
+    }
+
+    /// Whether `name` is not taken yet (it is now); reports it when it is.
+    fn take(&mut self, r: &mut Reader<'_>, name: &str, span: &Span) -> bool {
+        if let Some(first) = self.seen.get(name) {
+            let where_ = first
+                .as_ref()
+                .map(|s| {
+                    let (l, c) = r.position(s.start);
+                    format!(" (first defined at line {l}, column {c})")
+                })
+                .unwrap_or_default();
+            r.err(span, format!("duplicate {} name {name:?}{where_}", self.kind));
+            false
+        } else {
+            self.seen.insert(name.to_string(), span.clone());
+            true
+        }
+    }
+}
+
+fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<WorkerDef> {
+    let mut workers = Vec::new();
+    let Some(item) = item else { return workers };
+    let mut names = Names::new("worker");
+    for (t, span) in r.tables(item, "[[worker]]") {
+        let tbl = Tbl { t, span: &span };
+        r.check_keys(tbl, WORKER_KEYS, "[[worker]]");
+        let name = named(r, tbl, "[[worker]]");
+        let token = r.string(tbl, "token_file", "[[worker]]");
+        if let Some((name, nspan)) = name {
+            if names.take(r, &name, &nspan) {
+                workers.push(WorkerDef { name, token_file: token.map(|t| t.0) });
+            }
+        }
+    }
+    workers
+}
+
+fn read_targets(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let Some(item) = item else { return targets };
+    let mut names = Names::new("target");
+    for (t, span) in r.tables(item, "[[target]]") {
+        targets.extend(read_target(r, Tbl { t, span: &span }, &mut names));
+    }
+    targets
+}
+
+/// One `[[target]]`; `None` when it cannot be used.
+fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Target> {
+    r.check_keys(tbl, TARGET_KEYS, "[[target]]");
+    let name = named(r, tbl, "[[target]]");
+    let family = r.required_string(tbl, "family", "[[target]]").and_then(|(f, fspan)| match f.as_str() {
+        "deb" => Some(Family::Deb),
+        "rpm" => Some(Family::Rpm),
+        other => {
+            r.err(&fspan, format!("unknown family {other:?}; known families: deb, rpm"));
+            None
+        }
+    });
+    let suite = target_word(r, tbl, "suite");
+    let arch = target_word(r, tbl, "arch");
+    let mirror = repo_url(r, tbl, "mirror", "[[target]]");
+    let components = archive_components(r, tbl, "[[target]]");
+    let max_age = duration_key(r, tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
+    let executor = read_executor(r, tbl, family);
+    let repositories = read_repositories(r, tbl, family);
+    let mock_config = read_mock_config(r, tbl);
+    let (name, nspan) = name?;
+    if !names.take(r, &name, &nspan) {
+        return None;
+    }
+    Some(Target {
+        name,
+        family: family?,
+        suite,
+        arch,
+        mirror,
+        components,
+        max_age,
+        executor: executor?,
+        repositories,
+        mock_config,
+    })
+}
+
+/// A plain word of a `[[target]]` (`suite`, `arch`).
+fn target_word(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str) -> Option<String> {
+    let (v, vspan) = r.string(tbl, key, "[[target]]")?;
+    match check_name(&v) {
+        Ok(()) => Some(v),
+        Err(e) => {
+            r.err(&vspan, format!("`{key}` of [[target]]: {e}"));
+            None
+        }
+    }
+}
+
+/// A target's `executor` (bwrap when absent), which must suit its family.
+fn read_executor(r: &mut Reader<'_>, tbl: Tbl<'_>, family: Option<Family>) -> Option<Executor> {
+    let Some((e, espan)) = r.string(tbl, "executor", "[[target]]") else {
+        return Some(Executor::Bwrap);
+    };
+    let executor = match e.as_str() {
+        "bwrap" => Some(Executor::Bwrap),
+        "host" => Some(Executor::Host),
+        "sbuild" => Some(Executor::Sbuild),
+        "mock" => Some(Executor::Mock),
+        other => {
+            r.err(&espan, format!("unknown executor {other:?}; known executors: bwrap, sbuild, mock, host"));
+            None
+        }
+    };
+    let fits = match (executor, family) {
+        (Some(Executor::Sbuild), Some(Family::Rpm)) => Err("sbuild builds deb targets only"),
+        (Some(Executor::Mock), Some(Family::Deb)) => Err("mock builds rpm targets only"),
+        _ => Ok(()),
+    };
+    match fits {
+        Ok(()) => executor,
+        Err(why) => {
+            r.err(&espan, format!("`executor = {e:?}` of [[target]]: {why}"));
+            None
+        }
+    }
+}
+
+/// A deb target's extra package `repositories`, each a table of its own.
+fn read_repositories(r: &mut Reader<'_>, tbl: Tbl<'_>, family: Option<Family>) -> Vec<AptRepository> {
+    let mut repositories = Vec::new();
+    let Some(item) = tbl.t.get("repositories") else { return repositories };
+    if family == Some(Family::Rpm) {
+        r.err(&item.span(), "`repositories` of [[target]] are apt repositories, for deb targets only");
+    }
+    for (rt, rspan) in r.tables(item, "`repositories` of [[target]]") {
+        let rtbl = Tbl { t: rt, span: &rspan };
+        let what = "a repository of [[target]]";
+        r.check_keys(rtbl, REPOSITORY_KEYS, what);
+        let url = repo_url(r, rtbl, "url", what);
+        let suite = r.required_string(rtbl, "suite", what).and_then(|(s, sspan)| match check_name(&s) {
+            Ok(()) => Some(s),
+            Err(e) => {
+                r.err(&sspan, format!("`suite` of {what}: {e}"));
+                None
+            }
+        });
+        let components = archive_components(r, rtbl, what);
+        let key = r.required_string(rtbl, "key", what).and_then(|(k, kspan)| {
+            if k.trim().is_empty() {
+                r.err(&kspan, format!("`key` of {what} must name the repository's key file"));
+                return None;
+            }
+            Some(k)
+        });
+        if url.is_none() && !rtbl.t.contains_key("url") {
+            r.err(&rspan, format!("{what} needs `url`"));
+        }
+        if let (Some(url), Some(suite), Some(key)) = (url, suite, key) {
+            repositories.push(AptRepository { url, suite, components, key });
+        }
+    }
+    repositories
+}
+
+/// The `mock_config` of a target: a name `mock -r` takes, never an option.
+fn read_mock_config(r: &mut Reader<'_>, tbl: Tbl<'_>) -> Option<String> {
+    let (m, mspan) = r.string(tbl, "mock_config", "[[target]]")?;
+    let ok =
+        !m.is_empty() && !m.starts_with('-') && m.chars().all(|c| c.is_ascii_alphanumeric() || "._-+/".contains(c));
+    if !ok {
+        r.err(
+            &mspan,
+            format!("`mock_config` of [[target]] must name a mock config like \"rocky-9-x86_64\", got {m:?}"),
+        );
+    }
+    ok.then_some(m)
+}
+
+fn read_components(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ComponentAsWritten> {
+    let mut components = Vec::new();
+    let Some(item) = item else { return components };
+    let mut names = Names::new("component");
+    for (t, span) in r.tables(item, "[[component]]") {
+        components.extend(read_component(r, Tbl { t, span: &span }, &mut names));
+    }
+    components
+}
+
+/// One `[[component]]`; `None` when it has no valid name.
+fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<ComponentAsWritten> {
+    r.check_keys(tbl, COMPONENT_KEYS, "[[component]]");
+    let (name, nspan) = named(r, tbl, "[[component]]")?;
+    let what = format!("component {name:?}");
+    let source = read_source(r, tbl, &what);
+    let depends_on = r.string_list(tbl, "depends_on", &what).unwrap_or_default();
+    let targets = r.string_list(tbl, "targets", &what);
+    if targets.as_ref().is_some_and(Vec::is_empty) {
+        let s = tbl.t.get("targets").and_then(|i| i.span());
+        r.err(&s, format!("{what}: `targets` is empty; leave it out to build on every target"));
+    }
+    let properties = read_properties(r, tbl, &what);
+    let steps = read_steps(r, tbl, &what, "steps");
+    // Steps around the standard pipeline (a component without `steps`).
+    let before = read_steps(r, tbl, &what, "before");
+    let after = read_steps(r, tbl, &what, "after");
+    if !steps.is_empty() && (!before.is_empty() || !after.is_empty()) {
+        r.err(
+            tbl.span,
+            format!(
+                "{what}: `before` and `after` wrap the standard pipeline; a component with `steps` runs only those"
+            ),
+        );
+    }
+    let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+    let timeout = duration_key(r, tbl, "timeout", &what);
+    let no_output_timeout = duration_key(r, tbl, "no_output_timeout", &what);
+    let memory = read_memory(r, tbl, &what);
+    let millicpus = read_cpus(r, tbl, &what);
+    let spec = read_spec(r, tbl, &what);
+    for (pattern, pspan) in &artifacts {
+        if let Err(e) = crate::glob::Pattern::new(pattern) {
+            r.err(pspan, format!("{what}: artifact pattern {pattern:?}: {e}"));
+        }
+    }
+    let duplicate = !names.take(r, &name, &nspan);
+    let mut component = Component {
+        name,
+        source,
+        depends_on: depends_on.iter().map(|d| d.0.clone()).collect(),
+        targets: targets.as_ref().map(|l| l.iter().map(|t| t.0.clone()).collect()),
+        steps,
+        before,
+        after,
+        properties,
+        artifacts: artifacts.into_iter().map(|a| a.0).collect(),
+        spec,
+        timeout,
+        no_output_timeout,
+        memory,
+        millicpus,
+        collapse: false,
+        rebuild_after: Vec::new(),
+        secrets: BTreeMap::new(),
+    };
+    if !duplicate {
+        component.collapse = r.boolean(tbl, "collapse", &what).unwrap_or(false);
+        component.rebuild_after = read_rebuild_after(r, tbl, &what, &depends_on);
+        component.secrets = triggers::read_step_secrets(r, tbl, &what);
+    }
+    Some(ComponentAsWritten { component, span: tbl.span.clone(), name_span: nspan, depends_on, targets, duplicate })
+}
+
+/// The properties every build of a component starts with.
+fn read_properties(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> BTreeMap<String, String> {
+    r.string_map(tbl, "properties", what)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v, s)| match check_property_name(&k) {
+            Ok(()) => Some((k, v)),
+            Err(e) => {
+                r.err(&s, format!("{what}: {e}"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// A component's `memory` limit, in bytes (at least 1MiB).
+fn read_memory(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<u64> {
+    let (m, mspan) = r.string(tbl, "memory", what)?;
+    match crate::size::parse_size(&m) {
+        Ok(n) if n >= 1 << 20 => Some(n),
+        Ok(_) => {
+            r.err(&mspan, format!("{what}: `memory` must be at least 1MiB"));
+            None
+        }
+        Err(e) => {
+            r.err(&mspan, format!("{what}: `memory`: {e}"));
+            None
+        }
+    }
+}
+
+/// A component's `cpus` limit, in thousandths of a CPU.
+fn read_cpus(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<u32> {
+    let item = tbl.t.get("cpus")?;
+    let v = item.as_float().or_else(|| item.as_integer().map(|i| i as f64));
+    match v {
+        Some(c) if (0.01..=1024.0).contains(&c) => Some((c * 1000.0).round() as u32),
+        _ => {
+            r.err(&item.span(), format!("{what}: `cpus` must be a number of CPUs above 0, like 2 or 0.5"));
+            None
+        }
+    }
+}
+
+/// A component's `spec`: a `.spec` path inside its source tree.
+fn read_spec(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<String> {
+    let (p, pspan) = r.string(tbl, "spec", what)?;
+    if p.starts_with('/') || p.split('/').any(|seg| seg == "..") || !p.ends_with(".spec") {
+        r.err(&pspan, format!("{what}: `spec` must be a .spec path inside the source tree, got {p:?}"));
+        None
+    } else {
+        Some(p)
+    }
+}
+
+/// A component's `rebuild_after`: some of its own `depends_on`.
+fn read_rebuild_after(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, depends_on: &[(String, Span)]) -> Vec<String> {
+    let mut rebuild_after = Vec::new();
+    for (dep, dspan) in r.string_list(tbl, "rebuild_after", what).unwrap_or_default() {
+        if depends_on.iter().any(|(d, _)| d == &dep) {
+            rebuild_after.push(dep);
+        } else {
+            r.err(&dspan, format!("{what}: `rebuild_after` names {dep:?}, which is not in its `depends_on`"));
+        }
+    }
+    rebuild_after
+}
+
+fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ChannelAsWritten> {
+    let Some(item) = item else {
+        return Channel::defaults()
+            .into_iter()
+            .map(|channel| ChannelAsWritten { channel, promote_to: Vec::new() })
+            .collect();
+    };
+    let mut channels: Vec<ChannelAsWritten> = Vec::new();
+    for (t, span) in r.tables(item, "[[channel]]") {
+        let tbl = Tbl { t, span: &span };
+        r.check_keys(tbl, CHANNEL_KEYS, "[[channel]]");
+        let Some((name, nspan)) = named(r, tbl, "[[channel]]") else { continue };
+        let what = format!("channel {name:?}");
+        if channels.iter().any(|c| c.channel.name == name) {
+            r.err(&nspan, format!("duplicate channel name {name:?}"));
+            continue;
+        }
+        let key = r.string(tbl, "key", &what).map(|k| k.0);
+        let passphrase = triggers::read_secret(r, tbl, "passphrase", &what);
+        if passphrase.is_some() && key.is_none() {
+            r.err(&nspan, format!("{what} has a `passphrase` but no `key`"));
+        }
+        let accepts = match r.string(tbl, "accepts", &what) {
+            None => Accepts::Promoted,
+            Some((a, aspan)) => match a.as_str() {
+                "nightly" => Accepts::Nightly,
+                "release" => Accepts::Release,
+                "promoted" => Accepts::Promoted,
+                other => {
+                    r.err(&aspan, format!("`accepts` of {what}: unknown {other:?}; known: nightly, release, promoted"));
+                    Accepts::Promoted
+                }
+            },
+        };
+        let promote_to = r.string_list(tbl, "promote_to", &what).unwrap_or_default();
+        let keep = tbl.t.get("keep").and_then(|item| match item.as_integer() {
+            Some(n) if n >= 1 && n <= u32::MAX as i64 => Some(n as u32),
+            _ => {
+                r.err(&item.span(), format!("`keep` of {what} must be a whole number of versions, at least 1"));
+                None
+            }
+        });
+        let component = match r.string(tbl, "component", &what) {
+            Some((c, cspan)) => {
+                if check_name(&c).is_err() {
+                    r.err(&cspan, format!("`component` of {what} must be a plain name like \"main\""));
+                }
+                c
+            }
+            None => "main".to_string(),
+        };
+        let description = r.string(tbl, "description", &what).map(|d| d.0).unwrap_or_default();
+        let sign_debs = r.boolean(tbl, "sign_debs", &what).unwrap_or(false);
+        let names = promote_to.iter().map(|(n, _)| n.clone()).collect();
+        channels.push(ChannelAsWritten {
+            channel: Channel {
+                name,
+                key,
+                passphrase,
+                accepts,
+                promote_to: names,
+                keep,
+                component,
+                description,
+                sign_debs,
+            },
+            promote_to,
+        });
+    }
+    channels
+}
+
+fn read_schedules(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ScheduleAsWritten> {
+    let mut schedules: Vec<ScheduleAsWritten> = Vec::new();
+    let Some(item) = item else { return schedules };
+    for (t, span) in r.tables(item, "[[schedule]]") {
+        let tbl = Tbl { t, span: &span };
+        r.check_keys(tbl, SCHEDULE_KEYS, "[[schedule]]");
+        let Some((name, nspan)) = named(r, tbl, "[[schedule]]") else { continue };
+        let what = format!("schedule {name:?}");
+        // Only a schedule that can run takes its name.
+        if schedules.iter().any(|s| s.cron.is_some() && s.name == name) {
+            r.err(&nspan, format!("duplicate schedule name {name:?}"));
+            continue;
+        }
+        let cron = r.required_string(tbl, "cron", &what).and_then(|(c, cspan)| match CronSpec::parse(&c) {
+            Ok(spec) => Some((spec, c)),
+            Err(e) => {
+                r.err(&cspan, format!("`cron` of {what}: {e}"));
+                None
+            }
+        });
+        let timezone = r.string(tbl, "timezone", &what).map(|t| t.0);
+        let mut components = r.string_list(tbl, "components", &what).unwrap_or_default();
+        components.retain(|(c, _)| c != "*");
+        let targets = r.string_list(tbl, "targets", &what).unwrap_or_default();
+        let properties =
+            r.string_map(tbl, "properties", &what).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
+        let only_if_changed = r.boolean(tbl, "only_if_changed", &what).unwrap_or(false);
+        schedules.push(ScheduleAsWritten { name, cron, timezone, components, targets, properties, only_if_changed });
+    }
+    schedules
+}
+
+fn read_notifiers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Notifier> {
+    let mut notifiers = Vec::new();
+    let Some(item) = item else { return notifiers };
+    for (t, span) in r.tables(item, "[[notify]]") {
+        let tbl = Tbl { t, span: &span };
+        r.check_keys(tbl, triggers::NOTIFY_KEYS, "[[notify]]");
+        let Some((name, _)) = named(r, tbl, "[[notify]]") else { continue };
+        if let Some(n) = triggers::read_notifier(r, tbl, name, &span) {
+            notifiers.push(n);
+        }
+    }
+    notifiers
+}
+
+fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
+    let (name, span) = r.required_string(tbl, "name", what)?;
+    if let Err(e) = check_name(&name) {
+        r.err(&span, format!("{what}: {e}"));
+        return None;
+    }
+    Some((name, span))
+}
+
+fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<Duration> {
+    if let Some(item) = tbl.t.get(key) {
+        if let Some(i) = item.as_integer() {
+            if i < 0 {
+                r.err(&item.span(), format!("`{key}` in {what} may not be negative"));
+                return None;
+            }
+            return Some(Duration::from_secs(i as u64));
+        }
+    }
+    let (text, span) = r.string(tbl, key, what)?;
+    match parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            r.err(&span, format!("`{key}` in {what}: {e}"));
+            None
+        }
+    }
+}
+
+/// A package repository's URL (`mirror` of a target, `url` of one of its
+/// repositories): http(s) or file, nothing a shell or apt line could split.
+fn repo_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
+    let (m, mspan) = r.string(tbl, key, what)?;
+    let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| m.starts_with(p));
+    if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$[]".contains(c)) {
+        Some(m)
+    } else {
+        r.err(&mspan, format!("`{key}` of {what} must be an http(s):// or file:/ URL, got {m:?}"));
+        None
+    }
+}
+
+/// The archive components of a mirror or repository (default `main`).
+fn archive_components(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<String> {
+    r.string_list(tbl, "components", what)
+        .map(|l| {
+            l.into_iter()
+                .filter_map(|(c, cspan)| match check_name(&c) {
+                    Ok(()) => Some(c),
+                    Err(e) => {
+                        r.err(&cspan, format!("`components` of {what}: {e}"));
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["main".to_string()])
+}
+
+/// `cert`, `key` and an optional `client_ca`: PEM files.
+fn tls_files(r: &mut Reader<'_>, item: Option<&toml_edit::Item>, what: &str) -> Option<TlsFiles> {
+    let item = item?;
+    let span = item.span();
+    let Some(tt) = item.as_table_like() else {
+        r.err(&span, format!("{what} must be a table with `cert` and `key`"));
+        return None;
+    };
+    let tls = Tbl { t: tt, span: &span };
+    r.check_keys(tls, &["cert", "key", "client_ca"], what);
+    let cert = r.required_string(tls, "cert", what);
+    let key = r.required_string(tls, "key", what);
+    let client_ca = r.string(tls, "client_ca", what).map(|c| c.0);
+    Some(TlsFiles { cert: cert?.0, key: key?.0, client_ca })
+}
+
+fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<MasterSection> {
+    let mut m = MasterSection::default();
+    let Some(item) = item else { return Some(m) };
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(&span, "[master] must be a table");
+        return None;
+    };
+    let tbl = Tbl { t, span: &span };
+    r.check_keys(tbl, MASTER_KEYS, "[master]");
+    let addr = |r: &mut Reader<'_>, key: &str, into: &mut SocketAddr| {
+        if let Some((s, sspan)) = r.string(tbl, key, "[master]") {
+            match s.parse::<SocketAddr>() {
+                Ok(a) => *into = a,
+                Err(_) => r.err(
+                    &sspan,
+                    format!(
+                        "`{key}` must be an address with a port, like \"127.0.0.1:8010\" or \"[::1]:8010\"; got {s:?}"
+                    ),
+                ),
+            }
+        }
+    };
+    addr(r, "listen", &mut m.listen);
+    addr(r, "worker_listen", &mut m.worker_listen);
+    if let Some((d, _)) = r.string(tbl, "data_dir", "[master]") {
+        m.data_dir = d;
+    }
+    if let Some((db, dspan)) = r.string(tbl, "database", "[master]") {
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
+            r.err(&dspan, "`database` must be a postgres:// URL or an sqlite: URL");
+        }
+        m.database = Some(db);
+    }
+    let errors_before = r.diags.len();
+    if let Some(d) = duration_key(r, tbl, "worker_timeout", "[master]") {
+        m.worker_timeout = d;
+    }
+    if let Some(d) = duration_key(r, tbl, "heartbeat", "[master]") {
+        m.heartbeat = d;
+    }
+    let timings_ok = r.diags.len() == errors_before;
+    if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
+        m.kill_grace = d;
+    }
+    if let Some(d) = duration_key(r, tbl, "header_timeout", "[master]") {
+        m.header_timeout = d.max(Duration::from_millis(100));
+    }
+    if let Some((text, sspan)) = r.string(tbl, "max_artifact_size", "[master]") {
+        match crate::size::parse_size(&text) {
+            Ok(n) => m.max_artifact_size = n,
+            Err(e) => r.err(&sspan, format!("`max_artifact_size` in [master]: {e}")),
+        }
+    }
+    if let Some(b) = r.boolean(tbl, "anonymous_read", "[master]") {
+        m.anonymous_read = b;
+    }
+    if let Some((u, uspan)) = r.string(tbl, "url", "[master]") {
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && !u.chars().any(|c| c.is_whitespace() || "'\"\\`$".contains(c));
+        if ok {
+            m.url = Some(u);
+        } else {
+            r.err(&uspan, format!("`url` in [master] must be an http:// or https:// URL, got {u:?}"));
+        }
+    }
+    m.worker_tls = tls_files(r, t.get("worker_tls"), "[master.worker_tls]");
+    m.tls = tls_files(r, t.get("tls"), "[master.tls]");
+    if timings_ok && (m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout) {
+        r.err(&span, "`heartbeat` must be shorter than `worker_timeout` and above zero");
+    }
+    Some(m)
+}
+
+fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
+    let item = tbl.t.get("source")?;
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(&span, format!("`source` of {what} must be a table, like {{ path = \"src/NAME\" }}"));
+        return None;
+    };
+    let st = Tbl { t, span: &span };
+    if t.get("git").is_some() {
+        return triggers::read_git_source(r, st, what).map(Source::Git);
+    }
+    r.check_keys(st, SOURCE_KEYS, &format!("the source of {what}"));
+    let (path, _) = r.required_string(st, "path", &format!("the source of {what}"))?;
+    Some(Source::Path(path))
+}
+
+/// A component's own steps; none means its family's standard pipeline.
+fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, key: &str) -> Vec<StepSpec> {
+    let Some(item) = tbl.t.get(key) else {
+        return Vec::new();
+    };
+    let mut steps: Vec<StepSpec> = Vec::new();
+    let tables = r.tables(item, &format!("the `{key}` steps of {what}"));
+    if tables.is_empty() {
+        r.err(&item.span(), format!("{what} has an empty `{key}` list"));
+    }
+    for (t, span) in tables {
+        let st = Tbl { t, span: &span };
+        let swhat = format!("a step of {what}");
+        r.check_keys(st, STEP_KEYS, &swhat);
+        let name = named(r, st, &swhat);
+        let run = r.required_string(st, "run", &swhat);
+        let set_property = r.string(st, "set_property", &swhat).and_then(|(p, pspan)| match check_property_name(&p) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                r.err(&pspan, format!("{swhat}: {e}"));
+                None
+            }
+        });
+        let timeout = duration_key(r, st, "timeout", &swhat);
+        let no_output_timeout = duration_key(r, st, "no_output_timeout", &swhat);
+        let env = r.string_map(st, "env", &swhat).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
+        let halt_on_failure = r.boolean(st, "halt_on_failure", &swhat).unwrap_or(true);
+        let always_run = r.boolean(st, "always_run", &swhat).unwrap_or(false);
+        if let (Some((name, nspan)), Some((run, _))) = (name, run) {
+            if steps.iter().any(|s| s.name == name) {
+                r.err(&nspan, format!("duplicate step name {name:?} in {what}"));
+                continue;
+            }
+            steps.push(StepSpec {
+                name,
+                run,
+                set_property,
+                timeout,
+                no_output_timeout,
+                env,
+                halt_on_failure,
+                always_run,
+            });
+        }
+    }
+    steps
+}
