@@ -61,18 +61,30 @@ pub fn request_properties(
 }
 
 /// The properties a build's request gave it (from the user, or from the
-/// change it builds: revision, branch, repository), with their sources:
-/// what a rebuild of it asks for again. The upload a build takes its
+/// change it builds: revision, branch, repository), with their sources,
+/// and the `revision` it built (a checkout step sets it to the commit it
+/// checked out): what a rebuild of it asks for again, so the rebuild builds
+/// the same commit, not its branch's tip. The upload a build takes its
 /// source from is not among them ([`crate::job::BuildSource`] carries it).
 pub fn requested(properties: &Properties) -> Properties {
-    properties
+    let mut out: Properties = properties
         .iter()
         .filter(|(k, p)| {
             matches!(p.source, PropertySource::Request | PropertySource::Change) && k.as_str() != UPLOAD_PROPERTY
         })
         .map(|(k, p)| (k.clone(), p.clone()))
-        .collect()
+        .collect();
+    if let Some(built) = properties.get(REVISION).filter(|p| p.source == PropertySource::Step) {
+        // It came with a change when the build has other change properties.
+        let from_change = properties.values().any(|p| p.source == PropertySource::Change);
+        let source = if from_change { PropertySource::Change } else { PropertySource::Request };
+        out.insert(REVISION.to_string(), Property { value: built.value.clone(), source });
+    }
+    out
 }
+
+/// The property naming the commit a git source is built at.
+pub const REVISION: &str = "revision";
 
 /// Where a property's value came from, shown next to it in the API and UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +219,11 @@ mod tests {
         let again = requested(&p);
         assert_eq!(again.keys().map(String::as_str).collect::<Vec<_>>(), ["release", "revision"]);
         assert_eq!(again["revision"].source, PropertySource::Change);
+        // The commit a checkout resolved (set by its step) is built again too.
+        p.insert("revision".into(), Property { value: "c0ffee".into(), source: PropertySource::Step });
+        assert_eq!(requested(&p)["revision"], Property { value: "c0ffee".into(), source: PropertySource::Request });
+        p.insert("branch".into(), Property { value: "main".into(), source: PropertySource::Change });
+        assert_eq!(requested(&p)["revision"].source, PropertySource::Change);
     }
 
     fn props(name: &str) -> Option<String> {
