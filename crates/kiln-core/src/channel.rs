@@ -92,3 +92,58 @@ impl Channel {
         ]
     }
 }
+/// A package a channel holds already under the same identity (repository,
+/// kind, name, version and architecture) as one being published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held<'a> {
+    /// Its row.
+    pub id: i64,
+    /// The build that published it, if a build did.
+    pub build_id: Option<i64>,
+    pub sha256: &'a str,
+}
+
+/// What publishing a package (from a build, or by promotion) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Nothing of that identity is there: add it.
+    Add,
+    /// It is there already (the same build published again after a crash,
+    /// or the same bytes): nothing to do.
+    Present,
+    /// `replace` was asked for: the held row `0` goes, the new one comes.
+    Replace(i64),
+    /// Other contents under a version already published: refused, since
+    /// clients that have the old file would never see the new one.
+    Refused,
+}
+
+/// Decides what publishing a package of `build_id` with `sha256` does
+/// where `held` is what the channel has under the same identity.
+pub fn placement(held: Option<Held<'_>>, build_id: Option<i64>, sha256: &str, replace: bool) -> Placement {
+    match held {
+        None => Placement::Add,
+        Some(old) if old.build_id.is_some() && old.build_id == build_id => Placement::Present,
+        Some(old) if old.sha256 == sha256 => Placement::Present,
+        Some(old) if replace => Placement::Replace(old.id),
+        Some(_) => Placement::Refused,
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_is_published_once_unless_replaced() {
+        let held = Held { id: 7, build_id: Some(3), sha256: "aa" };
+        assert_eq!(placement(None, Some(4), "bb", false), Placement::Add);
+        assert_eq!(placement(Some(held), Some(3), "bb", false), Placement::Present, "the same build again");
+        assert_eq!(placement(Some(held), Some(4), "aa", false), Placement::Present, "the same bytes");
+        assert_eq!(placement(Some(held), Some(4), "bb", false), Placement::Refused);
+        assert_eq!(placement(Some(held), Some(4), "bb", true), Placement::Replace(7));
+        let promoted = Held { build_id: None, ..held };
+        assert_eq!(placement(Some(promoted), None, "bb", false), Placement::Refused);
+    }
+}

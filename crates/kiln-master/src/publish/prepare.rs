@@ -5,6 +5,7 @@
 
 use crate::clock::now_us;
 use crate::events::RepoRefusal;
+use kiln_core::channel::{placement, Held, Placement};
 use kiln_core::config::{Channel, Family, Target};
 use kiln_core::job::is_package;
 use kiln_db::PackageRow;
@@ -33,30 +34,29 @@ fn identity(p: &PackageRow) -> (&str, &str, &str, &str, &str) {
     (&p.repo, &p.kind, &p.name, &p.version, &p.arch)
 }
 
-/// Decides what happens to a row that has the identity of one already in
-/// the channel: nothing (the same build, published again after a crash), a
-/// replacement, or a refusal.
+/// What publishing `new` into `channel` does, given the channel's rows
+/// ([`kiln_core::channel::placement`]): `None` when it is there already,
+/// `Some(replaced row)` when it goes in, or why it is refused.
 fn resolve_conflict(
     new: &PackageRow,
     existing: &[PackageRow],
     channel: &str,
     replace: bool,
 ) -> Result<Option<Option<i64>>, String> {
-    let Some(old) = existing.iter().find(|e| identity(e) == identity(new)) else { return Ok(Some(None)) };
-    if old.build_id.is_some() && old.build_id == new.build_id {
-        return Ok(None);
+    let held = existing
+        .iter()
+        .find(|e| identity(e) == identity(new))
+        .map(|old| Held { id: old.id, build_id: old.build_id, sha256: &old.sha256 });
+    match placement(held, new.build_id, &new.sha256, replace) {
+        Placement::Add => Ok(Some(None)),
+        Placement::Present => Ok(None),
+        Placement::Replace(old) => Ok(Some(Some(old))),
+        Placement::Refused => Err(format!(
+            "{} {} ({}) is already published in {channel} with different contents; a version is published once: \
+             raise the version, or rebuild with --replace to overwrite it",
+            new.name, new.version, new.arch
+        )),
     }
-    if old.sha256 == new.sha256 {
-        return Ok(None);
-    }
-    if replace {
-        return Ok(Some(Some(old.id)));
-    }
-    Err(format!(
-        "{} {} ({}) is already published in {channel} with different contents; a version is published once: \
-         raise the version, or rebuild with --replace to overwrite it",
-        new.name, new.version, new.arch
-    ))
 }
 
 /// The pool path for `file_name` under `dir` (relative to the channel
