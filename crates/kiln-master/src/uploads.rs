@@ -7,11 +7,8 @@
 
 use kiln_core::deb822::{parse_source_upload, SourceUpload};
 use kiln_core::names::valid_artifact_name;
-use md5::Md5;
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +24,6 @@ pub struct Checked {
     pub kind: UploadKind,
     pub source: String,
     pub version: String,
-}
-
-fn digests(path: &Path) -> io::Result<(u64, String, String, String)> {
-    let mut f = fs::File::open(path)?;
-    let (mut md5, mut sha1, mut sha256) = (Md5::new(), Sha1::new(), Sha256::new());
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        md5.update(&buf[..n]);
-        sha1.update(&buf[..n]);
-        sha256.update(&buf[..n]);
-    }
-    Ok((size, hex::encode(md5.finalize()), hex::encode(sha1.finalize()), hex::encode(sha256.finalize())))
 }
 
 /// Finds the control file among the uploaded names and checks every file it
@@ -84,7 +63,7 @@ pub fn check(dir: &Path, names: &[String]) -> Result<Checked, Vec<String>> {
             problems.push(format!("missing file {} (listed in {control})", f.name));
             continue;
         }
-        let (size, md5, sha1, sha256) = match digests(&path) {
+        let kiln_repo::hash::Sums { size, md5, sha1, sha256 } = match kiln_repo::hash::file_sums(&path) {
             Ok(d) => d,
             Err(e) => {
                 problems.push(format!("{}: cannot read: {e}", f.name));
@@ -154,6 +133,8 @@ pub fn valid_upload_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Md5;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn checks_listed_files_and_names_every_problem() {
