@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod setup;
+pub use setup::{
+    one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
+};
+
 /// A free loopback port (bound once, then released for the process to take).
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")

@@ -1,0 +1,132 @@
+//! The HTTP API from outside: bad input gets a clear 4xx and stores nothing,
+//! the OpenAPI document lists the endpoints, and Buildbot's `base` change
+//! hook schedules a project.
+
+use kiln_core::BuildState;
+use kiln_testing::Farm;
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_rejects_bad_input_clearly() {
+    let farm = Farm::example(KILN.as_ref()).await;
+    // No connection reuse: after a 413 the server may close the connection
+    // without reading the rest of the body.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let url = farm.url();
+    let token = farm.admin_token();
+    let post = |path: &str| http.post(format!("{url}{path}"));
+
+    let r = post("/api/v1/builds").json(&serde_json::json!({"components": ["libgrace"]})).send().await.expect("send");
+    assert_eq!(r.status(), 401, "no token, no build");
+    let r = post("/api/v1/builds")
+        .bearer_auth("wrong")
+        .json(&serde_json::json!({"components": ["libgrace"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"components\": [")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("invalid JSON"));
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["nope"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.expect("body").contains("known components: libgrace, opencore, slow"));
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["libgrace"], "targets": ["win-11"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"components": ["libgrace"], "properties": {"bad key": "x"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(2 * 1024 * 1024);
+    let r = post("/api/v1/builds")
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 413);
+    let r = http.get(format!("{url}/api/v1/builds/abc")).send().await.expect("send");
+    assert_eq!(r.status(), 400);
+    let r = http.get(format!("{url}/api/v1/builds/999999")).send().await.expect("send");
+    assert_eq!(r.status(), 404);
+    let r = http.get(format!("{url}/api/v1/builds?state=exploded")).send().await.expect("send");
+    assert_eq!(r.status(), 400);
+    // Nothing was stored by any of that.
+    assert!(farm.client().builds(&Default::default()).await.expect("list").builds.is_empty());
+
+    // The OpenAPI document describes the API.
+    let doc: serde_json::Value =
+        http.get(format!("{url}/api/v1/openapi.json")).send().await.expect("send").json().await.expect("json");
+    for path in [
+        "/api/v1/builds",
+        "/api/v1/builds/{id}",
+        "/api/v1/builds/{id}/cancel",
+        "/api/v1/builds/{id}/steps/{step}/log",
+        "/api/v1/workers",
+        "/change_hook/base",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buildbots_base_change_hook_schedules_the_project() {
+    let farm = Farm::example(KILN.as_ref()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/change_hook/base", farm.url());
+    let form = [
+        ("project", "libgrace"),
+        ("repository", "https://git.example.org/libgrace.git"),
+        ("branch", "main"),
+        ("revision", "abc123"),
+        ("who", "alice <alice@example.org>"),
+        ("comments", "fix the frobnicator"),
+        ("properties", "{\"release\": \"true\"}"),
+    ];
+    let r = http.post(&url).form(&form).send().await.expect("send");
+    assert_eq!(r.status(), 401, "the hook needs the token");
+    let r = http.post(format!("{url}?token={}", farm.admin_token())).form(&form).send().await.expect("send");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let created: serde_json::Value = r.json().await.expect("json");
+    let ids: Vec<i64> =
+        created["builds"].as_array().expect("builds").iter().map(|b| b["id"].as_i64().expect("id")).collect();
+    assert_eq!(ids.len(), 2, "all targets of the project");
+    for id in ids {
+        let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+        assert_eq!(b.state, BuildState::Succeeded);
+        assert_eq!(b.properties["release"].value, "true");
+        assert_eq!(b.properties["revision"].value, "abc123");
+        assert!(b.requested_by.as_deref().expect("who").starts_with("alice"));
+        let log = farm.client().log(id, "package", 0).await.expect("log");
+        assert_eq!(log.data, "packaging 1.4.2 release=true\n");
+    }
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .form(&[("project", "nope")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+}

@@ -1,0 +1,211 @@
+//! The build queue end to end, on real `kiln master` and `kiln worker`
+//! processes: builds through the CLI and the API spread over workers and
+//! targets, `depends_on` ordering, cancelling running builds, a failed
+//! dependency skipping its dependents, and a burst of requests collapsing
+//! into the newest.
+
+use kiln_core::{BuildState, StepState};
+use kiln_testing::{request, run, wait_for, Farm, ONE_WORKER};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_builds_across_both_targets_succeed_with_their_logs_and_properties() {
+    let farm = Farm::example(KILN.as_ref()).await;
+    let mut ids = Vec::new();
+    // Half through the CLI, half through the API.
+    for i in 0..5 {
+        let (code, out, err) =
+            run(farm.kiln().args(["build", "libgrace", "-p", &format!("release=cli{i}")])).expect("kiln build");
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<i64> =
+            out.lines().map(|l| l.split('\t').next().expect("id").parse().expect("numeric id")).collect();
+        assert_eq!(lines.len(), 2, "one build per target: {out}");
+        ids.extend(lines);
+    }
+    let client = farm.client();
+    for i in 0..5 {
+        let created =
+            client.create_builds(&request(&["libgrace"], &[("release", &format!("api{i}"))])).await.expect("create");
+        ids.extend(created.builds.iter().map(|b| b.id));
+    }
+    assert_eq!(ids.len(), 20);
+    let mut workers = HashSet::new();
+    let mut targets = HashSet::new();
+    for id in &ids {
+        let b = farm.wait_finished(*id, Duration::from_secs(60)).await;
+        assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+        assert_eq!(b.steps.len(), 3);
+        assert!(b.steps.iter().all(|s| s.state == StepState::Succeeded && s.exit_code == Some(0)));
+        assert_eq!(b.properties["version"].value, "1.4.2");
+        let release = b.properties["release"].value.clone();
+        let compile = client.log(b.id, "compile", 0).await.expect("log");
+        assert_eq!(compile.data, format!("compiling libgrace for {}\n", b.target));
+        assert!(compile.complete);
+        let package = client.log(b.id, "package", 0).await.expect("log");
+        assert_eq!(package.data, format!("packaging 1.4.2 release={release}\n"));
+        workers.insert(b.worker.clone().expect("worker"));
+        targets.insert(b.target.clone());
+        assert!(b.started_at.is_some() && b.finished_at.is_some());
+    }
+    assert_eq!(targets.len(), 2);
+    assert_eq!(workers.len(), 2, "both workers took builds");
+
+    // The CLI shows the same in text and JSON.
+    let (code, out, _) = run(farm.kiln().args(["show", &ids[0].to_string(), "--json"])).expect("kiln show");
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["properties"]["version"]["source"], "step");
+    assert_eq!(shown["properties"]["release"]["value"], "cli0");
+    let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--step", "version"])).expect("kiln log");
+    assert_eq!((code, out.as_str()), (0, "1.4.2\n"));
+    let (code, out, _) = run(farm.kiln().args(["log", &ids[0].to_string(), "--json"])).expect("kiln log --json");
+    assert_eq!(code, 0);
+    let chunks: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let steps: Vec<&str> = chunks.iter().filter_map(|c| c["step"].as_str()).collect();
+    assert_eq!(steps, ["compile", "version", "package"]);
+    assert_eq!(chunks[1]["data"], "1.4.2\n");
+    let (code, out, _) =
+        run(farm.kiln().args(["builds", "--state", "succeeded", "--limit", "25", "--json"])).expect("kiln builds");
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.len(), 20);
+    let (code, out, _) = run(farm.kiln().args(["workers"])).expect("kiln workers");
+    assert_eq!(code, 0);
+    assert!(out.contains("w1") && out.contains("connected"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_honours_depends_on_and_a_cancel_leaves_no_process_behind() {
+    let farm = Farm::example(KILN.as_ref()).await;
+    let (code, out, err) =
+        run(farm.kiln().args(["build", "--all", "-p", "release=true", "--json"])).expect("kiln build --all");
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let builds = created["builds"].as_array().expect("builds");
+    let find = |c: &str, t: &str| {
+        builds
+            .iter()
+            .find(|b| b["component"] == c && b["target"] == t)
+            .and_then(|b| b["id"].as_i64())
+            .expect("build in request")
+    };
+    let (lib_deb, opencore, slow_deb, slow_el) = (
+        find("libgrace", "debian-12-amd64"),
+        find("opencore", "debian-12-amd64"),
+        find("slow", "debian-12-amd64"),
+        find("slow", "el-9-x86_64"),
+    );
+    let lib = farm.wait_finished(lib_deb, Duration::from_secs(30)).await;
+    let oc = farm.wait_finished(opencore, Duration::from_secs(30)).await;
+    assert_eq!((lib.state, oc.state), (BuildState::Succeeded, BuildState::Succeeded));
+    assert_eq!(oc.depends_on, vec![lib_deb]);
+    assert!(
+        oc.started_at.as_deref().expect("started") >= lib.finished_at.as_deref().expect("finished"),
+        "opencore started before libgrace finished: {lib:?} {oc:?}"
+    );
+
+    // Both slow builds are running their `sleep 600`: cancel one through the
+    // CLI and one through the API; nothing of them may survive.
+    for id in [slow_deb, slow_el] {
+        farm.wait_build(id, Duration::from_secs(30), |b| {
+            b.steps.first().is_some_and(|s| s.state == StepState::Running)
+        })
+        .await;
+        assert!(
+            wait_for(Duration::from_secs(10), || async { !farm.build_processes(id).is_empty() }).await,
+            "the step's processes are visible"
+        );
+    }
+    let (code, _, err) = run(farm.kiln().args(["cancel", &slow_deb.to_string()])).expect("kiln cancel");
+    assert_eq!(code, 0, "{err}");
+    farm.client().cancel(slow_el).await.expect("cancel through the API");
+    for id in [slow_deb, slow_el] {
+        let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+        assert_eq!(b.state, BuildState::Cancelled);
+        assert_eq!(b.reason.as_deref(), Some("cancelled by admin"));
+        assert_eq!(b.steps[0].state, StepState::Cancelled);
+        assert!(
+            farm.build_processes(id).is_empty(),
+            "processes of build {id} survived: {:?}",
+            farm.build_processes(id)
+        );
+    }
+    // Cancelling a finished build is a conflict, not a crash.
+    let err = farm.client().cancel(slow_deb).await.expect_err("already finished");
+    assert!(err.to_string().contains("409"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_dependency_skips_its_dependents_and_always_run_steps_still_run() {
+    let config = &(ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "base"
+steps = [
+  { name = "build", run = "echo breaking; exit 3" },
+  { name = "never", run = "echo must not run" },
+  { name = "cleanup", run = "echo cleaned up", always_run = true },
+]
+
+[[component]]
+name = "app"
+depends_on = ["base"]
+steps = [ { name = "build", run = "true" } ]
+
+[[component]]
+name = "tool"
+depends_on = ["app"]
+steps = [ { name = "build", run = "true" } ]
+"#);
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
+    let (code, out, _) = run(farm.kiln().args(["build", "--all", "--follow"])).expect("kiln build --follow");
+    assert_eq!(code, 1, "a failed build makes --follow fail: {out}");
+    let client = farm.client();
+    let page = client.builds(&Default::default()).await.expect("list");
+    let by_name: BTreeMap<String, _> = page.builds.into_iter().map(|b| (b.component.clone(), b)).collect();
+    let base = &by_name["base"];
+    assert_eq!(base.state, BuildState::Failed);
+    assert_eq!(base.reason.as_deref(), Some("step build failed with exit code 3"));
+    let states: Vec<StepState> = base.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Failed, StepState::Skipped, StepState::Succeeded]);
+    assert_eq!(client.log(base.id, "cleanup", 0).await.expect("log").data, "cleaned up\n");
+    assert_eq!(by_name["app"].state, BuildState::Skipped);
+    assert_eq!(by_name["app"].reason.as_deref(), Some("dependency base@t failed"));
+    assert_eq!(by_name["tool"].state, BuildState::Skipped);
+    assert_eq!(by_name["tool"].reason.as_deref(), Some("dependency app@t skipped"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_requests_collapses_into_the_newest_build() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "pkg"
+collapse = true
+steps = [ { name = "s", run = "echo built" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let client = farm.client();
+    // No worker yet: five pushes queue up; a release request is a different kind of build.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(client.create_builds(&request(&["pkg"], &[])).await.expect("create").builds[0].id);
+    }
+    let release = client.create_builds(&request(&["pkg"], &[("release", "true")])).await.expect("create").builds[0].id;
+    // Each arrival stands for the one before it: only the newest of the burst waits.
+    for pair in ids.windows(2) {
+        let b = farm.wait_finished(pair[0], Duration::from_secs(10)).await;
+        assert_eq!(b.state, BuildState::Skipped);
+        assert_eq!(b.reason.as_deref(), Some(format!("collapsed into build {}", pair[1]).as_str()));
+    }
+    farm.start_worker("w1", &["t"], 1);
+    for id in [ids[4], release] {
+        assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    }
+}
