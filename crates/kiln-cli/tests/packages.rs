@@ -685,7 +685,10 @@ mirror = "http://deb.example.invalid/debian"
     match rebuilt.state {
         BuildState::Succeeded => {}
         _ => assert!(
-            rebuilt.reason.as_deref().is_some_and(|r| r.contains("kiln-hello 1.0-1 (x86_64) is already published in dev")),
+            rebuilt
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("kiln-hello 1.0-1 (x86_64) is already published in dev")),
             "{rebuilt:?}"
         ),
     }

@@ -130,7 +130,6 @@ pub fn placement(held: Option<Held<'_>>, build_id: Option<i64>, sha256: &str, re
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,10 +43,11 @@ fn resolve_conflict(
     channel: &str,
     replace: bool,
 ) -> Result<Option<Option<i64>>, String> {
-    let held = existing
-        .iter()
-        .find(|e| identity(e) == identity(new))
-        .map(|old| Held { id: old.id, build_id: old.build_id, sha256: &old.sha256 });
+    let held = existing.iter().find(|e| identity(e) == identity(new)).map(|old| Held {
+        id: old.id,
+        build_id: old.build_id,
+        sha256: &old.sha256,
+    });
     match placement(held, new.build_id, &new.sha256, replace) {
         Placement::Add => Ok(Some(None)),
         Placement::Present => Ok(None),
