@@ -295,6 +295,10 @@ async fn a_master_can_require_a_login_to_read() {
         200,
         "apt and dnf cannot log in"
     );
+    // A channel's page (its packages and builds) is a page like the others.
+    let channel = http.get(format!("{base}/repos/dev")).send().await.expect("get");
+    assert_eq!(channel.status(), 303);
+    assert_eq!(channel.headers()["location"], "/login?next=/repos/dev");
     // Logged in, pages read again.
     let login =
         http.post(format!("{base}/login")).form(&[("token", farm.admin_token().as_str())]).send().await.expect("login");

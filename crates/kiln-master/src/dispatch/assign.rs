@@ -3,27 +3,53 @@
 //! become one job, sent once the build is claimed in the store.
 
 use super::*;
+use kiln_core::job::StepPlan;
+use kiln_core::Component;
+use std::borrow::Cow;
+
+/// The component a build runs: for an uploaded source package, the
+/// standard pipeline over the upload's files (even when a component has
+/// the same name); else the configured component, if it still is.
+pub(super) fn component_of<'a>(
+    farm: &'a crate::farm::LoadedFarm,
+    name: &str,
+    properties: &Properties,
+) -> Option<Cow<'a, Component>> {
+    match BuildSource::of(properties) {
+        BuildSource::Upload(upload) => {
+            let dir = crate::uploads::kept_dir(&farm.data_dir(), &upload);
+            Some(Cow::Owned(uploaded_component(name, &dir.display().to_string())))
+        }
+        BuildSource::Component => farm.cfg.component(name).map(Cow::Borrowed),
+    }
+}
+
+/// The property each step of `plan` may set, by step index. A worker's
+/// report of any other property is not believed.
+pub(super) fn settable(plan: &StepPlan) -> HashMap<u32, String> {
+    let declared = plan.steps.iter().enumerate();
+    declared.filter_map(|(i, s)| Some((i as u32, s.spec.set_property.clone()?))).collect()
+}
+
+/// What the steps of a build that was running before a restart may set,
+/// from the config as it is now (nothing, if the build cannot be planned).
+pub(super) fn settable_now(farm: &crate::farm::LoadedFarm, b: &BuildRow) -> HashMap<u32, String> {
+    component_of(farm, &b.component, &b.properties)
+        .and_then(|c| steps_for(&b.target, farm.cfg.target(&b.target), &c).ok())
+        .map(|plan| settable(&plan))
+        .unwrap_or_default()
+}
 
 impl Dispatcher {
     pub(super) async fn start(&mut self, id: i64, worker: &str) {
         let farm = self.shared.farm();
         let Some(q) = self.queue.get(&id) else { return };
-        let uploaded;
-        let component = match (farm.cfg.component(&q.component), BuildSource::of(&q.properties)) {
-            // An uploaded source package: the standard pipeline over the
-            // upload's files, even when a component has the same name.
-            (_, BuildSource::Upload(upload)) => {
-                let dir = crate::uploads::kept_dir(&farm.data_dir(), &upload);
-                uploaded = uploaded_component(&q.component, &dir.display().to_string());
-                &uploaded
-            }
-            (Some(c), BuildSource::Component) => c,
-            (None, BuildSource::Component) => {
-                let reason = format!("component {} is no longer in the config", q.component);
-                self.fail_unstarted(id, &reason).await;
-                return;
-            }
+        let Some(component) = component_of(&farm, &q.component, &q.properties) else {
+            let reason = format!("component {} is no longer in the config", q.component);
+            self.fail_unstarted(id, &reason).await;
+            return;
         };
+        let component: &Component = &component;
         let source = match &component.source {
             Some(Source::Path(p)) => match self.sources.archive(&farm.resolve(p)) {
                 Ok(a) => Some(a),
@@ -42,6 +68,7 @@ impl Dispatcher {
                 return;
             }
         };
+        let sets = settable(&plan);
         let artifacts = plan.artifacts;
         let steps: Vec<JobStep> = plan
             .steps
@@ -115,6 +142,7 @@ impl Dispatcher {
                 target: q.target,
                 properties: q.properties,
                 steps_done: HashSet::new(),
+                sets,
                 cancelled_by: None,
                 publishing: false,
             },
@@ -161,5 +189,48 @@ impl Dispatcher {
             }
         }
         env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::Tester;
+
+    fn row(component: &str, properties: Properties) -> BuildRow {
+        BuildRow {
+            id: 1,
+            request_id: 1,
+            component: component.into(),
+            target: "debian-12-amd64".into(),
+            state: BuildState::Running,
+            reason: None,
+            requested_at: 0,
+            started_at: None,
+            finished_at: None,
+            requested_by: None,
+            worker: Some("w1".into()),
+            attempt: 1,
+            properties,
+            depends_on: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_may_set_only_the_property_it_declares() {
+        let t = Tester::new().await;
+        let farm = t.shared.farm();
+        // A git component of the standard pipeline: its checkout (step 0)
+        // sets `revision`, its source step `version`; nothing else is believed.
+        let sets = settable_now(&farm, &row("pkg", Properties::new()));
+        assert_eq!(sets, HashMap::from([(0, "revision".to_string()), (1, "version".to_string())]));
+        // A component of shell steps that set nothing.
+        assert!(settable_now(&farm, &row("hello", Properties::new())).is_empty());
+        // A build whose component is gone: nothing is believed.
+        assert!(settable_now(&farm, &row("gone", Properties::new())).is_empty());
+        // An upload builds with the standard pipeline, whatever its name.
+        let (k, v) = BuildSource::Upload("0123456789abcdef".into()).property().expect("property");
+        let upload = settable_now(&farm, &row("hello", Properties::from([(k, v)])));
+        assert!(upload.values().all(|p| p == "version"), "{upload:?}");
     }
 }

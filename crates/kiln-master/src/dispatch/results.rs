@@ -51,9 +51,13 @@ impl Dispatcher {
             log_size: size as i64,
         });
         if let Some((name, value)) = r.property {
-            if kiln_core::names::check_property_name(&name).is_ok() {
+            // Only the property the step was given to set: a worker cannot
+            // make up others (a `revision` a rebuild would build, say).
+            if run.sets.get(&r.step) == Some(&name) && kiln_core::names::check_property_name(&name).is_ok() {
                 run.properties.insert(name, Property { value, source: PropertySource::Step });
                 self.pending.push(Write::Properties { build_id: r.build_id, properties: run.properties.clone() });
+            } else {
+                tracing::warn!(build = r.build_id, step = r.step, worker, property = %name, "ignored a property the step does not set");
             }
         }
     }

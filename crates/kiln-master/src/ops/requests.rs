@@ -161,8 +161,14 @@ pub async fn rebuild_dependents(s: &Shared, id: i64, component: &str, target: &s
     let wanted = matrix::dependents_to_rebuild(&farm.cfg, component, target, |dependent| {
         siblings.iter().any(|b| b.component == dependent && b.target == target)
     });
-    let properties: Properties =
-        requested(&build.properties).into_iter().filter(|(_, p)| p.source == PropertySource::Request).collect();
+    // The user's own request properties only: not the upload, and not what
+    // steps set (a commit of another repository means nothing here).
+    let properties: Properties = build
+        .properties
+        .iter()
+        .filter(|(k, p)| p.source == PropertySource::Request && k.as_str() != kiln_core::props::UPLOAD_PROPERTY)
+        .map(|(k, p)| (k.clone(), p.clone()))
+        .collect();
     let rebuilder = Caller::system("rebuild");
     for dependent in wanted {
         let spec = RequestSpec { components: vec![dependent.clone()], all: false, targets: vec![target.to_string()] };
@@ -311,6 +317,29 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("remove");
         let gone = rebuild(&t.shared, &Caller::admin(), made.builds[0].id).await.expect_err("gone");
         assert!(matches!(gone, OpError::NotFound(ref m) if m.contains("no longer kept")), "{gone:?}");
+    }
+
+    #[tokio::test]
+    async fn dependents_rebuild_with_the_request_properties_only() {
+        let config = format!(
+            "{}\n[[component]]\nname = \"app\"\ndepends_on = [\"hello\"]\nrebuild_after = [\"hello\"]\nsteps = [{{ name = \"s\", run = \"true\" }}]\n",
+            crate::ops::testing::FARM
+        );
+        let mut t = Tester::with_config(&config).await;
+        let mut properties = Properties::new();
+        properties.insert("release".into(), Property { value: "true".into(), source: PropertySource::Request });
+        properties.insert("revision".into(), Property { value: "c0ffee1".into(), source: PropertySource::Step });
+        let build =
+            NewBuild { component: "hello".into(), target: "debian-12-amd64".into(), properties, depends_on: vec![] };
+        let made = store_request(&t.shared, "ann", None, vec![build]).await.expect("stored");
+        queued(&mut t);
+        rebuild_dependents(&t.shared, made.builds[0].id, "hello", "debian-12-amd64").await;
+        let rows = queued(&mut t);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].component, "app");
+        assert_eq!(rows[0].properties["release"].value, "true");
+        assert!(!rows[0].properties.contains_key("revision"), "{:?}", rows[0].properties);
+        assert_eq!(rows[0].requested_by.as_deref(), Some("rebuild"));
     }
 
     #[tokio::test]

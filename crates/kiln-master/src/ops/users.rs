@@ -50,7 +50,7 @@ pub async fn remove_user(s: &Shared, caller: &Caller, email: &str) -> Result<Use
         caller.require(Permission::ServerAdmin)?;
     }
     s.store.remove_user(email).await?;
-    s.checked_tokens.clear();
+    forget(s, email);
     tracing::info!(user = %email, by = %caller.name, "user removed");
     Ok(user)
 }
@@ -78,6 +78,12 @@ pub async fn create_token(
     let Some(user) = s.store.user(&whose).await? else {
         return Err(OpError::NotFound(format!("no user {whose} (the admin token is not a user)")));
     };
+    // A token is its user: nobody makes one that can do more than they can.
+    if whose != caller.name {
+        for p in Permissions::parse(&user.permissions).unwrap_or_default().iter() {
+            caller.require(p)?;
+        }
+    }
     let name = name.unwrap_or_else(|| "token".into());
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(OpError::Invalid("a token's name is 1 to 100 printable characters".into()));
@@ -94,9 +100,16 @@ pub async fn revoke_token(s: &Shared, caller: &Caller, id: i64) -> Result<TokenR
         caller.require(Permission::ModifyUsers)?;
     }
     s.store.revoke_token(id, now_us()).await?;
-    s.checked_tokens.clear();
+    forget(s, &token.email);
     tracing::info!(token = id, user = %token.email, by = %caller.name, "token revoked");
     Ok(s.store.token(id).await?.unwrap_or(token))
+}
+
+/// Forgets what was checked of `email`'s tokens: the token cache, and the
+/// browser sessions they opened (they log in again, with a live token).
+fn forget(s: &Shared, email: &str) {
+    s.checked_tokens.clear();
+    s.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, session| session.caller.name != email);
 }
 
 async fn make_token(s: &Shared, user: &UserRow, name: &str) -> Result<MadeToken, OpError> {

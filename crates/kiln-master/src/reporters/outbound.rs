@@ -16,7 +16,8 @@ pub(crate) async fn send_http(req: Option<reqwest::RequestBuilder>) -> Result<()
     match req.send().await {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(Undelivered(format!("refused: {}", resp.status()))),
-        Err(e) => Err(Undelivered(e.to_string())),
+        // Without the URL: a webhook's URL may hold its secret.
+        Err(e) => Err(Undelivered(e.without_url().to_string())),
     }
 }
 

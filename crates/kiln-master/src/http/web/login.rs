@@ -55,7 +55,9 @@ pub async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Respo
             return (StatusCode::UNAUTHORIZED, page_error("Log in failed", "That token is not valid.")).into_response()
         }
         Err(e) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, page_error("Log in failed", &e.to_string())).into_response()
+            tracing::error!(error = %e, "cannot check a token at login");
+            let page = page_error("Log in failed", "The token cannot be checked now; the master's log says why.");
+            return (StatusCode::SERVICE_UNAVAILABLE, page).into_response();
         }
     };
     let (Ok(id), Ok(csrf)) = (random_token(), random_token()) else {

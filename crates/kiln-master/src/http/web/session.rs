@@ -69,7 +69,9 @@ pub async fn read_gate(
     let open = s.farm().cfg.master.anonymous_read
         || !(req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD);
     let path = req.uri().path().to_string();
-    if open || path == "/login" || path.starts_with("/static/") || path.starts_with("/repos/") {
+    // A channel's files (`/repos/CHANNEL/...`), not its page (`/repos/CHANNEL`).
+    let repository_file = path.strip_prefix("/repos/").is_some_and(|rest| rest.contains('/'));
+    if open || path == "/login" || path.starts_with("/static/") || repository_file {
         return next.run(req).await;
     }
     let token_ok = match bearer(req.headers()) {
