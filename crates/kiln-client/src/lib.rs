@@ -72,9 +72,19 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
+        // A read may go again once when its connection failed before an
+        // answer: a kept-alive connection the master closed as idle (its
+        // `header_timeout`) can break just as a request goes out on it.
+        let unreachable = |e| ClientError::Unreachable { url: self.base.clone(), source: e };
+        let req = req.build().map_err(unreachable)?;
+        let again = if is_read(&req) { req.try_clone() } else { None };
+        let sent = match (self.http.execute(req).await, again) {
+            (Err(e), Some(again)) if e.is_request() || e.is_connect() => self.http.execute(again).await,
+            (sent, _) => sent,
+        };
+        let resp = sent.map_err(unreachable)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
+        let bytes = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
@@ -306,4 +316,9 @@ fn url_path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Whether a request only reads (GET or HEAD), so sending it twice is harmless.
+fn is_read(req: &reqwest::Request) -> bool {
+    matches!(*req.method(), reqwest::Method::GET | reqwest::Method::HEAD)
 }

@@ -3,6 +3,7 @@
 //! names any more are removed.
 
 use super::keys::host_deb_arch;
+use crate::events::RepoRefusal;
 use kiln_core::config::{Channel, Family, Target};
 use kiln_db::PackageRow;
 use kiln_repo::apt::{Dist, ReleaseMeta};
@@ -23,7 +24,7 @@ pub(super) fn write_channel(
     rows: &[PackageRow],
     revision: u64,
     mut keep_files: HashSet<String>,
-) -> Result<(), String> {
+) -> Result<(), RepoRefusal> {
     let mut debs: BTreeMap<String, Vec<DebEntry>> = BTreeMap::new();
     let mut dscs: BTreeMap<String, Vec<DscEntry>> = BTreeMap::new();
     let mut rpms: BTreeMap<String, Vec<RpmEntry>> = BTreeMap::new();

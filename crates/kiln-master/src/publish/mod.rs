@@ -64,7 +64,7 @@ impl Publisher {
         ChannelDir::new(self.shared.farm().data_dir().join("repos").join(channel))
     }
 
-    fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, String> {
+    fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, RepoRefusal> {
         if let Some(k) = self.keys.get(&ch.name) {
             return Ok(k.clone());
         }
@@ -117,7 +117,7 @@ impl Publisher {
                         Ok(summary) => PublishOutcome::Published(summary),
                         Err(e) => {
                             tracing::warn!(build = id, error = %e, "publish failed");
-                            PublishOutcome::Failed(e)
+                            PublishOutcome::Failed(e.to_string())
                         }
                     };
                     self.shared.send(Event::Published { build_id: id, outcome });
@@ -131,7 +131,7 @@ impl Publisher {
     }
 
     /// Publishes a build's packages into every channel that takes it.
-    async fn publish_build(&mut self, id: i64) -> Result<String, String> {
+    async fn publish_build(&mut self, id: i64) -> Result<String, RepoRefusal> {
         let store = self.shared.store.clone();
         let build = store.build(id).await.map_err(|e| e.to_string())?.ok_or(format!("build {id} not found"))?;
         let farm = self.shared.farm();
@@ -177,7 +177,7 @@ impl Publisher {
     }
 
     /// Records a channel change, applies retention, and serves the result.
-    async fn commit(&mut self, ch: &Channel, add: &[PackageRow], remove: &[i64]) -> Result<i64, String> {
+    async fn commit(&mut self, ch: &Channel, add: &[PackageRow], remove: &[i64]) -> Result<i64, RepoRefusal> {
         let store = &self.shared.store;
         let mut remove = remove.to_vec();
         if let Some(keep) = ch.keep {
@@ -205,7 +205,7 @@ impl Publisher {
 
     /// Writes the channel's current contents as a new generation, then
     /// removes pool files nothing names.
-    async fn regenerate(&mut self, ch: &Channel) -> Result<(), String> {
+    async fn regenerate(&mut self, ch: &Channel) -> Result<(), RepoRefusal> {
         let store = &self.shared.store;
         let rows = store.packages(&ch.name).await.map_err(|e| e.to_string())?;
         let revision = store.channel_revision(&ch.name).await.map_err(|e| e.to_string())?;

@@ -82,7 +82,7 @@ pub(super) fn prepare(
     files: &[(String, PathBuf)],
     existing: &[PackageRow],
     replace: bool,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, RepoRefusal> {
     let repo = repo_of(target);
     let now = now_us();
     let mut rows: Vec<(PackageRow, PathBuf)> = Vec::new();
@@ -174,7 +174,7 @@ pub(super) fn prepare(
     let err = |e: kiln_repo::RepoError| e.to_string();
     let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
     for (row, src) in rows {
-        match resolve_conflict(&row, existing, &ch.name, replace)? {
+        match resolve_conflict(&row, existing, &ch.name, replace).map_err(RepoRefusal::Conflict)? {
             None => {}
             Some(replaced) => {
                 kiln_repo::publish::place_file(&src, &root.join(&row.file)).map_err(err)?;

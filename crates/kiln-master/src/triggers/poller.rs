@@ -39,11 +39,16 @@ async fn git_output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
+/// Why a remote's branch tip could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NoTip(String);
+
 /// The commit a branch of a remote points at now.
-pub async fn remote_tip(url: &str, branch: &str) -> Result<String, String> {
-    let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await?;
-    let rev = out.split_whitespace().next().ok_or_else(|| format!("{url} has no branch {branch}"))?;
-    check_revision(rev)?;
+pub async fn remote_tip(url: &str, branch: &str) -> Result<String, NoTip> {
+    let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await.map_err(NoTip)?;
+    let rev = out.split_whitespace().next().ok_or_else(|| NoTip(format!("{url} has no branch {branch}")))?;
+    check_revision(rev).map_err(NoTip)?;
     Ok(rev.to_string())
 }
 
@@ -77,7 +82,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), String> {
-    let tip = remote_tip(url, branch).await?;
+    let tip = remote_tip(url, branch).await.map_err(|e| e.to_string())?;
     let seen = shared.store.polled_revision(url, branch).await.map_err(|e| e.to_string())?;
     if seen.as_deref() == Some(tip.as_str()) {
         return Ok(());
