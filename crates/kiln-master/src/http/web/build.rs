@@ -169,15 +169,10 @@ pub async fn cancel(
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
-) -> Response {
-    let sess = match authorize(&s, &headers, f.csrf.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    match ops::builds::cancel(&s, &sess.caller, id).await {
-        Ok(_) => Redirect::to(&format!("/builds/{id}")).into_response(),
-        Err(e) => web_error(e),
-    }
+) -> Result<Redirect, Response> {
+    let sess = authorize(&s, &headers, f.csrf.as_deref())?;
+    ops::builds::cancel(&s, &sess.caller, id).await.map_err(web_error)?;
+    Ok(Redirect::to(&format!("/builds/{id}")))
 }
 
 pub async fn rebuild(
@@ -185,16 +180,11 @@ pub async fn rebuild(
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
-) -> Response {
-    let sess = match authorize(&s, &headers, f.csrf.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    match ops::requests::rebuild(&s, &sess.caller, id).await {
-        Ok(created) => match created.builds.first() {
-            Some(b) => Redirect::to(&format!("/builds/{}", b.id)).into_response(),
-            None => Redirect::to("/").into_response(),
-        },
-        Err(e) => web_error(e),
-    }
+) -> Result<Redirect, Response> {
+    let sess = authorize(&s, &headers, f.csrf.as_deref())?;
+    let created = ops::requests::rebuild(&s, &sess.caller, id).await.map_err(web_error)?;
+    Ok(match created.builds.first() {
+        Some(b) => Redirect::to(&format!("/builds/{}", b.id)),
+        None => Redirect::to("/"),
+    })
 }

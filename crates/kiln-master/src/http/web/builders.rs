@@ -122,32 +122,29 @@ pub async fn one(
     frame(&c, &format!("{component}@{target}"), true, body)
 }
 
-pub async fn force(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<FormPairs>) -> Response {
-    let sess = match authorize(&s, &headers, form_get(&f, "csrf")) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
+pub async fn force(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<FormPairs>,
+) -> Result<Redirect, Response> {
+    let sess = authorize(&s, &headers, form_get(&f, "csrf"))?;
     let components: Vec<String> = f.iter().filter(|(k, _)| k == "component").map(|(_, v)| v.clone()).collect();
     let targets: Vec<String> = f.iter().filter(|(k, _)| k == "target").map(|(_, v)| v.clone()).collect();
     let keys = f.iter().filter(|(k, _)| k == "prop_key").map(|(_, v)| v.trim().to_string());
     let values = f.iter().filter(|(k, _)| k == "prop_value").map(|(_, v)| v.clone());
     let given: BTreeMap<String, String> = keys.zip(values).filter(|(k, _)| !k.is_empty()).collect();
     if components.is_empty() {
-        return (StatusCode::BAD_REQUEST, page_error("Nothing to build", "Choose at least one component."))
-            .into_response();
+        let page = page_error("Nothing to build", "Choose at least one component.");
+        return Err((StatusCode::BAD_REQUEST, page).into_response());
     }
-    let properties = match request_properties(&given, PropertySource::Request) {
-        Ok(p) => p,
-        Err(e) => return web_error(ops::OpError::from(e)),
-    };
+    let properties =
+        request_properties(&given, PropertySource::Request).map_err(|e| web_error(ops::OpError::from(e)))?;
     let reason = form_get(&f, "reason").filter(|r| !r.trim().is_empty()).unwrap_or("forced from the web");
     let spec = RequestSpec { components, all: false, targets };
     let req = NewRequest { spec, properties, reason: Some(reason.to_string()) };
-    match ops::requests::submit(&s, &sess.caller, req).await {
-        Ok(created) if created.builds.len() == 1 => {
-            Redirect::to(&format!("/builds/{}", created.builds[0].id)).into_response()
-        }
-        Ok(_) => Redirect::to("/").into_response(),
-        Err(e) => web_error(e),
-    }
+    let created = ops::requests::submit(&s, &sess.caller, req).await.map_err(web_error)?;
+    Ok(match created.builds.as_slice() {
+        [one] => Redirect::to(&format!("/builds/{}", one.id)),
+        _ => Redirect::to("/"),
+    })
 }

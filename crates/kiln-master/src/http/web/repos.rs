@@ -115,11 +115,8 @@ pub async fn change(
     headers: HeaderMap,
     Path(channel): Path<String>,
     Form(f): Form<FormPairs>,
-) -> Response {
-    let sess = match authorize(&s, &headers, form_get(&f, "csrf")) {
-        Ok(sess) => sess,
-        Err(r) => return *r,
-    };
+) -> Result<Redirect, Response> {
+    let sess = authorize(&s, &headers, form_get(&f, "csrf"))?;
     let get = |k: &str| form_get(&f, k).unwrap_or_default().to_string();
     let op = match get("op").as_str() {
         "promote" => RepoOp::Promote {
@@ -130,10 +127,8 @@ pub async fn change(
             replace: false,
         },
         "remove" => RepoOp::Remove { channel: channel.clone(), name: get("name"), version: Some(get("version")) },
-        other => return (StatusCode::BAD_REQUEST, page_error("Unknown change", other)).into_response(),
+        other => return Err((StatusCode::BAD_REQUEST, page_error("Unknown change", other)).into_response()),
     };
-    match ops::repos::change(&s, &sess.caller, op).await {
-        Ok(_) => Redirect::to(&format!("/repos/{channel}")).into_response(),
-        Err(e) => web_error(e),
-    }
+    ops::repos::change(&s, &sess.caller, op).await.map_err(web_error)?;
+    Ok(Redirect::to(&format!("/repos/{channel}")))
 }

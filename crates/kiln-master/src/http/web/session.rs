@@ -35,18 +35,36 @@ pub fn session(s: &Shared, headers: &HeaderMap) -> Option<Session> {
     s.session(&cookie_value(headers)?)
 }
 
+/// Why a form's POST has no session to act for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSession {
+    /// Nobody is logged in.
+    LoggedOut,
+    /// The form's CSRF token is not the session's.
+    FormExpired,
+}
+
+impl From<NoSession> for Response {
+    fn from(why: NoSession) -> Response {
+        match why {
+            NoSession::LoggedOut => {
+                (StatusCode::UNAUTHORIZED, page_error("Log in first", "This action needs you to log in."))
+                    .into_response()
+            }
+            NoSession::FormExpired => {
+                let text = "The form's token did not match; reload the page and try again.";
+                (StatusCode::FORBIDDEN, page_error("Form expired", text)).into_response()
+            }
+        }
+    }
+}
+
 /// The session a POST needs: logged in, and the form's CSRF token matches.
-pub fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Session, Box<Response>> {
-    let Some(sess) = session(s, headers) else {
-        let page = page_error("Log in first", "This action needs you to log in.");
-        return Err(Box::new((StatusCode::UNAUTHORIZED, page).into_response()));
-    };
+pub fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Session, NoSession> {
+    let sess = session(s, headers).ok_or(NoSession::LoggedOut)?;
     match form_csrf {
         Some(t) if tokens_match(&sess.csrf, t) => Ok(sess),
-        _ => {
-            let page = page_error("Form expired", "The form's token did not match; reload the page and try again.");
-            Err(Box::new((StatusCode::FORBIDDEN, page).into_response()))
-        }
+        _ => Err(NoSession::FormExpired),
     }
 }
 
