@@ -39,3 +39,10 @@ mod xml;
 
 pub use entry::{inspect_rpm, is_primary_file, RpmEntry, CHANGELOG_LIMIT};
 pub use repodata::{render_repodata, render_repodata_cached, RepoFile, GZIP_LEVEL};
+pub use rpmhead::check_rpm;
+
+/// Test RPMs made by hand, for the tests of other modules.
+#[cfg(test)]
+pub(crate) mod rpmhead_tests {
+    pub(crate) use super::rpmhead::tests::{build, Spec};
+}
