@@ -1,13 +1,26 @@
-//! RPM package headers read through the `rpm` crate, the way kiln would read an
-//! uploaded package's metadata with it: the lead, the signature and main headers,
-//! and every field an `RpmEntry` is made from (NEVRA, texts, sizes, files,
-//! dependency lists, changelogs, the main header's byte range). Measures whether
-//! the crate could replace kiln's own header reader (`rpm_headers_ours`).
+//! RPM package headers read through the `rpm` crate behind kiln's guard, as the
+//! master does when it signs a build's package: only what `check_rpm` (kiln's
+//! own reader) finds well formed reaches the crate, which then reads the lead,
+//! both headers and every field an `RpmEntry` is made from (NEVRA, texts,
+//! sizes, files, dependency lists, changelogs, the main header's byte range).
+//! Without the guard the crate panicked within a second (offsets past a
+//! header's data, sizes that overflow) or allocated by claimed counts.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rpm::{IndexSignatureTag, IndexTag};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn scratch() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| std::env::temp_dir().join(format!("kiln-fuzz-rpm-guard-{}.rpm", std::process::id())))
+}
 
 fuzz_target!(|data: &[u8]| {
+    let path = scratch();
+    if std::fs::write(path, data).is_err() || kiln_repo::yum::check_rpm(path).is_err() {
+        return;
+    }
     let Ok(meta) = rpm::PackageMetadata::parse(&mut &data[..]) else { return };
     let _ = meta.get_package_segment_offsets();
     let _ = meta.is_source_package();
