@@ -62,7 +62,7 @@ pub async fn submit(s: &Shared, caller: &Caller, req: NewRequest) -> Result<Crea
             NewBuild { component: p.component, target: p.target, properties, depends_on: p.depends_on }
         })
         .collect();
-    store_request(s, &caller.name, req.reason.as_deref(), builds).await
+    store_request(s, caller, req.reason.as_deref(), builds).await
 }
 
 /// Requests builds of every component `change` concerns, at its revision;
@@ -138,7 +138,7 @@ pub async fn rebuild(s: &Shared, caller: &Caller, id: i64) -> Result<Created, Op
                 properties: with_source(properties, &BuildSource::Upload(upload)),
                 depends_on: Vec::new(),
             };
-            store_request(s, &caller.name, Some(&reason), vec![build]).await
+            store_request(s, caller, Some(&reason), vec![build]).await
         }
     }
 }
@@ -166,7 +166,11 @@ pub async fn rebuild_dependents(s: &Shared, id: i64, component: &str, target: &s
     let properties: Properties = build
         .properties
         .iter()
-        .filter(|(k, p)| p.source == PropertySource::Request && k.as_str() != kiln_core::props::UPLOAD_PROPERTY)
+        .filter(|(k, p)| {
+            p.source == PropertySource::Request
+                && k.as_str() != kiln_core::props::UPLOAD_PROPERTY
+                && k.as_str() != REPLACE
+        })
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
     let rebuilder = Caller::system("rebuild");
@@ -185,13 +189,30 @@ pub async fn rebuild_dependents(s: &Shared, id: i64, component: &str, target: &s
     }
 }
 
+/// The property that overwrites a version already published.
+const REPLACE: &str = "replace";
+
+/// Whether `caller` may ask for builds with these properties: replacing a
+/// published version (`replace=true`) takes server_admin, since clients
+/// that installed the old bytes would never see the new ones.
+pub(super) fn may_ask(caller: &Caller, properties: &Properties) -> Result<(), crate::caller::Forbidden> {
+    if properties.get(REPLACE).is_some_and(|p| p.value == "true") {
+        caller.require(Permission::ServerAdmin)?;
+    }
+    Ok(())
+}
+
 /// Stores a request's builds as queued and wakes the dispatcher.
 pub(super) async fn store_request(
     s: &Shared,
-    who: &str,
+    caller: &Caller,
     reason: Option<&str>,
     builds: Vec<NewBuild>,
 ) -> Result<Created, OpError> {
+    for b in &builds {
+        may_ask(caller, &b.properties)?;
+    }
+    let who = caller.name.as_str();
     let reason = reason.map(|r| r.chars().take(MAX_REASON).collect::<String>());
     let now = now_us();
     let (request_id, ids) = s.store.create_request(now, Some(who), reason.as_deref(), &builds).await?;
@@ -306,7 +327,7 @@ mod tests {
             properties: with_source(Properties::new(), &upload),
             depends_on: Vec::new(),
         };
-        let made = store_request(&t.shared, "ann", None, vec![build]).await.expect("stored");
+        let made = store_request(&t.shared, &Caller::admin(), None, vec![build]).await.expect("stored");
         queued(&mut t);
         let again = rebuild(&t.shared, &Caller::admin(), made.builds[0].id).await.expect("rebuilt");
         let row = &queued(&mut t)[0];
@@ -331,7 +352,7 @@ mod tests {
         properties.insert("revision".into(), Property { value: "c0ffee1".into(), source: PropertySource::Step });
         let build =
             NewBuild { component: "hello".into(), target: "debian-12-amd64".into(), properties, depends_on: vec![] };
-        let made = store_request(&t.shared, "ann", None, vec![build]).await.expect("stored");
+        let made = store_request(&t.shared, &Caller::admin(), None, vec![build]).await.expect("stored");
         queued(&mut t);
         rebuild_dependents(&t.shared, made.builds[0].id, "hello", "debian-12-amd64").await;
         let rows = queued(&mut t);
@@ -340,6 +361,20 @@ mod tests {
         assert_eq!(rows[0].properties["release"].value, "true");
         assert!(!rows[0].properties.contains_key("revision"), "{:?}", rows[0].properties);
         assert_eq!(rows[0].requested_by.as_deref(), Some("rebuild"));
+    }
+
+    #[tokio::test]
+    async fn replacing_a_published_version_needs_server_admin() {
+        let mut t = Tester::new().await;
+        let given = BTreeMap::from([("replace".to_string(), "true".to_string())]);
+        let properties = request_properties(&given, PropertySource::Request).expect("props");
+        let req = NewRequest { spec: spec("hello"), properties, reason: None };
+        let ann = user("ann@example.org", &[Permission::OwnJobs]);
+        let refused = submit(&t.shared, &ann, req.clone()).await.expect_err("refused");
+        assert_eq!(refused, OpError::Forbidden("ann@example.org lacks the server_admin permission this needs".into()));
+        assert!(t.next_event().is_none());
+        submit(&t.shared, &Caller::admin(), req).await.expect("an admin may");
+        assert!(matches!(t.next_event(), Some(Event::Queued(_))));
     }
 
     #[tokio::test]

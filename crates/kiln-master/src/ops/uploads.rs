@@ -80,6 +80,7 @@ pub async fn accept(s: &Shared, caller: &Caller, staging: Staging, choice: Uploa
     caller.require(Permission::OwnJobs)?;
     let who = caller.name.as_str();
     let properties = request_properties(&choice.properties, PropertySource::Request)?;
+    super::requests::may_ask(caller, &properties)?;
     let farm = s.farm();
     let data_dir = farm.data_dir();
     let upload_id = staging.id.clone();
@@ -163,7 +164,7 @@ pub async fn accept(s: &Shared, caller: &Caller, staging: Staging, choice: Uploa
         })
         .collect();
     let reason = format!("upload of {} {}", checked.source, checked.version);
-    let created = store_request(s, who, Some(&reason), builds).await?;
+    let created = store_request(s, caller, Some(&reason), builds).await?;
     tracing::info!(upload = %upload_id, source = %checked.source, version = %checked.version, by = %who, "upload accepted");
     Ok(Accepted { upload_id, source: checked.source, version: checked.version, created })
 }

@@ -5,6 +5,7 @@
 
 use crate::shared::Shared;
 use kiln_core::config::ForgeHook;
+use kiln_core::props::PropertySource;
 use kiln_core::BuildState;
 use kiln_db::BuildRow;
 use std::sync::Arc;
@@ -18,7 +19,10 @@ struct Target {
 }
 
 fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
-    let prop = |k: &str| b.properties.get(k).map(|p| p.value.clone());
+    // Only what an authenticated forge hook or the poller recorded: a user
+    // can give any property with a request, and must not make the farm post
+    // statuses with its forge token to a repository of their choosing.
+    let prop = |k: &str| b.properties.get(k).filter(|p| p.source == PropertySource::Change).map(|p| p.value.clone());
     let forge = prop("change_source")?;
     let farm = shared.farm();
     let hook = match forge.as_str() {
@@ -123,4 +127,44 @@ async fn send(shared: &Arc<Shared>, b: &BuildRow, end: Option<BuildState>) {
     };
     let name = format!("{} commit status of build {}", t.forge, b.id);
     super::outbound::retry(&name, "commit status", || super::outbound::send_http(req.try_clone())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{Tester, FARM};
+    use kiln_core::props::Property;
+
+    fn build_with(source: PropertySource) -> BuildRow {
+        let mut properties = kiln_core::props::Properties::new();
+        for (k, v) in [("change_source", "github"), ("project", "grace/mono"), ("revision", &"a".repeat(40))] {
+            properties.insert(k.into(), Property { value: v.to_string(), source });
+        }
+        BuildRow {
+            id: 1,
+            request_id: 1,
+            component: "pkg".into(),
+            target: "debian-12-amd64".into(),
+            state: BuildState::Queued,
+            reason: None,
+            requested_at: 0,
+            started_at: None,
+            finished_at: None,
+            requested_by: None,
+            worker: None,
+            attempt: 0,
+            properties,
+            depends_on: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn statuses_go_only_where_a_forge_said_the_change_came_from() {
+        let config = format!("{FARM}\n[hooks.github]\nsecret_file = \"gh.secret\"\nstatus_token_file = \"gh.token\"\n");
+        let t = Tester::with_config(&config).await;
+        let from_hook = target_of(&t.shared, &build_with(PropertySource::Change)).expect("a hook's change");
+        assert_eq!((from_hook.forge.as_str(), from_hook.project.as_str()), ("github", "grace/mono"));
+        // The same properties given by a user with their request: no status.
+        assert!(target_of(&t.shared, &build_with(PropertySource::Request)).is_none());
+    }
 }

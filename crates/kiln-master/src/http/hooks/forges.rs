@@ -50,13 +50,19 @@ fn hook_secret(
     let Some(hook) = pick(&farm.cfg.hooks) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no {forge} hook is configured ([hooks.{forge}])")));
     };
-    farm.secret(&hook.secret, &format!("[hooks.{forge}] secret")).map_err(|e| {
+    let unusable = |why: &str| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the {forge} hook's secret {why}; see the master's log"))
+    };
+    let secret = farm.secret(&hook.secret, &format!("[hooks.{forge}] secret")).map_err(|e| {
         tracing::error!(error = %e, "cannot read a hook's secret");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the {forge} hook's secret cannot be read; see the master's log"),
-        )
-    })
+        unusable("cannot be read")
+    })?;
+    // An empty key would make every signature computable by anyone.
+    if secret.trim().is_empty() {
+        tracing::error!(forge, "a hook's secret is empty; its deliveries are refused");
+        return Err(unusable("is empty"));
+    }
+    Ok(secret)
 }
 
 /// Checks a hex HMAC-SHA256 of the body in constant time.
@@ -138,5 +144,29 @@ async fn handle(s: &Arc<Shared>, change: Option<Change>, forge: &str) -> HookRes
             change.urls.first().map(String::as_str).unwrap_or("?"),
             change.branch
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{Tester, FARM};
+
+    #[tokio::test]
+    async fn an_empty_secret_refuses_every_delivery() {
+        let t = Tester::with_config(&format!("{FARM}\n[hooks.github]\nsecret_file = \"gh.secret\"\n")).await;
+        let file = t.shared.farm().base_dir.join("gh.secret");
+        std::fs::write(&file, " \n").expect("write");
+        let refused = hook_secret(&t.shared, "github", |h| &h.github).expect_err("empty");
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.message.contains("is empty"), "{}", refused.message);
+        // With an HMAC key of nothing, anyone could sign a delivery.
+        assert!(signature_ok(
+            "",
+            b"{}",
+            &hex::encode(Hmac::<Sha256>::new_from_slice(b"").expect("key").chain_update(b"{}").finalize().into_bytes())
+        ));
+        std::fs::write(&file, "s3cret\n").expect("write");
+        assert_eq!(hook_secret(&t.shared, "github", |h| &h.github).expect("secret"), "s3cret");
     }
 }

@@ -21,9 +21,16 @@ pub struct NextQuery {
 }
 
 /// Only local paths are followed after login (no open redirect).
+/// Browsers drop tabs, newlines and spaces in a URL and read `\` as `/`, so
+/// `/\t/evil.example` would leave the site: a path holding any of them is refused.
 fn safe_next(next: Option<&str>) -> String {
+    let local = |n: &str| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n) if local(n) => n.to_string(),
         _ => "/".to_string(),
     }
 }
@@ -94,4 +101,18 @@ pub async fn logout(State(s): State<AppState>, headers: HeaderMap, Form(f): Form
         HeaderValue::from_static("kiln_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(super::safe_next(Some("/builds/7?step=1")), "/builds/7?step=1");
+        for off_site in
+            ["//evil.example", "/\t/evil.example", "/\\evil.example", "/ /evil.example", "https://x", "/\n/x"]
+        {
+            assert_eq!(super::safe_next(Some(off_site)), "/", "{off_site:?}");
+        }
+        assert_eq!(super::safe_next(None), "/");
+    }
 }
