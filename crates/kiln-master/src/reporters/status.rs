@@ -19,10 +19,15 @@ struct Target {
 }
 
 fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
-    // Only what an authenticated forge hook or the poller recorded: a user
-    // can give any property with a request, and must not make the farm post
-    // statuses with its forge token to a repository of their choosing.
-    let prop = |k: &str| b.properties.get(k).filter(|p| p.source == PropertySource::Change).map(|p| p.value.clone());
+    // Only where an authenticated forge hook or the poller said the change
+    // came from: a user can give any property with a request, and must not
+    // make the farm post statuses with its forge token to a repository of
+    // their choosing. The revision is the change's, or the commit the
+    // checkout step found for it.
+    let from = |k: &str, sources: &[PropertySource]| {
+        b.properties.get(k).filter(|p| sources.contains(&p.source)).map(|p| p.value.clone())
+    };
+    let prop = |k: &str| from(k, &[PropertySource::Change]);
     let forge = prop("change_source")?;
     let farm = shared.farm();
     let hook = match forge.as_str() {
@@ -33,7 +38,7 @@ fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
     }?;
     hook.status_token.as_ref()?;
     let project = prop("project")?;
-    let revision = prop("revision")?;
+    let revision = from("revision", &[PropertySource::Change, PropertySource::Step])?;
     // Both come from a checked payload, but they go into a URL path.
     let safe = |s: &str| {
         !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) && !s.contains("..")
@@ -166,5 +171,11 @@ mod tests {
         assert_eq!((from_hook.forge.as_str(), from_hook.project.as_str()), ("github", "grace/mono"));
         // The same properties given by a user with their request: no status.
         assert!(target_of(&t.shared, &build_with(PropertySource::Request)).is_none());
+        // Once the checkout has set the revision it built, the status still goes.
+        let mut checked_out = build_with(PropertySource::Change);
+        checked_out
+            .properties
+            .insert("revision".into(), Property { value: "b".repeat(40), source: PropertySource::Step });
+        assert_eq!(target_of(&t.shared, &checked_out).expect("still the hook's").revision, "b".repeat(40));
     }
 }
