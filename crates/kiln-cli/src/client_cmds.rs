@@ -71,19 +71,32 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         reason: args.reason.clone(),
     };
     let created = client.create_builds(&body).await?;
-    if args.remote.json && !args.follow {
-        println!("{}", serde_json::to_string_pretty(&created)?);
+    requested(&client, &created, "", args.follow, args.remote.json).await
+}
+
+/// Says which builds a request made (`ID COMPONENT TARGET`, each with
+/// `note`; or the JSON), then with `follow` follows them to the end: the
+/// exit code says whether all succeeded.
+async fn requested(
+    client: &kiln_client::Client,
+    created: &kiln_proto::api::BuildRequestCreated,
+    note: &str,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if json && !follow {
+        println!("{}", serde_json::to_string_pretty(created)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if !args.remote.json {
+    if !json {
         for b in &created.builds {
-            println!("{}\t{}\t{}", b.id, b.component, b.target);
+            println!("{}\t{}\t{}{note}", b.id, b.component, b.target);
         }
     }
-    if !args.follow {
+    if !follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let ok = crate::follow::follow_request(&client, created.request_id, args.remote.json).await?;
+    let ok = crate::follow::follow_request(client, created.request_id, json).await?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -271,20 +284,7 @@ pub async fn cancel(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
 pub async fn rebuild(id: i64, follow: bool, remote: &Remote) -> anyhow::Result<ExitCode> {
     let client = remote.client()?;
     let created = client.rebuild(id).await?;
-    if remote.json && !follow {
-        println!("{}", serde_json::to_string_pretty(&created)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if !remote.json {
-        for b in &created.builds {
-            println!("{}\t{}\t{}\t(rebuild of #{id})", b.id, b.component, b.target);
-        }
-    }
-    if !follow {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ok = crate::follow::follow_request(&client, created.request_id, remote.json).await?;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    requested(&client, &created, &format!("\t(rebuild of #{id})"), follow, remote.json).await
 }
 
 pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {

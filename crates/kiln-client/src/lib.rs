@@ -79,7 +79,9 @@ impl Client {
         let req = req.build().map_err(unreachable)?;
         let again = if is_read(&req) { req.try_clone() } else { None };
         let sent = match (self.http.execute(req).await, again) {
-            (Err(e), Some(again)) if e.is_request() || e.is_connect() => self.http.execute(again).await,
+            (Err(e), Some(again)) if (e.is_request() || e.is_connect()) && !e.is_timeout() => {
+                self.http.execute(again).await
+            }
             (sent, _) => sent,
         };
         let resp = sent.map_err(unreachable)?;
