@@ -26,6 +26,8 @@ pub enum ControlError {
     BadEntry { field: &'static str, entry: String },
     #[error("file {0:?} has an invalid name")]
     BadName(String),
+    #[error(transparent)]
+    BadValue(#[from] crate::names::PackageNameError),
     #[error("file {name}: the size differs between {a} and {b}")]
     SizeDisagrees { name: String, a: &'static str, b: &'static str },
 }
@@ -124,6 +126,9 @@ pub fn parse_source_upload(text: &str) -> Result<SourceUpload, ControlError> {
     if source.is_empty() || version.is_empty() {
         return Err(ControlError::Missing("Source"));
     }
+    // Both become parts of pool paths and file names.
+    crate::names::check_deb_name("Source", &source)?;
+    crate::names::check_deb_version(&version)?;
     let mut files: BTreeMap<String, ListedFile> = BTreeMap::new();
     let lists: [(&'static str, SetChecksum); 3] = [
         ("Files", |f, c| f.md5 = Some(c)),
@@ -210,23 +215,32 @@ iQIzBAEBCAAdFiEE
     fn rejects_what_is_malformed() {
         assert_eq!(parse_source_upload(""), Err(ControlError::Empty));
         assert_eq!(parse_source_upload("Version: 1\nFiles:\n aa 1 x\n"), Err(ControlError::Missing("Source")));
-        assert_eq!(parse_source_upload("Source: x\nVersion: 1\n"), Err(ControlError::Missing("Files")));
+        assert_eq!(parse_source_upload("Source: xy\nVersion: 1\n"), Err(ControlError::Missing("Files")));
         assert!(matches!(
-            parse_source_upload("Source: x\nVersion: 1\nFiles:\n zz 1 x.tar\n"),
+            parse_source_upload("Source: xy\nVersion: 1\nFiles:\n zz 1 x.tar\n"),
             Err(ControlError::BadEntry { .. })
         ));
         assert!(matches!(
-            parse_source_upload("Source: x\nVersion: 1\nFiles:\n aa 1 ../etc/passwd\n"),
+            parse_source_upload("Source: xy\nVersion: 1\nFiles:\n aa 1 ../etc/passwd\n"),
             Err(ControlError::BadName(_))
         ));
         assert!(matches!(
-            parse_source_upload("Source: x\nVersion: 1\nFiles:\n aa 1 a.tar\nChecksums-Sha256:\n bb 2 a.tar\n"),
+            parse_source_upload("Source: xy\nVersion: 1\nFiles:\n aa 1 a.tar\nChecksums-Sha256:\n bb 2 a.tar\n"),
             Err(ControlError::SizeDisagrees { .. })
         ));
         assert_eq!(parse_paragraph(" leading continuation\n"), Err(ControlError::BadLine(1)));
         assert_eq!(
-            parse_paragraph("-----BEGIN PGP SIGNED MESSAGE-----\n\nSource: x\n"),
+            parse_paragraph("-----BEGIN PGP SIGNED MESSAGE-----\n\nSource: xy\n"),
             Err(ControlError::UnterminatedSignature)
         );
+        // The source name and version become pool paths: traversal is refused.
+        assert!(matches!(
+            parse_source_upload("Source: ../../../../tmp/x\nVersion: 1\nFiles:\n aa 1 x.tar\n"),
+            Err(ControlError::BadValue(_))
+        ));
+        assert!(matches!(
+            parse_source_upload("Source: xy\nVersion: 1/../../x\nFiles:\n aa 1 x.tar\n"),
+            Err(ControlError::BadValue(_))
+        ));
     }
 }

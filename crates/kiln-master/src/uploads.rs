@@ -144,7 +144,7 @@ mod tests {
         let sha = hex::encode(Sha256::digest(b"hello"));
         let md5 = hex::encode(Md5::digest(b"hello"));
         let dsc = format!(
-            "Source: x\nVersion: 1.0-1\nChecksums-Sha256:\n {sha} 5 x_1.0.tar.xz\n {sha} 5 x_1.0.debian.tar.xz\nFiles:\n {md5} 5 x_1.0.tar.xz\n {md5} 5 x_1.0.debian.tar.xz\n {md5} 5 x_1.0.orig.tar.gz\n"
+            "Source: xy\nVersion: 1.0-1\nChecksums-Sha256:\n {sha} 5 x_1.0.tar.xz\n {sha} 5 x_1.0.debian.tar.xz\nFiles:\n {md5} 5 x_1.0.tar.xz\n {md5} 5 x_1.0.debian.tar.xz\n {md5} 5 x_1.0.orig.tar.gz\n"
         );
         fs::write(dir.path().join("x_1.0-1.dsc"), dsc).expect("write");
         let names: Vec<String> = ["x_1.0-1.dsc", "x_1.0.tar.xz", "x_1.0.debian.tar.xz"].map(String::from).to_vec();

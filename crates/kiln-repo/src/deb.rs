@@ -131,15 +131,13 @@ pub fn entry_from_control(control: &str, filename: &str, sums: &Sums) -> std::re
     let name = get("Package")?.to_string();
     let version = get("Version")?.to_string();
     let arch = get("Architecture")?.to_string();
-    for (what, v) in [("Package", &name), ("Version", &version), ("Architecture", &arch)] {
-        if v.contains(char::is_whitespace) || v.contains('/') {
-            return Err(format!("control file: bad {what} {v:?}"));
-        }
-    }
     let source = field(&p, "Source").and_then(|s| s.split_whitespace().next()).unwrap_or(name.as_str()).to_string();
-    if source.is_empty() || source.contains('/') || source.starts_with('.') {
-        return Err(format!("control file: bad Source {source:?}"));
-    }
+    // Names become pool directories and index entries: Debian's grammars first.
+    let bad = |e: kiln_core::names::PackageNameError| format!("control file: {e}");
+    kiln_core::names::check_deb_name("Package", &name).map_err(bad)?;
+    kiln_core::names::check_deb_name("Source", &source).map_err(bad)?;
+    kiln_core::names::check_deb_version(&version).map_err(bad)?;
+    kiln_core::names::check_deb_arch(&arch).map_err(bad)?;
     // The control text as written (field order and continuation lines
     // intact), then where the file is and what it hashes to.
     let mut stanza = String::with_capacity(control.len() + 256);
@@ -265,7 +263,9 @@ mod tests {
             .contains("no Architecture"));
         assert!(entry_from_control("Package: ../a\nVersion: 1\nArchitecture: all\n", "f", &sums)
             .expect_err("must fail")
-            .contains("bad Package"));
+            .contains("Package \"../a\" is not valid"));
+        let traversal = "Package: ab\nSource: ../../../../tmp/x\nVersion: 1\nArchitecture: all\n";
+        assert!(entry_from_control(traversal, "f", &sums).expect_err("must fail").contains("Source \"../"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{RepoError, Result};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Mode of the files a repository serves.
 const FILE_MODE: u32 = 0o644;
@@ -83,13 +83,28 @@ fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Resul
     fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
 }
 
+/// `root` joined with the relative path `rel`, refused unless every part of
+/// `rel` is a plain name: no `..`, no `.`, no empty part, not absolute. So
+/// the result stays under `root`, whatever a package's fields said.
+pub fn confined(root: &Path, rel: &str) -> Result<PathBuf> {
+    let plain = |part: &str| !part.is_empty() && part != "." && part != ".." && !part.contains('\0');
+    if rel.is_empty() || rel.starts_with('/') || !rel.split('/').all(plain) {
+        let shown: String = rel.chars().take(120).collect();
+        return Err(RepoError::Invalid(format!("refused the path {shown:?}: it would leave the repository")));
+    }
+    Ok(root.join(rel))
+}
+
 /// Places a package file at `dest` by hard link (same file system), else by
-/// copy; mode 0644 either way. An existing `dest` is left as it is.
+/// copy; mode 0644 either way. An existing `dest` is left as it is. The file
+/// and its directory reach the disk before it is there under its name, so a
+/// power cut never leaves an index naming a missing or partial file.
 pub fn place_file(src: &Path, dest: &Path) -> Result<()> {
     if dest.exists() {
         return Ok(());
     }
-    if let Some(parent) = dest.parent() {
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
         create_dirs(parent)?;
     }
     let tmp = dest.with_extension("kiln-tmp");
@@ -98,7 +113,37 @@ pub fn place_file(src: &Path, dest: &Path) -> Result<()> {
         fs::copy(src, &tmp).map_err(|e| RepoError::io(src, e))?;
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(FILE_MODE)).map_err(|e| RepoError::io(&tmp, e))?;
-    fs::rename(&tmp, dest).map_err(|e| RepoError::io(dest, e))
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| RepoError::io(&tmp, e))?;
+    fs::rename(&tmp, dest).map_err(|e| RepoError::io(dest, e))?;
+    if let Some(parent) = parent {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Flushes a directory's entries (names made, renamed or removed) to disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| RepoError::io(dir, e))
+}
+
+/// Flushes every file and directory under `dir` (symlinks are not
+/// followed) to disk: a tree built under a temporary name is whole on disk
+/// before a rename makes it visible.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| RepoError::io(&d, e))? {
+            let e = e.map_err(|e| RepoError::io(&d, e))?;
+            let t = e.file_type().map_err(|err| RepoError::io(e.path(), err))?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                fs::File::open(e.path()).and_then(|f| f.sync_all()).map_err(|err| RepoError::io(e.path(), err))?;
+            }
+        }
+        sync_dir(&d)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -107,6 +152,18 @@ mod tests {
 
     fn mode_of(path: &Path) -> u32 {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn confined_paths_stay_under_the_root() {
+        let root = Path::new("/srv/repo");
+        assert_eq!(
+            confined(root, "pool/apt/main/h/hello/x.deb").expect("plain"),
+            root.join("pool/apt/main/h/hello/x.deb")
+        );
+        for bad in ["", "/etc/passwd", "pool/../../x", "pool/./x", "pool//x", "..", "pool/.."] {
+            assert!(confined(root, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

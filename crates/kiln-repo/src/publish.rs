@@ -70,13 +70,14 @@ impl ChannelDir {
     }
 
     /// Where the file an APT index calls `pool/...` lives.
-    pub fn apt_pool_file(&self, filename: &str) -> PathBuf {
-        self.root.join("pool/apt").join(filename.strip_prefix("pool/").unwrap_or(filename))
+    pub fn apt_pool_file(&self, filename: &str) -> Result<PathBuf> {
+        self.file(&format!("pool/apt/{}", filename.strip_prefix("pool/").unwrap_or(filename)))
     }
 
-    /// Where an rpm target's package `file_name` lives.
-    pub fn yum_pool_file(&self, target: &str, file_name: &str) -> PathBuf {
-        self.root.join("pool/yum").join(target).join(file_name)
+    /// The file at `rel` (relative to the channel directory), refused unless
+    /// it stays inside: names in it came from packages, which are untrusted.
+    pub fn file(&self, rel: &str) -> Result<PathBuf> {
+        crate::fsio::confined(&self.root, rel)
     }
 
     /// The served tree (`current`), resolved.
@@ -164,11 +165,16 @@ impl ChannelDir {
         if done.exists() {
             fs::remove_dir_all(&done).map_err(|e| RepoError::io(&done, e))?;
         }
+        // On disk whole before it is named, and named before it is served:
+        // after a power cut `current` names a complete generation.
+        crate::fsio::sync_tree(&tmp)?;
         fs::rename(&tmp, &done).map_err(|e| RepoError::io(&done, e))?;
+        crate::fsio::sync_dir(&gens)?;
         let link_tmp = self.root.join("current.tmp");
         let _ = fs::remove_file(&link_tmp);
         std::os::unix::fs::symlink(format!("gens/{gen}"), &link_tmp).map_err(|e| RepoError::io(&link_tmp, e))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(|e| RepoError::io(&self.root, e))?;
+        crate::fsio::sync_dir(&self.root)?;
         self.prune(gen);
         cache.prune();
         Ok(())

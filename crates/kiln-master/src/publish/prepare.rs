@@ -142,7 +142,7 @@ pub(super) fn prepare(
                         .iter()
                         .find(|(n, _)| n == f)
                         .ok_or(format!("{name} lists {f}, which the build did not upload"))?;
-                    place_file(p, &dir.apt_pool_file(&format!("{pool}/{f}"))).map_err(err)?;
+                    place_file(p, &dir.apt_pool_file(&format!("{pool}/{f}")).map_err(err)?).map_err(err)?;
                 }
                 let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
                 let rel = format!("{}/{name}", pool.trim_start_matches("pool/"));
@@ -177,7 +177,7 @@ pub(super) fn prepare(
         match resolve_conflict(&row, existing, &ch.name, replace).map_err(RepoRefusal::Conflict)? {
             None => {}
             Some(replaced) => {
-                kiln_repo::publish::place_file(&src, &root.join(&row.file)).map_err(err)?;
+                kiln_repo::publish::place_file(&src, &dir.file(&row.file).map_err(err)?).map_err(err)?;
                 out.remove.extend(replaced);
                 out.add.push(row);
             }
@@ -245,7 +245,7 @@ pub(super) fn promote(
     let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
     let now = now_us();
     for p in picked {
-        let from = src.root().join(&p.file);
+        let from = src.file(&p.file).map_err(|e| e.to_string())?;
         let mut row = PackageRow { id: 0, channel: ch.name.clone(), published_at: now, ..p.clone() };
         let replaced = match resolve_conflict(&row, existing, &ch.name, replace).map_err(RepoRefusal::Conflict)? {
             None => continue,
@@ -259,16 +259,17 @@ pub(super) fn promote(
                 row.file = signed.file;
                 row.sha256 = signed.sums.sha256;
                 row.size = signed.sums.size as i64;
-                place_file(&signed.staged, &dst.root().join(&row.file)).map_err(err)?;
+                place_file(&signed.staged, &dst.file(&row.file).map_err(err)?).map_err(err)?;
                 let _ = std::fs::remove_dir_all(dst.root().join("pool/.incoming"));
             }
             "dsc" => {
                 let e: DscEntry = serde_json::from_str(&p.entry).map_err(|e| e.to_string())?;
                 let parent = Path::new(&p.file).parent().map(Path::to_path_buf).unwrap_or_default();
                 for f in &e.files {
-                    place_file(&src.root().join(&parent).join(f), &dst.root().join(&parent).join(f)).map_err(err)?;
+                    let rel = format!("{}/{f}", parent.display());
+                    place_file(&src.file(&rel).map_err(err)?, &dst.file(&rel).map_err(err)?).map_err(err)?;
                 }
-                place_file(&from, &dst.root().join(&row.file)).map_err(err)?;
+                place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?;
             }
             "deb" if ch.sign_debs => {
                 // Re-signed by the channel it enters; a new pool path, as its bytes change.
@@ -287,10 +288,10 @@ pub(super) fn promote(
                 row.file = format!("pool/apt/{rel}");
                 row.sha256 = sums.sha256;
                 row.size = sums.size as i64;
-                place_file(&signed, &dst.root().join(&row.file)).map_err(err)?;
+                place_file(&signed, &dst.file(&row.file).map_err(err)?).map_err(err)?;
                 let _ = std::fs::remove_dir_all(&staging);
             }
-            _ => place_file(&from, &dst.root().join(&row.file)).map_err(err)?,
+            _ => place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?,
         }
         out.remove.extend(replaced);
         out.add.push(row);

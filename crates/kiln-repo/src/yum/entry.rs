@@ -216,6 +216,8 @@ pub fn inspect_rpm(path: &Path, location: &str, sha256: &str, size: u64, mtime: 
         if value.is_empty() {
             return Err(RepoError::bad(path, format!("header has no package {what}")));
         }
+        // They become pool file names and index entries.
+        kiln_core::names::check_rpm_field(what, value).map_err(|e| RepoError::bad(path, format!("header: {e}")))?;
     }
     let epoch = h.int(IndexTag::RPMTAG_EPOCH).and_then(|e| u32::try_from(e).ok()).unwrap_or(0);
     let installed = h.int(IndexTag::RPMTAG_LONGSIZE).or_else(|| h.int(IndexTag::RPMTAG_SIZE)).unwrap_or(0);
