@@ -124,8 +124,26 @@ pub enum InterpolateError {
 }
 
 /// Replaces every `%(prop:NAME)s` (or `%(prop:NAME:-default)s`) in `text`
-/// with the property's value; `%%` is a literal `%`.
+/// with the property's value; `%%` is a literal `%`. For values that are
+/// data as they stand (a step's `env`); a shell script takes
+/// [`interpolate_shell`].
 pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
+    interpolate_with(text, lookup, |v, out| out.push_str(v))
+}
+
+/// [`interpolate`] for a `run` script: each value goes in as one shell
+/// word, single-quoted, so a property (which a requester or a change hook
+/// may set) is data and never shell syntax. A script that wants the shell
+/// to split or expand a value says so with `$KILN_PROP_NAME`.
+pub fn interpolate_shell(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
+    interpolate_with(text, lookup, |v, out| out.push_str(&crate::pipeline::sh_quote(v)))
+}
+
+fn interpolate_with(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    insert: impl Fn(&str, &mut String),
+) -> Result<String, InterpolateError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut consumed = 0;
@@ -157,7 +175,7 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             None => (spec, None),
         };
         match lookup(name).or_else(|| default.map(str::to_string)) {
-            Some(v) => out.push_str(&v),
+            Some(v) => insert(&v, &mut out),
             None => return Err(InterpolateError::Missing(name.to_string())),
         }
         let used = pos + 2 + close + 2;
@@ -245,6 +263,23 @@ mod tests {
         assert_eq!(interpolate("%(prop:nope)s", props), Err(InterpolateError::Missing("nope".into())));
         assert_eq!(interpolate("x %(prop:version", props), Err(InterpolateError::Unterminated(2)));
         assert!(matches!(interpolate("%(src:x)s", props), Err(InterpolateError::Unsupported(_))));
+    }
+
+    #[test]
+    fn shell_interpolation_inserts_one_quoted_word() {
+        let hostile = |name: &str| match name {
+            "branch" => Some("main'; cat /etc/shadow; echo '".into()),
+            "msg" => Some("$(id) `id` ${HOME}".into()),
+            _ => None,
+        };
+        assert_eq!(
+            interpolate_shell("git log %(prop:branch)s", hostile).as_deref(),
+            Ok(r#"git log 'main'\''; cat /etc/shadow; echo '\'''"#)
+        );
+        assert_eq!(interpolate_shell("echo %(prop:msg)s", hostile).as_deref(), Ok("echo '$(id) `id` ${HOME}'"));
+        assert_eq!(interpolate_shell("echo %(prop:x:-a b)s", hostile).as_deref(), Ok("echo 'a b'"));
+        // The raw form stays for values that are not shell text.
+        assert_eq!(interpolate("%(prop:msg)s", hostile).as_deref(), Ok("$(id) `id` ${HOME}"));
     }
 
     #[test]

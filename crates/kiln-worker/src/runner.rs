@@ -5,7 +5,7 @@
 use crate::process;
 use base64::Engine;
 use kiln_core::duration::format_duration;
-use kiln_core::props::{env_name, interpolate};
+use kiln_core::props::{env_name, interpolate, interpolate_shell};
 use kiln_core::{BuildState, StepState};
 use kiln_proto::wire::{BuildResult, Job, JobStep, StepResult, WorkerMsg};
 use std::collections::BTreeMap;
@@ -326,7 +326,8 @@ async fn run_step(
         message: None,
     };
     let lookup = |name: &str| props.get(name).cloned();
-    let script = match interpolate(&step.run, lookup) {
+    // Property values are data: they enter the script as quoted words.
+    let script = match interpolate_shell(&step.run, lookup) {
         Ok(s) => s,
         Err(e) => {
             log.line(&format!("kiln: cannot run step {}: {e}\n", step.name));
