@@ -404,7 +404,7 @@ steps = [ {{ name = "show", run = "cat grace.c" }} ]
         .await
         .expect("create");
     let b = farm.wait_finished(created.builds[0].id, Duration::from_secs(60)).await;
-    assert_eq!(b.properties["revision"].value, c);
+    assert_eq!(b.properties["got_revision"].value, c);
 }
 
 /// ngIRCd on a free loopback port, and a client of our own in `#builds`.

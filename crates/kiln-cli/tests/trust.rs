@@ -29,3 +29,172 @@ steps = [ { name = "say", run = "echo got: %(prop:note)s; echo plain: %(prop:oth
     assert!(log.contains("plain: none\n"), "{log:?}");
     assert!(!marker.exists(), "the property's shell syntax ran");
 }
+
+/// A worker (or whoever holds its token) is believed about the build it was
+/// given and nothing else: no property its step was not declared to set,
+/// none the master owns, no step or log it was not sent, no file the build
+/// was not asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_is_believed_only_about_what_it_was_asked() {
+    use kiln_core::StepState;
+    use kiln_proto::wire::{BuildResult, MasterMsg, StepResult, WorkerMsg};
+    use kiln_testing::scripted::ScriptedWorker;
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "honest"
+steps = [
+  { name = "version", run = "echo 1.0", set_property = "version" },
+  { name = "package", run = "true" },
+]
+artifacts = ["out/*.txt"]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let token = std::fs::read_to_string(farm.path("secrets/w1.token")).expect("token");
+    let (mut w, welcome) = ScriptedWorker::connect(farm.worker_port, "w1", token.trim(), &["t"]).await;
+    assert!(matches!(welcome, MasterMsg::Welcome { .. }), "{welcome:?}");
+    let client = farm.client();
+    let id = client.create_builds(&request(&["honest"], &[])).await.expect("create").builds[0].id;
+    let job = w.job().await;
+    assert_eq!((job.build_id, job.artifacts.as_slice()), (id, ["out/*.txt".to_string()].as_slice()));
+    let step = |step: u32, property: Option<(&str, &str)>| StepResult {
+        build_id: id,
+        step,
+        state: StepState::Succeeded,
+        exit_code: Some(0),
+        property: property.map(|(k, v)| (k.to_string(), v.to_string())),
+        message: None,
+    };
+    // Step 0 declares `version`: believed. Step 1 declares nothing, and
+    // `release` would place the packages in a release channel: ignored.
+    w.send(WorkerMsg::StepStarted { build_id: id, step: 0 }).await;
+    w.send(WorkerMsg::StepFinished(step(0, Some(("version", "1.0"))))).await;
+    w.send(WorkerMsg::StepFinished(step(1, Some(("release", "true"))))).await;
+    // A step the build does not have, and its log.
+    w.send(WorkerMsg::StepFinished(step(99, Some(("version", "6.6.6"))))).await;
+    w.send(WorkerMsg::Log { build_id: id, step: 1000, offset: 0, data: "made up\n".into() }).await;
+    // A package the build was not asked for.
+    w.upload(id, "evil_1.0_all.deb", b"!<arch>\n").await;
+    let result = BuildResult {
+        build_id: id,
+        state: kiln_core::BuildState::Succeeded,
+        reason: None,
+        steps: vec![step(0, None), step(1, None)],
+        artifacts: vec!["evil_1.0_all.deb".into()],
+    };
+    w.send(WorkerMsg::BuildFinished(result)).await;
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Failed, "{b:?}");
+    let reason = b.reason.clone().unwrap_or_default();
+    assert!(reason.contains("evil_1.0_all.deb: the build was not asked for a file of that name"), "{reason}");
+    assert_eq!(b.properties["version"].value, "1.0");
+    assert!(!b.properties.contains_key("release"), "{:?}", b.properties);
+    assert!(b.artifacts.is_empty(), "{:?}", b.artifacts);
+    assert!(!farm.path(&format!("data/logs/{id}/1000.log")).exists(), "a log for a step the build lacks");
+    let log = farm.master_log();
+    assert!(log.contains("ignored a property the step does not set"), "{log}");
+}
+
+/// Makes `$PKG_$VERSION_all.deb` (name from the `pkg` property).
+const MAKE_DEB: &str = r#"set -e
+name=$KILN_PROP_PKG; v=1.0~b$KILN_BUILD_ID
+mkdir -p pkg/DEBIAN
+printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kiln@localhost>\nDescription: test\n test\n' "$name" "$v" > pkg/DEBIAN/control
+dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null"#;
+
+/// A package name belongs to the component that published it first:
+/// another component's build that makes it is refused, with the reason,
+/// unless the config says the name moved (`adopts`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_cannot_publish_another_components_package() {
+    let config = format!(
+        r#"{ONE_WORKER}
+[[component]]
+name = "tool"
+properties = {{ pkg = "kiln-tool" }}
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+
+[[component]]
+name = "thief"
+properties = {{ pkg = "kiln-tool" }}
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+
+[[component]]
+name = "heir"
+adopts = ["kiln-tool"]
+properties = {{ pkg = "kiln-tool" }}
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+"#
+    );
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let first = build(&farm, "tool").await;
+    assert_eq!(first.state, BuildState::Succeeded, "{first:?}");
+    let stolen = build(&farm, "thief").await;
+    assert_eq!(stolen.state, BuildState::Failed, "{stolen:?}");
+    let reason = stolen.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("component thief may not publish kiln-tool (a deb of component tool)")
+            && reason.contains("`adopts`"),
+        "{reason}"
+    );
+    let moved = build(&farm, "heir").await;
+    assert_eq!(moved.state, BuildState::Succeeded, "{moved:?}");
+    // Now the heir's: the first owner is refused in turn.
+    let back = build(&farm, "tool").await;
+    assert_eq!(back.state, BuildState::Failed, "{back:?}");
+    let published = client.packages("dev", None, None).await.expect("packages");
+    let builders: Vec<Option<i64>> = published.iter().map(|p| p.build_id).collect();
+    assert!(builders.contains(&Some(first.id)) && builders.contains(&Some(moved.id)), "{published:?}");
+    assert!(!builders.contains(&Some(stolen.id)) && !builders.contains(&Some(back.id)), "{published:?}");
+}
+
+async fn build(farm: &Farm, component: &str) -> kiln_proto::api::Build {
+    let id = farm.client().create_builds(&request(&[component], &[])).await.expect("create").builds[0].id;
+    farm.wait_finished(id, Duration::from_secs(60)).await
+}
+
+/// A `.dsc` whose `Source:` climbs out of the pool is refused before the
+/// publisher writes anything, and nothing appears outside the repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traversing_source_name_is_refused_and_writes_nothing() {
+    let make_dsc = r#"set -e
+echo data > x_1.0.tar.gz
+sum=$(sha256sum x_1.0.tar.gz | cut -d' ' -f1); md=$(md5sum x_1.0.tar.gz | cut -d' ' -f1); size=$(stat -c %s x_1.0.tar.gz)
+printf 'Format: 1.0\nSource: ../../../../../escaped\nVersion: 1.0\nFiles:\n %s %s x_1.0.tar.gz\nChecksums-Sha256:\n %s %s x_1.0.tar.gz\n' "$md" "$size" "$sum" "$size" > x_1.0.dsc"#;
+    let config = format!(
+        r#"{ONE_WORKER}
+[[component]]
+name = "climber"
+steps = [ {{ name = "package", run = '''{make_dsc}''' }} ]
+artifacts = ["*.dsc", "*.tar.gz"]
+"#
+    );
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let id = farm.client().create_builds(&request(&["climber"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(b.state, BuildState::Failed, "{b:?}");
+    let reason = b.reason.clone().unwrap_or_default();
+    assert!(reason.contains("Source \"../../../../../escaped\" is not valid"), "{reason}");
+    let escaped: Vec<_> =
+        walk(&farm.path("")).into_iter().filter(|p| p.to_string_lossy().contains("escaped")).collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}

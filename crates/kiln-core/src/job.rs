@@ -58,6 +58,7 @@ pub fn uploaded_component(name: &str, upload_dir: &str) -> Component {
         after: Vec::new(),
         properties: Default::default(),
         artifacts: Vec::new(),
+        adopts: Vec::new(),
         spec: None,
         timeout: None,
         no_output_timeout: None,

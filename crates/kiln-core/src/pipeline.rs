@@ -34,7 +34,7 @@ fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
 
 /// The step that puts a git source's tree in the work dir: the revision the
 /// build names (property `revision`), else the tip of its branch (property
-/// `branch`, else the configured one). It sets `revision` to the full
+/// `branch`, else the configured one). It sets `got_revision` to the full
 /// commit id, so every build says exactly what it built.
 pub fn checkout_step(git: &GitSource) -> StepSpec {
     let mut run = format!(
@@ -49,7 +49,7 @@ pub fn checkout_step(git: &GitSource) -> StepSpec {
         run.push_str(" --submodules");
     }
     let mut s = step("checkout", run, Some(Duration::from_secs(1800)));
-    s.set_property = Some("revision".into());
+    s.set_property = Some(crate::props::GOT_REVISION.into());
     s
 }
 

@@ -62,8 +62,8 @@ pub fn request_properties(
 
 /// The properties a build's request gave it (from the user, or from the
 /// change it builds: revision, branch, repository), with their sources,
-/// and the `revision` it built (a checkout step sets it to the commit it
-/// checked out): what a rebuild of it asks for again, so the rebuild builds
+/// and the `revision` it built (a checkout step sets `got_revision` to the
+/// commit it checked out): what a rebuild of it asks for again, so the rebuild builds
 /// the same commit, not its branch's tip. The upload a build takes its
 /// source from is not among them ([`crate::job::BuildSource`] carries it).
 pub fn requested(properties: &Properties) -> Properties {
@@ -74,7 +74,7 @@ pub fn requested(properties: &Properties) -> Properties {
         })
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
-    if let Some(built) = properties.get(REVISION).filter(|p| p.source == PropertySource::Step) {
+    if let Some(built) = properties.get(GOT_REVISION).filter(|p| p.source == PropertySource::Step) {
         // It came with a change when the build has other change properties.
         let from_change = properties.values().any(|p| p.source == PropertySource::Change);
         let source = if from_change { PropertySource::Change } else { PropertySource::Request };
@@ -85,6 +85,34 @@ pub fn requested(properties: &Properties) -> Properties {
 
 /// The property naming the commit a git source is built at.
 pub const REVISION: &str = "revision";
+
+/// The property kiln's checkout step sets to the commit it checked out
+/// (Buildbot's name). A worker reports it; `revision` stays the master's.
+pub const GOT_REVISION: &str = "got_revision";
+
+/// Properties that only requests, changes and the master set: what decides
+/// where a build's packages go (`release`, `replace`), what it builds
+/// (`revision`, `branch`, `repository`, `upload`) and where its status is
+/// reported (`project`, `change_source`). A step may not be declared to set
+/// one, and a worker's report of one is ignored, so a build cannot promote
+/// itself into a release or aim a commit status elsewhere.
+pub const RESERVED: &[&str] = &[
+    "release",
+    "replace",
+    REVISION,
+    "branch",
+    "repository",
+    UPLOAD_PROPERTY,
+    "project",
+    "change_source",
+    "changed_by",
+    "published",
+];
+
+/// Whether only the master may set property `name` (see [`RESERVED`]).
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
 
 /// Where a property's value came from, shown next to it in the API and UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,7 +266,8 @@ mod tests {
         assert_eq!(again.keys().map(String::as_str).collect::<Vec<_>>(), ["release", "revision"]);
         assert_eq!(again["revision"].source, PropertySource::Change);
         // The commit a checkout resolved (set by its step) is built again too.
-        p.insert("revision".into(), Property { value: "c0ffee".into(), source: PropertySource::Step });
+        p.remove("revision");
+        p.insert(GOT_REVISION.into(), Property { value: "c0ffee".into(), source: PropertySource::Step });
         assert_eq!(requested(&p)["revision"], Property { value: "c0ffee".into(), source: PropertySource::Request });
         p.insert("branch".into(), Property { value: "main".into(), source: PropertySource::Change });
         assert_eq!(requested(&p)["revision"].source, PropertySource::Change);

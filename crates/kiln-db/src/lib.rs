@@ -24,7 +24,7 @@ mod users;
 mod views;
 
 pub use builds::Write;
-pub use packages::{PackageRow, SnapshotRow};
+pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
 pub use store::Store;
 pub use users::{TokenRow, UserRow};

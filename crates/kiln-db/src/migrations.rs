@@ -175,4 +175,19 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#,
     },
+    Migration {
+        version: 9,
+        description: "which component owns each published package name",
+        sql: r#"
+CREATE TABLE package_owners (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    component TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+INSERT INTO package_owners (kind, name, component)
+    SELECT p.kind, p.name, MIN(b.component) FROM packages p JOIN builds b ON b.id = p.build_id
+    GROUP BY p.kind, p.name;
+"#,
+    },
 ];

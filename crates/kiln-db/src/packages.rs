@@ -28,6 +28,15 @@ pub struct PackageRow {
     pub published_at: i64,
 }
 
+/// A package name and the component that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameOwner {
+    /// `deb`, `dsc` or `rpm`.
+    pub kind: String,
+    pub name: String,
+    pub owner: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub channel: String,
@@ -136,6 +145,55 @@ impl Store {
         let revision = bump_revision(&mut tx, channel).await?;
         tx.commit().await?;
         Ok(revision)
+    }
+
+    /// Records `component` as the owner of each `(kind, name)` nobody owns
+    /// yet, and takes over those it `adopts`. Returns the names another
+    /// component owns, with their owner; when there is any, nothing is
+    /// recorded. One transaction, so two publishes cannot both take a name.
+    pub async fn claim_package_names(
+        &self,
+        component: &str,
+        names: &[(String, String)],
+        adopts: &[String],
+    ) -> Result<Vec<NameOwner>> {
+        let mut tx = self.pool.begin().await?;
+        let mut taken = Vec::new();
+        for (kind, name) in names {
+            sqlx::query(
+                "INSERT INTO package_owners (kind, name, component) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(component)
+            .execute(&mut *tx)
+            .await?;
+            let owner: String = sqlx::query("SELECT component FROM package_owners WHERE kind = $1 AND name = $2")
+                .bind(kind)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if owner == component {
+                continue;
+            }
+            if adopts.iter().any(|a| a == name) {
+                sqlx::query("UPDATE package_owners SET component = $1 WHERE kind = $2 AND name = $3")
+                    .bind(component)
+                    .bind(kind)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                taken.push(NameOwner { kind: kind.clone(), name: name.clone(), owner });
+            }
+        }
+        if taken.is_empty() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(taken)
     }
 
     /// Saves the channel's current packages as snapshot `name`.

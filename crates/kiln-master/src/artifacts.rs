@@ -20,6 +20,13 @@ use kiln_core::names::valid_artifact_name;
 /// How many artifacts of one build may be in flight at once.
 const MAX_OPEN_PARTS: usize = 64;
 
+const NOT_ASKED: &str = "the build was not asked for a file of that name";
+
+/// Whether `name` matches an artifact pattern its build was sent.
+fn asked(intake: &Intake, build_id: i64, name: &str) -> bool {
+    intake.expected.get(&build_id).is_some_and(|globs| globs.iter().any(|g| g.matches(name)))
+}
+
 pub struct ArtifactStore {
     root: PathBuf,
     incoming: PathBuf,
@@ -35,6 +42,9 @@ struct Intake {
     failures: HashMap<(i64, String), String>,
     /// Artifacts stored whole, until their build ends.
     completed: std::collections::HashSet<(i64, String)>,
+    /// The file-name part of each artifact pattern a build was sent: a
+    /// worker's upload of any other name is refused.
+    expected: HashMap<i64, Vec<kiln_core::glob::Pattern>>,
 }
 
 struct Part {
@@ -82,6 +92,16 @@ impl ArtifactStore {
         intake.failures.entry(key).or_insert(format!("artifact {name}: {why}"));
     }
 
+    /// Accepts artifacts for `build_id` only under names that the last part
+    /// of one of `patterns` (relative paths the worker collects) matches.
+    pub fn expect(&self, build_id: i64, patterns: &[String]) {
+        let names = patterns
+            .iter()
+            .filter_map(|p| kiln_core::glob::Pattern::new(p.rsplit('/').next().unwrap_or(p)).ok())
+            .collect();
+        self.lock().expected.insert(build_id, names);
+    }
+
     /// Takes a piece of an artifact. A piece that does not continue the
     /// upload in progress (left over from a connection that dropped) is
     /// ignored; the upload is checked as a whole when it is done.
@@ -89,6 +109,9 @@ impl ArtifactStore {
         let mut intake = self.lock();
         if !valid_artifact_name(name) {
             return self.fail(&mut intake, build_id, name, "invalid artifact name".into());
+        }
+        if !asked(&intake, build_id, name) {
+            return self.fail(&mut intake, build_id, name, NOT_ASKED.into());
         }
         let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
             Ok(b) => b,
@@ -134,6 +157,10 @@ impl ArtifactStore {
         let mut intake = self.lock();
         if !valid_artifact_name(name) {
             self.fail(&mut intake, build_id, name, "invalid artifact name".into());
+            return None;
+        }
+        if !asked(&intake, build_id, name) {
+            self.fail(&mut intake, build_id, name, NOT_ASKED.into());
             return None;
         }
         let Some(mut part) = intake.parts.remove(&(build_id, name.to_string())) else {
@@ -214,6 +241,7 @@ impl ArtifactStore {
             }
         }
         intake.completed.retain(|(b, _)| *b != build_id);
+        intake.expected.remove(&build_id);
         let stale: Vec<(i64, String)> = intake.parts.keys().filter(|(b, _)| *b == build_id).cloned().collect();
         for key in stale {
             if let Some(p) = intake.parts.remove(&key) {
@@ -240,6 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ArtifactStore::new(dir.path(), 10).expect("store");
         let sha = hex::encode(Sha256::digest(b"hello world"));
+        store.expect(1, &["out/*.deb".into()]);
         // Over the 10-byte limit: refused, nothing left in incoming.
         store.chunk(1, "a.deb", 0, &b64(b"hello "));
         store.chunk(1, "a.deb", 6, &b64(b"world"));
@@ -248,6 +277,9 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
 
         let store = ArtifactStore::new(dir.path(), 100).expect("store");
+        for build in 2..=6 {
+            store.expect(build, &["out/*.deb".into(), "*.log".into()]);
+        }
         store.chunk(2, "a.deb", 0, &b64(b"hello "));
         store.chunk(2, "a.deb", 6, &b64(b"world"));
         let stored = store.done(2, "a.deb", 11, &sha).expect("stored");
@@ -278,5 +310,12 @@ mod tests {
             .expect("failure")
             .contains("lost.deb: did not arrive"));
         assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
+        // A file the build was not asked for, and a build nobody asked anything of.
+        store.expect(7, &[".kiln-out/*.deb".into()]);
+        store.chunk(7, "evil.rpm", 0, &b64(b"x"));
+        assert!(store.finish_build(7, &[]).expect("failure").contains("evil.rpm: the build was not asked for"));
+        store.chunk(8, "a.deb", 0, &b64(b"x"));
+        assert!(store.done(8, "a.deb", 1, &sha).is_none());
+        assert!(store.finish_build(8, &[]).expect("failure").contains("not asked"));
     }
 }

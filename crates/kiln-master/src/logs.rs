@@ -24,6 +24,8 @@ pub struct LogStore {
 
 struct Active {
     worker: String,
+    /// How many steps the build has: output for any other index is refused.
+    steps: u32,
     open: HashMap<u32, (File, u64)>,
 }
 
@@ -53,8 +55,8 @@ impl LogStore {
 
     /// Starts accepting output for a build from `worker`. The build's
     /// directory is made when the first output arrives.
-    pub fn begin(&self, build_id: i64, worker: &str) {
-        self.lock().insert(build_id, Active { worker: worker.to_string(), open: HashMap::new() });
+    pub fn begin(&self, build_id: i64, worker: &str, steps: u32) {
+        self.lock().insert(build_id, Active { worker: worker.to_string(), steps, open: HashMap::new() });
     }
 
     /// Removes what an attempt of a build logged (it is being re-queued).
@@ -84,7 +86,9 @@ impl LogStore {
         let Some(a) = active.get_mut(&build_id) else {
             return Ok(false);
         };
-        if a.worker != worker {
+        // A worker may write only its own build's logs, and only its steps'
+        // (each step is a file: a made-up index would be a new one).
+        if a.worker != worker || step >= a.steps {
             return Ok(false);
         }
         let (file, len) = match a.open.entry(step) {
@@ -202,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = LogStore::new(dir.path()).expect("store");
         assert!(!logs.append(1, "w", 0, 0, "early").expect("append"));
-        logs.begin(1, "w");
+        logs.begin(1, "w", 2);
         assert!(!logs.append(1, "other", 0, 0, "spoof").expect("append"));
         assert!(logs.append(1, "w", 0, 0, "hello ").expect("append"));
         assert!(logs.append(1, "w", 0, 6, "wörld\n").expect("append"));

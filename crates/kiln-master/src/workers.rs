@@ -67,7 +67,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     certified: Option<String>,
     shared: Arc<Shared>,
 ) {
-    let mut framed = Framed::new(stream, wire::codec());
+    // Small frames until the worker is known (its hello is a few hundred bytes).
+    let mut framed = Framed::new(stream, wire::hello_codec());
     let first = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
     let hello = match first {
         Ok(Some(Ok(frame))) => match wire::decode::<WorkerMsg>(&frame) {
@@ -80,6 +81,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     if let Err(reason) = admit(&shared, &hello, certified.as_deref(), &address) {
         return refuse(&mut framed, &reason).await;
     }
+    framed.codec_mut().set_max_frame_length(wire::MAX_FRAME);
     let name = hello.name.clone();
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();

@@ -201,9 +201,20 @@ pub struct JobStep {
     pub privileged: bool,
 }
 
+/// The largest frame a connection may send before its hello is accepted:
+/// an unauthenticated peer makes the master hold no more than this.
+pub const MAX_HELLO_FRAME: usize = 64 * 1024;
+
 /// The framing both sides use.
 pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+}
+
+/// The framing of a connection whose peer is not admitted yet: frames up
+/// to [`MAX_HELLO_FRAME`]; raise it with `set_max_frame_length(MAX_FRAME)`
+/// once the peer is known.
+pub fn hello_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_HELLO_FRAME).new_codec()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -246,6 +246,11 @@ pub struct Component {
     /// Files the build produces (glob patterns relative to the build's work
     /// dir, e.g. `out/*.deb`), uploaded to the master when it succeeds.
     pub artifacts: Vec<String>,
+    /// Package names this component takes over from the component that
+    /// published them first (a library that moved to another source). A
+    /// name belongs to the first component that publishes it; another's
+    /// build that produces it is refused unless it adopts the name.
+    pub adopts: Vec<String>,
     /// The `.spec` for rpm targets, relative to the source tree; found in
     /// the tree when absent.
     pub spec: Option<String>,

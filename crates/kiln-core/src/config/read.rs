@@ -65,6 +65,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "secrets",
     "before",
     "after",
+    "adopts",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -323,6 +324,15 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         );
     }
     let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+    let adopts = r.string_list(tbl, "adopts", &what).unwrap_or_default();
+    for (name, span) in &adopts {
+        // Debian's grammar is the narrower one; RPM names pass it too when lower-case.
+        let ok = crate::names::check_deb_name("package", name).is_ok()
+            || crate::names::check_rpm_field("package", name).is_ok();
+        if !ok {
+            r.err(span, format!("{what}: `adopts` names {name:?}, which is not a package name"));
+        }
+    }
     let timeout = duration_key(r, tbl, "timeout", &what);
     let no_output_timeout = duration_key(r, tbl, "no_output_timeout", &what);
     let memory = read_memory(r, tbl, &what);
@@ -344,6 +354,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         after,
         properties,
         artifacts: artifacts.into_iter().map(|a| a.0).collect(),
+        adopts: adopts.into_iter().map(|a| a.0).collect(),
         spec,
         timeout,
         no_output_timeout,
@@ -729,6 +740,13 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, key: &str) -> Vec<St
         let name = named(r, st, &swhat);
         let run = r.required_string(st, "run", &swhat);
         let set_property = r.string(st, "set_property", &swhat).and_then(|(p, pspan)| match check_property_name(&p) {
+            Ok(()) if crate::props::is_reserved(&p) => {
+                r.err(
+                    &pspan,
+                    format!("{swhat}: `set_property = {p:?}`: only requests and changes set {p:?}, not steps"),
+                );
+                None
+            }
             Ok(()) => Some(p),
             Err(e) => {
                 r.err(&pspan, format!("{swhat}: {e}"));

@@ -121,6 +121,30 @@ fn step_names_are_unique_per_component() {
 }
 
 #[test]
+fn steps_may_not_set_what_the_master_owns() {
+    let errs = errors(
+        "[[component]]\nname = \"a\"\nsteps = [ { name = \"s\", run = \"echo true\", set_property = \"release\" } ]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("`set_property = \"release\"`: only requests and changes set \"release\", not steps"),
+        "{errs:?}"
+    );
+    assert!(errors(
+        "[[component]]\nname = \"a\"\nsteps = [ { name = \"s\", run = \"echo 1\", set_property = \"version\" } ]\n"
+    )
+    .is_empty());
+}
+
+#[test]
+fn components_adopt_package_names_by_name() {
+    let farm = parse("[[component]]\nname = \"grace\"\nadopts = [\"libgrace1\", \"grace-tools\"]\n").expect("parses");
+    assert_eq!(farm.components[0].adopts, ["libgrace1", "grace-tools"]);
+    let errs = errors("[[component]]\nname = \"grace\"\nadopts = [\"../x\"]\n");
+    assert!(errs.iter().any(|e| e.contains("adopts") && e.contains("../x")), "{errs:?}");
+}
+
+#[test]
 fn schedules_are_parsed_and_checked() {
     let good = format!("{EXAMPLE}\n[[schedule]]\nname = \"nightly\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Amsterdam\"\ncomponents = [\"*\"]\n");
     let cfg = parse(&good).expect("parses");

@@ -24,19 +24,32 @@ pub(super) fn component_of<'a>(
     }
 }
 
-/// The property each step of `plan` may set, by step index. A worker's
-/// report of any other property is not believed.
-pub(super) fn settable(plan: &StepPlan) -> HashMap<u32, String> {
-    let declared = plan.steps.iter().enumerate();
-    declared.filter_map(|(i, s)| Some((i as u32, s.spec.set_property.clone()?))).collect()
+/// What the master believes from a worker about one build: the property
+/// each step may set (by step index), how many steps there are (log output
+/// for no other), and the artifact patterns it was sent (no other file is
+/// taken). Anything else a worker reports is ignored or refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Allowed {
+    pub sets: HashMap<u32, String>,
+    pub steps: u32,
+    pub artifacts: Vec<String>,
 }
 
-/// What the steps of a build that was running before a restart may set,
-/// from the config as it is now (nothing, if the build cannot be planned).
-pub(super) fn settable_now(farm: &crate::farm::LoadedFarm, b: &BuildRow) -> HashMap<u32, String> {
+pub(super) fn allowed(plan: &StepPlan) -> Allowed {
+    let declared = plan.steps.iter().enumerate();
+    Allowed {
+        sets: declared.filter_map(|(i, s)| Some((i as u32, s.spec.set_property.clone()?))).collect(),
+        steps: plan.steps.len() as u32,
+        artifacts: plan.artifacts.clone(),
+    }
+}
+
+/// What is allowed for a build that was running before a restart, from the
+/// config as it is now (nothing, if the build cannot be planned).
+pub(super) fn allowed_now(farm: &crate::farm::LoadedFarm, b: &BuildRow) -> Allowed {
     component_of(farm, &b.component, &b.properties)
         .and_then(|c| steps_for(&b.target, farm.cfg.target(&b.target), &c).ok())
-        .map(|plan| settable(&plan))
+        .map(|plan| allowed(&plan))
         .unwrap_or_default()
 }
 
@@ -68,7 +81,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let sets = settable(&plan);
+        let allowed = allowed(&plan);
         let artifacts = plan.artifacts;
         let steps: Vec<JobStep> = plan
             .steps
@@ -116,7 +129,8 @@ impl Dispatcher {
         let Some(q) = self.queue.remove(&id) else {
             return;
         };
-        self.shared.logs.begin(id, worker);
+        self.shared.logs.begin(id, worker, allowed.steps);
+        self.shared.artifacts.expect(id, &allowed.artifacts);
         let job = Job {
             build_id: id,
             component: q.component.clone(),
@@ -142,7 +156,7 @@ impl Dispatcher {
                 target: q.target,
                 properties: q.properties,
                 steps_done: HashSet::new(),
-                sets,
+                allowed,
                 cancelled_by: None,
                 publishing: false,
             },
@@ -222,15 +236,17 @@ mod tests {
         let farm = t.shared.farm();
         // A git component of the standard pipeline: its checkout (step 0)
         // sets `revision`, its source step `version`; nothing else is believed.
-        let sets = settable_now(&farm, &row("pkg", Properties::new()));
-        assert_eq!(sets, HashMap::from([(0, "revision".to_string()), (1, "version".to_string())]));
+        let pkg = allowed_now(&farm, &row("pkg", Properties::new()));
+        assert_eq!(pkg.sets, HashMap::from([(0, "got_revision".to_string()), (1, "version".to_string())]));
+        assert_eq!(pkg.artifacts, [format!("{}/*", kiln_core::pipeline::OUTPUT_DIR)]);
         // A component of shell steps that set nothing.
-        assert!(settable_now(&farm, &row("hello", Properties::new())).is_empty());
+        let hello = allowed_now(&farm, &row("hello", Properties::new()));
+        assert!(hello.sets.is_empty() && hello.steps > 0, "{hello:?}");
         // A build whose component is gone: nothing is believed.
-        assert!(settable_now(&farm, &row("gone", Properties::new())).is_empty());
+        assert_eq!(allowed_now(&farm, &row("gone", Properties::new())), Allowed::default());
         // An upload builds with the standard pipeline, whatever its name.
         let (k, v) = BuildSource::Upload("0123456789abcdef".into()).property().expect("property");
-        let upload = settable_now(&farm, &row("hello", Properties::from([(k, v)])));
-        assert!(upload.values().all(|p| p == "version"), "{upload:?}");
+        let upload = allowed_now(&farm, &row("hello", Properties::from([(k, v)])));
+        assert!(upload.sets.values().all(|p| p == "version"), "{upload:?}");
     }
 }

@@ -48,8 +48,8 @@ struct RunningBuild {
     target: String,
     properties: Properties,
     steps_done: HashSet<u32>,
-    /// The property each step may set (its `set_property`), by index.
-    sets: HashMap<u32, String>,
+    /// What its worker may report (properties, steps, artifacts).
+    allowed: assign::Allowed,
     /// Who asked to cancel it, for the reason recorded.
     cancelled_by: Option<String>,
     /// Its worker is done; its packages are with the publisher.
@@ -131,7 +131,7 @@ impl Dispatcher {
                             target: b.target,
                             properties: b.properties,
                             steps_done: HashSet::new(),
-                            sets: HashMap::new(),
+                            allowed: assign::Allowed::default(),
                             cancelled_by: None,
                             publishing: true,
                         },
@@ -145,7 +145,7 @@ impl Dispatcher {
                         "build was running before restart; waiting for its worker"
                     );
                     self.orphans.insert(b.id, deadline);
-                    let sets = assign::settable_now(&self.shared.farm(), &b);
+                    let allowed = assign::allowed_now(&self.shared.farm(), &b);
                     self.running.insert(
                         b.id,
                         RunningBuild {
@@ -154,7 +154,7 @@ impl Dispatcher {
                             target: b.target,
                             properties: b.properties,
                             steps_done: HashSet::new(),
-                            sets,
+                            allowed,
                             cancelled_by: None,
                             publishing: false,
                         },

@@ -26,10 +26,11 @@ impl Dispatcher {
         let mut running = HashSet::new();
         // Builds it still runs, or finished and is about to report: they stay its own.
         for id in hello.running.iter().chain(&hello.finished) {
-            if self.running.get(id).is_some_and(|r| r.worker == name) {
+            if let Some(run) = self.running.get(id).filter(|r| r.worker == name) {
                 running.insert(*id);
                 self.orphans.remove(id);
-                self.shared.logs.begin(*id, &name);
+                self.shared.logs.begin(*id, &name, run.allowed.steps);
+                self.shared.artifacts.expect(*id, &run.allowed.artifacts);
                 tracing::info!(build = id, worker = %name, "worker resumed a running build");
             } else {
                 abandon.push(*id);

@@ -14,7 +14,8 @@ impl Dispatcher {
             | WorkerMsg::ArtifactChunk { .. }
             | WorkerMsg::ArtifactDone { .. } => {}
             WorkerMsg::StepStarted { build_id, step } => {
-                if !self.is_running_on(build_id, worker) {
+                let known = self.running.get(&build_id).is_some_and(|r| r.worker == worker && step < r.allowed.steps);
+                if !known {
                     return;
                 }
                 self.pending.push(Write::StepStarted { build_id, idx: i64::from(step), at: now_us() });
@@ -35,7 +36,7 @@ impl Dispatcher {
         let Some(run) = self.running.get_mut(&r.build_id) else {
             return;
         };
-        if !run.steps_done.insert(r.step) {
+        if r.step >= run.allowed.steps || !run.steps_done.insert(r.step) {
             return;
         }
         let size = self.shared.logs.finish_step(r.build_id, r.step).unwrap_or_else(|e| {
@@ -51,9 +52,14 @@ impl Dispatcher {
             log_size: size as i64,
         });
         if let Some((name, value)) = r.property {
-            // Only the property the step was given to set: a worker cannot
-            // make up others (a `revision` a rebuild would build, say).
-            if run.sets.get(&r.step) == Some(&name) && kiln_core::names::check_property_name(&name).is_ok() {
+            // Only the property the step was given to set, and never one
+            // the master owns: a worker cannot make up others (a `release`
+            // that places packages, a `revision` a rebuild would build).
+            if run.allowed.sets.get(&r.step) == Some(&name)
+                && kiln_core::names::check_property_name(&name).is_ok()
+                && value.len() <= kiln_core::props::MAX_VALUE_LEN
+                && !kiln_core::props::is_reserved(&name)
+            {
                 run.properties.insert(name, Property { value, source: PropertySource::Step });
                 self.pending.push(Write::Properties { build_id: r.build_id, properties: run.properties.clone() });
             } else {
@@ -79,7 +85,8 @@ impl Dispatcher {
                 BuildState::Failed
             }
         };
-        let mut reason = r.reason.clone();
+        // A worker's words, shown on pages and in mail: bounded.
+        let mut reason = r.reason.as_deref().map(|s| cut(s, MAX_REASON));
         let mut state = state;
         // Artifacts stored before a master restart count as arrived too.
         let mut expected = r.artifacts.clone();
@@ -170,4 +177,19 @@ impl Dispatcher {
             });
         }
     }
+}
+
+/// The longest failure reason kept from a worker.
+const MAX_REASON: usize = 4096;
+
+/// `s`, cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }

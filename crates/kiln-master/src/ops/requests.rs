@@ -349,7 +349,7 @@ mod tests {
         let mut t = Tester::with_config(&config).await;
         let mut properties = Properties::new();
         properties.insert("release".into(), Property { value: "true".into(), source: PropertySource::Request });
-        properties.insert("revision".into(), Property { value: "c0ffee1".into(), source: PropertySource::Step });
+        properties.insert("got_revision".into(), Property { value: "c0ffee1".into(), source: PropertySource::Step });
         let build =
             NewBuild { component: "hello".into(), target: "debian-12-amd64".into(), properties, depends_on: vec![] };
         let made = store_request(&t.shared, &Caller::admin(), None, vec![build]).await.expect("stored");

@@ -157,7 +157,7 @@ impl Publisher {
                 Ok((a.name.clone(), path))
             })
             .collect::<Result<_, String>>()?;
-        let mut summary = Vec::new();
+        let mut ready = Vec::new();
         for ch in channels {
             let key = self.key(&ch)?;
             let existing = store.packages(&ch.name).await.map_err(|e| e.to_string())?;
@@ -167,6 +167,12 @@ impl Publisher {
                 tokio::task::spawn_blocking(move || prepare(&dir, &ch2, &key, &target, id, &files, &existing, replace))
                     .await
                     .map_err(|e| e.to_string())??;
+            ready.push((ch, prepared));
+        }
+        let adopts = farm.cfg.component(&build.component).map(|c| c.adopts.clone()).unwrap_or_default();
+        self.claim_names(&build.component, ready.iter().flat_map(|(_, p)| &p.add), &adopts).await?;
+        let mut summary = Vec::new();
+        for (ch, prepared) in ready {
             let n = prepared.add.len();
             if n > 0 || !prepared.remove.is_empty() {
                 self.commit(&ch, &prepared.add, &prepared.remove).await?;
@@ -174,6 +180,34 @@ impl Publisher {
             summary.push(format!("{n} to {}", ch.name));
         }
         Ok(summary.join(", "))
+    }
+
+    /// Makes sure `component` may publish the packages in `rows`: a name
+    /// belongs to the component that published it first (recorded now for
+    /// new names), so one component's build (or a worker lying about its
+    /// output) cannot replace another's packages. `adopts` names the ones
+    /// the config says moved to this component.
+    async fn claim_names(
+        &self,
+        component: &str,
+        rows: impl Iterator<Item = &PackageRow>,
+        adopts: &[String],
+    ) -> Result<(), RepoRefusal> {
+        let mut names: Vec<(String, String)> = rows.map(|r| (r.kind.clone(), r.name.clone())).collect();
+        names.sort();
+        names.dedup();
+        let taken =
+            self.shared.store.claim_package_names(component, &names, adopts).await.map_err(|e| e.to_string())?;
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> =
+            taken.iter().map(|t| format!("{} (a {} of component {})", t.name, t.kind, t.owner)).collect();
+        Err(RepoRefusal::Conflict(format!(
+            "component {component} may not publish {}: each name belongs to the component that published it first; \
+             if it moved, add it to `adopts` of component {component}",
+            list.join(", ")
+        )))
     }
 
     /// Records a channel change, applies retention, and serves the result.

@@ -64,7 +64,7 @@ pub(super) async fn send(
     if let Some(r) = &b.reason {
         body.push_str(&format!("Reason: {r}\n"));
     }
-    for key in ["version", "revision", "branch", "changed_by"] {
+    for key in ["version", "revision", "got_revision", "branch", "changed_by"] {
         if let Some(p) = b.properties.get(key) {
             body.push_str(&format!("{key}: {}\n", p.value));
         }

@@ -22,12 +22,9 @@ fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
     // Only where an authenticated forge hook or the poller said the change
     // came from: a user can give any property with a request, and must not
     // make the farm post statuses with its forge token to a repository of
-    // their choosing. The revision is the change's, or the commit the
-    // checkout step found for it.
-    let from = |k: &str, sources: &[PropertySource]| {
-        b.properties.get(k).filter(|p| sources.contains(&p.source)).map(|p| p.value.clone())
-    };
-    let prop = |k: &str| from(k, &[PropertySource::Change]);
+    // their choosing. The revision is the change's too: what a worker says
+    // it checked out (`got_revision`) does not choose the commit.
+    let prop = |k: &str| b.properties.get(k).filter(|p| p.source == PropertySource::Change).map(|p| p.value.clone());
     let forge = prop("change_source")?;
     let farm = shared.farm();
     let hook = match forge.as_str() {
@@ -38,7 +35,7 @@ fn target_of(shared: &Shared, b: &BuildRow) -> Option<Target> {
     }?;
     hook.status_token.as_ref()?;
     let project = prop("project")?;
-    let revision = from("revision", &[PropertySource::Change, PropertySource::Step])?;
+    let revision = prop("revision")?;
     // Both come from a checked payload, but they go into a URL path.
     let safe = |s: &str| {
         !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) && !s.contains("..")
@@ -171,11 +168,11 @@ mod tests {
         assert_eq!((from_hook.forge.as_str(), from_hook.project.as_str()), ("github", "grace/mono"));
         // The same properties given by a user with their request: no status.
         assert!(target_of(&t.shared, &build_with(PropertySource::Request)).is_none());
-        // Once the checkout has set the revision it built, the status still goes.
+        // What a worker says it checked out does not move the status.
         let mut checked_out = build_with(PropertySource::Change);
         checked_out
             .properties
-            .insert("revision".into(), Property { value: "b".repeat(40), source: PropertySource::Step });
-        assert_eq!(target_of(&t.shared, &checked_out).expect("still the hook's").revision, "b".repeat(40));
+            .insert("got_revision".into(), Property { value: "b".repeat(40), source: PropertySource::Step });
+        assert_eq!(target_of(&t.shared, &checked_out).expect("still the hook's").revision, "a".repeat(40));
     }
 }
