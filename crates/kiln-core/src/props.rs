@@ -17,6 +17,17 @@ pub const MAX_PROPERTIES: usize = 100;
 /// upload does.
 pub const UPLOAD_PROPERTY: &str = "upload";
 
+/// The property that records the fingerprint of the OpenPGP key that signed
+/// the upload a build takes its source from. Requests may not set it; only
+/// an accepted signed upload does.
+pub const SIGNED_BY_PROPERTY: &str = "signed_by";
+
+/// Whether only kiln sets property `name`: what it says about an upload
+/// must not be claimable by a request.
+pub fn is_reserved(name: &str) -> bool {
+    name == UPLOAD_PROPERTY || name == SIGNED_BY_PROPERTY
+}
+
 /// Why properties given with a request were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PropertyError {
@@ -24,7 +35,7 @@ pub enum PropertyError {
     TooMany(usize),
     #[error("{0}")]
     BadName(String),
-    #[error("the property `{0}` is reserved: it names the upload a build takes its source from")]
+    #[error("the property `{0}` is reserved: kiln sets it on builds of uploads (the upload, the key that signed it)")]
     Reserved(String),
     #[error("property {0:?} is {1} bytes long; at most {MAX_VALUE_LEN}")]
     TooLong(String, usize),
@@ -46,7 +57,7 @@ pub fn request_properties(
     let mut out = Properties::new();
     for (k, v) in given {
         crate::names::check_property_name(k).map_err(PropertyError::BadName)?;
-        if k == UPLOAD_PROPERTY {
+        if is_reserved(k) {
             return Err(PropertyError::Reserved(k.clone()));
         }
         if v.len() > MAX_VALUE_LEN {
@@ -65,13 +76,12 @@ pub fn request_properties(
 /// and the `revision` it built (a checkout step sets `got_revision` to the
 /// commit it checked out): what a rebuild of it asks for again, so the rebuild builds
 /// the same commit, not its branch's tip. The upload a build takes its
-/// source from is not among them ([`crate::job::BuildSource`] carries it).
+/// source from is not among them ([`crate::job::BuildSource`] carries it),
+/// nor who signed it (only a build of that same upload may say so).
 pub fn requested(properties: &Properties) -> Properties {
     let mut out: Properties = properties
         .iter()
-        .filter(|(k, p)| {
-            matches!(p.source, PropertySource::Request | PropertySource::Change) && k.as_str() != UPLOAD_PROPERTY
-        })
+        .filter(|(k, p)| matches!(p.source, PropertySource::Request | PropertySource::Change) && !is_reserved(k))
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
     if let Some(built) = properties.get(GOT_REVISION).filter(|p| p.source == PropertySource::Step) {
@@ -237,6 +247,10 @@ mod tests {
             Err(PropertyError::Reserved("upload".into()))
         );
         assert_eq!(
+            request_properties(&given(&[("signed_by", "F00D")]), PropertySource::Request),
+            Err(PropertyError::Reserved("signed_by".into()))
+        );
+        assert_eq!(
             request_properties(&given(&[("a", "x\0y")]), PropertySource::Request).map_err(|e| e.to_string()),
             Err("property \"a\" holds a NUL byte, which no step could be given".to_string())
         );
@@ -262,6 +276,7 @@ mod tests {
         put("version", PropertySource::Step);
         put("arch", PropertySource::Config);
         put(UPLOAD_PROPERTY, PropertySource::Request);
+        put(SIGNED_BY_PROPERTY, PropertySource::Request);
         let again = requested(&p);
         assert_eq!(again.keys().map(String::as_str).collect::<Vec<_>>(), ["release", "revision"]);
         assert_eq!(again["revision"].source, PropertySource::Change);

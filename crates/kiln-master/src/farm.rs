@@ -1,10 +1,13 @@
 //! Loading the farm config from disk: the pure parse from kiln-core, plus
 //! what needs the file system (paths relative to the config file, worker
-//! tokens from their own files).
+//! tokens from their own files, the keys of extra repositories and of
+//! uploaders).
 
 use kiln_core::config::{self, FarmConfig};
+use kiln_repo::uploadsig::Keyring;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A parsed config together with what was read from files it names.
 #[derive(Debug, Clone)]
@@ -21,6 +24,9 @@ pub struct LoadedFarm {
     /// The armored keys of each target's extra repositories, in the order
     /// of its `repositories`.
     pub repository_keys: HashMap<String, Vec<String>>,
+    /// The keys that may sign uploads (`[uploads] keyring`), read with the
+    /// config: a reload reads it again.
+    pub uploaders: Option<Arc<Keyring>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +87,11 @@ impl LoadedFarm {
             }
             repository_keys.insert(t.name.clone(), keys);
         }
-        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys })
+        let uploaders = match &cfg.uploads.keyring {
+            Some(k) => Some(Arc::new(load_keyring(&base_dir.join(k))?)),
+            None => None,
+        };
+        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys, uploaders })
     }
 
     /// Reads a secret (its first line) from where the config says it is;
@@ -122,5 +132,50 @@ impl LoadedFarm {
             Some(url) => url.clone(),
             None => format!("sqlite://{}?mode=rwc", self.data_dir().join("kiln.db").display()),
         }
+    }
+}
+
+/// Reads the uploaders keyring; a file that is missing or holds no usable
+/// key is an error of the config, naming the file.
+fn load_keyring(file: &Path) -> Result<Keyring, LoadError> {
+    let bytes = std::fs::read(file).map_err(|source| LoadError::Read { path: file.display().to_string(), source })?;
+    let invalid = |why: &dyn std::fmt::Display| {
+        LoadError::Invalid(format!("{}: the uploaders keyring of [uploads]: {why}", file.display()))
+    };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(&"not armored text; export the keys with `gpg --armor --export`"))?;
+    Keyring::from_armored(text).map_err(|e| invalid(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uploaders_keyring_is_read_with_the_config_and_named_when_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("farm.toml");
+        let text = "[uploads]\nkeyring = \"keys/uploaders.asc\"\nrequire_signature = true\n".to_string();
+        let missing = LoadedFarm::from_text(&config, text.clone()).expect_err("missing keyring");
+        assert!(missing.to_string().contains("keys/uploaders.asc"), "{missing}");
+
+        std::fs::create_dir_all(dir.path().join("keys")).expect("keys dir");
+        let file = dir.path().join("keys/uploaders.asc");
+        for (content, want) in [
+            (&b"not a key"[..], "no armored OpenPGP public key block"),
+            (&b"\x99\x01\x0d"[..], "not armored text"),
+            (&b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n"[..], "not a valid"),
+        ] {
+            std::fs::write(&file, content).expect("write");
+            let e = LoadedFarm::from_text(&config, text.clone()).expect_err("bad keyring").to_string();
+            assert!(e.contains("keys/uploaders.asc: the uploaders keyring of [uploads]") && e.contains(want), "{e}");
+        }
+
+        let key = kiln_repo::key::SigningKey::generate("Jane Doe <jane@example.org>", None).expect("key");
+        std::fs::write(&file, key.public_armored().expect("armor")).expect("write");
+        let farm = LoadedFarm::from_text(&config, text).expect("loads");
+        let ring = farm.uploaders.expect("keyring");
+        assert_eq!(ring.fingerprints().collect::<Vec<_>>(), [key.fingerprint()]);
+        assert!(LoadedFarm::from_text(&config, String::new()).expect("no [uploads]").uploaders.is_none());
     }
 }

@@ -1,7 +1,10 @@
 //! Source uploads (the Maemo "drop" flow): a `.changes`, `.dsc` or
 //! `.src.rpm` with its files arrives through the API, is checked against
 //! the sizes and checksums its control file lists, and becomes builds of
-//! that source on the chosen targets. A rejected upload is kept under
+//! that source on the chosen targets. When the farm has an uploaders
+//! keyring, a signed `.changes` or `.dsc` is checked against it first (the
+//! policy is the upload operation's) and the text that was signed is what
+//! gets checked here. A rejected upload is kept under
 //! `DATA_DIR/rejected/` with a name that is always new and a `REASON` file;
 //! an accepted one under `DATA_DIR/uploads/<id>/`, where builds take it from.
 
@@ -18,6 +21,17 @@ pub enum UploadKind {
     SrcRpm,
 }
 
+impl UploadKind {
+    /// The file name suffix of this kind's control file.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            UploadKind::Changes => ".changes",
+            UploadKind::Dsc => ".dsc",
+            UploadKind::SrcRpm => ".src.rpm",
+        }
+    }
+}
+
 /// What an accepted upload is.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -26,12 +40,23 @@ pub struct Checked {
     pub version: String,
 }
 
-/// Finds the control file among the uploaded names and checks every file it
-/// lists. Returns every problem found, not just the first.
-pub fn check(dir: &Path, names: &[String]) -> Result<Checked, Vec<String>> {
+/// The control file of an upload: the `.changes`, else the `.dsc`, else
+/// the `.src.rpm`.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub kind: UploadKind,
+    /// Its file name.
+    pub name: String,
+    /// The text of a `.changes` or `.dsc`: as uploaded, or once its
+    /// signature is verified, the text that was signed. None for a `.src.rpm`.
+    pub text: Option<String>,
+}
+
+/// Finds the control file among the uploaded names and reads it.
+pub fn read_control(dir: &Path, names: &[String]) -> Result<Control, Vec<String>> {
     let pick = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).collect::<Vec<_>>();
     let (changes, dsc, srpm) = (pick(".changes"), pick(".dsc"), pick(".src.rpm"));
-    let (kind, control) = match (changes.as_slice(), dsc.as_slice(), srpm.as_slice()) {
+    let (kind, name) = match (changes.as_slice(), dsc.as_slice(), srpm.as_slice()) {
         ([c], _, _) => (UploadKind::Changes, (*c).clone()),
         ([], [d], _) => (UploadKind::Dsc, (*d).clone()),
         ([], [], [r]) => (UploadKind::SrcRpm, (*r).clone()),
@@ -39,23 +64,33 @@ pub fn check(dir: &Path, names: &[String]) -> Result<Checked, Vec<String>> {
         _ => return Err(vec!["the upload has more than one control file (.changes, .dsc or .src.rpm)".into()]),
     };
     if kind == UploadKind::SrcRpm {
+        return Ok(Control { kind, name, text: None });
+    }
+    match fs::read(dir.join(&name)) {
+        Ok(b) => Ok(Control { kind, name, text: Some(String::from_utf8_lossy(&b).into_owned()) }),
+        Err(e) => Err(vec![format!("{name}: cannot read: {e}")]),
+    }
+}
+
+/// Checks every file `control` lists. Returns every problem found, not
+/// just the first.
+pub fn check(dir: &Path, control: &Control) -> Result<Checked, Vec<String>> {
+    let (kind, control_name) = (control.kind, &control.name);
+    let Some(text) = &control.text else {
         // name-version-release.src.rpm
-        let stem = control.trim_end_matches(".src.rpm");
+        let stem = control_name.trim_end_matches(".src.rpm");
         let mut parts = stem.rsplitn(3, '-');
         let (release, version, name) = (parts.next(), parts.next(), parts.next());
         return match (name, version, release) {
             (Some(n), Some(v), Some(r)) if !n.is_empty() => {
                 Ok(Checked { kind, source: n.to_string(), version: format!("{v}-{r}") })
             }
-            _ => Err(vec![format!("{control}: expected a name of the form NAME-VERSION-RELEASE.src.rpm")]),
+            _ => Err(vec![format!("{control_name}: expected a name of the form NAME-VERSION-RELEASE.src.rpm")]),
         };
-    }
-    let text = match fs::read(dir.join(&control)) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => return Err(vec![format!("{control}: cannot read: {e}")]),
     };
+    let control = control_name;
     let upload: SourceUpload =
-        parse_source_upload(&text).map_err(|e| vec![format!("{control}: malformed control file: {e}")])?;
+        parse_source_upload(text).map_err(|e| vec![format!("{control}: malformed control file: {e}")])?;
     let mut problems = Vec::new();
     for f in &upload.files {
         let path = dir.join(&f.name);
@@ -125,6 +160,20 @@ pub fn kept_dir(data_dir: &Path, upload_id: &str) -> PathBuf {
     data_dir.join("uploads").join(upload_id)
 }
 
+/// Who asked for the builds of a signed upload: the signer's user id, and
+/// the caller that carried it in (who may cancel them: [`uploaded_via`]).
+pub fn signed_requester(user_id: &str, caller: &str) -> String {
+    format!("{user_id} (signed upload, via {caller})")
+}
+
+/// The caller a [`signed_requester`] names. It is the text after the last
+/// marker: caller names (emails, `admin`) have no spaces, so a user id that
+/// holds the marker itself cannot move it.
+pub fn uploaded_via(requested_by: &str) -> Option<&str> {
+    let (_, via) = requested_by.strip_suffix(')')?.rsplit_once(" (signed upload, via ")?;
+    (!via.is_empty() && !via.contains(char::is_whitespace)).then_some(via)
+}
+
 /// Whether `name` may be stored for an upload.
 pub fn valid_upload_name(name: &str) -> bool {
     valid_artifact_name(name) && name != "REASON"
@@ -148,14 +197,28 @@ mod tests {
         );
         fs::write(dir.path().join("x_1.0-1.dsc"), dsc).expect("write");
         let names: Vec<String> = ["x_1.0-1.dsc", "x_1.0.tar.xz", "x_1.0.debian.tar.xz"].map(String::from).to_vec();
-        let problems = check(dir.path(), &names).expect_err("problems");
+        let read_and_check = |names: &[String]| check(dir.path(), &read_control(dir.path(), names)?);
+        let problems = read_and_check(&names).expect_err("problems");
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("x_1.0.debian.tar.xz: SHA256 checksum mismatch"), "{problems:?}");
         assert!(problems[1].starts_with("x_1.0.debian.tar.xz: MD5 checksum mismatch"), "{problems:?}");
         assert_eq!(problems[2], "missing file x_1.0.orig.tar.gz (listed in x_1.0-1.dsc)");
-        let ok = check(dir.path(), &["x-2.1-3.src.rpm".into()]).expect("srpm");
+        let ok = read_and_check(&["x-2.1-3.src.rpm".into()]).expect("srpm");
         assert_eq!((ok.source.as_str(), ok.version.as_str()), ("x", "2.1-3"));
-        assert!(check(dir.path(), &["a.tar".into()]).is_err());
+        assert!(read_and_check(&["a.tar".into()]).is_err());
+    }
+
+    #[test]
+    fn a_signed_requester_names_the_caller_it_came_through() {
+        let by = signed_requester("Jane Doe <jane@example.org>", "ann@example.org");
+        assert_eq!(by, "Jane Doe <jane@example.org> (signed upload, via ann@example.org)");
+        assert_eq!(uploaded_via(&by), Some("ann@example.org"));
+        // A user id that holds the marker names nobody else.
+        let sly = signed_requester("x (signed upload, via carl@example.org)", "ann@example.org");
+        assert_eq!(uploaded_via(&sly), Some("ann@example.org"));
+        assert_eq!(uploaded_via("ann <ann@example.org> (github)"), None);
+        assert_eq!(uploaded_via("x (signed upload, via carl@example.org) (github)"), None);
+        assert_eq!(uploaded_via("ann@example.org"), None);
     }
 
     #[test]

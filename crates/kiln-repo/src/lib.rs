@@ -5,7 +5,8 @@
 //! headers), rendering indexes (APT `Packages`/`Sources`/`Release`, YUM
 //! `repodata/`), signing them natively with OpenPGP (no gpg-agent, no
 //! keychain), and writing a channel's indexes as a new *generation* that is
-//! switched in atomically.
+//! switched in atomically. It also checks who signed an upload
+//! ([`uploadsig`]), with the same OpenPGP implementation.
 //!
 //! No async and no database here: the master decides *what* a channel holds
 //! and calls [`publish::write_generation`] to make the files say so.
@@ -19,6 +20,7 @@ pub mod key;
 pub mod pieces;
 pub mod publish;
 pub mod rpmsign;
+pub mod uploadsig;
 pub mod yum;
 
 use std::path::PathBuf;

@@ -18,7 +18,7 @@ pub use crate::toml_reader::Diagnostic;
 pub use errors::ConfigErrors;
 pub use model::{
     AptRepository, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec, Target,
-    TlsFiles, WorkerDef, STEP_NAMES,
+    TlsFiles, UploadsSection, WorkerDef, STEP_NAMES,
 };
 pub use triggers::{
     check_branch, check_git_url, check_revision, ForgeHook, GitSource, Hooks, Irc, Notifier, NotifyVia, Smtp,

@@ -26,6 +26,22 @@ pub struct FarmConfig {
     pub smtp: Option<Smtp>,
     /// The IRC bot.
     pub irc: Option<Irc>,
+    /// How source uploads are authenticated.
+    pub uploads: UploadsSection,
+}
+
+/// `[uploads]`: who may sign source uploads, and whether they must. As
+/// Debian's archive and reprepro's `uploaders` do, a signature by a key of
+/// the keyring names the person the upload is from; the API token only says
+/// who carried it in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadsSection {
+    /// An armored OpenPGP public keyring (one or more keys), relative to
+    /// the config file's directory unless absolute. The master reads it.
+    pub keyring: Option<String>,
+    /// Accept only uploads whose `.changes` (or, without one, `.dsc`) is
+    /// clear-signed by a key of `keyring`.
+    pub require_signature: bool,
 }
 
 /// A request made at the times a cron expression names.

@@ -1,7 +1,8 @@
 //! The first stage of parsing: each table of `farm.toml` read as written.
 //!
 //! There is one reader per table: `[master]`, `[[worker]]`, `[[target]]`,
-//! `[[component]]`, `[[channel]]`, `[[schedule]]` and `[[notify]]` here,
+//! `[[component]]`, `[[channel]]`, `[[schedule]]`, `[[notify]]` and
+//! `[uploads]` here,
 //! `[hooks]`, `[smtp]` and `[irc]` in `triggers`. Each checks what can be
 //! checked inside its table (keys, types, values, names, duplicates) and
 //! reports it at its line and column. A name that refers to another table
@@ -10,7 +11,8 @@
 //! for `validate` to check once every table is read.
 
 use super::model::{
-    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, WorkerDef,
+    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, UploadsSection,
+    WorkerDef,
 };
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
@@ -39,7 +41,8 @@ const MASTER_KEYS: &[&str] = &[
     "anonymous_read",
 ];
 const TOP_KEYS: &[&str] =
-    &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc"];
+    &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc", "uploads"];
+const UPLOADS_KEYS: &[&str] = &["keyring", "require_signature"];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
@@ -96,6 +99,7 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
         hooks: triggers::read_hooks(r, root.get("hooks")),
         smtp: triggers::read_smtp(r, root.get("smtp")),
         irc: triggers::read_irc(r, root.get("irc")),
+        uploads: read_uploads(r, root.get("uploads")),
     })
 }
 
@@ -556,6 +560,33 @@ fn read_notifiers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Not
         }
     }
     notifiers
+}
+
+/// `[uploads]`: the uploaders' keyring (read by the master, which does the
+/// I/O) and whether a signature by one of its keys is required.
+fn read_uploads(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> UploadsSection {
+    let mut u = UploadsSection::default();
+    let Some(item) = item else { return u };
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(&span, "[uploads] must be a table");
+        return u;
+    };
+    let tbl = Tbl { t, span: &span };
+    r.check_keys(tbl, UPLOADS_KEYS, "[uploads]");
+    u.keyring = r.string(tbl, "keyring", "[uploads]").and_then(|(k, kspan)| {
+        if k.trim().is_empty() {
+            r.err(&kspan, "`keyring` of [uploads] must name an armored OpenPGP public keyring file");
+            return None;
+        }
+        Some(k)
+    });
+    u.require_signature = r.boolean(tbl, "require_signature", "[uploads]").unwrap_or(false);
+    // Without keys no upload could be accepted; say so rather than refuse every one.
+    if u.require_signature && u.keyring.is_none() && !t.contains_key("keyring") {
+        r.err(&span, "`require_signature` of [uploads] needs a `keyring` of the keys that may sign uploads");
+    }
+    u
 }
 
 fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {

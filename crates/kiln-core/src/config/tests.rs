@@ -286,3 +286,27 @@ fn before_and_after_wrap_the_standard_pipeline_only() {
     assert!(errs.contains("a component with `steps` runs only those"), "{errs}");
     assert!(errs.contains("step \"build\" of `before`/`after` must differ"), "{errs}");
 }
+
+#[test]
+fn uploads_name_a_keyring_and_may_require_signatures() {
+    assert_eq!(parse("").expect("empty").uploads, UploadsSection::default());
+    let cfg = parse("[uploads]\nkeyring = \"keys/uploaders.asc\"\nrequire_signature = true\n").expect("parses");
+    assert_eq!(cfg.uploads.keyring.as_deref(), Some("keys/uploaders.asc"));
+    assert!(cfg.uploads.require_signature);
+    let cfg = parse("[uploads]\nkeyring = \"/etc/kiln/uploaders.asc\"\n").expect("parses");
+    assert!(!cfg.uploads.require_signature, "signatures are optional by default");
+
+    assert_eq!(
+        errors("[uploads]\nrequire_signature = true\n"),
+        ["farm.toml:1:1: `require_signature` of [uploads] needs a `keyring` of the keys that may sign uploads"]
+    );
+    assert_eq!(
+        errors("[uploads]\nkeyring = \" \"\nrequire_signature = \"yes\"\nkeys = 1\n"),
+        [
+            "farm.toml:2:11: `keyring` of [uploads] must name an armored OpenPGP public keyring file",
+            "farm.toml:3:21: `require_signature` in [uploads] must be true or false",
+            "farm.toml:4:1: unknown key `keys` in [uploads]; known keys: keyring, require_signature",
+        ]
+    );
+    assert_eq!(errors("uploads = 3\n"), ["farm.toml:1:11: [uploads] must be a table"]);
+}

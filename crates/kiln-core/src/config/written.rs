@@ -3,7 +3,7 @@
 //! tables, for `validate` to check; and, once no problem is found, the model
 //! it becomes, ready to use.
 
-use super::model::{Component, FarmConfig, MasterSection, Schedule, Target, WorkerDef};
+use super::model::{Component, FarmConfig, MasterSection, Schedule, Target, UploadsSection, WorkerDef};
 use super::triggers::{Hooks, Irc, Notifier, Smtp};
 use crate::channel::Channel;
 use crate::cron::CronSpec;
@@ -23,6 +23,7 @@ pub(super) struct FarmAsWritten {
     pub(super) hooks: Hooks,
     pub(super) smtp: Option<Smtp>,
     pub(super) irc: Option<Irc>,
+    pub(super) uploads: UploadsSection,
 }
 
 /// A `[[component]]` table with a valid name.
@@ -75,6 +76,7 @@ impl FarmAsWritten {
             hooks: self.hooks,
             smtp: self.smtp,
             irc: self.irc,
+            uploads: self.uploads,
         }
     }
 }

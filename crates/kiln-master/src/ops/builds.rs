@@ -17,10 +17,13 @@ pub enum Cancelled {
     Stopping,
 }
 
-/// Who may cancel a build: its requester with own_jobs, anyone with
-/// kill_any_job (or server_admin).
+/// Who may cancel a build: its requester with own_jobs (for a signed
+/// upload, the caller who carried it in), anyone with kill_any_job (or
+/// server_admin).
 pub fn may_cancel(caller: &Caller, requested_by: Option<&str>) -> Result<(), Forbidden> {
-    if requested_by == Some(caller.name.as_str()) {
+    let own =
+        requested_by.is_some_and(|r| r == caller.name || crate::uploads::uploaded_via(r) == Some(caller.name.as_str()));
+    if own {
         caller.require(Permission::OwnJobs)
     } else {
         caller.require(Permission::KillAnyJob)
@@ -90,6 +93,15 @@ mod tests {
             cancel(&t2.shared, &ann, id).await,
             Err(OpError::Conflict(format!("build {id} already finished: succeeded")))
         );
+    }
+
+    #[test]
+    fn the_caller_who_carried_a_signed_upload_in_may_cancel_its_builds() {
+        let ann = user("ann@example.org", &[Permission::OwnJobs]);
+        let bob = user("bob@example.org", &[Permission::OwnJobs]);
+        let by = crate::uploads::signed_requester("Jane Doe <jane@example.org>", "ann@example.org");
+        assert_eq!(may_cancel(&ann, Some(&by)), Ok(()));
+        assert!(may_cancel(&bob, Some(&by)).is_err());
     }
 
     #[tokio::test]

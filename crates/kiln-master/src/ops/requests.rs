@@ -14,7 +14,7 @@ use kiln_core::change::Change;
 use kiln_core::job::BuildSource;
 use kiln_core::matrix::{self, RequestSpec};
 use kiln_core::perm::Permission;
-use kiln_core::props::{request_properties, requested, Properties, Property, PropertySource};
+use kiln_core::props::{request_properties, requested, Properties, Property, PropertySource, SIGNED_BY_PROPERTY};
 use kiln_core::BuildState;
 use kiln_db::{BuildRow, NewBuild};
 use std::collections::BTreeMap;
@@ -132,12 +132,13 @@ pub async fn rebuild(s: &Shared, caller: &Caller, id: i64) -> Result<Created, Op
             if s.farm().cfg.target(&row.target).is_none() {
                 return Err(OpError::NotFound(format!("target {} is no longer in the config", row.target)));
             }
-            let build = NewBuild {
-                component: row.component,
-                target: row.target,
-                properties: with_source(properties, &BuildSource::Upload(upload)),
-                depends_on: Vec::new(),
-            };
+            // The same upload was signed by the same key, whoever rebuilds it.
+            let mut properties = with_source(properties, &BuildSource::Upload(upload));
+            if let Some(signer) = row.properties.get(SIGNED_BY_PROPERTY).filter(|p| p.source == PropertySource::Request)
+            {
+                properties.insert(SIGNED_BY_PROPERTY.to_string(), signer.clone());
+            }
+            let build = NewBuild { component: row.component, target: row.target, properties, depends_on: Vec::new() };
             store_request(s, caller, Some(&reason), vec![build]).await
         }
     }
@@ -161,15 +162,14 @@ pub async fn rebuild_dependents(s: &Shared, id: i64, component: &str, target: &s
     let wanted = matrix::dependents_to_rebuild(&farm.cfg, component, target, |dependent| {
         siblings.iter().any(|b| b.component == dependent && b.target == target)
     });
-    // The user's own request properties only: not the upload, and not what
-    // steps set (a commit of another repository means nothing here).
+    // The user's own request properties only: not the upload (nor who
+    // signed it), and not what steps set (a commit of another repository
+    // means nothing here).
     let properties: Properties = build
         .properties
         .iter()
         .filter(|(k, p)| {
-            p.source == PropertySource::Request
-                && k.as_str() != kiln_core::props::UPLOAD_PROPERTY
-                && k.as_str() != REPLACE
+            p.source == PropertySource::Request && !kiln_core::props::is_reserved(k) && k.as_str() != REPLACE
         })
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();

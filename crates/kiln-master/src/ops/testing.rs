@@ -53,7 +53,16 @@ impl Tester {
     }
 
     pub async fn with_config(text: &str) -> Tester {
+        Tester::with_files(text, &[]).await
+    }
+
+    /// A master whose config directory also holds `files` (name, content),
+    /// written before the config is loaded (keys it names, say).
+    pub async fn with_files(text: &str, files: &[(&str, &str)]) -> Tester {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("config file");
+        }
         let farm = LoadedFarm::from_text(&dir.path().join("farm.toml"), text.to_string()).expect("config");
         let data_dir = farm.data_dir();
         std::fs::create_dir_all(&data_dir).expect("data dir");
