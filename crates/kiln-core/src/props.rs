@@ -22,9 +22,9 @@ pub const UPLOAD_PROPERTY: &str = "upload";
 /// an accepted signed upload does.
 pub const SIGNED_BY_PROPERTY: &str = "signed_by";
 
-/// Whether only kiln sets property `name`: what it says about an upload
-/// must not be claimable by a request.
-pub fn is_reserved(name: &str) -> bool {
+/// Whether only kiln sets property `name`, never a request: what it says
+/// about an upload must not be claimable by a requester.
+pub fn kiln_only(name: &str) -> bool {
     name == UPLOAD_PROPERTY || name == SIGNED_BY_PROPERTY
 }
 
@@ -57,7 +57,7 @@ pub fn request_properties(
     let mut out = Properties::new();
     for (k, v) in given {
         crate::names::check_property_name(k).map_err(PropertyError::BadName)?;
-        if is_reserved(k) {
+        if kiln_only(k) {
             return Err(PropertyError::Reserved(k.clone()));
         }
         if v.len() > MAX_VALUE_LEN {
@@ -81,7 +81,7 @@ pub fn request_properties(
 pub fn requested(properties: &Properties) -> Properties {
     let mut out: Properties = properties
         .iter()
-        .filter(|(k, p)| matches!(p.source, PropertySource::Request | PropertySource::Change) && !is_reserved(k))
+        .filter(|(k, p)| matches!(p.source, PropertySource::Request | PropertySource::Change) && !kiln_only(k))
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
     if let Some(built) = properties.get(GOT_REVISION).filter(|p| p.source == PropertySource::Step) {
@@ -113,6 +113,7 @@ pub const RESERVED: &[&str] = &[
     "branch",
     "repository",
     UPLOAD_PROPERTY,
+    SIGNED_BY_PROPERTY,
     "project",
     "change_source",
     "changed_by",

@@ -169,7 +169,7 @@ pub async fn rebuild_dependents(s: &Shared, id: i64, component: &str, target: &s
         .properties
         .iter()
         .filter(|(k, p)| {
-            p.source == PropertySource::Request && !kiln_core::props::is_reserved(k) && k.as_str() != REPLACE
+            p.source == PropertySource::Request && !kiln_core::props::kiln_only(k) && k.as_str() != REPLACE
         })
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
