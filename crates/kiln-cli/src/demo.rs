@@ -138,7 +138,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             refresh_roots: false,
             root_cache: None,
             tls_identity: None,
-            build_user: None,
+            // The demo builds its own example components: no sandbox needed.
+            sandbox: None,
         };
         workers.spawn(kiln_worker::run(opts));
     }

@@ -326,15 +326,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             root_cache,
             build_user,
         } => {
-            // A root worker runs build steps as an unprivileged user.
-            let build_user = if running_as_root() {
+            // A root worker runs build steps as an unprivileged user; every
+            // worker runs them in a sandbox that hides the worker's own files,
+            // unless a root worker is told to run them as root.
+            let sandbox = if running_as_root() {
                 let name = build_user.as_deref().unwrap_or("nobody");
                 let user = kiln_worker::process::BuildUser::named(name)
                     .with_context(|| format!("the build user {name:?} is not in /etc/passwd"))?;
-                (user.uid != 0).then_some(user)
+                (user.uid != 0).then_some(Some(user))
             } else {
-                None
+                Some(None)
             };
+            let private: Vec<PathBuf> = token_file.iter().chain(&tls_key).cloned().collect();
+            let sandbox = sandbox.map(|user| kiln_worker::sandbox::Sandbox {
+                hide: kiln_worker::sandbox::hidden_paths(&workdir, root_cache.as_deref(), &private),
+                user,
+            });
             let token = match &token_file {
                 Some(f) => std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read the token file {}", f.display()))?
@@ -354,7 +361,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls_identity: tls_cert.zip(tls_key),
                 refresh_roots,
                 root_cache,
-                build_user,
+                sandbox,
             };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,

@@ -98,14 +98,15 @@ fn shared_root_cache() -> String {
 }
 
 /// A farm running the deb sources with one worker for `target`, whose
-/// root cache is shared.
+/// root cache is shared, as deployed: a root worker whose build code runs
+/// sandboxed as the default build user.
 async fn deb_farm(config: &str, sources: &[(&str, &str)], target: &str) -> Farm {
     let mut farm = Farm::new(KILN.as_ref(), config, sources);
     for (path, _) in sources.iter().filter(|(p, _)| p.ends_with("debian/rules")) {
         std::fs::set_permissions(farm.path(path), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
     farm.start_master().await;
-    farm.start_worker_with("w1", &[target], 1, &["--root-cache", &shared_root_cache()]);
+    farm.start_worker_with("w1", &[target], 1, &["--root-cache", &shared_root_cache(), "--default-build-user"]);
     farm.wait_for_workers(&["w1"]).await;
     farm
 }
@@ -465,7 +466,11 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
         ("src/kiln-tree/kiln-tree.spec", &tree_spec),
         ("src/kiln-tree/hello.c", HELLO_C),
     ];
-    let farm = Farm::running(KILN.as_ref(), config, sources, "w1", &["el-9-x86_64"], 1).await;
+    // As deployed: the spec is read and run sandboxed, as the build user.
+    let mut farm = Farm::new(KILN.as_ref(), config, sources);
+    farm.start_master().await;
+    farm.start_worker_with("w1", &["el-9-x86_64"], 1, &["--default-build-user"]);
+    farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
     let body = hello_request;
     let id = client.create_builds(&body(false)).await.expect("create").builds[0].id;
@@ -703,7 +708,7 @@ mirror = "http://deb.example.invalid/debian"
     let dir = farm.path("dsc");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("x_1.0.tar.xz"), b"not what the dsc says").expect("write");
-    let dsc = "Source: x\nVersion: 1.0\nChecksums-Sha256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 21 x_1.0.tar.xz\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 21 x_1.0.tar.xz\n d41d8cd98f00b204e9800998ecf8427e 0 x_1.0.orig.tar.gz\n";
+    let dsc = "Source: xy\nVersion: 1.0\nChecksums-Sha256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 21 x_1.0.tar.xz\nFiles:\n d41d8cd98f00b204e9800998ecf8427e 21 x_1.0.tar.xz\n d41d8cd98f00b204e9800998ecf8427e 0 x_1.0.orig.tar.gz\n";
     std::fs::write(dir.join("x_1.0.dsc"), dsc).expect("write");
     std::fs::write(dir.join("bad_1.0.dsc"), "this is not a control file\n").expect("write");
     let upload = |file: &str, extra: &[&str]| {

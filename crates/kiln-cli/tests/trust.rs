@@ -198,3 +198,137 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Builds on a root worker run sandboxed as the build user: one build sees
+/// neither another's processes (nor their secrets through `/proc`) nor its
+/// files, nor the worker's token, and a `setsid` child does not outlive
+/// its build.
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_see_nothing_of_each_other_or_the_worker() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "holder"
+secrets = { HELD = { file = "secrets/held" } }
+steps = [ { name = "hold", run = "echo held > mine.txt; (setsid sleep 3141.5 &); while [ ! -e $KILN_BUILD_DIR/go ]; do sleep 0.05; done" } ]
+
+[[component]]
+name = "peeker"
+steps = [ { name = "peek", run = '''
+echo "procs: $(ls /proc | grep -c '^[0-9]')"
+cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c HELD= || true
+ls "$KILN_WORKER_DIR/builds" 2>&1
+cat "$KILN_WORKER_DIR/../../secrets/w1.token" 2>&1 || true
+cat "$TOKEN_FILE" 2>&1 || true
+''' } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[("secrets/held", "held-secret-4711")]);
+    farm.start_master().await;
+    farm.start_worker_with("w1", &["t"], 2, &["--default-build-user"]);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let holder = client.create_builds(&request(&["holder"], &[])).await.expect("create").builds[0].id;
+    let held = farm.path(&format!("workers/w1/builds/{holder}/mine.txt"));
+    let started = kiln_testing::wait_for(Duration::from_secs(30), || async { held.exists() }).await;
+    assert!(started, "the holder's step did not start");
+    let token = std::fs::read_to_string(farm.path("secrets/w1.token")).expect("token");
+    let peek = request(&["peeker"], &[]);
+    let peeker = client.create_builds(&peek).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(peeker, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    let log = client.log(peeker, "peek", 0).await.expect("log").data;
+    std::fs::write(farm.path(&format!("workers/w1/builds/{holder}/go")), "").expect("release the holder");
+    let h = farm.wait_finished(holder, Duration::from_secs(30)).await;
+    assert_eq!(h.state, BuildState::Succeeded, "{h:?}");
+    let lines: Vec<&str> = log.lines().collect();
+    let procs: usize = lines[0].trim_start_matches("procs: ").parse().expect("a count");
+    assert!(procs < 10, "only its own processes: {log}");
+    assert_eq!(lines[1], "0", "no other build's environment: {log}");
+    assert!(!log.contains(&holder.to_string()) || !log.contains("mine.txt"), "{log}");
+    assert!(!log.contains(token.trim()), "the worker's token leaked: {log}");
+    assert!(!log.contains("held-secret-4711"), "{log}");
+    // The holder's setsid child went with its build.
+    let left = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains("3141.5"));
+    assert!(!left, "a setsid child outlived its build");
+}
+
+/// A spec's `%( )` runs when rpmspec reads it: as the build user, in the
+/// sandbox, where the host is read-only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_runs_its_shell_as_the_build_user_in_the_sandbox() {
+    let marker = "/var/tmp/kiln-spec-was-here";
+    let _ = std::fs::remove_file(marker);
+    let spec = format!(
+        "Name: kiln-probe\nVersion: 1.0\nRelease: %(id -u)\nSummary: probe%(touch {marker} 2>/dev/null)\n\
+         License: MIT\nBuildArch: noarch\n%description\nprobe\n%prep\n%build\n%install\n\
+         mkdir -p %{{buildroot}}/usr/share/kiln-probe\necho hi > %{{buildroot}}/usr/share/kiln-probe/hi\n\
+         %files\n/usr/share/kiln-probe/hi\n"
+    );
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "el"
+family = "rpm"
+
+[[component]]
+name = "probe"
+source = { path = "src/probe" }
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), config, &[("src/probe/probe.spec", &spec)]);
+    farm.start_master().await;
+    farm.start_worker_with("w1", &["el"], 1, &["--default-build-user"]);
+    farm.wait_for_workers(&["w1"]).await;
+    let id = farm.client().create_builds(&request(&["probe"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+    let log = farm.client().log(id, "source", 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{log}");
+    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+    let version = &b.properties["version"].value;
+    // The nightly tag goes before the first macro: the release ends with what `id -u` printed.
+    assert!(version.ends_with(&nobody.uid.to_string()), "the spec's shell ran as {version}");
+    assert!(!std::path::Path::new(marker).exists(), "the spec's shell wrote to the host");
+}
+
+/// The source step reads the tree's files inside the tree only: a
+/// changelog that links to the worker's token is refused, and nothing of
+/// the token reaches the log.
+#[test]
+fn a_changelog_linking_out_of_the_tree_is_refused_unread() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tree = dir.path().join("builds/1");
+    let scratch = dir.path().join("builds/1.scratch");
+    std::fs::create_dir_all(tree.join("debian")).expect("tree");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let token = dir.path().join("w1.token");
+    std::fs::write(&token, "hello (1.0-1) unstable; urgency=low SECRET-TOKEN-9931\n").expect("token");
+    std::os::unix::fs::symlink(&token, tree.join("debian/changelog")).expect("link");
+    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+    let sandbox = kiln_worker::sandbox::Sandbox {
+        hide: kiln_worker::sandbox::hidden_paths(&dir.path().join("builds"), None, std::slice::from_ref(&token)),
+        user: (running_as_root()).then_some(nobody),
+    };
+    let out = std::process::Command::new(KILN)
+        .args(["internal", "deb-source"])
+        .env("KILN_BUILD_DIR", &tree)
+        .env("KILN_SCRATCH", &scratch)
+        .env("KILN_BUILD_ID", "1")
+        .envs(sandbox.env())
+        .output()
+        .expect("run the source step");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("SECRET-TOKEN") && !String::from_utf8_lossy(&out.stdout).contains("SECRET"), "{err}");
+    assert!(err.contains("debian/changelog"), "the error names the file: {err}");
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

@@ -16,15 +16,19 @@ pub struct ChangelogHead {
 /// Reads the first line of a `debian/changelog`: `name (version) dist; urgency=...`.
 pub fn changelog_head(text: &str) -> Result<ChangelogHead, String> {
     let line = text.lines().find(|l| !l.trim().is_empty()).ok_or("debian/changelog is empty")?;
-    let bad = || {
-        format!("debian/changelog: cannot read the first entry {line:?}: expected `name (version) distribution; urgency=...`")
-    };
+    // The file is the source tree's: never quote it (a changelog that is
+    // a link to a secret would print the secret into a public log).
+    let bad = || "debian/changelog: the first entry is not `name (version) distribution; urgency=...`".to_string();
     let (package, rest) = line.split_once(" (").ok_or_else(bad)?;
     let (version, rest) = rest.split_once(')').ok_or_else(bad)?;
     let distribution = rest.trim().split(';').next().unwrap_or("").trim().to_string();
     if package.is_empty() || version.is_empty() || package.contains(char::is_whitespace) {
         return Err(bad());
     }
+    let unquoted =
+        |e: crate::names::PackageNameError| format!("debian/changelog: the {} is not valid: {}", e.what, e.rule);
+    crate::names::check_deb_name("package name", package).map_err(unquoted)?;
+    crate::names::check_deb_version(version).map_err(unquoted)?;
     Ok(ChangelogHead { package: package.to_string(), version: version.to_string(), distribution })
 }
 

@@ -11,6 +11,7 @@ pub mod checkout;
 pub mod pipeline;
 pub mod process;
 mod runner;
+pub mod sandbox;
 
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
@@ -44,8 +45,10 @@ pub struct WorkerOptions {
     /// Where cached build roots live (default: `roots/` in the work dir);
     /// workers on one host may share one.
     pub root_cache: Option<PathBuf>,
-    /// Who the components' own steps run as; `None`: the worker's user.
-    pub build_user: Option<process::BuildUser>,
+    /// Where the components' own steps (and the parts of the standard
+    /// pipeline that read the source tree) run: `None` only for a root
+    /// worker told to run them as root (trusted farms).
+    pub sandbox: Option<sandbox::Sandbox>,
 }
 
 struct RunningBuild {
@@ -93,6 +96,11 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let workdir = std::path::absolute(&opts.workdir).context("cannot resolve the work dir")?;
     std::fs::create_dir_all(workdir.join("builds"))
         .with_context(|| format!("cannot create the work dir {}", workdir.display()))?;
+    if opts.sandbox.is_some() {
+        sandbox::available().map_err(|e| {
+            anyhow::anyhow!("builds run in a bubblewrap sandbox, and {e} (a root worker may run them unsandboxed as root with --build-user root, for a trusted farm only)")
+        })?;
+    }
     clean_leftovers(&workdir);
     let groups = cgroup::remove_leftovers(&opts.name);
     if groups > 0 {
@@ -384,7 +392,7 @@ fn start_build(
     let ctx = runner::BuildContext {
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
-        build_user: opts.build_user,
+        sandbox: opts.sandbox.clone(),
         tree_handed_over: false,
         worker_name: opts.name.clone(),
         out: out_tx.clone(),

@@ -42,16 +42,67 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks a helper already running inside the build's sandbox.
+const IN_SANDBOX_ENV: &str = "KILN_IN_SANDBOX";
+
+/// Runs this helper again, with the same arguments, inside the sandbox the
+/// worker gave (as the build user, without network, `writable` the only
+/// places it may change, the tree handed to the build user first): what a
+/// source tree says is read and run there, never by root. Returns false
+/// when there is no sandbox (a root worker trusted to build as root) or
+/// this already runs inside it; the caller then does the work itself.
+fn rerun_in_sandbox(tree: &Path, writable: &[&Path]) -> anyhow::Result<bool> {
+    // The tree is always visible (read-only unless it is among `writable`).
+    let readable: &[&Path] = if writable.contains(&tree) { &[] } else { &[tree] };
+    if std::env::var_os(IN_SANDBOX_ENV).is_some() {
+        return Ok(false);
+    }
+    let Some(sandbox) = crate::sandbox::Sandbox::from_env() else { return Ok(false) };
+    if let Some(user) = sandbox.user {
+        for dir in std::iter::once(tree).chain(writable.iter().copied()) {
+            crate::process::give_tree(dir, user).with_context(|| format!("cannot hand {} over", dir.display()))?;
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = std::iter::once(exe.as_str()).chain(args.iter().map(String::as_str)).collect();
+    let mut cmd = sandbox.command(&argv, writable, readable, tree, false);
+    cmd.env(IN_SANDBOX_ENV, "1").env("HOME", "/tmp").stdin(Stdio::null());
+    let status = cmd.status().context("cannot run bwrap")?;
+    if !status.success() {
+        bail!("the step failed in its sandbox ({status})");
+    }
+    Ok(true)
+}
+
+/// Reads the file at `rel` in the source tree `tree`, refusing one that is
+/// (or passes through) a link leading out of the tree. The contents never
+/// appear in an error.
+fn read_in_tree(tree: &Path, rel: &Path) -> anyhow::Result<String> {
+    let shown = rel.display();
+    let root = tree.canonicalize().with_context(|| format!("cannot resolve {}", tree.display()))?;
+    let path = tree.join(rel).canonicalize().with_context(|| format!("cannot open {shown}"))?;
+    if !path.starts_with(&root) {
+        bail!("{shown} leads out of the source tree (a link); kiln reads only files inside it");
+    }
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {shown}"))?;
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown} is not UTF-8 text"))
+}
+
 /// `deb-source`: makes the source package in SCRATCH/pkg and prints its
 /// version. Nightly builds (no `release=true`) get a changelog entry with
-/// the nightly version first.
+/// the nightly version first. Runs in the build's sandbox.
 pub fn deb_source() -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let pkg = env_path("KILN_SCRATCH")?.join("pkg");
     fs::create_dir_all(&pkg)?;
+    if rerun_in_sandbox(&build_dir, &[&build_dir, &pkg])? {
+        return Ok(());
+    }
     let changelog = build_dir.join("debian/changelog");
-    let version = if changelog.exists() {
-        let text = fs::read_to_string(&changelog).context("cannot read debian/changelog")?;
+    let version = if changelog.symlink_metadata().is_ok() {
+        let text = read_in_tree(&build_dir, Path::new("debian/changelog"))?;
         let head = changelog_head(&text).map_err(anyhow::Error::msg)?;
         let release = std::env::var("KILN_PROP_RELEASE").is_ok_and(|v| v == "true");
         let version = if release {
@@ -69,6 +120,8 @@ pub fn deb_source() -> anyhow::Result<()> {
                 "kiln <kiln@localhost>",
                 &rfc2822,
             );
+            // A new file, not a write through whatever the name links to.
+            let _ = fs::remove_file(&changelog);
             fs::write(&changelog, entry + &text).context("cannot write debian/changelog")?;
             eprintln!("kiln: nightly build: version {version}");
             version
@@ -87,7 +140,7 @@ pub fn deb_source() -> anyhow::Result<()> {
                 fs::copy(e.path(), pkg.join(e.file_name()))?;
             }
         }
-        let text = fs::read_to_string(&dsc)?;
+        let text = read_in_tree(&build_dir, Path::new(dsc.file_name().context("the .dsc has no name")?))?;
         text.lines()
             .find_map(|l| l.strip_prefix("Version:"))
             .map(|v| v.trim().to_string())
@@ -227,8 +280,32 @@ fn overlay(base: &Path, root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The capabilities root keeps inside a build root: what dpkg and apt need
+/// to install packages (own files, switch users, set file modes and
+/// capabilities) and setpriv needs to drop to the build user. Not the ones
+/// that reach past the root: mounting, modules, raw I/O, ptrace, opening
+/// host files by handle, network administration.
+const ROOT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+];
+
 fn bwrap(root: &Path, network: bool) -> Command {
     let mut cmd = Command::new("bwrap");
+    // Maintainer scripts of build dependencies run as root in here.
+    cmd.args(["--cap-drop", "ALL"]);
+    for cap in ROOT_CAPS {
+        cmd.args(["--cap-add", cap]);
+    }
     cmd.arg("--bind").arg(root).arg("/");
     cmd.args(["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--die-with-parent"]);
     cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "kiln-build"]);
@@ -494,18 +571,22 @@ fn srpm_version(srpm: &Path) -> anyhow::Result<String> {
 /// `rpm-source`: makes the source RPM in SCRATCH/rpm from the spec (the
 /// sources beside it) or takes the `.src.rpm` in the tree; prints
 /// VERSION-RELEASE. Nightly builds get `~nightlyDATE.BUILD` in the release.
+/// Runs in the build's sandbox: a spec's `%( )` runs when rpmspec reads it.
 pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let rpm = env_path("KILN_SCRATCH")?.join("rpm");
     fs::create_dir_all(&rpm)?;
+    if rerun_in_sandbox(&build_dir, &[&rpm])? {
+        return Ok(());
+    }
     let spec_path = match spec {
         Some(s) => Some(build_dir.join(s)),
         None => find_one(&build_dir, ".spec")?,
     };
     let srpm = match spec_path {
         Some(spec_path) => {
-            let text =
-                fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+            let rel = spec_path.strip_prefix(&build_dir).unwrap_or(&spec_path).to_path_buf();
+            let text = read_in_tree(&build_dir, &rel)?;
             let text = match nightly_stamp()? {
                 Some((date, id)) => {
                     kiln_core::rpmspec::rewrite_release(&text, |r| kiln_core::rpmspec::nightly_release(r, &date, id))

@@ -56,26 +56,24 @@ pub fn spawn(
     env: &[(String, String)],
     capture: bool,
     cgroups: Vec<std::ffi::CString>,
-    user: Option<BuildUser>,
+    sandbox: Option<(&crate::sandbox::Sandbox, &[&Path])>,
 ) -> std::io::Result<StepProcess> {
-    let mut cmd = match user {
-        // setpriv drops every group and capability and forbids regaining
-        // any (no_new_privs) before the step's shell starts.
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={}", u.uid)).arg(format!("--regid={}", u.gid)).args([
-                "--clear-groups",
-                "--no-new-privs",
-                "--inh-caps=-all",
-                "--",
-                "/bin/sh",
-            ]);
+    let mut cmd = match sandbox {
+        // In the sandbox, as the build user when the worker is root (no
+        // groups, no capabilities, no way to regain any), with only the
+        // build's own directories writable.
+        Some((sandbox, writable)) => {
+            let mut c = sandbox.command(&["/bin/sh", "-c", script], writable, &[], dir, true);
             c.env("HOME", dir);
             c
         }
-        None => Command::new("/bin/sh"),
+        None => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
     };
-    cmd.arg("-c").arg(script).current_dir(dir).stdin(Stdio::null()).process_group(0);
+    cmd.current_dir(dir).stdin(Stdio::null()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -128,6 +126,24 @@ fn join_cgroups_before_exec(cmd: &mut Command, files: Vec<std::ffi::CString>) {
             Ok(())
         });
     }
+}
+
+/// Makes every file under `dir` (and `dir`) the build user's, without
+/// following a link anywhere.
+pub fn give_tree(dir: &Path, u: BuildUser) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                std::os::unix::fs::lchown(e.path(), Some(u.uid), Some(u.gid))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sends a signal to one process.

@@ -21,8 +21,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_BYTES: usize = 32 * 1024;
 
 pub struct BuildContext {
-    /// Who the component's own steps run as (a root worker's unprivileged user).
-    pub build_user: Option<process::BuildUser>,
+    /// Where the component's own steps run ([`crate::sandbox`]); `None` on a
+    /// root worker that runs them as root.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
     /// Whether the work dir is the build user's since the last step that
     /// ran as root (so it is handed over once, not before every step).
     pub tree_handed_over: bool,
@@ -176,24 +177,6 @@ fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<V
 }
 
 /// A build's scratch dir (build roots, source packages), beside its work dir.
-/// Makes every file under `dir` (and `dir`) the build user's.
-fn give_tree(dir: &Path, u: process::BuildUser) -> std::io::Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                stack.push(e.path());
-            } else {
-                std::os::unix::fs::lchown(e.path(), Some(u.uid), Some(u.gid))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn scratch_dir(dir: &Path) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dir.with_file_name(format!("{name}.scratch"))
@@ -369,20 +352,27 @@ async fn run_step(
     // A step of the component's own runs as the build user (when the worker
     // is root); the tree becomes that user's first, as kiln's own steps
     // (checkout, unpacking) wrote it as root.
-    let user = ctx.build_user.filter(|_| !step.privileged);
+    let sandbox = ctx.sandbox.as_ref().filter(|_| !step.privileged);
+    let user = sandbox.and_then(|s| s.user);
     if step.privileged {
         ctx.tree_handed_over = false;
+        // kiln's own helpers sandbox what they run from the tree themselves.
+        if let Some(s) = &ctx.sandbox {
+            env.extend(s.env());
+        }
     }
     if let Some(u) = user.filter(|_| !ctx.tree_handed_over) {
         ctx.tree_handed_over = true;
-        if let Err(e) = give_tree(dir, u) {
+        if let Err(e) = process::give_tree(dir, u) {
             log.line(&format!("kiln: cannot hand the work dir to the build user: {e}\n"));
             log.flush(true);
             result.message = Some(format!("could not start: {e}"));
             return result;
         }
     }
-    let mut proc = match process::spawn(&script, dir, &env, capture, cgroups, user) {
+    let scratch = scratch_dir(dir);
+    let writable = [dir, scratch.as_path()];
+    let mut proc = match process::spawn(&script, dir, &env, capture, cgroups, sandbox.map(|s| (s, &writable[..]))) {
         Ok(p) => p,
         Err(e) => {
             log.line(&format!("kiln: cannot start step {}: {e}\n", step.name));
