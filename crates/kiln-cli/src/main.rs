@@ -342,6 +342,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 hide: kiln_worker::sandbox::hidden_paths(&workdir, root_cache.as_deref(), &private),
                 user,
             });
+            if let Some(f) = &token_file {
+                warn_if_others_can_read(f);
+            }
             let token = match &token_file {
                 Some(f) => std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read the token file {}", f.display()))?
@@ -452,5 +455,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Warns when a file holding a secret (a worker's token) can be read by
+/// users other than its owner: whoever reads it can act as that worker.
+fn warn_if_others_can_read(file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %file.display(),
+                mode = format!("{mode:o}"),
+                "the token file can be read by other users, who could then act as this worker; chmod 600 it"
+            );
+        }
     }
 }

@@ -332,3 +332,72 @@ fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
+
+/// Guessing tokens costs the master almost nothing: 400 requests at once
+/// with a real token id and made-up secrets are refused without the slow
+/// hash, its memory stays bounded, and a real request still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_of_made_up_tokens_costs_the_master_little() {
+    let farm = Farm::running(KILN.as_ref(), ONE_WORKER, &[], "w1", &["t"], 1).await;
+    let made = farm
+        .client()
+        .add_user(&kiln_proto::api::NewUser { email: "ann@example.org".into(), permissions: vec!["own_jobs".into()] })
+        .await
+        .expect("user");
+    let pid = farm.master_pid().expect("master");
+    let before = rss_kib(pid);
+    let url = format!("{}/api/v1/builds", farm.url());
+    let http = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let (http, url) = (http.clone(), url.clone());
+        let guess = format!("kiln_{}_{:0>43}", made.id, i);
+        tasks.spawn(async move {
+            let body = serde_json::json!({ "components": ["nothing"] });
+            http.post(&url).bearer_auth(guess).json(&body).send().await.map(|r| r.status().as_u16())
+        });
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        *statuses.entry(r.expect("task").expect("answered")).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, std::collections::BTreeMap::from([(401, 400)]), "every guess is refused");
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 100 * 1024, "the master grew by {grown} KiB answering guesses");
+    // The real token still works.
+    let ann = kiln_client::Client::new(&farm.url(), Some(made.token.clone())).expect("client");
+    ann.builds(&Default::default()).await.expect("a real request answers");
+}
+
+/// A request body that stops arriving ends its request after the
+/// configured client timeout; the master keeps answering others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = format!("[master]\nheader_timeout = \"1s\"\n{ONE_WORKER}");
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let addr = farm.url().trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/builds HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"components\":",
+        farm.admin_token()
+    );
+    conn.write_all(head.as_bytes()).await.expect("send head");
+    // Then nothing: the master ends the request (an error answer, or the
+    // connection closed) instead of waiting for ever.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the stalled request was still open after 20 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.is_empty() || !text.starts_with("HTTP/1.1 2"), "{text}");
+    farm.client().status().await.expect("the master still answers");
+}

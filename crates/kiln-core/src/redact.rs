@@ -59,9 +59,42 @@ impl Redactor {
     }
 }
 
+/// `url` with any credentials in it (`https://user:token@host/...`)
+/// replaced by `***`, for logs and messages: a git URL may carry a token.
+pub fn url_for_logs(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// A request target (`/path?query`) for logs: the path only, as a query
+/// may carry a token.
+pub fn target_for_logs(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?…"),
+        _ => path.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_and_queries_stay_out_of_logs() {
+        assert_eq!(
+            url_for_logs("https://ann:ghp_s3cret@git.example.org/grace.git"),
+            "https://***@git.example.org/grace.git"
+        );
+        assert_eq!(url_for_logs("https://git.example.org/a@b.git"), "https://git.example.org/a@b.git");
+        assert_eq!(url_for_logs("git@github.com:grace/mono.git"), "git@github.com:grace/mono.git");
+        assert_eq!(url_for_logs("/srv/git/grace"), "/srv/git/grace");
+        assert_eq!(target_for_logs("/api/v1/builds", Some("token=kiln_1_x")), "/api/v1/builds?…");
+        assert_eq!(target_for_logs("/", None), "/");
+    }
 
     #[test]
     fn secrets_are_masked_also_when_split_across_pieces() {

@@ -28,6 +28,8 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, PathBuf, bool)> 
 pub enum AuthError {
     #[error("the token is not valid")]
     Invalid,
+    #[error("too many token checks at once; try again")]
+    Busy,
     #[error("cannot check the token: {0}")]
     Store(#[from] kiln_db::StoreError),
 }
@@ -39,6 +41,10 @@ pub async fn user_caller(shared: &Shared, email: &str) -> Result<Caller, AuthErr
     let perms = Permissions::parse(&user.permissions).map_err(|_| AuthError::Invalid)?;
     Ok(Caller { name: user.email, perms })
 }
+
+/// How many argon2 checks run at once, and how long a check waits for a turn.
+static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Finds who a token belongs to: the admin token, or a user's live token.
 pub async fn authenticate(shared: &Shared, token: &str) -> Result<Caller, AuthError> {
@@ -52,9 +58,19 @@ pub async fn authenticate(shared: &Shared, token: &str) -> Result<Caller, AuthEr
         return Ok(c);
     }
     let Some(row) = shared.store.live_token(id).await? else { return Err(AuthError::Invalid) };
+    // A made-up secret stops here, before any slow hash.
+    if crate::caller::quickly_refused(&row.hash, secret) {
+        return Err(AuthError::Invalid);
+    }
+    // argon2 is deliberately slow and large: off the async threads, and a
+    // few at a time, so a storm of checks cannot take the master's memory.
+    let permit = tokio::time::timeout(ARGON2_WAIT, ARGON2_SLOTS.acquire())
+        .await
+        .map_err(|_| AuthError::Busy)?
+        .map_err(|_| AuthError::Busy)?;
     let (hash, secret) = (row.hash.clone(), secret.to_string());
-    // argon2 is deliberately slow: off the async threads.
     let ok = tokio::task::spawn_blocking(move || secret_matches(&hash, &secret)).await.unwrap_or(false);
+    drop(permit);
     if !ok {
         return Err(AuthError::Invalid);
     }

@@ -58,6 +58,10 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub caller: Caller,
+    /// The user token logged in with (`None`: the admin token): checked
+    /// again on every action, so a revocation or a removed user ends the
+    /// session at once, on every master.
+    pub token_id: Option<i64>,
     pub csrf: String,
     pub created: Instant,
 }
@@ -93,8 +97,26 @@ pub fn split_user_token(token: &str) -> Option<(i64, &str)> {
 /// [`user_token`] of the stored row's id and this secret.
 pub fn new_token_secret() -> std::io::Result<(String, String)> {
     let secret = random_token()?;
-    let hash = hash_secret(&secret)?;
+    let hash = format!("{}#{}", hash_secret(&secret)?, quick_check(&secret));
     Ok((secret, hash))
+}
+
+/// A fast check stored beside a token's argon2 hash: 64 bits of a SHA-256
+/// of the secret. A made-up secret fails it without the argon2 work (about
+/// 19 MiB and tens of milliseconds each), so guessing costs the master
+/// almost nothing; and 64 bits of a hash of a 256-bit random secret tell
+/// whoever reads the database nothing usable.
+fn quick_check(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("kiln token check:{secret}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Whether `secret` certainly does not match the stored `hash` (its fast
+/// check fails). Hashes stored before the fast check was kept have none:
+/// they always need the argon2 check.
+pub fn quickly_refused(hash: &str, secret: &str) -> bool {
+    hash.rsplit_once('#').is_some_and(|(_, quick)| !tokens_match(quick, &quick_check(secret)))
 }
 
 /// The token handed out for stored row `id` with `secret`.
@@ -115,13 +137,19 @@ pub fn hash_secret(secret: &str) -> std::io::Result<String> {
 
 pub fn secret_matches(hash: &str, secret: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+    if quickly_refused(hash, secret) {
+        return false;
+    }
+    let argon = hash.split_once('#').map_or(hash, |(a, _)| a);
+    PasswordHash::new(argon).is_ok_and(|h| argon2::Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
 }
 
 /// How long a checked user token is trusted without asking the store
 /// again; a revocation on another master sharing the database takes
 /// effect within this time (on this master at once).
 const CHECKED_TTL: Duration = Duration::from_secs(60);
+/// At most this many checked tokens are remembered.
+const MAX_CHECKED: usize = 10_000;
 
 /// Checked user tokens, by the SHA-256 of the token (never the token), so
 /// each request does not pay for an argon2 check.
@@ -136,7 +164,15 @@ impl TokenCache {
     }
 
     pub fn put(&self, key: [u8; 32], caller: Caller) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (caller, Instant::now()));
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: past the limit, what expired goes, then everything.
+        if m.len() >= MAX_CHECKED {
+            m.retain(|_, (_, at)| at.elapsed() < CHECKED_TTL);
+            if m.len() >= MAX_CHECKED {
+                m.clear();
+            }
+        }
+        m.insert(key, (caller, Instant::now()));
     }
 
     /// Forgets everything checked (after a revocation, a removal or a
@@ -158,6 +194,10 @@ mod tests {
         assert!(secret_matches(&hash, &token));
         assert!(!secret_matches(&hash, &format!("{token}x")));
         assert!(!secret_matches("not a hash", &token));
+        // A wrong secret fails the fast check; a hash without one still checks.
+        assert!(quickly_refused(&hash, "made-up") && !quickly_refused(&hash, &token));
+        let legacy = hash.split_once('#').expect("a fast check").0;
+        assert!(secret_matches(legacy, &token) && !quickly_refused(legacy, "made-up"));
         assert_eq!(user_token(7, "abc"), "kiln_7_abc");
         assert_eq!(split_user_token("kiln_7_abc"), Some((7, "abc")));
         assert_eq!(split_user_token("kiln_x_abc"), None);

@@ -57,6 +57,12 @@ impl LoadedFarm {
             let file = base_dir.join(token_file);
             match std::fs::read_to_string(&file) {
                 Ok(t) if !t.trim().is_empty() => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&file).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+                    if mode & 0o077 != 0 {
+                        tracing::warn!(worker = %w.name, file = %file.display(), mode = format!("{mode:o}"),
+                            "the worker's token file can be read by other users, who could act as the worker; chmod 600 it");
+                    }
                     worker_tokens.insert(w.name.clone(), t.trim().to_string());
                 }
                 Ok(_) => {
@@ -91,12 +97,45 @@ impl LoadedFarm {
             Some(k) => Some(Arc::new(load_keyring(&base_dir.join(k))?)),
             None => None,
         };
-        Ok(LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys, uploaders })
+        let farm =
+            LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys, uploaders };
+        farm.refuse_empty_secrets()?;
+        Ok(farm)
+    }
+
+    /// A hook secret or forge token that is there but empty (or only
+    /// whitespace) would accept forged deliveries or send empty
+    /// credentials: the config is refused. One that cannot be read yet is
+    /// reported when it is used (it may be provided after start).
+    fn refuse_empty_secrets(&self) -> Result<(), LoadError> {
+        let hooks = &self.cfg.hooks;
+        let forges = [("github", &hooks.github), ("gitlab", &hooks.gitlab), ("gitea", &hooks.gitea)];
+        for (forge, hook) in forges {
+            let Some(hook) = hook else { continue };
+            let refs =
+                std::iter::once((&hook.secret, "secret")).chain(hook.status_token.iter().map(|t| (t, "status_token")));
+            for (r, key) in refs {
+                if self.read_secret(r, "").is_ok_and(|v| v.trim().is_empty()) {
+                    return Err(LoadError::Invalid(format!(
+                        "[hooks.{forge}] {key} is empty: an empty secret would let anyone through; put the secret in it"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads a secret (its first line) from where the config says it is;
     /// `what` names it in errors, which never hold the value.
     pub fn secret(&self, r: &kiln_core::config::SecretRef, what: &str) -> anyhow::Result<String> {
+        let value = self.read_secret(r, what)?;
+        if value.trim().is_empty() {
+            anyhow::bail!("{what} is empty");
+        }
+        Ok(value)
+    }
+
+    fn read_secret(&self, r: &kiln_core::config::SecretRef, what: &str) -> anyhow::Result<String> {
         use anyhow::Context;
         use kiln_core::config::SecretRef;
         let text = match r {

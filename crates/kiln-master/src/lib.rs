@@ -132,7 +132,13 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(triggers::schedule::run(shared.clone()));
     tasks.spawn(triggers::poller::run(shared.clone()));
     tasks.spawn(reporters::irc::run(shared.clone()));
-    let app = http::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    // Spans name the path, never the query: a token may be in it.
+    let app = http::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+        |req: &axum::http::Request<_>| {
+            let target = kiln_core::redact::target_for_logs(req.uri().path(), req.uri().query());
+            tracing::debug_span!("request", method = %req.method(), target = %target)
+        },
+    ));
     tasks.spawn(serve_http(http, web_tls, header_timeout, app));
     tracing::info!(%http_addr, %worker_addr, "kiln master running");
     Ok(RunningMaster { http_addr, worker_addr, admin_token_path: token_path, admin_token: token, tasks, store })
@@ -163,6 +169,14 @@ async fn serve_http(
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(deadline);
+            // An HTTP/2 peer that stops answering pings is dropped, and it
+            // may not open streams without bound.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(deadline))
+                .keep_alive_timeout(deadline)
+                .max_concurrent_streams(64);
             let served = match tls {
                 None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app)).await,
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {

@@ -127,6 +127,11 @@ impl Farm {
         farm
     }
 
+    /// The running master's process id.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(Child::id)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -66,7 +66,7 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
         let _ = fs::remove_dir_all(&mirror);
         run(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror), "git init")?;
     }
-    eprintln!("kiln: fetching {url}");
+    eprintln!("kiln: fetching {}", kiln_core::redact::url_for_logs(url));
     run(
         git()
             .arg("-C")
@@ -101,7 +101,7 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
             "--quiet",
             &format!("refs/heads/{branch}^{{commit}}"),
         ]))
-        .with_context(|| format!("{url} has no branch {branch}"))?,
+        .with_context(|| format!("{} has no branch {branch}", kiln_core::redact::url_for_logs(url)))?,
     };
     let checkout = scratch.join("checkout");
     let _ = fs::remove_dir_all(&checkout);
@@ -137,7 +137,7 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
             .with_context(|| format!("cannot move {} into the work dir", entry.path().display()))?;
     }
     let _ = fs::remove_dir_all(&checkout);
-    eprintln!("kiln: checked out {url} {branch} at {commit} ({subject})");
+    eprintln!("kiln: checked out {} {branch} at {commit} ({subject})", kiln_core::redact::url_for_logs(url));
     println!("{commit}");
     Ok(())
 }

@@ -129,8 +129,18 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     // upload goes at the connection's pace instead of filling memory.
     let (upload_tx, mut upload_rx) = mpsc::channel::<WorkerMsg>(16);
     let tls = match &opts.tls_ca {
+        // Only this CA: the worker trusts no other certificate for its master.
         Some(ca) => Some(tls_connector(ca, opts.tls_identity.as_ref())?),
-        None => None,
+        None => {
+            if !master_is_loopback(&opts.master) {
+                tracing::warn!(
+                    master = %opts.master,
+                    "talking to the master over plain TCP: anyone on the path can read this worker's token and \
+                     impersonate the master (and hand it builds); use the master's worker_tls and --tls-ca"
+                );
+            }
+            None
+        }
     };
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -555,4 +565,26 @@ fn tls_connector(
         }
     };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Whether `master` (`HOST:PORT`) names this machine: a loopback address or
+/// `localhost`. Any other may be reached across a network.
+fn master_is_loopback(master: &str) -> bool {
+    let host = master.rsplit_once(':').map_or(master, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::master_is_loopback;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for m in ["127.0.0.1:7001", "[::1]:7001", "localhost:7001", "127.8.0.1:1"] {
+            assert!(master_is_loopback(m), "{m}");
+        }
+        for m in ["10.0.0.5:7001", "master.example.org:7001", "[2001:db8::1]:7001"] {
+            assert!(!master_is_loopback(m), "{m}");
+        }
+    }
 }

@@ -116,6 +116,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
                         StatusCode::UNAUTHORIZED,
                         format!("the client certificate names {email}, who is not a user here"),
                     ),
+                    AuthError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                     AuthError::Store(e) => ApiError::from(e),
                 });
             }
@@ -126,6 +127,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
         };
         crate::auth::authenticate(state, &token).await.map_err(|e| match e {
             AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             AuthError::Store(e) => ApiError::from(e),
         })
     }

@@ -27,6 +27,7 @@ type AppState = Arc<Shared>;
 
 /// Every route of the web port.
 pub fn router(shared: AppState) -> Router {
+    let body_idle = shared.farm().cfg.master.header_timeout;
     use api::{builders, builds, repos, uploads, users};
     let max_upload = shared.farm().cfg.master.max_artifact_size.min(usize::MAX as u64) as usize;
     let api = Router::new()
@@ -85,5 +86,9 @@ pub fn router(shared: AppState) -> Router {
         .merge(files)
         .merge(pages)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), web::session::read_gate))
+        // A body that stops arriving (a slow client holding the connection
+        // and its buffers) ends the request after as long as its headers
+        // may take.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .with_state(shared)
 }

@@ -75,7 +75,7 @@ pub async fn run(shared: Arc<Shared>) {
             next_due.insert(key.clone(), now + every);
             let (url, branch) = key;
             if let Err(e) = poll(&shared, &url, &branch).await {
-                tracing::warn!(%url, %branch, error = %e, "polling failed");
+                tracing::warn!(url = %kiln_core::redact::url_for_logs(&url), %branch, error = %e, "polling failed");
             }
         }
     }
@@ -91,7 +91,7 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
         shared.store.claim_polled_revision(url, branch, seen.as_deref(), &tip).await.map_err(|e| e.to_string())?;
     let Some(before) = seen.filter(|_| won) else {
         if won {
-            tracing::info!(%url, %branch, revision = %tip, "polling a new branch; builds start with its next change");
+            tracing::info!(url = %kiln_core::redact::url_for_logs(url), %branch, revision = %tip, "polling a new branch; builds start with its next change");
         }
         return Ok(());
     };
@@ -99,7 +99,7 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
     let (files, who, comments) = match describe(&mirror, url, branch, &before, &tip).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(%url, error = %e, "cannot tell which files changed; building every component of the branch");
+            tracing::warn!(url = %kiln_core::redact::url_for_logs(url), error = %e, "cannot tell which files changed; building every component of the branch");
             (None, None, String::new())
         }
     };
@@ -114,10 +114,14 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
     };
     match crate::ops::requests::submit_change(shared, &Caller::system("poller"), &change, "poller").await {
         Ok(Some(created)) => {
-            tracing::info!(%url, %branch, revision = %tip, request = created.request_id, builds = created.builds.len(), "change found by polling")
+            tracing::info!(url = %kiln_core::redact::url_for_logs(url), %branch, revision = %tip, request = created.request_id, builds = created.builds.len(), "change found by polling")
         }
-        Ok(None) => tracing::info!(%url, %branch, revision = %tip, "change found by polling touches no component"),
-        Err(e) => tracing::error!(%url, error = %e, "cannot request builds for a polled change"),
+        Ok(None) => {
+            tracing::info!(url = %kiln_core::redact::url_for_logs(url), %branch, revision = %tip, "change found by polling touches no component")
+        }
+        Err(e) => {
+            tracing::error!(url = %kiln_core::redact::url_for_logs(url), error = %e, "cannot request builds for a polled change")
+        }
     }
     Ok(())
 }

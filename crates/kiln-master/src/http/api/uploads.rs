@@ -43,9 +43,9 @@ pub async fn upload(
                 }
                 file.flush().await.map_err(ApiError::internal)?;
             }
-            "target" => choice.targets.push(field.text().await.map_err(bad)?),
+            "target" => choice.targets.push(capped_text(&mut field, MAX_TARGET).await?),
             "property" => {
-                let text = field.text().await.map_err(bad)?;
+                let text = capped_text(&mut field, kiln_core::props::MAX_VALUE_LEN + 100).await?;
                 let (k, v) = kiln_core::props::parse_assignment(&text).map_err(ApiError::bad)?;
                 choice.properties.insert(k, v);
             }
@@ -63,4 +63,23 @@ pub async fn upload(
         request_id: created.request_id,
         builds: created.builds,
     }))
+}
+
+/// The longest target name a form field may hold.
+const MAX_TARGET: usize = 256;
+
+/// A text field of the upload form, refused past `max` bytes: the form may
+/// be as large as an upload, its text fields may not.
+async fn capped_text(field: &mut axum::extract::multipart::Field<'_>, max: usize) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or_default().to_string();
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        field.chunk().await.map_err(|e| ApiError::new(e.status(), format!("invalid upload: {}", e.body_text())))?
+    {
+        if bytes.len() + chunk.len() > max {
+            return Err(ApiError::bad(format!("the upload field {name} is longer than {max} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| ApiError::bad(format!("the upload field {name} is not UTF-8")))
 }

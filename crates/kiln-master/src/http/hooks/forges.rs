@@ -53,16 +53,12 @@ fn hook_secret(
     let unusable = |why: &str| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the {forge} hook's secret {why}; see the master's log"))
     };
-    let secret = farm.secret(&hook.secret, &format!("[hooks.{forge}] secret")).map_err(|e| {
-        tracing::error!(error = %e, "cannot read a hook's secret");
-        unusable("cannot be read")
-    })?;
-    // An empty key would make every signature computable by anyone.
-    if secret.trim().is_empty() {
-        tracing::error!(forge, "a hook's secret is empty; its deliveries are refused");
-        return Err(unusable("is empty"));
-    }
-    Ok(secret)
+    // An empty key (refused by `secret`) would make every signature
+    // computable by anyone.
+    farm.secret(&hook.secret, &format!("[hooks.{forge}] secret")).map_err(|e| {
+        tracing::error!(error = %e, "cannot use a hook's secret; its deliveries are refused");
+        unusable("cannot be read or is empty")
+    })
 }
 
 /// Checks a hex HMAC-SHA256 of the body in constant time.
@@ -168,5 +164,11 @@ mod tests {
         ));
         std::fs::write(&file, "s3cret\n").expect("write");
         assert_eq!(hook_secret(&t.shared, "github", |h| &h.github).expect("secret"), "s3cret");
+        // A config whose hook secret is there but empty is not loaded at all.
+        std::fs::write(&file, " \n").expect("write");
+        let config = format!("{FARM}\n[hooks.github]\nsecret_file = \"gh.secret\"\n");
+        let refused = crate::farm::LoadedFarm::from_text(&t.shared.farm().base_dir.join("farm.toml"), config);
+        let e = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("[hooks.github] secret is empty"), "{e}");
     }
 }

@@ -170,7 +170,7 @@ pub async fn cancel(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Result<Redirect, Response> {
-    let sess = authorize(&s, &headers, f.csrf.as_deref())?;
+    let sess = authorize(&s, &headers, f.csrf.as_deref()).await?;
     ops::builds::cancel(&s, &sess.caller, id).await.map_err(web_error)?;
     Ok(Redirect::to(&format!("/builds/{id}")))
 }
@@ -181,7 +181,7 @@ pub async fn rebuild(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Result<Redirect, Response> {
-    let sess = authorize(&s, &headers, f.csrf.as_deref())?;
+    let sess = authorize(&s, &headers, f.csrf.as_deref()).await?;
     let created = ops::requests::rebuild(&s, &sess.caller, id).await.map_err(web_error)?;
     Ok(match created.builds.first() {
         Some(b) => Redirect::to(&format!("/builds/{}", b.id)),

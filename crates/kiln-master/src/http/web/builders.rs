@@ -127,7 +127,7 @@ pub async fn force(
     headers: HeaderMap,
     Form(f): Form<FormPairs>,
 ) -> Result<Redirect, Response> {
-    let sess = authorize(&s, &headers, form_get(&f, "csrf"))?;
+    let sess = authorize(&s, &headers, form_get(&f, "csrf")).await?;
     let components: Vec<String> = f.iter().filter(|(k, _)| k == "component").map(|(_, v)| v.clone()).collect();
     let targets: Vec<String> = f.iter().filter(|(k, _)| k == "target").map(|(_, v)| v.clone()).collect();
     let keys = f.iter().filter(|(k, _)| k == "prop_key").map(|(_, v)| v.trim().to_string());

@@ -67,13 +67,14 @@ pub async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Respo
             return (StatusCode::SERVICE_UNAVAILABLE, page).into_response();
         }
     };
+    let token_id = crate::caller::split_user_token(f.token.trim()).map(|(id, _)| id);
     let (Ok(id), Ok(csrf)) = (random_token(), random_token()) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, page_error("Log in failed", "no randomness")).into_response();
     };
     s.sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(id.clone(), Session { caller, csrf, created: Instant::now() });
+        .insert(id.clone(), Session { caller, token_id, csrf, created: Instant::now() });
     let mut r = Redirect::to(&safe_next(f.next.as_deref())).into_response();
     // Secure whenever the master is reached over TLS.
     let farm = s.farm();
@@ -90,7 +91,7 @@ pub async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Respo
 }
 
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if authorize(&s, &headers, f.csrf.as_deref()).is_ok() {
+    if authorize(&s, &headers, f.csrf.as_deref()).await.is_ok() {
         if let Some(id) = cookie_value(&headers) {
             s.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }

@@ -116,7 +116,7 @@ pub async fn change(
     Path(channel): Path<String>,
     Form(f): Form<FormPairs>,
 ) -> Result<Redirect, Response> {
-    let sess = authorize(&s, &headers, form_get(&f, "csrf"))?;
+    let sess = authorize(&s, &headers, form_get(&f, "csrf")).await?;
     let get = |k: &str| form_get(&f, k).unwrap_or_default().to_string();
     let op = match get("op").as_str() {
         "promote" => RepoOp::Promote {

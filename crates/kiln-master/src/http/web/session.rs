@@ -59,9 +59,37 @@ impl From<NoSession> for Response {
     }
 }
 
-/// The session a POST needs: logged in, and the form's CSRF token matches.
-pub fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Session, NoSession> {
-    let sess = session(s, headers).ok_or(NoSession::LoggedOut)?;
+/// The session, checked against the store: its token still live, its user
+/// still there, with the permissions they hold now. A session whose token
+/// was revoked or whose user was removed (on any master) ends here.
+pub async fn checked_session(s: &Shared, headers: &HeaderMap) -> Option<Session> {
+    let id = cookie_value(headers)?;
+    let mut sess = s.session(&id)?;
+    let Some(token_id) = sess.token_id else { return Some(sess) };
+    let live = match s.store.live_token(token_id).await {
+        Ok(Some(row)) => crate::auth::user_caller(s, &row.email).await.ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check a session's token");
+            return None;
+        }
+    };
+    match live {
+        Some(caller) => {
+            sess.caller = caller;
+            Some(sess)
+        }
+        None => {
+            s.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            None
+        }
+    }
+}
+
+/// The session a POST needs: logged in (checked now), and the form's CSRF
+/// token matches.
+pub async fn authorize(s: &Shared, headers: &HeaderMap, form_csrf: Option<&str>) -> Result<Session, NoSession> {
+    let sess = checked_session(s, headers).await.ok_or(NoSession::LoggedOut)?;
     match form_csrf {
         Some(t) if tokens_match(&sess.csrf, t) => Ok(sess),
         _ => Err(NoSession::FormExpired),
@@ -99,7 +127,7 @@ pub async fn read_gate(
             _ => false,
         },
     };
-    if token_ok || session(&s, req.headers()).is_some() {
+    if token_ok || checked_session(&s, req.headers()).await.is_some() {
         return next.run(req).await;
     }
     if path.starts_with("/api/") {
