@@ -401,3 +401,82 @@ async fn a_stalled_request_body_is_cut_off() {
     assert!(text.is_empty() || !text.starts_with("HTTP/1.1 2"), "{text}");
     farm.client().status().await.expect("the master still answers");
 }
+
+/// With `[uploads] require_signature`, only a source upload clear-signed by
+/// a key of the uploaders keyring is accepted, and its signer is recorded
+/// as who asked; unsigned uploads and strangers' signatures are refused
+/// with the reason. Keys and signatures are made by real gpg.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_must_be_signed_by_a_known_uploader() {
+    use kiln_testing::run;
+    use sha2::Digest;
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "debian-12-amd64"
+family = "deb"
+suite = "bookworm"
+
+[uploads]
+keyring = "keys/uploaders.asc"
+require_signature = true
+"#;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let gpg = |home: &str, args: &[&str]| {
+        let dir = scratch.path().join(home);
+        std::fs::create_dir_all(&dir).expect("gnupg home");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+        let mut cmd = std::process::Command::new("gpg");
+        cmd.env("GNUPGHOME", &dir).args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""]).args(args);
+        let (code, out, err) = run(&mut cmd).expect("gpg");
+        assert_eq!(code, 0, "gpg {args:?}: {err}");
+        out
+    };
+    gpg("jane", &["--quick-gen-key", "Jane Doe <jane@example.org>", "ed25519", "sign", "never"]);
+    gpg("eve", &["--quick-gen-key", "Eve <eve@example.org>", "ed25519", "sign", "never"]);
+    let keyring = gpg("jane", &["--armor", "--export", "jane@example.org"]);
+    let mut farm = Farm::new(KILN.as_ref(), config, &[("keys/uploaders.asc", &keyring)]);
+    farm.start_master().await;
+
+    let dir = scratch.path().join("upload");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tarball = b"kiln signed upload test\n";
+    std::fs::write(dir.join("kiln-signed_1.0.tar.xz"), tarball).expect("tarball");
+    let sha = hex::encode(sha2::Sha256::digest(tarball));
+    let (_, md5, _) =
+        run(std::process::Command::new("md5sum").arg(dir.join("kiln-signed_1.0.tar.xz"))).expect("md5sum");
+    let md5 = md5.split_whitespace().next().expect("sum").to_string();
+    let dsc = format!(
+        "Format: 3.0 (native)\nSource: kiln-signed\nBinary: kiln-signed\nArchitecture: all\nVersion: 1.0\n\
+         Checksums-Sha256:\n {sha} {n} kiln-signed_1.0.tar.xz\nFiles:\n {md5} {n} kiln-signed_1.0.tar.xz\n",
+        n = tarball.len()
+    );
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, &dsc).expect("dsc text");
+    let signed_by = |who: &str| {
+        let out = dir.join(format!("{who}.asc"));
+        let _ = std::fs::remove_file(&out);
+        gpg(who, &["--clearsign", "--output", out.to_str().expect("path"), plain.to_str().expect("path")]);
+        std::fs::read_to_string(out).expect("signed")
+    };
+    let dsc_path = dir.join("kiln-signed_1.0.dsc");
+    let upload = |text: &str| {
+        std::fs::write(&dsc_path, text).expect("write dsc");
+        run(farm.kiln().arg("upload").arg(&dsc_path)).expect("kiln upload")
+    };
+    let (code, _, err) = upload(&dsc);
+    assert_eq!(code, 1, "an unsigned upload is refused");
+    assert!(err.contains("is not signed"), "{err}");
+    let (code, _, err) = upload(&signed_by("eve"));
+    assert_eq!(code, 1, "a stranger's signature is refused");
+    assert!(err.contains("not in the uploaders keyring"), "{err}");
+    let (code, out, err) = upload(&signed_by("jane"));
+    assert_eq!(code, 0, "{out}{err}");
+    let page = farm.client().builds(&Default::default()).await.expect("builds");
+    assert_eq!(page.builds.len(), 1, "one build, of the signed upload: {page:?}");
+    let who = page.builds[0].requested_by.clone().unwrap_or_default();
+    assert!(who.starts_with("Jane Doe <jane@example.org> (signed upload"), "{who}");
+}

@@ -18,6 +18,8 @@ pub enum ControlError {
     BadLine(usize),
     #[error("no fields")]
     Empty,
+    #[error("line {0}: the field {1} appears twice (field names compare without case)")]
+    Duplicate(usize, String),
     #[error("the clear-signed message is not terminated")]
     UnterminatedSignature,
     #[error("missing field {0}")]
@@ -80,6 +82,12 @@ pub fn parse_paragraph(text: &str) -> Result<Paragraph, ControlError> {
         let (k, v) = line.split_once(':').ok_or(ControlError::BadLine(i + 1))?;
         if k.is_empty() || k.contains(char::is_whitespace) {
             return Err(ControlError::BadLine(i + 1));
+        }
+        // As dpkg: a field given twice (`Package` and `package`) would let
+        // kiln and apt read different values.
+        if p.keys().any(|known| known.eq_ignore_ascii_case(k)) {
+            let shown: String = k.chars().take(64).collect();
+            return Err(ControlError::Duplicate(i + 1, shown));
         }
         p.insert(k.to_string(), v.trim().to_string());
         last = Some(k.to_string());
@@ -214,6 +222,10 @@ iQIzBAEBCAAdFiEE
     #[test]
     fn rejects_what_is_malformed() {
         assert_eq!(parse_source_upload(""), Err(ControlError::Empty));
+        assert_eq!(
+            parse_paragraph("Package: mine\nVersion: 1\npackage: openssl\n"),
+            Err(ControlError::Duplicate(3, "package".into()))
+        );
         assert_eq!(parse_source_upload("Version: 1\nFiles:\n aa 1 x\n"), Err(ControlError::Missing("Source")));
         assert_eq!(parse_source_upload("Source: xy\nVersion: 1\n"), Err(ControlError::Missing("Files")));
         assert!(matches!(

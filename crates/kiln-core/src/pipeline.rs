@@ -14,10 +14,7 @@ pub use crate::config::STEP_NAMES;
 /// build's work dir; their artifacts are everything in it.
 pub const OUTPUT_DIR: &str = ".kiln-out";
 
-/// Quotes a word for `sh`.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+pub use crate::props::sh_quote;
 
 fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
     StepSpec {

@@ -84,11 +84,14 @@ pub fn requested(properties: &Properties) -> Properties {
         .filter(|(k, p)| matches!(p.source, PropertySource::Request | PropertySource::Change) && !kiln_only(k))
         .map(|(k, p)| (k.clone(), p.clone()))
         .collect();
+    // A build of a branch's tip is rebuilt at the commit it checked out. A
+    // worker reports that commit, so it never replaces a revision the
+    // request or change named, and counts as asked for (commit statuses go
+    // only to a change's own revision).
     if let Some(built) = properties.get(GOT_REVISION).filter(|p| p.source == PropertySource::Step) {
-        // It came with a change when the build has other change properties.
-        let from_change = properties.values().any(|p| p.source == PropertySource::Change);
-        let source = if from_change { PropertySource::Change } else { PropertySource::Request };
-        out.insert(REVISION.to_string(), Property { value: built.value.clone(), source });
+        if !out.contains_key(REVISION) {
+            out.insert(REVISION.to_string(), Property { value: built.value.clone(), source: PropertySource::Request });
+        }
     }
     out
 }
@@ -175,7 +178,12 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
 /// may set) is data and never shell syntax. A script that wants the shell
 /// to split or expand a value says so with `$KILN_PROP_NAME`.
 pub fn interpolate_shell(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
-    interpolate_with(text, lookup, |v, out| out.push_str(&crate::pipeline::sh_quote(v)))
+    interpolate_with(text, lookup, |v, out| out.push_str(&sh_quote(v)))
+}
+
+/// Quotes a word for `sh`.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn interpolate_with(
@@ -285,8 +293,11 @@ mod tests {
         p.remove("revision");
         p.insert(GOT_REVISION.into(), Property { value: "c0ffee".into(), source: PropertySource::Step });
         assert_eq!(requested(&p)["revision"], Property { value: "c0ffee".into(), source: PropertySource::Request });
+        // Never over a revision the change named, and never as the change's.
         p.insert("branch".into(), Property { value: "main".into(), source: PropertySource::Change });
-        assert_eq!(requested(&p)["revision"].source, PropertySource::Change);
+        assert_eq!(requested(&p)["revision"].source, PropertySource::Request);
+        p.insert("revision".into(), Property { value: "feed".into(), source: PropertySource::Change });
+        assert_eq!(requested(&p)["revision"], Property { value: "feed".into(), source: PropertySource::Change });
     }
 
     fn props(name: &str) -> Option<String> {

@@ -72,11 +72,30 @@ pub fn read_control(dir: &Path, names: &[String]) -> Result<Control, Vec<String>
     }
 }
 
+/// The files in `dir` besides `control` and `listed`, each as a problem:
+/// nothing rides along with an upload that its control file (its checksums,
+/// and a signature over them) does not cover.
+fn unlisted(dir: &Path, control: &str, listed: &[&str]) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut extra: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != control && !listed.contains(&n.as_str()))
+        .collect();
+    extra.sort();
+    extra.into_iter().map(|n| format!("{n} is not listed in {control}")).collect()
+}
+
 /// Checks every file `control` lists. Returns every problem found, not
 /// just the first.
 pub fn check(dir: &Path, control: &Control) -> Result<Checked, Vec<String>> {
     let (kind, control_name) = (control.kind, &control.name);
     let Some(text) = &control.text else {
+        // A source RPM is the whole upload.
+        let extra = unlisted(dir, control_name, &[]);
+        if !extra.is_empty() {
+            return Err(extra);
+        }
         // name-version-release.src.rpm
         let stem = control_name.trim_end_matches(".src.rpm");
         let mut parts = stem.rsplitn(3, '-');
@@ -92,6 +111,7 @@ pub fn check(dir: &Path, control: &Control) -> Result<Checked, Vec<String>> {
     let upload: SourceUpload =
         parse_source_upload(text).map_err(|e| vec![format!("{control}: malformed control file: {e}")])?;
     let mut problems = Vec::new();
+    problems.extend(unlisted(dir, control, &upload.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>()));
     for f in &upload.files {
         let path = dir.join(&f.name);
         if !path.exists() {
@@ -203,8 +223,19 @@ mod tests {
         assert!(problems[0].starts_with("x_1.0.debian.tar.xz: SHA256 checksum mismatch"), "{problems:?}");
         assert!(problems[1].starts_with("x_1.0.debian.tar.xz: MD5 checksum mismatch"), "{problems:?}");
         assert_eq!(problems[2], "missing file x_1.0.orig.tar.gz (listed in x_1.0-1.dsc)");
-        let ok = read_and_check(&["x-2.1-3.src.rpm".into()]).expect("srpm");
+        // A file the control file does not list does not ride along.
+        fs::write(dir.path().join("extra.tar.gz"), b"unlisted").expect("write");
+        let problems = read_and_check(&names).expect_err("problems");
+        assert!(problems.contains(&"extra.tar.gz is not listed in x_1.0-1.dsc".to_string()), "{problems:?}");
+        fs::remove_file(dir.path().join("extra.tar.gz")).expect("remove");
+        let alone = tempfile::tempdir().expect("tempdir");
+        let srpm = ["x-2.1-3.src.rpm".to_string()];
+        let ok = check(alone.path(), &read_control(alone.path(), &srpm).expect("control")).expect("srpm");
         assert_eq!((ok.source.as_str(), ok.version.as_str()), ("x", "2.1-3"));
+        // Anything beside a source RPM is refused (a spec there would be built instead).
+        fs::write(alone.path().join("evil.spec"), b"Name: evil").expect("write");
+        let problems = check(alone.path(), &read_control(alone.path(), &srpm).expect("control")).expect_err("extra");
+        assert_eq!(problems, ["evil.spec is not listed in x-2.1-3.src.rpm"]);
         assert!(read_and_check(&["a.tar".into()]).is_err());
     }
 

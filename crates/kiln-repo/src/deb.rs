@@ -140,13 +140,23 @@ pub fn entry_from_control(control: &str, filename: &str, sums: &Sums) -> std::re
     kiln_core::names::check_deb_arch(&arch).map_err(bad)?;
     // The control text as written (field order and continuation lines
     // intact), then where the file is and what it hashes to.
+    // Fields that say where the file is and what it hashes to are the
+    // repository's to write, never the package's.
+    let ours = ["filename", "size", "md5sum", "sha1", "sha256", "sha512"];
     let mut stanza = String::with_capacity(control.len() + 256);
+    let mut skipping = false;
     for line in control.lines() {
         if line.trim().is_empty() {
             break;
         }
-        stanza.push_str(line);
-        stanza.push('\n');
+        if !line.starts_with([' ', '\t']) {
+            let name = line.split(':').next().unwrap_or_default().to_ascii_lowercase();
+            skipping = ours.contains(&name.as_str());
+        }
+        if !skipping {
+            stanza.push_str(line);
+            stanza.push('\n');
+        }
     }
     stanza.push_str(&format!(
         "Filename: {filename}\nSize: {}\nMD5sum: {}\nSHA1: {}\nSHA256: {}",
@@ -266,6 +276,23 @@ mod tests {
             .contains("Package \"../a\" is not valid"));
         let traversal = "Package: ab\nSource: ../../../../tmp/x\nVersion: 1\nArchitecture: all\n";
         assert!(entry_from_control(traversal, "f", &sums).expect_err("must fail").contains("Source \"../"));
+    }
+
+    #[test]
+    fn where_a_package_lives_is_the_repositorys_to_say() {
+        let sums = crate::hash::sums(b"x");
+        let control = "Package: ab\nVersion: 1\nArchitecture: all\nFilename: pool/main/o/openssl/evil.deb\nSHA256: 00\n  continued\nDescription: d\n";
+        let e = entry_from_control(control, "pool/main/a/ab/ab_1_all.deb", &sums).expect("entry");
+        assert_eq!(e.stanza.matches("Filename:").count(), 1, "{}", e.stanza);
+        assert!(
+            e.stanza.contains("Filename: pool/main/a/ab/ab_1_all.deb") && !e.stanza.contains("evil"),
+            "{}",
+            e.stanza
+        );
+        assert!(!e.stanza.contains("continued") && e.stanza.contains("Description: d"), "{}", e.stanza);
+        assert!(
+            entry_from_control("Package: ab\npackage: openssl\nVersion: 1\nArchitecture: all\n", "f", &sums).is_err()
+        );
     }
 
     #[test]

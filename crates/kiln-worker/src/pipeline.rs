@@ -42,54 +42,6 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Marks a helper already running inside the build's sandbox.
-const IN_SANDBOX_ENV: &str = "KILN_IN_SANDBOX";
-
-/// Runs this helper again, with the same arguments, inside the sandbox the
-/// worker gave (as the build user, without network, `writable` the only
-/// places it may change, the tree handed to the build user first): what a
-/// source tree says is read and run there, never by root. Returns false
-/// when there is no sandbox (a root worker trusted to build as root) or
-/// this already runs inside it; the caller then does the work itself.
-fn rerun_in_sandbox(tree: &Path, writable: &[&Path]) -> anyhow::Result<bool> {
-    // The tree is always visible (read-only unless it is among `writable`).
-    let readable: &[&Path] = if writable.contains(&tree) { &[] } else { &[tree] };
-    if std::env::var_os(IN_SANDBOX_ENV).is_some() {
-        return Ok(false);
-    }
-    let Some(sandbox) = crate::sandbox::Sandbox::from_env() else { return Ok(false) };
-    if let Some(user) = sandbox.user {
-        for dir in std::iter::once(tree).chain(writable.iter().copied()) {
-            crate::process::give_tree(dir, user).with_context(|| format!("cannot hand {} over", dir.display()))?;
-        }
-    }
-    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
-    let exe = exe.to_string_lossy().into_owned();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let argv: Vec<&str> = std::iter::once(exe.as_str()).chain(args.iter().map(String::as_str)).collect();
-    let mut cmd = sandbox.command(&argv, writable, readable, tree, false);
-    cmd.env(IN_SANDBOX_ENV, "1").env("HOME", "/tmp").stdin(Stdio::null());
-    let status = cmd.status().context("cannot run bwrap")?;
-    if !status.success() {
-        bail!("the step failed in its sandbox ({status})");
-    }
-    Ok(true)
-}
-
-/// Reads the file at `rel` in the source tree `tree`, refusing one that is
-/// (or passes through) a link leading out of the tree. The contents never
-/// appear in an error.
-fn read_in_tree(tree: &Path, rel: &Path) -> anyhow::Result<String> {
-    let shown = rel.display();
-    let root = tree.canonicalize().with_context(|| format!("cannot resolve {}", tree.display()))?;
-    let path = tree.join(rel).canonicalize().with_context(|| format!("cannot open {shown}"))?;
-    if !path.starts_with(&root) {
-        bail!("{shown} leads out of the source tree (a link); kiln reads only files inside it");
-    }
-    let bytes = fs::read(&path).with_context(|| format!("cannot read {shown}"))?;
-    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown} is not UTF-8 text"))
-}
-
 /// `deb-source`: makes the source package in SCRATCH/pkg and prints its
 /// version. Nightly builds (no `release=true`) get a changelog entry with
 /// the nightly version first. Runs in the build's sandbox.
@@ -97,12 +49,12 @@ pub fn deb_source() -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let pkg = env_path("KILN_SCRATCH")?.join("pkg");
     fs::create_dir_all(&pkg)?;
-    if rerun_in_sandbox(&build_dir, &[&build_dir, &pkg])? {
+    if crate::sandbox::rerun_in_sandbox(&build_dir, &[&build_dir, &pkg])? {
         return Ok(());
     }
     let changelog = build_dir.join("debian/changelog");
     let version = if changelog.symlink_metadata().is_ok() {
-        let text = read_in_tree(&build_dir, Path::new("debian/changelog"))?;
+        let text = crate::sandbox::read_in_tree(&build_dir, Path::new("debian/changelog"))?;
         let head = changelog_head(&text).map_err(anyhow::Error::msg)?;
         let release = std::env::var("KILN_PROP_RELEASE").is_ok_and(|v| v == "true");
         let version = if release {
@@ -140,7 +92,8 @@ pub fn deb_source() -> anyhow::Result<()> {
                 fs::copy(e.path(), pkg.join(e.file_name()))?;
             }
         }
-        let text = read_in_tree(&build_dir, Path::new(dsc.file_name().context("the .dsc has no name")?))?;
+        let text =
+            crate::sandbox::read_in_tree(&build_dir, Path::new(dsc.file_name().context("the .dsc has no name")?))?;
         text.lines()
             .find_map(|l| l.strip_prefix("Version:"))
             .map(|v| v.trim().to_string())
@@ -337,8 +290,11 @@ pub fn deb_deps() -> anyhow::Result<()> {
     let root = scratch.join("root");
     let build = root.join("build");
     fs::create_dir_all(&build)?;
+    // Files only: a link the source step left would be followed by root.
     for e in fs::read_dir(scratch.join("pkg"))?.flatten() {
-        fs::copy(e.path(), build.join(e.file_name()))?;
+        if e.file_type()?.is_file() {
+            fs::copy(e.path(), build.join(e.file_name()))?;
+        }
     }
     // The farm's own repository (what dependencies just published) and the
     // target's extra ones, each trusted through its own key only:
@@ -477,6 +433,11 @@ pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> any
         "bwrap" => {
             let root = scratch.join("root");
             let build = root.join("build");
+            // Maintainer scripts ran as root in the root: /build must still
+            // be a directory of it, not a link out of it.
+            if !fs::symlink_metadata(&build).is_ok_and(|m| m.is_dir()) {
+                bail!("the build root's /build is no longer a directory");
+            }
             run(Command::new("chown").arg("-R").arg(format!("{BUILD_UID}:{BUILD_UID}")).arg(&build), "chown")?;
             let setpriv = format!(
                 "--reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all"
@@ -491,6 +452,7 @@ pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> any
         }
         "sbuild" => sbuild(&scratch, suite.context("the sbuild executor needs --suite")?, arch)?,
         "host" => {
+            refuse_host_executor_in_sandbox()?;
             let pkg = scratch.join("pkg");
             let dsc = made_dsc(&pkg)?;
             run(Command::new("dpkg-source").arg("-x").arg(&dsc).arg("src").current_dir(&pkg), "dpkg-source -x")?;
@@ -576,7 +538,7 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let rpm = env_path("KILN_SCRATCH")?.join("rpm");
     fs::create_dir_all(&rpm)?;
-    if rerun_in_sandbox(&build_dir, &[&rpm])? {
+    if crate::sandbox::rerun_in_sandbox(&build_dir, &[&rpm])? {
         return Ok(());
     }
     let spec_path = match spec {
@@ -586,7 +548,7 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
     let srpm = match spec_path {
         Some(spec_path) => {
             let rel = spec_path.strip_prefix(&build_dir).unwrap_or(&spec_path).to_path_buf();
-            let text = read_in_tree(&build_dir, &rel)?;
+            let text = crate::sandbox::read_in_tree(&build_dir, &rel)?;
             let text = match nightly_stamp()? {
                 Some((date, id)) => {
                     kiln_core::rpmspec::rewrite_release(&text, |r| kiln_core::rpmspec::nightly_release(r, &date, id))
@@ -692,6 +654,19 @@ fn tarballs_from_tree(spec: &Path, tree: &Path, sources: &Path) -> anyhow::Resul
     Ok(())
 }
 
+/// The `host` executor runs the package's own build scripts on the worker
+/// itself: refused where the worker sandboxes build code (it would run them
+/// outside), allowed on a root worker trusted to build as root.
+fn refuse_host_executor_in_sandbox() -> anyhow::Result<()> {
+    if crate::sandbox::Sandbox::from_env().is_some() {
+        bail!(
+            "the host executor would run the package's build outside the sandbox; this worker sandboxes builds \
+             (use the bwrap, sbuild or mock executor, or a worker with --build-user root for trusted components)"
+        );
+    }
+    Ok(())
+}
+
 /// `rpm-build`: rebuilds the source RPM (in bubblewrap over the host,
 /// read-only, without network, as an unprivileged user; with mock in a
 /// root of its own; or on the host) and puts the RPMs in `.kiln-out/`.
@@ -702,16 +677,29 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
     let srpm_name = srpm.file_name().context("srpm name")?.to_string_lossy().into_owned();
     match executor {
         "bwrap" => {
-            run(Command::new("chown").arg("-R").arg(format!("{BUILD_UID}:{BUILD_UID}")).arg(&rpm), "chown")?;
+            // As the worker's build user when it has one, with what the
+            // worker hides hidden here too.
+            let sandbox = crate::sandbox::Sandbox::from_env();
+            let uid = sandbox.as_ref().and_then(|s| s.user).map_or(BUILD_UID, |u| u.uid);
+            let gid = sandbox.as_ref().and_then(|s| s.user).map_or(BUILD_UID, |u| u.gid);
+            run(Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&rpm), "chown")?;
             // The host's root read-only, the build's dir at a fixed place,
             // private temp dirs, no network.
             let mut cmd = Command::new("bwrap");
             cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
             cmd.args(["--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/var/tmp"]);
+            if let Some(s) = &sandbox {
+                s.hide_in(&mut cmd);
+            }
             cmd.arg("--bind").arg(&rpm).arg("/tmp/kiln-build");
             cmd.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]);
             cmd.args(["--hostname", "kiln-build", "setpriv"]);
-            cmd.args(format!("--reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all").split(' '));
+            cmd.args(
+                format!(
+                    "--reuid={uid} --regid={gid} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all"
+                )
+                .split(' '),
+            );
             cmd.env_clear();
             keep_build_marks(&mut cmd);
             cmd.args(["--", "env", "HOME=/tmp", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]);
@@ -744,6 +732,7 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
             }
         }
         "host" => {
+            refuse_host_executor_in_sandbox()?;
             let mut cmd = Command::new("rpmbuild");
             cmd.arg("--rebuild").arg("--define").arg(format!("_topdir {}", rpm.join("top").display())).arg(&srpm);
             run(&mut cmd, "rpmbuild --rebuild")?;
@@ -756,9 +745,10 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
     let mut stack = vec![rpm.join("top/RPMS")];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type()?.is_dir() {
+            let t = e.file_type()?;
+            if t.is_dir() {
                 stack.push(e.path());
-            } else if e.file_name().to_string_lossy().ends_with(".rpm") {
+            } else if t.is_file() && e.file_name().to_string_lossy().ends_with(".rpm") {
                 fs::copy(e.path(), out.join(e.file_name()))?;
                 n += usize::from(!e.file_name().to_string_lossy().ends_with(".src.rpm"));
             }

@@ -31,24 +31,7 @@ impl Drop for GroupGuard {
 /// set, stdout comes through its own pipe (the runner logs it too). The
 /// process writes itself into each of `cgroups` (`cgroup.procs` files)
 /// before it runs the script, so all it starts is limited with it.
-/// The unprivileged user a root worker runs build steps as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BuildUser {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl BuildUser {
-    /// Looks a user up in `/etc/passwd`.
-    pub fn named(name: &str) -> Option<BuildUser> {
-        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-        passwd.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[0] == name)
-                .then(|| Some(BuildUser { uid: f[2].parse().ok()?, gid: f[3].parse().ok()? }))?
-        })
-    }
-}
+pub use crate::sandbox::BuildUser;
 
 pub fn spawn(
     script: &str,
@@ -126,24 +109,6 @@ fn join_cgroups_before_exec(cmd: &mut Command, files: Vec<std::ffi::CString>) {
             Ok(())
         });
     }
-}
-
-/// Makes every file under `dir` (and `dir`) the build user's, without
-/// following a link anywhere.
-pub fn give_tree(dir: &Path, u: BuildUser) -> std::io::Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                stack.push(e.path());
-            } else {
-                std::os::unix::fs::lchown(e.path(), Some(u.uid), Some(u.gid))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Sends a signal to one process.

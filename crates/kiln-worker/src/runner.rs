@@ -363,7 +363,7 @@ async fn run_step(
     }
     if let Some(u) = user.filter(|_| !ctx.tree_handed_over) {
         ctx.tree_handed_over = true;
-        if let Err(e) = process::give_tree(dir, u) {
+        if let Err(e) = crate::sandbox::give_tree(dir, u) {
             log.line(&format!("kiln: cannot hand the work dir to the build user: {e}\n"));
             log.flush(true);
             result.message = Some(format!("could not start: {e}"));

@@ -15,9 +15,10 @@
 //! capabilities, groups or way to regain them (`setpriv`); a worker that is
 //! not root gets the same through bubblewrap's user namespace.
 
-use crate::process::BuildUser;
+use anyhow::{bail, Context};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Environment variable carrying the hidden paths to kiln's own pipeline
 /// helpers (one per line).
@@ -64,6 +65,19 @@ impl Sandbox {
         env
     }
 
+    /// Adds to a bubblewrap command what hides the worker's own files: an
+    /// empty file system over each hidden directory, an empty file over each
+    /// hidden file.
+    pub fn hide_in(&self, cmd: &mut Command) {
+        for path in &self.hide {
+            if path.is_dir() {
+                cmd.arg("--tmpfs").arg(path);
+            } else if path.exists() {
+                cmd.arg("--ro-bind").arg("/dev/null").arg(path);
+            }
+        }
+    }
+
     /// A command that runs `argv` in the sandbox, with `writable` (at the
     /// same paths) the only places it may change and `readable` shown
     /// read-only though under a hidden directory; `cwd` is its directory.
@@ -91,13 +105,7 @@ impl Sandbox {
         for (_, dir) in &binds {
             passable(&mut cmd, &system, dir);
         }
-        for path in &self.hide {
-            if path.is_dir() {
-                cmd.arg("--tmpfs").arg(path);
-            } else if path.exists() {
-                cmd.arg("--ro-bind").arg("/dev/null").arg(path);
-            }
-        }
+        self.hide_in(&mut cmd);
         let emptied: Vec<&Path> = self.hide.iter().map(PathBuf::as_path).chain(system).collect();
         for (how, dir) in &binds {
             passable(&mut cmd, &emptied, dir);
@@ -129,6 +137,91 @@ impl Sandbox {
     }
 }
 
+/// The unprivileged user a root worker runs build steps as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl BuildUser {
+    /// Looks a user up in `/etc/passwd`.
+    pub fn named(name: &str) -> Option<BuildUser> {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some(BuildUser { uid: f[2].parse().ok()?, gid: f[3].parse().ok()? }))?
+        })
+    }
+}
+
+/// Makes every file under `dir` (and `dir`) the build user's, without
+/// following a link anywhere.
+pub fn give_tree(dir: &Path, u: BuildUser) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                std::os::unix::fs::lchown(e.path(), Some(u.uid), Some(u.gid))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks a helper already running inside the build's sandbox.
+const IN_SANDBOX_ENV: &str = "KILN_IN_SANDBOX";
+
+/// Runs this helper again, with the same arguments, inside the sandbox the
+/// worker gave (as the build user, without network, `writable` the only
+/// places it may change, the tree handed to the build user first): what a
+/// source tree says is read and run there, never by root. Returns false
+/// when there is no sandbox (a root worker trusted to build as root) or
+/// this already runs inside it; the caller then does the work itself.
+pub(crate) fn rerun_in_sandbox(tree: &Path, writable: &[&Path]) -> anyhow::Result<bool> {
+    // The tree is always visible (read-only unless it is among `writable`).
+    let readable: &[&Path] = if writable.contains(&tree) { &[] } else { &[tree] };
+    if std::env::var_os(IN_SANDBOX_ENV).is_some() {
+        return Ok(false);
+    }
+    let Some(sandbox) = Sandbox::from_env() else { return Ok(false) };
+    if let Some(user) = sandbox.user {
+        for dir in std::iter::once(tree).chain(writable.iter().copied()) {
+            give_tree(dir, user).with_context(|| format!("cannot hand {} over", dir.display()))?;
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find kiln's own executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = std::iter::once(exe.as_str()).chain(args.iter().map(String::as_str)).collect();
+    let mut cmd = sandbox.command(&argv, writable, readable, tree, false);
+    cmd.env(IN_SANDBOX_ENV, "1").env("HOME", "/tmp").stdin(Stdio::null());
+    let status = cmd.status().context("cannot run bwrap")?;
+    if !status.success() {
+        bail!("the step failed in its sandbox ({status})");
+    }
+    Ok(true)
+}
+
+/// Reads the file at `rel` in the source tree `tree`, refusing one that is
+/// (or passes through) a link leading out of the tree. The contents never
+/// appear in an error.
+pub(crate) fn read_in_tree(tree: &Path, rel: &Path) -> anyhow::Result<String> {
+    let shown = rel.display();
+    let root = tree.canonicalize().with_context(|| format!("cannot resolve {}", tree.display()))?;
+    let path = tree.join(rel).canonicalize().with_context(|| format!("cannot open {shown}"))?;
+    if !path.starts_with(&root) {
+        bail!("{shown} leads out of the source tree (a link); kiln reads only files inside it");
+    }
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {shown}"))?;
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown} is not UTF-8 text"))
+}
+
 /// What a worker hides from build code: its work dir (other builds, their
 /// secrets and results), its root cache, the files of its token and keys,
 /// and users' homes. Relative paths are made absolute from the worker's
@@ -139,7 +232,9 @@ pub fn hidden_paths(workdir: &Path, root_cache: Option<&Path>, private_files: &[
     let mut paths = vec![abs(workdir)];
     paths.extend(root_cache.map(abs));
     paths.extend(private_files.iter().map(|f| abs(f)));
-    paths.extend([PathBuf::from("/root"), PathBuf::from("/home")]);
+    // Homes, and the sockets of services that would run a command outside
+    // (a user's systemd and D-Bus, Docker).
+    paths.extend(["/root", "/home", "/run/user", "/run/docker.sock", "/run/dbus"].map(PathBuf::from));
     paths.sort();
     paths.dedup();
     paths

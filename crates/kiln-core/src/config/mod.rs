@@ -30,6 +30,7 @@ use crate::toml_reader::Reader;
 mod errors;
 mod model;
 mod read;
+mod relations;
 mod triggers;
 mod validate;
 mod written;

@@ -14,6 +14,7 @@ use super::model::{
     AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, UploadsSection,
     WorkerDef,
 };
+use super::relations;
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
 use crate::channel::{Accepts, Channel};
@@ -328,15 +329,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         );
     }
     let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
-    let adopts = r.string_list(tbl, "adopts", &what).unwrap_or_default();
-    for (name, span) in &adopts {
-        // Debian's grammar is the narrower one; RPM names pass it too when lower-case.
-        let ok = crate::names::check_deb_name("package", name).is_ok()
-            || crate::names::check_rpm_field("package", name).is_ok();
-        if !ok {
-            r.err(span, format!("{what}: `adopts` names {name:?}, which is not a package name"));
-        }
-    }
+    let adopts = relations::read_adopts(r, tbl, &what);
     let timeout = duration_key(r, tbl, "timeout", &what);
     let no_output_timeout = duration_key(r, tbl, "no_output_timeout", &what);
     let memory = read_memory(r, tbl, &what);
@@ -358,7 +351,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         after,
         properties,
         artifacts: artifacts.into_iter().map(|a| a.0).collect(),
-        adopts: adopts.into_iter().map(|a| a.0).collect(),
+        adopts,
         spec,
         timeout,
         no_output_timeout,
@@ -370,7 +363,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
     };
     if !duplicate {
         component.collapse = r.boolean(tbl, "collapse", &what).unwrap_or(false);
-        component.rebuild_after = read_rebuild_after(r, tbl, &what, &depends_on);
+        component.rebuild_after = relations::read_rebuild_after(r, tbl, &what, &depends_on);
         component.secrets = triggers::read_step_secrets(r, tbl, &what);
     }
     Some(ComponentAsWritten { component, span: tbl.span.clone(), name_span: nspan, depends_on, targets, duplicate })
@@ -429,19 +422,6 @@ fn read_spec(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<String> {
     } else {
         Some(p)
     }
-}
-
-/// A component's `rebuild_after`: some of its own `depends_on`.
-fn read_rebuild_after(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, depends_on: &[(String, Span)]) -> Vec<String> {
-    let mut rebuild_after = Vec::new();
-    for (dep, dspan) in r.string_list(tbl, "rebuild_after", what).unwrap_or_default() {
-        if depends_on.iter().any(|(d, _)| d == &dep) {
-            rebuild_after.push(dep);
-        } else {
-            r.err(&dspan, format!("{what}: `rebuild_after` names {dep:?}, which is not in its `depends_on`"));
-        }
-    }
-    rebuild_after
 }
 
 fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ChannelAsWritten> {

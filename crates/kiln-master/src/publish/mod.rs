@@ -169,8 +169,17 @@ impl Publisher {
                     .map_err(|e| e.to_string())??;
             ready.push((ch, prepared));
         }
-        let adopts = farm.cfg.component(&build.component).map(|c| c.adopts.clone()).unwrap_or_default();
-        self.claim_names(&build.component, ready.iter().flat_map(|(_, p)| &p.add), &adopts).await?;
+        // An upload is named by its own Source: field, which anyone with
+        // own_jobs chooses: it owns names apart from the configured
+        // component of that name, and adopts nothing.
+        let (owner, adopts) = match kiln_core::job::BuildSource::of(&build.properties) {
+            kiln_core::job::BuildSource::Upload(_) => (format!("upload:{}", build.component), Vec::new()),
+            kiln_core::job::BuildSource::Component => (
+                build.component.clone(),
+                farm.cfg.component(&build.component).map(|c| c.adopts.clone()).unwrap_or_default(),
+            ),
+        };
+        self.claim_names(&owner, ready.iter().flat_map(|(_, p)| &p.add), &adopts).await?;
         let mut summary = Vec::new();
         for (ch, prepared) in ready {
             let n = prepared.add.len();

@@ -142,10 +142,25 @@ pub(super) fn prepare(
                         .iter()
                         .find(|(n, _)| n == f)
                         .ok_or(format!("{name} lists {f}, which the build did not upload"))?;
-                    place_file(p, &dir.apt_pool_file(&format!("{pool}/{f}")).map_err(err)?).map_err(err)?;
+                    let dest = dir.apt_pool_file(&format!("{pool}/{f}")).map_err(err)?;
+                    // A source's files live at fixed names: one already
+                    // there with other bytes (left by another build) is
+                    // never served in place of this one.
+                    if dest.exists() && file_sums(&dest).map_err(err)?.sha256 != file_sums(p).map_err(err)?.sha256 {
+                        return Err(RepoRefusal::Conflict(format!(
+                            "{name}: the pool already holds a different {f}; a source's files are published once"
+                        )));
+                    }
+                    place_file(p, &dest).map_err(err)?;
                 }
                 let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
                 let rel = format!("{}/{name}", pool.trim_start_matches("pool/"));
+                let dest = dir.file(&format!("pool/apt/{rel}")).map_err(err)?;
+                if dest.exists() && file_sums(&dest).map_err(err)?.sha256 != sums.sha256 {
+                    return Err(RepoRefusal::Conflict(format!(
+                        "the pool already holds a different {name}; a source is published once per version"
+                    )));
+                }
                 rows.push((
                     row(
                         "dsc",
