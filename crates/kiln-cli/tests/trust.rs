@@ -199,18 +199,29 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Builds on a root worker run sandboxed as the build user: one build sees
-/// neither another's processes (nor their secrets through `/proc`) nor its
-/// files, nor the worker's token, and a `setsid` child does not outlive
-/// its build.
+/// Builds run sandboxed: one build sees neither another's processes (nor
+/// their secrets through `/proc`) nor its files, nor the worker's token,
+/// and a `setsid` child does not outlive its build; on a root worker (as
+/// the build user) and on one that is not root (in a user namespace).
 #[tokio::test(flavor = "multi_thread")]
 async fn builds_see_nothing_of_each_other_or_the_worker() {
+    builds_apart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_see_nothing_of_each_other_or_the_worker_when_it_is_not_root() {
+    builds_apart(true).await;
+}
+
+async fn builds_apart(unprivileged: bool) {
+    // Each variant's lingering child has its own mark (they run side by side).
+    let mark = if unprivileged { "2718.5" } else { "3141.5" };
     let config = ONE_WORKER.to_string()
-        + r#"
+        + &r#"
 [[component]]
 name = "holder"
 secrets = { HELD = { file = "secrets/held" } }
-steps = [ { name = "hold", run = "echo held > mine.txt; (setsid sleep 3141.5 &); while [ ! -e $KILN_BUILD_DIR/go ]; do sleep 0.05; done" } ]
+steps = [ { name = "hold", run = "echo held > mine.txt; (setsid sleep MARK &); while [ ! -e $KILN_BUILD_DIR/go ]; do sleep 0.05; done" } ]
 
 [[component]]
 name = "peeker"
@@ -220,11 +231,18 @@ cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c HELD= || true
 ls "$KILN_WORKER_DIR/builds" 2>&1
 cat "$KILN_WORKER_DIR/../../secrets/w1.token" 2>&1 || true
 cat "$TOKEN_FILE" 2>&1 || true
+echo "uid: $(id -u)"
 ''' } ]
-"#;
+"#
+        .replace("MARK", mark);
     let mut farm = Farm::new(KILN.as_ref(), &config, &[("secrets/held", "held-secret-4711")]);
     farm.start_master().await;
-    farm.start_worker_with("w1", &["t"], 2, &["--default-build-user"]);
+    if unprivileged {
+        let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+        farm.start_unprivileged_worker("w1", &["t"], 2, nobody.uid, nobody.gid);
+    } else {
+        farm.start_worker_with("w1", &["t"], 2, &["--default-build-user"]);
+    }
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
     let holder = client.create_builds(&request(&["holder"], &[])).await.expect("create").builds[0].id;
@@ -247,12 +265,14 @@ cat "$TOKEN_FILE" 2>&1 || true
     assert!(!log.contains(&holder.to_string()) || !log.contains("mine.txt"), "{log}");
     assert!(!log.contains(token.trim()), "the worker's token leaked: {log}");
     assert!(!log.contains("held-secret-4711"), "{log}");
+    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+    assert!(log.contains(&format!("uid: {}\n", nobody.uid)), "ran as the build user: {log}");
     // The holder's setsid child went with its build.
     let left = std::fs::read_dir("/proc")
         .expect("proc")
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains("3141.5"));
+        .any(|c| String::from_utf8_lossy(&c).contains(mark));
     assert!(!left, "a setsid child outlived its build");
 }
 

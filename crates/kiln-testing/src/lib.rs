@@ -263,6 +263,46 @@ impl Farm {
         self.start_worker_with(name, targets, slots, &[]);
     }
 
+    /// Starts a worker that does not run as root: as user `uid:gid`, owning
+    /// its work dir and token file (the farm's directory is opened to it).
+    pub fn start_unprivileged_worker(&mut self, name: &str, targets: &[&str], slots: u32, uid: u32, gid: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("open the farm dir");
+        let workdir = self.path(&format!("workers/{name}"));
+        std::fs::create_dir_all(&workdir).expect("work dir");
+        std::os::unix::fs::chown(self.path("workers"), Some(uid), Some(gid)).expect("chown");
+        std::os::unix::fs::chown(&workdir, Some(uid), Some(gid)).expect("chown");
+        let token_file = self.path(&format!("secrets/{name}.token"));
+        std::fs::set_permissions(self.path("secrets"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(&token_file, Some(uid), Some(gid)).expect("chown");
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
+        let child = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--clear-groups", "--"])
+            .arg(&self.bin)
+            .arg("worker")
+            .arg("--master")
+            .arg(self.worker_port.to_string())
+            .arg("--name")
+            .arg(name)
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--targets")
+            .arg(targets.join(","))
+            .arg("--slots")
+            .arg(slots.to_string())
+            .arg("--workdir")
+            .arg(&workdir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kiln worker");
+        self.workers.insert(name.to_string(), child);
+    }
+
     /// Starts a worker that reaches the master through `via` (a [`Proxy`]).
     pub fn start_worker_via(&mut self, name: &str, targets: &[&str], slots: u32, via: SocketAddr) {
         let port = self.worker_port;
