@@ -362,9 +362,10 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmHWM")
 }
 
-/// Guessing tokens costs the master almost nothing: 400 requests at once
-/// with a real token id and made-up secrets are refused without the slow
-/// hash, its memory stays bounded, and a real request still answers.
+/// Guessing tokens costs the master almost nothing: guesses with a real
+/// token id and made-up secrets are refused without the slow hash, past
+/// thirty from one address as too many, its memory stays bounded, and the
+/// real token still answers (from the same address).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storm_of_made_up_tokens_costs_the_master_little() {
     let farm = Farm::running(KILN.as_ref(), ONE_WORKER, &[], "w1", &["t"], 1).await;
@@ -377,20 +378,28 @@ async fn a_storm_of_made_up_tokens_costs_the_master_little() {
     let before = rss_kib(pid);
     let url = format!("{}/api/v1/builds", farm.url());
     let http = reqwest::Client::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..400 {
+    let guess = |i: usize| {
         let (http, url) = (http.clone(), url.clone());
-        let guess = format!("kiln_{}_{:0>43}", made.id, i);
-        tasks.spawn(async move {
+        let token = format!("kiln_{}_{:0>43}", made.id, i);
+        async move {
             let body = serde_json::json!({ "components": ["nothing"] });
-            http.post(&url).bearer_auth(guess).json(&body).send().await.map(|r| r.status().as_u16())
-        });
+            http.post(&url).bearer_auth(token).json(&body).send().await.map(|r| r.status().as_u16())
+        }
+    };
+    // Thirty wrong guesses are each refused as wrong...
+    for i in 0..30 {
+        assert_eq!(guess(i).await.expect("answered"), 401);
+    }
+    // ...and the next 370, at once, as too many from this address.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 30..400 {
+        tasks.spawn(guess(i));
     }
     let mut statuses = std::collections::BTreeMap::new();
     while let Some(r) = tasks.join_next().await {
         *statuses.entry(r.expect("task").expect("answered")).or_insert(0) += 1;
     }
-    assert_eq!(statuses, std::collections::BTreeMap::from([(401, 400)]), "every guess is refused");
+    assert_eq!(statuses, std::collections::BTreeMap::from([(429, 370)]), "failures are throttled per address");
     let grown = rss_kib(pid).saturating_sub(before);
     assert!(grown < 100 * 1024, "the master grew by {grown} KiB answering guesses");
     // The real token still works.

@@ -30,6 +30,8 @@ pub enum AuthError {
     Invalid,
     #[error("too many token checks at once; try again")]
     Busy,
+    #[error("too many failed token checks from here; wait a minute")]
+    Throttled,
     #[error("cannot check the token: {0}")]
     Store(#[from] kiln_db::StoreError),
 }
@@ -47,20 +49,42 @@ static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Finds who a token belongs to: the admin token, or a user's live token.
-pub async fn authenticate(shared: &Shared, token: &str) -> Result<Caller, AuthError> {
+/// `from` is the address the request came from, when known: failures are
+/// counted per address and per token id ([`crate::caller::Throttle`]).
+pub async fn authenticate(shared: &Shared, token: &str, from: Option<std::net::IpAddr>) -> Result<Caller, AuthError> {
     use sha2::Digest;
     if tokens_match(&shared.admin_token, token) {
         return Ok(Caller::admin());
     }
-    let Some((id, secret)) = split_user_token(token) else { return Err(AuthError::Invalid) };
+    let throttle = &shared.auth_failures;
+    let by_address = from.map(|ip| format!("ip:{ip}"));
+    let address_blocked = by_address.as_deref().is_some_and(|k| throttle.blocked(k));
+    let fail = |id: Option<i64>| {
+        by_address.iter().for_each(|k| throttle.failed(k));
+        id.iter().for_each(|id| throttle.failed(&format!("token:{id}")));
+    };
+    let Some((id, secret)) = split_user_token(token) else {
+        fail(None);
+        return Err(if address_blocked { AuthError::Throttled } else { AuthError::Invalid });
+    };
     let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     if let Some(c) = shared.checked_tokens.get(&key) {
         return Ok(c);
     }
-    let Some(row) = shared.store.live_token(id).await? else { return Err(AuthError::Invalid) };
+    let blocked = address_blocked || throttle.blocked(&format!("token:{id}"));
+    let Some(row) = shared.store.live_token(id).await? else {
+        fail(Some(id));
+        return Err(if blocked { AuthError::Throttled } else { AuthError::Invalid });
+    };
     // A made-up secret stops here, before any slow hash.
     if crate::caller::quickly_refused(&row.hash, secret) {
-        return Err(AuthError::Invalid);
+        fail(Some(id));
+        return Err(if blocked { AuthError::Throttled } else { AuthError::Invalid });
+    }
+    // Past the limit, no slow hash for a token without the fast check
+    // (one that passed it is almost surely right, and goes on).
+    if blocked && !row.hash.contains('#') {
+        return Err(AuthError::Throttled);
     }
     // argon2 is deliberately slow and large: off the async threads, and a
     // few at a time, so a storm of checks cannot take the master's memory.
@@ -72,6 +96,7 @@ pub async fn authenticate(shared: &Shared, token: &str) -> Result<Caller, AuthEr
     let ok = tokio::task::spawn_blocking(move || secret_matches(&hash, &secret)).await.unwrap_or(false);
     drop(permit);
     if !ok {
+        fail(Some(id));
         return Err(AuthError::Invalid);
     }
     let caller = user_caller(shared, &row.email).await?;

@@ -182,6 +182,45 @@ impl TokenCache {
     }
 }
 
+/// The address a web request came from (set by the server for each connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// Failed token checks, counted per address and per token id over a
+/// minute. Past the limit, a check that would need the slow hash (or that
+/// fails) is answered "too many" without any work; a token that passes the
+/// fast check still gets through, so a guesser cannot lock its owner out.
+#[derive(Default)]
+pub struct Throttle(Mutex<HashMap<String, (u32, Instant)>>);
+
+/// Failures a key may have within [`THROTTLE_WINDOW`].
+const MAX_FAILURES: u32 = 30;
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many keys are counted; past it, the oldest counts go.
+const MAX_THROTTLED: usize = 10_000;
+
+impl Throttle {
+    pub fn blocked(&self, key: &str) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key).is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < THROTTLE_WINDOW)
+    }
+
+    pub fn failed(&self, key: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_THROTTLED {
+            m.retain(|_, (_, since)| since.elapsed() < THROTTLE_WINDOW);
+            if m.len() >= MAX_THROTTLED {
+                m.clear();
+            }
+        }
+        let entry = m.entry(key.to_string()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= THROTTLE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +240,17 @@ mod tests {
         assert_eq!(user_token(7, "abc"), "kiln_7_abc");
         assert_eq!(split_user_token("kiln_7_abc"), Some((7, "abc")));
         assert_eq!(split_user_token("kiln_x_abc"), None);
+    }
+
+    #[test]
+    fn failures_are_throttled_per_key() {
+        let t = Throttle::default();
+        for _ in 0..MAX_FAILURES - 1 {
+            t.failed("ip:192.0.2.1");
+        }
+        assert!(!t.blocked("ip:192.0.2.1"));
+        t.failed("ip:192.0.2.1");
+        assert!(t.blocked("ip:192.0.2.1") && !t.blocked("ip:192.0.2.2"));
     }
 
     #[test]

@@ -177,6 +177,14 @@ async fn serve_http(
                 .keep_alive_interval(Some(deadline))
                 .keep_alive_timeout(deadline)
                 .max_concurrent_streams(64);
+            // Each request knows the address it came from (failed logins
+            // are counted by it).
+            let peer_addr = caller::PeerAddr(addr.ip());
+            let app =
+                tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer_addr);
+                    req
+                });
             let served = match tls {
                 None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app)).await,
                 Some(acceptor) => match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {

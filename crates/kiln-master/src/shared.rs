@@ -38,6 +38,8 @@ pub struct Shared {
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
     /// Users' tokens checked lately (by hash), to spare an argon2 check per request.
     pub checked_tokens: TokenCache,
+    /// Failed token checks by address and token id.
+    pub auth_failures: crate::caller::Throttle,
     /// Web sessions (cookie value to session).
     pub sessions: Mutex<HashMap<String, Session>>,
     /// Lines for the IRC bot, and its end of the queue (taken once, by the bot).
@@ -74,6 +76,7 @@ impl Shared {
             changes: tokio::sync::watch::channel(0).0,
             sessions: Mutex::new(HashMap::new()),
             checked_tokens: Default::default(),
+            auth_failures: Default::default(),
             builder_stats: Mutex::new(None),
         }
     }

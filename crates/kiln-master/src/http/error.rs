@@ -116,7 +116,9 @@ impl FromRequestParts<Arc<Shared>> for Caller {
                         StatusCode::UNAUTHORIZED,
                         format!("the client certificate names {email}, who is not a user here"),
                     ),
-                    AuthError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                    AuthError::Busy | AuthError::Throttled => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    }
                     AuthError::Store(e) => ApiError::from(e),
                 });
             }
@@ -125,8 +127,10 @@ impl FromRequestParts<Arc<Shared>> for Caller {
                 "this action needs a token: send `Authorization: Bearer TOKEN`",
             ));
         };
-        crate::auth::authenticate(state, &token).await.map_err(|e| match e {
+        let from = parts.extensions.get::<crate::caller::PeerAddr>().map(|a| a.0);
+        crate::auth::authenticate(state, &token, from).await.map_err(|e| match e {
             AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+            AuthError::Throttled => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             AuthError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             AuthError::Store(e) => ApiError::from(e),
         })

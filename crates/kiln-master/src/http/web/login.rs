@@ -55,11 +55,20 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-pub async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Response {
-    let caller = match crate::auth::authenticate(&s, f.token.trim()).await {
+pub async fn login(
+    State(s): State<AppState>,
+    from: Option<axum::Extension<crate::caller::PeerAddr>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let from = from.map(|a| a.0 .0);
+    let caller = match crate::auth::authenticate(&s, f.token.trim(), from).await {
         Ok(c) => c,
         Err(crate::auth::AuthError::Invalid) => {
             return (StatusCode::UNAUTHORIZED, page_error("Log in failed", "That token is not valid.")).into_response()
+        }
+        Err(crate::auth::AuthError::Throttled) => {
+            let page = page_error("Log in failed", "Too many failed log-ins from here; wait a minute.");
+            return (StatusCode::TOO_MANY_REQUESTS, page).into_response();
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot check a token at login");

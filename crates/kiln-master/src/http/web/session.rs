@@ -121,7 +121,10 @@ pub async fn read_gate(
         return next.run(req).await;
     }
     let token_ok = match bearer(req.headers()) {
-        Some(t) => crate::auth::authenticate(&s, &t).await.is_ok(),
+        Some(t) => {
+            let from = req.extensions().get::<crate::caller::PeerAddr>().map(|a| a.0);
+            crate::auth::authenticate(&s, &t, from).await.is_ok()
+        }
         None => match req.extensions().get::<PeerCertificate>() {
             Some(PeerCertificate(Some(email))) => crate::auth::user_caller(&s, email).await.is_ok(),
             _ => false,
