@@ -230,6 +230,9 @@ depends_on = ["kiln-greeting"]
     assert_eq!(prog.state, BuildState::Succeeded, "{prog:?}\n{deps_log}");
     assert!(deps_log.contains("build root uses repository dev: http://127.0.0.1:"), "{deps_log}");
     assert!(deps_log.contains("kiln-greeting-dev"), "{deps_log}");
+    // Fetched with network, installed (maintainer scripts run) without.
+    assert!(deps_log.contains("download only mode"), "{deps_log}");
+    assert!(deps_log.contains("Setting up kiln-greeting-dev"), "{deps_log}");
     let pversion = prog.properties["version"].value.clone();
     let gdest = farm.path("greeter");
     let (code, _, err) = run(farm.kiln().args(["fetch", &prog_id.to_string()]).arg(&gdest)).expect("kiln fetch");

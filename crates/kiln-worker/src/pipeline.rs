@@ -309,9 +309,22 @@ pub fn deb_deps() -> anyhow::Result<()> {
         )?;
         eprintln!("kiln: build root uses repository {}: {}", repo.name, repo.source);
     }
-    let script = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
-                  dpkg-source -x *.dsc src; apt-get build-dep -y --no-install-recommends ./src";
-    run(bwrap(&root, true).args(["/bin/sh", "-c", script]), "installing build dependencies")?;
+    // The source is unpacked by the build user, not root; the packages
+    // are fetched with network, then installed (their maintainer scripts
+    // run) without it.
+    std::os::unix::fs::chown(&build, Some(BUILD_UID), Some(BUILD_UID))?;
+    let unpack = format!(
+        "setpriv --reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all \
+         --bounding-set=-all -- sh -c 'cd /build && dpkg-source -x *.dsc src'"
+    );
+    let fetch = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; {unpack}; cd /build; \
+         apt-get build-dep -y --download-only --no-install-recommends ./src"
+    );
+    run(bwrap(&root, true).args(["/bin/sh", "-c", &fetch]), "fetching build dependencies")?;
+    let install = "set -e; export DEBIAN_FRONTEND=noninteractive; cd /build; \
+                   apt-get build-dep -y --no-install-recommends ./src";
+    run(bwrap(&root, false).args(["/bin/sh", "-c", install]), "installing build dependencies")?;
     let list = Command::new("dpkg-query")
         .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
         .args(["-W", "-f", "${Package}=${Version}\\n"])
