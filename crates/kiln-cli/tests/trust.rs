@@ -318,10 +318,22 @@ source = { path = "src/probe" }
 
 /// The source step reads the tree's files inside the tree only: a
 /// changelog that links to the worker's token is refused, and nothing of
-/// the token reaches the log.
+/// the token reaches the log; on a root worker (dropping to the build user)
+/// and on one that is not root.
 #[test]
 fn a_changelog_linking_out_of_the_tree_is_refused_unread() {
+    changelog_link_refused(false);
+}
+
+#[test]
+fn a_changelog_linking_out_of_the_tree_is_refused_unread_when_the_worker_is_not_root() {
+    changelog_link_refused(true);
+}
+
+fn changelog_link_refused(unprivileged: bool) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tmp");
+    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
     let tree = dir.path().join("builds/1");
     let scratch = dir.path().join("builds/1.scratch");
     std::fs::create_dir_all(tree.join("debian")).expect("tree");
@@ -329,12 +341,28 @@ fn a_changelog_linking_out_of_the_tree_is_refused_unread() {
     let token = dir.path().join("w1.token");
     std::fs::write(&token, "hello (1.0-1) unstable; urgency=low SECRET-TOKEN-9931\n").expect("token");
     std::os::unix::fs::symlink(&token, tree.join("debian/changelog")).expect("link");
-    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+    let mut cmd = if unprivileged && running_as_root() {
+        // The worker's own user owns its files and runs the step.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for p in [dir.path().join("builds"), tree.clone(), tree.join("debian"), scratch.clone(), token.clone()] {
+            std::os::unix::fs::chown(&p, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+        }
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut c = std::process::Command::new("setpriv");
+        c.arg(format!("--reuid={}", nobody.uid)).arg(format!("--regid={}", nobody.gid)).args([
+            "--clear-groups",
+            "--",
+            KILN,
+        ]);
+        c
+    } else {
+        std::process::Command::new(KILN)
+    };
     let sandbox = kiln_worker::sandbox::Sandbox {
         hide: kiln_worker::sandbox::hidden_paths(&dir.path().join("builds"), None, std::slice::from_ref(&token)),
-        user: (running_as_root()).then_some(nobody),
+        user: (!unprivileged && running_as_root()).then_some(nobody),
     };
-    let out = std::process::Command::new(KILN)
+    let out = cmd
         .args(["internal", "deb-source"])
         .env("KILN_BUILD_DIR", &tree)
         .env("KILN_SCRATCH", &scratch)
@@ -345,7 +373,7 @@ fn a_changelog_linking_out_of_the_tree_is_refused_unread() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(!err.contains("SECRET-TOKEN") && !String::from_utf8_lossy(&out.stdout).contains("SECRET"), "{err}");
-    assert!(err.contains("debian/changelog"), "the error names the file: {err}");
+    assert!(err.contains("debian/changelog leads out of the source tree"), "the error names the file: {err}");
 }
 
 fn running_as_root() -> bool {
