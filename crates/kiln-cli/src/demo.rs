@@ -140,6 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             tls_identity: None,
             // The demo builds its own example components: no sandbox needed.
             sandbox: None,
+            build_uids: Vec::new(),
         };
         workers.spawn(kiln_worker::run(opts));
     }

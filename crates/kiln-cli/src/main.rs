@@ -114,6 +114,11 @@ enum Command {
         /// workers on one host may share the dir (they take turns making a root).
         #[arg(long)]
         root_cache: Option<PathBuf>,
+        /// A root worker's range of uids for builds, `FIRST-LAST` (unused by
+        /// any account): each running build gets one of its own. It must
+        /// hold at least one uid per slot.
+        #[arg(long)]
+        build_uids: Option<String>,
     },
     /// Check a farm config; print every problem as file:line:col.
     Checkconfig { config: PathBuf },
@@ -325,6 +330,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             refresh_roots,
             root_cache,
             build_user,
+            build_uids,
         } => {
             // A root worker runs build steps as an unprivileged user; every
             // worker runs them in a sandbox that hides the worker's own files,
@@ -338,6 +344,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(None)
             };
             let private: Vec<PathBuf> = token_file.iter().chain(&tls_key).cloned().collect();
+            let build_uids = match &build_uids {
+                None => Vec::new(),
+                Some(_) if !running_as_root() => anyhow::bail!("--build-uids needs a worker running as root"),
+                Some(range) => {
+                    let uids = parse_uid_range(range)?;
+                    if uids.len() < slots.max(1) as usize {
+                        anyhow::bail!("--build-uids {range} holds {} uids; {} slots need one each", uids.len(), slots);
+                    }
+                    uids
+                }
+            };
             let sandbox = sandbox.map(|user| kiln_worker::sandbox::Sandbox {
                 hide: kiln_worker::sandbox::hidden_paths(&workdir, root_cache.as_deref(), &private),
                 user,
@@ -365,6 +382,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 refresh_roots,
                 root_cache,
                 sandbox,
+                build_uids,
             };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,
@@ -470,6 +488,30 @@ fn warn_if_others_can_read(file: &std::path::Path) {
                 mode = format!("{mode:o}"),
                 "the token file can be read by other users, who could then act as this worker; chmod 600 it"
             );
+        }
+    }
+}
+
+/// `FIRST-LAST` as the uids in it; uid 0 and ranges over 65,536 are refused.
+fn parse_uid_range(range: &str) -> anyhow::Result<Vec<u32>> {
+    let bad = || anyhow::anyhow!("--build-uids {range:?}: expected FIRST-LAST, e.g. 100000-100063");
+    let (first, last) = range.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (first.trim().parse().map_err(|_| bad())?, last.trim().parse().map_err(|_| bad())?);
+    if first == 0 || last < first || last - first >= 65_536 {
+        return Err(bad());
+    }
+    Ok((first..=last).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_uid_range;
+
+    #[test]
+    fn uid_ranges_are_first_to_last() {
+        assert_eq!(parse_uid_range("100000-100002").expect("range"), [100000, 100001, 100002]);
+        for bad in ["", "5", "0-3", "9-3", "a-b", "1-70000", "100000-"] {
+            assert!(parse_uid_range(bad).is_err(), "{bad}");
         }
     }
 }

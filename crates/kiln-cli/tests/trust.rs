@@ -205,17 +205,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// the build user) and on one that is not root (in a user namespace).
 #[tokio::test(flavor = "multi_thread")]
 async fn builds_see_nothing_of_each_other_or_the_worker() {
-    builds_apart(false).await;
+    builds_apart(Worker::BuildUser).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn builds_see_nothing_of_each_other_or_the_worker_when_it_is_not_root() {
-    builds_apart(true).await;
+    builds_apart(Worker::NotRoot).await;
 }
 
-async fn builds_apart(unprivileged: bool) {
+/// With `--build-uids`, each running build has a uid of its own too.
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_see_nothing_of_each_other_with_a_uid_each() {
+    builds_apart(Worker::UidEach).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// Root, running builds as the default build user.
+    BuildUser,
+    /// Root, with `--build-uids 300000-300001`.
+    UidEach,
+    /// Running as nobody.
+    NotRoot,
+}
+
+async fn builds_apart(worker: Worker) {
     // Each variant's lingering child has its own mark (they run side by side).
-    let mark = if unprivileged { "2718.5" } else { "3141.5" };
+    let mark = match worker {
+        Worker::BuildUser => "3141.5",
+        Worker::UidEach => "1414.5",
+        Worker::NotRoot => "2718.5",
+    };
     let config = ONE_WORKER.to_string()
         + &r#"
 [[component]]
@@ -237,11 +257,13 @@ echo "uid: $(id -u)"
         .replace("MARK", mark);
     let mut farm = Farm::new(KILN.as_ref(), &config, &[("secrets/held", "held-secret-4711")]);
     farm.start_master().await;
-    if unprivileged {
-        let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
-        farm.start_unprivileged_worker("w1", &["t"], 2, nobody.uid, nobody.gid);
-    } else {
-        farm.start_worker_with("w1", &["t"], 2, &["--default-build-user"]);
+    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
+    match worker {
+        Worker::BuildUser => farm.start_worker_with("w1", &["t"], 2, &["--default-build-user"]),
+        Worker::UidEach => {
+            farm.start_worker_with("w1", &["t"], 2, &["--default-build-user", "--build-uids", "300000-300001"])
+        }
+        Worker::NotRoot => farm.start_unprivileged_worker("w1", &["t"], 2, nobody.uid, nobody.gid),
     }
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
@@ -249,6 +271,10 @@ echo "uid: $(id -u)"
     let held = farm.path(&format!("workers/w1/builds/{holder}/mine.txt"));
     let started = kiln_testing::wait_for(Duration::from_secs(30), || async { held.exists() }).await;
     assert!(started, "the holder's step did not start");
+    let holder_uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&held).expect("the holder's file").uid()
+    };
     let token = std::fs::read_to_string(farm.path("secrets/w1.token")).expect("token");
     let peek = request(&["peeker"], &[]);
     let peeker = client.create_builds(&peek).await.expect("create").builds[0].id;
@@ -265,8 +291,13 @@ echo "uid: $(id -u)"
     assert!(!log.contains(&holder.to_string()) || !log.contains("mine.txt"), "{log}");
     assert!(!log.contains(token.trim()), "the worker's token leaked: {log}");
     assert!(!log.contains("held-secret-4711"), "{log}");
-    let nobody = kiln_worker::process::BuildUser::named("nobody").expect("nobody");
-    assert!(log.contains(&format!("uid: {}\n", nobody.uid)), "ran as the build user: {log}");
+    let peeker_uid: u32 = log.lines().find_map(|l| l.strip_prefix("uid: ")?.parse().ok()).expect("uid");
+    if worker == Worker::UidEach {
+        assert!([300000, 300001].contains(&peeker_uid) && [300000, 300001].contains(&holder_uid), "{log}");
+        assert_ne!(peeker_uid, holder_uid, "each running build has its own uid");
+    } else {
+        assert_eq!(peeker_uid, nobody.uid, "ran as the build user: {log}");
+    }
     // The holder's setsid child went with its build.
     let left = std::fs::read_dir("/proc")
         .expect("proc")

@@ -49,6 +49,10 @@ pub struct WorkerOptions {
     /// pipeline that read the source tree) run: `None` only for a root
     /// worker told to run them as root (trusted farms).
     pub sandbox: Option<sandbox::Sandbox>,
+    /// Uids a root worker gives its builds, one each while it runs (group
+    /// the same number), instead of the sandbox's one build user: builds
+    /// then differ by uid too. Empty: every build runs as the build user.
+    pub build_uids: Vec<u32>,
 }
 
 struct RunningBuild {
@@ -71,6 +75,8 @@ struct State {
     uploading: std::collections::HashSet<i64>,
     /// Finished builds cancelled while their artifacts were being sent.
     cancelled_uploads: std::collections::HashSet<i64>,
+    /// Build uids not given to a running build (`WorkerOptions::build_uids`).
+    free_uids: Vec<u32>,
 }
 
 impl State {
@@ -122,6 +128,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         session: 0,
         uploading: Default::default(),
         cancelled_uploads: Default::default(),
+        free_uids: opts.build_uids.iter().rev().copied().collect(),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
@@ -398,11 +405,25 @@ fn start_build(
     tracing::info!(build = id, component = %job.component, target = %job.target, "starting build");
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let abandoned = Arc::new(Mutex::new(false));
-    lock(state).running.insert(id, RunningBuild { cancel: cancel_tx, abandoned: abandoned.clone() });
+    let uid = {
+        let mut st = lock(state);
+        st.running.insert(id, RunningBuild { cancel: cancel_tx, abandoned: abandoned.clone() });
+        st.free_uids.pop()
+    };
+    if uid.is_none() && !opts.build_uids.is_empty() {
+        tracing::warn!(build = id, "no build uid is free; this build runs as the build user");
+    }
+    // A uid of its own for this build, when the worker has a range.
+    let sandbox = opts.sandbox.clone().map(|mut s| {
+        if let (Some(uid), Some(_)) = (uid, s.user) {
+            s.user = Some(process::BuildUser { uid, gid: uid });
+        }
+        s
+    });
     let ctx = runner::BuildContext {
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
-        sandbox: opts.sandbox.clone(),
+        sandbox,
         tree_handed_over: false,
         worker_name: opts.name.clone(),
         out: out_tx.clone(),
@@ -417,6 +438,8 @@ fn start_build(
         let dropped = {
             let mut st = lock(&state);
             st.running.remove(&id);
+            // Nothing of the build runs any more (its namespace is gone).
+            st.free_uids.extend(uid);
             let dropped = *abandoned.lock().unwrap_or_else(|e| e.into_inner());
             if !dropped {
                 st.unacked.insert(id, result.clone());
