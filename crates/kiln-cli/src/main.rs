@@ -349,6 +349,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(_) if !running_as_root() => anyhow::bail!("--build-uids needs a worker running as root"),
                 Some(range) => {
                     let uids = parse_uid_range(range)?;
+                    if let Some((id, who)) = id_in_use(&uids) {
+                        anyhow::bail!(
+                            "--build-uids {range}: {id} belongs to {who}; give a range no account or group uses"
+                        );
+                    }
                     if uids.len() < slots.max(1) as usize {
                         anyhow::bail!("--build-uids {range} holds {} uids; {} slots need one each", uids.len(), slots);
                     }
@@ -492,12 +497,27 @@ fn warn_if_others_can_read(file: &std::path::Path) {
     }
 }
 
-/// `FIRST-LAST` as the uids in it; uid 0 and ranges over 65,536 are refused.
+/// The first id of `ids` that an account (`/etc/passwd`) or a group
+/// (`/etc/group`) has, with its name: builds take the gid of their uid too.
+fn id_in_use(ids: &[u32]) -> Option<(u32, String)> {
+    let (lo, hi) = (*ids.first()?, *ids.last()?);
+    ["/etc/passwd", "/etc/group"].iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let id: u32 = f.get(2)?.parse().ok()?;
+            (lo..=hi).contains(&id).then(|| (id, f[0].to_string()))
+        })
+    })
+}
+
+/// `FIRST-LAST` as the uids in it; ids under 1000 (system accounts) and
+/// ranges over 65,536 are refused.
 fn parse_uid_range(range: &str) -> anyhow::Result<Vec<u32>> {
-    let bad = || anyhow::anyhow!("--build-uids {range:?}: expected FIRST-LAST, e.g. 100000-100063");
+    let bad = || anyhow::anyhow!("--build-uids {range:?}: expected FIRST-LAST from 1000 up, e.g. 100000-100063");
     let (first, last) = range.split_once('-').ok_or_else(bad)?;
     let (first, last): (u32, u32) = (first.trim().parse().map_err(|_| bad())?, last.trim().parse().map_err(|_| bad())?);
-    if first == 0 || last < first || last - first >= 65_536 {
+    if first < 1000 || last < first || last - first >= 65_536 {
         return Err(bad());
     }
     Ok((first..=last).collect())
@@ -510,7 +530,9 @@ mod tests {
     #[test]
     fn uid_ranges_are_first_to_last() {
         assert_eq!(parse_uid_range("100000-100002").expect("range"), [100000, 100001, 100002]);
-        for bad in ["", "5", "0-3", "9-3", "a-b", "1-70000", "100000-"] {
+        // nobody's id (65534) is an account's: not a build uid.
+        assert!(super::id_in_use(&[65530, 65531, 65532, 65533, 65534]).is_some_and(|(id, _)| id == 65534));
+        for bad in ["", "5", "0-3", "9-3", "a-b", "1000-70000", "100000-", "30-60"] {
             assert!(parse_uid_range(bad).is_err(), "{bad}");
         }
     }

@@ -333,6 +333,11 @@ name = "probe"
 source = { path = "src/probe" }
 "#;
     let mut farm = Farm::new(KILN.as_ref(), config, &[("src/probe/probe.spec", &spec)]);
+    // The tree's output dir is a link to a host dir: root must not copy
+    // the build's results through it.
+    let escape = farm.path("escape");
+    std::fs::create_dir_all(&escape).expect("escape dir");
+    std::os::unix::fs::symlink(&escape, farm.path("src/probe/.kiln-out")).expect("link");
     farm.start_master().await;
     farm.start_worker_with("w1", &["el"], 1, &["--default-build-user"]);
     farm.wait_for_workers(&["w1"]).await;
@@ -345,6 +350,8 @@ source = { path = "src/probe" }
     // The nightly tag goes before the first macro: the release ends with what `id -u` printed.
     assert!(version.ends_with(&nobody.uid.to_string()), "the spec's shell ran as {version}");
     assert!(!std::path::Path::new(marker).exists(), "the spec's shell wrote to the host");
+    assert_eq!(std::fs::read_dir(&escape).expect("escape dir").count(), 0, "root wrote through the tree's link");
+    assert!(b.artifacts.iter().any(|a| a.name.ends_with(".noarch.rpm")), "{:?}", b.artifacts);
 }
 
 /// The source step reads the tree's files inside the tree only: a

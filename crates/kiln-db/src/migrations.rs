@@ -186,7 +186,9 @@ CREATE TABLE package_owners (
     PRIMARY KEY (kind, name)
 );
 INSERT INTO package_owners (kind, name, component)
-    SELECT p.kind, p.name, MIN(b.component) FROM packages p JOIN builds b ON b.id = p.build_id
+    SELECT p.kind, p.name,
+           MIN(CASE WHEN b.properties LIKE '%"upload":{%' THEN 'upload:' || b.component ELSE b.component END)
+    FROM packages p JOIN builds b ON b.id = p.build_id
     GROUP BY p.kind, p.name;
 "#,
     },

@@ -57,7 +57,7 @@ pub async fn authenticate(shared: &Shared, token: &str, from: Option<std::net::I
         return Ok(Caller::admin());
     }
     let throttle = &shared.auth_failures;
-    let by_address = from.map(|ip| format!("ip:{ip}"));
+    let by_address = from.map(crate::caller::throttle_key);
     let address_blocked = by_address.as_deref().is_some_and(|k| throttle.blocked(k));
     let fail = |id: Option<i64>| {
         by_address.iter().for_each(|k| throttle.failed(k));
@@ -73,7 +73,8 @@ pub async fn authenticate(shared: &Shared, token: &str, from: Option<std::net::I
     }
     let blocked = address_blocked || throttle.blocked(&format!("token:{id}"));
     let Some(row) = shared.store.live_token(id).await? else {
-        fail(Some(id));
+        // Made-up ids are counted by address only: they would fill the counts.
+        fail(None);
         return Err(if blocked { AuthError::Throttled } else { AuthError::Invalid });
     };
     // A made-up secret stops here, before any slow hash.
@@ -81,9 +82,10 @@ pub async fn authenticate(shared: &Shared, token: &str, from: Option<std::net::I
         fail(Some(id));
         return Err(if blocked { AuthError::Throttled } else { AuthError::Invalid });
     }
-    // Past the limit, no slow hash for a token without the fast check
-    // (one that passed it is almost surely right, and goes on).
-    if blocked && !row.hash.contains('#') {
+    // Past the address's limit, no slow hash for a token without the fast
+    // check (one that passed it is almost surely right, and goes on). A
+    // token id's own count does not stop it: anyone could keep its owner out.
+    if address_blocked && !row.hash.contains('#') {
         return Err(AuthError::Throttled);
     }
     // argon2 is deliberately slow and large: off the async threads, and a

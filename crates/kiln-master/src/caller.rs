@@ -186,6 +186,18 @@ impl TokenCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::IpAddr);
 
+/// The key failures from `ip` are counted under: the address, or for IPv6
+/// its /64 (one host usually holds a whole /64).
+pub fn throttle_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// Failed token checks, counted per address and per token id over a
 /// minute. Past the limit, a check that would need the slow hash (or that
 /// fails) is answered "too many" without any work; a token that passes the
@@ -207,10 +219,12 @@ impl Throttle {
 
     pub fn failed(&self, key: &str) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= MAX_THROTTLED {
+        if m.len() >= MAX_THROTTLED && !m.contains_key(key) {
             m.retain(|_, (_, since)| since.elapsed() < THROTTLE_WINDOW);
+            // Full of live counts: a new key is not counted (dropping the
+            // others would let a guesser reset its own count).
             if m.len() >= MAX_THROTTLED {
-                m.clear();
+                return;
             }
         }
         let entry = m.entry(key.to_string()).or_insert((0, Instant::now()));
@@ -251,6 +265,9 @@ mod tests {
         assert!(!t.blocked("ip:192.0.2.1"));
         t.failed("ip:192.0.2.1");
         assert!(t.blocked("ip:192.0.2.1") && !t.blocked("ip:192.0.2.2"));
+        let a: std::net::IpAddr = "2001:db8:1:2::7".parse().expect("ip");
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        assert_eq!(throttle_key(a), throttle_key(b), "one /64, one count");
     }
 
     #[test]

@@ -111,7 +111,19 @@ pub fn check(dir: &Path, control: &Control) -> Result<Checked, Vec<String>> {
     let upload: SourceUpload =
         parse_source_upload(text).map_err(|e| vec![format!("{control}: malformed control file: {e}")])?;
     let mut problems = Vec::new();
-    problems.extend(unlisted(dir, control, &upload.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>()));
+    // A .changes lists the .dsc, which lists the source's files (with
+    // `dpkg-genchanges -sd` the orig tarball only there): those may come too,
+    // covered by the .dsc's checksums, which the .changes covers.
+    let mut listed: Vec<String> = upload.files.iter().map(|f| f.name.clone()).collect();
+    if kind == UploadKind::Changes {
+        for dsc in upload.files.iter().filter(|f| f.name.ends_with(".dsc")) {
+            let text = fs::read_to_string(dir.join(&dsc.name)).unwrap_or_default();
+            if let Ok(source) = parse_source_upload(&text) {
+                listed.extend(source.files.into_iter().map(|f| f.name));
+            }
+        }
+    }
+    problems.extend(unlisted(dir, control, &listed.iter().map(String::as_str).collect::<Vec<_>>()));
     for f in &upload.files {
         let path = dir.join(&f.name);
         if !path.exists() {

@@ -143,24 +143,13 @@ pub(super) fn prepare(
                         .find(|(n, _)| n == f)
                         .ok_or(format!("{name} lists {f}, which the build did not upload"))?;
                     let dest = dir.apt_pool_file(&format!("{pool}/{f}")).map_err(err)?;
-                    // A source's files live at fixed names: one already
-                    // there with other bytes (left by another build) is
-                    // never served in place of this one.
-                    if dest.exists() && file_sums(&dest).map_err(err)?.sha256 != file_sums(p).map_err(err)?.sha256 {
-                        return Err(RepoRefusal::Conflict(format!(
-                            "{name}: the pool already holds a different {f}; a source's files are published once"
-                        )));
-                    }
+                    make_room(&dest, p, replace, name, f)?;
                     place_file(p, &dest).map_err(err)?;
                 }
                 let entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
                 let rel = format!("{}/{name}", pool.trim_start_matches("pool/"));
                 let dest = dir.file(&format!("pool/apt/{rel}")).map_err(err)?;
-                if dest.exists() && file_sums(&dest).map_err(err)?.sha256 != sums.sha256 {
-                    return Err(RepoRefusal::Conflict(format!(
-                        "the pool already holds a different {name}; a source is published once per version"
-                    )));
-                }
+                make_room(&dest, path, replace, name, name)?;
                 rows.push((
                     row(
                         "dsc",
@@ -200,6 +189,24 @@ pub(super) fn prepare(
     }
     let _ = std::fs::remove_dir_all(root.join("pool/.incoming"));
     Ok(out)
+}
+
+/// A source's files live at fixed pool names. One already there with other
+/// bytes (left by another build, or by a publish that was refused) is never
+/// served in place of `src`: the publish is refused, unless it replaces,
+/// when the old file goes.
+fn make_room(dest: &Path, src: &Path, replace: bool, what: &str, file: &str) -> Result<(), RepoRefusal> {
+    let err = |e: kiln_repo::RepoError| RepoRefusal::Failed(e.to_string());
+    if !dest.exists() || file_sums(dest).map_err(err)?.sha256 == file_sums(src).map_err(err)?.sha256 {
+        return Ok(());
+    }
+    if !replace {
+        return Err(RepoRefusal::Conflict(format!(
+            "{what}: the pool already holds a different {file}; a source's files are published once per version \
+             (rebuild with --replace to overwrite them)"
+        )));
+    }
+    std::fs::remove_file(dest).map_err(|e| RepoRefusal::Failed(format!("{}: {e}", dest.display())))
 }
 
 /// An RPM signed with a channel's key, staged in the channel's
@@ -282,8 +289,11 @@ pub(super) fn promote(
                 let parent = Path::new(&p.file).parent().map(Path::to_path_buf).unwrap_or_default();
                 for f in &e.files {
                     let rel = format!("{}/{f}", parent.display());
-                    place_file(&src.file(&rel).map_err(err)?, &dst.file(&rel).map_err(err)?).map_err(err)?;
+                    let (from_file, to_file) = (src.file(&rel).map_err(err)?, dst.file(&rel).map_err(err)?);
+                    make_room(&to_file, &from_file, replace, &p.name, f)?;
+                    place_file(&from_file, &to_file).map_err(err)?;
                 }
+                make_room(&dst.file(&row.file).map_err(err)?, &from, replace, &p.name, &p.name)?;
                 place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?;
             }
             "deb" if ch.sign_debs => {

@@ -320,11 +320,10 @@ pub fn deb_deps() -> anyhow::Result<()> {
         "setpriv --reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all \
          --bounding-set=-all -- sh -c 'cd /build && dpkg-source -x *.dsc src'"
     );
-    let fetch = format!(
-        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; {unpack}; cd /build; \
-         apt-get build-dep -y --download-only --no-install-recommends ./src"
-    );
-    run(bwrap(&root, true).args(["/bin/sh", "-c", &fetch]), "fetching build dependencies")?;
+    run(bwrap(&root, false).args(["/bin/sh", "-c", &unpack]), "unpacking the source")?;
+    let fetch = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
+                 apt-get build-dep -y --download-only --no-install-recommends ./src";
+    run(bwrap(&root, true).args(["/bin/sh", "-c", fetch]), "fetching build dependencies")?;
     let install = "set -e; export DEBIAN_FRONTEND=noninteractive; cd /build; \
                    apt-get build-dep -y --no-install-recommends ./src";
     run(bwrap(&root, false).args(["/bin/sh", "-c", install]), "installing build dependencies")?;
@@ -443,8 +442,7 @@ fn installed_build_depends(buildinfo: &str) -> String {
 pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let scratch = env_path("KILN_SCRATCH")?;
-    let out = build_dir.join(OUTPUT_DIR);
-    fs::create_dir_all(&out)?;
+    let out = output_dir(&build_dir)?;
     let results = match executor {
         "bwrap" => {
             let root = scratch.join("root");
@@ -532,6 +530,21 @@ fn find_one(dir: &Path, suffix: &str) -> anyhow::Result<Option<PathBuf>> {
             bail!("several {suffix} files in the source ({}); name one with `spec = \"...\"`", names.join(", "))
         }
     }
+}
+
+/// A fresh `.kiln-out/` in the tree for root to copy results into. The tree
+/// is the build's: whatever is there (a link to `/etc`, a link inside)
+/// goes first, so root writes only into a directory it just made.
+fn output_dir(build_dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = build_dir.join(OUTPUT_DIR);
+    match fs::symlink_metadata(&out) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&out)?,
+        Ok(_) => fs::remove_file(&out)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    fs::create_dir(&out).with_context(|| format!("cannot make {}", out.display()))?;
+    Ok(out)
 }
 
 /// The `host` executor runs the package's own build scripts on the worker

@@ -148,6 +148,7 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
     let rpm = env_path("KILN_SCRATCH")?.join("rpm");
     let srpm = find_one(&rpm, ".src.rpm")?.context("no source RPM was made")?;
     let srpm_name = srpm.file_name().context("srpm name")?.to_string_lossy().into_owned();
+    let out = output_dir(&build_dir)?;
     match executor {
         "bwrap" => {
             // As the worker's build user when it has one, with what the
@@ -198,9 +199,8 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
                 ("root.log", "mock-root.log"),
                 ("build.log", "mock-build.log"),
             ] {
-                if results.join(from).exists() {
-                    fs::create_dir_all(build_dir.join(OUTPUT_DIR))?;
-                    fs::copy(results.join(from), build_dir.join(OUTPUT_DIR).join(to))?;
+                if fs::symlink_metadata(results.join(from)).is_ok_and(|m| m.is_file()) {
+                    fs::copy(results.join(from), out.join(to))?;
                 }
             }
         }
@@ -212,8 +212,6 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
         }
         other => bail!("unknown executor {other}"),
     }
-    let out = build_dir.join(OUTPUT_DIR);
-    fs::create_dir_all(&out)?;
     let mut n = 0;
     let mut stack = vec![rpm.join("top/RPMS")];
     while let Some(d) = stack.pop() {
