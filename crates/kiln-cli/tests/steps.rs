@@ -196,3 +196,26 @@ steps = [
     assert_eq!(b.state, BuildState::Failed);
     assert!(b.reason.as_deref().is_some_and(|r| r.contains("secret API_TOKEN of component deploy")), "{:?}", b.reason);
 }
+
+/// `--root-cache` given as a relative path names one directory for every
+/// build, resolved from where the worker started, not inside each build.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_root_cache_is_one_place_for_every_build() {
+    let config = ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "where"
+steps = [ { name = "say", run = "echo \"$KILN_ROOT_CACHE\"" } ]
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    farm.start_worker_with("w1", &["t"], 1, &["--root-cache", "relative-roots"]);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["where"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(20)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    let said = client.log(id, "say", 0).await.expect("log").data;
+    let expected = std::env::current_dir().expect("cwd").join("relative-roots");
+    assert_eq!(said.trim(), expected.display().to_string(), "resolved where the worker started");
+}

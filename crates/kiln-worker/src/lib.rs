@@ -119,7 +119,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("cannot drop the cached build roots"),
         }
     }
-    let opts = WorkerOptions { workdir, ..opts };
+    // Steps run in each build's own directory: a relative root cache would
+    // be made (and removed) inside every build.
+    let root_cache = match &opts.root_cache {
+        Some(dir) => Some(std::path::absolute(dir).context("cannot resolve the root cache dir")?),
+        None => None,
+    };
+    let opts = WorkerOptions { workdir, root_cache, ..opts };
     let state: Shared = Arc::new(Mutex::new(State {
         running: HashMap::new(),
         unacked: HashMap::new(),
