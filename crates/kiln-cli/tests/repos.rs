@@ -8,7 +8,7 @@
 
 use kiln_core::BuildState;
 use kiln_proto::api::{BuildRequestBody, PackageInfo};
-use kiln_testing::{run, AptClient, Farm};
+use kiln_testing::{run, AptClient, Farm, MAKE_DEB};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -16,19 +16,6 @@ use std::process::Command;
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// A component whose build makes `PKG_VERSION_all.deb`: the package name
-/// is the `pkg` property (default `kiln-tool`), the version the `version`
-/// property for releases, else `1.0~bBUILD`. Its file holds the build id,
-/// so two builds never make the same bytes.
-const MAKE_DEB: &str = r#"set -e
-name=${KILN_PROP_PKG:-kiln-tool}
-if [ "$KILN_PROP_RELEASE" = true ]; then v=${KILN_PROP_VERSION:-1.0}; else v=1.0~b$KILN_BUILD_ID; fi
-mkdir -p pkg/DEBIAN pkg/usr/share/$name
-echo "built by $KILN_BUILD_ID" > pkg/usr/share/$name/built-by
-printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kiln@localhost>\nDescription: kiln test package\n a package made by a test build\n' "$name" "$v" > pkg/DEBIAN/control
-dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null
-echo "made ${name}_${v}_all.deb""#;
 
 fn config(channels: &str, slots_note: &str) -> String {
     format!(

@@ -3,7 +3,7 @@
 //! must get nowhere, with a reason that says why.
 
 use kiln_core::BuildState;
-use kiln_testing::{request, Farm, ONE_WORKER};
+use kiln_testing::{request, Farm, MAKE_DEB, ONE_WORKER};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -95,13 +95,6 @@ artifacts = ["out/*.txt"]
     let log = farm.master_log();
     assert!(log.contains("ignored a property the step does not set"), "{log}");
 }
-
-/// Makes `$PKG_$VERSION_all.deb` (name from the `pkg` property).
-const MAKE_DEB: &str = r#"set -e
-name=$KILN_PROP_PKG; v=1.0~b$KILN_BUILD_ID
-mkdir -p pkg/DEBIAN
-printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kiln@localhost>\nDescription: test\n test\n' "$name" "$v" > pkg/DEBIAN/control
-dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null"#;
 
 /// A package name belongs to the component that published it first:
 /// another component's build that makes it is refused, with the reason,

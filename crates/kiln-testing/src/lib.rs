@@ -17,6 +17,7 @@ pub mod scripted;
 mod setup;
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
+    MAKE_DEB,
 };
 
 /// A free loopback port (bound once, then released for the process to take).
@@ -276,31 +277,9 @@ impl Farm {
         std::fs::set_permissions(self.path("secrets"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::os::unix::fs::chown(&token_file, Some(uid), Some(gid)).expect("chown");
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
-        let child = Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"))
-            .args(["--clear-groups", "--"])
-            .arg(&self.bin)
-            .arg("worker")
-            .arg("--master")
-            .arg(self.worker_port.to_string())
-            .arg("--name")
-            .arg(name)
-            .arg("--token-file")
-            .arg(&token_file)
-            .arg("--targets")
-            .arg(targets.join(","))
-            .arg("--slots")
-            .arg(slots.to_string())
-            .arg("--workdir")
-            .arg(&workdir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kiln worker");
-        self.workers.insert(name.to_string(), child);
+        // Without `--build-user root`: a worker that is not root runs build
+        // code as its own user in a user namespace.
+        self.spawn_worker(name, targets, slots, Some((uid, gid)), &["--default-build-user"]);
     }
 
     /// Starts a worker that reaches the master through `via` (a [`Proxy`]).
@@ -313,9 +292,24 @@ impl Farm {
 
     /// Starts a worker with extra command-line arguments (e.g. `--tls-ca`).
     pub fn start_worker_with(&mut self, name: &str, targets: &[&str], slots: u32, extra: &[&str]) {
+        self.spawn_worker(name, targets, slots, None, extra);
+    }
+
+    /// Starts `kiln worker`, as user `as_user` (`uid`, `gid`) when given.
+    fn spawn_worker(&mut self, name: &str, targets: &[&str], slots: u32, as_user: Option<(u32, u32)>, extra: &[&str]) {
         let token_file = self.path(&format!("secrets/{name}.token"));
         let log = std::fs::File::create(self.path(&format!("worker-{name}.log"))).expect("log file");
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match as_user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("worker").arg("--master").arg(self.worker_port.to_string()).arg("--name").arg(name);
         // A worker with a client certificate may have no token.
         if token_file.exists() {
