@@ -206,7 +206,17 @@ enum Command {
 #[derive(Subcommand)]
 enum Internal {
     /// Make the source package (nightly version unless release=true); print its version.
-    DebSource,
+    DebSource {
+        /// The distribution kiln's changelog entry names (the target's suite).
+        #[arg(long)]
+        distribution: Option<String>,
+        /// Where a 3.0 (quilt) tree's upstream tarball comes from: auto, pristine-tar, upstream-tag, tree.
+        #[arg(long, default_value = "auto")]
+        orig: String,
+        /// The upstream tag, %(version)s standing for the upstream version.
+        #[arg(long)]
+        upstream_tag: Option<String>,
+    },
     /// Make or reuse the cached build root and unpack a fresh copy.
     DebRoot {
         #[arg(long)]
@@ -251,6 +261,15 @@ enum Internal {
         /// The mock configuration (`mock -r`) for the mock executor.
         #[arg(long)]
         mock_config: Option<String>,
+    },
+    /// Check a Mercurial revision out into the work dir; print the node id.
+    HgCheckout {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        branch: String,
+        #[arg(long)]
+        subdir: Option<String>,
     },
     /// Check a git revision out into the work dir; print the commit id.
     GitCheckout {
@@ -442,7 +461,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Internal(cmd) => {
             use kiln_worker::pipeline;
             match cmd {
-                Internal::DebSource => pipeline::deb_source()?,
+                Internal::DebSource { distribution, orig, upstream_tag } => {
+                    let source = kiln_core::config::OrigSource::parse(&orig)
+                        .with_context(|| format!("--orig {orig:?}: not auto, pristine-tar, upstream-tag or tree"))?;
+                    let mut rule = kiln_core::config::OrigRule { source, ..Default::default() };
+                    if let Some(tag) = upstream_tag {
+                        rule.upstream_tag = tag;
+                    }
+                    pipeline::deb_source(&pipeline::SourceOptions { distribution, orig: rule })?
+                }
                 Internal::DebRoot { suite, mirror, components, arch, max_age, tarball_only } => {
                     let max_age = std::time::Duration::from_secs(max_age);
                     let o = pipeline::RootOptions { suite, mirror, components, arch, max_age, tarball_only };
@@ -455,6 +482,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Internal::RpmSource { spec } => pipeline::rpm_source(spec.as_deref())?,
                 Internal::RpmBuild { executor, mock_config } => pipeline::rpm_build(&executor, mock_config.as_deref())?,
+                Internal::HgCheckout { url, branch, subdir } => {
+                    kiln_worker::hg_checkout::hg_checkout(&url, &branch, subdir.as_deref())?
+                }
                 Internal::GitCheckout { url, branch, subdir, submodules } => {
                     kiln_worker::checkout::git_checkout(&url, &branch, subdir.as_deref(), submodules)?
                 }

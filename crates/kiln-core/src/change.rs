@@ -5,7 +5,7 @@
 //! [`Change`], nothing (an event that starts no build: a tag, a deleted
 //! branch), or an error naming what is wrong with the payload.
 
-use crate::config::{check_branch, check_revision, Component, GitSource, Source};
+use crate::config::{check_branch, check_revision, Component, Source, VcsSource};
 use serde_json::Value;
 
 /// A push to one branch.
@@ -183,7 +183,7 @@ pub fn normalize_url(url: &str) -> String {
 impl Change {
     /// Whether this change is a push to `git`'s repository and branch that
     /// touches files the source cares about.
-    pub fn concerns(&self, git: &GitSource) -> bool {
+    pub fn concerns(&self, git: &VcsSource) -> bool {
         let mine = normalize_url(&git.url);
         if self.branch != git.branch || !self.urls.iter().any(|u| normalize_url(u) == mine) {
             return false;
@@ -203,7 +203,7 @@ impl Change {
         components
             .iter()
             .filter(|c| match &c.source {
-                Some(Source::Git(g)) => self.concerns(g),
+                Some(Source::Vcs(g)) => self.concerns(g),
                 _ => false,
             })
             .collect()

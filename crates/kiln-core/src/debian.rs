@@ -37,10 +37,62 @@ pub fn nightly_version(version: &str, date: &str, build_id: i64) -> String {
     format!("{version}~nightly{date}.{build_id}")
 }
 
+/// The upstream part of a Debian version (no epoch, no revision); `None`
+/// for a native version (no revision), which has no upstream tarball.
+pub fn upstream_version(version: &str) -> Option<&str> {
+    let no_epoch = version.split_once(':').map_or(version, |(_, v)| v);
+    no_epoch.rsplit_once('-').map(|(upstream, _)| upstream)
+}
+
+/// The nightly version of `version` when the upstream tarball itself is made
+/// from the tree: the nightly mark goes into the upstream part
+/// (`1.4.2-1` becomes `1.4.2~nightly20261122.17-1`), so each nightly names
+/// a tarball of its own and still sorts below the release it leads to.
+pub fn nightly_upstream_version(version: &str, date: &str, build_id: i64) -> String {
+    match version.rsplit_once('-') {
+        Some((upstream, revision)) => format!("{upstream}~nightly{date}.{build_id}-{revision}"),
+        None => nightly_version(version, date, build_id),
+    }
+}
+
+/// The git tag of upstream version `upstream` under `pattern`, where
+/// `%(version)s` stands for the version mangled as DEP-14 (and
+/// git-buildpackage) do for characters git refuses: `~` → `_`, `:` → `%`,
+/// `..` → `.#.`, and a trailing `.` or `.lock` escaped with `#`.
+pub fn upstream_tag(pattern: &str, upstream: &str) -> String {
+    let mut v = upstream.replace('~', "_").replace(':', "%");
+    while v.contains("..") {
+        v = v.replace("..", ".#.");
+    }
+    if v.ends_with('.') {
+        v.push('#');
+    }
+    if let Some(stem) = v.strip_suffix(".lock") {
+        v = format!("{stem}.#lock");
+    }
+    pattern.replace(UPSTREAM_TAG_VERSION, &v)
+}
+
+/// What stands for the version in an upstream tag pattern.
+pub const UPSTREAM_TAG_VERSION: &str = "%(version)s";
+
 /// A new changelog entry to put on top of `debian/changelog`.
 /// `date` is in RFC 2822 form, as dpkg wants it.
-pub fn changelog_entry(head: &ChangelogHead, version: &str, change: &str, maintainer: &str, date: &str) -> String {
-    let dist = if head.distribution.is_empty() { "UNRELEASED" } else { &head.distribution };
+/// The entry names `distribution` (the target's suite) when given, else
+/// the head's.
+pub fn changelog_entry(
+    head: &ChangelogHead,
+    version: &str,
+    change: &str,
+    maintainer: &str,
+    date: &str,
+    distribution: Option<&str>,
+) -> String {
+    let dist = match distribution {
+        Some(d) => d,
+        None if head.distribution.is_empty() => "UNRELEASED",
+        None => &head.distribution,
+    };
     format!("{} ({version}) {dist}; urgency=medium\n\n  * {change}\n\n -- {maintainer}  {date}\n\n", head.package)
 }
 
@@ -59,11 +111,29 @@ mod tests {
         );
         let v = nightly_version(&head.version, "20261122", 17);
         assert_eq!(v, "1.4.2-1~nightly20261122.17");
-        let entry =
-            changelog_entry(&head, &v, "Nightly build 17.", "kiln <kiln@localhost>", "Sun, 22 Nov 2026 03:00:00 +0000");
+        let who = "Builds <builds@example.org>";
+        let date = "Sun, 22 Nov 2026 03:00:00 +0000";
+        let entry = changelog_entry(&head, &v, "Nightly build 17.", who, date, None);
         assert!(entry
             .starts_with("libgrace (1.4.2-1~nightly20261122.17) bookworm; urgency=medium\n\n  * Nightly build 17.\n"));
+        assert!(entry.contains("\n -- Builds <builds@example.org>  Sun, 22 Nov 2026 03:00:00 +0000\n"));
+        let entry = changelog_entry(&head, &v, "Nightly build 17.", who, date, Some("trixie"));
+        assert!(entry.starts_with("libgrace (1.4.2-1~nightly20261122.17) trixie; "));
         assert!(changelog_head("garbage").is_err());
         assert!(changelog_head("").is_err());
+    }
+
+    #[test]
+    fn upstream_versions_and_tags() {
+        assert_eq!(upstream_version("1.4.2-1"), Some("1.4.2"));
+        assert_eq!(upstream_version("2:1.4-2-1ubuntu1"), Some("1.4-2"));
+        assert_eq!(upstream_version("7"), None);
+        assert_eq!(upstream_version("1:7"), None);
+        assert_eq!(nightly_upstream_version("1.4.2-1", "20261122", 17), "1.4.2~nightly20261122.17-1");
+        assert_eq!(nightly_upstream_version("2:1.4-1", "20261122", 17), "2:1.4~nightly20261122.17-1");
+        assert_eq!(nightly_upstream_version("7", "20261122", 17), "7~nightly20261122.17");
+        assert_eq!(upstream_tag("upstream/%(version)s", "1.0~rc1"), "upstream/1.0_rc1");
+        assert_eq!(upstream_tag("v%(version)s", "1..2."), "v1.#.2.#");
+        assert_eq!(upstream_tag("upstream/%(version)s", "1.lock"), "upstream/1.#lock");
     }
 }

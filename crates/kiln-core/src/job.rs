@@ -60,6 +60,7 @@ pub fn uploaded_component(name: &str, upload_dir: &str) -> Component {
         artifacts: Vec::new(),
         adopts: Vec::new(),
         spec: None,
+        orig: Default::default(),
         timeout: None,
         no_output_timeout: None,
         memory: None,
@@ -108,7 +109,7 @@ pub fn steps_for(target_name: &str, target: Option<&Target>, component: &Compone
         (component.steps.clone(), component.artifacts.clone(), false)
     };
     let checkout = match &component.source {
-        Some(Source::Git(git)) => Some(pipeline::checkout_step(git)),
+        Some(Source::Vcs(git)) => Some(pipeline::checkout_step(git)),
         _ => None,
     };
     let (before, after) = if pipeline { (&component.before[..], &component.after[..]) } else { (&[][..], &[][..]) };

@@ -3,7 +3,7 @@
 //! worker's own `kiln internal ...` helpers, so they show, log, time out and
 //! cancel like any other step.
 
-use crate::config::{Component, Executor, Family, GitSource, StepSpec, Target};
+use crate::config::{Component, Executor, Family, StepSpec, Target, VcsSource};
 use std::time::Duration;
 
 /// The names of the steps kiln's own pipelines use; the config model owns
@@ -29,13 +29,14 @@ fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
     }
 }
 
-/// The step that puts a git source's tree in the work dir: the revision the
+/// The step that puts a git or Mercurial source's tree in the work dir: the revision the
 /// build names (property `revision`), else the tip of its branch (property
 /// `branch`, else the configured one). It sets `got_revision` to the full
 /// commit id, so every build says exactly what it built.
-pub fn checkout_step(git: &GitSource) -> StepSpec {
+pub fn checkout_step(git: &VcsSource) -> StepSpec {
     let mut run = format!(
-        "exec \"$KILN_EXE\" internal git-checkout --url {} --branch {}",
+        "exec \"$KILN_EXE\" internal {}-checkout --url {} --branch {}",
+        git.vcs.as_str(),
         sh_quote(&git.url),
         sh_quote(&git.branch)
     );
@@ -70,8 +71,16 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
             }
             let executor = target.executor.as_str();
             let hour = Some(Duration::from_secs(3600));
-            let mut source =
-                step("source", "exec \"$KILN_EXE\" internal deb-source".into(), Some(Duration::from_secs(600)));
+            // The entry kiln writes for a nightly names the target's suite.
+            let mut source = format!(
+                "exec \"$KILN_EXE\" internal deb-source --distribution {} --orig {}",
+                sh_quote(suite),
+                component.orig.source.as_str()
+            );
+            if component.orig.upstream_tag != crate::config::OrigRule::default().upstream_tag {
+                source.push_str(&format!(" --upstream-tag {}", sh_quote(&component.orig.upstream_tag)));
+            }
+            let mut source = step("source", source, Some(Duration::from_secs(600)));
             source.set_property = Some("version".into());
             let mut steps = vec![source];
             match target.executor {
@@ -181,7 +190,7 @@ mod tests {
         )
         .expect("parses");
         let component = &cfg.components[0];
-        let Some(crate::config::Source::Git(git)) = &component.source else { panic!("a git source") };
+        let Some(crate::config::Source::Vcs(git)) = &component.source else { panic!("a git source") };
         let mut names = vec![checkout_step(git).name];
         for target in &cfg.targets {
             let (steps, _) = standard_steps(target, component).expect("pipeline");

@@ -35,19 +35,22 @@ pub fn rewrite_release(spec: &str, f: impl Fn(&str) -> String) -> Result<String,
     }
 }
 
-/// The file names of a parsed spec's `Source`/`SourceN` tags (a URL's
-/// last part: rpmbuild looks for that name in the source dir).
+/// The file names of a parsed spec's `Source`/`SourceN` and
+/// `Patch`/`PatchN` tags (a URL's last part: rpmbuild looks for that name
+/// in the source dir).
 pub fn source_files(parsed_spec: &str) -> Vec<String> {
     parsed_spec
         .lines()
         .filter_map(|line| {
             let (tag, value) = line.split_once(':')?;
             let tag = tag.trim();
-            let is_source = tag.get(..6).is_some_and(|t| t.eq_ignore_ascii_case("source"))
-                && tag.get(6..).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+            let numbered = |word: &str| {
+                tag.get(..word.len()).is_some_and(|t| t.eq_ignore_ascii_case(word))
+                    && tag.get(word.len()..).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+            };
             let value = value.trim();
             let name = value.rsplit('/').next().unwrap_or(value);
-            (is_source && !name.is_empty()).then(|| name.to_string())
+            ((numbered("source") || numbered("patch")) && !name.is_empty()).then(|| name.to_string())
         })
         .collect()
 }
@@ -86,9 +89,9 @@ mod tests {
 
     #[test]
     fn sources_and_the_setup_dir_are_read_from_a_parsed_spec() {
-        let spec = "Name: x\nSource0: https://example.org/dl/x-1.0.tar.gz\nsource1:  extra.patch\nSourceX: no\n\
-                    %prep\n%autosetup -p1 -n x-src\n";
-        assert_eq!(source_files(spec), ["x-1.0.tar.gz", "extra.patch"]);
+        let spec = "Name: x\nSource0: https://example.org/dl/x-1.0.tar.gz\nsource1:  extra.conf\nSourceX: no\n\
+                    Patch0: fix.patch\nPatches: no\n%prep\n%autosetup -p1 -n x-src\n";
+        assert_eq!(source_files(spec), ["x-1.0.tar.gz", "extra.conf", "fix.patch"]);
         assert!(is_tarball("x-1.0.tar.gz") && is_tarball("y.tgz") && !is_tarball("extra.patch"));
         assert!(!is_tarball(".hidden.tar"));
         assert_eq!(setup_dir(spec).as_deref(), Some("x-src"));

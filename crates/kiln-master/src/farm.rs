@@ -103,6 +103,18 @@ impl LoadedFarm {
         Ok(farm)
     }
 
+    /// Who kiln's changelog entries for nightlies are from: the config's
+    /// `changelog_maintainer`, else `kiln` at the master's URL's or host's
+    /// qualified name, else a local address lintian calls bogus.
+    pub fn changelog_maintainer(&self) -> String {
+        if let Some(who) = &self.cfg.master.changelog_maintainer {
+            return who.clone();
+        }
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        config::default_maintainer(self.cfg.master.url.as_deref(), &hostname)
+            .unwrap_or_else(|| "kiln <kiln@localhost>".to_string())
+    }
+
     /// A hook secret or forge token that is there but empty (or only
     /// whitespace) would accept forged deliveries or send empty
     /// credentials: the config is refused. One that cannot be read yet is

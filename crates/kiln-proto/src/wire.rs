@@ -158,6 +158,10 @@ pub struct Job {
 /// repositories beside its mirror (JSON: a list of [`BuildRootRepo`]).
 pub const APT_REPOS_ENV: &str = "KILN_APT_REPOS";
 
+/// Who kiln's changelog entries are from (`Name <address>`), set by the
+/// master for the standard deb pipeline.
+pub const CHANGELOG_MAINTAINER_ENV: &str = "KILN_CHANGELOG_MAINTAINER";
+
 /// A package repository a deb build root installs build dependencies from:
 /// the farm's own channel or one of the target's `repositories`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

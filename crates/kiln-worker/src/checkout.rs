@@ -105,8 +105,14 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
     };
     let checkout = scratch.join("checkout");
     let _ = fs::remove_dir_all(&checkout);
-    // A local clone hard-links the mirror's objects: quick, and independent of it afterwards.
-    run(git().args(["clone", "--quiet", "--no-checkout"]).arg(&mirror).arg(&checkout), "git clone from the mirror")?;
+    // Copies, not hard links, of the mirror's objects: the tree (and its
+    // `.git`) is handed to the build user, and a hard link would hand over
+    // the mirror's own files with it, for a build to rewrite what the next
+    // build of the repository checks out.
+    run(
+        git().args(["clone", "--quiet", "--no-checkout", "--no-hardlinks"]).arg(&mirror).arg(&checkout),
+        "git clone from the mirror",
+    )?;
     drop(lock);
     run(git().arg("-C").arg(&checkout).args(["remote", "set-url", "origin", url]), "git remote set-url")?;
     run(git().arg("-C").arg(&checkout).args(["checkout", "--quiet", "--detach", &commit]), "git checkout")?;
@@ -120,24 +126,40 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
     }
     let subject =
         output(git().arg("-C").arg(&checkout).args(["log", "-1", "--format=%s", &commit])).unwrap_or_default();
+    move_into_work_dir(
+        &checkout,
+        subdir,
+        &build_dir,
+        &format!("{} at {commit}", kiln_core::redact::url_for_logs(url)),
+    )?;
+    let _ = fs::remove_dir_all(&checkout);
+    eprintln!("kiln: checked out {} {branch} at {commit} ({subject})", kiln_core::redact::url_for_logs(url));
+    println!("{commit}");
+    Ok(())
+}
+
+/// Moves the checkout (or its `subdir`) into the build's empty work dir,
+/// which is on the same filesystem as the scratch dir the checkout is in.
+pub(crate) fn move_into_work_dir(
+    checkout: &Path,
+    subdir: Option<&str>,
+    build_dir: &Path,
+    what: &str,
+) -> anyhow::Result<()> {
     let tree = match subdir {
         Some(dir) => {
             let t = checkout.join(dir);
             if !t.is_dir() {
-                bail!("{url} at {commit} has no directory {dir}");
+                bail!("{what} has no directory {dir}");
             }
             t
         }
-        None => checkout.clone(),
+        None => checkout.to_path_buf(),
     };
-    // The work dir is empty and on the same filesystem as the scratch dir.
     for entry in fs::read_dir(&tree)? {
         let entry = entry?;
         fs::rename(entry.path(), build_dir.join(entry.file_name()))
             .with_context(|| format!("cannot move {} into the work dir", entry.path().display()))?;
     }
-    let _ = fs::remove_dir_all(&checkout);
-    eprintln!("kiln: checked out {} {branch} at {commit} ({subject})", kiln_core::redact::url_for_logs(url));
-    println!("{commit}");
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 mod cgroup;
 pub mod checkout;
+pub mod hg_checkout;
 pub mod pipeline;
 pub mod process;
 mod runner;

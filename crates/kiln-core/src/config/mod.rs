@@ -20,15 +20,17 @@ pub use model::{
     AptRepository, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec, Target,
     TlsFiles, UploadsSection, WorkerDef, STEP_NAMES,
 };
+pub use packaging::{check_maintainer, default_maintainer, mail_host_is_qualified, OrigRule, OrigSource};
 pub use triggers::{
-    check_branch, check_git_url, check_revision, ForgeHook, GitSource, Hooks, Irc, Notifier, NotifyVia, Smtp,
-    SmtpSecurity,
+    check_branch, check_git_url, check_hg_url, check_revision, check_vcs_url, ForgeHook, Hooks, Irc, Notifier,
+    NotifyVia, Smtp, SmtpSecurity, Vcs, VcsSource,
 };
 
 use crate::toml_reader::Reader;
 
 mod errors;
 mod model;
+mod packaging;
 mod read;
 mod relations;
 mod triggers;

@@ -1,7 +1,8 @@
 //! The farm config as the rest of kiln uses it: ready to use, every name
 //! checked and every reference known to resolve.
 
-use super::triggers::{GitSource, Hooks, Irc, Notifier, Smtp};
+use super::packaging::OrigRule;
+use super::triggers::{Hooks, Irc, Notifier, Smtp, VcsSource};
 use crate::channel::{Channel, SecretRef};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,6 +93,9 @@ pub struct MasterSection {
     /// Whether pages and API reads are open to anyone (default); when false
     /// they need a logged-in session or a token. Repositories stay public.
     pub anonymous_read: bool,
+    /// Who kiln's changelog entries for nightlies are from (`Name <address>`);
+    /// when absent the master makes one from its URL's or its host's name.
+    pub changelog_maintainer: Option<String>,
     /// The master's address as clients and build roots reach it
     /// (repositories are served under `URL/repos/`); `http://LISTEN` when absent.
     pub url: Option<String>,
@@ -135,6 +139,7 @@ impl Default for MasterSection {
             max_artifact_size: 4 << 30,
             url: None,
             anonymous_read: true,
+            changelog_maintainer: None,
         }
     }
 }
@@ -242,8 +247,8 @@ impl Executor {
 pub enum Source {
     /// A directory, relative to the config file; each build gets a fresh copy.
     Path(String),
-    /// A git repository; each build checks out one revision.
-    Git(GitSource),
+    /// A git or Mercurial repository; each build checks out one revision.
+    Vcs(VcsSource),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +275,8 @@ pub struct Component {
     /// The `.spec` for rpm targets, relative to the source tree; found in
     /// the tree when absent.
     pub spec: Option<String>,
+    /// Where a `3.0 (quilt)` tree's upstream tarball comes from.
+    pub orig: OrigRule,
     /// Wall-clock limit of a whole build.
     pub timeout: Option<Duration>,
     /// Default for steps: stop one that prints nothing for this long.

@@ -14,9 +14,9 @@ use super::model::{
     AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, UploadsSection,
     WorkerDef,
 };
-use super::relations;
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
+use super::{packaging, relations};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
 use crate::duration::parse_duration;
@@ -40,6 +40,7 @@ const MASTER_KEYS: &[&str] = &[
     "max_artifact_size",
     "url",
     "anonymous_read",
+    "changelog_maintainer",
 ];
 const TOP_KEYS: &[&str] =
     &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc", "uploads"];
@@ -70,6 +71,8 @@ const COMPONENT_KEYS: &[&str] = &[
     "before",
     "after",
     "adopts",
+    "orig",
+    "upstream_tag",
 ];
 const SOURCE_KEYS: &[&str] = &["path"];
 const STEP_KEYS: &[&str] =
@@ -335,6 +338,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
     let memory = read_memory(r, tbl, &what);
     let millicpus = read_cpus(r, tbl, &what);
     let spec = read_spec(r, tbl, &what);
+    let orig = packaging::read_orig(r, tbl, &what);
     for (pattern, pspan) in &artifacts {
         if let Err(e) = crate::glob::Pattern::new(pattern) {
             r.err(pspan, format!("{what}: artifact pattern {pattern:?}: {e}"));
@@ -353,6 +357,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         artifacts: artifacts.into_iter().map(|a| a.0).collect(),
         adopts,
         spec,
+        orig,
         timeout,
         no_output_timeout,
         memory,
@@ -710,6 +715,12 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
             r.err(&uspan, format!("`url` in [master] must be an http:// or https:// URL, got {u:?}"));
         }
     }
+    if let Some((who, wspan)) = r.string(tbl, "changelog_maintainer", "[master]") {
+        match packaging::check_maintainer(&who) {
+            Ok(()) => m.changelog_maintainer = Some(who),
+            Err(e) => r.err(&wspan, format!("`changelog_maintainer` in [master]: {e}")),
+        }
+    }
     m.worker_tls = tls_files(r, t.get("worker_tls"), "[master.worker_tls]");
     m.tls = tls_files(r, t.get("tls"), "[master.tls]");
     if timings_ok && (m.heartbeat.is_zero() || m.heartbeat >= m.worker_timeout) {
@@ -727,7 +738,10 @@ fn read_source(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<Source> {
     };
     let st = Tbl { t, span: &span };
     if t.get("git").is_some() {
-        return triggers::read_git_source(r, st, what).map(Source::Git);
+        return triggers::read_vcs_source(r, st, what, triggers::Vcs::Git).map(Source::Vcs);
+    }
+    if t.get("hg").is_some() {
+        return triggers::read_vcs_source(r, st, what, triggers::Vcs::Hg).map(Source::Vcs);
     }
     r.check_keys(st, SOURCE_KEYS, &format!("the source of {what}"));
     let (path, _) = r.required_string(st, "path", &format!("the source of {what}"))?;

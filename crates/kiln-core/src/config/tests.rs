@@ -53,7 +53,7 @@ targets = ["t9"]
     assert_eq!(
         errs,
         [
-            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls, tls, header_timeout, max_artifact_size, url, anonymous_read",
+            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls, tls, header_timeout, max_artifact_size, url, anonymous_read, changelog_maintainer",
             "farm.toml:10:8: duplicate target name \"t1\" (first defined at line 6, column 8)",
             "farm.toml:11:10: unknown family \"msi\"; known families: deb, rpm",
             "farm.toml:15:39: unknown key `colour` in a step of component \"a\"; known keys: name, run, set_property, timeout, no_output_timeout, env, halt_on_failure, always_run",
@@ -309,4 +309,24 @@ fn uploads_name_a_keyring_and_may_require_signatures() {
         ]
     );
     assert_eq!(errors("uploads = 3\n"), ["farm.toml:1:11: [uploads] must be a table"]);
+}
+
+#[test]
+fn mercurial_sources() {
+    let cfg = parse(
+        "[[component]]\nname = \"grace\"\nsource = { hg = \"https://hg.example.org/grace\", poll = \"5m\" }\n\
+         [[component]]\nname = \"core\"\nsource = { hg = \"ssh://hg@hg.example.org/core\", branch = \"stable\", subdir = \"lib\" }\n",
+    )
+    .expect("parses");
+    let Some(Source::Vcs(grace)) = &cfg.components[0].source else { panic!("a repository source") };
+    assert_eq!((grace.vcs, grace.branch.as_str()), (crate::config::Vcs::Hg, "default"));
+    let Some(Source::Vcs(core)) = &cfg.components[1].source else { panic!("a repository source") };
+    assert_eq!((core.branch.as_str(), core.subdir.as_deref()), ("stable", Some("lib")));
+    assert_eq!(
+        errors("[[component]]\nname = \"a\"\nsource = { hg = \"hg@host:grace\", submodules = true }\n"),
+        [
+            "farm.toml:3:17: `hg` of component \"a\" must be an https://, http://, ssh:// or file:// URL without spaces",
+            "farm.toml:3:34: unknown key `submodules` in the source of component \"a\"; known keys: hg, branch, subdir, paths, poll",
+        ]
+    );
 }

@@ -1,5 +1,5 @@
 //! The parts of the config about what starts builds and who hears about
-//! them: git sources, change hooks (`[hooks.*]`), and notifiers
+//! them: git and Mercurial sources, change hooks (`[hooks.*]`), and notifiers
 //! (`[[notify]]`, with `[smtp]` and `[irc]` for mail and chat).
 
 use crate::channel::SecretRef;
@@ -9,10 +9,29 @@ use crate::state::BuildState;
 use crate::toml_reader::{Reader, Span, Tbl};
 use std::time::Duration;
 
-/// A component's source in a git repository.
+/// Which version control system a repository is kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Vcs {
+    Git,
+    /// Mercurial (`hg`), as the OpenPanel team keeps its components.
+    Hg,
+}
+
+impl Vcs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vcs::Git => "git",
+            Vcs::Hg => "hg",
+        }
+    }
+}
+
+/// A component's source in a git or Mercurial repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GitSource {
-    /// Clone URL (`https://`, `http://`, `git://`, `ssh://`, `file://` or `user@host:path`).
+pub struct VcsSource {
+    pub vcs: Vcs,
+    /// Clone URL (git: `https://`, `http://`, `git://`, `ssh://`, `file://`
+    /// or `user@host:path`; Mercurial: `https://`, `http://`, `ssh://`, `file://`).
     pub url: String,
     /// The branch built when a build names no revision, and the one whose
     /// pushes start builds.
@@ -20,7 +39,7 @@ pub struct GitSource {
     /// The component's tree inside the repository (a monorepo); the whole
     /// repository when absent.
     pub subdir: Option<String>,
-    /// Check submodules out too (recursively).
+    /// Check submodules out too (recursively; git only).
     pub submodules: bool,
     /// Which changed files concern this component (globs); when empty, any
     /// file under `subdir` (or any file at all).
@@ -134,6 +153,7 @@ const IRC_KEYS: &[&str] = &["server", "tls", "nick", "password", "channels"];
 pub(super) const NOTIFY_KEYS: &[&str] =
     &["name", "on", "components", "webhook", "secret_file", "email", "email_requester", "irc"];
 pub(super) const GIT_SOURCE_KEYS: &[&str] = &["git", "branch", "subdir", "submodules", "paths", "poll"];
+pub(super) const HG_SOURCE_KEYS: &[&str] = &["hg", "branch", "subdir", "paths", "poll"];
 
 /// Whether `url` is a git URL kiln hands to `git` (never an option, never
 /// a transport helper like `ext::`).
@@ -154,7 +174,28 @@ pub fn check_git_url(url: &str) -> Result<(), String> {
     Err("must be an https://, http://, git://, ssh:// or file:// URL, or user@host:path".into())
 }
 
-/// Whether `name` can be a branch kiln passes to git.
+/// Whether `url` is a Mercurial URL kiln hands to `hg`: a scheme hg
+/// speaks natively, never an option.
+pub fn check_hg_url(url: &str) -> Result<(), String> {
+    const SCHEMES: &[&str] = &["https://", "http://", "ssh://", "file://"];
+    let ok = !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        && SCHEMES.iter().any(|s| url.starts_with(s) && url.len() > s.len());
+    if ok {
+        Ok(())
+    } else {
+        Err("must be an https://, http://, ssh:// or file:// URL without spaces".into())
+    }
+}
+
+/// Whether `url` is a URL `vcs` may be handed.
+pub fn check_vcs_url(vcs: Vcs, url: &str) -> Result<(), String> {
+    match vcs {
+        Vcs::Git => check_git_url(url),
+        Vcs::Hg => check_hg_url(url),
+    }
+}
+
+/// Whether `name` can be a branch kiln passes to git (or Mercurial).
 pub fn check_branch(name: &str) -> Result<(), String> {
     let bad = name.is_empty()
         || name.starts_with('-')
@@ -181,12 +222,13 @@ pub fn check_revision(rev: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn read_git_source(r: &mut Reader<'_>, st: Tbl<'_>, what: &str) -> Option<GitSource> {
-    r.check_keys(st, GIT_SOURCE_KEYS, &format!("the source of {what}"));
-    let (url, uspan) = r.string(st, "git", what)?;
+pub(super) fn read_vcs_source(r: &mut Reader<'_>, st: Tbl<'_>, what: &str, vcs: Vcs) -> Option<VcsSource> {
+    let keys = if vcs == Vcs::Git { GIT_SOURCE_KEYS } else { HG_SOURCE_KEYS };
+    r.check_keys(st, keys, &format!("the source of {what}"));
+    let (url, uspan) = r.string(st, vcs.as_str(), what)?;
     let mut ok = true;
-    if let Err(e) = check_git_url(&url) {
-        r.err(&uspan, format!("`git` of {what} {e}"));
+    if let Err(e) = check_vcs_url(vcs, &url) {
+        r.err(&uspan, format!("`{}` of {what} {e}", vcs.as_str()));
         ok = false;
     }
     let branch = match r.string(st, "branch", what) {
@@ -197,6 +239,7 @@ pub(super) fn read_git_source(r: &mut Reader<'_>, st: Tbl<'_>, what: &str) -> Op
             }
             b
         }
+        None if vcs == Vcs::Hg => "default".to_string(),
         None => "main".to_string(),
     };
     let subdir = r.string(st, "subdir", what).and_then(|(s, sspan)| {
@@ -234,7 +277,7 @@ pub(super) fn read_git_source(r: &mut Reader<'_>, st: Tbl<'_>, what: &str) -> Op
             }
         }
     };
-    ok.then_some(GitSource { url, branch, subdir, submodules, paths, poll })
+    ok.then_some(VcsSource { vcs, url, branch, subdir, submodules, paths, poll })
 }
 
 /// A secret given either as `KEY_file = "path"` or as `KEY = { file | env | credential }`.

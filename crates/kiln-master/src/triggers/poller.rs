@@ -1,7 +1,8 @@
-//! Polling git remotes, for hosts that cannot send hooks: every branch a
-//! component with `poll = "5m"` builds from is looked at (`git ls-remote`)
-//! at that interval. A new tip is fetched into a bare mirror under
-//! `data_dir/git/` to learn which files changed, then goes to
+//! Polling git and Mercurial remotes, for hosts that cannot send hooks:
+//! every branch a component with `poll = "5m"` builds from is looked at
+//! (`git ls-remote`, `hg identify`) at that interval. A new tip is fetched
+//! into a mirror under `data_dir/git/` (`data_dir/hg/`, in `hg`) to learn
+//! which files changed, then goes to
 //! [`crate::ops::requests::submit_change`] like a pushed change. The last tip seen
 //! is in the database and is claimed by a conditional update, so masters
 //! sharing a database act on a push once; the first sight of a branch
@@ -10,7 +11,7 @@
 use crate::caller::Caller;
 use crate::shared::Shared;
 use kiln_core::change::Change;
-use kiln_core::config::{check_revision, Source};
+use kiln_core::config::{check_revision, Source, Vcs};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,10 +43,13 @@ async fn git_output(cmd: &mut Command) -> Result<String, String> {
 /// Why a remote's branch tip could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct NoTip(String);
+pub struct NoTip(pub(super) String);
 
 /// The commit a branch of a remote points at now.
-pub async fn remote_tip(url: &str, branch: &str) -> Result<String, NoTip> {
+pub async fn remote_tip(vcs: Vcs, url: &str, branch: &str) -> Result<String, NoTip> {
+    if vcs == Vcs::Hg {
+        return super::hg::remote_tip(url, branch).await;
+    }
     let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await.map_err(NoTip)?;
     let rev = out.split_whitespace().next().ok_or_else(|| NoTip(format!("{url} has no branch {branch}")))?;
     check_revision(rev).map_err(NoTip)?;
@@ -53,15 +57,15 @@ pub async fn remote_tip(url: &str, branch: &str) -> Result<String, NoTip> {
 }
 
 pub async fn run(shared: Arc<Shared>) {
-    let mut next_due: BTreeMap<(String, String), Instant> = BTreeMap::new();
+    let mut next_due: BTreeMap<(Vcs, String, String), Instant> = BTreeMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         // Every polled (url, branch) with the shortest interval any component asks.
-        let mut wanted: BTreeMap<(String, String), Duration> = BTreeMap::new();
+        let mut wanted: BTreeMap<(Vcs, String, String), Duration> = BTreeMap::new();
         for c in &shared.farm().cfg.components {
-            if let Some(Source::Git(g)) = &c.source {
+            if let Some(Source::Vcs(g)) = &c.source {
                 if let Some(every) = g.poll {
-                    let e = wanted.entry((g.url.clone(), g.branch.clone())).or_insert(every);
+                    let e = wanted.entry((g.vcs, g.url.clone(), g.branch.clone())).or_insert(every);
                     *e = (*e).min(every);
                 }
             }
@@ -73,16 +77,16 @@ pub async fn run(shared: Arc<Shared>) {
                 continue;
             }
             next_due.insert(key.clone(), now + every);
-            let (url, branch) = key;
-            if let Err(e) = poll(&shared, &url, &branch).await {
+            let (vcs, url, branch) = key;
+            if let Err(e) = poll(&shared, vcs, &url, &branch).await {
                 tracing::warn!(url = %kiln_core::redact::url_for_logs(&url), %branch, error = %e, "polling failed");
             }
         }
     }
 }
 
-async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), String> {
-    let tip = remote_tip(url, branch).await.map_err(|e| e.to_string())?;
+async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result<(), String> {
+    let tip = remote_tip(vcs, url, branch).await.map_err(|e| e.to_string())?;
     let seen = shared.store.polled_revision(url, branch).await.map_err(|e| e.to_string())?;
     if seen.as_deref() == Some(tip.as_str()) {
         return Ok(());
@@ -95,8 +99,17 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
         }
         return Ok(());
     };
-    let mirror = shared.farm().data_dir().join("git").join(format!("{}.git", mirror_key(url)));
-    let (files, who, comments) = match describe(&mirror, url, branch, &before, &tip).await {
+    let described = match vcs {
+        Vcs::Git => {
+            let mirror = shared.farm().data_dir().join("git").join(format!("{}.git", mirror_key(url)));
+            describe(&mirror, url, branch, &before, &tip).await
+        }
+        Vcs::Hg => {
+            let mirror = shared.farm().data_dir().join("hg").join(mirror_key(url));
+            super::hg::describe(&mirror, url, &before, &tip).await
+        }
+    };
+    let (files, who, comments) = match described {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(url = %kiln_core::redact::url_for_logs(url), error = %e, "cannot tell which files changed; building every component of the branch");
@@ -126,12 +139,14 @@ async fn poll(shared: &Arc<Shared>, url: &str, branch: &str) -> Result<(), Strin
     Ok(())
 }
 
-fn mirror_key(url: &str) -> String {
+pub(super) fn mirror_key(url: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(url.as_bytes())[..10])
 }
 
-type Description = (Option<Vec<String>>, Option<String>, String);
+/// The files a change touched (unknown when its old tip is gone), who made
+/// it, and its subject.
+pub(super) type Description = (Option<Vec<String>>, Option<String>, String);
 
 /// Files changed between two commits, the new one's author and subject,
 /// from a mirror fetched now.

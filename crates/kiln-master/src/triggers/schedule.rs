@@ -135,12 +135,12 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
         let mut tips = std::collections::HashMap::new();
         for c in farm.cfg.components.iter().filter(|c| s.components.is_empty() || s.components.contains(&c.name)) {
             let mut fp = fingerprint(&farm, c);
-            if let Some(kiln_core::config::Source::Git(g)) = &c.source {
+            if let Some(kiln_core::config::Source::Vcs(g)) = &c.source {
                 // A git source changed when its branch points elsewhere
                 // (asked once per repository and branch, however many components share it).
                 let key = (g.url.clone(), g.branch.clone());
                 if !tips.contains_key(&key) {
-                    let tip = super::poller::remote_tip(&g.url, &g.branch).await;
+                    let tip = super::poller::remote_tip(g.vcs, &g.url, &g.branch).await;
                     tips.insert(key.clone(), tip);
                 }
                 match &tips[&key] {

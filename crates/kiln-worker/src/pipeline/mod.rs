@@ -12,13 +12,14 @@
 //! building itself. The rpm helpers are in `rpm`.
 
 use anyhow::{bail, Context};
-use kiln_core::debian::{changelog_entry, changelog_head, nightly_version};
+use kiln_core::debian::{changelog_entry, changelog_head, nightly_upstream_version, nightly_version, upstream_version};
 use kiln_core::pipeline::OUTPUT_DIR;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+mod orig;
 mod rpm;
 pub use rpm::{rpm_build, rpm_source};
 
@@ -45,10 +46,20 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `deb-source` is told by the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// The target's suite, named in kiln's changelog entry.
+    pub distribution: Option<String>,
+    /// Where a `3.0 (quilt)` tree's upstream tarball comes from.
+    pub orig: kiln_core::config::OrigRule,
+}
+
 /// `deb-source`: makes the source package in SCRATCH/pkg and prints its
 /// version. Nightly builds (no `release=true`) get a changelog entry with
-/// the nightly version first. Runs in the build's sandbox.
-pub fn deb_source() -> anyhow::Result<()> {
+/// the nightly version first; a `3.0 (quilt)` tree gets its upstream
+/// tarball first (`orig`). Runs in the build's sandbox.
+pub fn deb_source(o: &SourceOptions) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let pkg = env_path("KILN_SCRATCH")?.join("pkg");
     fs::create_dir_all(&pkg)?;
@@ -60,20 +71,39 @@ pub fn deb_source() -> anyhow::Result<()> {
         let text = crate::sandbox::read_in_tree(&build_dir, Path::new("debian/changelog"))?;
         let head = changelog_head(&text).map_err(anyhow::Error::msg)?;
         let release = std::env::var("KILN_PROP_RELEASE").is_ok_and(|v| v == "true");
+        let way = if orig::is_quilt(&build_dir)? {
+            let upstream = upstream_version(&head.version).with_context(|| {
+                format!("debian/source/format is 3.0 (quilt) but version {} has no Debian revision", head.version)
+            })?;
+            Some(orig::choose(&build_dir, &head.package, upstream, &o.orig)?)
+        } else {
+            None
+        };
+        // The head entry's date dates a tarball made from the tree.
+        let mtime = changelog_timestamp(&build_dir);
         let version = if release {
             head.version.clone()
         } else {
             let build_id: i64 = std::env::var("KILN_BUILD_ID").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
             let now = time::OffsetDateTime::now_utc();
             let date = format!("{:04}{:02}{:02}", now.year(), now.month() as u8, now.day());
-            let version = nightly_version(&head.version, &date, build_id);
+            // A tarball made from the tree changes with the tree: each
+            // nightly then has an upstream version (and tarball) of its own.
+            let version = if way == Some(orig::Way::Tree) {
+                nightly_upstream_version(&head.version, &date, build_id)
+            } else {
+                nightly_version(&head.version, &date, build_id)
+            };
             let rfc2822 = now.format(&time::format_description::well_known::Rfc2822).context("date")?;
+            let maintainer = std::env::var(kiln_proto::wire::CHANGELOG_MAINTAINER_ENV)
+                .unwrap_or_else(|_| "kiln <kiln@localhost>".into());
             let entry = changelog_entry(
                 &head,
                 &version,
                 &format!("Nightly build {build_id} by kiln."),
-                "kiln <kiln@localhost>",
+                &maintainer,
                 &rfc2822,
+                o.distribution.as_deref(),
             );
             // A new file, not a write through whatever the name links to.
             let _ = fs::remove_file(&changelog);
@@ -81,7 +111,20 @@ pub fn deb_source() -> anyhow::Result<()> {
             eprintln!("kiln: nightly build: version {version}");
             version
         };
-        run(Command::new("dpkg-source").arg("-b").arg(&build_dir).current_dir(&pkg), "dpkg-source -b")?;
+        if let Some(way) = &way {
+            let upstream = upstream_version(&version).context("the version lost its revision")?;
+            let made = orig::make(way, &build_dir, &head.package, upstream, &pkg, mtime)?;
+            let name = made.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            eprintln!("kiln: upstream tarball {name} {}", way.describe());
+        }
+        // dpkg-source works in the source directory's parent (it unpacks
+        // the upstream tarball there to compare); the tree's own parent is
+        // the worker's, so it is given the tree through a link in `pkg`.
+        let link = pkg.join(format!("{}-source", head.package));
+        std::os::unix::fs::symlink(&build_dir, &link).context("cannot link the tree into the package dir")?;
+        let built = run(Command::new("dpkg-source").arg("-b").arg(&link).current_dir(&pkg), "dpkg-source -b");
+        fs::remove_file(&link)?;
+        built?;
         version
     } else {
         // An existing source package: a .dsc and its files at the top.
@@ -104,6 +147,20 @@ pub fn deb_source() -> anyhow::Result<()> {
     };
     println!("{version}");
     Ok(())
+}
+
+/// The date of `debian/changelog`'s first entry, in seconds (0 when dpkg
+/// cannot read it).
+fn changelog_timestamp(tree: &Path) -> i64 {
+    Command::new("dpkg-parsechangelog")
+        .args(["-l", "debian/changelog", "-STimestamp"])
+        .current_dir(tree)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub struct RootOptions {

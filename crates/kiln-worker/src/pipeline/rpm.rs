@@ -45,8 +45,11 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
             let name = spec_path.file_name().context("spec path")?;
             let edited = rpm.join(name);
             fs::write(&edited, text)?;
-            // The files beside the spec, and the tarballs it names that are
-            // not there, made from the tree (`Source0: %{name}-%{version}.tar.gz`).
+            // The files beside the spec; then the ones it names that are not
+            // there, from the top of the tree (the `_sourcedir = tree`
+            // layout: `rpm/NAME.spec`, its sources at the top); then the
+            // tarballs it names that are nowhere, made from the tree
+            // (`Source0: %{name}-%{version}.tar.gz`).
             let sources = rpm.join("sources");
             fs::create_dir_all(&sources)?;
             for e in fs::read_dir(spec_path.parent().unwrap_or(&build_dir))?.flatten() {
@@ -83,8 +86,9 @@ pub fn rpm_source(spec: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes each source tarball the spec names but `sources` lacks from the
-/// source tree, the way `git archive` would: the tree (without `.git` and
+/// Copies each file the spec names but `sources` lacks from the top of the
+/// tree, and makes each tarball still missing from the source tree, the way
+/// `git archive` would: the tree (without `.git` and
 /// kiln's output) under the directory `%setup` expects.
 fn tarballs_from_tree(spec: &Path, tree: &Path, sources: &Path) -> anyhow::Result<()> {
     let parsed = Command::new("rpmspec")
@@ -98,6 +102,14 @@ fn tarballs_from_tree(spec: &Path, tree: &Path, sources: &Path) -> anyhow::Resul
         bail!("rpmspec -P {} failed: {}", spec.display(), String::from_utf8_lossy(&parsed.stderr).trim());
     }
     let parsed = String::from_utf8_lossy(&parsed.stdout);
+    for file in kiln_core::rpmspec::source_files(&parsed) {
+        let at_top = tree.join(&file);
+        let plain = !file.contains('/') && !file.starts_with('.');
+        if plain && !sources.join(&file).exists() && at_top.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            eprintln!("kiln: {file} from the top of the source tree");
+            fs::copy(&at_top, sources.join(&file))?;
+        }
+    }
     let missing: Vec<String> = kiln_core::rpmspec::source_files(&parsed)
         .into_iter()
         .filter(|f| kiln_core::rpmspec::is_tarball(f) && !sources.join(f).exists())

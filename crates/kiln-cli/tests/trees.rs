@@ -1,0 +1,300 @@
+//! Source trees as packaging teams keep them, built by a real master and
+//! worker: `3.0 (quilt)` packages in git the git-buildpackage way (the
+//! upstream tarball from a pristine-tar branch or an upstream tag, the
+//! patches unapplied), a quilt tree with no upstream history, and lintian
+//! over what kiln makes of them.
+
+use kiln_core::BuildState;
+use kiln_proto::api::BuildRequestBody;
+use kiln_testing::{host_debian_mirror, run, Farm};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Ann")
+        .env("GIT_AUTHOR_EMAIL", "ann@example.org")
+        .env("GIT_COMMITTER_NAME", "Ann")
+        .env("GIT_COMMITTER_EMAIL", "ann@example.org")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write_all(dir: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+        std::fs::write(&p, text).expect("write");
+        if path.ends_with("debian/rules") {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        }
+    }
+}
+
+/// The `debian/` of a source package `name` at `version` with one binary
+/// package, as a careful maintainer writes it (lintian has nothing to say).
+fn debian_dir(
+    name: &str,
+    version: &str,
+    binary: &str,
+    arch: &str,
+    build_depends: &str,
+    rules: &str,
+) -> Vec<(String, String)> {
+    let control = format!(
+        "Source: {name}\nSection: devel\nPriority: optional\nMaintainer: Ann Packager <ann@example.org>\n\
+         Build-Depends: debhelper-compat (= 13){build_depends}\nStandards-Version: 4.6.2\nRules-Requires-Root: no\n\n\
+         Package: {binary}\nArchitecture: {arch}\nDepends: ${{misc:Depends}}{}\nDescription: part of kiln's packaging tests\n \
+         A package kiln's tests build from a quilt tree.\n",
+        if arch == "any" { ", ${shlibs:Depends}" } else { "" }
+    );
+    let changelog = format!(
+        "{name} ({version}) bookworm; urgency=medium\n\n  * Initial release. (Closes: #1000001)\n\n \
+         -- Ann Packager <ann@example.org>  Sun, 22 Nov 2026 00:00:00 +0000\n"
+    );
+    let copyright = format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {name}\n\n\
+         Files: *\nCopyright: 2026 Ann Packager <ann@example.org>\nLicense: MIT\n Permission is hereby granted, free of \
+         charge, to any person obtaining a copy of this software, to deal in it without restriction.\n"
+    );
+    [
+        ("debian/control", control),
+        ("debian/changelog", changelog),
+        ("debian/copyright", copyright),
+        ("debian/rules", rules.to_string()),
+        ("debian/source/format", "3.0 (quilt)\n".to_string()),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p.to_string(), t))
+    .collect()
+}
+
+const LIB_RULES: &str = "#!/usr/bin/make -f\n%:\n\tdh $@\noverride_dh_auto_install:\n\
+                         \tinstall -D -m 0644 kiln-greeting.h debian/kiln-quiltlib-dev/usr/include/kiln-greeting.h\n";
+const APP_RULES: &str = "#!/usr/bin/make -f\nexport DEB_BUILD_MAINT_OPTIONS = hardening=+all\n%:\n\tdh $@\n\
+                         override_dh_auto_build:\n\t$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o kiln-quiltapp app.c\n\
+                         override_dh_auto_install:\n\tinstall -D -m 0755 kiln-quiltapp debian/kiln-quiltapp/usr/bin/kiln-quiltapp\n";
+/// The library's Debian patch, kept unapplied in the tree as gbp keeps it.
+const LOUDER: &str = "Description: Greet louder\nAuthor: Ann Packager <ann@example.org>\nForwarded: not-needed\n\
+                      --- a/kiln-greeting.h\n+++ b/kiln-greeting.h\n@@ -1 +1 @@\n\
+                      -#define KILN_GREETING \"hello from upstream\"\n+#define KILN_GREETING \"HELLO FROM THE PATCHED LIBRARY\"\n";
+
+/// A repository with upstream's history tagged `upstream/VERSION` and the
+/// packaging committed on top; with `pristine` also the tarball upstream
+/// released, committed to a pristine-tar branch. Returns the repository
+/// and (with `pristine`) that tarball's bytes.
+fn gbp_repo(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    upstream: &[(&str, &str)],
+    debian: &[(String, String)],
+    pristine: bool,
+) -> Option<Vec<u8>> {
+    std::fs::create_dir_all(dir).expect("repo dir");
+    git(dir, &["init", "--quiet", "-b", "main"]);
+    write_all(dir, upstream);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "--quiet", "-m", "upstream release"]);
+    git(dir, &["tag", &format!("upstream/{version}")]);
+    let tarball = pristine.then(|| {
+        // Upstream's own tarball: made once, with its own time stamps, so
+        // only pristine-tar gives these exact bytes back.
+        let staged = dir.parent().expect("parent").join(format!("{name}_{version}.orig.tar.gz"));
+        let (code, _, err) = run(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && tar --owner=1000 --group=1000 --mtime=@1700000000 --transform=s,^,{name}-{version}/, -cf - $(git ls-files) | gzip -9 > {}",
+            dir.display(),
+            staged.display()
+        )))
+        .expect("tar");
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) =
+            run(Command::new("pristine-tar").arg("commit").arg(&staged).arg(format!("upstream/{version}")).current_dir(dir))
+                .expect("pristine-tar");
+        assert_eq!(code, 0, "{err}");
+        std::fs::read(&staged).expect("tarball")
+    });
+    let files: Vec<(&str, &str)> = debian.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    write_all(dir, &files);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "--quiet", "-m", "packaging"]);
+    tarball
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quilt_trees_from_git_build_a_library_and_its_dependent_lintian_clean() {
+    let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
+    let repos = tempfile::tempdir().expect("tempdir");
+    let lib_repo = repos.path().join("kiln-quiltlib");
+    let mut lib_debian = debian_dir("kiln-quiltlib", "1.0-1", "kiln-quiltlib-dev", "all", "", LIB_RULES);
+    lib_debian.push(("debian/patches/series".into(), "louder.patch\n".into()));
+    lib_debian.push(("debian/patches/louder.patch".into(), LOUDER.into()));
+    let released = gbp_repo(
+        &lib_repo,
+        "kiln-quiltlib",
+        "1.0",
+        &[("kiln-greeting.h", "#define KILN_GREETING \"hello from upstream\"\n"), ("README", "A greeting.\n")],
+        &lib_debian,
+        true,
+    )
+    .expect("the released tarball");
+    let app_repo = repos.path().join("kiln-quiltapp");
+    let app_debian = debian_dir("kiln-quiltapp", "2.0-1", "kiln-quiltapp", "any", ", kiln-quiltlib-dev", APP_RULES);
+    gbp_repo(
+        &app_repo,
+        "kiln-quiltapp",
+        "2.0",
+        &[(
+            "app.c",
+            "#include <stdio.h>\n#include <kiln-greeting.h>\nint main(void) { puts(KILN_GREETING); return 0; }\n",
+        )],
+        &app_debian,
+        false,
+    );
+    let tree_debian =
+        debian_dir("kiln-quilttree", "3.0-1", "kiln-quilttree", "all", "", "#!/usr/bin/make -f\n%:\n\tdh $@\n");
+    let mut tree_files: Vec<(String, String)> =
+        tree_debian.into_iter().map(|(p, t)| (format!("src/kiln-quilttree/{p}"), t)).collect();
+    tree_files.push(("src/kiln-quilttree/NOTES".into(), "No upstream history here.\n".into()));
+    let config = format!(
+        r#"
+[master]
+changelog_maintainer = "Example Builds <builds@example.org>"
+
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "debian-{suite}-amd64"
+family = "deb"
+suite = "{suite}"
+arch = "amd64"
+mirror = "{mirror}"
+
+[[component]]
+name = "kiln-quiltlib"
+source = {{ git = "file://{lib}", branch = "main" }}
+
+[[component]]
+name = "kiln-quiltapp"
+source = {{ git = "file://{app}", branch = "main" }}
+orig = "upstream-tag"
+depends_on = ["kiln-quiltlib"]
+
+[[component]]
+name = "kiln-quilttree"
+source = {{ path = "src/kiln-quilttree" }}
+"#,
+        lib = lib_repo.display(),
+        app = app_repo.display(),
+    );
+    let sources: Vec<(&str, &str)> = tree_files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let mut farm = Farm::new(KILN.as_ref(), &config, &sources);
+    std::fs::set_permissions(
+        farm.path("src/kiln-quilttree/debian/rules"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    farm.start_master().await;
+    let cache = format!("{}/kiln-root-cache", env!("CARGO_TARGET_TMPDIR"));
+    let target = format!("debian-{suite}-amd64");
+    farm.start_worker_with("w1", &[&target], 1, &["--root-cache", &cache, "--default-build-user"]);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let created = client
+        .create_builds(&BuildRequestBody {
+            components: vec!["kiln-quiltapp".into(), "kiln-quiltlib".into(), "kiln-quilttree".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let id = |name: &str| created.builds.iter().find(|b| b.component == name).expect("build").id;
+    let log = async |id: i64, step: &str| client.log(id, step, 0).await.map(|c| c.data).unwrap_or_default();
+
+    // The library: its upstream tarball comes back from pristine-tar with
+    // the released bytes; the patch is applied at build time.
+    let lib = farm.wait_finished(id("kiln-quiltlib"), Duration::from_secs(900)).await;
+    let lib_source = log(lib.id, "source").await;
+    assert_eq!(lib.state, BuildState::Succeeded, "{lib:?}\n{lib_source}\n{}", log(lib.id, "build").await);
+    assert!(
+        lib_source.contains("upstream tarball kiln-quiltlib_1.0.orig.tar.gz from the pristine-tar branch"),
+        "{lib_source}"
+    );
+    let lib_version = lib.properties["version"].value.clone();
+    assert!(
+        lib_version.starts_with("1.0-1~nightly") && lib_version.ends_with(&format!(".{}", lib.id)),
+        "{lib_version}"
+    );
+    let lib_dir = farm.path("lib");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &lib.id.to_string()]).arg(&lib_dir)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let orig = std::fs::read(lib_dir.join("kiln-quiltlib_1.0.orig.tar.gz")).expect("the orig is an artifact");
+    assert!(orig == released, "pristine-tar gives back the released tarball byte for byte");
+
+    // The program: its tarball from the upstream tag; its build root gets
+    // the library's nightly from kiln's own repository, patch and all.
+    let app = farm.wait_finished(id("kiln-quiltapp"), Duration::from_secs(900)).await;
+    let app_source = log(app.id, "source").await;
+    let deps = log(app.id, "deps").await;
+    assert_eq!(app.state, BuildState::Succeeded, "{app:?}\n{app_source}\n{deps}\n{}", log(app.id, "build").await);
+    assert!(
+        app_source.contains("upstream tarball kiln-quiltapp_2.0.orig.tar.gz from the upstream tag upstream/2.0"),
+        "{app_source}"
+    );
+    assert!(deps.contains(&format!("Setting up kiln-quiltlib-dev ({lib_version})")), "{deps}");
+    let app_dir = farm.path("app");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &app.id.to_string()]).arg(&app_dir)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let app_version = app.properties["version"].value.clone();
+    let packages = std::fs::read_to_string(app_dir.join("buildroot-packages.txt")).expect("root's packages");
+    assert!(packages.lines().any(|l| l == format!("kiln-quiltlib-dev={lib_version}")), "{packages}");
+    let unpacked = farm.path("app-unpacked");
+    let deb = app_dir.join(format!("kiln-quiltapp_{app_version}_amd64.deb"));
+    let (code, _, _) = run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked)).expect("dpkg-deb -x");
+    assert_eq!(code, 0);
+    let (code, out, _) = run(&mut Command::new(unpacked.join("usr/bin/kiln-quiltapp"))).expect("run");
+    assert_eq!((code, out.as_str()), (0, "HELLO FROM THE PATCHED LIBRARY\n"));
+
+    // A quilt tree with no upstream history: the tarball is the tree
+    // without debian/, and the nightly's upstream version is its own.
+    let tree = farm.wait_finished(id("kiln-quilttree"), Duration::from_secs(900)).await;
+    let tree_source = log(tree.id, "source").await;
+    assert_eq!(tree.state, BuildState::Succeeded, "{tree:?}\n{tree_source}");
+    let tree_version = tree.properties["version"].value.clone();
+    assert!(
+        tree_version.starts_with("3.0~nightly") && tree_version.ends_with(&format!(".{}-1", tree.id)),
+        "{tree_version}"
+    );
+    assert!(tree_source.contains("made from the tree without debian/"), "{tree_source}");
+
+    // lintian over every nightly: kiln's changelog entry names a real
+    // maintainer and the target's suite, so nothing of kiln's draws a tag.
+    for (id, dir, version) in [(lib.id, &lib_dir, &lib_version), (app.id, &app_dir, &app_version)] {
+        let changes = dir
+            .join(format!("{}_{version}_amd64.changes", if id == lib.id { "kiln-quiltlib" } else { "kiln-quiltapp" }));
+        let (_, out, err) = run(Command::new("lintian").arg("--no-cfg").arg(&changes)).expect("lintian");
+        let report = format!("{out}{err}");
+        assert!(!report.contains("bogus-mail-host"), "{report}");
+        assert!(!report.lines().any(|l| l.starts_with("E: ")), "lintian errors:\n{report}");
+        let dsc =
+            std::fs::read_dir(dir).expect("dir").flatten().find(|e| e.file_name().to_string_lossy().ends_with(".dsc"));
+        assert!(dsc.is_some());
+    }
+    let (code, out, _) = run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && dpkg-source -x kiln-quiltlib_{lib_version}.dsc x >/dev/null && head -n 6 x/debian/changelog",
+        lib_dir.display()
+    )))
+    .expect("dpkg-source -x");
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("kiln-quiltlib ({lib_version}) {suite}; urgency=medium")), "{out}");
+    assert!(out.contains(" -- Example Builds <builds@example.org>  "), "{out}");
+}
