@@ -12,6 +12,7 @@ pub mod deb822;
 pub mod debian;
 pub mod duration;
 pub mod glob;
+pub mod incoming;
 pub mod job;
 pub mod matrix;
 pub mod names;

@@ -100,7 +100,26 @@ impl LoadedFarm {
         let farm =
             LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys, uploaders };
         farm.refuse_empty_secrets()?;
+        if let Some(incoming) = farm.incoming_dir() {
+            // The master moves, renames and removes what it finds there:
+            // never among its own files.
+            let data = farm.data_dir();
+            let inside = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+            let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            if inside(&canon(&incoming), &canon(&data)) || inside(&incoming, &data) {
+                return Err(LoadError::Invalid(format!(
+                    "[uploads] incoming_dir {} overlaps the data dir {}; give it a directory of its own",
+                    incoming.display(),
+                    data.display()
+                )));
+            }
+        }
         Ok(farm)
+    }
+
+    /// The incoming directory uploads are dropped into, when configured.
+    pub fn incoming_dir(&self) -> Option<PathBuf> {
+        self.cfg.uploads.incoming_dir.as_deref().map(|d| self.resolve(d))
     }
 
     /// Who kiln's changelog entries for nightlies are from: the config's

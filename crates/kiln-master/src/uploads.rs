@@ -187,6 +187,33 @@ pub fn reject(data_dir: &Path, staging: &Path, stem: &str, reasons: &[String]) -
     Ok(dest)
 }
 
+/// Moves one file that belongs to no upload (a stray in the incoming
+/// directory) into `DATA_DIR/rejected/` with the reason.
+pub fn reject_file(data_dir: &Path, file: &Path, reason: &str) -> io::Result<PathBuf> {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stray".into());
+    let dest = fresh_dir(&data_dir.join("rejected"), &name)?;
+    move_file(file, &dest.join(&name))?;
+    fs::write(dest.join("REASON"), format!("{reason}\n"))?;
+    Ok(dest)
+}
+
+/// Renames `from` to `to`, or copies and removes it across filesystems
+/// (an incoming directory on another disk than the data dir).
+pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(18) => {
+            // EXDEV: written whole under the final name's directory, synced, then the original goes.
+            let tmp = to.with_extension("partial");
+            fs::copy(from, &tmp)?;
+            fs::File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where an accepted upload is kept (its builds take their source from there).
 pub fn kept_dir(data_dir: &Path, upload_id: &str) -> PathBuf {
     data_dir.join("uploads").join(upload_id)

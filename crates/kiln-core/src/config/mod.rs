@@ -34,6 +34,7 @@ mod packaging;
 mod read;
 mod relations;
 mod triggers;
+mod uploads;
 mod validate;
 mod written;
 

@@ -35,7 +35,7 @@ pub struct FarmConfig {
 /// Debian's archive and reprepro's `uploaders` do, a signature by a key of
 /// the keyring names the person the upload is from; the API token only says
 /// who carried it in.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadsSection {
     /// An armored OpenPGP public keyring (one or more keys), relative to
     /// the config file's directory unless absolute. The master reads it.
@@ -43,6 +43,30 @@ pub struct UploadsSection {
     /// Accept only uploads whose `.changes` (or, without one, `.dsc`) is
     /// clear-signed by a key of `keyring`.
     pub require_signature: bool,
+    /// A directory the master watches for uploads dropped by scp, sftp or
+    /// dput (relative to the config file's directory unless absolute).
+    pub incoming_dir: Option<String>,
+    /// How long a dropped upload's files must stay unchanged before it is taken.
+    pub incoming_quiet: Duration,
+    /// How long an incomplete upload (a `.changes` whose files never all
+    /// arrive) waits before it is rejected.
+    pub incoming_wait: Duration,
+    /// Who hears of every upload taken from the incoming directory, besides
+    /// its uploader (mail, through `[smtp]`).
+    pub mail: Vec<String>,
+}
+
+impl Default for UploadsSection {
+    fn default() -> Self {
+        UploadsSection {
+            keyring: None,
+            require_signature: false,
+            incoming_dir: None,
+            incoming_quiet: Duration::from_secs(10),
+            incoming_wait: Duration::from_secs(3600),
+            mail: Vec::new(),
+        }
+    }
 }
 
 /// A request made at the times a cron expression names.

@@ -1,9 +1,8 @@
 //! The first stage of parsing: each table of `farm.toml` read as written.
 //!
 //! There is one reader per table: `[master]`, `[[worker]]`, `[[target]]`,
-//! `[[component]]`, `[[channel]]`, `[[schedule]]`, `[[notify]]` and
-//! `[uploads]` here,
-//! `[hooks]`, `[smtp]` and `[irc]` in `triggers`. Each checks what can be
+//! `[[component]]`, `[[channel]]`, `[[schedule]]` and `[[notify]]` here;
+//! `[hooks]`, `[smtp]` and `[irc]` in `triggers`, `[uploads]` in `uploads`. Each checks what can be
 //! checked inside its table (keys, types, values, names, duplicates) and
 //! reports it at its line and column. A name that refers to another table
 //! (a component's targets and dependencies, a channel's promotions, a
@@ -11,12 +10,11 @@
 //! for `validate` to check once every table is read.
 
 use super::model::{
-    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, UploadsSection,
-    WorkerDef,
+    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, WorkerDef,
 };
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
-use super::{packaging, relations};
+use super::{packaging, relations, uploads};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
 use crate::duration::parse_duration;
@@ -44,7 +42,6 @@ const MASTER_KEYS: &[&str] = &[
 ];
 const TOP_KEYS: &[&str] =
     &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc", "uploads"];
-const UPLOADS_KEYS: &[&str] = &["keyring", "require_signature"];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
@@ -103,7 +100,7 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
         hooks: triggers::read_hooks(r, root.get("hooks")),
         smtp: triggers::read_smtp(r, root.get("smtp")),
         irc: triggers::read_irc(r, root.get("irc")),
-        uploads: read_uploads(r, root.get("uploads")),
+        uploads: uploads::read_uploads(r, root.get("uploads")),
     })
 }
 
@@ -549,31 +546,6 @@ fn read_notifiers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Not
 
 /// `[uploads]`: the uploaders' keyring (read by the master, which does the
 /// I/O) and whether a signature by one of its keys is required.
-fn read_uploads(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> UploadsSection {
-    let mut u = UploadsSection::default();
-    let Some(item) = item else { return u };
-    let span = item.span();
-    let Some(t) = item.as_table_like() else {
-        r.err(&span, "[uploads] must be a table");
-        return u;
-    };
-    let tbl = Tbl { t, span: &span };
-    r.check_keys(tbl, UPLOADS_KEYS, "[uploads]");
-    u.keyring = r.string(tbl, "keyring", "[uploads]").and_then(|(k, kspan)| {
-        if k.trim().is_empty() {
-            r.err(&kspan, "`keyring` of [uploads] must name an armored OpenPGP public keyring file");
-            return None;
-        }
-        Some(k)
-    });
-    u.require_signature = r.boolean(tbl, "require_signature", "[uploads]").unwrap_or(false);
-    // Without keys no upload could be accepted; say so rather than refuse every one.
-    if u.require_signature && u.keyring.is_none() && !t.contains_key("keyring") {
-        r.err(&span, "`require_signature` of [uploads] needs a `keyring` of the keys that may sign uploads");
-    }
-    u
-}
-
 fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
     let (name, span) = r.required_string(tbl, "name", what)?;
     if let Err(e) = check_name(&name) {
@@ -583,7 +555,7 @@ fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)>
     Some((name, span))
 }
 
-fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<Duration> {
+pub(super) fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<Duration> {
     if let Some(item) = tbl.t.get(key) {
         if let Some(i) = item.as_integer() {
             if i < 0 {

@@ -66,6 +66,8 @@ pub struct UploadChoice {
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub upload_id: String,
+    /// The user id of the key that signed it, when signed.
+    pub signer: Option<String>,
     pub source: String,
     pub version: String,
     pub created: Created,
@@ -190,7 +192,8 @@ pub async fn accept(s: &Shared, caller: &Caller, staging: Staging, choice: Uploa
     let created = store_request(s, &asker, Some(&reason), builds).await?;
     let signed_by = signer.as_ref().map(|v| v.fingerprint.as_str()).unwrap_or("-");
     tracing::info!(upload = %upload_id, source = %checked.source, version = %checked.version, by = %who, signed_by, "upload accepted");
-    Ok(Accepted { upload_id, source: checked.source, version: checked.version, created })
+    let signer = signer.map(|v| v.user_id);
+    Ok(Accepted { upload_id, signer, source: checked.source, version: checked.version, created })
 }
 
 /// Whether the upload's control file is signed by an uploader, as

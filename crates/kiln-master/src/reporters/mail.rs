@@ -53,12 +53,6 @@ pub(super) async fn send(
     outcome: &str,
     link: &str,
 ) {
-    use lettre::message::{header::ContentType, Mailbox};
-    use lettre::transport::smtp::authentication::Credentials;
-    use lettre::AsyncTransport;
-    use lettre::Message;
-
-    let farm = shared.farm();
     let subject = format!("kiln: {} on {} {} (build {})", b.component, b.target, outcome, b.id);
     let mut body = format!("{} on {}: {}\n\n", b.component, b.target, outcome);
     if let Some(r) = &b.reason {
@@ -78,6 +72,19 @@ pub(super) async fn send(
             body.push_str(&format!("\nStep {step} failed. The last lines of its log:\n\n{tail}\n"));
         }
     }
+    deliver(shared, &n.name, smtp, to, &subject, body).await;
+}
+
+/// Sends one plain-text mail through `[smtp]` to `to` (addresses that do
+/// not parse are skipped and logged), retrying as every notification does.
+/// `who` names the sender in the logs (a notifier, the incoming directory).
+pub(crate) async fn deliver(shared: &Shared, who: &str, smtp: &Smtp, to: &[String], subject: &str, body: String) {
+    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::AsyncTransport;
+    use lettre::Message;
+
+    let farm = shared.farm();
     let from: Mailbox = match smtp.from.parse() {
         Ok(m) => m,
         Err(e) => {
@@ -86,16 +93,23 @@ pub(super) async fn send(
         }
     };
     let mut builder = Message::builder().from(from).subject(subject);
+    let mut anyone = false;
     for addr in to {
         match addr.parse::<Mailbox>() {
-            Ok(m) => builder = builder.to(m),
-            Err(e) => tracing::warn!(notifier = %n.name, address = %addr, error = %e, "not a mail address; skipped"),
+            Ok(m) => {
+                builder = builder.to(m);
+                anyone = true;
+            }
+            Err(e) => tracing::warn!(notifier = %who, address = %addr, error = %e, "not a mail address; skipped"),
         }
+    }
+    if !anyone {
+        return;
     }
     let message = match builder.header(ContentType::TEXT_PLAIN).body(body) {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(notifier = %n.name, error = %e, "cannot compose the mail");
+            tracing::error!(notifier = %who, error = %e, "cannot compose the mail");
             return;
         }
     };
@@ -113,11 +127,11 @@ pub(super) async fn send(
     let transport = match transport {
         Ok(t) => t.build(),
         Err(e) => {
-            tracing::error!(notifier = %n.name, error = %e, "cannot set up SMTP");
+            tracing::error!(notifier = %who, error = %e, "cannot set up SMTP");
             return;
         }
     };
-    retry(&n.name, "mail", || {
+    retry(who, "mail", || {
         let (t, m) = (transport.clone(), message.clone());
         async move { t.send(m).await.map(|_| ()).map_err(|e| Undelivered(e.to_string())) }
     })

@@ -7,7 +7,7 @@
 //! ([`outbound`]); a notifier that is down never holds up a build.
 
 pub mod irc;
-mod mail;
+pub(crate) mod mail;
 mod outbound;
 pub mod status;
 mod webhooks;

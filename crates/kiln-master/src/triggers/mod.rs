@@ -1,7 +1,8 @@
-//! The master's own triggers: polling git and Mercurial remotes and cron
-//! schedules. Both request builds through [`crate::ops::requests`] as a
+//! The master's own triggers: polling git and Mercurial remotes, cron
+//! schedules and the incoming directory. Both request builds through [`crate::ops::requests`] as a
 //! system caller.
 
 mod hg;
+pub mod incoming;
 pub mod poller;
 pub mod schedule;

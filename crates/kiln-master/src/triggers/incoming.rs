@@ -1,0 +1,204 @@
+//! The incoming directory (`[uploads] incoming_dir`), the autobuilder's
+//! drop box: uploads copied there with scp, sftp or dput are taken exactly
+//! like HTTP uploads ([`crate::ops::uploads`]: checked, built or rejected
+//! into `DATA_DIR/rejected/` with a `REASON`). Which files make a complete
+//! upload, and when, is [`kiln_core::incoming::ready`]; this task looks at
+//! the directory every couple of seconds, moves a ready upload's files into
+//! a staging area and hands it over, then mails the uploader (the
+//! `.changes`' `Changed-By`, or the signing key's owner) and `[uploads] mail`.
+//!
+//! Uploads come from whoever may write the directory: they are requested
+//! as the system caller `incoming` (or the signer, with a keyring), and
+//! `require_signature` holds here as for HTTP.
+
+use crate::caller::Caller;
+use crate::ops::uploads::{accept, begin, UploadChoice};
+use crate::ops::OpError;
+use crate::shared::Shared;
+use crate::uploads::{move_file, reject_file, valid_upload_name};
+use kiln_core::incoming::{ready, Entry, Ready};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const TICK: Duration = Duration::from_secs(2);
+/// A control file larger than this is not read for its file list (it is
+/// still taken, and rejected, once quiet).
+const MAX_CONTROL: u64 = 1 << 20;
+
+pub async fn run(shared: Arc<Shared>) {
+    let mut announced = None;
+    loop {
+        tokio::time::sleep(TICK).await;
+        let farm = shared.farm();
+        let Some(dir) = farm.incoming_dir() else { continue };
+        if announced.as_ref() != Some(&dir) {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot make the incoming directory");
+                continue;
+            }
+            tracing::info!(dir = %dir.display(), "watching the incoming directory for uploads");
+            announced = Some(dir.clone());
+        }
+        let (quiet, wait) = (farm.cfg.uploads.incoming_quiet, farm.cfg.uploads.incoming_wait);
+        drop(farm);
+        let scanned = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || scan(&dir)).await
+        };
+        let entries = match scanned {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the incoming directory");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for verdict in ready(&entries, quiet, wait) {
+            match verdict {
+                Ready::Upload { control, files } => take(&shared, &dir, &control, &files).await,
+                Ready::Stray(name) => {
+                    let reason = format!("{name} stayed in the incoming directory with no .changes or .dsc naming it");
+                    match reject_file(&shared.farm().data_dir(), &dir.join(&name), &reason) {
+                        Ok(kept) => tracing::warn!(file = %name, kept = %kept.display(), "{reason}"),
+                        Err(e) => tracing::error!(file = %name, error = %e, "cannot move a stray file out of incoming"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The plain files in the directory (links, directories and names kiln
+/// would not accept in an upload are left alone), each control file read
+/// for the files it lists.
+fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let now = SystemTime::now();
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = e.path().symlink_metadata() else { continue };
+        if !meta.is_file() || name.starts_with('.') || !valid_upload_name(&name) {
+            continue;
+        }
+        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        let lists = if name.ends_with(".src.rpm") {
+            Some(Vec::new())
+        } else if name.ends_with(".changes") || name.ends_with(".dsc") {
+            listed(dir, &name, meta.len())
+        } else {
+            None
+        };
+        entries.push(Entry { name, age, lists });
+    }
+    Ok(entries)
+}
+
+/// What a `.dsc` or `.changes` lists (a `.changes`: with what its `.dsc`
+/// lists, when that is here).
+fn listed(dir: &Path, name: &str, size: u64) -> Option<Vec<String>> {
+    let read = |n: &str| -> Option<Vec<String>> {
+        let path = dir.join(n);
+        if path.symlink_metadata().ok()?.len() > MAX_CONTROL || size > MAX_CONTROL {
+            return None;
+        }
+        let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
+        let upload = kiln_core::deb822::parse_source_upload(&text).ok()?;
+        Some(upload.files.into_iter().map(|f| f.name).collect())
+    };
+    let mut files = read(name)?;
+    if name.ends_with(".changes") {
+        let dscs: Vec<String> = files.iter().filter(|f| f.ends_with(".dsc")).cloned().collect();
+        for dsc in dscs {
+            for f in read(&dsc).unwrap_or_default() {
+                if !files.contains(&f) {
+                    files.push(f);
+                }
+            }
+        }
+    }
+    Some(files)
+}
+
+/// The uploader a `.changes` names (`Changed-By`), else a `.dsc`'s `Maintainer`.
+fn uploader(path: &Path) -> Option<String> {
+    if path.symlink_metadata().ok()?.len() > MAX_CONTROL {
+        return None;
+    }
+    let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
+    let p = kiln_core::deb822::parse_paragraph(&text).ok()?;
+    ["Changed-By", "Maintainer"]
+        .iter()
+        .find_map(|k| p.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| v.trim().to_string()))
+        .filter(|v| !v.is_empty() && !v.contains('\n'))
+}
+
+async fn take(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String]) {
+    let uploader = uploader(&dir.join(control));
+    let caller = Caller::system("incoming");
+    let mut staging = match begin(shared, &caller) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(upload = %control, error = %e, "cannot stage an upload from the incoming directory");
+            return;
+        }
+    };
+    let mut moved = Vec::new();
+    for name in std::iter::once(control).chain(files.iter().map(String::as_str)) {
+        let result = staging.file(name).map_err(|e| e.to_string()).and_then(|dest| {
+            move_file(&dir.join(name), &dest).map_err(|e| format!("cannot move {name} out of incoming: {e}"))?;
+            moved.push((dest, name));
+            Ok(())
+        });
+        if let Err(e) = result {
+            // Put back what was moved (the staging area is removed with
+            // everything in it): the upload stays whole for the next look.
+            for (dest, name) in moved {
+                if let Err(e) = move_file(&dest, &dir.join(name)) {
+                    tracing::error!(file = %name, error = %e, "cannot put a file back into incoming");
+                }
+            }
+            tracing::error!(upload = %control, error = %e, "cannot take an upload from the incoming directory");
+            return;
+        }
+    }
+    let (subject, body, signer) = match accept(shared, &caller, staging, UploadChoice::default()).await {
+        Ok(a) => {
+            let builds: Vec<String> = a
+                .created
+                .builds
+                .iter()
+                .map(|b| {
+                    format!(
+                        "  build {} on {}: {}/builds/{}",
+                        b.id,
+                        b.target,
+                        shared.farm().cfg.master.public_url(),
+                        b.id
+                    )
+                })
+                .collect();
+            tracing::info!(upload = %control, source = %a.source, version = %a.version, builds = builds.len(), "upload taken from the incoming directory");
+            (
+                format!("kiln: {} {} accepted", a.source, a.version),
+                format!("{control} was accepted from the incoming directory.\n\n{}\n", builds.join("\n")),
+                a.signer,
+            )
+        }
+        Err(OpError::Rejected(why)) => (
+            format!("kiln: {control} rejected"),
+            format!("{control} was rejected from the incoming directory: {why}\n"),
+            None,
+        ),
+        Err(e) => {
+            tracing::error!(upload = %control, error = %e, "an upload from the incoming directory failed");
+            (format!("kiln: {control} failed"), format!("{control} could not be taken: {e}\n"), None)
+        }
+    };
+    let farm = shared.farm();
+    let Some(smtp) = farm.cfg.smtp.clone() else { return };
+    let mut to: Vec<String> = signer.or(uploader).into_iter().collect();
+    to.extend(farm.cfg.uploads.mail.iter().cloned());
+    drop(farm);
+    crate::reporters::mail::deliver(shared, "incoming", &smtp, &to, &subject, body).await;
+}
