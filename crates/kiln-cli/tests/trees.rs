@@ -298,3 +298,53 @@ source = {{ path = "src/kiln-quilttree" }}
     assert!(out.starts_with(&format!("kiln-quiltlib ({lib_version}) {suite}; urgency=medium")), "{out}");
     assert!(out.contains(" -- Example Builds <builds@example.org>  "), "{out}");
 }
+
+/// The OpenPanel layout: the spec under `rpm/`, the files it names at the
+/// top of the tree (they built with `rpmbuild -bs rpm/libgrace.spec
+/// --define "_sourcedir $(pwd)"`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_under_rpm_finds_its_sources_at_the_top_of_the_tree() {
+    let spec = "Name: libgrace\nVersion: 1.0\nRelease: 1\nSummary: grace\nLicense: MIT\nBuildArch: noarch\n\
+                Source0: grace.conf\nPatch0: louder.patch\n\n%description\nOpenPanel's layout.\n\n\
+                %prep\n%setup -q -c -T\ncp %{SOURCE0} .\npatch -p1 < %{PATCH0}\n\n\
+                %install\ninstall -D -m 0644 grace.conf %{buildroot}/etc/grace.conf\n\n%files\n/etc/grace.conf\n";
+    let patch = "--- a/grace.conf\n+++ b/grace.conf\n@@ -1 +1 @@\n-quiet = yes\n+quiet = no\n";
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "el-9"
+family = "rpm"
+
+[[component]]
+name = "libgrace"
+source = { path = "src/grace" }
+spec = "rpm/libgrace.spec"
+"#;
+    let files = [
+        ("src/grace/rpm/libgrace.spec", spec),
+        ("src/grace/grace.conf", "quiet = yes\n"),
+        ("src/grace/louder.patch", patch),
+    ];
+    let farm = Farm::running(KILN.as_ref(), config, &files, "w1", &["el-9"], 1).await;
+    let client = farm.client();
+    let request = BuildRequestBody { components: vec!["libgrace".into()], ..Default::default() };
+    let id = client.create_builds(&request).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(300)).await;
+    let source = client.log(id, "source", 0).await.map(|c| c.data).unwrap_or_default();
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}\n{source}");
+    assert!(source.contains("grace.conf from the top of the source tree"), "{source}");
+    assert!(source.contains("louder.patch from the top of the source tree"), "{source}");
+    let version = b.properties["version"].value.clone();
+    let dir = farm.path("fetched");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dir)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let rpm = dir.join(format!("libgrace-{version}.noarch.rpm"));
+    let (code, out, err) = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("rpm2cpio {} | cpio -i --to-stdout ./etc/grace.conf 2>/dev/null", rpm.display())))
+    .expect("rpm2cpio");
+    assert_eq!((code, out.as_str()), (0, "quiet = no\n"), "{err}");
+}
