@@ -251,6 +251,16 @@ source = {{ path = "src/kiln-quilttree" }}
         "{app_source}"
     );
     assert!(deps.contains(&format!("Setting up kiln-quiltlib-dev ({lib_version})")), "{deps}");
+    // The archive's package lists came from the worker's cache (the first
+    // build read them); kiln's own repository was read afresh.
+    assert!(deps.contains("package lists from the cache"), "{deps}");
+    for (what, log) in
+        [("library (lists read from the archive)", log(lib.id, "deps").await), ("program (lists cached)", deps.clone())]
+    {
+        let fetched: Vec<&str> =
+            log.lines().filter(|l| l.starts_with("Fetched") || l.contains("package lists")).collect();
+        eprintln!("deps of the {what}: {fetched:?}");
+    }
     let app_dir = farm.path("app");
     let (code, _, err) = run(farm.kiln().args(["fetch", &app.id.to_string()]).arg(&app_dir)).expect("kiln fetch");
     assert_eq!(code, 0, "{err}");

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use kiln_core::debian::{changelog_entry, changelog_head, nightly_upstream_version, nightly_version, upstream_version};
 use kiln_core::pipeline::OUTPUT_DIR;
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -212,11 +213,17 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
             cmd.arg(format!("--architectures={arch}"));
         }
         cmd.arg(&o.suite).arg(&tmp).arg(&o.mirror);
-        run(&mut cmd, "mmdebstrap")?;
+        let made = with_progress(&format!("making the {} build root", o.suite), || run(&mut cmd, "mmdebstrap"));
+        made?;
         fs::rename(&tmp, &tarball)?;
     } else {
         eprintln!("kiln: using the cached {} build root", o.suite);
     }
+    // deps keeps this root's apt lists beside it (see `deb_deps`).
+    fs::write(
+        env_path("KILN_SCRATCH")?.join(LISTS_NOTE),
+        cache.join(format!("{key}.lists")).as_os_str().as_encoded_bytes(),
+    )?;
     if o.tarball_only {
         // Hard-linked into the build's scratch dir: a refresh that replaces
         // the cached name leaves this build's copy whole.
@@ -363,10 +370,11 @@ pub fn deb_deps() -> anyhow::Result<()> {
         let keyring = format!("/etc/apt/keyrings/kiln-{}.asc", repo.name);
         fs::create_dir_all(root.join("etc/apt/keyrings"))?;
         fs::write(root.join(keyring.trim_start_matches('/')), &repo.key)?;
-        fs::write(
-            root.join(format!("etc/apt/sources.list.d/kiln-{}.list", repo.name)),
-            format!("deb [signed-by={keyring}] {}\n", repo.source),
-        )?;
+        let line = format!("deb [signed-by={keyring}] {}\n", repo.source);
+        fs::write(root.join(format!("etc/apt/sources.list.d/kiln-{}.list", repo.name)), &line)?;
+        // The same, alone, for updating only kiln's repositories.
+        fs::create_dir_all(root.join("etc/apt/kiln-sources.d"))?;
+        fs::write(root.join(format!("etc/apt/kiln-sources.d/kiln-{}.list", repo.name)), &line)?;
         eprintln!("kiln: build root uses repository {}: {}", repo.name, repo.source);
     }
     // The source is unpacked by the build user, not root; the packages
@@ -378,9 +386,28 @@ pub fn deb_deps() -> anyhow::Result<()> {
          --bounding-set=-all -- sh -c 'cd /build && dpkg-source -x *.dsc src'"
     );
     run(bwrap(&root, false).args(["/bin/sh", "-c", &unpack]), "unpacking the source")?;
-    let fetch = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update; cd /build; \
-                 apt-get build-dep -y --download-only --no-install-recommends ./src";
-    run(bwrap(&root, true).args(["/bin/sh", "-c", fetch]), "fetching build dependencies")?;
+    fs::create_dir_all(root.join("etc/apt/kiln-sources.d"))?;
+    // A cache being replaced by another build as this one reads it is not
+    // used: apt reads the archive instead.
+    let cached = lists_from_cache(&scratch, &root).unwrap_or(false);
+    // With the archive's lists fresh from the cache, only kiln's own
+    // repositories (what dependencies just published) are read again.
+    let update = if cached {
+        "apt-get update -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/etc/apt/kiln-sources.d \
+         -o APT::Get::List-Cleanup=0"
+    } else {
+        "apt-get update"
+    };
+    let fetch = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; {update}; cd /build; \
+         apt-get build-dep -y --download-only --no-install-recommends ./src"
+    );
+    run(bwrap(&root, true).args(["/bin/sh", "-c", &fetch]), "fetching build dependencies")?;
+    if !cached {
+        if let Err(e) = lists_to_cache(&scratch, &root) {
+            eprintln!("kiln: the package lists are not cached for later builds: {e:#}");
+        }
+    }
     let install = "set -e; export DEBIAN_FRONTEND=noninteractive; cd /build; \
                    apt-get build-dep -y --no-install-recommends ./src";
     run(bwrap(&root, false).args(["/bin/sh", "-c", install]), "installing build dependencies")?;
@@ -395,6 +422,90 @@ pub fn deb_deps() -> anyhow::Result<()> {
         list.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
     );
     Ok(())
+}
+
+/// The file in the scratch dir naming where the root's apt lists are cached.
+const LISTS_NOTE: &str = "root-lists";
+/// How long a root's cached apt lists are used before a build reads the
+/// archive's indexes again (kiln's own repositories are read every build).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// Puts the root's cached apt lists into the build's root when they are
+/// fresh; false when there are none or they are too old.
+fn lists_from_cache(scratch: &Path, root: &Path) -> anyhow::Result<bool> {
+    let Ok(note) = fs::read(scratch.join(LISTS_NOTE)) else { return Ok(false) };
+    let cache = PathBuf::from(std::ffi::OsString::from_vec(note));
+    let stamp = cache.join(".stamp");
+    let age =
+        fs::metadata(&stamp).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+    if age.is_none_or(|a| a > LISTS_MAX_AGE) {
+        eprintln!(
+            "kiln: reading the archive's package lists (no cached lists younger than {}h)",
+            LISTS_MAX_AGE.as_secs() / 3600
+        );
+        return Ok(false);
+    }
+    let lists = root.join("var/lib/apt/lists");
+    fs::create_dir_all(&lists)?;
+    let mut n = 0;
+    for e in fs::read_dir(&cache)?.flatten() {
+        let name = e.file_name();
+        if e.file_type()?.is_file() && !name.to_string_lossy().starts_with('.') {
+            fs::copy(e.path(), lists.join(&name))?;
+            n += 1;
+        }
+    }
+    let minutes = age.map(|a| a.as_secs() / 60).unwrap_or(0);
+    eprintln!("kiln: {n} package lists from the cache ({minutes} min old); reading only kiln's repositories");
+    Ok(true)
+}
+
+/// Keeps the lists apt just read beside the cached root, for the builds
+/// of the next hours: written to a new directory, then renamed over the old.
+fn lists_to_cache(scratch: &Path, root: &Path) -> anyhow::Result<()> {
+    let Ok(note) = fs::read(scratch.join(LISTS_NOTE)) else { return Ok(()) };
+    let cache = PathBuf::from(std::ffi::OsString::from_vec(note));
+    let parent = cache.parent().context("the lists cache has no parent")?;
+    let tmp = parent.join(format!(
+        ".{}.{}",
+        cache.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    for e in fs::read_dir(root.join("var/lib/apt/lists"))?.flatten() {
+        let name = e.file_name();
+        // Only the archive's lists: kiln's own are read every build.
+        if e.file_type()?.is_file() && name.to_string_lossy() != "lock" && !name.to_string_lossy().contains("_repos_") {
+            fs::copy(e.path(), tmp.join(&name))?;
+        }
+    }
+    fs::write(tmp.join(".stamp"), b"")?;
+    let old = parent.join(format!(
+        ".{}.old.{}",
+        cache.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::rename(&cache, &old);
+    fs::rename(&tmp, &cache)?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Runs `work`, saying on stderr every half minute that it still runs.
+fn with_progress<T>(what: &str, work: impl FnOnce() -> T) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let started = std::time::Instant::now();
+    let what = what.to_string();
+    let ticker = std::thread::spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(30)) {
+            eprintln!("kiln: still {what} ({}s)", started.elapsed().as_secs());
+        }
+    });
+    let out = work();
+    drop(done);
+    let _ = ticker.join();
+    out
 }
 
 /// `root-update`: `apt-get update` in the unpacked root, with network (the
