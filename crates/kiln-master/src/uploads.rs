@@ -187,31 +187,50 @@ pub fn reject(data_dir: &Path, staging: &Path, stem: &str, reasons: &[String]) -
     Ok(dest)
 }
 
+/// Opens `path` for reading only when it is itself a plain file: never
+/// through a link, never a FIFO or a device (which could block or never
+/// end). What is read from it afterwards is this file, whatever happens to
+/// the name.
+pub fn open_plain(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{} is not a plain file", path.display())));
+    }
+    Ok(f)
+}
+
+/// Reads at most `limit` bytes of a plain file (see [`open_plain`]);
+/// `None` for anything else or anything longer.
+pub fn read_plain(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_plain(path).ok()?.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= limit).then_some(bytes)
+}
+
+/// Copies the plain file `from` into a new file `to` that the master owns,
+/// synced: someone else's file (an uploader's, who may still hold it open
+/// or linked) is read once and never becomes one of the master's.
+pub fn copy_plain(from: &Path, to: &Path) -> io::Result<()> {
+    let mut src = open_plain(from)?;
+    let mut dst = fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    io::copy(&mut src, &mut dst)?;
+    dst.sync_all()
+}
+
 /// Moves one file that belongs to no upload (a stray in the incoming
 /// directory) into `DATA_DIR/rejected/` with the reason.
 pub fn reject_file(data_dir: &Path, file: &Path, reason: &str) -> io::Result<PathBuf> {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "stray".into());
     let dest = fresh_dir(&data_dir.join("rejected"), &name)?;
-    move_file(file, &dest.join(&name))?;
-    fs::write(dest.join("REASON"), format!("{reason}\n"))?;
-    Ok(dest)
-}
-
-/// Renames `from` to `to`, or copies and removes it across filesystems
-/// (an incoming directory on another disk than the data dir).
-pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
-    match fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(18) => {
-            // EXDEV: written whole under the final name's directory, synced, then the original goes.
-            let tmp = to.with_extension("partial");
-            fs::copy(from, &tmp)?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, to)?;
-            fs::remove_file(from)
-        }
-        Err(e) => Err(e),
+    let kept = copy_plain(file, &dest.join(&name)).and_then(|()| fs::write(dest.join("REASON"), format!("{reason}\n")));
+    if let Err(e) = kept {
+        let _ = fs::remove_dir_all(&dest);
+        return Err(e);
     }
+    fs::remove_file(file)?;
+    Ok(dest)
 }
 
 /// Where an accepted upload is kept (its builds take their source from there).

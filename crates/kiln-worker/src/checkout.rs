@@ -148,9 +148,15 @@ pub(crate) fn move_into_work_dir(
 ) -> anyhow::Result<()> {
     let tree = match subdir {
         Some(dir) => {
-            let t = checkout.join(dir);
-            if !t.is_dir() {
-                bail!("{what} has no directory {dir}");
+            // Each part a directory of the checkout itself: a repository
+            // whose `subdir` is a link would have root move whatever it
+            // points at into the build.
+            let mut t = checkout.to_path_buf();
+            for part in dir.split('/') {
+                t.push(part);
+                if !t.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    bail!("{what} has no directory {dir} (a link is not followed)");
+                }
             }
             t
         }

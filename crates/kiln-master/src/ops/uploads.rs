@@ -52,6 +52,11 @@ impl Staging {
         self.names.push(name.to_string());
         Ok(self.dir.join(name))
     }
+
+    /// Where a file already given to the upload is.
+    pub fn file_path(&self, name: &str) -> Option<PathBuf> {
+        self.names.iter().any(|n| n == name).then(|| self.dir.join(name))
+    }
 }
 
 /// What the uploader chose besides the files.

@@ -15,7 +15,7 @@ use crate::caller::Caller;
 use crate::ops::uploads::{accept, begin, UploadChoice};
 use crate::ops::OpError;
 use crate::shared::Shared;
-use crate::uploads::{move_file, reject_file, valid_upload_name};
+use crate::uploads::{copy_plain, read_plain, reject_file, valid_upload_name};
 use kiln_core::incoming::{ready, Entry, Ready};
 use std::path::Path;
 use std::sync::Arc;
@@ -81,11 +81,17 @@ fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
         if !meta.is_file() || name.starts_with('.') || !valid_upload_name(&name) {
             continue;
         }
-        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        // The change time, which `scp -p` and rsync cannot set back.
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            SystemTime::UNIX_EPOCH
+                + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().clamp(0, 999_999_999) as u32)
+        };
+        let age = now.duration_since(changed).unwrap_or_default();
         let lists = if name.ends_with(".src.rpm") {
             Some(Vec::new())
         } else if name.ends_with(".changes") || name.ends_with(".dsc") {
-            listed(dir, &name, meta.len())
+            listed(dir, &name)
         } else {
             None
         };
@@ -96,13 +102,9 @@ fn scan(dir: &Path) -> std::io::Result<Vec<Entry>> {
 
 /// What a `.dsc` or `.changes` lists (a `.changes`: with what its `.dsc`
 /// lists, when that is here).
-fn listed(dir: &Path, name: &str, size: u64) -> Option<Vec<String>> {
+fn listed(dir: &Path, name: &str) -> Option<Vec<String>> {
     let read = |n: &str| -> Option<Vec<String>> {
-        let path = dir.join(n);
-        if path.symlink_metadata().ok()?.len() > MAX_CONTROL || size > MAX_CONTROL {
-            return None;
-        }
-        let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
+        let text = String::from_utf8(read_plain(&dir.join(n), MAX_CONTROL)?).ok()?;
         let upload = kiln_core::deb822::parse_source_upload(&text).ok()?;
         Some(upload.files.into_iter().map(|f| f.name).collect())
     };
@@ -121,12 +123,9 @@ fn listed(dir: &Path, name: &str, size: u64) -> Option<Vec<String>> {
 }
 
 /// The uploader a `.changes` names (`Changed-By`), else a `.dsc`'s `Maintainer`.
-fn uploader(path: &Path) -> Option<String> {
-    if path.symlink_metadata().ok()?.len() > MAX_CONTROL {
-        return None;
-    }
-    let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
-    let p = kiln_core::deb822::parse_paragraph(&text).ok()?;
+fn uploader(text: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(text).ok()?;
+    let p = kiln_core::deb822::parse_paragraph(text).ok()?;
     ["Changed-By", "Maintainer"]
         .iter()
         .find_map(|k| p.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| v.trim().to_string()))
@@ -134,7 +133,6 @@ fn uploader(path: &Path) -> Option<String> {
 }
 
 async fn take(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String]) {
-    let uploader = uploader(&dir.join(control));
     let caller = Caller::system("incoming");
     let mut staging = match begin(shared, &caller) {
         Ok(s) => s,
@@ -143,25 +141,29 @@ async fn take(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String])
             return;
         }
     };
-    let mut moved = Vec::new();
-    for name in std::iter::once(control).chain(files.iter().map(String::as_str)) {
-        let result = staging.file(name).map_err(|e| e.to_string()).and_then(|dest| {
-            move_file(&dir.join(name), &dest).map_err(|e| format!("cannot move {name} out of incoming: {e}"))?;
-            moved.push((dest, name));
-            Ok(())
-        });
-        if let Err(e) = result {
-            // Put back what was moved (the staging area is removed with
-            // everything in it): the upload stays whole for the next look.
-            for (dest, name) in moved {
-                if let Err(e) = move_file(&dest, &dir.join(name)) {
-                    tracing::error!(file = %name, error = %e, "cannot put a file back into incoming");
-                }
-            }
+    // Copied, not moved: the uploader's files (which they may still hold
+    // open or linked elsewhere) are read once into the master's own; the
+    // originals go only once the upload is accepted or rejected, so an
+    // internal error leaves them for the next look.
+    let names: Vec<&str> = std::iter::once(control).chain(files.iter().map(String::as_str)).collect();
+    for name in &names {
+        let copied = staging
+            .file(name)
+            .map_err(|e| e.to_string())
+            .and_then(|dest| copy_plain(&dir.join(name), &dest).map_err(|e| format!("cannot read {name}: {e}")));
+        if let Err(e) = copied {
             tracing::error!(upload = %control, error = %e, "cannot take an upload from the incoming directory");
             return;
         }
     }
+    let uploader = staging.file_path(control).and_then(|p| read_plain(&p, MAX_CONTROL)).and_then(|t| uploader(&t));
+    let remove_originals = || {
+        for name in &names {
+            if let Err(e) = std::fs::remove_file(dir.join(name)) {
+                tracing::warn!(file = %name, error = %e, "cannot remove a taken upload's file from incoming");
+            }
+        }
+    };
     let (subject, body, signer) = match accept(shared, &caller, staging, UploadChoice::default()).await {
         Ok(a) => {
             let builds: Vec<String> = a
@@ -179,20 +181,25 @@ async fn take(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String])
                 })
                 .collect();
             tracing::info!(upload = %control, source = %a.source, version = %a.version, builds = builds.len(), "upload taken from the incoming directory");
+            remove_originals();
             (
                 format!("kiln: {} {} accepted", a.source, a.version),
                 format!("{control} was accepted from the incoming directory.\n\n{}\n", builds.join("\n")),
                 a.signer,
             )
         }
-        Err(OpError::Rejected(why)) => (
-            format!("kiln: {control} rejected"),
-            format!("{control} was rejected from the incoming directory: {why}\n"),
-            None,
-        ),
+        Err(OpError::Rejected(why)) => {
+            remove_originals();
+            (
+                format!("kiln: {control} rejected"),
+                format!("{control} was rejected from the incoming directory: {why}\n"),
+                None,
+            )
+        }
         Err(e) => {
-            tracing::error!(upload = %control, error = %e, "an upload from the incoming directory failed");
-            (format!("kiln: {control} failed"), format!("{control} could not be taken: {e}\n"), None)
+            // Left in place: taken again at the next look.
+            tracing::error!(upload = %control, error = %e, "an upload from the incoming directory failed; it stays there");
+            return;
         }
     };
     let farm = shared.farm();

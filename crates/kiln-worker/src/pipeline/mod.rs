@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use kiln_core::debian::{changelog_entry, changelog_head, nightly_upstream_version, nightly_version, upstream_version};
 use kiln_core::pipeline::OUTPUT_DIR;
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,14 +119,19 @@ pub fn deb_source(o: &SourceOptions) -> anyhow::Result<()> {
             let name = made.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             eprintln!("kiln: upstream tarball {name} {}", way.describe());
         }
-        // dpkg-source works in the source directory's parent (it unpacks
-        // the upstream tarball there to compare); the tree's own parent is
-        // the worker's, so it is given the tree through a link in `pkg`.
-        let link = pkg.join(format!("{}-source", head.package));
-        std::os::unix::fs::symlink(&build_dir, &link).context("cannot link the tree into the package dir")?;
-        let built = run(Command::new("dpkg-source").arg("-b").arg(&link).current_dir(&pkg), "dpkg-source -b");
-        fs::remove_file(&link)?;
-        built?;
+        if way.is_some() {
+            // For quilt, dpkg-source works in the source directory's parent
+            // (it unpacks the upstream tarball there to compare); the tree's
+            // own parent is the worker's, so it gets the tree through a
+            // link in `pkg` (the native format cannot take a link).
+            let link = pkg.join(format!("{}-source", head.package));
+            std::os::unix::fs::symlink(&build_dir, &link).context("cannot link the tree into the package dir")?;
+            let built = run(Command::new("dpkg-source").arg("-b").arg(&link).current_dir(&pkg), "dpkg-source -b");
+            fs::remove_file(&link)?;
+            built?;
+        } else {
+            run(Command::new("dpkg-source").arg("-b").arg(&build_dir).current_dir(&pkg), "dpkg-source -b")?;
+        }
         version
     } else {
         // An existing source package: a .dsc and its files at the top.
@@ -220,10 +226,14 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
         eprintln!("kiln: using the cached {} build root", o.suite);
     }
     // deps keeps this root's apt lists beside it (see `deb_deps`).
-    fs::write(
-        env_path("KILN_SCRATCH")?.join(LISTS_NOTE),
-        cache.join(format!("{key}.lists")).as_os_str().as_encoded_bytes(),
-    )?;
+    // A new file: whatever a step of the build left under the name goes first.
+    let note = env_path("KILN_SCRATCH")?.join(LISTS_NOTE);
+    let _ = fs::remove_file(&note);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&note)?
+        .write_all(cache.join(format!("{key}.lists")).as_os_str().as_encoded_bytes())?;
     if o.tarball_only {
         // Hard-linked into the build's scratch dir: a refresh that replaces
         // the cached name leaves this build's copy whole.
@@ -235,6 +245,10 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     let root = env_path("KILN_SCRATCH")?.join("root");
+    // An empty root of this step's own, not one a step before filled.
+    if root.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&root).or_else(|_| fs::remove_file(&root)).context("cannot clear the build root's place")?;
+    }
     fs::create_dir_all(&root)?;
     let started = std::time::Instant::now();
     // Fast path: an extracted copy of this tarball, made once, under an
@@ -447,6 +461,9 @@ fn lists_from_cache(scratch: &Path, root: &Path) -> anyhow::Result<bool> {
     }
     let lists = root.join("var/lib/apt/lists");
     fs::create_dir_all(&lists)?;
+    // Shared: builds read the cache together; one replacing it waits.
+    let lock = fs::File::create(cache.with_extension("lists.lock"))?;
+    lock.lock_shared().context("cannot lock the package lists cache")?;
     let mut n = 0;
     for e in fs::read_dir(&cache)?.flatten() {
         let name = e.file_name();
@@ -481,15 +498,20 @@ fn lists_to_cache(scratch: &Path, root: &Path) -> anyhow::Result<()> {
         }
     }
     fs::write(tmp.join(".stamp"), b"")?;
+    let lock = fs::File::create(cache.with_extension("lists.lock"))?;
+    lock.lock().context("cannot lock the package lists cache")?;
     let old = parent.join(format!(
         ".{}.old.{}",
         cache.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
         std::process::id()
     ));
     let _ = fs::rename(&cache, &old);
-    fs::rename(&tmp, &cache)?;
+    let placed = fs::rename(&tmp, &cache);
     let _ = fs::remove_dir_all(&old);
-    Ok(())
+    if placed.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(placed?)
 }
 
 /// Runs `work`, saying on stderr every half minute that it still runs.
