@@ -4,21 +4,12 @@
 //! mail from a real SMTP server (aiosmtpd).
 
 use kiln_core::BuildState;
-use kiln_testing::{free_addr, run, wait_for, Farm};
+use kiln_testing::{free_addr, listening, mails, run, wait_for, Farm, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SPEC: &str = "Name: kiln-dropped\nVersion: 2.0\nRelease: 1\nSummary: dropped by scp\nLicense: MIT\nBuildArch: noarch\n\n\
 %description\nA package dropped into the incoming directory.\n\n%install\nmkdir -p %{buildroot}/usr/share/kiln-dropped\n\
@@ -64,16 +55,6 @@ fn debian_upload(dir: &Path) -> PathBuf {
     path
 }
 
-fn mails(maildir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        for e in std::fs::read_dir(maildir.join(sub)).into_iter().flatten().flatten() {
-            out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_dropped_into_the_incoming_directory_are_taken_or_rejected_and_mailed() {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -87,8 +68,7 @@ async fn uploads_dropped_into_the_incoming_directory_are_taken_or_rejected_and_m
         .spawn()
         .expect("aiosmtpd starts");
     let _smtp = Server(smtp);
-    let up = wait_for(Duration::from_secs(20), || async { std::net::TcpStream::connect(smtp_addr).is_ok() }).await;
-    assert!(up, "aiosmtpd listens");
+    listening(smtp_addr, "aiosmtpd").await;
 
     let config = format!(
         r#"

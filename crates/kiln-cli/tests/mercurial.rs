@@ -5,21 +5,12 @@
 use kiln_client::BuildQuery;
 use kiln_core::BuildState;
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{free_addr, wait_for, Farm};
+use kiln_testing::{free_addr, listening, wait_for, Farm, Server};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `hg` with no user configuration beyond a name; returns stdout.
 fn hg(dir: &Path, args: &[&str]) -> String {
@@ -77,8 +68,7 @@ async fn mercurial_sources_build_by_polling_and_by_the_changegroup_hook() {
         .spawn()
         .expect("hg serve starts");
     let _server = Server(server);
-    let up = wait_for(Duration::from_secs(20), || async { std::net::TcpStream::connect(addr).is_ok() }).await;
-    assert!(up, "hg serve listens");
+    listening(addr, "hg serve").await;
     let url = format!("http://127.0.0.1:{}/", addr.port());
 
     let config = format!(
@@ -129,6 +119,9 @@ steps = [{{ name = "show", run = "cat grace.txt" }}]
     let seen = wait_for(Duration::from_secs(30), || async { farm.master_log().contains("polling a new branch") }).await;
     assert!(seen, "{}", farm.master_log());
     assert!(builds_of(&farm, "grace").await.is_empty());
+    // A bookmark named like the branch, left on an old revision, does not
+    // stand for the branch (hg identify -r default would take it).
+    hg(&served, &["bookmark", "--quiet", "--force", "-r", &first, "default"]);
     let second = commit(&work, "grace.txt", "GRACE 2\n", "second");
     hg(&work, &["push", "--quiet"]);
     let polled = wait_for(Duration::from_secs(60), || async { !builds_of(&farm, "grace").await.is_empty() }).await;

@@ -6,45 +6,13 @@
 use kiln_client::BuildQuery;
 use kiln_core::BuildState;
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{free_addr, http_recorder, run, wait_for, Farm, ONE_WORKER};
+use kiln_testing::{free_addr, git, http_recorder, listening, mails, run, wait_for, Farm, Server, ONE_WORKER};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// A child process killed when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits (bounded) until something listens on `addr`.
-async fn listening(addr: SocketAddr, what: &str) {
-    let up =
-        wait_for(Duration::from_secs(20), || async move { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
-    assert!(up, "{what} did not start listening on {addr}");
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Ann")
-        .env("GIT_AUTHOR_EMAIL", "ann@example.org")
-        .env("GIT_COMMITTER_NAME", "Ann")
-        .env("GIT_COMMITTER_EMAIL", "ann@example.org")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Bare repositories served read-only by `git daemon` on loopback, and a
 /// working clone of each to commit in.
@@ -522,18 +490,6 @@ async fn smtp_server(dir: &Path) -> (Server, SocketAddr, PathBuf, String) {
     let server = Server(child);
     listening(addr, "aiosmtpd").await;
     (server, addr, maildir, ca.pem())
-}
-
-fn mails(maildir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        if let Ok(entries) = std::fs::read_dir(maildir.join(sub)) {
-            for e in entries.flatten() {
-                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

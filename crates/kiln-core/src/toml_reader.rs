@@ -85,6 +85,27 @@ impl<'s> Reader<'s> {
         self.string(t, key, what)
     }
 
+    /// A duration written `"90s"`, `"1h30m"` or as whole seconds.
+    pub(crate) fn duration(&mut self, t: Tbl<'_>, key: &str, what: &str) -> Option<std::time::Duration> {
+        if let Some(item) = t.t.get(key) {
+            if let Some(i) = item.as_integer() {
+                if i < 0 {
+                    self.err(&item.span(), format!("`{key}` in {what} may not be negative"));
+                    return None;
+                }
+                return Some(std::time::Duration::from_secs(i as u64));
+            }
+        }
+        let (text, span) = self.string(t, key, what)?;
+        match crate::duration::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(&span, format!("`{key}` in {what}: {e}"));
+                None
+            }
+        }
+    }
+
     pub(crate) fn boolean(&mut self, t: Tbl<'_>, key: &str, what: &str) -> Option<bool> {
         let (item, span) = self.value(t, key)?;
         match item.as_bool() {

@@ -27,6 +27,11 @@ pub struct LoadedFarm {
     /// The keys that may sign uploads (`[uploads] keyring`), read with the
     /// config: a reload reads it again.
     pub uploaders: Option<Arc<Keyring>>,
+    /// Who kiln's changelog entries for nightlies are from: the config's
+    /// `changelog_maintainer`, else `kiln` at the master's URL's or host's
+    /// qualified name, else a local address lintian calls bogus. Worked
+    /// out once per load, not per build.
+    pub changelog_maintainer: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +102,17 @@ impl LoadedFarm {
             Some(k) => Some(Arc::new(load_keyring(&base_dir.join(k))?)),
             None => None,
         };
-        let farm =
-            LoadedFarm { cfg, path: path.to_path_buf(), base_dir, worker_tokens, text, repository_keys, uploaders };
+        let changelog_maintainer = changelog_maintainer(&cfg.master);
+        let farm = LoadedFarm {
+            cfg,
+            path: path.to_path_buf(),
+            base_dir,
+            worker_tokens,
+            text,
+            repository_keys,
+            uploaders,
+            changelog_maintainer,
+        };
         farm.refuse_empty_secrets()?;
         if let Some(incoming) = farm.incoming_dir() {
             // The master moves, renames and removes what it finds there:
@@ -120,18 +134,6 @@ impl LoadedFarm {
     /// The incoming directory uploads are dropped into, when configured.
     pub fn incoming_dir(&self) -> Option<PathBuf> {
         self.cfg.uploads.incoming_dir.as_deref().map(|d| self.resolve(d))
-    }
-
-    /// Who kiln's changelog entries for nightlies are from: the config's
-    /// `changelog_maintainer`, else `kiln` at the master's URL's or host's
-    /// qualified name, else a local address lintian calls bogus.
-    pub fn changelog_maintainer(&self) -> String {
-        if let Some(who) = &self.cfg.master.changelog_maintainer {
-            return who.clone();
-        }
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        config::default_maintainer(self.cfg.master.url.as_deref(), &hostname)
-            .unwrap_or_else(|| "kiln <kiln@localhost>".to_string())
     }
 
     /// A hook secret or forge token that is there but empty (or only
@@ -215,6 +217,18 @@ fn load_keyring(file: &Path) -> Result<Keyring, LoadError> {
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| invalid(&"not armored text; export the keys with `gpg --armor --export`"))?;
     Keyring::from_armored(text).map_err(|e| invalid(&e))
+}
+
+/// The identity of kiln's changelog entries (see [`LoadedFarm::changelog_maintainer`]).
+fn changelog_maintainer(master: &config::MasterSection) -> String {
+    if let Some(who) = &master.changelog_maintainer {
+        return who.clone();
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    config::default_maintainer(master.url.as_deref(), &hostname).unwrap_or_else(|| {
+        tracing::warn!("no qualified domain for kiln's changelog entries; lintian will report bogus-mail-host: set [master] changelog_maintainer");
+        "kiln <kiln@localhost>".to_string()
+    })
 }
 
 #[cfg(test)]

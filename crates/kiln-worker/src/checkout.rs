@@ -40,12 +40,10 @@ fn output(cmd: &mut Command) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: bool) -> anyhow::Result<()> {
-    kiln_core::config::check_git_url(url).map_err(|e| anyhow::anyhow!("repository URL {url:?} {e}"))?;
-    let worker_dir = crate::pipeline::env_path("KILN_WORKER_DIR")?;
-    let build_dir = crate::pipeline::env_path("KILN_BUILD_DIR")?;
-    let scratch = crate::pipeline::env_path("KILN_SCRATCH")?;
-    // A build may name another branch or an exact revision.
+/// The branch and exact revision a build asks for: a build may name
+/// another branch (property `branch`) or a revision (`revision`, a commit
+/// or node id); else `branch`, the configured one, at its tip.
+pub(crate) fn requested(branch: &str) -> anyhow::Result<(String, Option<String>)> {
     let branch = match std::env::var("KILN_PROP_BRANCH") {
         Ok(b) if !b.is_empty() => b,
         _ => branch.to_string(),
@@ -55,10 +53,24 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
     if let Some(r) = &wanted {
         check_revision(r).map_err(|e| anyhow::anyhow!("property revision: {e}"))?;
     }
+    Ok((branch, wanted))
+}
+
+/// The name of a repository's mirror under the worker dir.
+pub(crate) fn mirror_key(url: &str) -> String {
+    hex::encode(&Sha256::digest(url.as_bytes())[..10])
+}
+
+pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: bool) -> anyhow::Result<()> {
+    kiln_core::config::check_git_url(url).map_err(|e| anyhow::anyhow!("repository URL {url:?} {e}"))?;
+    let worker_dir = crate::pipeline::env_path("KILN_WORKER_DIR")?;
+    let build_dir = crate::pipeline::env_path("KILN_BUILD_DIR")?;
+    let scratch = crate::pipeline::env_path("KILN_SCRATCH")?;
+    let (branch, wanted) = requested(branch)?;
 
     let cache_root = worker_dir.join("git");
     fs::create_dir_all(&cache_root)?;
-    let key = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
+    let key = mirror_key(url);
     let mirror = cache_root.join(format!("{key}.git"));
     let lock = fs::File::create(cache_root.join(format!("{key}.lock")))?;
     lock.lock().context("cannot lock the repository mirror")?;

@@ -11,8 +11,7 @@
 //! Prints the full node id on stdout (the step sets property `revision`).
 
 use anyhow::{bail, Context};
-use kiln_core::config::{check_branch, check_hg_url, check_revision};
-use sha2::{Digest, Sha256};
+use kiln_core::config::{check_hg_url, check_revision};
 use std::fs;
 use std::process::{Command, Stdio};
 
@@ -46,19 +45,11 @@ pub fn hg_checkout(url: &str, branch: &str, subdir: Option<&str>) -> anyhow::Res
     let worker_dir = crate::pipeline::env_path("KILN_WORKER_DIR")?;
     let build_dir = crate::pipeline::env_path("KILN_BUILD_DIR")?;
     let scratch = crate::pipeline::env_path("KILN_SCRATCH")?;
-    let branch = match std::env::var("KILN_PROP_BRANCH") {
-        Ok(b) if !b.is_empty() => b,
-        _ => branch.to_string(),
-    };
-    check_branch(&branch).map_err(anyhow::Error::msg)?;
-    let wanted = std::env::var("KILN_PROP_REVISION").ok().filter(|r| !r.is_empty());
-    if let Some(r) = &wanted {
-        check_revision(r).map_err(|e| anyhow::anyhow!("property revision: {e}"))?;
-    }
+    let (branch, wanted) = crate::checkout::requested(branch)?;
 
     let cache_root = worker_dir.join("hg");
     fs::create_dir_all(&cache_root)?;
-    let key = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
+    let key = crate::checkout::mirror_key(url);
     let mirror = cache_root.join(&key);
     let lock = fs::File::create(cache_root.join(format!("{key}.lock")))?;
     lock.lock().context("cannot lock the repository mirror")?;

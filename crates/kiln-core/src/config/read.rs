@@ -17,7 +17,6 @@ use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, Schedu
 use super::{packaging, relations, uploads};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
-use crate::duration::parse_duration;
 use crate::names::{check_name, check_property_name};
 use crate::toml_reader::{Reader, Span, Tbl};
 use std::collections::{BTreeMap, HashMap};
@@ -179,7 +178,7 @@ fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Ta
     let arch = target_word(r, tbl, "arch");
     let mirror = repo_url(r, tbl, "mirror", "[[target]]");
     let components = archive_components(r, tbl, "[[target]]");
-    let max_age = duration_key(r, tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
+    let max_age = r.duration(tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
     let executor = read_executor(r, tbl, family);
     let repositories = read_repositories(r, tbl, family);
     let mock_config = read_mock_config(r, tbl);
@@ -330,8 +329,8 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
     }
     let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
     let adopts = relations::read_adopts(r, tbl, &what);
-    let timeout = duration_key(r, tbl, "timeout", &what);
-    let no_output_timeout = duration_key(r, tbl, "no_output_timeout", &what);
+    let timeout = r.duration(tbl, "timeout", &what);
+    let no_output_timeout = r.duration(tbl, "no_output_timeout", &what);
     let memory = read_memory(r, tbl, &what);
     let millicpus = read_cpus(r, tbl, &what);
     let spec = read_spec(r, tbl, &what);
@@ -555,26 +554,6 @@ fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)>
     Some((name, span))
 }
 
-pub(super) fn duration_key(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<Duration> {
-    if let Some(item) = tbl.t.get(key) {
-        if let Some(i) = item.as_integer() {
-            if i < 0 {
-                r.err(&item.span(), format!("`{key}` in {what} may not be negative"));
-                return None;
-            }
-            return Some(Duration::from_secs(i as u64));
-        }
-    }
-    let (text, span) = r.string(tbl, key, what)?;
-    match parse_duration(&text) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            r.err(&span, format!("`{key}` in {what}: {e}"));
-            None
-        }
-    }
-}
-
 /// A package repository's URL (`mirror` of a target, `url` of one of its
 /// repositories): http(s) or file, nothing a shell or apt line could split.
 fn repo_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
@@ -656,17 +635,17 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
         m.database = Some(db);
     }
     let errors_before = r.diags.len();
-    if let Some(d) = duration_key(r, tbl, "worker_timeout", "[master]") {
+    if let Some(d) = r.duration(tbl, "worker_timeout", "[master]") {
         m.worker_timeout = d;
     }
-    if let Some(d) = duration_key(r, tbl, "heartbeat", "[master]") {
+    if let Some(d) = r.duration(tbl, "heartbeat", "[master]") {
         m.heartbeat = d;
     }
     let timings_ok = r.diags.len() == errors_before;
-    if let Some(d) = duration_key(r, tbl, "kill_grace", "[master]") {
+    if let Some(d) = r.duration(tbl, "kill_grace", "[master]") {
         m.kill_grace = d;
     }
-    if let Some(d) = duration_key(r, tbl, "header_timeout", "[master]") {
+    if let Some(d) = r.duration(tbl, "header_timeout", "[master]") {
         m.header_timeout = d.max(Duration::from_millis(100));
     }
     if let Some((text, sspan)) = r.string(tbl, "max_artifact_size", "[master]") {
@@ -750,8 +729,8 @@ fn read_steps(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str, key: &str) -> Vec<St
                 None
             }
         });
-        let timeout = duration_key(r, st, "timeout", &swhat);
-        let no_output_timeout = duration_key(r, st, "no_output_timeout", &swhat);
+        let timeout = r.duration(st, "timeout", &swhat);
+        let no_output_timeout = r.duration(st, "no_output_timeout", &swhat);
         let env = r.string_map(st, "env", &swhat).unwrap_or_default().into_iter().map(|(k, v, _)| (k, v)).collect();
         let halt_on_failure = r.boolean(st, "halt_on_failure", &swhat).unwrap_or(true);
         let always_run = r.boolean(st, "always_run", &swhat).unwrap_or(false);

@@ -305,7 +305,7 @@ fn uploads_name_a_keyring_and_may_require_signatures() {
         [
             "farm.toml:2:11: `keyring` of [uploads] must name an armored OpenPGP public keyring file",
             "farm.toml:3:21: `require_signature` in [uploads] must be true or false",
-            "farm.toml:4:1: unknown key `keys` in [uploads]; known keys: keyring, require_signature",
+            "farm.toml:4:1: unknown key `keys` in [uploads]; known keys: keyring, require_signature, incoming_dir, incoming_quiet, incoming_wait, mail",
         ]
     );
     assert_eq!(errors("uploads = 3\n"), ["farm.toml:1:11: [uploads] must be a table"]);

@@ -2,7 +2,6 @@
 //! the master takes dropped uploads from.
 
 use super::model::UploadsSection;
-use super::read::duration_key;
 use crate::toml_reader::{Reader, Tbl};
 use std::time::Duration;
 
@@ -38,10 +37,10 @@ pub(super) fn read_uploads(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -
         }
         Some(d)
     });
-    if let Some(d) = duration_key(r, tbl, "incoming_quiet", "[uploads]") {
+    if let Some(d) = r.duration(tbl, "incoming_quiet", "[uploads]") {
         u.incoming_quiet = d.max(Duration::from_millis(100));
     }
-    if let Some(d) = duration_key(r, tbl, "incoming_wait", "[uploads]") {
+    if let Some(d) = r.duration(tbl, "incoming_wait", "[uploads]") {
         u.incoming_wait = d;
     }
     for (addr, aspan) in r.string_list(tbl, "mail", "[uploads]").unwrap_or_default() {

@@ -182,7 +182,7 @@ impl Dispatcher {
         let cfg = &farm.cfg;
         let mut env = BTreeMap::new();
         let Some(t) = cfg.target(target).filter(|t| t.family == kiln_core::config::Family::Deb) else { return env };
-        env.insert(kiln_proto::wire::CHANGELOG_MAINTAINER_ENV.into(), farm.changelog_maintainer());
+        env.insert(kiln_proto::wire::CHANGELOG_MAINTAINER_ENV.into(), farm.changelog_maintainer.clone());
         let mut repos = Vec::new();
         let values: BTreeMap<String, String> = props.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
         let channel = cfg.channels.iter().find(|c| c.accepts.takes(&values));

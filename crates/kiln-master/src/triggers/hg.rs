@@ -1,10 +1,10 @@
-//! What the poller asks of Mercurial: a branch's tip on the remote (`hg
-//! identify`), and what changed between two revisions, from a mirror
-//! pulled now. `hg` runs with no user or system configuration (`HGRCPATH`
+//! What the poller asks of Mercurial: a branch's tip on the remote, and
+//! what changed between two revisions, both from a mirror under
+//! `data_dir/hg/` pulled now. `hg` runs with no user or system configuration (`HGRCPATH`
 //! empty, `HGPLAIN`), so nothing on the master's host changes what it does
 //! or prints.
 
-use super::poller::{Description, NoTip};
+use super::remote::{Description, NoTip};
 use kiln_core::config::check_revision;
 use std::path::Path;
 use std::time::Duration;
@@ -30,23 +30,37 @@ async fn output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-/// The full node id of the tip of `branch` on the remote.
-pub(super) async fn remote_tip(url: &str, branch: &str) -> Result<String, NoTip> {
-    let out = output(hg().args(["identify", "-r", branch, "-T", "{id}\n", "--", url]))
+/// The full node id of the tip of `branch` on the remote: pulled into
+/// the mirror, then the branch's newest head there. (`hg identify -r NAME`
+/// on the remote would take a bookmark or tag of that name first, which
+/// anyone who can push could make.)
+pub(super) async fn remote_tip(mirror: &Path, url: &str, branch: &str) -> Result<String, NoTip> {
+    let shown = kiln_core::redact::url_for_logs(url);
+    if branch.contains(['\'', '"', '\\']) {
+        return Err(NoTip(format!("the branch name {branch:?} has quotes, which kiln does not pass to hg")));
+    }
+    pull(mirror, url).await.map_err(|e| NoTip(format!("{shown}: {e}")))?;
+    let revset = format!("max(branch('literal:{branch}'))");
+    let out = output(hg().arg("-R").arg(mirror).args(["log", "-r", &revset, "-T", "{node}\n"]))
         .await
-        .map_err(|e| NoTip(format!("{}: {e}", kiln_core::redact::url_for_logs(url))))?;
+        .map_err(|e| NoTip(format!("{shown} has no branch {branch}: {e}")))?;
     let rev = out.trim();
-    check_revision(rev).map_err(NoTip)?;
+    check_revision(rev).map_err(|_| NoTip(format!("{shown} has no branch {branch}")))?;
     Ok(rev.to_string())
 }
 
-/// Files changed between two revisions, the new one's author and subject.
-pub(super) async fn describe(mirror: &Path, url: &str, before: &str, tip: &str) -> Result<Description, String> {
+/// Pulls everything new from the remote into the mirror (made when missing).
+async fn pull(mirror: &Path, url: &str) -> Result<(), String> {
     if !mirror.join(".hg").exists() {
         std::fs::create_dir_all(mirror).map_err(|e| e.to_string())?;
         output(hg().arg("init").arg(mirror)).await?;
     }
-    output(hg().arg("-R").arg(mirror).args(["pull", "--quiet", "--", url])).await?;
+    output(hg().arg("-R").arg(mirror).args(["pull", "--quiet", "--", url])).await.map(|_| ())
+}
+
+/// Files changed between two revisions, the new one's author and subject,
+/// from the mirror [`remote_tip`] just pulled.
+pub(super) async fn describe(mirror: &Path, before: &str, tip: &str) -> Result<Description, String> {
     let log = output(hg().arg("-R").arg(mirror).args(["log", "-r", tip, "-T", "{author}\\0{desc|firstline}"])).await?;
     let (who, subject) = log.split_once('\0').unwrap_or((log.as_str(), ""));
     let who = (!who.trim().is_empty()).then(|| who.trim().to_string());

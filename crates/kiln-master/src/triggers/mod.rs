@@ -5,4 +5,5 @@
 mod hg;
 pub mod incoming;
 pub mod poller;
+mod remote;
 pub mod schedule;

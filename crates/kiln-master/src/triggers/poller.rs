@@ -40,15 +40,22 @@ async fn git_output(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
-/// Why a remote's branch tip could not be read.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct NoTip(pub(super) String);
+use super::remote::Description;
+pub use super::remote::NoTip;
 
-/// The commit a branch of a remote points at now.
-pub async fn remote_tip(vcs: Vcs, url: &str, branch: &str) -> Result<String, NoTip> {
+/// Where the master mirrors a repository it polls (under its data dir).
+fn mirror_dir(data_dir: &Path, vcs: Vcs, url: &str) -> std::path::PathBuf {
+    match vcs {
+        Vcs::Git => data_dir.join("git").join(format!("{}.git", mirror_key(url))),
+        Vcs::Hg => data_dir.join("hg").join(mirror_key(url)),
+    }
+}
+
+/// The commit a branch of a remote points at now (git asks the remote;
+/// Mercurial pulls into the master's mirror under `data_dir` first).
+pub async fn remote_tip(data_dir: &Path, vcs: Vcs, url: &str, branch: &str) -> Result<String, NoTip> {
     if vcs == Vcs::Hg {
-        return super::hg::remote_tip(url, branch).await;
+        return super::hg::remote_tip(&mirror_dir(data_dir, vcs, url), url, branch).await;
     }
     let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await.map_err(NoTip)?;
     let rev = out.split_whitespace().next().ok_or_else(|| NoTip(format!("{url} has no branch {branch}")))?;
@@ -86,7 +93,8 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result<(), String> {
-    let tip = remote_tip(vcs, url, branch).await.map_err(|e| e.to_string())?;
+    let data_dir = shared.farm().data_dir();
+    let tip = remote_tip(&data_dir, vcs, url, branch).await.map_err(|e| e.to_string())?;
     let seen = shared.store.polled_revision(url, branch).await.map_err(|e| e.to_string())?;
     if seen.as_deref() == Some(tip.as_str()) {
         return Ok(());
@@ -99,15 +107,10 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
         }
         return Ok(());
     };
+    let mirror = mirror_dir(&data_dir, vcs, url);
     let described = match vcs {
-        Vcs::Git => {
-            let mirror = shared.farm().data_dir().join("git").join(format!("{}.git", mirror_key(url)));
-            describe(&mirror, url, branch, &before, &tip).await
-        }
-        Vcs::Hg => {
-            let mirror = shared.farm().data_dir().join("hg").join(mirror_key(url));
-            super::hg::describe(&mirror, url, &before, &tip).await
-        }
+        Vcs::Git => describe(&mirror, url, branch, &before, &tip).await,
+        Vcs::Hg => super::hg::describe(&mirror, &before, &tip).await,
     };
     let (files, who, comments) = match described {
         Ok(d) => d,
@@ -143,10 +146,6 @@ pub(super) fn mirror_key(url: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(url.as_bytes())[..10])
 }
-
-/// The files a change touched (unknown when its old tip is gone), who made
-/// it, and its subject.
-pub(super) type Description = (Option<Vec<String>>, Option<String>, String);
 
 /// Files changed between two commits, the new one's author and subject,
 /// from a mirror fetched now.

@@ -140,7 +140,7 @@ async fn fire(shared: &Arc<Shared>, s: &Schedule, due: Timestamp) {
                 // (asked once per repository and branch, however many components share it).
                 let key = (g.url.clone(), g.branch.clone());
                 if !tips.contains_key(&key) {
-                    let tip = super::poller::remote_tip(g.vcs, &g.url, &g.branch).await;
+                    let tip = super::poller::remote_tip(&farm.data_dir(), g.vcs, &g.url, &g.branch).await;
                     tips.insert(key.clone(), tip);
                 }
                 match &tips[&key] {
