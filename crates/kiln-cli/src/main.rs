@@ -225,6 +225,9 @@ enum Internal {
         mirror: String,
         #[arg(long, default_value = "main")]
         components: String,
+        /// A further suite of the archive, `MIRROR SUITE` (repeatable).
+        #[arg(long)]
+        also: Vec<String>,
         #[arg(long)]
         arch: Option<String>,
         /// Seconds after which the cached root is made again.
@@ -235,7 +238,11 @@ enum Internal {
         tarball_only: bool,
     },
     /// Install build dependencies into the root.
-    DebDeps,
+    DebDeps {
+        /// Seconds the cached package lists of the archive serve.
+        #[arg(long, default_value_t = kiln_core::config::DEFAULT_LISTS_MAX_AGE.as_secs())]
+        lists_max_age: u64,
+    },
     /// `apt-get update` inside the unpacked root (what `deb-deps` starts with).
     RootUpdate,
     /// Build the package.
@@ -248,6 +255,9 @@ enum Internal {
         /// The architecture to build for (sbuild).
         #[arg(long)]
         arch: Option<String>,
+        /// Files of the build tree to keep when the build fails (repeatable).
+        #[arg(long)]
+        keep_on_failure: Vec<String>,
     },
     /// Make the source RPM (nightly release unless release=true); print VERSION-RELEASE.
     RpmSource {
@@ -261,6 +271,17 @@ enum Internal {
         /// The mock configuration (`mock -r`) for the mock executor.
         #[arg(long)]
         mock_config: Option<String>,
+        /// Files of the build tree to keep when the build fails (repeatable).
+        #[arg(long)]
+        keep_on_failure: Vec<String>,
+    },
+    /// Copy a failed build's logs from its build tree into the work dir.
+    KeepLogs {
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// More files to keep than the default logs (repeatable).
+        #[arg(long)]
+        pattern: Vec<String>,
     },
     /// Check a Mercurial revision out into the work dir; print the node id.
     HgCheckout {
@@ -470,18 +491,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                     pipeline::deb_source(&pipeline::SourceOptions { distribution, orig: rule })?
                 }
-                Internal::DebRoot { suite, mirror, components, arch, max_age, tarball_only } => {
+                Internal::DebRoot { suite, mirror, components, also, arch, max_age, tarball_only } => {
                     let max_age = std::time::Duration::from_secs(max_age);
-                    let o = pipeline::RootOptions { suite, mirror, components, arch, max_age, tarball_only };
+                    let o = pipeline::RootOptions { suite, mirror, components, also, arch, max_age, tarball_only };
                     pipeline::deb_root(&o)?
                 }
-                Internal::DebDeps => pipeline::deb_deps()?,
+                Internal::DebDeps { lists_max_age } => {
+                    pipeline::deb_deps(std::time::Duration::from_secs(lists_max_age))?
+                }
                 Internal::RootUpdate => pipeline::root_update()?,
-                Internal::DebBuild { executor, suite, arch } => {
-                    pipeline::deb_build(&executor, suite.as_deref(), arch.as_deref())?
+                Internal::DebBuild { executor, suite, arch, keep_on_failure } => {
+                    pipeline::deb_build(&executor, suite.as_deref(), arch.as_deref(), &keep_on_failure)?
                 }
                 Internal::RpmSource { spec } => pipeline::rpm_source(spec.as_deref())?,
-                Internal::RpmBuild { executor, mock_config } => pipeline::rpm_build(&executor, mock_config.as_deref())?,
+                Internal::RpmBuild { executor, mock_config, keep_on_failure } => {
+                    pipeline::rpm_build(&executor, mock_config.as_deref(), &keep_on_failure)?
+                }
+                Internal::KeepLogs { from, pattern } => pipeline::keep_logs(&from, &pattern)?,
                 Internal::HgCheckout { url, branch, subdir } => {
                     kiln_worker::hg_checkout::hg_checkout(&url, &branch, subdir.as_deref())?
                 }

@@ -75,6 +75,32 @@ steps = [ { name = "make", run = "true" } ]
     assert_eq!(r.status(), 404);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_build_keeps_its_logs_and_only_them() {
+    let config = &(ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "checks"
+artifacts = ["out/*.deb"]
+artifacts_on_failure = ["logs/**/*.log", "missing/*.log"]
+steps = [ { name = "test", run = "mkdir -p logs/unit out && echo 'FAIL: t1' > logs/unit/test-suite.log && echo done > logs/other.txt && ln -s /etc/passwd logs/passwd.log && : > out/x_1.0_all.deb && exit 1" } ]
+"#);
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["checks"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(30)).await;
+    assert_eq!(b.state, BuildState::Failed, "{b:?}");
+    assert_eq!(b.reason.as_deref(), Some("step test failed with exit code 1"), "the step's failure stays the reason");
+    // The matching log, named apart from packages; not the link, not the
+    // package a failed build made, nothing for a pattern that matched none.
+    let names: Vec<&str> = b.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["failed-logs_unit_test-suite.log"]);
+    let dest = farm.path("fetched");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(dest.join(names[0])).expect("log"), "FAIL: t1\n");
+}
+
 fn walk_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())

@@ -48,6 +48,20 @@ fn hello_request(release: bool) -> BuildRequestBody {
 
 const HELLO_C: &str = "#include <stdio.h>\nint main(void) { puts(\"hello from kiln\"); return 0; }\n";
 
+/// A package whose configure step fails the way real ones do: its
+/// config.log and test log say why, beside a note and a link to a secret.
+const BROKEN_RULES: &str = "#!/usr/bin/make -f
+%:
+\tdh $@
+override_dh_auto_configure:
+\tmkdir -p obj/tests notes
+\techo 'configure: error: no acceptable C compiler found' > obj/config.log
+\techo 'FAIL: t1' > obj/tests/test-suite.log
+\techo 'the compiler was missing' > notes/why.txt
+\tln -s /etc/shadow notes/shadow.txt
+\tfalse
+";
+
 /// The Debian source trees the deb tests build: kiln-hello, a slow one to
 /// cancel, a library (a header) and a program that build-depends on it.
 fn deb_sources() -> Vec<(String, String)> {
@@ -87,6 +101,11 @@ fn deb_sources() -> Vec<(String, String)> {
         ("src/kiln-greeter/debian/changelog", &CHANGELOG.replace("kiln-hello", "kiln-greeter")),
         ("src/kiln-greeter/debian/source/format", "3.0 (native)\n"),
         ("src/kiln-greeter/greeter.c", greeter_c),
+        ("src/kiln-broken/debian/control", &CONTROL.replace("kiln-hello", "kiln-broken")),
+        ("src/kiln-broken/debian/rules", BROKEN_RULES),
+        ("src/kiln-broken/debian/changelog", &CHANGELOG.replace("kiln-hello", "kiln-broken")),
+        ("src/kiln-broken/debian/source/format", "3.0 (native)\n"),
+        ("src/kiln-broken/hello.c", HELLO_C),
     ];
     sources.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect()
 }
@@ -143,11 +162,19 @@ source = {{ path = "src/kiln-greeting" }}
 name = "kiln-greeter"
 source = {{ path = "src/kiln-greeter" }}
 depends_on = ["kiln-greeting"]
+
+[[component]]
+name = "kiln-broken"
+source = {{ path = "src/kiln-broken" }}
+artifacts_on_failure = ["notes/*.txt"]
 "#
     );
     let owned = deb_sources();
     let sources: Vec<(&str, &str)> = owned.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
     let farm = deb_farm(&config, &sources, &format!("debian-{suite}-amd64")).await;
+    // A tree that would have root hand /etc to the build user when its logs
+    // are kept: the failure dir is a link to it.
+    std::os::unix::fs::symlink("/etc", farm.path("src/kiln-broken/.kiln-failed")).expect("link");
     let client = farm.client();
     let body = hello_request;
 
@@ -167,7 +194,7 @@ depends_on = ["kiln-greeting"]
     assert_eq!(names, ["source", "root", "deps", "build"]);
     assert!(b.steps.iter().all(|s| s.state == StepState::Succeeded));
     let version = b.properties["version"].value.clone();
-    assert!(version.starts_with("1.0~nightly") && version.ends_with(&format!(".{id}")), "{version}");
+    assert!(version.starts_with("1.0+nightly") && version.ends_with(&format!(".{id}")), "{version}");
     let deb = format!("kiln-hello_{version}_amd64.deb");
     let artifact_names: Vec<&str> = b.artifacts.iter().map(|a| a.name.as_str()).collect();
     for wanted in [
@@ -296,6 +323,29 @@ depends_on = ["kiln-greeting"]
     assert_eq!(code, 0);
     assert!(info.contains("Package: hello"), "{info}");
 
+    // A build that fails in its build tree keeps that tree's logs (the
+    // standard ones and the component's own), never what a link points at.
+    let created = client
+        .create_builds(&BuildRequestBody { components: vec!["kiln-broken".into()], ..Default::default() })
+        .await
+        .expect("create");
+    let broken = farm.wait_finished(created.builds[0].id, Duration::from_secs(600)).await;
+    assert_eq!(broken.state, BuildState::Failed, "{broken:?}");
+    assert!(broken.reason.as_deref().is_some_and(|r| r.starts_with("step build ")), "{broken:?}");
+    let names: Vec<&str> = broken.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["failed-notes_why.txt", "failed-obj_config.log", "failed-obj_tests_test-suite.log"]);
+    let bdest = farm.path("broken");
+    let (code, _, err) = run(farm.kiln().args(["fetch", &broken.id.to_string()]).arg(&bdest)).expect("kiln fetch");
+    assert_eq!(code, 0, "{err}");
+    let config_log = std::fs::read_to_string(bdest.join("failed-obj_config.log")).expect("config.log");
+    assert_eq!(config_log, "configure: error: no acceptable C compiler found\n");
+    let build_log = client.log(broken.id, "build", 0).await.map(|c| c.data).unwrap_or_default();
+    assert!(build_log.contains("kept 3 log file(s) of the failed build"), "{build_log}");
+    use std::os::unix::fs::MetadataExt;
+    for host_file in ["/etc", "/etc/shadow", "/etc/passwd"] {
+        assert_eq!(std::fs::metadata(host_file).expect("host file").uid(), 0, "{host_file} stays root's");
+    }
+
     // Nothing is left on the worker: no work or scratch dirs, no mounts.
     let builds = farm.path("workers/w1/builds");
     assert_eq!(std::fs::read_dir(&builds).expect("builds dir").count(), 0);
@@ -395,7 +445,7 @@ source = {{ path = "src/kiln-greeter" }}
     let (code, _, err) = run(farm.kiln().args(["fetch", &prog_id.to_string()]).arg(&dest)).expect("kiln fetch");
     assert_eq!(code, 0, "{err}");
     let packages = std::fs::read_to_string(dest.join("buildroot-packages.txt")).expect("package list");
-    assert!(packages.lines().any(|l| l.starts_with("kiln-greeting-dev=1.0~nightly")), "{packages}");
+    assert!(packages.lines().any(|l| l.starts_with("kiln-greeting-dev=1.0+nightly")), "{packages}");
     let unpacked = farm.path("greeter-unpacked");
     let (code, _, err) = run(std::process::Command::new("dpkg-deb")
         .arg("-x")
@@ -429,9 +479,19 @@ cc -O2 -o kiln-hello hello.c
 
 %install
 install -D -m 0755 kiln-hello %{buildroot}%{_bindir}/kiln-hello
+install -D -m 0644 hello.c %{buildroot}/usr/src/debug/kiln-hello/hello.c
 
 %files
 %{_bindir}/kiln-hello
+
+%package debuginfo
+Summary:        Debug information for kiln-hello
+
+%description debuginfo
+The program's source, as a debugger wants it.
+
+%files debuginfo
+/usr/src/debug/kiln-hello/hello.c
 ";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -537,8 +597,9 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
 
     // Published: the nightly into dev's YUM repository, the release into
     // stable's, each RPM signed with its channel's key.
-    assert_eq!(b.properties["published"].value, "1 to dev");
-    assert_eq!(b2.properties["published"].value, "1 to stable");
+    // Each has its debug information beside it.
+    assert_eq!(b.properties["published"].value, "2 to dev");
+    assert_eq!(b2.properties["published"].value, "2 to stable");
     let base = farm.url();
     let yum = |channel: &str| format!("{base}/repos/{channel}/yum/el-9-x86_64");
     let rpmdb = farm.path("rpmdb");
@@ -569,7 +630,7 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
 
     // dnf reads the repository with repo_gpgcheck (repomd.xml.asc) and gpgcheck on.
     let runs = std::sync::atomic::AtomicUsize::new(0);
-    let dnf = |channel: &str, key_channel: &str| {
+    let dnf = |repo: &str, key_channel: &str| {
         // A fresh cache each time: dnf would otherwise reuse metadata it already has.
         let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = farm.path(&format!("dnf-{n}"));
@@ -580,7 +641,7 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
             .arg(format!("--installroot={}", dir.join("root").display()))
             .arg(format!("--setopt=reposdir={}", dir.join("repos.d").display()))
             .arg(format!("--setopt=cachedir={}", dir.join("cache").display()))
-            .arg(format!("--repofrompath=kiln,{}", yum(channel)))
+            .arg(format!("--repofrompath=kiln,{}", if repo.contains('/') { repo.to_string() } else { yum(repo) }))
             .args(["--setopt=kiln.gpgcheck=1", "--setopt=kiln.repo_gpgcheck=1"])
             .arg(format!("--setopt=kiln.gpgkey={base}/repos/{key_channel}/key.asc"))
             .args(["repoquery", "--repo", "kiln", "--qf", "%{name} %{version}-%{release} %{arch}"]))
@@ -589,6 +650,12 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
     let (code, out, err) = dnf("dev", "dev");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.lines().any(|l| l == format!("kiln-hello {version} x86_64")), "{out}");
+    // Debug information is in the target's -debuginfo repository only.
+    assert!(!out.contains("kiln-hello-debuginfo"), "{out}");
+    let (code, out, err) = dnf(&format!("{}-debuginfo", yum("dev")), "dev");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.lines().any(|l| l == format!("kiln-hello-debuginfo {version} x86_64")), "{out}");
+    assert!(out.lines().all(|l| l.split(' ').next().is_some_and(|n| n.ends_with("-debuginfo"))), "{out}");
     let (code, out, err) = dnf("stable", "stable");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.lines().any(|l| l == "kiln-hello 1.0-1 x86_64"), "{out}");

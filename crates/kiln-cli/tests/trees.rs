@@ -6,7 +6,7 @@
 
 use kiln_core::BuildState;
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{git, host_debian_mirror, run, Farm};
+use kiln_testing::{git, host_debian_mirror, host_debian_sources, run, Farm};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -117,6 +117,14 @@ fn gbp_repo(
 #[tokio::test(flavor = "multi_thread")]
 async fn quilt_trees_from_git_build_a_library_and_its_dependent_lintian_clean() {
     let (mirror, suite) = host_debian_mirror().expect("the host's apt sources name a Debian mirror");
+    // The root has the suite's updates and security fixes too, from the
+    // mirrors the host takes them from.
+    let more: Vec<String> = host_debian_sources()
+        .into_iter()
+        .filter(|(_, s)| *s == format!("{suite}-updates") || *s == format!("{suite}-security"))
+        .map(|(uri, s)| format!("{{ suite = \"{s}\", mirror = \"{uri}\" }}"))
+        .collect();
+    assert!(!more.is_empty(), "the host's apt sources have {suite}-updates or {suite}-security");
     let repos = tempfile::tempdir().expect("tempdir");
     let lib_repo = repos.path().join("kiln-quiltlib");
     let mut lib_debian = debian_dir("kiln-quiltlib", "1.0-1", "kiln-quiltlib-dev", "all", "", LIB_RULES);
@@ -146,13 +154,20 @@ async fn quilt_trees_from_git_build_a_library_and_its_dependent_lintian_clean() 
     );
     let tree_debian =
         debian_dir("kiln-quilttree", "3.0-1", "kiln-quilttree", "all", "", "#!/usr/bin/make -f\n%:\n\tdh $@\n");
-    let mut tree_files: Vec<(String, String)> =
-        tree_debian.into_iter().map(|(p, t)| (format!("src/kiln-quilttree/{p}"), t)).collect();
+    // This tree's version is still being made: its nightlies lead to it.
+    let mut tree_files: Vec<(String, String)> = tree_debian
+        .into_iter()
+        .map(|(p, t)| (format!("src/kiln-quilttree/{p}"), t.replace(") bookworm;", ") UNRELEASED;")))
+        .collect();
     tree_files.push(("src/kiln-quilttree/NOTES".into(), "No upstream history here.\n".into()));
     let config = format!(
         r#"
 [master]
 changelog_maintainer = "Example Builds <builds@example.org>"
+
+[uploads]
+keyring = "keys/uploaders.asc"
+require_signature = true
 
 [[worker]]
 name = "w1"
@@ -162,12 +177,14 @@ token_file = "secrets/w1.token"
 name = "debian-{suite}-amd64"
 family = "deb"
 suite = "{suite}"
+suites = [{more}]
 arch = "amd64"
 mirror = "{mirror}"
 
 [[component]]
 name = "kiln-quiltlib"
 source = {{ git = "file://{lib}", branch = "main" }}
+takes_uploads = true
 
 [[component]]
 name = "kiln-quiltapp"
@@ -181,7 +198,22 @@ source = {{ path = "src/kiln-quilttree" }}
 "#,
         lib = lib_repo.display(),
         app = app_repo.display(),
+        more = more.join(", "),
     );
+    // Ann uploads the library's releases, signed with her key.
+    let gnupg = repos.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg).expect("dir");
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let gpg = |args: &[&str]| {
+        let mut cmd = Command::new("gpg");
+        cmd.env("GNUPGHOME", &gnupg).args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""]).args(args);
+        let (code, out, err) = run(&mut cmd).expect("gpg");
+        assert_eq!(code, 0, "gpg {args:?}: {err}");
+        out
+    };
+    gpg(&["--quick-gen-key", "Ann Packager <ann@example.org>", "ed25519", "sign", "never"]);
+    let keyring = gpg(&["--armor", "--export", "ann@example.org"]);
+    tree_files.push(("keys/uploaders.asc".into(), keyring));
     let sources: Vec<(&str, &str)> = tree_files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
     let mut farm = Farm::new(KILN.as_ref(), &config, &sources);
     std::fs::set_permissions(
@@ -195,6 +227,32 @@ source = {{ path = "src/kiln-quilttree" }}
     farm.start_worker_with("w1", &[&target], 1, &["--root-cache", &cache, "--default-build-user"]);
     farm.wait_for_workers(&["w1"]).await;
     let client = farm.client();
+    let log = async |id: i64, step: &str| client.log(id, step, 0).await.map(|c| c.data).unwrap_or_default();
+
+    // The library's release 1.0-1 came in first, as an upload into `dev`.
+    let upload_dir = repos.path().join("upload");
+    std::fs::create_dir_all(&upload_dir).expect("dir");
+    std::fs::write(upload_dir.join("kiln-quiltlib_1.0.orig.tar.gz"), &released).expect("orig");
+    let (code, _, err) =
+        run(Command::new("tar").args(["-xzf", "kiln-quiltlib_1.0.orig.tar.gz"]).current_dir(&upload_dir)).expect("tar");
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<(&str, &str)> = lib_debian.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    write_all(&upload_dir.join("kiln-quiltlib-1.0"), &files);
+    let (code, _, err) = run(Command::new("dpkg-source").args(["-b", "kiln-quiltlib-1.0"]).current_dir(&upload_dir))
+        .expect("dpkg-source");
+    assert_eq!(code, 0, "{err}");
+    let dsc = upload_dir.join("kiln-quiltlib_1.0-1.dsc");
+    let signed = upload_dir.join("signed.dsc");
+    gpg(&["--clearsign", "--output", signed.to_str().expect("path"), dsc.to_str().expect("path")]);
+    std::fs::rename(&signed, &dsc).expect("signed dsc");
+    let (code, out, err) = run(farm.kiln().arg("upload").arg(&dsc).arg("--json")).expect("upload");
+    assert_eq!(code, 0, "{err}");
+    let accepted: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let uploaded = accepted["builds"][0]["id"].as_i64().expect("build id");
+    let uploaded = farm.wait_finished(uploaded, Duration::from_secs(900)).await;
+    assert_eq!(uploaded.state, BuildState::Succeeded, "{uploaded:?}\n{}", log(uploaded.id, "build").await);
+    assert_eq!(uploaded.properties["version"].value, "1.0-1");
+
     let created = client
         .create_builds(&BuildRequestBody {
             components: vec!["kiln-quiltapp".into(), "kiln-quiltlib".into(), "kiln-quilttree".into()],
@@ -203,7 +261,6 @@ source = {{ path = "src/kiln-quilttree" }}
         .await
         .expect("create");
     let id = |name: &str| created.builds.iter().find(|b| b.component == name).expect("build").id;
-    let log = async |id: i64, step: &str| client.log(id, step, 0).await.map(|c| c.data).unwrap_or_default();
 
     // The library: its upstream tarball comes back from pristine-tar with
     // the released bytes; the patch is applied at build time.
@@ -214,9 +271,21 @@ source = {{ path = "src/kiln-quilttree" }}
         lib_source.contains("upstream tarball kiln-quiltlib_1.0.orig.tar.gz from the pristine-tar branch"),
         "{lib_source}"
     );
+    // What the root step said (made, with its progress lines, or cached).
+    let lib_root = log(lib.id, "root").await;
+    eprintln!("root of the library: {:?}", lib_root.lines().filter(|l| l.starts_with("kiln:")).collect::<Vec<_>>());
+    let lib_deps = log(lib.id, "deps").await;
+    let suites =
+        lib_deps.lines().find(|l| l.starts_with("kiln: the build root's archive suites: ")).unwrap_or_default();
+    assert!(suites.contains(&format!("{suite} ({mirror})")), "{lib_deps}");
+    for extra in ["-updates", "-security"].iter().filter(|x| config.contains(&format!("\"{suite}{x}\""))) {
+        assert!(suites.contains(&format!("{suite}{extra} (")), "{suites}");
+    }
     let lib_version = lib.properties["version"].value.clone();
+    // Its changelog names a released version: the tree is past the upload
+    // of it, so the nightly sorts above it.
     assert!(
-        lib_version.starts_with("1.0-1~nightly") && lib_version.ends_with(&format!(".{}", lib.id)),
+        lib_version.starts_with("1.0-1+nightly") && lib_version.ends_with(&format!(".{}", lib.id)),
         "{lib_version}"
     );
     let lib_dir = farm.path("lib");
@@ -235,6 +304,20 @@ source = {{ path = "src/kiln-quilttree" }}
         app_source.contains("upstream tarball kiln-quiltapp_2.0.orig.tar.gz from the upstream tag upstream/2.0"),
         "{app_source}"
     );
+    // Both versions are in `dev`; the program gets the nightly just built.
+    let index = reqwest::get(format!("{}/repos/dev/apt/dists/{suite}/main/binary-amd64/Packages", farm.url()))
+        .await
+        .expect("Packages")
+        .text()
+        .await
+        .expect("text");
+    for version in ["1.0-1", lib_version.as_str()] {
+        let listed = index.split("\n\n").any(|stanza| {
+            stanza.lines().any(|l| l == "Package: kiln-quiltlib-dev")
+                && stanza.lines().any(|l| l == format!("Version: {version}"))
+        });
+        assert!(listed, "{version} in dev: {index}");
+    }
     assert!(deps.contains(&format!("Setting up kiln-quiltlib-dev ({lib_version})")), "{deps}");
     // The archive's package lists came from the worker's cache (the first
     // build read them); kiln's own repository was read afresh.
@@ -250,6 +333,20 @@ source = {{ path = "src/kiln-quilttree" }}
     let (code, _, err) = run(farm.kiln().args(["fetch", &app.id.to_string()]).arg(&app_dir)).expect("kiln fetch");
     assert_eq!(code, 0, "{err}");
     let app_version = app.properties["version"].value.clone();
+    // The program's debug symbols are published apart, in main/debug:
+    // apt finds them only when that component is on the sources line.
+    let key = farm.path("dev.asc");
+    let dev_key = reqwest::get(format!("{}/repos/dev/key.asc", farm.url())).await.expect("key").text().await;
+    std::fs::write(&key, dev_key.expect("key")).expect("key");
+    let dbgsym = format!("kiln-quiltapp-dbgsym={app_version}");
+    for (components, found) in [("main", false), ("main main/debug", true)] {
+        let line = format!("deb [signed-by={}] {}/repos/dev/apt {suite} {components}", key.display(), farm.url());
+        let apt = kiln_testing::AptClient::new(&farm.path(&format!("apt-{}", components.len())), &[line]);
+        let (code, out, err) = apt.apt_get(&["update"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let (code, out, err) = apt.apt_get(&["install", "-y", "--download-only", &dbgsym]);
+        assert_eq!(code == 0, found, "{components}: {out}\n{err}");
+    }
     let packages = std::fs::read_to_string(app_dir.join("buildroot-packages.txt")).expect("root's packages");
     assert!(packages.lines().any(|l| l == format!("kiln-quiltlib-dev={lib_version}")), "{packages}");
     let unpacked = farm.path("app-unpacked");

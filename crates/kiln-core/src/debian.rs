@@ -1,9 +1,13 @@
 //! Debian source package details: reading and writing `debian/changelog`
 //! entries, and the nightly version scheme.
 //!
-//! A nightly build of `1.4.2-1` becomes `1.4.2-1~nightly20261122.17` (date,
-//! then build id): `~` sorts before anything, so every nightly sorts below
-//! the release it leads to, and later nightlies sort above earlier ones.
+//! Where a nightly sorts is read from the changelog, as git-buildpackage's
+//! snapshots do: a head entry still `UNRELEASED` names a version being
+//! made, so its nightly `1.4.2-1~nightly20261122.17` (date, then build id)
+//! sorts below that release; a head entry with a distribution names a
+//! version already released (its upload may be in the channel), so the
+//! tree is past it and its nightly `1.4.2-1+nightly20261122.17` sorts above
+//! it and below any later version. Later nightlies sort above earlier ones.
 
 /// The first entry's package name, version and distribution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,9 +36,40 @@ pub fn changelog_head(text: &str) -> Result<ChangelogHead, String> {
     Ok(ChangelogHead { package: package.to_string(), version: version.to_string(), distribution })
 }
 
+/// Where a nightly of a changelog's head version sorts against that version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NightlyPlace {
+    /// Below it: the head is `UNRELEASED`, the nightly leads to the release.
+    BeforeRelease,
+    /// Above it: the head was released, the tree has moved on since.
+    AfterRelease,
+}
+
+impl NightlyPlace {
+    /// `UNRELEASED` (or no distribution) at the head means the version is
+    /// still to be released; any distribution means it was.
+    pub fn of(head: &ChangelogHead) -> Self {
+        if head.distribution.is_empty() || head.distribution == "UNRELEASED" {
+            NightlyPlace::BeforeRelease
+        } else {
+            NightlyPlace::AfterRelease
+        }
+    }
+
+    /// `~` sorts below anything in dpkg, also below the end of a version;
+    /// `+` sorts above the end and below `.`, digits and letters, so
+    /// `1.0-1+nightly…` lies between `1.0-1` and `1.0-1.1` or `1.0-2`.
+    fn mark(self) -> char {
+        match self {
+            NightlyPlace::BeforeRelease => '~',
+            NightlyPlace::AfterRelease => '+',
+        }
+    }
+}
+
 /// The nightly version of `version` for a build on `date` (YYYYMMDD).
-pub fn nightly_version(version: &str, date: &str, build_id: i64) -> String {
-    format!("{version}~nightly{date}.{build_id}")
+pub fn nightly_version(version: &str, place: NightlyPlace, date: &str, build_id: i64) -> String {
+    format!("{version}{}nightly{date}.{build_id}", place.mark())
 }
 
 /// The upstream part of a Debian version (no epoch, no revision); `None`
@@ -47,11 +82,11 @@ pub fn upstream_version(version: &str) -> Option<&str> {
 /// The nightly version of `version` when the upstream tarball itself is made
 /// from the tree: the nightly mark goes into the upstream part
 /// (`1.4.2-1` becomes `1.4.2~nightly20261122.17-1`), so each nightly names
-/// a tarball of its own and still sorts below the release it leads to.
-pub fn nightly_upstream_version(version: &str, date: &str, build_id: i64) -> String {
+/// a tarball of its own and sorts as `place` says.
+pub fn nightly_upstream_version(version: &str, place: NightlyPlace, date: &str, build_id: i64) -> String {
     match version.rsplit_once('-') {
-        Some((upstream, revision)) => format!("{upstream}~nightly{date}.{build_id}-{revision}"),
-        None => nightly_version(version, date, build_id),
+        Some((upstream, revision)) => format!("{upstream}{}nightly{date}.{build_id}-{revision}", place.mark()),
+        None => nightly_version(version, place, date, build_id),
     }
 }
 
@@ -109,7 +144,8 @@ mod tests {
             head,
             ChangelogHead { package: "libgrace".into(), version: "1.4.2-1".into(), distribution: "bookworm".into() }
         );
-        let v = nightly_version(&head.version, "20261122", 17);
+        assert_eq!(NightlyPlace::of(&head), NightlyPlace::AfterRelease);
+        let v = nightly_version(&head.version, NightlyPlace::BeforeRelease, "20261122", 17);
         assert_eq!(v, "1.4.2-1~nightly20261122.17");
         let who = "Builds <builds@example.org>";
         let date = "Sun, 22 Nov 2026 03:00:00 +0000";
@@ -124,14 +160,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unreleased_head_leads_to_its_release_and_a_released_one_is_passed() {
+        let unreleased = changelog_head(&LOG.replace(") bookworm;", ") UNRELEASED;")).expect("head");
+        assert_eq!(NightlyPlace::of(&unreleased), NightlyPlace::BeforeRelease);
+        let released = changelog_head(LOG).expect("head");
+        let v = nightly_version(&released.version, NightlyPlace::of(&released), "20261122", 17);
+        assert_eq!(v, "1.4.2-1+nightly20261122.17");
+        assert!(crate::names::check_deb_version(&v).is_ok(), "{v}");
+    }
+
+    #[test]
     fn upstream_versions_and_tags() {
         assert_eq!(upstream_version("1.4.2-1"), Some("1.4.2"));
         assert_eq!(upstream_version("2:1.4-2-1ubuntu1"), Some("1.4-2"));
         assert_eq!(upstream_version("7"), None);
         assert_eq!(upstream_version("1:7"), None);
-        assert_eq!(nightly_upstream_version("1.4.2-1", "20261122", 17), "1.4.2~nightly20261122.17-1");
-        assert_eq!(nightly_upstream_version("2:1.4-1", "20261122", 17), "2:1.4~nightly20261122.17-1");
-        assert_eq!(nightly_upstream_version("7", "20261122", 17), "7~nightly20261122.17");
+        let before = NightlyPlace::BeforeRelease;
+        assert_eq!(nightly_upstream_version("1.4.2-1", before, "20261122", 17), "1.4.2~nightly20261122.17-1");
+        assert_eq!(nightly_upstream_version("2:1.4-1", before, "20261122", 17), "2:1.4~nightly20261122.17-1");
+        assert_eq!(nightly_upstream_version("7", before, "20261122", 17), "7~nightly20261122.17");
+        let after = NightlyPlace::AfterRelease;
+        assert_eq!(nightly_upstream_version("1.4.2-1", after, "20261122", 17), "1.4.2+nightly20261122.17-1");
         assert_eq!(upstream_tag("upstream/%(version)s", "1.0~rc1"), "upstream/1.0_rc1");
         assert_eq!(upstream_tag("v%(version)s", "1..2."), "v1.#.2.#");
         assert_eq!(upstream_tag("upstream/%(version)s", "1.lock"), "upstream/1.#lock");

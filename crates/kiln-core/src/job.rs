@@ -58,6 +58,7 @@ pub fn uploaded_component(name: &str, upload_dir: &str) -> Component {
         after: Vec::new(),
         properties: Default::default(),
         artifacts: Vec::new(),
+        artifacts_on_failure: Vec::new(),
         adopts: Vec::new(),
         spec: None,
         orig: Default::default(),
@@ -66,6 +67,7 @@ pub fn uploaded_component(name: &str, upload_dir: &str) -> Component {
         memory: None,
         millicpus: None,
         collapse: false,
+        takes_uploads: false,
         rebuild_after: Vec::new(),
         secrets: Default::default(),
     }
@@ -85,6 +87,8 @@ pub struct PlannedStep {
 pub struct StepPlan {
     pub steps: Vec<PlannedStep>,
     pub artifacts: Vec<String>,
+    /// What the worker keeps, of the work dir, when the build fails.
+    pub artifacts_on_failure: Vec<String>,
 }
 
 /// Why a build cannot be given steps.
@@ -100,13 +104,14 @@ pub enum StepsError {
 /// builds from git; then its own steps, or (without steps) its family's
 /// standard pipeline wrapped in its `before`/`after` steps.
 pub fn steps_for(target_name: &str, target: Option<&Target>, component: &Component) -> Result<StepPlan, StepsError> {
-    let (specs, artifacts, pipeline) = if component.steps.is_empty() {
+    let (specs, artifacts, artifacts_on_failure, pipeline) = if component.steps.is_empty() {
         let target = target.ok_or_else(|| StepsError::NoTarget(target_name.to_string()))?;
         let (steps, mut artifacts) = pipeline::standard_steps(target, component).map_err(StepsError::Pipeline)?;
         artifacts.extend(component.artifacts.iter().cloned());
-        (steps, artifacts, true)
+        // The pipeline's build helper copies the build tree's logs there.
+        (steps, artifacts, vec![format!("{}/**", pipeline::FAILURE_DIR)], true)
     } else {
-        (component.steps.clone(), component.artifacts.clone(), false)
+        (component.steps.clone(), component.artifacts.clone(), component.artifacts_on_failure.clone(), false)
     };
     let checkout = match &component.source {
         Some(Source::Vcs(git)) => Some(pipeline::checkout_step(git)),
@@ -121,13 +126,14 @@ pub fn steps_for(target_name: &str, target: Option<&Target>, component: &Compone
         .chain(specs.into_iter().map(|spec| PlannedStep { spec, privileged: pipeline }))
         .chain(after.iter().map(plain))
         .collect();
-    Ok(StepPlan { steps, artifacts })
+    Ok(StepPlan { steps, artifacts, artifacts_on_failure })
 }
 
 /// Whether an artifact's file name is a package a channel publishes (by
 /// extension; source RPMs are kept but not published).
 pub fn is_package(name: &str) -> bool {
-    (name.ends_with(".deb") || name.ends_with(".udeb") || name.ends_with(".dsc") || name.ends_with(".rpm"))
+    !name.starts_with(pipeline::FAILURE_PREFIX)
+        && (name.ends_with(".deb") || name.ends_with(".udeb") || name.ends_with(".dsc") || name.ends_with(".rpm"))
         && !name.ends_with(".src.rpm")
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cron;
 pub mod deb822;
 pub mod debian;
+pub mod debuginfo;
 pub mod duration;
 pub mod glob;
 pub mod incoming;

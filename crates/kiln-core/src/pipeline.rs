@@ -16,6 +16,39 @@ pub const OUTPUT_DIR: &str = ".kiln-out";
 
 pub use crate::props::sh_quote;
 
+/// Where a standard pipeline's build helper puts the build tree's logs
+/// when the build fails, relative to the work dir.
+pub const FAILURE_DIR: &str = ".kiln-failed";
+
+/// What every artifact kept from a failed build is named with first, so
+/// it is never taken for a package the build made.
+pub const FAILURE_PREFIX: &str = "failed-";
+
+/// The logs the standard pipelines keep from a failed build's tree, besides
+/// a component's own `artifacts_on_failure`: autoconf's, CMake's, meson's
+/// and the usual test-suite logs.
+pub const DEFAULT_FAILURE_LOGS: &[&str] = &[
+    "**/config.log",
+    "**/CMakeFiles/CMakeOutput.log",
+    "**/CMakeFiles/CMakeError.log",
+    "**/CMakeFiles/CMakeConfigureLog.yaml",
+    "**/meson-logs/meson-log.txt",
+    "**/meson-logs/testlog.txt",
+    "**/test-suite.log",
+    "**/testsuite.log",
+    "**/Testing/Temporary/LastTest.log",
+];
+
+/// The artifact name of a file kept from a failed build, from its path
+/// relative to the work dir: the path below [`FAILURE_DIR`] (or the whole
+/// path), `/` turned into `_`, after [`FAILURE_PREFIX`]. `None` when no
+/// valid name comes of it.
+pub fn failure_artifact_name(rel: &str) -> Option<String> {
+    let below = rel.strip_prefix(FAILURE_DIR).and_then(|r| r.strip_prefix('/')).unwrap_or(rel);
+    let name = format!("{FAILURE_PREFIX}{}", below.replace('/', "_"));
+    crate::names::valid_artifact_name(&name).then_some(name)
+}
+
 fn step(name: &str, run: String, timeout: Option<Duration>) -> StepSpec {
     StepSpec {
         name: name.to_string(),
@@ -66,9 +99,14 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
                 sh_quote(&target.components.join(",")),
                 target.max_age.as_secs()
             );
+            for more in &target.suites {
+                root.push_str(&format!(" --also {}", sh_quote(&format!("{} {}", more.mirror, more.suite))));
+            }
             if let Some(arch) = &target.arch {
                 root.push_str(&format!(" --arch {}", sh_quote(arch)));
             }
+            let deps =
+                format!("exec \"$KILN_EXE\" internal deb-deps --lists-max-age {}", target.lists_max_age.as_secs());
             let executor = target.executor.as_str();
             let hour = Some(Duration::from_secs(3600));
             // The entry kiln writes for a nightly names the target's suite.
@@ -86,7 +124,7 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
             match target.executor {
                 Executor::Bwrap => {
                     steps.push(step("root", root, hour));
-                    steps.push(step("deps", "exec \"$KILN_EXE\" internal deb-deps".into(), hour));
+                    steps.push(step("deps", deps, hour));
                 }
                 // sbuild unpacks the cached tarball itself and installs the
                 // build dependencies as part of its run.
@@ -94,6 +132,7 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
                 Executor::Host | Executor::Mock => {}
             }
             let mut build = format!("exec \"$KILN_EXE\" internal deb-build --executor {executor}");
+            push_keep_on_failure(&mut build, component);
             if target.executor == Executor::Sbuild {
                 // sbuild names the distribution in the .changes it writes.
                 build.push_str(&format!(" --suite {}", sh_quote(suite)));
@@ -112,11 +151,19 @@ pub fn standard_steps(target: &Target, component: &Component) -> Result<(Vec<Ste
             let mut source = step("source", run, Some(Duration::from_secs(600)));
             source.set_property = Some("version".into());
             let mut build = format!("exec \"$KILN_EXE\" internal rpm-build --executor {}", target.executor.as_str());
+            push_keep_on_failure(&mut build, component);
             if let (Executor::Mock, Some(config)) = (target.executor, &target.mock_config) {
                 build.push_str(&format!(" --mock-config {}", sh_quote(config)));
             }
             Ok((vec![source, step("build", build, None)], vec![format!("{OUTPUT_DIR}/*")]))
         }
+    }
+}
+
+/// A component's own `artifacts_on_failure`, for the build helper.
+fn push_keep_on_failure(run: &mut String, component: &Component) {
+    for pattern in &component.artifacts_on_failure {
+        run.push_str(&format!(" --keep-on-failure={}", sh_quote(pattern)));
     }
 }
 
@@ -143,6 +190,73 @@ mod tests {
         assert_eq!(steps[0].set_property.as_deref(), Some("version"));
         assert_eq!(artifacts, [".kiln-out/*"]);
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn a_target_with_more_suites_and_its_own_lists_age() {
+        let cfg = parse(
+            "[[target]]\nname = \"d12\"\nfamily = \"deb\"\nmirror = \"http://deb.example.org/debian\"\n\
+             suites = [\"bookworm\", \"bookworm-updates\", { suite = \"bookworm-security\", mirror = \"http://security.example.org/debian-security\" }]\n\
+             lists_max_age = \"30m\"\n[[component]]\nname = \"hello\"\n",
+        )
+        .expect("parses");
+        let t = &cfg.targets[0];
+        assert_eq!(t.suite.as_deref(), Some("bookworm"), "the first of `suites` is the target's suite");
+        let more: Vec<(&str, &str)> = t.suites.iter().map(|s| (s.suite.as_str(), s.mirror.as_str())).collect();
+        assert_eq!(
+            more,
+            [
+                ("bookworm-updates", "http://deb.example.org/debian"),
+                ("bookworm-security", "http://security.example.org/debian-security")
+            ]
+        );
+        let (steps, _) = standard_steps(t, &cfg.components[0]).expect("pipeline");
+        assert_eq!(
+            steps[1].run,
+            "exec \"$KILN_EXE\" internal deb-root --suite 'bookworm' --mirror 'http://deb.example.org/debian' \
+             --components 'main' --max-age 1296000 --also 'http://deb.example.org/debian bookworm-updates' \
+             --also 'http://security.example.org/debian-security bookworm-security'"
+        );
+        assert_eq!(steps[2].run, "exec \"$KILN_EXE\" internal deb-deps --lists-max-age 1800");
+        for (bad, says) in [
+            ("suites = [\"bookworm\", 3]", "must be a suite name or a { suite, mirror } table"),
+            ("suites = [{ suite = \"x y\" }]", "`suites` of [[target]]"),
+            ("suites = [{ suite = \"x\", mirror = \"ftp://x\" }]", "must be an http(s):// or file:/ URL"),
+            ("suites = [{ suit = \"x\" }]", "suit"),
+        ] {
+            let text = format!(
+                "[[target]]\nname = \"d12\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"http://m.example.org/\"\n{bad}\n"
+            );
+            let err = parse(&text).expect_err(bad).to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err =
+            parse("[[target]]\nname = \"el\"\nfamily = \"rpm\"\nsuites = [\"x\"]\n").expect_err("rpm").to_string();
+        assert!(err.contains("for deb targets only"), "{err}");
+    }
+
+    #[test]
+    fn failure_artifacts_are_named_apart_from_packages() {
+        assert_eq!(failure_artifact_name(".kiln-failed/config.log").as_deref(), Some("failed-config.log"));
+        assert_eq!(
+            failure_artifact_name(".kiln-failed/obj/CMakeFiles/CMakeError.log").as_deref(),
+            Some("failed-obj_CMakeFiles_CMakeError.log")
+        );
+        assert_eq!(failure_artifact_name("tests/run.log").as_deref(), Some("failed-tests_run.log"));
+        assert_eq!(failure_artifact_name("a b.log"), None);
+        assert!(!crate::job::is_package("failed-hello_1.0_amd64.deb"));
+        let cfg = parse(
+            "[[target]]\nname = \"el9\"\nfamily = \"rpm\"\n[[component]]\nname = \"hello\"\n\
+             artifacts_on_failure = [\"tests/*.log\"]\n",
+        )
+        .expect("parses");
+        let (steps, _) = standard_steps(&cfg.targets[0], &cfg.components[0]).expect("pipeline");
+        assert_eq!(
+            steps[1].run,
+            "exec \"$KILN_EXE\" internal rpm-build --executor bwrap --keep-on-failure='tests/*.log'"
+        );
+        let err = parse("[[component]]\nname = \"x\"\nartifacts_on_failure = [\"/etc/*\"]\n").expect_err("absolute");
+        assert!(err.to_string().contains("artifact pattern \"/etc/*\""), "{err}");
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct Job {
     pub kill_grace_ms: u64,
     /// Glob patterns of files to upload when the build succeeds.
     pub artifacts: Vec<String>,
+    /// Glob patterns of files to upload when it fails (logs), each named
+    /// by `kiln_core::pipeline::failure_artifact_name`.
+    #[serde(default)]
+    pub artifacts_on_failure: Vec<String>,
     /// The build's wall-clock limit.
     pub timeout_ms: Option<u64>,
     /// Memory limit of the whole build, in bytes.

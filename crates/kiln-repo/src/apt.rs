@@ -1,6 +1,8 @@
 //! APT indexes for one distribution (`dists/SUITE/`): `Packages` per
 //! architecture, `Sources`, each plain, gzip and xz, and the `Release` that
-//! lists them with MD5/SHA-1/SHA-256. Signing and writing are the caller's
+//! lists them with MD5/SHA-1/SHA-256. Debug symbol packages are listed in a
+//! component of their own, `COMPONENT/debug`, which users add to their
+//! sources line when they want them. Signing and writing are the caller's
 //! (the `publish` module's); this module only renders bytes.
 
 use crate::deb::{DebEntry, DscEntry};
@@ -63,10 +65,10 @@ fn stanza_pieces<'e>(entries: impl Iterator<Item = (&'e str, &'e str)>) -> Vec<V
 }
 
 /// The per-index `Release` file apt reads for pinning.
-fn component_release(meta: &ReleaseMeta, dist: &Dist<'_>, arch: &str) -> Vec<u8> {
+fn component_release(meta: &ReleaseMeta, suite: &str, component: &str, arch: &str) -> Vec<u8> {
     format!(
-        "Archive: {}\nOrigin: {}\nLabel: {}\nComponent: {}\nArchitecture: {arch}\n",
-        dist.suite, meta.origin, meta.label, dist.component
+        "Archive: {suite}\nOrigin: {}\nLabel: {}\nComponent: {component}\nArchitecture: {arch}\n",
+        meta.origin, meta.label
     )
     .into_bytes()
 }
@@ -77,29 +79,37 @@ fn component_release(meta: &ReleaseMeta, dist: &Dist<'_>, arch: &str) -> Vec<u8>
 pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &PieceCache) -> Vec<IndexFile> {
     let mut files = Vec::new();
     let comp = &dist.component;
+    let debug = format!("{comp}/debug");
     for arch in &dist.archs {
         // Architecture-independent packages are listed under every
         // architecture (No-Support-for-Architecture-all below says so).
         let mut entries: Vec<&DebEntry> =
             dist.binaries.iter().copied().filter(|e| &e.arch == arch || e.arch == "all").collect();
         entries.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        let pieces = stanza_pieces(entries.iter().map(|e| (e.name.as_str(), e.stanza.as_str())));
-        files.extend(with_compressed(&format!("{comp}/binary-{arch}/Packages"), &pieces, cache));
-        files.push(IndexFile {
-            path: format!("{comp}/binary-{arch}/Release"),
-            bytes: component_release(meta, dist, arch),
-        });
+        let (symbols, packages): (Vec<&DebEntry>, Vec<&DebEntry>) =
+            entries.into_iter().partition(|e| e.is_debug_symbols());
+        for (component, entries) in [(comp, packages), (&debug, symbols)] {
+            let pieces = stanza_pieces(entries.iter().map(|e| (e.name.as_str(), e.stanza.as_str())));
+            files.extend(with_compressed(&format!("{component}/binary-{arch}/Packages"), &pieces, cache));
+            files.push(IndexFile {
+                path: format!("{component}/binary-{arch}/Release"),
+                bytes: component_release(meta, &dist.suite, component, arch),
+            });
+        }
     }
     let mut sources: Vec<&DscEntry> = dist.sources.clone();
     sources.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
     let pieces = stanza_pieces(sources.iter().map(|e| (e.name.as_str(), e.stanza.as_str())));
     files.extend(with_compressed(&format!("{comp}/source/Sources"), &pieces, cache));
-    files.push(IndexFile { path: format!("{comp}/source/Release"), bytes: component_release(meta, dist, "source") });
+    files.push(IndexFile {
+        path: format!("{comp}/source/Release"),
+        bytes: component_release(meta, &dist.suite, comp, "source"),
+    });
 
     let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
     let archs: Vec<&str> = dist.archs.iter().map(String::as_str).collect();
     let mut release = format!(
-        "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\nArchitectures: {}\nComponents: {comp}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
+        "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\nArchitectures: {}\nComponents: {comp} {debug}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
         meta.origin,
         meta.label,
         dist.suite,
@@ -157,11 +167,13 @@ mod tests {
     fn release_lists_every_index_with_matching_sums() {
         let meta = ReleaseMeta { origin: "kiln".into(), label: "kiln dev".into(), description: "nightly".into() };
         let (a, b, c) = (entry("alpha", "amd64"), entry("beta", "all"), entry("gamma", "arm64"));
+        let mut symbols = entry("alpha-dbgsym", "amd64");
+        symbols.stanza.push_str("\nAuto-Built-Package: debug-symbols\nSection: debug");
         let dist = Dist {
             suite: "bookworm".into(),
             component: "main".into(),
             archs: ["amd64".to_string(), "arm64".to_string()].into(),
-            binaries: vec![&a, &b, &c],
+            binaries: vec![&a, &b, &c, &symbols],
             sources: vec![],
         };
         let files = render_dist(&meta, &dist, "Sun, 22 Nov 2026 10:00:00 UTC", &PieceCache::new(None));
@@ -171,9 +183,15 @@ mod tests {
         let arm = get("main/binary-arm64/Packages").expect("arm64 Packages");
         assert!(arm.contains("Package: beta") && arm.contains("Package: gamma") && !arm.contains("alpha"));
         assert_eq!(get("main/source/Sources").as_deref(), Some(""));
+        // Debug symbols are apart, in main/debug, for those who add it.
+        let debug = get("main/debug/binary-amd64/Packages").expect("debug Packages");
+        assert!(debug.starts_with("Package: alpha-dbgsym\n"), "{debug}");
+        assert_eq!(get("main/debug/binary-arm64/Packages").as_deref(), Some(""));
+        assert!(get("main/debug/binary-amd64/Release").is_some_and(|r| r.contains("Component: main/debug\n")));
 
         let release = get("Release").expect("Release");
         assert!(release.contains("Suite: bookworm\n") && release.contains("Architectures: amd64 arm64\n"));
+        assert!(release.contains("Components: main main/debug\n"), "{release}");
         let listed = release_sha256(&release);
         assert_eq!(listed.len(), files.len() - 1);
         for (hash, path) in listed {

@@ -23,6 +23,18 @@ pub struct DebEntry {
     pub stanza: String,
 }
 
+impl DebEntry {
+    /// Whether this is a package of debug symbols (what dh_strip makes as
+    /// `NAME-dbgsym`): it goes to the `debug` component, as Debian's debug
+    /// archive keeps them apart from what users install.
+    pub fn is_debug_symbols(&self) -> bool {
+        let field = |name: &str| {
+            self.stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
+        };
+        kiln_core::debuginfo::is_debug_symbols_deb(&self.name, field("Auto-Built-Package"), field("Section"))
+    }
+}
+
 /// A source package's `Sources` stanza and identity.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DscEntry {

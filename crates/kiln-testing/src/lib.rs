@@ -22,9 +22,32 @@ pub use setup::{
     MAKE_DEB,
 };
 
-/// A free loopback port (bound once, then released for the process to take).
+/// A free loopback port for a process the test starts, to bind itself.
+///
+/// A port the kernel hands out for `:0` lies in the ephemeral range, where
+/// any outgoing connection of a test running beside this one may take it as
+/// its local port before the process binds it ("Address already in use").
+/// So ports are taken below that range, each one once per test process, from
+/// an offset spread by the process id, and checked free by binding them.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    // A host whose ephemeral range starts this low leaves no room below it.
+    assert!(ephemeral_low > LOWEST + 1_000, "the ephemeral port range starts at {ephemeral_low}: no room below it");
+    let span = ephemeral_low - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().expect("a bound socket's address");
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}")
 }
 
 pub struct Farm {
@@ -361,7 +384,10 @@ impl Farm {
             names.iter().all(|n| ws.iter().any(|w| &w.name == n && w.connected))
         })
         .await;
-        assert!(ok, "workers {names:?} did not connect:\n{}", self.master_log());
+        if !ok {
+            let workers: String = names.iter().map(|n| format!("worker {n}:\n{}\n", self.worker_log(n))).collect();
+            panic!("workers {names:?} did not connect:\n{}\n{workers}", self.master_log());
+        }
     }
 
     /// Waits for a build to finish and returns it.
@@ -591,7 +617,7 @@ async fn pipe(
     }
 }
 
-pub use kiln_worker::pipeline::host_debian_mirror;
+pub use kiln_worker::pipeline::{host_debian_mirror, host_debian_sources};
 
 /// Downloads a source package from a Debian mirror (found through the
 /// suite's `Sources.xz`) into `dest` and returns the path of its `.dsc`.

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod process;
 mod runner;
 pub mod sandbox;
+pub mod tree_files;
 
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};

@@ -3,6 +3,7 @@
 //! streamed to the master as it comes, and the work dir removed at the end.
 
 use crate::process;
+use crate::tree_files::{files_under, open_plain, Unreadable};
 use base64::Engine;
 use kiln_core::duration::format_duration;
 use kiln_core::props::{env_name, interpolate, interpolate_shell};
@@ -106,11 +107,19 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         }
     }
     let mut artifacts = Vec::new();
+    let outbox = ctx.worker_dir.join("outbox").join(id.to_string());
     if !cancelled && failed_reason.is_none() && !job.artifacts.is_empty() {
-        let outbox = ctx.worker_dir.join("outbox").join(id.to_string());
         match collect_artifacts(&dir, &job.artifacts, &outbox) {
             Ok(names) => artifacts = names,
             Err(e) => failed_reason = Some(format!("collecting artifacts: {e}")),
+        }
+    }
+    if !cancelled && failed_reason.is_some() && !job.artifacts_on_failure.is_empty() {
+        // Best effort: what is there of the logs is kept, the build's
+        // failure stays the reason.
+        match collect_failure_artifacts(&dir, &job.artifacts_on_failure, &outbox, &redactor) {
+            Ok(names) => artifacts = names,
+            Err(e) => tracing::warn!(build = id, error = %e, "cannot keep the failed build's logs"),
         }
     }
     let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -134,21 +143,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
 fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<Vec<String>, String> {
     let globs: Vec<kiln_core::glob::Pattern> =
         patterns.iter().map(|p| kiln_core::glob::Pattern::new(p)).collect::<Result<_, _>>()?;
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, rel)) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push((e.path(), path)),
-                Ok(t) if t.is_file() => files.push((path, e.path())),
-                _ => {}
-            }
-        }
-    }
-    files.sort();
+    let files = files_under(dir, usize::MAX, Unreadable::Fail)?;
     let mut chosen: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (pattern, glob) in patterns.iter().zip(&globs) {
         let mut matched = false;
@@ -174,6 +169,54 @@ fn collect_artifacts(dir: &Path, patterns: &[String], outbox: &Path) -> Result<V
         std::fs::rename(path, outbox.join(name)).map_err(|e| format!("cannot keep {name}: {e}"))?;
     }
     Ok(chosen.into_keys().collect())
+}
+
+/// At most this many files are kept from a failed build...
+const FAILURE_FILES_MAX: usize = 100;
+/// ...none larger than this...
+const FAILURE_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// ...and at most this many bytes of them.
+const FAILURE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// The work dir's walk for them looks at no more entries than this.
+const FAILURE_ENTRIES_MAX: usize = 200_000;
+
+/// Copies the files matching `patterns` (relative to `dir`) into `outbox`
+/// under their failure names ([`kiln_core::pipeline::failure_artifact_name`]),
+/// with the build's secrets masked as in its logs (a test log may record
+/// its environment). A pattern may match nothing; files past the limits
+/// are left out. Regular files only: a link the build left is never followed.
+fn collect_failure_artifacts(
+    dir: &Path,
+    patterns: &[String],
+    outbox: &Path,
+    redactor: &kiln_core::redact::Redactor,
+) -> Result<Vec<String>, String> {
+    let globs: Vec<kiln_core::glob::Pattern> =
+        patterns.iter().map(|p| kiln_core::glob::Pattern::new(p)).collect::<Result<_, _>>()?;
+    let files = files_under(dir, FAILURE_ENTRIES_MAX, Unreadable::Skip)?;
+    let mut kept = Vec::new();
+    let mut bytes = 0u64;
+    for (rel, path) in files.iter().filter(|(rel, _)| globs.iter().any(|g| g.matches(rel))) {
+        let Some(name) = kiln_core::pipeline::failure_artifact_name(rel) else { continue };
+        if kept.len() >= FAILURE_FILES_MAX || kept.contains(&name) {
+            continue;
+        }
+        let Ok((file, size)) = open_plain(path) else { continue };
+        if size > FAILURE_FILE_BYTES_MAX || bytes + size > FAILURE_BYTES_MAX {
+            continue;
+        }
+        let mut content = Vec::new();
+        if std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut content).is_err() {
+            continue;
+        }
+        std::fs::create_dir_all(outbox).map_err(|e| format!("cannot create {}: {e}", outbox.display()))?;
+        let masked = redactor.split(&content, true).0;
+        if std::fs::write(outbox.join(&name), &masked).is_ok() {
+            bytes += size;
+            kept.push(name);
+        }
+    }
+    Ok(kept)
 }
 
 /// A build's scratch dir (build roots, source packages), beside its work dir.

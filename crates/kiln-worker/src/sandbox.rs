@@ -159,6 +159,10 @@ impl BuildUser {
 /// Makes every file under `dir` (and `dir`) the build user's, without
 /// following a link anywhere.
 pub fn give_tree(dir: &Path, u: BuildUser) -> std::io::Result<()> {
+    // `read_dir` follows a link: a tree that is one would hand its target over.
+    if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!("{} is a link, not a directory", dir.display())));
+    }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         std::os::unix::fs::lchown(&d, Some(u.uid), Some(u.gid))?;
@@ -176,6 +180,11 @@ pub fn give_tree(dir: &Path, u: BuildUser) -> std::io::Result<()> {
 
 /// Marks a helper already running inside the build's sandbox.
 const IN_SANDBOX_ENV: &str = "KILN_IN_SANDBOX";
+
+/// Whether this helper already runs inside the build's sandbox.
+pub(crate) fn in_sandbox() -> bool {
+    std::env::var_os(IN_SANDBOX_ENV).is_some()
+}
 
 /// Runs this helper again, with the same arguments, inside the sandbox the
 /// worker gave (as the build user, without network, `writable` the only

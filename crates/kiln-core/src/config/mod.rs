@@ -17,8 +17,8 @@ pub use crate::channel::{Accepts, Channel, SecretRef};
 pub use crate::toml_reader::Diagnostic;
 pub use errors::ConfigErrors;
 pub use model::{
-    AptRepository, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec, Target,
-    TlsFiles, UploadsSection, WorkerDef, STEP_NAMES,
+    AptRepository, AptSuite, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec,
+    Target, TlsFiles, UploadsSection, WorkerDef, DEFAULT_LISTS_MAX_AGE, STEP_NAMES,
 };
 pub use packaging::{check_maintainer, default_maintainer, mail_host_is_qualified, OrigRule, OrigSource};
 pub use triggers::{
@@ -33,6 +33,7 @@ mod model;
 mod packaging;
 mod read;
 mod relations;
+mod targets;
 mod triggers;
 mod uploads;
 mod validate;

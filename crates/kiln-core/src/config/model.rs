@@ -214,12 +214,30 @@ pub struct Target {
     pub max_age: Duration,
     /// Where the standard pipeline's build runs.
     pub executor: Executor,
+    /// More suites of the same archive for a deb build root
+    /// (`bookworm-updates`, `bookworm-security`), trusted like `suite`.
+    pub suites: Vec<AptSuite>,
+    /// The cached root's package lists are fetched again when older than
+    /// this (not on every build).
+    pub lists_max_age: Duration,
     /// More package repositories for a deb build root (backports, a
     /// vendor's archive), each trusted through its own key only.
     pub repositories: Vec<AptRepository>,
     /// The mock configuration (`mock -r`) of an rpm target built with mock.
     pub mock_config: Option<String>,
 }
+
+/// A further suite of a deb target's archive, on its own mirror or the
+/// target's: `deb MIRROR SUITE COMPONENTS` beside the target's own line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptSuite {
+    pub suite: String,
+    pub mirror: String,
+}
+
+/// How long a cached build root's package lists serve before apt fetches
+/// them again: the archive changes a few times a day.
+pub const DEFAULT_LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// A package repository a deb build root installs build dependencies from,
 /// beside its mirror: `deb [signed-by=KEY] URL SUITE COMPONENTS`.
@@ -291,6 +309,10 @@ pub struct Component {
     /// Files the build produces (glob patterns relative to the build's work
     /// dir, e.g. `out/*.deb`), uploaded to the master when it succeeds.
     pub artifacts: Vec<String>,
+    /// Files kept when a build fails (glob patterns): of the work dir for a
+    /// component with `steps`; of the build tree (where the package was
+    /// being built) for the standard pipelines, besides their defaults.
+    pub artifacts_on_failure: Vec<String>,
     /// Package names this component takes over from the component that
     /// published them first (a library that moved to another source). A
     /// name belongs to the first component that publishes it; another's
@@ -312,6 +334,11 @@ pub struct Component {
     /// When newer builds of the same builder with the same request
     /// properties join the queue, older ones still waiting are skipped.
     pub collapse: bool,
+    /// Uploads of a source package of this component's name publish as
+    /// this component (its releases uploaded, its nightlies built from its
+    /// source). Without it an upload owns its names apart, so an uploader
+    /// cannot replace a component's packages by naming its source.
+    pub takes_uploads: bool,
     /// Dependencies whose publish triggers a rebuild of this component on
     /// the same target (as the Open Build Service rebuilds dependents).
     pub rebuild_after: Vec<String>,

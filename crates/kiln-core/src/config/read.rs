@@ -2,19 +2,17 @@
 //!
 //! There is one reader per table: `[master]`, `[[worker]]`, `[[target]]`,
 //! `[[component]]`, `[[channel]]`, `[[schedule]]` and `[[notify]]` here;
-//! `[hooks]`, `[smtp]` and `[irc]` in `triggers`, `[uploads]` in `uploads`. Each checks what can be
+//! `[[target]]` in `targets`, `[hooks]`, `[smtp]` and `[irc]` in `triggers`, `[uploads]` in `uploads`. Each checks what can be
 //! checked inside its table (keys, types, values, names, duplicates) and
 //! reports it at its line and column. A name that refers to another table
 //! (a component's targets and dependencies, a channel's promotions, a
 //! schedule's components and targets) is kept with its span (`written`),
 //! for `validate` to check once every table is read.
 
-use super::model::{
-    AptRepository, Component, Executor, Family, MasterSection, Source, StepSpec, Target, TlsFiles, WorkerDef,
-};
+use super::model::{Component, MasterSection, Source, StepSpec, TlsFiles, WorkerDef};
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
-use super::{packaging, relations, uploads};
+use super::{packaging, relations, targets, uploads};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
 use crate::names::{check_name, check_property_name};
@@ -45,9 +43,6 @@ const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targ
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
 const WORKER_KEYS: &[&str] = &["name", "token_file"];
-const TARGET_KEYS: &[&str] =
-    &["name", "family", "suite", "arch", "mirror", "components", "max_age", "executor", "repositories", "mock_config"];
-const REPOSITORY_KEYS: &[&str] = &["url", "suite", "components", "key"];
 const COMPONENT_KEYS: &[&str] = &[
     "name",
     "source",
@@ -56,12 +51,14 @@ const COMPONENT_KEYS: &[&str] = &[
     "steps",
     "properties",
     "artifacts",
+    "artifacts_on_failure",
     "spec",
     "timeout",
     "no_output_timeout",
     "memory",
     "cpus",
     "collapse",
+    "takes_uploads",
     "rebuild_after",
     "secrets",
     "before",
@@ -91,7 +88,7 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
     Some(FarmAsWritten {
         master: read_master(r, root.get("master")),
         workers: read_workers(r, root.get("worker")),
-        targets: read_targets(r, root.get("target")),
+        targets: targets::read_targets(r, root.get("target")),
         components: read_components(r, root.get("component")),
         channels: read_channels(r, root.get("channel")),
         schedules: read_schedules(r, root.get("schedule")),
@@ -105,18 +102,18 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
 
 /// The names taken so far by one kind of table, so that a second use of
 /// one is reported together with where the first is.
-struct Names {
+pub(super) struct Names {
     kind: &'static str,
     seen: HashMap<String, Span>,
 }
 
 impl Names {
-    fn new(kind: &'static str) -> Self {
+    pub(super) fn new(kind: &'static str) -> Self {
         Names { kind, seen: HashMap::new() }
     }
 
     /// Whether `name` is not taken yet (it is now); reports it when it is.
-    fn take(&mut self, r: &mut Reader<'_>, name: &str, span: &Span) -> bool {
+    pub(super) fn take(&mut self, r: &mut Reader<'_>, name: &str, span: &Span) -> bool {
         if let Some(first) = self.seen.get(name) {
             let where_ = first
                 .as_ref()
@@ -150,146 +147,6 @@ fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Worke
         }
     }
     workers
-}
-
-fn read_targets(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Target> {
-    let mut targets = Vec::new();
-    let Some(item) = item else { return targets };
-    let mut names = Names::new("target");
-    for (t, span) in r.tables(item, "[[target]]") {
-        targets.extend(read_target(r, Tbl { t, span: &span }, &mut names));
-    }
-    targets
-}
-
-/// One `[[target]]`; `None` when it cannot be used.
-fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Target> {
-    r.check_keys(tbl, TARGET_KEYS, "[[target]]");
-    let name = named(r, tbl, "[[target]]");
-    let family = r.required_string(tbl, "family", "[[target]]").and_then(|(f, fspan)| match f.as_str() {
-        "deb" => Some(Family::Deb),
-        "rpm" => Some(Family::Rpm),
-        other => {
-            r.err(&fspan, format!("unknown family {other:?}; known families: deb, rpm"));
-            None
-        }
-    });
-    let suite = target_word(r, tbl, "suite");
-    let arch = target_word(r, tbl, "arch");
-    let mirror = repo_url(r, tbl, "mirror", "[[target]]");
-    let components = archive_components(r, tbl, "[[target]]");
-    let max_age = r.duration(tbl, "max_age", "[[target]]").unwrap_or(Duration::from_secs(15 * 86400));
-    let executor = read_executor(r, tbl, family);
-    let repositories = read_repositories(r, tbl, family);
-    let mock_config = read_mock_config(r, tbl);
-    let (name, nspan) = name?;
-    if !names.take(r, &name, &nspan) {
-        return None;
-    }
-    Some(Target {
-        name,
-        family: family?,
-        suite,
-        arch,
-        mirror,
-        components,
-        max_age,
-        executor: executor?,
-        repositories,
-        mock_config,
-    })
-}
-
-/// A plain word of a `[[target]]` (`suite`, `arch`).
-fn target_word(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str) -> Option<String> {
-    let (v, vspan) = r.string(tbl, key, "[[target]]")?;
-    match check_name(&v) {
-        Ok(()) => Some(v),
-        Err(e) => {
-            r.err(&vspan, format!("`{key}` of [[target]]: {e}"));
-            None
-        }
-    }
-}
-
-/// A target's `executor` (bwrap when absent), which must suit its family.
-fn read_executor(r: &mut Reader<'_>, tbl: Tbl<'_>, family: Option<Family>) -> Option<Executor> {
-    let Some((e, espan)) = r.string(tbl, "executor", "[[target]]") else {
-        return Some(Executor::Bwrap);
-    };
-    let executor = match e.as_str() {
-        "bwrap" => Some(Executor::Bwrap),
-        "host" => Some(Executor::Host),
-        "sbuild" => Some(Executor::Sbuild),
-        "mock" => Some(Executor::Mock),
-        other => {
-            r.err(&espan, format!("unknown executor {other:?}; known executors: bwrap, sbuild, mock, host"));
-            None
-        }
-    };
-    let fits = match (executor, family) {
-        (Some(Executor::Sbuild), Some(Family::Rpm)) => Err("sbuild builds deb targets only"),
-        (Some(Executor::Mock), Some(Family::Deb)) => Err("mock builds rpm targets only"),
-        _ => Ok(()),
-    };
-    match fits {
-        Ok(()) => executor,
-        Err(why) => {
-            r.err(&espan, format!("`executor = {e:?}` of [[target]]: {why}"));
-            None
-        }
-    }
-}
-
-/// A deb target's extra package `repositories`, each a table of its own.
-fn read_repositories(r: &mut Reader<'_>, tbl: Tbl<'_>, family: Option<Family>) -> Vec<AptRepository> {
-    let mut repositories = Vec::new();
-    let Some(item) = tbl.t.get("repositories") else { return repositories };
-    if family == Some(Family::Rpm) {
-        r.err(&item.span(), "`repositories` of [[target]] are apt repositories, for deb targets only");
-    }
-    for (rt, rspan) in r.tables(item, "`repositories` of [[target]]") {
-        let rtbl = Tbl { t: rt, span: &rspan };
-        let what = "a repository of [[target]]";
-        r.check_keys(rtbl, REPOSITORY_KEYS, what);
-        let url = repo_url(r, rtbl, "url", what);
-        let suite = r.required_string(rtbl, "suite", what).and_then(|(s, sspan)| match check_name(&s) {
-            Ok(()) => Some(s),
-            Err(e) => {
-                r.err(&sspan, format!("`suite` of {what}: {e}"));
-                None
-            }
-        });
-        let components = archive_components(r, rtbl, what);
-        let key = r.required_string(rtbl, "key", what).and_then(|(k, kspan)| {
-            if k.trim().is_empty() {
-                r.err(&kspan, format!("`key` of {what} must name the repository's key file"));
-                return None;
-            }
-            Some(k)
-        });
-        if url.is_none() && !rtbl.t.contains_key("url") {
-            r.err(&rspan, format!("{what} needs `url`"));
-        }
-        if let (Some(url), Some(suite), Some(key)) = (url, suite, key) {
-            repositories.push(AptRepository { url, suite, components, key });
-        }
-    }
-    repositories
-}
-
-/// The `mock_config` of a target: a name `mock -r` takes, never an option.
-fn read_mock_config(r: &mut Reader<'_>, tbl: Tbl<'_>) -> Option<String> {
-    let (m, mspan) = r.string(tbl, "mock_config", "[[target]]")?;
-    let ok =
-        !m.is_empty() && !m.starts_with('-') && m.chars().all(|c| c.is_ascii_alphanumeric() || "._-+/".contains(c));
-    if !ok {
-        r.err(
-            &mspan,
-            format!("`mock_config` of [[target]] must name a mock config like \"rocky-9-x86_64\", got {m:?}"),
-        );
-    }
-    ok.then_some(m)
 }
 
 fn read_components(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ComponentAsWritten> {
@@ -328,6 +185,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         );
     }
     let artifacts = r.string_list(tbl, "artifacts", &what).unwrap_or_default();
+    let on_failure = r.string_list(tbl, "artifacts_on_failure", &what).unwrap_or_default();
     let adopts = relations::read_adopts(r, tbl, &what);
     let timeout = r.duration(tbl, "timeout", &what);
     let no_output_timeout = r.duration(tbl, "no_output_timeout", &what);
@@ -335,7 +193,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
     let millicpus = read_cpus(r, tbl, &what);
     let spec = read_spec(r, tbl, &what);
     let orig = packaging::read_orig(r, tbl, &what);
-    for (pattern, pspan) in &artifacts {
+    for (pattern, pspan) in artifacts.iter().chain(&on_failure) {
         if let Err(e) = crate::glob::Pattern::new(pattern) {
             r.err(pspan, format!("{what}: artifact pattern {pattern:?}: {e}"));
         }
@@ -351,6 +209,7 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         after,
         properties,
         artifacts: artifacts.into_iter().map(|a| a.0).collect(),
+        artifacts_on_failure: on_failure.into_iter().map(|a| a.0).collect(),
         adopts,
         spec,
         orig,
@@ -359,11 +218,13 @@ fn read_component(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option
         memory,
         millicpus,
         collapse: false,
+        takes_uploads: false,
         rebuild_after: Vec::new(),
         secrets: BTreeMap::new(),
     };
     if !duplicate {
         component.collapse = r.boolean(tbl, "collapse", &what).unwrap_or(false);
+        component.takes_uploads = r.boolean(tbl, "takes_uploads", &what).unwrap_or(false);
         component.rebuild_after = relations::read_rebuild_after(r, tbl, &what, &depends_on);
         component.secrets = triggers::read_step_secrets(r, tbl, &what);
     }
@@ -545,43 +406,13 @@ fn read_notifiers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Not
 
 /// `[uploads]`: the uploaders' keyring (read by the master, which does the
 /// I/O) and whether a signature by one of its keys is required.
-fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
+pub(super) fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
     let (name, span) = r.required_string(tbl, "name", what)?;
     if let Err(e) = check_name(&name) {
         r.err(&span, format!("{what}: {e}"));
         return None;
     }
     Some((name, span))
-}
-
-/// A package repository's URL (`mirror` of a target, `url` of one of its
-/// repositories): http(s) or file, nothing a shell or apt line could split.
-fn repo_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<String> {
-    let (m, mspan) = r.string(tbl, key, what)?;
-    let scheme_ok = ["http://", "https://", "file:/"].iter().any(|p| m.starts_with(p));
-    if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$[]".contains(c)) {
-        Some(m)
-    } else {
-        r.err(&mspan, format!("`{key}` of {what} must be an http(s):// or file:/ URL, got {m:?}"));
-        None
-    }
-}
-
-/// The archive components of a mirror or repository (default `main`).
-fn archive_components(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Vec<String> {
-    r.string_list(tbl, "components", what)
-        .map(|l| {
-            l.into_iter()
-                .filter_map(|(c, cspan)| match check_name(&c) {
-                    Ok(()) => Some(c),
-                    Err(e) => {
-                        r.err(&cspan, format!("`components` of {what}: {e}"));
-                        None
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_else(|| vec!["main".to_string()])
 }
 
 /// `cert`, `key` and an optional `client_ca`: PEM files.

@@ -330,3 +330,17 @@ fn mercurial_sources() {
         ]
     );
 }
+
+#[test]
+fn a_component_takes_uploads_only_of_signed_uploaders() {
+    let component =
+        "[[component]]\nname = \"libgrace\"\nsteps = [ { name = \"x\", run = \"true\" } ]\ntakes_uploads = true\n";
+    let errs = errors(component);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("set [uploads] require_signature = true"), "{errs:?}");
+    let signed = format!("[uploads]\nkeyring = \"keys/uploaders.asc\"\nrequire_signature = true\n{component}");
+    let cfg = parse(&signed).expect("parses");
+    assert!(cfg.component("libgrace").is_some_and(|c| c.takes_uploads));
+    let rpm = errors("[[target]]\nname = \"el-9-debuginfo\"\nfamily = \"rpm\"\n");
+    assert!(rpm[0].contains("may not end in \"-debuginfo\""), "{rpm:?}");
+}

@@ -28,6 +28,23 @@ pub(super) fn farm(r: &mut Reader<'_>, farm: &FarmAsWritten) {
         schedule_names(r, s, &components, &farm.targets);
     }
     notifier_sections(r, farm);
+    uploads_taken(r, &components, farm.uploads.require_signature);
+}
+
+/// A component that takes uploads lets an upload publish its packages: only
+/// uploads signed by a key of the uploaders' keyring may, not anyone who may
+/// upload.
+fn uploads_taken(r: &mut Reader<'_>, components: &[&ComponentAsWritten], signed: bool) {
+    for c in components.iter().filter(|c| c.component.takes_uploads && !signed) {
+        r.err(
+            &c.name_span,
+            format!(
+                "[[component]] {:?}: `takes_uploads = true` lets an upload publish this component's packages; \
+                 set [uploads] require_signature = true (with a `keyring` of who may)",
+                c.component.name
+            ),
+        );
+    }
 }
 
 /// A component's `targets` are targets of the farm.

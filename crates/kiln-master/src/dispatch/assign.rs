@@ -40,7 +40,13 @@ pub(super) fn allowed(plan: &StepPlan) -> Allowed {
     Allowed {
         sets: declared.filter_map(|(i, s)| Some((i as u32, s.spec.set_property.clone()?))).collect(),
         steps: plan.steps.len() as u32,
-        artifacts: plan.artifacts.clone(),
+        // What a failed build keeps is named apart from its packages.
+        artifacts: plan
+            .artifacts
+            .iter()
+            .cloned()
+            .chain((!plan.artifacts_on_failure.is_empty()).then(|| format!("{}*", kiln_core::pipeline::FAILURE_PREFIX)))
+            .collect(),
     }
 }
 
@@ -82,7 +88,7 @@ impl Dispatcher {
             }
         };
         let allowed = allowed(&plan);
-        let artifacts = plan.artifacts;
+        let (artifacts, artifacts_on_failure) = (plan.artifacts, plan.artifacts_on_failure);
         let steps: Vec<JobStep> = plan
             .steps
             .into_iter()
@@ -140,6 +146,7 @@ impl Dispatcher {
             source_tgz: source.map(|s| s.as_str().to_owned()),
             kill_grace_ms: farm.cfg.master.kill_grace.as_millis() as u64,
             artifacts,
+            artifacts_on_failure,
             timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
             memory_bytes: component.memory,
             cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
@@ -239,7 +246,11 @@ mod tests {
         // sets `revision`, its source step `version`; nothing else is believed.
         let pkg = allowed_now(&farm, &row("pkg", Properties::new()));
         assert_eq!(pkg.sets, HashMap::from([(0, "got_revision".to_string()), (1, "version".to_string())]));
-        assert_eq!(pkg.artifacts, [format!("{}/*", kiln_core::pipeline::OUTPUT_DIR)]);
+        // Its packages, and (when it fails) the logs kept under their own names.
+        assert_eq!(
+            pkg.artifacts,
+            [format!("{}/*", kiln_core::pipeline::OUTPUT_DIR), format!("{}*", kiln_core::pipeline::FAILURE_PREFIX)]
+        );
         // A component of shell steps that set nothing.
         let hello = allowed_now(&farm, &row("hello", Properties::new()));
         assert!(hello.sets.is_empty() && hello.steps > 0, "{hello:?}");

@@ -36,7 +36,9 @@ pub(super) fn write_channel(
                 archs.entry(suite).or_default().insert(t.arch.clone().unwrap_or_else(|| host_deb_arch().into()));
             }
             Family::Rpm => {
+                // Both repositories exist from the start, so dnf can be told about either.
                 rpms.entry(t.name.clone()).or_default();
+                rpms.entry(format!("{}{}", t.name, kiln_core::debuginfo::DEBUGINFO_SUFFIX)).or_default();
             }
         }
     }

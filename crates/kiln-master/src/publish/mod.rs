@@ -171,13 +171,14 @@ impl Publisher {
         }
         // An upload is named by its own Source: field, which anyone with
         // own_jobs chooses: it owns names apart from the configured
-        // component of that name, and adopts nothing.
+        // component of that name, and adopts nothing, unless the config
+        // says that component takes uploads of its source.
+        let configured = farm.cfg.component(&build.component);
         let (owner, adopts) = match kiln_core::job::BuildSource::of(&build.properties) {
-            kiln_core::job::BuildSource::Upload(_) => (format!("upload:{}", build.component), Vec::new()),
-            kiln_core::job::BuildSource::Component => (
-                build.component.clone(),
-                farm.cfg.component(&build.component).map(|c| c.adopts.clone()).unwrap_or_default(),
-            ),
+            kiln_core::job::BuildSource::Upload(_) if !configured.is_some_and(|c| c.takes_uploads) => {
+                (format!("upload:{}", build.component), Vec::new())
+            }
+            _ => (build.component.clone(), configured.map(|c| c.adopts.clone()).unwrap_or_default()),
         };
         self.claim_names(&owner, ready.iter().flat_map(|(_, p)| &p.add), &adopts).await?;
         let mut summary = Vec::new();

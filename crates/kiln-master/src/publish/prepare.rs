@@ -107,7 +107,7 @@ pub(super) fn prepare(
                 published_at: now,
             };
         match target.family {
-            Family::Deb if name.ends_with(".deb") || name.ends_with(".udeb") => {
+            Family::Deb if is_package(name) && (name.ends_with(".deb") || name.ends_with(".udeb")) => {
                 // A channel that signs .debs gets a signed copy.
                 let signed = root.join("pool/.incoming").join(format!("{build_id}-{name}"));
                 let path = if ch.sign_debs {
@@ -130,7 +130,7 @@ pub(super) fn prepare(
                     path.to_path_buf(),
                 ));
             }
-            Family::Deb if name.ends_with(".dsc") => {
+            Family::Deb if is_package(name) && name.ends_with(".dsc") => {
                 let sums = file_sums(path).map_err(err)?;
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
                 let upload = kiln_core::deb822::parse_source_upload(&text).map_err(|e| format!("{name}: {e}"))?;
@@ -168,8 +168,9 @@ pub(super) fn prepare(
                 let signed = sign_rpm_for_pool(&root, &target.name, path, name, key)?;
                 let e = &signed.entry;
                 let entry = serde_json::to_string(e).map_err(|e| e.to_string())?;
-                let r =
+                let mut r =
                     row("rpm", &e.name, &evr(e), &e.arch, signed.file, &signed.sums.sha256, signed.sums.size, entry);
+                r.repo = format!("yum:{}", signed.repository);
                 rows.push((r, signed.staged));
             }
             _ => {}
@@ -213,14 +214,18 @@ fn make_room(dest: &Path, src: &Path, replace: bool, what: &str, file: &str) -> 
 /// `pool/.incoming`, with the pool file it becomes (relative to the channel
 /// directory) and its index entry.
 struct SignedRpm {
+    /// The target's repository or, for debug information, its debuginfo one.
+    repository: String,
     staged: PathBuf,
     file: String,
     sums: kiln_repo::hash::Sums,
     entry: RpmEntry,
 }
 
-/// Signs `src` (named `name`) for `target`'s pool in the channel at `channel_root`.
-/// Used when a build publishes and when a promotion re-signs.
+/// Signs `src` (named `name`) for the pool of `target`'s repository (or
+/// its debuginfo repository, by the package's name in its header) in the
+/// channel at `channel_root`. Used when a build publishes and when a
+/// promotion re-signs.
 fn sign_rpm_for_pool(
     channel_root: &Path,
     target: &str,
@@ -232,11 +237,14 @@ fn sign_rpm_for_pool(
     let staged = channel_root.join("pool/.incoming").join(name);
     kiln_repo::rpmsign::sign_rpm(src, &staged, key).map_err(err)?;
     let sums = file_sums(&staged).map_err(err)?;
-    let rel = pool_path(&channel_root.join("pool/yum").join(target), ".", name, &sums.sha256);
+    // The header names the package; the pool it goes to follows from that.
+    let header = kiln_repo::yum::inspect_rpm(&staged, name, &sums.sha256, sums.size, now_s()).map_err(err)?;
+    let repository = kiln_core::debuginfo::yum_repository_for(target, &header.name);
+    let rel = pool_path(&channel_root.join("pool/yum").join(&repository), ".", name, &sums.sha256);
     let rel = rel.trim_start_matches("./").to_string();
     let entry = kiln_repo::yum::inspect_rpm(&staged, &format!("Packages/{rel}"), &sums.sha256, sums.size, now_s())
         .map_err(err)?;
-    Ok(SignedRpm { staged, file: format!("pool/yum/{target}/{rel}"), sums, entry })
+    Ok(SignedRpm { file: format!("pool/yum/{repository}/{rel}"), repository, staged, sums, entry })
 }
 
 fn now_s() -> u64 {
@@ -276,7 +284,13 @@ pub(super) fn promote(
         match p.kind.as_str() {
             "rpm" => {
                 let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let signed = sign_rpm_for_pool(dst.root(), p.repo.trim_start_matches("yum:"), &from, &name, key)?;
+                // The target the row's repository belongs to: its own, or the one its debuginfo repository is of.
+                let repository = p.repo.trim_start_matches("yum:");
+                let target = repository
+                    .strip_suffix(kiln_core::debuginfo::DEBUGINFO_SUFFIX)
+                    .filter(|_| kiln_core::debuginfo::is_debuginfo_rpm(&p.name))
+                    .unwrap_or(repository);
+                let signed = sign_rpm_for_pool(dst.root(), target, &from, &name, key)?;
                 row.entry = serde_json::to_string(&signed.entry).map_err(|e| e.to_string())?;
                 row.file = signed.file;
                 row.sha256 = signed.sums.sha256;

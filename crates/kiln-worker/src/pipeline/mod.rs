@@ -3,26 +3,28 @@
 //! build's work dir (the source tree) and its scratch dir, both given by the
 //! worker in the environment, and says what it does on stderr.
 //!
-//! The build root: `mmdebstrap --variant=buildd` makes a tarball per target,
-//! cached under the worker dir and made again when older than `max_age`.
-//! Each build unpacks a fresh copy, installs build dependencies in it with
-//! network, then builds in bubblewrap without network, as an unprivileged
-//! user with no capabilities. With the `sbuild` executor, sbuild's unshare
-//! mode takes the cached tarball and does the unpacking, installing and
-//! building itself. The rpm helpers are in `rpm`.
+//! The build root is made and filled in `root`; the build then runs in
+//! bubblewrap without network, as an unprivileged user with no
+//! capabilities. With the `sbuild` executor, sbuild's unshare mode takes
+//! the cached tarball and does the unpacking, installing and building
+//! itself. The rpm helpers are in `rpm`, upstream tarballs in `orig`.
 
 use anyhow::{bail, Context};
-use kiln_core::debian::{changelog_entry, changelog_head, nightly_upstream_version, nightly_version, upstream_version};
+use kiln_core::debian::{
+    changelog_entry, changelog_head, nightly_upstream_version, nightly_version, upstream_version, NightlyPlace,
+};
 use kiln_core::pipeline::OUTPUT_DIR;
 use std::fs;
-use std::io::Write;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
 
+mod failure;
 mod orig;
+mod root;
 mod rpm;
+pub use failure::keep_logs;
+use root::{build_root_repos, bwrap, keep_build_marks};
+pub use root::{deb_deps, deb_root, root_update, RootOptions};
 pub use rpm::{rpm_build, rpm_source};
 
 /// The unprivileged user builds run as inside the root.
@@ -91,10 +93,13 @@ pub fn deb_source(o: &SourceOptions) -> anyhow::Result<()> {
             let date = format!("{:04}{:02}{:02}", now.year(), now.month() as u8, now.day());
             // A tarball made from the tree changes with the tree: each
             // nightly then has an upstream version (and tarball) of its own.
+            // Below the head's version while it is UNRELEASED, above it
+            // once released (an upload of it may be in the channel).
+            let place = NightlyPlace::of(&head);
             let version = if way == Some(orig::Way::Tree) {
-                nightly_upstream_version(&head.version, &date, build_id)
+                nightly_upstream_version(&head.version, place, &date, build_id)
             } else {
-                nightly_version(&head.version, &date, build_id)
+                nightly_version(&head.version, place, &date, build_id)
             };
             let rfc2822 = now.format(&time::format_description::well_known::Rfc2822).context("date")?;
             let maintainer = std::env::var(kiln_proto::wire::CHANGELOG_MAINTAINER_ENV)
@@ -168,386 +173,6 @@ fn changelog_timestamp(tree: &Path) -> i64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(0)
-}
-
-pub struct RootOptions {
-    pub suite: String,
-    pub mirror: String,
-    pub components: String,
-    pub arch: Option<String>,
-    pub max_age: Duration,
-    /// Only make sure the cached tarball is fresh and name it in
-    /// SCRATCH/root-tarball (for sbuild, which unpacks it itself).
-    pub tarball_only: bool,
-}
-
-/// Where cached build roots live: `kiln worker --root-cache` (several
-/// workers on one host may share it), else the worker dir's `roots/`.
-fn root_cache() -> anyhow::Result<PathBuf> {
-    match std::env::var_os("KILN_ROOT_CACHE") {
-        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
-        _ => Ok(env_path("KILN_WORKER_DIR")?.join("roots")),
-    }
-}
-
-/// `deb-root`: makes sure the cached root tarball is fresh, then unpacks a
-/// copy into SCRATCH/root.
-pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
-    let cache = root_cache()?;
-    fs::create_dir_all(&cache)?;
-    let key = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&o.mirror, &o.components).hash(&mut h);
-        format!("{}-{}-{:016x}", o.suite, o.arch.as_deref().unwrap_or("native"), h.finish())
-    };
-    let tarball = cache.join(format!("{key}.tar"));
-    // One worker process may run several builds of a target at once, and
-    // several workers may share a dir: the lock makes one of them build.
-    let lock = fs::File::create(cache.join(format!("{key}.lock")))?;
-    lock.lock().context("cannot lock the root cache")?;
-    let age =
-        fs::metadata(&tarball).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-    let refresh = std::env::var("KILN_REFRESH_ROOTS").is_ok_and(|v| v == "1");
-    if age.is_none_or(|a| a > o.max_age) || refresh {
-        eprintln!("kiln: making the {} build root from {} (mmdebstrap --variant=buildd)", o.suite, o.mirror);
-        // mmdebstrap picks the output format by extension: keep `.tar` last.
-        let tmp = cache.join(format!("{key}.tmp.tar"));
-        let mut cmd = Command::new("mmdebstrap");
-        cmd.args(["--variant=buildd", "--include=fakeroot", "--components"]).arg(&o.components);
-        if let Some(arch) = &o.arch {
-            cmd.arg(format!("--architectures={arch}"));
-        }
-        cmd.arg(&o.suite).arg(&tmp).arg(&o.mirror);
-        let made = with_progress(&format!("making the {} build root", o.suite), || run(&mut cmd, "mmdebstrap"));
-        made?;
-        fs::rename(&tmp, &tarball)?;
-    } else {
-        eprintln!("kiln: using the cached {} build root", o.suite);
-    }
-    // deps keeps this root's apt lists beside it (see `deb_deps`).
-    // A new file: whatever a step of the build left under the name goes first.
-    let note = env_path("KILN_SCRATCH")?.join(LISTS_NOTE);
-    let _ = fs::remove_file(&note);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&note)?
-        .write_all(cache.join(format!("{key}.lists")).as_os_str().as_encoded_bytes())?;
-    if o.tarball_only {
-        // Hard-linked into the build's scratch dir: a refresh that replaces
-        // the cached name leaves this build's copy whole.
-        let scratch = env_path("KILN_SCRATCH")?;
-        let mine = scratch.join("root.tar");
-        if fs::hard_link(&tarball, &mine).is_err() {
-            fs::copy(&tarball, &mine).context("cannot copy the root tarball")?;
-        }
-        return Ok(());
-    }
-    let root = env_path("KILN_SCRATCH")?.join("root");
-    // An empty root of this step's own, not one a step before filled.
-    if root.symlink_metadata().is_ok() {
-        fs::remove_dir_all(&root).or_else(|_| fs::remove_file(&root)).context("cannot clear the build root's place")?;
-    }
-    fs::create_dir_all(&root)?;
-    let started = std::time::Instant::now();
-    // Fast path: an extracted copy of this tarball, made once, under an
-    // overlay per build (needs root and overlayfs; the unpacked copy below
-    // is the fallback).
-    let stamp =
-        fs::metadata(&tarball)?.modified()?.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let base = cache.join(format!("{key}.{stamp}.dir"));
-    if !base.exists() {
-        let tmp = cache.join(format!("{key}.{stamp}.tmpdir"));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp)?;
-        if unpack(&tarball, &tmp).is_ok() {
-            fs::rename(&tmp, &base)?;
-        } else {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-    }
-    // Hold the tarball open for the fallback: a refresh replaces the name, not these bytes.
-    let file = fs::File::open(&tarball)?;
-    drop(lock);
-    if base.exists() && overlay(&base, &root).is_ok() {
-        eprintln!("kiln: build root ready in {:.2}s (an overlay on the cached root)", started.elapsed().as_secs_f64());
-        return Ok(());
-    }
-    let status = Command::new("tar")
-        .args(["--numeric-owner", "-xpf", "-", "-C"])
-        .arg(&root)
-        .stdin(file)
-        .status()
-        .context("cannot run tar")?;
-    if !status.success() {
-        bail!("unpacking the build root failed ({status})");
-    }
-    eprintln!("kiln: build root unpacked in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn unpack(tarball: &Path, into: &Path) -> anyhow::Result<()> {
-    let status = Command::new("tar").args(["--numeric-owner", "-xpf"]).arg(tarball).arg("-C").arg(into).status()?;
-    if !status.success() {
-        bail!("tar failed ({status})");
-    }
-    Ok(())
-}
-
-/// Mounts `root` as an overlay: `base` read-only below, the build's own
-/// changes above (in the scratch dir). The worker unmounts it when the build
-/// ends, and unmounts leftovers of a crashed run at start.
-fn overlay(base: &Path, root: &Path) -> anyhow::Result<()> {
-    let scratch = root.parent().context("root has no parent")?;
-    let (upper, work) = (scratch.join("upper"), scratch.join("overlay-work"));
-    fs::create_dir_all(&upper)?;
-    fs::create_dir_all(&work)?;
-    let opts = format!("lowerdir={},upperdir={},workdir={}", base.display(), upper.display(), work.display());
-    if [base, &upper, &work].iter().any(|p| p.to_string_lossy().contains([',', ':'])) {
-        bail!("paths with ',' or ':' cannot be overlay options");
-    }
-    let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(root).output()?;
-    if !out.status.success() {
-        bail!("mount: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-/// The capabilities root keeps inside a build root: what dpkg and apt need
-/// to install packages (own files, switch users, set file modes and
-/// capabilities) and setpriv needs to drop to the build user. Not the ones
-/// that reach past the root: mounting, modules, raw I/O, ptrace, opening
-/// host files by handle, network administration.
-const ROOT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_SETFCAP",
-    "CAP_MKNOD",
-    "CAP_AUDIT_WRITE",
-];
-
-fn bwrap(root: &Path, network: bool) -> Command {
-    let mut cmd = Command::new("bwrap");
-    // Maintainer scripts of build dependencies run as root in here.
-    cmd.args(["--cap-drop", "ALL"]);
-    for cap in ROOT_CAPS {
-        cmd.args(["--cap-add", cap]);
-    }
-    cmd.arg("--bind").arg(root).arg("/");
-    cmd.args(["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--die-with-parent"]);
-    cmd.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "kiln-build"]);
-    if network {
-        cmd.args(["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]);
-    } else {
-        cmd.arg("--unshare-net");
-    }
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LANG", "C.UTF-8");
-    keep_build_marks(&mut cmd);
-    cmd
-}
-
-/// Passes the variables that mark a process as a build's into a sandbox
-/// whose environment is otherwise cleared, so leftovers can still be found
-/// (and killed) by them.
-fn keep_build_marks(cmd: &mut Command) {
-    for var in ["KILN_BUILD_ID", "KILN_WORKER_DIR"] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
-    }
-}
-
-/// `deb-deps`: installs the build dependencies into the unpacked root (with
-/// network) and records the root's packages.
-pub fn deb_deps() -> anyhow::Result<()> {
-    let scratch = env_path("KILN_SCRATCH")?;
-    let root = scratch.join("root");
-    let build = root.join("build");
-    fs::create_dir_all(&build)?;
-    // Files only: a link the source step left would be followed by root.
-    for e in fs::read_dir(scratch.join("pkg"))?.flatten() {
-        if e.file_type()?.is_file() {
-            fs::copy(e.path(), build.join(e.file_name()))?;
-        }
-    }
-    // The farm's own repository (what dependencies just published) and the
-    // target's extra ones, each trusted through its own key only:
-    // `signed-by`, nothing added to apt's global keyring.
-    for repo in build_root_repos()? {
-        let keyring = format!("/etc/apt/keyrings/kiln-{}.asc", repo.name);
-        fs::create_dir_all(root.join("etc/apt/keyrings"))?;
-        fs::write(root.join(keyring.trim_start_matches('/')), &repo.key)?;
-        let line = format!("deb [signed-by={keyring}] {}\n", repo.source);
-        fs::write(root.join(format!("etc/apt/sources.list.d/kiln-{}.list", repo.name)), &line)?;
-        // The same, alone, for updating only kiln's repositories.
-        fs::create_dir_all(root.join("etc/apt/kiln-sources.d"))?;
-        fs::write(root.join(format!("etc/apt/kiln-sources.d/kiln-{}.list", repo.name)), &line)?;
-        eprintln!("kiln: build root uses repository {}: {}", repo.name, repo.source);
-    }
-    // The source is unpacked by the build user, not root; the packages
-    // are fetched with network, then installed (their maintainer scripts
-    // run) without it.
-    std::os::unix::fs::chown(&build, Some(BUILD_UID), Some(BUILD_UID))?;
-    let unpack = format!(
-        "setpriv --reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --no-new-privs --inh-caps=-all \
-         --bounding-set=-all -- sh -c 'cd /build && dpkg-source -x *.dsc src'"
-    );
-    run(bwrap(&root, false).args(["/bin/sh", "-c", &unpack]), "unpacking the source")?;
-    fs::create_dir_all(root.join("etc/apt/kiln-sources.d"))?;
-    // A cache being replaced by another build as this one reads it is not
-    // used: apt reads the archive instead.
-    let cached = lists_from_cache(&scratch, &root).unwrap_or(false);
-    // With the archive's lists fresh from the cache, only kiln's own
-    // repositories (what dependencies just published) are read again.
-    let update = if cached {
-        "apt-get update -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/etc/apt/kiln-sources.d \
-         -o APT::Get::List-Cleanup=0"
-    } else {
-        "apt-get update"
-    };
-    let fetch = format!(
-        "set -e; export DEBIAN_FRONTEND=noninteractive; {update}; cd /build; \
-         apt-get build-dep -y --download-only --no-install-recommends ./src"
-    );
-    run(bwrap(&root, true).args(["/bin/sh", "-c", &fetch]), "fetching build dependencies")?;
-    if !cached {
-        if let Err(e) = lists_to_cache(&scratch, &root) {
-            eprintln!("kiln: the package lists are not cached for later builds: {e:#}");
-        }
-    }
-    let install = "set -e; export DEBIAN_FRONTEND=noninteractive; cd /build; \
-                   apt-get build-dep -y --no-install-recommends ./src";
-    run(bwrap(&root, false).args(["/bin/sh", "-c", install]), "installing build dependencies")?;
-    let list = Command::new("dpkg-query")
-        .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-        .args(["-W", "-f", "${Package}=${Version}\\n"])
-        .output()
-        .context("cannot run dpkg-query")?;
-    fs::write(scratch.join("buildroot-packages.txt"), &list.stdout)?;
-    eprintln!(
-        "kiln: the build root has {} packages",
-        list.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
-    );
-    Ok(())
-}
-
-/// The file in the scratch dir naming where the root's apt lists are cached.
-const LISTS_NOTE: &str = "root-lists";
-/// How long a root's cached apt lists are used before a build reads the
-/// archive's indexes again (kiln's own repositories are read every build).
-const LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
-
-/// Puts the root's cached apt lists into the build's root when they are
-/// fresh; false when there are none or they are too old.
-fn lists_from_cache(scratch: &Path, root: &Path) -> anyhow::Result<bool> {
-    let Ok(note) = fs::read(scratch.join(LISTS_NOTE)) else { return Ok(false) };
-    let cache = PathBuf::from(std::ffi::OsString::from_vec(note));
-    let stamp = cache.join(".stamp");
-    let age =
-        fs::metadata(&stamp).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-    if age.is_none_or(|a| a > LISTS_MAX_AGE) {
-        eprintln!(
-            "kiln: reading the archive's package lists (no cached lists younger than {}h)",
-            LISTS_MAX_AGE.as_secs() / 3600
-        );
-        return Ok(false);
-    }
-    let lists = root.join("var/lib/apt/lists");
-    fs::create_dir_all(&lists)?;
-    // Shared: builds read the cache together; one replacing it waits.
-    let lock = fs::File::create(cache.with_extension("lists.lock"))?;
-    lock.lock_shared().context("cannot lock the package lists cache")?;
-    let mut n = 0;
-    for e in fs::read_dir(&cache)?.flatten() {
-        let name = e.file_name();
-        if e.file_type()?.is_file() && !name.to_string_lossy().starts_with('.') {
-            fs::copy(e.path(), lists.join(&name))?;
-            n += 1;
-        }
-    }
-    let minutes = age.map(|a| a.as_secs() / 60).unwrap_or(0);
-    eprintln!("kiln: {n} package lists from the cache ({minutes} min old); reading only kiln's repositories");
-    Ok(true)
-}
-
-/// Keeps the lists apt just read beside the cached root, for the builds
-/// of the next hours: written to a new directory, then renamed over the old.
-fn lists_to_cache(scratch: &Path, root: &Path) -> anyhow::Result<()> {
-    let Ok(note) = fs::read(scratch.join(LISTS_NOTE)) else { return Ok(()) };
-    let cache = PathBuf::from(std::ffi::OsString::from_vec(note));
-    let parent = cache.parent().context("the lists cache has no parent")?;
-    let tmp = parent.join(format!(
-        ".{}.{}",
-        cache.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    for e in fs::read_dir(root.join("var/lib/apt/lists"))?.flatten() {
-        let name = e.file_name();
-        // Only the archive's lists: kiln's own are read every build.
-        if e.file_type()?.is_file() && name.to_string_lossy() != "lock" && !name.to_string_lossy().contains("_repos_") {
-            fs::copy(e.path(), tmp.join(&name))?;
-        }
-    }
-    fs::write(tmp.join(".stamp"), b"")?;
-    let lock = fs::File::create(cache.with_extension("lists.lock"))?;
-    lock.lock().context("cannot lock the package lists cache")?;
-    let old = parent.join(format!(
-        ".{}.old.{}",
-        cache.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::rename(&cache, &old);
-    let placed = fs::rename(&tmp, &cache);
-    let _ = fs::remove_dir_all(&old);
-    if placed.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    Ok(placed?)
-}
-
-/// Runs `work`, saying on stderr every half minute that it still runs.
-fn with_progress<T>(what: &str, work: impl FnOnce() -> T) -> T {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let started = std::time::Instant::now();
-    let what = what.to_string();
-    let ticker = std::thread::spawn(move || {
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(30)) {
-            eprintln!("kiln: still {what} ({}s)", started.elapsed().as_secs());
-        }
-    });
-    let out = work();
-    drop(done);
-    let _ = ticker.join();
-    out
-}
-
-/// `root-update`: `apt-get update` in the unpacked root, with network (the
-/// first thing `deb-deps` does; alone, for measuring a root's setup).
-pub fn root_update() -> anyhow::Result<()> {
-    let root = env_path("KILN_SCRATCH")?.join("root");
-    run(bwrap(&root, true).args(["apt-get", "update", "-q"]), "apt-get update")
-}
-
-/// The package repositories the master named for this build's root.
-fn build_root_repos() -> anyhow::Result<Vec<kiln_proto::wire::BuildRootRepo>> {
-    let Ok(json) = std::env::var(kiln_proto::wire::APT_REPOS_ENV) else { return Ok(Vec::new()) };
-    let repos: Vec<kiln_proto::wire::BuildRootRepo> =
-        serde_json::from_str(&json).context("the master's list of build root repositories is malformed")?;
-    for r in &repos {
-        if !r.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || r.source.contains('\n') {
-            bail!("the master named an unusable repository {:?}", r.name);
-        }
-    }
-    Ok(repos)
 }
 
 /// The `.dsc` that `deb-source` made.
@@ -629,7 +254,9 @@ fn installed_build_depends(buildinfo: &str) -> String {
 /// `deb-build`: builds the package (in bubblewrap without network as an
 /// unprivileged user, with sbuild, or on the host) and puts the results in
 /// `.kiln-out/`.
-pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> anyhow::Result<()> {
+/// `keep`: the component's own `artifacts_on_failure`, kept with the
+/// default logs when the build fails.
+pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>, keep: &[String]) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let scratch = env_path("KILN_SCRATCH")?;
     let out = output_dir(&build_dir)?;
@@ -651,7 +278,10 @@ pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> any
             let mut cmd = bwrap(&root, false);
             cmd.arg("setpriv").args(setpriv.split(' '));
             cmd.args(["--", "env", "HOME=/build", "sh", "-c", "cd /build/src && dpkg-buildpackage -us -uc"]);
-            run(&mut cmd, "dpkg-buildpackage")?;
+            if let Err(e) = run(&mut cmd, "dpkg-buildpackage") {
+                failure::keep_after_failure(&build.join("src"), keep);
+                return Err(e);
+            }
             build
         }
         "sbuild" => sbuild(&scratch, suite.context("the sbuild executor needs --suite")?, arch)?,
@@ -660,10 +290,14 @@ pub fn deb_build(executor: &str, suite: Option<&str>, arch: Option<&str>) -> any
             let pkg = scratch.join("pkg");
             let dsc = made_dsc(&pkg)?;
             run(Command::new("dpkg-source").arg("-x").arg(&dsc).arg("src").current_dir(&pkg), "dpkg-source -x")?;
-            run(
+            let built = run(
                 Command::new("dpkg-buildpackage").args(["-us", "-uc"]).current_dir(pkg.join("src")),
                 "dpkg-buildpackage",
-            )?;
+            );
+            if let Err(e) = built {
+                failure::keep_after_failure(&pkg.join("src"), keep);
+                return Err(e);
+            }
             pkg
         }
         other => bail!("unknown executor {other}"),
@@ -750,10 +384,10 @@ fn refuse_host_executor_in_sandbox() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host's own Debian mirror and suite, read from its apt sources
-/// (deb822 `.sources` files first, then `sources.list`), a default
-/// for build roots on this host (the demo uses it; kiln never hard-codes one).
-pub fn host_debian_mirror() -> Option<(String, String)> {
+/// The host's own Debian sources (the ones apt on this machine reads): each
+/// `deb` entry's http(s) URI and suite, in the order apt lists them.
+pub fn host_debian_sources() -> Vec<(String, String)> {
+    let mut found = Vec::new();
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<_> =
@@ -764,19 +398,26 @@ pub fn host_debian_mirror() -> Option<(String, String)> {
     for stanza in texts.iter().flat_map(|t| t.split("\n\n")) {
         let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
         let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-        let types = field("Types:").unwrap_or_default();
-        let uri = uris.split_whitespace().next().unwrap_or_default().to_string();
-        let suite = suites.split_whitespace().next().unwrap_or_default().to_string();
-        if types.split_whitespace().any(|t| t == "deb") && uri.starts_with("http") && !suite.contains('-') {
-            return Some((uri, suite));
+        if !field("Types:").unwrap_or_default().split_whitespace().any(|t| t == "deb") {
+            continue;
+        }
+        for uri in uris.split_whitespace().filter(|u| u.starts_with("http")) {
+            found.extend(suites.split_whitespace().map(|s| (uri.to_string(), s.to_string())));
         }
     }
     let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    list.lines().find_map(|l| {
+    found.extend(list.lines().filter_map(|l| {
         let mut w = l.split_whitespace().filter(|w| !w.starts_with('['));
         (w.next()? == "deb").then_some(())?;
         let uri = w.next()?.to_string();
         let suite = w.next()?.to_string();
-        (uri.starts_with("http") && !suite.contains('-')).then_some((uri, suite))
-    })
+        uri.starts_with("http").then_some((uri, suite))
+    }));
+    found
+}
+
+/// The host's Debian mirror and release suite (not `-updates` or
+/// `-security`), for the demo and the tests' build roots.
+pub fn host_debian_mirror() -> Option<(String, String)> {
+    host_debian_sources().into_iter().find(|(_, suite)| !suite.contains('-'))
 }

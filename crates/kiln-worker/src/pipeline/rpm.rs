@@ -155,7 +155,9 @@ fn tarballs_from_tree(spec: &Path, tree: &Path, sources: &Path) -> anyhow::Resul
 /// `rpm-build`: rebuilds the source RPM (in bubblewrap over the host,
 /// read-only, without network, as an unprivileged user; with mock in a
 /// root of its own; or on the host) and puts the RPMs in `.kiln-out/`.
-pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()> {
+/// `keep`: the component's own `artifacts_on_failure`, kept with the
+/// default logs from rpmbuild's `BUILD` dir when the build fails.
+pub fn rpm_build(executor: &str, mock_config: Option<&str>, keep: &[String]) -> anyhow::Result<()> {
     let build_dir = env_path("KILN_BUILD_DIR")?;
     let rpm = env_path("KILN_SCRATCH")?.join("rpm");
     let srpm = find_one(&rpm, ".src.rpm")?.context("no source RPM was made")?;
@@ -191,7 +193,10 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
             cmd.args(["--", "env", "HOME=/tmp", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]);
             cmd.args(["rpmbuild", "--rebuild", "--define", "_topdir /tmp/kiln-build/top"]);
             cmd.arg(format!("/tmp/kiln-build/{srpm_name}"));
-            run(&mut cmd, "rpmbuild --rebuild")?;
+            if let Err(e) = run(&mut cmd, "rpmbuild --rebuild") {
+                super::failure::keep_after_failure(&rpm.join("top/BUILD"), keep);
+                return Err(e);
+            }
         }
         "mock" => {
             // mock makes and caches its own root (its config names the
@@ -204,7 +209,11 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
                 cmd.arg("-r").arg(config);
             }
             cmd.arg("--resultdir").arg(&results).arg("--rebuild").arg(&srpm);
-            run(&mut cmd, "mock --rebuild")?;
+            if let Err(e) = run(&mut cmd, "mock --rebuild") {
+                // mock's own logs say why; its build tree is gone with its root.
+                super::failure::keep_after_failure(&results, &["*.log".to_string()]);
+                return Err(e);
+            }
             // mock's record of the root's packages, and its logs.
             for (from, to) in [
                 ("installed_pkgs.log", "buildroot-packages.txt"),
@@ -220,7 +229,10 @@ pub fn rpm_build(executor: &str, mock_config: Option<&str>) -> anyhow::Result<()
             refuse_host_executor_in_sandbox()?;
             let mut cmd = Command::new("rpmbuild");
             cmd.arg("--rebuild").arg("--define").arg(format!("_topdir {}", rpm.join("top").display())).arg(&srpm);
-            run(&mut cmd, "rpmbuild --rebuild")?;
+            if let Err(e) = run(&mut cmd, "rpmbuild --rebuild") {
+                super::failure::keep_after_failure(&rpm.join("top/BUILD"), keep);
+                return Err(e);
+            }
         }
         other => bail!("unknown executor {other}"),
     }
