@@ -3,7 +3,7 @@
 //! hook schedules a project.
 
 use kiln_core::BuildState;
-use kiln_testing::Farm;
+use kiln_testing::{run, Farm};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -107,21 +107,79 @@ async fn buildbots_base_change_hook_schedules_the_project() {
     ];
     let r = http.post(&url).form(&form).send().await.expect("send");
     assert_eq!(r.status(), 401, "the hook needs the token");
-    let r = http.post(format!("{url}?token={}", farm.admin_token())).form(&form).send().await.expect("send");
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let created: serde_json::Value = r.json().await.expect("json");
-    let ids: Vec<i64> =
-        created["builds"].as_array().expect("builds").iter().map(|b| b["id"].as_i64().expect("id")).collect();
+    // Buildbot's own trigger script, with the command line the seed teams
+    // use: it takes the 202 it gets for success and exits 0.
+    let host = farm.url().trim_start_matches("http://").to_string();
+    let urlpath = format!("/change_hook/base?token={}", farm.admin_token());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/post_build_request.py");
+    let (code, out, err) = run(std::process::Command::new("python3").arg(script).args([
+        "-H",
+        &host,
+        "-u",
+        &urlpath,
+        "-v",
+        "--project",
+        "libgrace",
+        "--repository",
+        "https://git.example.org/libgrace.git",
+        "--branch",
+        "main",
+        "--revision",
+        "abc123",
+        "--who",
+        "alice <alice@example.org>",
+        "--comments",
+        "fix the frobnicator",
+        "--category",
+        "release",
+        "--when",
+        "1764633600.25",
+        "--file",
+        "src/grace.c",
+        "--file",
+        "README",
+        "-p",
+        "{'release': 'true'}",
+    ]))
+    .expect("post_build_request.py");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("202 Accepted"), "{out}");
+    let builds = farm.client().builds(&Default::default()).await.expect("builds").builds;
+    let ids: Vec<i64> = builds.iter().filter(|b| b.component == "libgrace").map(|b| b.id).collect();
     assert_eq!(ids.len(), 2, "all targets of the project");
     for id in ids {
         let b = farm.wait_finished(id, Duration::from_secs(30)).await;
         assert_eq!(b.state, BuildState::Succeeded);
         assert_eq!(b.properties["release"].value, "true");
         assert_eq!(b.properties["revision"].value, "abc123");
+        // What Buildbot records of the change is kept with it.
+        assert_eq!(b.properties["category"].value, "release");
+        assert_eq!(b.properties["when"].value, "1764633600");
+        assert_eq!(b.properties["files"].value, "src/grace.c\nREADME");
+        assert_eq!(b.properties["repository"].value, "https://git.example.org/libgrace.git");
         assert!(b.requested_by.as_deref().expect("who").starts_with("alice"));
         let log = farm.client().log(id, "package", 0).await.expect("log");
         assert_eq!(log.data, "packaging 1.4.2 release=true\n");
     }
+    // A form as Buildbot 2 and later send it: codebase and when_timestamp.
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .form(&[("project", "libgrace"), ("codebase", "grace"), ("when_timestamp", "1764633601")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 202);
+    let created: serde_json::Value = r.json().await.expect("json");
+    let first = created["builds"][0]["id"].as_i64().expect("id");
+    let b = farm.wait_finished(first, Duration::from_secs(30)).await;
+    assert_eq!((b.properties["codebase"].value.as_str(), b.properties["when"].value.as_str()), ("grace", "1764633601"));
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .form(&[("project", "libgrace"), ("when", "yesterday")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
     let r = http
         .post(format!("{url}?token={}", farm.admin_token()))
         .form(&[("project", "nope")])

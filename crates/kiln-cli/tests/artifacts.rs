@@ -83,9 +83,12 @@ async fn a_failed_build_keeps_its_logs_and_only_them() {
 name = "checks"
 artifacts = ["out/*.deb"]
 artifacts_on_failure = ["logs/**/*.log", "missing/*.log"]
-steps = [ { name = "test", run = "mkdir -p logs/unit out && echo 'FAIL: t1' > logs/unit/test-suite.log && echo done > logs/other.txt && ln -s /etc/passwd logs/passwd.log && : > out/x_1.0_all.deb && exit 1" } ]
+secrets = { API_TOKEN = { file = "secrets/api.token" } }
+steps = [ { name = "test", run = "mkdir -p logs/unit out && echo \"FAIL: t1 with token $API_TOKEN\" > logs/unit/test-suite.log && echo done > logs/other.txt && ln -s /etc/passwd logs/passwd.log && : > out/x_1.0_all.deb && exit 1" } ]
 "#);
-    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
+    let secret = "kiln-secret-4d1f9a";
+    let farm =
+        Farm::running(KILN.as_ref(), config, &[("secrets/api.token", &format!("{secret}\n"))], "w1", &["t"], 1).await;
     let client = farm.client();
     let id = client.create_builds(&request(&["checks"], &[])).await.expect("create").builds[0].id;
     let b = farm.wait_finished(id, Duration::from_secs(30)).await;
@@ -98,7 +101,8 @@ steps = [ { name = "test", run = "mkdir -p logs/unit out && echo 'FAIL: t1' > lo
     let dest = farm.path("fetched");
     let (code, _, err) = run(farm.kiln().args(["fetch", &id.to_string()]).arg(&dest)).expect("kiln fetch");
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(dest.join(names[0])).expect("log"), "FAIL: t1\n");
+    // A test log that records the environment does not give the secret away.
+    assert_eq!(std::fs::read_to_string(dest.join(names[0])).expect("log"), "FAIL: t1 with token ***\n");
 }
 
 fn walk_files(dir: &std::path::Path) -> usize {

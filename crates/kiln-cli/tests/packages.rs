@@ -704,6 +704,26 @@ fn make_srpm(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("top/SRPMS/kiln-hello-1.0-1.src.rpm")
 }
 
+/// The README's way: `kiln master --config examples/farm.toml` from the
+/// checkout, a relative config path. An upload's kept directory is found
+/// (it was once looked for under the config's directory twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_builds_on_a_master_started_with_a_relative_config_path() {
+    let config = "[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n[[target]]\nname = \"el-9-x86_64\"\nfamily = \"rpm\"\n";
+    let mut farm = Farm::new(KILN.as_ref(), config, &[]);
+    farm.start_master_with_relative_config().await;
+    farm.start_worker("w1", &["el-9-x86_64"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let srpm = make_srpm(&farm.path("pkg"));
+    let (code, out, err) = run(farm.kiln().arg("upload").arg(&srpm).args(["--json"])).expect("kiln upload");
+    assert_eq!(code, 0, "{err}");
+    let accepted: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = accepted["builds"][0]["id"].as_i64().expect("build id");
+    let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+    assert!(b.artifacts.iter().any(|a| a.name == "kiln-hello-1.0-1.x86_64.rpm"), "{:?}", b.artifacts);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_are_checked_built_or_rejected_with_the_reason() {
     let config = r#"

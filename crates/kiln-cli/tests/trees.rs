@@ -252,6 +252,13 @@ source = {{ path = "src/kiln-quilttree" }}
     let uploaded = farm.wait_finished(uploaded, Duration::from_secs(900)).await;
     assert_eq!(uploaded.state, BuildState::Succeeded, "{uploaded:?}\n{}", log(uploaded.id, "build").await);
     assert_eq!(uploaded.properties["version"].value, "1.0-1");
+    // The first build here meets the root: made (with its progress lines), or cached.
+    let root = log(uploaded.id, "root").await;
+    let step = uploaded.steps.iter().find(|s| s.name == "root").map(|s| (&s.started_at, &s.finished_at));
+    eprintln!(
+        "root of the first build {step:?}: {:?}",
+        root.lines().filter(|l| l.starts_with("kiln:")).collect::<Vec<_>>()
+    );
 
     let created = client
         .create_builds(&BuildRequestBody {
@@ -271,9 +278,6 @@ source = {{ path = "src/kiln-quilttree" }}
         lib_source.contains("upstream tarball kiln-quiltlib_1.0.orig.tar.gz from the pristine-tar branch"),
         "{lib_source}"
     );
-    // What the root step said (made, with its progress lines, or cached).
-    let lib_root = log(lib.id, "root").await;
-    eprintln!("root of the library: {:?}", lib_root.lines().filter(|l| l.starts_with("kiln:")).collect::<Vec<_>>());
     let lib_deps = log(lib.id, "deps").await;
     let suites =
         lib_deps.lines().find(|l| l.starts_with("kiln: the build root's archive suites: ")).unwrap_or_default();

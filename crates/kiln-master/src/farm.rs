@@ -51,11 +51,11 @@ impl LoadedFarm {
 
     pub fn from_text(path: &Path, text: String) -> Result<LoadedFarm, LoadError> {
         let cfg = config::parse(&text).map_err(|e| LoadError::Invalid(e.render(&path.display().to_string())))?;
-        let base_dir = path
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        // Absolute: paths made from it (an upload's kept directory) are
+        // resolved against it again, and a relative base would be joined twice.
+        let dir =
+            path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+        let base_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let mut worker_tokens = HashMap::new();
         for w in &cfg.workers {
             let Some(token_file) = &w.token_file else { continue };

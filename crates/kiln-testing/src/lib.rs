@@ -58,6 +58,9 @@ pub struct Farm {
     pub worker_port: SocketAddr,
     master: Option<Child>,
     master_runs: u32,
+    /// Where the master starts and how its `--config` is written: from the
+    /// farm's directory's parent, as `DIR/farm.toml`, when set.
+    relative_config: bool,
     workers: HashMap<String, Child>,
     /// Set when the master serves HTTPS: the CA its certificate comes from.
     pub web_ca: Option<PathBuf>,
@@ -131,6 +134,7 @@ impl Farm {
             worker_port,
             master: None,
             master_runs: 0,
+            relative_config: false,
             workers: HashMap::new(),
             web_ca: None,
         }
@@ -242,16 +246,28 @@ impl Farm {
         self.start_master_with(None, &[]).await
     }
 
+    /// Starts `kiln master` from the farm directory's parent with a
+    /// relative `--config DIR/farm.toml`, as a user in a checkout would.
+    pub async fn start_master_with_relative_config(&mut self) {
+        self.relative_config = true;
+        self.start_master_with(None, &[]).await
+    }
+
     /// Starts `kiln master` under `umask` (as a daemon manager might) with
     /// extra environment, and waits until its API answers.
     pub async fn start_master_with(&mut self, umask: Option<u32>, env: &[(&str, &str)]) {
         self.master_runs += 1;
+        let parent = self.dir.path().parent().expect("the farm dir has a parent").to_path_buf();
+        let config = match self.relative_config {
+            true => self.config.strip_prefix(&parent).expect("the config is in the farm dir").to_path_buf(),
+            false => self.config.clone(),
+        };
         let log = std::fs::File::create(self.path(&format!("master-{}.log", self.master_runs))).expect("log file");
         let mut cmd = match umask {
             None => {
                 let mut c = Command::new(&self.bin);
                 // Tests run as root in CI; the master refuses that unless told.
-                c.arg("master").arg("--allow-root").arg("--config").arg(&self.config);
+                c.arg("master").arg("--allow-root").arg("--config").arg(&config);
                 c
             }
             Some(mask) => {
@@ -259,10 +275,13 @@ impl Farm {
                 c.arg("-c")
                     .arg(format!("umask {mask:03o}; exec \"$0\" master --allow-root --config \"$1\""))
                     .arg(&self.bin)
-                    .arg(&self.config);
+                    .arg(&config);
                 c
             }
         };
+        if self.relative_config {
+            cmd.current_dir(&parent);
+        }
         cmd.envs(env.iter().copied());
         let child = cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().expect("spawn kiln master");
         self.master = Some(child);

@@ -33,6 +33,7 @@ mod model;
 mod packaging;
 mod read;
 mod relations;
+mod tables;
 mod targets;
 mod triggers;
 mod uploads;

@@ -10,6 +10,7 @@
 //! for `validate` to check once every table is read.
 
 use super::model::{Component, MasterSection, Source, StepSpec, TlsFiles, WorkerDef};
+use super::tables::{named, Names};
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
 use super::{packaging, relations, targets, uploads};
@@ -17,7 +18,7 @@ use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
 use crate::names::{check_name, check_property_name};
 use crate::toml_reader::{Reader, Span, Tbl};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -98,37 +99,6 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
         irc: triggers::read_irc(r, root.get("irc")),
         uploads: uploads::read_uploads(r, root.get("uploads")),
     })
-}
-
-/// The names taken so far by one kind of table, so that a second use of
-/// one is reported together with where the first is.
-pub(super) struct Names {
-    kind: &'static str,
-    seen: HashMap<String, Span>,
-}
-
-impl Names {
-    pub(super) fn new(kind: &'static str) -> Self {
-        Names { kind, seen: HashMap::new() }
-    }
-
-    /// Whether `name` is not taken yet (it is now); reports it when it is.
-    pub(super) fn take(&mut self, r: &mut Reader<'_>, name: &str, span: &Span) -> bool {
-        if let Some(first) = self.seen.get(name) {
-            let where_ = first
-                .as_ref()
-                .map(|s| {
-                    let (l, c) = r.position(s.start);
-                    format!(" (first defined at line {l}, column {c})")
-                })
-                .unwrap_or_default();
-            r.err(span, format!("duplicate {} name {name:?}{where_}", self.kind));
-            false
-        } else {
-            self.seen.insert(name.to_string(), span.clone());
-            true
-        }
-    }
 }
 
 fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<WorkerDef> {
@@ -402,17 +372,6 @@ fn read_notifiers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Not
         }
     }
     notifiers
-}
-
-/// `[uploads]`: the uploaders' keyring (read by the master, which does the
-/// I/O) and whether a signature by one of its keys is required.
-pub(super) fn named(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<(String, Span)> {
-    let (name, span) = r.required_string(tbl, "name", what)?;
-    if let Err(e) = check_name(&name) {
-        r.err(&span, format!("{what}: {e}"));
-        return None;
-    }
-    Some((name, span))
 }
 
 /// `cert`, `key` and an optional `client_ca`: PEM files.

@@ -3,7 +3,7 @@
 //! written and checked inside the table.
 
 use super::model::{AptRepository, AptSuite, Executor, Family, Target, DEFAULT_LISTS_MAX_AGE};
-use super::read::{named, Names};
+use super::tables::{named, Names};
 use crate::names::check_name;
 use crate::toml_reader::{Reader, Tbl};
 use std::time::Duration;

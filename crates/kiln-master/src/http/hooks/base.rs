@@ -12,6 +12,7 @@ use crate::ops::{self, OpError};
 use crate::shared::Shared;
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Form, Json};
 use kiln_core::matrix::RequestSpec;
 use kiln_core::perm::Permission;
@@ -33,24 +34,23 @@ pub struct BaseChange {
     comments: Option<String>,
     /// A JSON object of properties.
     properties: Option<String>,
-    #[allow(dead_code)]
     category: Option<String>,
-    #[allow(dead_code)]
+    /// When the change was made, in Unix seconds (`when_timestamp` wins).
     when: Option<String>,
-    #[allow(dead_code)]
+    when_timestamp: Option<String>,
     revlink: Option<String>,
     /// A JSON list of the paths the change touched.
     files: Option<String>,
-    #[allow(dead_code)]
     codebase: Option<String>,
     #[allow(dead_code)]
     token: Option<String>,
 }
 
 /// Buildbot's base change hook: builds the component named by `project` on
-/// all its targets. Compatible with `post_build_request.py`.
+/// all its targets. Answers 202 as Buildbot does, which is what
+/// `post_build_request.py` takes for success.
 #[utoipa::path(post, path = "/change_hook/base", request_body(content = BaseChange, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 202, body = BuildRequestCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "no own_jobs permission"), (status = 404, body = ErrorBody),
         (status = 415, body = ErrorBody, description = "the body is not a form")),
     security(("token" = [])))]
@@ -58,7 +58,7 @@ pub async fn change_hook_base(
     State(s): State<Arc<Shared>>,
     caller: Result<Caller, ApiError>,
     form: Result<Form<BaseChange>, FormRejection>,
-) -> Result<Json<BuildRequestCreated>, ApiError> {
+) -> Result<(StatusCode, Json<BuildRequestCreated>), ApiError> {
     // A token with own_jobs, unless the config opens the hook.
     let caller = match caller {
         Ok(c) => c,
@@ -79,13 +79,7 @@ pub async fn change_hook_base(
         };
         kiln_core::config::check_branch(branch).map_err(ApiError::bad)?;
         kiln_core::config::check_revision(revision).map_err(ApiError::bad)?;
-        let files = match change.files.as_deref().filter(|f| !f.trim().is_empty()) {
-            None => None,
-            Some(text) => Some(
-                serde_json::from_str::<Vec<String>>(text)
-                    .map_err(|e| ApiError::bad(format!("`files` is not a JSON list of paths: {e}")))?,
-            ),
-        };
+        let files = changed_files(&change)?;
         let found = kiln_core::change::Change {
             urls: vec![repository.clone()],
             branch: branch.clone(),
@@ -97,7 +91,7 @@ pub async fn change_hook_base(
         };
         let origin = format!("change hook ({who})");
         return match ops::requests::submit_change(&s, &caller, &found, &origin).await? {
-            Some(made) => Ok(Json(created(&s, made))),
+            Some(made) => Ok((StatusCode::ACCEPTED, Json(created(&s, made)))),
             None => Err(ApiError::not_found(format!(
                 "no component builds from {repository} branch {branch} with these files"
             ))),
@@ -115,11 +109,22 @@ pub async fn change_hook_base(
         }
     };
     let mut properties = request_properties(&given, PropertySource::Request).map_err(OpError::from)?;
-    let from_change: BTreeMap<String, String> =
-        [("revision", &change.revision), ("branch", &change.branch), ("repository", &change.repository)]
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().filter(|v| !v.is_empty()).map(|v| (k.to_string(), v.clone())))
-            .collect();
+    // What Buildbot records of a change, kept as the change's properties.
+    let files = changed_files(&change)?.map(|f| f.join("\n"));
+    let when = change_time(&change)?;
+    let from_change: BTreeMap<String, String> = [
+        ("revision", &change.revision),
+        ("branch", &change.branch),
+        ("repository", &change.repository),
+        ("category", &change.category),
+        ("codebase", &change.codebase),
+        ("revlink", &change.revlink),
+        ("files", &files),
+        ("when", &when),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().filter(|v| !v.is_empty()).map(|v| (k.to_string(), v.clone())))
+    .collect();
     for (k, p) in request_properties(&from_change, PropertySource::Change).map_err(OpError::from)? {
         properties.entry(k).or_insert(p);
     }
@@ -131,5 +136,30 @@ pub async fn change_hook_base(
     let spec = RequestSpec { components: vec![project], all: false, targets: Vec::new() };
     let req = NewRequest { spec, properties, reason: change.comments };
     let made = ops::requests::submit(&s, &caller.named(by), req).await?;
-    Ok(Json(created(&s, made)))
+    Ok((StatusCode::ACCEPTED, Json(created(&s, made))))
+}
+
+/// The change's `files`, a JSON list of paths (as the script sends them).
+fn changed_files(change: &BaseChange) -> Result<Option<Vec<String>>, ApiError> {
+    match change.files.as_deref().filter(|f| !f.trim().is_empty()) {
+        None => Ok(None),
+        Some(text) => serde_json::from_str::<Vec<String>>(text)
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("`files` is not a JSON list of paths: {e}"))),
+    }
+}
+
+/// The change's time, `when_timestamp` or `when`: Unix seconds (a fraction
+/// is dropped), refused when it is anything else.
+fn change_time(change: &BaseChange) -> Result<Option<String>, ApiError> {
+    let Some(text) = change.when_timestamp.as_deref().or(change.when.as_deref()).map(str::trim) else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(Some(format!("{}", t.trunc() as i64))),
+        _ => Err(ApiError::bad(format!("`when` is not a time in Unix seconds: {text:?}"))),
+    }
 }
