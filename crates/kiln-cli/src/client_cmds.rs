@@ -245,7 +245,22 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // How it ended: a build that failed before its first step has no log
+    // to show, only its reason. Following, the exit code says it too.
+    if args.follow {
+        while !b.state.is_finished() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            b = client.build(b.id).await.context("cannot re-read the build")?;
+        }
+    }
+    if b.state.is_finished() && !args.remote.json {
+        match &b.reason {
+            Some(reason) => eprintln!("build #{} {}: {reason}", b.id, b.state),
+            None => eprintln!("build #{} {}", b.id, b.state),
+        }
+    }
+    let failed = b.state.is_finished() && b.state != kiln_core::BuildState::Succeeded;
+    Ok(if args.follow && failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 pub async fn fetch(id: i64, dir: &std::path::Path, remote: &Remote) -> anyhow::Result<ExitCode> {

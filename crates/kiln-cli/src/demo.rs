@@ -15,6 +15,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("src/libgrace/README", include_str!("../../../examples/src/libgrace/README")),
     ("src/opencore/README", include_str!("../../../examples/src/opencore/README")),
     ("src/slow/README", include_str!("../../../examples/src/slow/README")),
+    ("src/grace-doc/README", include_str!("../../../examples/src/grace-doc/README")),
     ("src/hello/hello.c", include_str!("../../../examples/src/hello/hello.c")),
     ("src/hello/kiln-demo-hello.spec", include_str!("../../../examples/src/hello/kiln-demo-hello.spec")),
     ("src/hello/debian/control", include_str!("../../../examples/src/hello/debian/control")),
@@ -36,14 +37,8 @@ fn add_packages(farm: &str) -> (String, bool) {
     let mut targets = Vec::new();
     let deb_tools = ["mmdebstrap", "bwrap", "dpkg-source"].iter().all(|t| have(t));
     match (deb_tools, kiln_worker::pipeline::host_debian_mirror()) {
-        (true, Some((mirror, suite))) => {
-            farm = farm.replacen(
-                "name = \"debian-12-amd64\"\nfamily = \"deb\"\n",
-                &format!("name = \"debian-12-amd64\"\nfamily = \"deb\"\nsuite = \"{suite}\"\nmirror = \"{mirror}\"\n"),
-                1,
-            );
-            targets.push("debian-12-amd64");
-        }
+        // The example's deb target takes each worker's own mirror (`host`).
+        (true, Some(_)) => targets.push("debian-12-amd64"),
         (false, _) => eprintln!("kiln demo: no .deb build (it needs mmdebstrap, bubblewrap and dpkg-dev)"),
         (true, None) => eprintln!("kiln demo: no .deb build (no Debian mirror in this host's apt sources)"),
     }
@@ -152,14 +147,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut components = vec!["libgrace".to_string(), "opencore".to_string()];
+    let mut components = vec!["libgrace".to_string(), "opencore".to_string(), "grace-doc".to_string()];
     if packages {
         components.push("hello".into());
-        eprintln!("kiln demo: master on {url}, two workers; building libgrace, opencore (after libgrace) and the hello package");
-        eprintln!("kiln demo: the first .deb build makes its build root with mmdebstrap (about half a minute)");
+        eprintln!(
+            "kiln demo: master on {url}, two workers; building libgrace, opencore (after libgrace), grace-doc \
+             and the hello package"
+        );
+        eprintln!(
+            "kiln demo: the first .deb build makes its build root with mmdebstrap from the host's Debian mirror: \
+             from half a minute to a few minutes, the log says every half minute that it is still at it"
+        );
     } else {
         eprintln!(
-            "kiln demo: master on {url}, two workers; building libgrace and opencore (opencore waits for libgrace)"
+            "kiln demo: master on {url}, two workers; building libgrace, opencore (opencore waits for libgrace) \
+             and grace-doc"
         );
     }
     let created = client
@@ -183,14 +185,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("  kiln fetch {} packages/                 # the .deb (or .rpm) the farm built", pkg.id);
     }
     eprintln!("  kiln build --all --follow                     # slow takes 10 minutes: try `kiln cancel` on it");
-    if packages {
+    {
+        // grace-doc always, hello where the machine builds it.
         let published = client.packages("dev", None, None).await.unwrap_or_default();
         eprintln!();
         eprintln!("Published to the dev channel (signed APT/YUM repositories, {} files):", published.len());
         for p in &published {
             eprintln!("  {:<24} {:<30} {:<7} {url}/repos/dev/{}", p.name, p.version, p.arch, p.path);
         }
-        let suite = kiln_worker::pipeline::host_debian_mirror().map(|(_, s)| s).unwrap_or_else(|| "bookworm".into());
+        let suite = "bookworm"; // the example deb target's
         eprintln!("Use them:");
         eprintln!("  curl -o /etc/apt/keyrings/kiln-dev.asc {url}/repos/dev/key.asc");
         eprintln!("  echo 'deb [signed-by=/etc/apt/keyrings/kiln-dev.asc] {url}/repos/dev/apt {suite} main' > /etc/apt/sources.list.d/kiln-dev.list");

@@ -305,8 +305,37 @@ enum Internal {
     },
 }
 
+/// Gives SIGPIPE its default action back (Rust ignores it, so a write to a
+/// closed pipe would be an error report instead).
+#[allow(unsafe_code)]
+fn end_quietly_at_closed_pipe() {
+    // SAFETY: called first thing in main, before any other thread exists;
+    // setting a signal's disposition to its default touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client command whose output goes to a pipe that closes (`| head`)
+    // ends quietly, as other tools do, instead of reporting a write error.
+    // Not the master, the worker or what runs them in-process: a peer
+    // closing a socket must not end those.
+    let serves = matches!(
+        cli.command,
+        Command::Master { .. }
+            | Command::Worker { .. }
+            | Command::Internal(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
+            | Command::BenchRepo(_)
+            | Command::BenchUi(_)
+            | Command::BenchRoots(_)
+    );
+    if !serves {
+        end_quietly_at_closed_pipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let default = match cli.command {
             Command::Master { .. } | Command::Worker { .. } => "info",

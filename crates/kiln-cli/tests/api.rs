@@ -188,3 +188,49 @@ async fn buildbots_base_change_hook_schedules_the_project() {
         .expect("send");
     assert_eq!(r.status(), 404);
 }
+
+/// `kiln log --follow` says how a build ended, also one that failed before
+/// its first step (which has no log), and its exit code says it too; a
+/// reader that stops early (`| head`) ends it quietly.
+#[tokio::test(flavor = "multi_thread")]
+async fn kiln_log_says_how_a_build_ended_and_stops_quietly_at_a_closed_pipe() {
+    let config = kiln_testing::ONE_WORKER.to_string()
+        + r#"
+[[component]]
+name = "lost"
+source = { path = "src/missing" }
+steps = [ { name = "x", run = "true" } ]
+
+[[component]]
+name = "chatty"
+steps = [ { name = "talk", run = "seq 1 300000" } ]
+
+[[component]]
+name = "broken"
+steps = [ { name = "fail", run = "echo trying; exit 3" } ]
+"#;
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 2).await;
+    let client = farm.client();
+    let created =
+        client.create_builds(&kiln_testing::request(&["lost", "chatty", "broken"], &[])).await.expect("create");
+    let id = |c: &str| created.builds.iter().find(|b| b.component == c).expect("build").id.to_string();
+    let (code, out, err) = run(farm.kiln().args(["log", &id("lost"), "--follow"])).expect("kiln log");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(&format!("build #{} failed: source directory", id("lost"))), "{err}");
+    let (code, out, err) = run(farm.kiln().args(["log", &id("broken"), "--follow"])).expect("kiln log");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("trying") && err.contains("failed: step fail failed with exit code 3"), "{out}{err}");
+    let (code, _, err) = run(farm.kiln().args(["log", &id("chatty"), "--follow"])).expect("kiln log");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("succeeded"), "{err}");
+    // The whole log is far more than a pipe holds: `head` closes it early.
+    let (code, out, err) = run(std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("\"$0\" log {} | head -n 2", id("chatty")))
+        .arg(KILN)
+        .env("KILN_URL", farm.url())
+        .env("KILN_TOKEN", farm.admin_token()))
+    .expect("sh");
+    assert_eq!((code, out.as_str()), (0, "── step talk ──\n1\n"), "{err}");
+    assert!(err.is_empty(), "a closed pipe is no error: {err}");
+}

@@ -14,7 +14,7 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
     let mut farm = Farm::example(KILN.as_ref()).await;
     let client = farm.client();
     let before = client.status().await.expect("status");
-    assert_eq!(before.builders, 5);
+    assert_eq!(before.builders, 6);
     // A running build must survive every reload.
     let slow = client
         .create_builds(&BuildRequestBody {
@@ -31,7 +31,7 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
     let good = std::fs::read_to_string(&farm.config).expect("config")
         + "\n[[component]]\nname = \"extra\"\nsteps = [ { name = \"hi\", run = \"echo hi from extra\" } ]\n";
     std::fs::write(&farm.config, &good).expect("write config");
-    assert!(wait_for(Duration::from_secs(10), || async { client.status().await.is_ok_and(|s| s.builders == 7) }).await);
+    assert!(wait_for(Duration::from_secs(10), || async { client.status().await.is_ok_and(|s| s.builders == 8) }).await);
     let after_good = client.status().await.expect("status");
     assert!(after_good.config_generation > before.config_generation);
     let id = client.create_builds(&request(&["extra"], &[])).await.expect("the new component builds").builds[0].id;
@@ -45,7 +45,7 @@ async fn config_reload_takes_a_good_config_and_refuses_a_bad_one() {
     assert!(wait_for(Duration::from_secs(10), || async { farm.master_log().contains("config reload refused") }).await);
     let after_bad = client.status().await.expect("status");
     assert_eq!(after_bad.config_generation, after_good.config_generation);
-    assert_eq!(after_bad.builders, 7);
+    assert_eq!(after_bad.builders, 8);
     assert!(farm.master_log().contains("unknown component \"nothing\""), "the errors are logged");
 
     // SIGHUP reloads too (the good config again).
@@ -73,7 +73,7 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     std::fs::write(&good, EXAMPLE_CONFIG).expect("write");
     let (code, out, err) = run(std::process::Command::new(KILN).arg("checkconfig").arg(&good)).expect("run");
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("config is good: 3 components × 2 targets = 5 builders"), "{out}");
+    assert!(out.starts_with("config is good: 4 components × 2 targets = 6 builders"), "{out}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -89,9 +89,9 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     let file = bad.display().to_string();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
-    assert_eq!(lines[0], format!("{file}:15:8: duplicate worker name \"w1\" (first defined at line 11, column 8)"));
-    assert_eq!(lines[1], format!("{file}:38:27: component \"opencore\" depends on itself"));
-    assert_eq!(lines[2], format!("{file}:49:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, artifacts_on_failure, spec, timeout, no_output_timeout, memory, cpus, collapse, takes_uploads, rebuild_after, secrets, before, after, adopts, orig, upstream_tag"));
+    assert_eq!(lines[0], format!("{file}:16:8: duplicate worker name \"w1\" (first defined at line 12, column 8)"));
+    assert_eq!(lines[1], format!("{file}:41:27: component \"opencore\" depends on itself"));
+    assert_eq!(lines[2], format!("{file}:68:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, artifacts_on_failure, spec, timeout, no_output_timeout, memory, cpus, collapse, takes_uploads, rebuild_after, secrets, before, after, adopts, orig, upstream_tag"));
 }
 
 #[test]

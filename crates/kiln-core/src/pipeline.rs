@@ -218,6 +218,14 @@ mod tests {
              --also 'http://security.example.org/debian-security bookworm-security'"
         );
         assert_eq!(steps[2].run, "exec \"$KILN_EXE\" internal deb-deps --lists-max-age 1800");
+        // `host`: each worker's own mirror, resolved on the worker.
+        let cfg = parse("[[target]]\nname = \"d\"\nfamily = \"deb\"\nsuite = \"bookworm\"\nmirror = \"host\"\n[[component]]\nname = \"x\"\n")
+            .expect("parses");
+        let (steps, _) = standard_steps(&cfg.targets[0], &cfg.components[0]).expect("pipeline");
+        assert!(steps[1].run.contains("--mirror 'host'"), "{}", steps[1].run);
+        let err =
+            parse("[[target]]\nname = \"d\"\nfamily = \"deb\"\nmirror = \"hots\"\n").expect_err("typo").to_string();
+        assert!(err.contains("(or \"host\": each worker's own)"), "{err}");
         for (bad, says) in [
             ("suites = [\"bookworm\", 3]", "must be a suite name or a { suite, mirror } table"),
             ("suites = [{ suite = \"x y\" }]", "`suites` of [[target]]"),

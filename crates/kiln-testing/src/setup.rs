@@ -18,6 +18,7 @@ pub const EXAMPLE_SOURCES: &[(&str, &str)] = &[
     ("src/libgrace/README", "libgrace sources\n"),
     ("src/opencore/README", "opencore sources\n"),
     ("src/slow/README", "slow sources\n"),
+    ("src/grace-doc/README", "grace-doc sources\n"),
 ];
 
 /// The example farm's two targets.

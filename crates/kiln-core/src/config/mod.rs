@@ -18,7 +18,7 @@ pub use crate::toml_reader::Diagnostic;
 pub use errors::ConfigErrors;
 pub use model::{
     AptRepository, AptSuite, Component, Executor, Family, FarmConfig, MasterSection, Schedule, Source, StepSpec,
-    Target, TlsFiles, UploadsSection, WorkerDef, DEFAULT_LISTS_MAX_AGE, STEP_NAMES,
+    Target, TlsFiles, UploadsSection, WorkerDef, DEFAULT_LISTS_MAX_AGE, HOST_MIRROR, STEP_NAMES,
 };
 pub use packaging::{check_maintainer, default_maintainer, mail_host_is_qualified, OrigRule, OrigSource};
 pub use triggers::{

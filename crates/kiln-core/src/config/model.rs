@@ -235,6 +235,10 @@ pub struct AptSuite {
     pub mirror: String,
 }
 
+/// A deb target's `mirror` (or a further suite's) that means: the mirror
+/// each worker's own apt reads that suite from.
+pub const HOST_MIRROR: &str = "host";
+
 /// How long a cached build root's package lists serve before apt fetches
 /// them again: the archive changes a few times a day.
 pub const DEFAULT_LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);

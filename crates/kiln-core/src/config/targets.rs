@@ -2,7 +2,7 @@
 //! executor, the build root's extra suites and repositories), read as
 //! written and checked inside the table.
 
-use super::model::{AptRepository, AptSuite, Executor, Family, Target, DEFAULT_LISTS_MAX_AGE};
+use super::model::{AptRepository, AptSuite, Executor, Family, Target, DEFAULT_LISTS_MAX_AGE, HOST_MIRROR};
 use super::tables::{named, Names};
 use crate::names::check_name;
 use crate::toml_reader::{Reader, Tbl};
@@ -48,7 +48,7 @@ fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Ta
     });
     let mut suite = target_word(r, tbl, "suite");
     let arch = target_word(r, tbl, "arch");
-    let mut mirror = repo_url(r, tbl, "mirror", "[[target]]");
+    let mut mirror = mirror_url(r, tbl, "[[target]]");
     let mut suites = read_suites(r, tbl, family, mirror.as_deref());
     // `suites = ["bookworm", "bookworm-updates"]` alone: the first is the
     // target's suite, on the first's mirror.
@@ -153,7 +153,7 @@ fn read_suites(r: &mut Reader<'_>, tbl: Tbl<'_>, family: Option<Family>, mirror:
         } else if let Some(t) = entry.as_inline_table() {
             let st = Tbl { t, span: &span };
             r.check_keys(st, SUITE_KEYS, what);
-            (r.required_string(st, "suite", what), repo_url(r, st, "mirror", what).map(Some).unwrap_or(None))
+            (r.required_string(st, "suite", what), mirror_url(r, st, what))
         } else {
             r.err(&span, format!("each entry of {what} must be a suite name or a {{ suite, mirror }} table"));
             continue;
@@ -230,8 +230,17 @@ fn repo_url(r: &mut Reader<'_>, tbl: Tbl<'_>, key: &str, what: &str) -> Option<S
     if scheme_ok && !m.chars().any(|c| c.is_whitespace() || "'\"\\`$[]".contains(c)) {
         Some(m)
     } else {
-        r.err(&mspan, format!("`{key}` of {what} must be an http(s):// or file:/ URL, got {m:?}"));
+        let or_host = if key == "mirror" { " (or \"host\": each worker's own)" } else { "" };
+        r.err(&mspan, format!("`{key}` of {what} must be an http(s):// or file:/ URL{or_host}, got {m:?}"));
         None
+    }
+}
+
+/// A `mirror`: a repository URL, or `host` (each worker's own mirror).
+fn mirror_url(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<String> {
+    match tbl.t.get("mirror").and_then(|i| i.as_str()) {
+        Some(HOST_MIRROR) => Some(HOST_MIRROR.to_string()),
+        _ => repo_url(r, tbl, "mirror", what),
     }
 }
 

@@ -3,6 +3,7 @@
 //! the answer; every route is named here, in one place.
 
 pub mod api;
+mod body_limit;
 mod convert;
 mod error;
 mod hooks;
@@ -39,7 +40,6 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builds/{id}/steps/{step}/log", get(builds::step_log))
         .route("/api/v1/builds/{id}/artifacts", get(builds::list_artifacts))
         .route("/api/v1/builds/{id}/artifacts/{name}", get(builds::download_artifact))
-        .route("/api/v1/uploads", post(uploads::upload).layer(DefaultBodyLimit::max(max_upload)))
         .route("/api/v1/workers", get(builders::workers))
         .route("/api/v1/builders", get(builders::builders))
         .route("/api/v1/openapi.json", get(openapi::openapi))
@@ -55,13 +55,19 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(users::revoke_token))
         .route("/change_hook/base", post(hooks::base::change_hook_base))
         .fallback(|| async { ApiError::not_found("no such page; the API lives under /api/v1") })
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(move |req, next| body_limit::refuse_oversized(MAX_BODY, req, next)));
+    let uploads = Router::new()
+        .route("/api/v1/uploads", post(uploads::upload))
+        .layer(DefaultBodyLimit::max(max_upload))
+        .layer(axum::middleware::from_fn(move |req, next| body_limit::refuse_oversized(max_upload, req, next)));
     let forge_hooks = Router::new()
         .route("/change_hook/github", post(hooks::forges::github))
         .route("/change_hook/gitlab", post(hooks::forges::gitlab))
         .route("/change_hook/gitea", post(hooks::forges::gitea))
         .route("/change_hook/forgejo", post(hooks::forges::gitea))
-        .layer(DefaultBodyLimit::max(MAX_HOOK_PAYLOAD));
+        .layer(DefaultBodyLimit::max(MAX_HOOK_PAYLOAD))
+        .layer(axum::middleware::from_fn(move |req, next| body_limit::refuse_oversized(MAX_HOOK_PAYLOAD, req, next)));
     let files =
         Router::new().route("/repos/{channel}/{*path}", get(repo_files::serve_file).head(repo_files::serve_file));
     let pages = Router::new()
@@ -82,7 +88,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/events", get(web::live::events))
         .route("/static/kiln.css", get(web::layout::css))
         .route("/static/kiln.js", get(web::layout::js));
-    api.merge(forge_hooks)
+    api.merge(uploads)
+        .merge(forge_hooks)
         .merge(files)
         .merge(pages)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), web::session::read_gate))

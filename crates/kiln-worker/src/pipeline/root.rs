@@ -43,12 +43,15 @@ fn root_cache() -> anyhow::Result<PathBuf> {
 pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
     let cache = root_cache()?;
     fs::create_dir_all(&cache)?;
+    // `host` mirrors are this worker's own, resolved here.
+    let mirror = resolve_mirror(&o.mirror, &o.suite)?;
+    let also = o.also.iter().map(|a| resolve_also(a)).collect::<anyhow::Result<Vec<String>>>()?;
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&o.mirror, &o.components).hash(&mut h);
-        if !o.also.is_empty() {
-            o.also.hash(&mut h);
+        (&mirror, &o.components).hash(&mut h);
+        if !also.is_empty() {
+            also.hash(&mut h);
         }
         format!("{}-{}-{:016x}", o.suite, o.arch.as_deref().unwrap_or("native"), h.finish())
     };
@@ -61,12 +64,12 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
         fs::metadata(&tarball).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
     let refresh = std::env::var("KILN_REFRESH_ROOTS").is_ok_and(|v| v == "1");
     if age.is_none_or(|a| a > o.max_age) || refresh {
-        let lines = source_lines(o)?;
+        let lines = source_lines(&mirror, &o.suite, &o.components, &also);
         let suites: Vec<&str> = lines.iter().filter_map(|l| l.split(' ').nth(2)).collect();
         eprintln!(
             "kiln: making the build root of {} from {} (mmdebstrap --variant=buildd)",
             suites.join(", "),
-            kiln_core::redact::url_for_logs(&o.mirror)
+            kiln_core::redact::url_for_logs(&mirror)
         );
         // mmdebstrap picks the output format by extension: keep `.tar` last.
         let tmp = cache.join(format!("{key}.tmp.tar"));
@@ -147,21 +150,45 @@ pub fn deb_root(o: &RootOptions) -> anyhow::Result<()> {
 }
 
 /// The root's sources.list lines: the target's suite on its mirror, then
-/// each further suite on its own.
-fn source_lines(o: &RootOptions) -> anyhow::Result<Vec<String>> {
-    let components = o.components.split(',').collect::<Vec<_>>().join(" ");
-    let mut lines = vec![format!("deb {} {} {components}", o.mirror, o.suite)];
-    for also in &o.also {
-        let words: Vec<&str> = also.split(' ').collect();
-        let [mirror, suite] = words[..] else {
-            bail!("--also {also:?}: not `MIRROR SUITE`");
-        };
-        if mirror.is_empty() || suite.is_empty() || also.contains(['\n', '\t']) {
-            bail!("--also {also:?}: not `MIRROR SUITE`");
-        }
-        lines.push(format!("deb {mirror} {suite} {components}"));
+/// each further suite (`MIRROR SUITE`) on its own.
+fn source_lines(mirror: &str, suite: &str, components: &str, also: &[String]) -> Vec<String> {
+    let components = components.split(',').collect::<Vec<_>>().join(" ");
+    let mut lines = vec![format!("deb {mirror} {suite} {components}")];
+    lines.extend(also.iter().map(|a| {
+        let (mirror, suite) = a.split_once(' ').unwrap_or((a, ""));
+        format!("deb {mirror} {suite} {components}")
+    }));
+    lines
+}
+
+/// A mirror as the target names it: a URL, or `host` for the one this
+/// worker's own apt reads `suite` from (its Debian mirror when no source
+/// names that suite).
+fn resolve_mirror(mirror: &str, suite: &str) -> anyhow::Result<String> {
+    if mirror != kiln_core::config::HOST_MIRROR {
+        return Ok(mirror.to_string());
     }
-    Ok(lines)
+    let sources = super::host_debian_sources();
+    sources
+        .iter()
+        .find(|(_, s)| s == suite)
+        .or_else(|| sources.iter().find(|(_, s)| !s.contains('-')))
+        .map(|(uri, _)| uri.clone())
+        .with_context(|| {
+            format!("the target's mirror is \"host\", and this worker's apt sources name no Debian mirror for {suite}")
+        })
+}
+
+/// A further suite, `MIRROR SUITE`, with a `host` mirror resolved.
+fn resolve_also(also: &str) -> anyhow::Result<String> {
+    let words: Vec<&str> = also.split(' ').collect();
+    let [mirror, suite] = words[..] else {
+        bail!("--also {also:?}: not `MIRROR SUITE`");
+    };
+    if mirror.is_empty() || suite.is_empty() || also.contains(['\n', '\t']) {
+        bail!("--also {also:?}: not `MIRROR SUITE`");
+    }
+    Ok(format!("{} {suite}", resolve_mirror(mirror, suite)?))
 }
 
 fn unpack(tarball: &Path, into: &Path) -> anyhow::Result<()> {
