@@ -337,9 +337,11 @@ fn main() -> ExitCode {
         end_quietly_at_closed_pipe();
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // The OpenPGP crate warns about packet details of keys it reads
+        // fine; that is not for users.
         let default = match cli.command {
-            Command::Master { .. } | Command::Worker { .. } => "info",
-            _ => "warn",
+            Command::Master { .. } | Command::Worker { .. } => "info,pgp=error",
+            _ => "warn,pgp=error",
         };
         tracing_subscriber::EnvFilter::new(default)
     });
