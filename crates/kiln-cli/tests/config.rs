@@ -91,7 +91,7 @@ fn checkconfig_accepts_the_example_and_reports_every_error_with_its_position() {
     assert_eq!(lines.len(), 3, "{err}");
     assert_eq!(lines[0], format!("{file}:16:8: duplicate worker name \"w1\" (first defined at line 12, column 8)"));
     assert_eq!(lines[1], format!("{file}:41:27: component \"opencore\" depends on itself"));
-    assert_eq!(lines[2], format!("{file}:68:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, artifacts_on_failure, spec, timeout, no_output_timeout, memory, cpus, collapse, takes_uploads, rebuild_after, secrets, before, after, adopts, orig, upstream_tag"));
+    assert_eq!(lines[2], format!("{file}:69:1: unknown key `flavour` in [[component]]; known keys: name, source, depends_on, targets, steps, properties, artifacts, artifacts_on_failure, spec, timeout, no_output_timeout, memory, cpus, collapse, takes_uploads, rebuild_after, secrets, before, after, adopts, orig, upstream_tag"));
 }
 
 #[test]

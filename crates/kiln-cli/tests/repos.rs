@@ -343,6 +343,16 @@ passphrase = { file = "secrets/stable.pass" }
     assert!(err.contains("does not promote to dev"), "{err}");
     let versions: Vec<String> = list(&farm, "stable").await.into_iter().map(|p| p.version).collect();
     assert_eq!(versions, ["2.0-1".to_string(), newest.clone()]);
+    // The packages page: tool on its target, what dev and stable hold and
+    // the builds that made it.
+    let page = String::from_utf8(fetch(&format!("{base}/packages")).await).expect("utf-8");
+    let row = page.split("<tr>").find(|r| r.contains("<th scope=\"row\">tool</th>")).expect("a row for tool");
+    for (channel, id, version) in [("dev", nightly[2], newest.as_str()), ("stable", r3, "2.0-1")] {
+        let held = format!(
+            "<span class=\"channel\">{channel}</span> <a href=\"/builds/{id}\" title=\"build #{id}\">{version}</a>"
+        );
+        assert!(row.contains(&held), "{held} in {row}");
+    }
     let skeyring = farm.path("stable.gpg");
     std::fs::write(&skeyring, fetch(&format!("{base}/repos/stable/key.gpg")).await).expect("keyring");
     std::fs::write(&inrelease, fetch(&format!("{base}/repos/stable/apt/dists/bookworm/InRelease")).await).expect("ir");

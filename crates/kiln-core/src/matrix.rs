@@ -197,7 +197,8 @@ steps = [{ name = "s", run = "true" }]
                 "libgrace@el-9-x86_64",
                 "opencore@debian-12-amd64",
                 "slow@debian-12-amd64",
-                "slow@el-9-x86_64"
+                "slow@el-9-x86_64",
+                "grace-doc@debian-12-amd64"
             ]
         );
         assert_eq!(p[2].depends_on, [0]);
@@ -240,7 +241,7 @@ steps = [{ name = "s", run = "true" }]
         let spec = RequestSpec { components: vec!["nope".into()], ..Default::default() };
         assert_eq!(
             plan(&cfg, &spec).map_err(|e| e.to_string()),
-            Err("unknown component \"nope\"; known components: libgrace, opencore, slow".into())
+            Err("unknown component \"nope\"; known components: libgrace, opencore, slow, grace-doc".into())
         );
         let spec =
             RequestSpec { components: vec!["libgrace".into()], targets: vec!["win".into()], ..Default::default() };

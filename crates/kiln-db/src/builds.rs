@@ -339,6 +339,16 @@ impl Store {
         rows.iter().map(build_row).collect()
     }
 
+    /// The builds with these ids (those that exist), by id.
+    pub async fn builds_by_ids(&self, ids: &[i64]) -> Result<Vec<BuildRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id IN ({}) ORDER BY id", id_list(ids));
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(build_row).collect()
+    }
+
     /// The builds of one request, in the order they were planned.
     pub async fn request_builds(&self, request_id: i64) -> Result<Vec<BuildRow>> {
         let rows = sqlx::query(&format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id = $1 ORDER BY id"))

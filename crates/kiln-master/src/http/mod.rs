@@ -79,6 +79,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/builds/{id}", get(web::build::page))
         .route("/builds/{id}/cancel", post(web::build::cancel))
         .route("/builds/{id}/rebuild", post(web::build::rebuild))
+        .route("/packages", get(web::packages::page))
         .route("/workers", get(web::workers::page))
         .route("/repos", get(web::repos::list))
         .route("/repos/{channel}", get(web::repos::channel))

@@ -1,7 +1,7 @@
 //! The builders page (every component × target with its last result,
 //! and the force form), one builder's history, and forcing builds.
 
-use super::layout::{bulb, frame, page_error, web_error, when, Ctx};
+use super::layout::{bulb, duration, frame, page_error, web_error, when, Ctx};
 use super::session::{authorize, ctx, form_get, FormPairs};
 use crate::ops;
 use crate::ops::requests::NewRequest;
@@ -83,13 +83,7 @@ pub async fn one(
     let path = format!("/builders/{component}/{target}");
     let c = ctx(&s, &headers, &path);
     let farm = s.farm();
-    if farm.cfg.component(&component).is_none_or(|comp| !farm.cfg.builds_on(comp, &target)) {
-        return (
-            StatusCode::NOT_FOUND,
-            page_error("No such builder", &format!("{component}@{target} is not a builder of this farm.")),
-        )
-            .into_response();
-    }
+    let configured = farm.cfg.component(&component).is_some_and(|comp| farm.cfg.builds_on(comp, &target));
     let rows = s
         .store
         .list_builds(&kiln_db::BuildFilter {
@@ -100,16 +94,32 @@ pub async fn one(
         })
         .await
         .unwrap_or_default();
+    // An uploaded source package is a builder of its builds: it has no
+    // config to force a build from (its page's builds have Rebuild).
+    if !configured && rows.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            page_error("No such builder", &format!("{component}@{target} is not a builder of this farm.")),
+        )
+            .into_response();
+    }
+    let now = crate::clock::now_us();
     let body = html! {
         h1 { (component) "@" (target) }
-        (force_form(&c, &[], &[], Some((&component, &target))))
+        @if configured {
+            (force_form(&c, &[], &[], Some((&component, &target))))
+        } @else {
+            p { "Builds of uploads of " (component) " (no component of this name in the config): rebuild one from its page." }
+        }
         table.list {
-            thead { tr { th { "Build" } th { "State" } th { "Requested" } th { "By" } th { "Worker" } th { "Reason" } } }
+            thead { tr { th { "Build" } th { "State" } th { "Version" } th { "Took" } th { "Requested" } th { "By" } th { "Worker" } th { "Reason" } } }
             tbody {
                 @for b in &rows {
                     tr {
                         td { a href={"/builds/" (b.id)} { "#" (b.id) } }
                         td { span class={"bulb " (bulb(b.state))} {} " " (b.state) }
+                        td { (b.properties.get("version").map(|p| p.value.as_str()).unwrap_or("")) }
+                        td { (duration(b.started_at, b.finished_at, now)) }
                         td { (when(b.requested_at)) }
                         td { (b.requested_by.as_deref().unwrap_or("")) }
                         td { (b.worker.as_deref().unwrap_or("")) }

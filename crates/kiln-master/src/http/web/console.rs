@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// Requests shown on the console.
 const CONSOLE_ROWS: i64 = 50;
+/// The attention line names at most this many builders.
+const ATTENTION_NAMED: usize = 12;
 /// Above this many builder columns the console starts collapsed.
 pub const COLLAPSE_ABOVE: usize = 200;
 
@@ -70,8 +72,10 @@ impl Layout {
     }
 }
 
-/// Which columns to show for `q`.
-pub fn layout(cfg: &FarmConfig, q: &ConsoleQuery) -> Layout {
+/// Which columns to show for `q`: the config's builders, and `seen`
+/// builders the config does not name (uploaded source packages, which
+/// build as components of their own name) after them.
+pub fn layout(cfg: &FarmConfig, q: &ConsoleQuery, seen: &[BuilderKey]) -> Layout {
     let target_filter = q.target.clone().filter(|t| !t.is_empty());
     let component_filter = q.component.clone().filter(|t| !t.is_empty());
     let keep = |comp: &str, tgt: &str| {
@@ -101,6 +105,17 @@ pub fn layout(cfg: &FarmConfig, q: &ConsoleQuery) -> Layout {
             if !builders.is_empty() {
                 columns.push((t.name.clone(), builders));
             }
+        }
+    }
+    let configured = |b: &BuilderKey| cfg.component(&b.0).is_some_and(|c| cfg.builds_on(c, &b.1));
+    let mut uploaded: Vec<&BuilderKey> = seen.iter().filter(|b| !configured(b) && keep(&b.0, &b.1)).collect();
+    uploaded.sort();
+    uploaded.dedup();
+    for b in uploaded {
+        let group = if by_component { &b.0 } else { &b.1 };
+        match columns.iter_mut().find(|(g, _)| g == group) {
+            Some((_, builders)) => builders.push(b.clone()),
+            None => columns.push((group.clone(), vec![b.clone()])),
         }
     }
     let total: usize = columns.iter().map(|(_, c)| c.len()).sum();
@@ -140,6 +155,8 @@ pub struct Model {
     pub group_worst: HashMap<String, BuildState>,
     /// Builders whose last build did not end well.
     pub not_green: usize,
+    /// Those builders, in column order.
+    pub failing: Vec<BuilderKey>,
 }
 
 /// The console's content from its layout, what the store returned and the
@@ -182,19 +199,27 @@ pub fn model(layout: Layout, fetched: Fetched, stats: &[BuilderStats]) -> Model 
         }
     }
     let not_green = counts.iter().filter(|(k, _)| matches!(**k, "bad" | "cancel" | "skip")).map(|(_, n)| n).sum();
-    Model { layout, requests: fetched.requests, props, cells, worst, last, counts, group_worst, not_green }
+    let failing = layout
+        .columns
+        .iter()
+        .flat_map(|(_, builders)| builders)
+        .filter(|b| last.get(*b).is_some_and(|st| matches!(bulb(*st), "bad" | "cancel" | "skip")))
+        .cloned()
+        .collect();
+    Model { layout, requests: fetched.requests, props, cells, worst, last, counts, group_worst, not_green, failing }
 }
 
 pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<ConsoleQuery>) -> Response {
     let c = ctx(&s, &headers, "/");
     let farm = s.farm();
-    let layout = layout(&farm.cfg, &q);
+    let stats = s.builder_stats().await;
+    let seen: Vec<BuilderKey> = stats.iter().map(|st| (st.component.clone(), st.target.clone())).collect();
+    let layout = layout(&farm.cfg, &q, &seen);
     let requests = match s.store.recent_requests(CONSOLE_ROWS, q.before).await {
         Ok(r) => r,
         Err(e) => return web_error(e),
     };
     let ids: Vec<i64> = requests.iter().map(|r| r.id).collect();
-    let stats = s.builder_stats().await;
     let properties = s.store.request_properties(&ids).await.unwrap_or_default();
     let mut fetched = Fetched { requests, properties, ..Default::default() };
     if layout.collapsed {
@@ -218,7 +243,15 @@ pub fn render(m: &Model, cfg: &FarmConfig) -> Markup {
             @if m.not_green == 0 {
                 p.allgood { "All " (l.total) " builders: last build green or in progress." }
             } @else {
-                p.attention { (m.not_green) " of " (l.total) " builders need attention." }
+                p.attention {
+                    (m.not_green) " of " (l.total) " builders need attention: "
+                    @for (i, (comp, t)) in m.failing.iter().take(ATTENTION_NAMED).enumerate() {
+                        @if i > 0 { ", " }
+                        a href={"/builders/" (comp) "/" (t)} { (comp) "@" (t) }
+                    }
+                    @if m.failing.len() > ATTENTION_NAMED { " and " (m.failing.len() - ATTENTION_NAMED) " more" }
+                    "."
+                }
             }
             ul.counts {
                 @for (k, n) in &m.counts { li { span class={"bulb " (k)} {} " " (n) " " (label_of(k)) } }
@@ -348,12 +381,12 @@ mod tests {
     #[test]
     fn columns_group_by_target_or_component_and_filter() {
         let cfg = farm(2, 3);
-        let by_target = layout(&cfg, &ConsoleQuery::default());
+        let by_target = layout(&cfg, &ConsoleQuery::default(), &[]);
         assert_eq!(by_target.columns.len(), 3);
         assert_eq!(by_target.columns[0].1, [("c0".to_string(), "t0".to_string()), ("c1".into(), "t0".into())]);
         assert!(!by_target.collapsed);
         let q = ConsoleQuery { group: Some("component".into()), target: Some("t1".into()), ..Default::default() };
-        let by_component = layout(&cfg, &q);
+        let by_component = layout(&cfg, &q, &[]);
         let names: Vec<&str> = by_component.columns.iter().map(|(g, _)| g.as_str()).collect();
         assert_eq!(names, ["c0", "c1"]);
         assert_eq!(by_component.total, 2);
@@ -362,9 +395,9 @@ mod tests {
     #[test]
     fn a_big_farm_starts_collapsed_unless_expanded_or_filtered() {
         let cfg = farm(21, 10);
-        assert!(layout(&cfg, &ConsoleQuery::default()).collapsed);
-        assert!(!layout(&cfg, &ConsoleQuery { expand: Some(1), ..Default::default() }).collapsed);
-        assert!(!layout(&cfg, &ConsoleQuery { target: Some("t0".into()), ..Default::default() }).collapsed);
+        assert!(layout(&cfg, &ConsoleQuery::default(), &[]).collapsed);
+        assert!(!layout(&cfg, &ConsoleQuery { expand: Some(1), ..Default::default() }, &[]).collapsed);
+        assert!(!layout(&cfg, &ConsoleQuery { target: Some("t0".into()), ..Default::default() }, &[]).collapsed);
     }
 
     #[test]
@@ -375,10 +408,29 @@ mod tests {
             ..Default::default()
         };
         let last = [stats("c0", "t0", BuildState::Succeeded), stats("c1", "t0", BuildState::Cancelled)];
-        let m = model(layout(&cfg, &ConsoleQuery::default()), fetched, &last);
+        let m = model(layout(&cfg, &ConsoleQuery::default(), &[]), fetched, &last);
         assert_eq!(m.worst[&(7, "t0".to_string())], (BuildState::Failed, 4));
         assert_eq!(m.group_worst["t0"], BuildState::Cancelled);
         assert_eq!(m.not_green, 1);
+        assert_eq!(m.failing, [("c1".to_string(), "t0".to_string())]);
         assert_eq!(m.counts.get("ok"), Some(&1));
+        let html = render(&m, &cfg).into_string();
+        assert!(html.contains("1 of 2 builders need attention: <a href=\"/builders/c1/t0\">c1@t0</a>."), "{html}");
+    }
+
+    #[test]
+    fn uploaded_source_packages_get_columns_of_their_own() {
+        let cfg = farm(1, 2);
+        let seen = [("c0".to_string(), "t0".to_string()), ("hello".to_string(), "t1".to_string())];
+        let by_target = layout(&cfg, &ConsoleQuery::default(), &seen);
+        assert_eq!(by_target.total, 3);
+        assert_eq!(by_target.columns[1].1, [("c0".to_string(), "t1".to_string()), ("hello".into(), "t1".into())]);
+        let q = ConsoleQuery { group: Some("component".into()), ..Default::default() };
+        let by_component = layout(&cfg, &q, &seen);
+        let groups: Vec<&str> = by_component.columns.iter().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(groups, ["c0", "hello"]);
+        let last = [stats("hello", "t1", BuildState::Failed)];
+        let m = model(by_target, Fetched::default(), &last);
+        assert_eq!(m.failing, [("hello".to_string(), "t1".to_string())], "an upload that failed is named too");
     }
 }

@@ -27,7 +27,13 @@ pub struct Ctx {
 }
 
 pub fn frame(c: &Ctx, title: &str, live: bool, body: Markup) -> Response {
-    let nav = [("/", "Console"), ("/builders", "Builders"), ("/workers", "Workers"), ("/repos", "Repositories")];
+    let nav = [
+        ("/", "Console"),
+        ("/builders", "Builders"),
+        ("/packages", "Packages"),
+        ("/workers", "Workers"),
+        ("/repos", "Repositories"),
+    ];
     let markup = html! {
         (DOCTYPE)
         html lang="en" {

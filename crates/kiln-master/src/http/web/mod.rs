@@ -15,6 +15,7 @@ pub mod console;
 pub mod layout;
 pub mod live;
 pub mod login;
+pub mod packages;
 pub mod repos;
 pub mod session;
 pub mod workers;
