@@ -1,7 +1,8 @@
 //! `kiln bench-ui`: how long the master takes to render its pages for a
 //! big farm — 70 components × 20 targets (1,400 builders), the console's
-//! 50 newest requests each with a build on every builder, and 100,000
-//! builds in history. Writes JSON.
+//! 50 newest requests each with a build on every builder, 100,000 builds
+//! in history, and a package of every builder in dev and in stable (the
+//! packages page). Writes JSON.
 
 use anyhow::Context;
 use clap::Args;
@@ -89,6 +90,42 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
              ELSE 'succeeded' END, started_at = requested_at, finished_at = requested_at",
         )
         .await?;
+    // What the packages page shows: each builder's newest build in dev and
+    // the one before it in stable.
+    let first_of_last = (args.builds.max(recent) - builders.len() + 1) as i64;
+    for (channel, first) in [("dev", first_of_last), ("stable", first_of_last - builders.len() as i64)] {
+        let rows: Vec<kiln_db::PackageRow> = builders
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| {
+                let build = first + i as i64;
+                let version = format!("1.0-1+nightly.{build}");
+                let entry = kiln_repo::deb::DebEntry {
+                    name: c.clone(),
+                    version: version.clone(),
+                    arch: "all".into(),
+                    source: c.clone(),
+                    stanza: format!("Package: {c}\nVersion: {version}\nArchitecture: all"),
+                };
+                kiln_db::PackageRow {
+                    id: 0,
+                    channel: channel.into(),
+                    repo: "apt:bookworm".into(),
+                    kind: "deb".into(),
+                    name: c.clone(),
+                    version,
+                    arch: "all".into(),
+                    file: format!("pool/apt/main/c/{c}/{c}_{build}_all.deb"),
+                    sha256: "0".repeat(64),
+                    size: 1,
+                    build_id: Some(build),
+                    entry: serde_json::to_string(&entry).unwrap_or_default(),
+                    published_at: now,
+                }
+            })
+            .collect();
+        store.change_channel(channel, &rows, &[]).await?;
+    }
     store.close().await;
     eprintln!(
         "kiln bench-ui: {} builds over {} builders stored in {:.1} s",
@@ -113,6 +150,7 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
         ("builder", format!("/builders/{}/{}", components[0], targets[0])),
         ("build", format!("/builds/{last_build}")),
         ("workers", "/workers".to_string()),
+        ("packages", "/packages".to_string()),
     ] {
         let mut times = Vec::new();
         let mut bytes = 0;

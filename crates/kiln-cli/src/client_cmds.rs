@@ -96,7 +96,7 @@ async fn requested(
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let ok = crate::follow::follow_request(client, created.request_id, json).await?;
+    let ok = crate::follow::follow_request_from_client(client, created.request_id, json).await?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -11,6 +11,33 @@ use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(250);
 
+/// Running builds whose last log line the terminal display shows.
+const TAILED: usize = 8;
+
+/// The last line a running build's current step printed (from its log's
+/// last 2 KiB), for the terminal display.
+async fn last_log_line(client: &Client, b: &kiln_proto::api::Build) -> Option<String> {
+    let step = b.steps.iter().find(|s| s.state == kiln_core::StepState::Running)?;
+    let from = (step.log_size as u64).saturating_sub(2048);
+    let chunk = client.log(b.id, &step.index.to_string(), from).await.ok()?;
+    let line = chunk.data.lines().rev().find(|l| !l.trim().is_empty())?;
+    // No escape sequences from a build onto the user's terminal.
+    let clean: String = line.chars().filter(|c| !c.is_control()).take(80).collect();
+    Some(clean)
+}
+
+/// For a client command: as [`follow_request`], and Ctrl-C stops following
+/// (the builds go on on the farm) and says so.
+pub async fn follow_request_from_client(client: &Client, request_id: i64, json: bool) -> anyhow::Result<bool> {
+    tokio::select! {
+        followed = follow_request(client, request_id, json) => followed,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\nstopped following; the builds of request #{request_id} go on (kiln builds to see them, kiln cancel ID to stop one)");
+            std::process::exit(130);
+        }
+    }
+}
+
 /// Returns whether every build succeeded.
 pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> anyhow::Result<bool> {
     let tty = std::io::stderr().is_terminal() && !json;
@@ -34,8 +61,22 @@ pub async fn follow_request(client: &Client, request_id: i64, json: bool) -> any
                 });
                 let dur =
                     elapsed(b.started_at.as_deref(), b.finished_at.as_deref()).map(human_secs).unwrap_or_default();
-                let msg =
-                    format!("#{} {}@{}  {}  {}  {}", b.id, b.component, b.target, b.state, activity(b, &builds), dur);
+                let mut msg = format!(
+                    "#{:<6} {:<10} {:<24} {:<20} {:>8}  {}",
+                    b.id,
+                    b.state.as_str(),
+                    b.component,
+                    b.target,
+                    dur,
+                    activity(b, &builds)
+                );
+                let tailed =
+                    builds.iter().filter(|x| x.state == BuildState::Running).take(TAILED).any(|x| x.id == b.id);
+                if tailed {
+                    if let Some(line) = last_log_line(client, b).await {
+                        msg.push_str(&format!("  │ {line}"));
+                    }
+                }
                 if b.state.is_finished() {
                     if !bar.is_finished() {
                         bar.finish_with_message(msg);

@@ -53,7 +53,7 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     if !args.remote.json {
         eprintln!("release request #{}: {} builds in dependency order", created.request_id, created.builds.len());
     }
-    let ok = crate::follow::follow_request(&client, created.request_id, args.remote.json).await?;
+    let ok = crate::follow::follow_request_from_client(&client, created.request_id, args.remote.json).await?;
     if args.remote.json {
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }

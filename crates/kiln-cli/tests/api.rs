@@ -234,3 +234,44 @@ steps = [ { name = "fail", run = "echo trying; exit 3" } ]
     assert_eq!((code, out.as_str()), (0, "── step talk ──\n1\n"), "{err}");
     assert!(err.is_empty(), "a closed pipe is no error: {err}");
 }
+
+/// Ctrl-C on `kiln build --follow` stops following, says the builds go on,
+/// and they do.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_following_and_the_build_goes_on() {
+    let config = kiln_testing::ONE_WORKER.to_string()
+        + "\n[[component]]\nname = \"long\"\nsteps = [ { name = \"wait\", run = \"sleep 60\" } ]\n";
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let mut child = farm
+        .kiln()
+        .args(["build", "long", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln build --follow");
+    let client = farm.client();
+    let running = kiln_testing::wait_for(Duration::from_secs(20), || async {
+        let builds = client.builds(&Default::default()).await.map(|p| p.builds).unwrap_or_default();
+        builds.iter().any(|b| b.state == BuildState::Running)
+    })
+    .await;
+    assert!(running, "the build runs");
+    // The follower is following once it printed a build's line (it prints
+    // one per change); Ctrl-C before that would meet no handler yet.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stdout, &mut line).expect("read") > 0 && !line.starts_with("#1 ") {
+        line.clear();
+    }
+    assert!(line.starts_with("#1 "), "the follower printed the build: {line:?}");
+    let (code, _, err) =
+        run(std::process::Command::new("kill").args(["-INT", &child.id().to_string()])).expect("kill -INT");
+    assert_eq!(code, 0, "{err}");
+    let out = child.wait_with_output().expect("the follower ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped following; the builds of request #1 go on"), "{stderr}");
+    let b = client.build(1).await.expect("build");
+    assert_eq!(b.state, BuildState::Running, "Ctrl-C of a follower cancels nothing");
+    client.cancel(1).await.expect("cancel");
+}

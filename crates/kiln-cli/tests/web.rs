@@ -189,6 +189,15 @@ async fn force_follow_and_cancel_builds_in_a_real_browser() {
     assert!(until_text(&c, "pre.log", "tick 5", Duration::from_secs(30)).await, "the log grows while running");
     let before = text_of(&c, "pre.log").await;
     assert!(until_text(&c, "pre.log", "tick 12", Duration::from_secs(20)).await, "and keeps following: {before}");
+    // The running step's timer counts without a reload (it stuck at its
+    // rendered value before).
+    let first = text_of(&c, "section.step time.since").await;
+    let counted = wait_for(Duration::from_secs(10), || async {
+        let now = text_of(&c, "section.step time.since").await;
+        now != first && now.starts_with("for ")
+    })
+    .await;
+    assert!(counted, "the timer stays at {first:?}");
     shot(&c, "build-running").await;
     let slow_url = c.current_url().await.expect("url").path().to_string();
     click(&c, "form[action$='/cancel'] button").await;
@@ -262,13 +271,43 @@ async fn force_follow_and_cancel_builds_in_a_real_browser() {
     assert!(until_text(&c, "main", "web-pkg", Duration::from_secs(10)).await, "promoted into stable");
     shot(&c, "channel-stable").await;
 
-    for (path, name) in
-        [("/builders", "builders"), ("/workers", "workers"), ("/repos", "repos"), ("/repos/dev", "channel")]
-    {
-        c.goto(&format!("{base}{path}")).await.expect("page");
-        assert!(c.find(Locator::Css("main h1")).await.is_ok(), "{path} renders");
-        shot(&c, name).await;
+    // The packages view: pkg on t, what dev and stable hold of it.
+    c.goto(&format!("{base}/packages")).await.expect("packages");
+    let row = text_of(&c, "table.packages tbody").await;
+    assert!(row.contains("pkg") && row.contains("dev 1.0~b") && row.contains("stable 1.0~b"), "{row}");
+
+    // Every page at a desktop width and at a phone's: the navigation and
+    // the log-in link stay on screen, nothing widens the page itself (the
+    // console's grid scrolls inside its box).
+    let pages = [
+        ("/", "console"),
+        ("/builders", "builders"),
+        ("/builders/pkg/t", "builder"),
+        ("/packages", "packages"),
+        ("/workers", "workers"),
+        ("/repos", "repos"),
+        ("/repos/dev", "channel"),
+    ];
+    for (width, size) in [(1400, "wide"), (400, "narrow")] {
+        c.set_window_size(width, 900).await.expect("window size");
+        for (path, name) in pages {
+            c.goto(&format!("{base}{path}")).await.expect("page");
+            assert!(c.find(Locator::Css("main h1, main table")).await.is_ok(), "{path} renders");
+            let fits = c
+                .execute(
+                    "const w = document.documentElement.clientWidth;\
+                     const inView = (el) => { const r = el.getBoundingClientRect(); return r.left >= 0 && r.right <= w + 1; };\
+                     return [document.documentElement.scrollWidth <= w + 1,\
+                             [...document.querySelectorAll('header.top nav a, header.top .who a, header.top .who button')].every(inView)];",
+                    vec![],
+                )
+                .await
+                .expect("measure");
+            assert_eq!(fits, serde_json::json!([true, true]), "{path} at {width} px: page width, header links in view");
+            shot(&c, &format!("{name}-{size}")).await;
+        }
     }
+    c.set_window_size(1400, 900).await.expect("window size");
     assert!(until_text(&c, "main", "signed-by=/etc/apt/keyrings/kiln-dev.asc", Duration::from_secs(10)).await);
     c.goto(&format!("{base}/workers")).await.expect("workers");
     assert!(until_text(&c, "main table", "connected", Duration::from_secs(10)).await);

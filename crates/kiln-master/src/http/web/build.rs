@@ -2,7 +2,7 @@
 //! (followed live while it runs), artifacts; Cancel and Rebuild for a
 //! logged-in user, both through [`crate::ops`].
 
-use super::layout::{bulb, duration, frame, page_error, web_error};
+use super::layout::{bulb, duration, frame, page_error, running_for, web_error};
 use super::session::{authorize, ctx, CsrfForm};
 use crate::clock::now_us;
 use crate::ops;
@@ -79,7 +79,12 @@ pub async fn page(
         @for st in &steps {
             @let running = st.state == kiln_core::StepState::Running;
             section.step id={"step-" (st.idx)} {
-                h3 { span class={"bulb " (step_bulb(st.state))} {} " " (st.name) " " small { (st.state) " " (duration(st.started_at, st.finished_at, now)) } }
+                h3 { span class={"bulb " (step_bulb(st.state))} {} " " (st.name) " " small { (st.state) " "
+                    @match (running, st.started_at) {
+                        (true, Some(start)) => (running_for(start, now)),
+                        _ => (duration(st.started_at, st.finished_at, now)),
+                    }
+                } }
                 (log_view(&s, b.id, st.idx, st.log_size.max(0) as u64, running, &q))
             }
         }

@@ -1,6 +1,7 @@
 // kiln's live pages. Everything reads without this; with it:
 // - pages marked data-live re-render their <main> when the master reports a change (server-sent events);
-// - a running step's log is followed from its last offset through the JSON API.
+// - a running step's log is followed from its last offset through the JSON API;
+// - a running step's "for N s" keeps counting.
 (() => {
   "use strict";
   const esc = (s) => s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
@@ -58,7 +59,8 @@
       const fresh = doc.getElementById("main"), main = document.getElementById("main");
       if (!fresh || !main) return;
       // Nothing changed but relative times: keep the page as it is (and whatever the user is on).
-      const norm = (el) => el.innerHTML.replace(/<time([^>]*)>[^<]*<\/time>/g, "<time$1></time>");
+      // (A running step's timer is a <time> too: its render time is not a change.)
+      const norm = (el) => el.innerHTML.replace(/<time([^>]*)>[^<]*<\/time>/g, "<time$1></time>").replace(/ data-(rendered-ms|base)="\d+"/g, "");
       if (norm(fresh) === norm(main)) return;
       // Running logs keep their live text: carry them over into the new page.
       const logs = new Map();
@@ -80,8 +82,17 @@
     }
   }
 
+  function tickTimers() {
+    const now = Date.now();
+    document.querySelectorAll("time.since[data-start-ms]").forEach((t) => {
+      if (!t.dataset.base) t.dataset.base = now - (Number(t.dataset.renderedMs) - Number(t.dataset.startMs));
+      t.textContent = "for " + Math.max(0, Math.floor((now - Number(t.dataset.base)) / 1000)) + " s";
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     followAll();
+    setInterval(tickTimers, 1000);
     if (document.body.dataset.live && window.EventSource) {
       const es = new EventSource("/events");
       es.addEventListener("change", () => {

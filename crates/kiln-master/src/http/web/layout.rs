@@ -129,6 +129,17 @@ pub fn when(us: i64) -> Markup {
     html! { time datetime=(exact) title=(exact) { (rel) } }
 }
 
+/// How long a running thing has taken so far; the page's script keeps it
+/// counting between renders (from the start, relative to the render, so
+/// the browser's clock does not matter).
+pub fn running_for(start_us: i64, now_us: i64) -> Markup {
+    html! {
+        time.since datetime=(crate::clock::rfc3339(start_us)) data-start-ms=(start_us / 1000) data-rendered-ms=(now_us / 1000) {
+            (duration(Some(start_us), None, now_us))
+        }
+    }
+}
+
 /// How long something took (both times known) or has taken so far, from
 /// stored times in microseconds.
 pub fn duration(start_us: Option<i64>, end_us: Option<i64>, now_us: i64) -> String {
