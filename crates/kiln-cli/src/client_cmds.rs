@@ -94,7 +94,8 @@ async fn requested(
         }
     }
     if !follow {
-        return Ok(ExitCode::SUCCESS);
+        let ids: Vec<i64> = created.builds.iter().map(|b| b.id).collect();
+        return failed_at_once(client, &ids).await;
     }
     let ok = crate::follow::follow_request_from_client(client, created.request_id, json).await?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -363,7 +364,8 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         }
     }
     files.push((name, control));
-    let accepted = args.remote.client()?.upload(files, &args.targets, &properties).await?;
+    let client = args.remote.client()?;
+    let accepted = client.upload(files, &args.targets, &properties).await?;
     if args.remote.json {
         println!("{}", serde_json::to_string_pretty(&accepted)?);
     } else {
@@ -372,5 +374,38 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             println!("{}\t{}\t{}", b.id, b.component, b.target);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let ids: Vec<i64> = accepted.builds.iter().map(|b| b.id).collect();
+    failed_at_once(&client, &ids).await
+}
+
+/// How long a command that queued builds looks for one that failed before
+/// it could start (its source gone, its target unplannable).
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+/// After queueing `ids` without following them: a build that failed at
+/// once is said, with its reason, and the exit code is non-zero; "accepted"
+/// alone would hide it. Builds still waiting for a worker are fine.
+async fn failed_at_once(client: &kiln_client::Client, ids: &[i64]) -> anyhow::Result<ExitCode> {
+    let until = std::time::Instant::now() + AT_ONCE;
+    loop {
+        let mut builds = Vec::new();
+        for id in ids {
+            builds.push(client.build(*id).await?);
+        }
+        let failed: Vec<&kiln_proto::api::Build> = builds
+            .iter()
+            .filter(|b| b.state == kiln_core::BuildState::Failed && b.steps.iter().all(|s| s.started_at.is_none()))
+            .collect();
+        if !failed.is_empty() {
+            for b in failed {
+                eprintln!("build #{} failed at once: {}", b.id, b.reason.as_deref().unwrap_or("no reason given"));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        let settled = builds.iter().all(|b| b.state != kiln_core::BuildState::Queued);
+        if settled || std::time::Instant::now() >= until {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
