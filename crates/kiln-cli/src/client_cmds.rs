@@ -256,7 +256,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     }
     if b.state.is_finished() && !args.remote.json {
         match &b.reason {
-            Some(reason) => eprintln!("build #{} {}: {reason}", b.id, b.state),
+            Some(reason) => eprintln!("build #{} {}: {}", b.id, b.state, crate::output::terminal_safe(reason)),
             None => eprintln!("build #{} {}", b.id, b.state),
         }
     }
@@ -398,7 +398,8 @@ async fn failed_at_once(client: &kiln_client::Client, ids: &[i64]) -> anyhow::Re
             .collect();
         if !failed.is_empty() {
             for b in failed {
-                eprintln!("build #{} failed at once: {}", b.id, b.reason.as_deref().unwrap_or("no reason given"));
+                let reason = b.reason.as_deref().map(crate::output::terminal_safe);
+                eprintln!("build #{} failed at once: {}", b.id, reason.as_deref().unwrap_or("no reason given"));
             }
             return Ok(ExitCode::FAILURE);
         }

@@ -22,8 +22,7 @@ async fn last_log_line(client: &Client, b: &kiln_proto::api::Build) -> Option<St
     let chunk = client.log(b.id, &step.index.to_string(), from).await.ok()?;
     let line = chunk.data.lines().rev().find(|l| !l.trim().is_empty())?;
     // No escape sequences from a build onto the user's terminal.
-    let clean: String = line.chars().filter(|c| !c.is_control()).take(80).collect();
-    Some(clean)
+    Some(crate::output::terminal_safe(line).chars().filter(|c| *c != '\t').take(80).collect())
 }
 
 /// For a client command: as [`follow_request`], and Ctrl-C stops following

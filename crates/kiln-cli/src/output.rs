@@ -90,3 +90,26 @@ pub fn build_line(b: &Build) -> String {
 pub fn header() -> String {
     format!("{:<7} {:<10} {:<24} {:<20} {:<8} {:>8}", "ID", "STATE", "COMPONENT", "TARGET", "WORKER", "TIME")
 }
+
+/// Text from a build (a log line, a worker's reason) made safe to print on
+/// the user's terminal: no control characters (escape sequences, carriage
+/// returns) and no invisible format characters (bidirectional overrides)
+/// that would make it show other than it reads; newlines and tabs stay.
+pub fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            matches!(c, '\n' | '\t')
+                || !(c.is_control()
+                    || matches!(*c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_text_cannot_drive_the_terminal() {
+        let hostile = "ok\x1b]0;owned\x07 \x1b[2Jdone\r\u{9b}31m\u{202e}txt.exe\tend\n";
+        assert_eq!(super::terminal_safe(hostile), "ok]0;owned [2Jdone31mtxt.exe\tend\n");
+    }
+}

@@ -95,6 +95,16 @@ impl Store {
         rows.iter().map(package_row).collect()
     }
 
+    /// A channel's packages for pages: as [`Store::packages`], on the
+    /// readers (never holding up the writer).
+    pub async fn packages_to_show(&self, channel: &str) -> Result<Vec<PackageRow>> {
+        let rows = sqlx::query(&format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE channel = $1 ORDER BY id"))
+            .bind(channel)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(package_row).collect()
+    }
+
     /// Every pool file a snapshot of `channel` names (kept by pool cleanup).
     pub async fn snapshot_files(&self, channel: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT packages FROM snapshots WHERE channel = $1")

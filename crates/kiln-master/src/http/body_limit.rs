@@ -10,9 +10,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
-/// A body declared larger than this is not read before the 413; the
-/// connection then closes.
-const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+/// A body declared more than this over the limit is not read before the
+/// 413; the connection then closes.
+const DRAIN_OVER: u64 = 8 * 1024 * 1024;
+/// Reading a refused body takes no longer than this in all (the idle
+/// timeout alone would let a trickle hold the connection).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Refuses a request whose declared `Content-Length` is over `limit`. A
 /// body without one is cut by the routes' own limit as it is read.
@@ -25,17 +28,27 @@ pub async fn refuse_oversized(limit: usize, req: Request, next: Next) -> Respons
     let Some(len) = declared.filter(|&n| n > limit as u64) else {
         return next.run(req).await;
     };
-    if len <= DRAIN_MAX {
-        // The idle-body timeout around the router bounds a client that stops.
-        let mut body = req.into_body().into_data_stream();
-        let mut read = 0u64;
-        while let Some(Ok(chunk)) = body.next().await {
-            read += chunk.len() as u64;
-            if read > len {
-                break;
+    // A client that asked whether to send (`Expect: 100-continue`) is told
+    // now, before it sends anything.
+    let asked = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !asked && len <= limit as u64 + DRAIN_OVER {
+        let drain = async {
+            let mut body = req.into_body().into_data_stream();
+            let mut read = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len() as u64;
+                if read > len {
+                    break;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
     }
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is {len} bytes; at most {limit} are taken"))
-        .into_response()
+    let mut refused = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {len} bytes; at most {limit} are taken"),
+    )
+    .into_response();
+    refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    refused
 }

@@ -173,9 +173,12 @@ impl Publisher {
         // own_jobs chooses: it owns names apart from the configured
         // component of that name, and adopts nothing, unless the config
         // says that component takes uploads of its source.
+        // (A signed one: an upload accepted before signatures were
+        // required, rebuilt now, stays apart.)
         let configured = farm.cfg.component(&build.component);
+        let signed = build.properties.contains_key(kiln_core::props::SIGNED_BY_PROPERTY);
         let (owner, adopts) = match kiln_core::job::BuildSource::of(&build.properties) {
-            kiln_core::job::BuildSource::Upload(_) if !configured.is_some_and(|c| c.takes_uploads) => {
+            kiln_core::job::BuildSource::Upload(_) if !(signed && configured.is_some_and(|c| c.takes_uploads)) => {
                 (format!("upload:{}", build.component), Vec::new())
             }
             _ => (build.component.clone(), configured.map(|c| c.adopts.clone()).unwrap_or_default()),

@@ -87,7 +87,7 @@ pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     let channels: Vec<String> = farm.cfg.channels.iter().map(|ch| ch.name.clone()).collect();
     let mut published = Vec::new();
     for ch in &channels {
-        match s.store.packages(ch).await {
+        match s.store.packages_to_show(ch).await {
             Ok(p) => published.push(p),
             Err(e) => return web_error(e),
         }
