@@ -147,6 +147,9 @@ pub async fn show(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
     println!("build #{}: {} on {}", b.id, b.component, b.target);
     println!("  state:        {}{}", b.state, b.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default());
     println!("  requested:    {} by {}", b.requested_at, b.requested_by.as_deref().unwrap_or("-"));
+    if let Some(w) = &b.waiting {
+        println!("  waiting:      {} ({})", w.message(), w.kind());
+    }
     if let Some(s) = &b.started_at {
         println!("  started:      {s} on {} (attempt {})", b.worker.as_deref().unwrap_or("-"), b.attempt);
     }

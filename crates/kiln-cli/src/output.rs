@@ -79,6 +79,9 @@ pub fn build_line(b: &Build) -> String {
     if !step.is_empty() {
         line.push_str(&format!("  step {step}"));
     }
+    if let Some(w) = b.waiting.as_ref().filter(|_| b.state == kiln_core::BuildState::Queued) {
+        line.push_str(&format!("  waits: {}", w.kind()));
+    }
     if let Some(r) = &b.reason {
         if b.state.is_finished() && b.state != kiln_core::BuildState::Succeeded {
             line.push_str(&format!("  ({r})"));

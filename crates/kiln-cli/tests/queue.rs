@@ -209,3 +209,83 @@ steps = [ { name = "s", run = "echo built" } ]
         assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
     }
 }
+
+/// Every queued build says why it waits: a dependency, busy slots (with its
+/// place in line), or no connected worker for its target (named), in the
+/// API, `kiln show`, `kiln builds` and on its page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_build_says_why_it_waits() {
+    let config = r#"
+[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "t"
+family = "deb"
+
+[[target]]
+name = "nobody"
+family = "deb"
+
+[[component]]
+name = "hold"
+targets = ["t"]
+steps = [ { name = "hold", run = "while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done" } ]
+
+[[component]]
+name = "dependent"
+targets = ["t"]
+depends_on = ["hold"]
+steps = [ { name = "s", run = "true" } ]
+
+[[component]]
+name = "quick"
+steps = [ { name = "s", run = "true" } ]
+"#;
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let first = client.create_builds(&request(&["hold", "dependent"], &[])).await.expect("create");
+    let id = |c: &kiln_proto::api::BuildRequestCreated, comp: &str, target: &str| {
+        c.builds.iter().find(|b| b.component == comp && b.target == target).expect("build").id
+    };
+    let (hold, dependent) = (id(&first, "hold", "t"), id(&first, "dependent", "t"));
+    farm.wait_build(hold, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
+    let second = client.create_builds(&request(&["quick"], &[])).await.expect("create");
+    let (busy, lost) = (id(&second, "quick", "t"), id(&second, "quick", "nobody"));
+    let waits = |id: i64| {
+        let client = &client;
+        async move { client.build(id).await.ok().and_then(|b| b.waiting) }
+    };
+    let all_known = wait_for(Duration::from_secs(20), || async {
+        waits(dependent).await.is_some() && waits(busy).await.is_some() && waits(lost).await.is_some()
+    })
+    .await;
+    assert!(all_known, "the dispatcher says why each waits");
+    let dep = waits(dependent).await.expect("waiting");
+    assert_eq!(
+        (dep.kind(), dep.message()),
+        ("dependency", format!("waits for build {hold} (hold@t) to succeed").as_str())
+    );
+    let slot = waits(busy).await.expect("waiting");
+    assert_eq!((slot.kind(), slot.message()), ("slots_busy", "all 1 slots serving t are busy (w1); number 1 in line"));
+    let none = waits(lost).await.expect("waiting");
+    assert_eq!(none.kind(), "no_worker");
+    assert!(none.message().contains("no connected worker serves nobody (connected: w1)"), "{}", none.message());
+
+    let (code, out, err) = run(farm.kiln().args(["show", &lost.to_string()])).expect("kiln show");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("waiting:      no connected worker serves nobody"), "{out}");
+    let (_, out, _) = run(farm.kiln().args(["builds", "--state", "queued"])).expect("kiln builds");
+    assert!(out.lines().any(|l| l.starts_with(&format!("#{busy} ")) && l.ends_with("waits: slots_busy")), "{out}");
+    let page = reqwest::get(format!("{}/builds/{lost}", farm.url())).await.expect("page").text().await.expect("text");
+    assert!(page.contains("Waiting: no connected worker serves nobody"), "{page}");
+
+    // Released, the rest runs; what waited for it no longer says it waits.
+    std::fs::write(farm.path(&format!("workers/w1/builds/go-{hold}")), "").expect("go");
+    for id in [hold, dependent, busy] {
+        assert_eq!(farm.wait_finished(id, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    }
+    assert!(client.build(busy).await.expect("build").waiting.is_none());
+    client.cancel(lost).await.expect("cancel");
+}

@@ -36,6 +36,8 @@ pub struct Shared {
     /// The builders' last results, as of a `changes` value (the console and
     /// builders pages read it on every render).
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
+    /// Why each queued build waits, as the dispatcher last saw it.
+    pub waiting: Mutex<Arc<HashMap<i64, kiln_core::schedule::Waiting>>>,
     /// Users' tokens checked lately (by hash), to spare an argon2 check per request.
     pub checked_tokens: TokenCache,
     /// Failed token checks by address and token id.
@@ -78,7 +80,13 @@ impl Shared {
             checked_tokens: Default::default(),
             auth_failures: Default::default(),
             builder_stats: Mutex::new(None),
+            waiting: Mutex::new(Arc::new(HashMap::new())),
         }
+    }
+
+    /// Why queued build `id` waits (none when the dispatcher has not looked yet).
+    pub fn waiting_of(&self, id: i64) -> Option<kiln_core::schedule::Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 
     /// The config in effect now. Hold the `Arc`, not the lock.

@@ -32,6 +32,12 @@ pub struct Build {
     pub steps: Vec<Step>,
     /// Files the build produced, stored on the master.
     pub artifacts: Vec<Artifact>,
+    /// Why a queued build has not started: `kind` (`no_worker`,
+    /// `slots_busy`, `dependency`) and a `message`, with the details of
+    /// its kind (`target`, `position`, `build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub waiting: Option<kiln_core::schedule::Waiting>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -24,7 +24,7 @@ use crate::source::SourceCache;
 use kiln_core::config::Source;
 use kiln_core::job::{steps_for, uploaded_component, BuildSource, PlannedStep};
 use kiln_core::props::{Properties, Property, PropertySource};
-use kiln_core::schedule::{pick_worker, readiness, Readiness, WorkerLoad};
+use kiln_core::schedule::{pick_worker, readiness, why_waiting, QueuedView, Readiness, Waiting, WorkerLoad};
 use kiln_core::BuildState;
 use kiln_db::{BuildRow, Write};
 use kiln_proto::api::WorkerInfo;

@@ -49,9 +49,39 @@ impl Dispatcher {
         )
     }
 
-    /// Skips the queued builds whose dependencies failed, then starts what
-    /// can start, oldest first, while workers have free slots.
+    /// Skips the queued builds whose dependencies failed, starts what can
+    /// start, then says why each build still queued waits.
     pub(super) async fn dispatch(&mut self) {
+        self.start_what_can_start().await;
+        self.note_why_waiting();
+    }
+
+    /// Why each queued build waits, in dispatch order, for the API and pages.
+    fn note_why_waiting(&self) {
+        let loads: Vec<WorkerLoad<'_>> = self
+            .workers
+            .iter()
+            .map(|(n, w)| WorkerLoad { name: n, targets: &w.targets, slots: w.slots, running: w.running.len() })
+            .collect();
+        let views: Vec<QueuedView<'_>> = self
+            .queue
+            .values()
+            .map(|q| QueuedView {
+                target: &q.target,
+                unfinished_dependency: q.depends_on.iter().find_map(|d| match self.known.get(d) {
+                    Some((label, BuildState::Queued | BuildState::Running)) => Some((*d, label.as_str())),
+                    Some(_) => None,
+                    None => Some((*d, "unknown build")),
+                }),
+            })
+            .collect();
+        let why = why_waiting(&views, &loads);
+        let map: HashMap<i64, Waiting> = self.queue.keys().copied().zip(why).collect();
+        *self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+    }
+
+    /// Starts what can start, oldest first, while workers have free slots.
+    async fn start_what_can_start(&mut self) {
         // Skips cascade (a skipped build blocks its own dependents), so
         // repeat until nothing changes. Only needed after a state change.
         while self.deps_dirty {

@@ -46,7 +46,12 @@ fn to_api_build(s: &Shared, b: BuildRow, steps: Vec<StepRow>, artifacts: Vec<Art
             sha256: a.sha256,
         })
         .collect();
+    let waiting = match b.state {
+        kiln_core::BuildState::Queued => s.waiting_of(b.id),
+        _ => None,
+    };
     Build {
+        waiting,
         artifacts,
         id: b.id,
         request_id: b.request_id,

@@ -56,6 +56,9 @@ pub async fn page(
             @if b.attempt > 1 { " · attempt " (b.attempt) }
         }
         @if let Some(reason) = &b.reason { p.reason { (reason) } }
+        @if b.state == kiln_core::BuildState::Queued {
+            @if let Some(w) = s.waiting_of(b.id) { p.waiting { "Waiting: " (w.message()) } }
+        }
         @if let Some(sess) = &c.session {
             div.actions {
                 @if !finished {
