@@ -36,6 +36,10 @@ pub struct BuildArgs {
     /// Overwrite a version already published (property replace=true).
     #[arg(long)]
     pub replace: bool,
+    /// Dispatch before lower priorities (property priority, -1000 to 1000;
+    /// default 0, a release 1); a running build is never preempted.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i64>,
     /// Follow the builds until they finish; exit non-zero unless all succeed.
     #[arg(long, short)]
     pub follow: bool,
@@ -57,6 +61,9 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     if args.release {
         properties.insert("release".into(), "true".into());
+    }
+    if let Some(p) = args.priority {
+        properties.insert(kiln_core::props::PRIORITY_PROPERTY.into(), p.to_string());
     }
     if args.replace {
         properties.insert("replace".into(), "true".into());

@@ -289,3 +289,52 @@ steps = [ { name = "s", run = "true" } ]
     assert!(client.build(busy).await.expect("build").waiting.is_none());
     client.cancel(lost).await.expect("cancel");
 }
+
+/// A higher priority is dispatched first when a slot frees; among equal
+/// priorities the requests take turns, so a long request does not keep a
+/// short one waiting behind all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn priority_goes_first_and_requests_take_turns() {
+    let mut config = String::from(
+        "[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n\n\
+         [[component]]\nname = \"hold\"\nsteps = [ { name = \"hold\", run = \"while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done\" } ]\n",
+    );
+    for c in ["a1", "a2", "a3", "b1", "b2", "urgent"] {
+        config.push_str(&format!("\n[[component]]\nname = \"{c}\"\nsteps = [ {{ name = \"s\", run = \"true\" }} ]\n"));
+    }
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["t"], 1).await;
+    let client = farm.client();
+    let hold = client.create_builds(&request(&["hold"], &[])).await.expect("create").builds[0].id;
+    farm.wait_build(hold, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
+    // Behind the busy slot: a three-build request, a two-build one, then an urgent one.
+    let made = |out: &str| -> Vec<i64> {
+        out.lines().filter_map(|l| l.split('\t').next().and_then(|id| id.parse().ok())).collect()
+    };
+    let mut ids = Vec::new();
+    for args in [&["build", "a1", "a2", "a3"][..], &["build", "b1", "b2"], &["build", "urgent", "--priority", "10"]] {
+        let (code, out, err) = run(farm.kiln().args(args)).expect("kiln build");
+        assert_eq!(code, 0, "{err}");
+        ids.extend(made(&out));
+    }
+    let (code, _, err) = run(farm.kiln().args(["build", "a1", "--priority", "high"])).expect("kiln build");
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid value 'high'"), "{err}");
+    std::fs::write(farm.path(&format!("workers/w1/builds/go-{hold}")), "").expect("go");
+    let mut started = Vec::new();
+    for id in &ids {
+        let b = farm.wait_finished(*id, Duration::from_secs(30)).await;
+        assert_eq!(b.state, BuildState::Succeeded, "{b:?}");
+        started.push((b.started_at.expect("started"), b.component));
+    }
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(order, ["urgent", "a1", "b1", "a2", "b2", "a3"]);
+    // The API refuses a priority that is not a number in range.
+    let body = kiln_proto::api::BuildRequestBody {
+        components: vec!["a1".into()],
+        properties: [("priority".to_string(), "5000".to_string())].into(),
+        ..Default::default()
+    };
+    let err = client.create_builds(&body).await.expect_err("out of range").to_string();
+    assert!(err.contains("property `priority` must be a whole number from -1000 to 1000"), "{err}");
+}

@@ -28,6 +28,12 @@ pub fn kiln_only(name: &str) -> bool {
     name == UPLOAD_PROPERTY || name == SIGNED_BY_PROPERTY
 }
 
+/// The property that orders the queue: an integer, higher first (see
+/// `schedule::dispatch_order`).
+pub const PRIORITY_PROPERTY: &str = "priority";
+/// Priorities lie within this range.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
 /// Why properties given with a request were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PropertyError {
@@ -41,6 +47,8 @@ pub enum PropertyError {
     TooLong(String, usize),
     #[error("property {0:?} holds a NUL byte, which no step could be given")]
     Nul(String),
+    #[error("property `priority` must be a whole number from -1000 to 1000, got {0:?}")]
+    BadPriority(String),
 }
 
 /// Checks properties given with a request (by a user, a change or a
@@ -65,6 +73,9 @@ pub fn request_properties(
         }
         if v.contains('\0') {
             return Err(PropertyError::Nul(k.clone()));
+        }
+        if k == PRIORITY_PROPERTY && !v.trim().parse::<i64>().is_ok_and(|p| PRIORITY_RANGE.contains(&p)) {
+            return Err(PropertyError::BadPriority(v.clone()));
         }
         out.insert(k.clone(), Property { value: v.clone(), source });
     }

@@ -56,6 +56,72 @@ pub fn readiness<'a>(deps: impl IntoIterator<Item = (&'a str, BuildState)>) -> R
     }
 }
 
+pub use crate::props::{PRIORITY_PROPERTY, PRIORITY_RANGE};
+
+/// A release build's priority when nothing sets one: above nightlies' 0.
+pub const RELEASE_PRIORITY: i64 = 1;
+
+/// A build's priority from its properties: `priority` when set (a request
+/// or the component's config), else a release's [`RELEASE_PRIORITY`], else 0.
+pub fn priority_of(properties: &crate::props::Properties) -> i64 {
+    match properties.get(PRIORITY_PROPERTY).and_then(|p| p.value.trim().parse::<i64>().ok()) {
+        Some(p) => p.clamp(*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end()),
+        None if properties.get("release").is_some_and(|p| p.value == "true") => RELEASE_PRIORITY,
+        None => 0,
+    }
+}
+
+/// One queued build as the dispatch order sees it: its priority, its
+/// request, and how many builds of that request were dispatched already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InLine {
+    pub id: i64,
+    pub priority: i64,
+    pub request: i64,
+    pub dispatched: u64,
+}
+
+/// The order queued builds are offered to free slots: higher priority
+/// first (a running build is never preempted); among equal priority, the
+/// request that has had the fewest builds dispatched goes next (the oldest
+/// request on a tie), one build at a time, so requests take turns and one
+/// requester's 1,400-build nightly does not keep another's single fix
+/// waiting behind all of it. Within a request, oldest build first.
+pub fn dispatch_order(queue: &[InLine]) -> Vec<i64> {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+    // (priority, request) -> its queued builds, oldest first, and what it had.
+    let mut lines: BTreeMap<(Reverse<i64>, i64), (u64, Vec<i64>)> = BTreeMap::new();
+    for b in queue {
+        let line = lines.entry((Reverse(b.priority), b.request)).or_insert((b.dispatched, Vec::new()));
+        line.1.push(b.id);
+    }
+    /// A request's queued builds at one priority: (request, dispatched, builds).
+    type Line = (i64, u64, VecDeque<i64>);
+    let mut by_priority: BTreeMap<Reverse<i64>, Vec<Line>> = BTreeMap::new();
+    for ((priority, request), (dispatched, mut ids)) in lines {
+        ids.sort_unstable();
+        by_priority.entry(priority).or_default().push((request, dispatched, ids.into()));
+    }
+    let mut order = Vec::with_capacity(queue.len());
+    for requests in by_priority.into_values() {
+        // The next turn: fewest dispatched, then the oldest request.
+        let mut turns: BinaryHeap<Reverse<(u64, i64, usize)>> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, (request, dispatched, _))| Reverse((*dispatched, *request, i)))
+            .collect();
+        let mut requests = requests;
+        while let Some(Reverse((dispatched, request, i))) = turns.pop() {
+            if let Some(id) = requests[i].2.pop_front() {
+                order.push(id);
+                turns.push(Reverse((dispatched + 1, request, i)));
+            }
+        }
+    }
+    order
+}
+
 /// Why a queued build has not started, as the dispatcher sees it after a
 /// pass over the queue.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -195,5 +261,45 @@ mod tests {
         assert!(matches!(why[3], Waiting::SlotsBusy { position: 2, .. }));
         let none = why_waiting(&queue[1..2], &[]);
         assert_eq!(none[0].message(), "no worker is connected; one serving el9 would take it");
+    }
+
+    #[test]
+    fn priority_first_then_requests_take_turns() {
+        let b = |id, priority, request, dispatched| InLine { id, priority, request, dispatched };
+        // A nightly of four builds (request 1), one fix (request 2), an
+        // urgent build (request 3) and another request's two (request 4).
+        let queue = [
+            b(1, 0, 1, 0),
+            b(2, 0, 1, 0),
+            b(3, 0, 1, 0),
+            b(4, 0, 1, 0),
+            b(5, 0, 2, 0),
+            b(6, 10, 3, 0),
+            b(7, 0, 4, 0),
+            b(8, 0, 4, 0),
+        ];
+        assert_eq!(dispatch_order(&queue), [6, 1, 5, 7, 2, 8, 3, 4]);
+        // The nightly had 500 builds dispatched already: the others go first.
+        let later = [b(501, 0, 1, 500), b(502, 0, 1, 500), b(9, 0, 5, 0), b(10, 0, 5, 0)];
+        assert_eq!(dispatch_order(&later), [9, 10, 501, 502]);
+        // Turns follow what each had: one dispatched each, the older request first.
+        let even = [b(2, 0, 1, 1), b(3, 0, 1, 1), b(12, 0, 2, 1)];
+        assert_eq!(dispatch_order(&even), [2, 12, 3]);
+        assert!(dispatch_order(&[]).is_empty());
+    }
+
+    #[test]
+    fn priority_comes_from_the_property_or_a_release() {
+        use crate::props::{Properties, Property, PropertySource};
+        let props = |pairs: &[(&str, &str)]| -> Properties {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Property { value: v.to_string(), source: PropertySource::Request }))
+                .collect()
+        };
+        assert_eq!(priority_of(&props(&[])), 0);
+        assert_eq!(priority_of(&props(&[("release", "true")])), RELEASE_PRIORITY);
+        assert_eq!(priority_of(&props(&[("release", "true"), ("priority", "-5")])), -5);
+        assert_eq!(priority_of(&props(&[("priority", "99999")])), 1000);
     }
 }

@@ -135,6 +135,7 @@ impl Dispatcher {
         let Some(q) = self.queue.remove(&id) else {
             return;
         };
+        *self.dispatched.entry(q.request).or_default() += 1;
         self.shared.logs.begin(id, worker, allowed.steps);
         self.shared.artifacts.expect(id, &allowed.artifacts);
         let job = Job {

@@ -24,7 +24,10 @@ use crate::source::SourceCache;
 use kiln_core::config::Source;
 use kiln_core::job::{steps_for, uploaded_component, BuildSource, PlannedStep};
 use kiln_core::props::{Properties, Property, PropertySource};
-use kiln_core::schedule::{pick_worker, readiness, why_waiting, QueuedView, Readiness, Waiting, WorkerLoad};
+use kiln_core::schedule::{
+    dispatch_order, pick_worker, priority_of, readiness, why_waiting, InLine, QueuedView, Readiness, Waiting,
+    WorkerLoad,
+};
 use kiln_core::BuildState;
 use kiln_db::{BuildRow, Write};
 use kiln_proto::api::WorkerInfo;
@@ -36,6 +39,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 struct QueuedBuild {
+    request: i64,
     component: String,
     target: String,
     depends_on: Vec<i64>,
@@ -84,6 +88,9 @@ pub struct Dispatcher {
     pending: Vec<Write>,
     /// Results to acknowledge to their workers once written.
     pending_acks: Vec<(String, i64)>,
+    /// Builds dispatched so far of each request that still has builds
+    /// queued: whose turn it is among equal priorities.
+    dispatched: HashMap<i64, u64>,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
@@ -104,6 +111,7 @@ impl Dispatcher {
             deps_dirty: true,
             pending: Vec::new(),
             pending_acks: Vec::new(),
+            dispatched: HashMap::new(),
         }
     }
 
@@ -200,6 +208,7 @@ impl Dispatcher {
         self.queue.insert(
             b.id,
             QueuedBuild {
+                request: b.request_id,
                 component: b.component,
                 target: b.target,
                 depends_on: b.depends_on,

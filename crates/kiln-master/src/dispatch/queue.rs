@@ -54,6 +54,24 @@ impl Dispatcher {
     pub(super) async fn dispatch(&mut self) {
         self.start_what_can_start().await;
         self.note_why_waiting();
+        // Turns are kept only for requests that still wait.
+        let waiting: HashSet<i64> = self.queue.values().map(|q| q.request).collect();
+        self.dispatched.retain(|request, _| waiting.contains(request));
+    }
+
+    /// The queue in the order builds are offered to free slots.
+    fn in_order(&self) -> Vec<i64> {
+        let line: Vec<InLine> = self
+            .queue
+            .iter()
+            .map(|(id, q)| InLine {
+                id: *id,
+                priority: priority_of(&q.properties),
+                request: q.request,
+                dispatched: self.dispatched.get(&q.request).copied().unwrap_or(0),
+            })
+            .collect();
+        dispatch_order(&line)
     }
 
     /// Why each queued build waits, in dispatch order, for the API and pages.
@@ -63,9 +81,10 @@ impl Dispatcher {
             .iter()
             .map(|(n, w)| WorkerLoad { name: n, targets: &w.targets, slots: w.slots, running: w.running.len() })
             .collect();
-        let views: Vec<QueuedView<'_>> = self
-            .queue
-            .values()
+        let order = self.in_order();
+        let views: Vec<QueuedView<'_>> = order
+            .iter()
+            .filter_map(|id| self.queue.get(id))
             .map(|q| QueuedView {
                 target: &q.target,
                 unfinished_dependency: q.depends_on.iter().find_map(|d| match self.known.get(d) {
@@ -76,7 +95,7 @@ impl Dispatcher {
             })
             .collect();
         let why = why_waiting(&views, &loads);
-        let map: HashMap<i64, Waiting> = self.queue.keys().copied().zip(why).collect();
+        let map: HashMap<i64, Waiting> = order.into_iter().zip(why).collect();
         *self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
@@ -110,8 +129,7 @@ impl Dispatcher {
         if free == 0 || self.queue.is_empty() {
             return;
         }
-        let ids: Vec<i64> = self.queue.keys().copied().collect();
-        for id in ids {
+        for id in self.in_order() {
             if free == 0 {
                 break;
             }
