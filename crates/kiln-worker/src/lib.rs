@@ -353,6 +353,10 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                         if let Some(r) = st.running.get(&build_id) {
                             tracing::info!(build = build_id, "cancelling build");
                             let _ = r.cancel.send(true);
+                            // Its steps may all be done already, its result
+                            // about to go out with artifacts: the upload
+                            // that follows is cancelled too.
+                            st.cancelled_uploads.insert(build_id);
                         } else if st.unacked.contains_key(&build_id) {
                             tracing::info!(build = build_id, "cancelling build during its upload");
                             st.cancelled_uploads.insert(build_id);
@@ -504,7 +508,7 @@ async fn send_artifacts_and_result(
             break;
         }
     }
-    if lock(state).cancelled_uploads.contains(&id) {
+    if lock(state).cancelled_uploads.contains(&id) && result.state != kiln_core::BuildState::Cancelled {
         // The build ends cancelled; what it produced is not kept.
         result.state = kiln_core::BuildState::Cancelled;
         result.reason = Some("cancelled during the upload".into());
