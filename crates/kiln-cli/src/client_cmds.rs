@@ -389,8 +389,9 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// How long a command that queued builds looks for one that failed before
-/// it could start (its source gone, its target unplannable).
-const AT_ONCE: Duration = Duration::from_secs(5);
+/// it could start (its source gone, its target unplannable). Best effort:
+/// a master slower than this to dispatch is not waited for.
+const AT_ONCE: Duration = Duration::from_secs(3);
 
 /// After queueing `ids` without following them: a build that failed at
 /// once is said, with its reason, and the exit code is non-zero; "accepted"
@@ -413,7 +414,12 @@ async fn failed_at_once(client: &kiln_client::Client, ids: &[i64]) -> anyhow::Re
             }
             return Ok(ExitCode::FAILURE);
         }
-        let settled = builds.iter().all(|b| b.state != kiln_core::BuildState::Queued);
+        // Settled: finished, or running a step on a worker. (A build failing
+        // before it starts is claimed by the master for a moment first.)
+        let settled = builds.iter().all(|b| {
+            b.state.is_finished()
+                || (b.state == kiln_core::BuildState::Running && b.steps.iter().any(|s| s.started_at.is_some()))
+        });
         if settled || std::time::Instant::now() >= until {
             return Ok(ExitCode::SUCCESS);
         }
