@@ -23,19 +23,26 @@ fn git() -> Command {
 
 /// Runs git with its output on our stderr (the build log).
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    run_vcs(cmd, "git", what)
+}
+
+/// Runs a version control tool (`tool` names it in errors) with its output
+/// on our stderr (the build log).
+pub(crate) fn run_vcs(cmd: &mut Command, tool: &str, what: &str) -> anyhow::Result<()> {
     let status = cmd
         .stdout(Stdio::from(std::io::stderr()))
         .stderr(Stdio::inherit())
         .status()
-        .with_context(|| format!("cannot run git ({what}); is git installed on this worker?"))?;
+        .with_context(|| format!("cannot run {tool} ({what}); is {tool} installed on this worker?"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
     Ok(())
 }
 
-/// Runs git and returns its trimmed stdout, or `None` when it fails.
-fn output(cmd: &mut Command) -> Option<String> {
+/// Runs a version control tool and returns its trimmed stdout, or `None`
+/// when it fails.
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

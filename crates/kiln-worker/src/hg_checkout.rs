@@ -10,6 +10,7 @@
 //!
 //! Prints the full node id on stdout (the step sets property `revision`).
 
+use crate::checkout::output;
 use anyhow::{bail, Context};
 use kiln_core::config::{check_hg_url, check_revision};
 use std::fs;
@@ -23,20 +24,7 @@ fn hg() -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd
-        .stdout(Stdio::from(std::io::stderr()))
-        .stderr(Stdio::inherit())
-        .status()
-        .with_context(|| format!("cannot run hg ({what}); is Mercurial installed on this worker?"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
-fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::checkout::run_vcs(cmd, "hg (Mercurial)", what)
 }
 
 pub fn hg_checkout(url: &str, branch: &str, subdir: Option<&str>) -> anyhow::Result<()> {
