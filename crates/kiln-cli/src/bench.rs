@@ -294,28 +294,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The dispatcher's "why does each queued build wait" pass
-/// (`kiln_core::schedule::why_waiting`) over 10,000 queued builds of 70
-/// components on 20 targets (1,400 builders), every fifth waiting for a
-/// dependency, ten workers with every slot busy: the median of 21 passes, ms.
+/// The dispatcher's pass over a queue it cannot start: the dispatch order
+/// (`kiln_core::schedule::dispatch_order`: priorities, requests taking
+/// turns) and why each build waits (`why_waiting`, with estimated starts),
+/// over 10,000 queued builds of 70 components on 20 targets (1,400
+/// builders) from 50 requests at three priorities, every fifth waiting for
+/// a dependency, ten workers with every slot busy: the median of 21 passes, ms.
 fn waiting_pass_ms() -> f64 {
-    use kiln_core::schedule::{why_waiting, QueuedView, WorkerLoad};
+    use kiln_core::schedule::{dispatch_order, why_waiting, FarmView, InLine, QueuedView, WorkerLoad};
+    use std::time::Duration;
     let targets: Vec<String> = (0..20).map(|i| format!("target-{i:02}")).collect();
     let labels: Vec<String> = (0..70).map(|c| format!("component-{c:02}@{}", targets[c % 20])).collect();
     let served: Vec<Vec<String>> = (0..10).map(|w| vec![targets[2 * w].clone(), targets[2 * w + 1].clone()]).collect();
     let names: Vec<String> = (0..10).map(|w| format!("w{w}")).collect();
-    let workers: Vec<WorkerLoad<'_>> =
-        (0..10).map(|w| WorkerLoad { name: &names[w], targets: &served[w], slots: 4, running: 4 }).collect();
-    let queue: Vec<QueuedView<'_>> = (0..10_000)
-        .map(|i| QueuedView {
-            target: &targets[i % 20],
-            unfinished_dependency: (i % 5 == 0).then(|| (i as i64, labels[i % 70].as_str())),
-        })
+    let workers: Vec<WorkerLoad<'_>> = (0..10)
+        .map(|w| WorkerLoad { name: &names[w], targets: &served[w], slots: 4, running: 4, drained: false })
+        .collect();
+    let farm = FarmView {
+        away: Vec::new(),
+        typical: targets.iter().map(|t| (t.as_str(), Duration::from_secs(300))).collect(),
+        remaining: names.iter().map(|n| (n.as_str(), vec![Some(Duration::from_secs(60)); 4])).collect(),
+    };
+    let line: Vec<InLine> = (0..10_000)
+        .map(|i| InLine { id: i as i64, priority: (i % 3) as i64, request: (i % 50) as i64, dispatched: 0 })
         .collect();
     let mut times: Vec<f64> = (0..21)
         .map(|_| {
             let t = std::time::Instant::now();
-            let why = why_waiting(&queue, &workers);
+            let order = dispatch_order(&line);
+            let queue: Vec<QueuedView<'_>> = order
+                .iter()
+                .map(|&id| {
+                    let i = id as usize;
+                    QueuedView {
+                        target: &targets[i % 20],
+                        priority: (i % 3) as i64,
+                        unfinished_dependency: i.is_multiple_of(5).then(|| (id, labels[i % 70].as_str())),
+                    }
+                })
+                .collect();
+            let why = why_waiting(&queue, &workers, &farm);
             std::hint::black_box(why);
             t.elapsed().as_secs_f64() * 1000.0
         })

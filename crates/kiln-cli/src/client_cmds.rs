@@ -313,8 +313,41 @@ pub async fn rebuild(id: i64, follow: bool, remote: &Remote) -> anyhow::Result<E
     requested(&client, &created, &format!("\t(rebuild of #{id})"), follow, remote.json).await
 }
 
-pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
-    let ws = remote.client()?.workers().await?;
+#[derive(clap::Subcommand)]
+pub enum WorkersAction {
+    /// Drain a worker: it finishes the builds it runs and is given no new ones until resumed (needs server_admin).
+    Drain {
+        name: String,
+        /// Why, shown beside the worker.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Give a drained worker builds again (needs server_admin).
+    Resume { name: String },
+}
+
+pub async fn workers(action: Option<WorkersAction>, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = remote.client()?;
+    let changed = match action {
+        None => None,
+        Some(WorkersAction::Drain { name, reason }) => Some(client.drain_worker(&name, reason.as_deref()).await?),
+        Some(WorkersAction::Resume { name }) => Some(client.resume_worker(&name).await?),
+    };
+    if let Some(w) = changed {
+        if remote.json {
+            println!("{}", serde_json::to_string_pretty(&w)?);
+        } else if w.drained.is_some() {
+            let running: Vec<String> = w.running.iter().map(|r| format!("#{r}")).collect();
+            match running.len() {
+                0 => println!("worker {} drained; it runs nothing", w.name),
+                _ => println!("worker {} drained; it finishes {} and takes nothing new", w.name, running.join(", ")),
+            }
+        } else {
+            println!("worker {} resumed; it takes builds again", w.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ws = client.workers().await?;
     if remote.json {
         println!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
@@ -322,10 +355,16 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<ExitCode> {
     println!("{:<16} {:<12} {:>5} {:<24} {:<30} TARGETS", "NAME", "STATE", "SLOTS", "RUNNING", "LAST SEEN");
     for w in ws {
         let running: Vec<String> = w.running.iter().map(|r| format!("#{r}")).collect();
+        let state = match (w.connected, w.drained.is_some()) {
+            (true, false) => "connected",
+            (false, false) => "away",
+            (true, true) => "drained",
+            (false, true) => "away,drained",
+        };
         println!(
             "{:<16} {:<12} {:>5} {:<24} {:<30} {}",
             w.name,
-            if w.connected { "connected" } else { "away" },
+            state,
             w.slots,
             if running.is_empty() { "-".into() } else { running.join(",") },
             w.last_seen.as_deref().unwrap_or("never"),

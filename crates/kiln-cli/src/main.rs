@@ -166,8 +166,10 @@ enum Command {
     },
     /// Upload a source package (.changes, .dsc with its files, or .src.rpm) to build.
     Upload(client_cmds::UploadArgs),
-    /// List workers.
+    /// List workers; drain one for maintenance (it finishes what it runs and takes nothing new), or resume it.
     Workers {
+        #[command(subcommand)]
+        action: Option<client_cmds::WorkersAction>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -477,6 +479,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         cfg.targets.len(),
                         cfg.workers.len()
                     );
+                    for w in kiln_core::config::warnings(&cfg) {
+                        eprintln!("warning: {w}");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -496,7 +501,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Log(args) => client_cmds::log(args).await,
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
         Command::Rebuild { build, follow, remote } => client_cmds::rebuild(build, follow, &remote).await,
-        Command::Workers { remote } => client_cmds::workers(&remote).await,
+        Command::Workers { action, remote } => client_cmds::workers(action, &remote).await,
         Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Release(args) => release::release(args).await,

@@ -338,3 +338,74 @@ async fn priority_goes_first_and_requests_take_turns() {
     let err = client.create_builds(&body).await.expect_err("out of range").to_string();
     assert!(err.contains("property `priority` must be a whole number from -1000 to 1000"), "{err}");
 }
+
+/// A drained worker finishes what it runs and takes nothing new: a build
+/// queued meanwhile says so, and starts once the worker is resumed (here
+/// through the workers page's button).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_worker_finishes_its_build_and_takes_nothing_new_until_resumed() {
+    let config = "[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n\n\
+         [[component]]\nname = \"hold\"\nsteps = [ { name = \"hold\", run = \"while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done\" } ]\n\n\
+         [[component]]\nname = \"quick\"\nsteps = [ { name = \"s\", run = \"true\" } ]\n";
+    let farm = Farm::running(KILN.as_ref(), config, &[], "w1", &["t"], 2).await;
+    let client = farm.client();
+    let hold = client.create_builds(&request(&["hold"], &[])).await.expect("create").builds[0].id;
+    farm.wait_build(hold, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
+
+    let (code, out, err) = run(farm.kiln().args(["workers", "drain", "w1", "--reason", "new disk"])).expect("drain");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("worker w1 drained; it finishes #{hold} and takes nothing new\n"));
+    let (_, out, _) = run(farm.kiln().args(["workers"])).expect("kiln workers");
+    assert!(out.lines().any(|l| l.starts_with("w1 ") && l.contains(" drained ")), "{out}");
+    // Drained with a free slot: a new build waits, and says why.
+    let quick = client.create_builds(&request(&["quick"], &[])).await.expect("create").builds[0].id;
+    let drained = wait_for(Duration::from_secs(20), || async {
+        client.build(quick).await.ok().and_then(|b| b.waiting).is_some_and(|w| w.kind() == "drained")
+    })
+    .await;
+    assert!(drained, "{:?}", client.build(quick).await.map(|b| b.waiting));
+    let why = client.build(quick).await.expect("build").waiting.expect("waiting");
+    assert!(why.message().starts_with("every connected worker serving t is drained (w1)"), "{}", why.message());
+
+    // What it ran finishes; the queued build still waits.
+    std::fs::write(farm.path(&format!("workers/w1/builds/go-{hold}")), "").expect("go");
+    assert_eq!(farm.wait_finished(hold, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    let idle = wait_for(Duration::from_secs(20), || async {
+        client.workers().await.is_ok_and(|ws| ws.iter().any(|w| w.name == "w1" && w.running.is_empty()))
+    })
+    .await;
+    assert!(idle);
+    let still = client.build(quick).await.expect("build");
+    assert_eq!((still.state, still.waiting.as_ref().map(|w| w.kind())), (BuildState::Queued, Some("drained")));
+
+    // The page shows the drain; only someone logged in with server_admin gets the buttons.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    let anonymous = http.get(format!("{}/workers", farm.url())).send().await.expect("page").text().await.expect("text");
+    assert!(anonymous.contains("drained by admin: new disk (idle)"), "{anonymous}");
+    assert!(!anonymous.contains("/workers/w1/resume"), "no button for the anonymous");
+    let (cookie, csrf) = farm.web_login(&http, &farm.admin_token(), "/workers", "admin").await;
+    let page = http
+        .get(format!("{}/workers", farm.url()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains("action=\"/workers/w1/resume\""), "{page}");
+    let resumed = http
+        .post(format!("{}/workers/w1/resume", farm.url()))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status().as_u16(), 303, "back to the workers page");
+    assert_eq!(farm.wait_finished(quick, Duration::from_secs(30)).await.state, BuildState::Succeeded);
+    assert!(client.workers().await.expect("workers").iter().all(|w| w.drained.is_none()));
+    // Resuming again is a conflict, said plainly.
+    let (code, _, err) = run(farm.kiln().args(["workers", "resume", "w1"])).expect("resume");
+    assert_ne!(code, 0);
+    assert!(err.contains("worker w1 is not drained"), "{err}");
+}

@@ -254,6 +254,17 @@ impl Client {
         self.send(self.get("/api/v1/workers")).await
     }
 
+    /// Drains worker `name`: it finishes what it runs and takes nothing new.
+    pub async fn drain_worker(&self, name: &str, reason: Option<&str>) -> Result<WorkerInfo> {
+        let body = kiln_proto::api::DrainBody { reason: reason.map(str::to_string) };
+        self.send(self.post(&format!("/api/v1/workers/{}/drain", url_path_segment(name)))?.json(&body)).await
+    }
+
+    /// Gives drained worker `name` builds again.
+    pub async fn resume_worker(&self, name: &str) -> Result<WorkerInfo> {
+        self.send(self.post(&format!("/api/v1/workers/{}/resume", url_path_segment(name)))?).await
+    }
+
     pub async fn builders(&self) -> Result<Vec<BuilderInfo>> {
         self.send(self.get("/api/v1/builders")).await
     }

@@ -2,6 +2,8 @@
 //! takes it. The dispatcher in the master asks; nothing here acts.
 
 use crate::state::BuildState;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
 
 /// What the dispatcher knows of one connected worker.
 #[derive(Debug, Clone, Copy)]
@@ -10,16 +12,18 @@ pub struct WorkerLoad<'a> {
     pub targets: &'a [String],
     pub slots: usize,
     pub running: usize,
+    /// Drained: it finishes what it runs and takes nothing new.
+    pub drained: bool,
 }
 
 /// The worker that should take a build for `target`: one that serves the
-/// target and has a free slot, least loaded first (by the share of its slots
+/// target, is not drained and has a free slot, least loaded first (by the share of its slots
 /// in use, then by running builds, then by name so the choice is stable).
 pub fn pick_worker(workers: &[WorkerLoad<'_>], target: &str) -> Option<usize> {
     workers
         .iter()
         .enumerate()
-        .filter(|(_, w)| w.running < w.slots && w.targets.iter().any(|t| t == target))
+        .filter(|(_, w)| !w.drained && w.running < w.slots && w.targets.iter().any(|t| t == target))
         .min_by(|(_, a), (_, b)| {
             // a.running / a.slots < b.running / b.slots, without floats.
             (a.running * b.slots).cmp(&(b.running * a.slots)).then(a.running.cmp(&b.running)).then(a.name.cmp(b.name))
@@ -127,86 +131,216 @@ pub fn dispatch_order(queue: &[InLine]) -> Vec<i64> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Waiting {
-    /// No connected worker serves its target.
-    NoWorker { target: String, message: String },
+    /// No connected worker serves its target; `could` names the known
+    /// workers (configured or seen before) that would.
+    NoWorker { target: String, could: Vec<String>, message: String },
+    /// Every connected worker serving its target is drained.
+    Drained { target: String, workers: Vec<String>, message: String },
     /// Every slot that serves its target is taken; `position` is its place
-    /// among the ready builds for that target (1: next).
-    SlotsBusy { target: String, position: usize, message: String },
+    /// among the ready builds for that target (1: next), `starts_in_s` the
+    /// estimate from recent build durations, when there are any.
+    SlotsBusy { target: String, position: usize, starts_in_s: Option<u64>, message: String },
+    /// Like `slots_busy`, with builds of a higher priority ahead of it.
+    Priority { target: String, position: usize, ahead: usize, starts_in_s: Option<u64>, message: String },
     /// It waits for a build of its request to succeed first.
     Dependency { build: i64, message: String },
+    /// Its Build-Depends cannot be met from what its build root would see.
+    Unresolvable { missing: Vec<String>, message: String },
+    /// Its Build-Depends are being checked before it goes to a worker.
+    Checking { message: String },
 }
 
 impl Waiting {
     pub fn message(&self) -> &str {
         match self {
             Waiting::NoWorker { message, .. }
+            | Waiting::Drained { message, .. }
             | Waiting::SlotsBusy { message, .. }
-            | Waiting::Dependency { message, .. } => message,
+            | Waiting::Priority { message, .. }
+            | Waiting::Dependency { message, .. }
+            | Waiting::Unresolvable { message, .. }
+            | Waiting::Checking { message } => message,
         }
     }
 
-    /// The short name of the reason (`no_worker`, `slots_busy`, `dependency`).
+    /// The short name of the reason (`no_worker`, `slots_busy`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
             Waiting::NoWorker { .. } => "no_worker",
+            Waiting::Drained { .. } => "drained",
             Waiting::SlotsBusy { .. } => "slots_busy",
+            Waiting::Priority { .. } => "priority",
             Waiting::Dependency { .. } => "dependency",
+            Waiting::Unresolvable { .. } => "unresolvable",
+            Waiting::Checking { .. } => "checking",
         }
     }
 }
 
-/// A queued build as [`why_waiting`] needs it: its target and the first of
-/// its dependencies that has not finished (id and `component@target`).
+/// A queued build as [`why_waiting`] needs it: its target, priority and
+/// the first of its dependencies that has not finished (id and
+/// `component@target`).
 #[derive(Debug, Clone, Copy)]
 pub struct QueuedView<'a> {
     pub target: &'a str,
+    pub priority: i64,
     pub unfinished_dependency: Option<(i64, &'a str)>,
+}
+
+/// What [`why_waiting`] knows of the farm besides the connected workers.
+#[derive(Debug, Default)]
+pub struct FarmView<'a> {
+    /// Known workers that are not connected, with the targets they serve
+    /// (as configured, or as they last said).
+    pub away: Vec<(&'a str, &'a [String])>,
+    /// How long builds for a target typically take.
+    pub typical: HashMap<&'a str, Duration>,
+    /// Each connected worker's running builds: how long each has left by
+    /// its target's typical duration (`None`: not known).
+    pub remaining: HashMap<&'a str, Vec<Option<Duration>>>,
 }
 
 /// Why each build of `queue` (in dispatch order) waits, after a dispatch
 /// pass left them queued: a dependency first, then whether any connected
-/// worker serves the target at all, then its place in line for the busy
-/// slots that do.
-pub fn why_waiting(queue: &[QueuedView<'_>], workers: &[WorkerLoad<'_>]) -> Vec<Waiting> {
-    let mut in_line: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+/// worker serves the target at all, then whether those that do are
+/// drained, then its place in line for the busy slots (behind higher
+/// priorities, when it is), with an estimated start.
+pub fn why_waiting(queue: &[QueuedView<'_>], workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> Vec<Waiting> {
+    let mut lines: HashMap<&str, Line> = HashMap::new();
     queue
         .iter()
         .map(|q| {
             if let Some((build, label)) = q.unfinished_dependency {
                 return Waiting::Dependency { build, message: format!("waits for build {build} ({label}) to succeed") };
             }
-            let serving: Vec<&WorkerLoad<'_>> =
-                workers.iter().filter(|w| w.targets.iter().any(|t| t == q.target)).collect();
+            let serves = |w: &&WorkerLoad<'_>| w.targets.iter().any(|t| t == q.target);
+            let serving: Vec<&WorkerLoad<'_>> = workers.iter().filter(serves).collect();
             if serving.is_empty() {
-                let connected: Vec<&str> = workers.iter().map(|w| w.name).collect();
-                let message = if connected.is_empty() {
-                    format!("no worker is connected; one serving {} would take it", q.target)
-                } else {
-                    format!(
-                        "no connected worker serves {} (connected: {}); start one with --targets {}",
-                        q.target,
-                        connected.join(", "),
-                        q.target
-                    )
-                };
-                return Waiting::NoWorker { target: q.target.to_string(), message };
+                return no_worker(q.target, workers, farm);
             }
-            let position = in_line.entry(q.target).or_insert(0);
-            *position += 1;
-            let slots: usize = serving.iter().map(|w| w.slots).sum();
-            let names: Vec<&str> = serving.iter().map(|w| w.name).collect();
-            Waiting::SlotsBusy {
-                target: q.target.to_string(),
-                position: *position,
-                message: format!(
-                    "all {slots} slots serving {} are busy ({}); number {} in line",
+            let open: Vec<&WorkerLoad<'_>> = serving.iter().copied().filter(|w| !w.drained).collect();
+            if open.is_empty() {
+                let names: Vec<String> = serving.iter().map(|w| w.name.to_string()).collect();
+                let message = format!(
+                    "every connected worker serving {} is drained ({}); `kiln workers resume NAME` gives it work again",
                     q.target,
-                    names.join(", "),
-                    position
-                ),
+                    names.join(", ")
+                );
+                return Waiting::Drained { target: q.target.to_string(), workers: names, message };
             }
+            let line = lines.entry(q.target).or_insert_with(|| Line::new(q.target, &open, farm));
+            line.next(q, &open)
         })
         .collect()
+}
+
+fn no_worker(target: &str, workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> Waiting {
+    let could: Vec<String> =
+        farm.away.iter().filter(|(_, ts)| ts.iter().any(|t| t == target)).map(|(n, _)| n.to_string()).collect();
+    let connected: Vec<&str> = workers.iter().map(|w| w.name).collect();
+    let mut message = if connected.is_empty() {
+        format!("no worker is connected; one serving {target} would take it")
+    } else {
+        format!("no connected worker serves {target} (connected: {})", connected.join(", "))
+    };
+    if could.is_empty() {
+        message.push_str(&format!("; start one with --targets {target}"));
+    } else {
+        message.push_str(&format!("; {} would (not connected)", could.join(", ")));
+    }
+    Waiting::NoWorker { target: target.to_string(), could, message }
+}
+
+/// The line of ready builds for one target's busy slots.
+struct Line {
+    taken: usize,
+    /// Priorities of the builds ahead, to count those above a newcomer.
+    priorities: Vec<i64>,
+    typical: Option<Duration>,
+    /// When each slot frees, from now (a min-heap).
+    frees_at: BinaryHeap<std::cmp::Reverse<Duration>>,
+}
+
+impl Line {
+    fn new(target: &str, open: &[&WorkerLoad<'_>], farm: &FarmView<'_>) -> Line {
+        let typical = farm.typical.get(target).copied();
+        let mut frees_at = BinaryHeap::new();
+        if let Some(typical) = typical {
+            for w in open {
+                let left = farm.remaining.get(w.name).map(Vec::as_slice).unwrap_or(&[]);
+                for slot in 0..w.slots {
+                    let free_in = match slot.checked_sub(w.slots.saturating_sub(w.running)) {
+                        // A free slot (taken by a build ahead in this pass).
+                        None => Duration::ZERO,
+                        Some(i) => left.get(i).copied().flatten().unwrap_or(typical),
+                    };
+                    frees_at.push(std::cmp::Reverse(free_in));
+                }
+            }
+        }
+        Line { taken: 0, priorities: Vec::new(), typical, frees_at }
+    }
+
+    fn next(&mut self, q: &QueuedView<'_>, open: &[&WorkerLoad<'_>]) -> Waiting {
+        self.taken += 1;
+        let position = self.taken;
+        let ahead = self.priorities.iter().filter(|p| **p > q.priority).count();
+        self.priorities.push(q.priority);
+        let starts_in = match (self.typical, self.frees_at.pop()) {
+            (Some(typical), Some(std::cmp::Reverse(at))) => {
+                self.frees_at.push(std::cmp::Reverse(at + typical));
+                Some(at)
+            }
+            _ => None,
+        };
+        let slots: usize = open.iter().map(|w| w.slots).sum();
+        let names: Vec<&str> = open.iter().map(|w| w.name).collect();
+        let mut message = if ahead > 0 {
+            format!("behind {ahead} build(s) of higher priority for {}; ", q.target)
+        } else {
+            String::new()
+        };
+        message.push_str(&format!(
+            "all {slots} slots serving {} are busy ({}); number {position} in line",
+            q.target,
+            names.join(", ")
+        ));
+        if let (Some(at), Some(typical)) = (starts_in, self.typical) {
+            message.push_str(&format!(
+                "; starts in about {} (builds for {} take about {})",
+                about(at),
+                q.target,
+                about(typical)
+            ));
+        }
+        let target = q.target.to_string();
+        let starts_in_s = starts_in.map(|d| d.as_secs());
+        if ahead > 0 {
+            Waiting::Priority { target, position, ahead, starts_in_s, message }
+        } else {
+            Waiting::SlotsBusy { target, position, starts_in_s, message }
+        }
+    }
+}
+
+/// A rough duration for people: `40 s`, `3 min`, `2 h 5 min`.
+pub fn about(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{} s", s.max(1)),
+        60..3600 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A target's typical build duration, updated with one more finished
+/// build: an exponentially weighted mean (one fifth for the newest), so
+/// it follows a change in a few builds without one outlier ruling it.
+pub fn blend_duration(typical: Option<Duration>, finished: Duration) -> Duration {
+    match typical {
+        None => finished,
+        Some(t) => (t * 4 + finished) / 5,
+    }
 }
 
 #[cfg(test)]
@@ -218,14 +352,14 @@ mod tests {
         let deb = vec!["deb".to_string()];
         let both = vec!["deb".to_string(), "rpm".to_string()];
         let ws = [
-            WorkerLoad { name: "a", targets: &both, slots: 1, running: 1 },
-            WorkerLoad { name: "b", targets: &deb, slots: 4, running: 1 },
-            WorkerLoad { name: "c", targets: &both, slots: 2, running: 1 },
+            WorkerLoad { name: "a", targets: &both, slots: 1, running: 1, drained: false },
+            WorkerLoad { name: "b", targets: &deb, slots: 4, running: 1, drained: false },
+            WorkerLoad { name: "c", targets: &both, slots: 2, running: 1, drained: false },
         ];
         assert_eq!(pick_worker(&ws, "deb"), Some(1));
         assert_eq!(pick_worker(&ws, "rpm"), Some(2));
         assert_eq!(pick_worker(&ws, "msi"), None);
-        let full = [WorkerLoad { name: "a", targets: &both, slots: 1, running: 1 }];
+        let full = [WorkerLoad { name: "a", targets: &both, slots: 1, running: 1, drained: false }];
         assert_eq!(pick_worker(&full, "deb"), None);
     }
 
@@ -243,14 +377,17 @@ mod tests {
     #[test]
     fn each_queued_build_says_why_it_waits() {
         let t = vec!["d12".to_string()];
-        let workers = [WorkerLoad { name: "w1", targets: &t, slots: 2, running: 2 }];
+        let el = vec!["el9".to_string()];
+        let workers = [WorkerLoad { name: "w1", targets: &t, slots: 2, running: 2, drained: false }];
+        let view = |target, priority, dep| QueuedView { target, priority, unfinished_dependency: dep };
         let queue = [
-            QueuedView { target: "d12", unfinished_dependency: None },
-            QueuedView { target: "el9", unfinished_dependency: None },
-            QueuedView { target: "d12", unfinished_dependency: Some((7, "libgrace@d12")) },
-            QueuedView { target: "d12", unfinished_dependency: None },
+            view("d12", 0, None),
+            view("el9", 0, None),
+            view("d12", 0, Some((7, "libgrace@d12"))),
+            view("d12", 0, None),
         ];
-        let why = why_waiting(&queue, &workers);
+        let farm = FarmView::default();
+        let why = why_waiting(&queue, &workers, &farm);
         assert_eq!(why[0].kind(), "slots_busy");
         assert_eq!(why[0].message(), "all 2 slots serving d12 are busy (w1); number 1 in line");
         assert_eq!(why[1].message(), "no connected worker serves el9 (connected: w1); start one with --targets el9");
@@ -258,9 +395,60 @@ mod tests {
             why[2],
             Waiting::Dependency { build: 7, message: "waits for build 7 (libgrace@d12) to succeed".into() }
         );
-        assert!(matches!(why[3], Waiting::SlotsBusy { position: 2, .. }));
-        let none = why_waiting(&queue[1..2], &[]);
-        assert_eq!(none[0].message(), "no worker is connected; one serving el9 would take it");
+        assert!(matches!(why[3], Waiting::SlotsBusy { position: 2, starts_in_s: None, .. }));
+        // A worker known to serve el9 but away is named.
+        let away = FarmView { away: vec![("w9", el.as_slice())], ..FarmView::default() };
+        let none = why_waiting(&queue[1..2], &[], &away);
+        assert_eq!(
+            none[0],
+            Waiting::NoWorker {
+                target: "el9".into(),
+                could: vec!["w9".into()],
+                message: "no worker is connected; one serving el9 would take it; w9 would (not connected)".into()
+            }
+        );
+        // Its only worker is drained.
+        let drained = [WorkerLoad { name: "w1", targets: &t, slots: 2, running: 1, drained: true }];
+        let why = why_waiting(&queue[..1], &drained, &farm);
+        assert_eq!(why[0].kind(), "drained");
+        assert!(why[0].message().starts_with("every connected worker serving d12 is drained (w1)"), "{why:?}");
+    }
+
+    #[test]
+    fn a_place_in_line_comes_with_an_estimated_start_and_the_priorities_ahead() {
+        let t = vec!["d12".to_string()];
+        // Two workers of one slot each: one build has 1 min left, the other 4 min.
+        let workers = [
+            WorkerLoad { name: "w1", targets: &t, slots: 1, running: 1, drained: false },
+            WorkerLoad { name: "w2", targets: &t, slots: 1, running: 1, drained: false },
+        ];
+        let min = |m: u64| Duration::from_secs(60 * m);
+        let farm = FarmView {
+            away: Vec::new(),
+            typical: [("d12", min(5))].into_iter().collect(),
+            remaining: [("w1", vec![Some(min(1))]), ("w2", vec![Some(min(4))])].into_iter().collect(),
+        };
+        let view = |priority| QueuedView { target: "d12", priority, unfinished_dependency: None };
+        let why = why_waiting(&[view(5), view(0), view(0)], &workers, &farm);
+        // First slot frees in 1 min, the second in 4, the first again in 1 + 5.
+        let starts: Vec<Option<u64>> = why
+            .iter()
+            .map(|w| match w {
+                Waiting::SlotsBusy { starts_in_s, .. } | Waiting::Priority { starts_in_s, .. } => *starts_in_s,
+                _ => panic!("{w:?}"),
+            })
+            .collect();
+        assert_eq!(starts, [Some(60), Some(240), Some(360)]);
+        assert_eq!(why[0].kind(), "slots_busy");
+        assert_eq!(
+            why[1].message(),
+            "behind 1 build(s) of higher priority for d12; all 2 slots serving d12 are busy (w1, w2); number 2 in \
+             line; starts in about 4 min (builds for d12 take about 5 min)"
+        );
+        assert!(matches!(why[2], Waiting::Priority { position: 3, ahead: 1, .. }));
+        assert_eq!(blend_duration(None, min(5)), min(5));
+        assert_eq!(blend_duration(Some(min(5)), min(10)), min(6));
+        assert_eq!(about(Duration::from_secs(3 * 3600 + 120)), "3 h 2 min");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! One module per concern: `store` (connecting, migrating), `builds`
 //! (requests, builds and steps, the dispatcher's writes), `artifacts`,
 //! `views` (what the web pages read), `packages` (publishing, channels,
-//! snapshots, schedules), `users` (users and tokens), with `rows` (row types
+//! snapshots, schedules), `users` (users and tokens), `workers` (drains), with `rows` (row types
 //! and their SQL encoding) and `migrations` beneath them.
 
 mod artifacts;
@@ -22,12 +22,14 @@ mod rows;
 mod store;
 mod users;
 mod views;
+mod workers;
 
 pub use builds::Write;
 pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
 pub use store::Store;
 pub use users::{TokenRow, UserRow};
+pub use workers::DrainRow;
 
 /// The schema version this build of kiln migrates a database to.
 pub fn latest_schema_version() -> i64 {

@@ -192,4 +192,16 @@ INSERT INTO package_owners (kind, name, component)
     GROUP BY p.kind, p.name;
 "#,
     },
+    Migration {
+        version: 10,
+        description: "workers drained for maintenance (finish what runs, take nothing new)",
+        sql: r#"
+CREATE TABLE worker_drains (
+    name TEXT PRIMARY KEY,
+    drained_by TEXT NOT NULL,
+    reason TEXT,
+    drained_at BIGINT NOT NULL
+);
+"#,
+    },
 ];

@@ -41,6 +41,22 @@ impl Store {
         Ok(counts)
     }
 
+    /// How long the `limit` most recently requested builds that ran to an
+    /// end took, oldest first: (target, microseconds from start to finish).
+    pub async fn recent_durations(&self, limit: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT target, finished_at - started_at FROM builds WHERE state IN ('succeeded', 'failed') \
+             AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out =
+            rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)?.max(0)))).collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
     pub async fn builder_stats(&self) -> Result<Vec<BuilderStats>> {
         // Three index-driven queries instead of per-builder subqueries: the
         // newest build of each builder (covering index on component, target,

@@ -333,3 +333,25 @@ async fn console_queries_cover_cells_summaries_and_builder_stats() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_drain_holds_until_resumed_and_keeps_its_first_author() {
+    on_both(|s| async move {
+        assert!(s.drained_workers().await.expect("none").is_empty());
+        let first = s.drain_worker("w1", "ann@example.org", Some("disk swap"), 10).await.expect("drain");
+        assert_eq!(
+            (first.drained_by.as_str(), first.reason.as_deref(), first.drained_at),
+            ("ann@example.org", Some("disk swap"), 10)
+        );
+        // Draining again changes nothing: the first drain stays in force.
+        let again = s.drain_worker("w1", "bob@example.org", None, 20).await.expect("drain again");
+        assert_eq!(again, first);
+        s.drain_worker("w2", "bob@example.org", None, 30).await.expect("drain w2");
+        let names: Vec<String> = s.drained_workers().await.expect("list").into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["w1", "w2"]);
+        assert!(s.resume_worker("w1").await.expect("resume"));
+        assert!(!s.resume_worker("w1").await.expect("resume twice"), "a worker not drained is not resumed");
+        assert_eq!(s.drained_workers().await.expect("list").len(), 1);
+    })
+    .await;
+}

@@ -43,6 +43,12 @@ pub enum Event {
         reply: oneshot::Sender<CancelOutcome>,
     },
     ConfigChanged,
+    /// The drained workers changed; all of them, as stored now. Answered
+    /// once the workers' list shows them.
+    Drains {
+        drains: Vec<kiln_db::DrainRow>,
+        done: oneshot::Sender<()>,
+    },
     /// The publisher finished with a build's packages.
     Published {
         build_id: i64,

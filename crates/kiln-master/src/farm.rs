@@ -56,6 +56,9 @@ impl LoadedFarm {
         let dir =
             path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
         let base_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        for warning in config::warnings(&cfg) {
+            tracing::warn!("{warning}");
+        }
         let mut worker_tokens = HashMap::new();
         for w in &cfg.workers {
             let Some(token_file) = &w.token_file else { continue };

@@ -127,6 +127,28 @@ pub struct WorkerInfo {
     pub last_seen: Option<String>,
     pub version: Option<String>,
     pub address: Option<String>,
+    /// Set while the worker is drained: it finishes what it runs and is
+    /// given nothing new until resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<Drained>,
+}
+
+/// Body of `POST /api/v1/workers/{name}/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// Shown beside the worker (one line).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Who drained a worker, why and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Drained {
+    pub by: String,
+    pub reason: Option<String>,
+    /// RFC 3339.
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -53,5 +53,26 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
     Err(ConfigErrors { diagnostics: r.diags })
 }
 
+/// What is allowed but likely a mistake, for `kiln checkconfig` and the
+/// master's log: a target that no `[[worker]]` lists in its `targets` (its
+/// builds would wait for ever), once any worker lists its targets.
+pub fn warnings(cfg: &FarmConfig) -> Vec<String> {
+    let declared: Vec<&Vec<String>> = cfg.workers.iter().filter_map(|w| w.targets.as_ref()).collect();
+    if cfg.workers.is_empty() || cfg.workers.iter().any(|w| w.targets.is_none()) {
+        // A worker that lists no targets serves whatever it claims.
+        return Vec::new();
+    }
+    cfg.targets
+        .iter()
+        .filter(|t| !declared.iter().any(|ts| ts.contains(&t.name)))
+        .map(|t| {
+            format!(
+                "target {:?}: no [[worker]] lists it in `targets`, so its builds would wait for a worker for ever",
+                t.name
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -175,6 +175,17 @@ pub struct WorkerDef {
     /// The file holding its token; none when it logs in by certificate
     /// only (mutual TLS, `[master.worker_tls] client_ca`).
     pub token_file: Option<String>,
+    /// The targets it may serve (`targets`): builds for others are not
+    /// given to it whatever it claims when it connects. `None`: whatever
+    /// it claims.
+    pub targets: Option<Vec<String>>,
+}
+
+impl WorkerDef {
+    /// Whether this worker may take builds for `target`.
+    pub fn may_serve(&self, target: &str) -> bool {
+        self.targets.as_ref().is_none_or(|ts| ts.iter().any(|t| t == target))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -12,7 +12,7 @@
 use super::model::{Component, MasterSection, Source, StepSpec, TlsFiles, WorkerDef};
 use super::tables::{named, Names};
 use super::triggers::{self, Notifier};
-use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten};
+use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten, WorkerAsWritten};
 use super::{packaging, relations, targets, uploads};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
@@ -43,7 +43,7 @@ const TOP_KEYS: &[&str] =
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
-const WORKER_KEYS: &[&str] = &["name", "token_file"];
+const WORKER_KEYS: &[&str] = &["name", "token_file", "targets"];
 const COMPONENT_KEYS: &[&str] = &[
     "name",
     "source",
@@ -101,7 +101,7 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
     })
 }
 
-fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<WorkerDef> {
+fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<WorkerAsWritten> {
     let mut workers = Vec::new();
     let Some(item) = item else { return workers };
     let mut names = Names::new("worker");
@@ -110,9 +110,15 @@ fn read_workers(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Worke
         r.check_keys(tbl, WORKER_KEYS, "[[worker]]");
         let name = named(r, tbl, "[[worker]]");
         let token = r.string(tbl, "token_file", "[[worker]]");
+        let targets = r.string_list(tbl, "targets", "[[worker]]");
         if let Some((name, nspan)) = name {
             if names.take(r, &name, &nspan) {
-                workers.push(WorkerDef { name, token_file: token.map(|t| t.0) });
+                let def = WorkerDef {
+                    name,
+                    token_file: token.map(|t| t.0),
+                    targets: targets.as_ref().map(|ts| ts.iter().map(|t| t.0.clone()).collect()),
+                };
+                workers.push(WorkerAsWritten { def, targets: targets.unwrap_or_default() });
             }
         }
     }

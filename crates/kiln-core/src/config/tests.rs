@@ -344,3 +344,25 @@ fn a_component_takes_uploads_only_of_signed_uploaders() {
     let rpm = errors("[[target]]\nname = \"el-9-debuginfo\"\nfamily = \"rpm\"\n");
     assert!(rpm[0].contains("may not end in \"-debuginfo\""), "{rpm:?}");
 }
+
+#[test]
+fn workers_may_list_their_targets_and_a_target_none_lists_is_warned_about() {
+    let farm = |w2: &str| {
+        format!(
+            "[[target]]\nname = \"d12\"\nfamily = \"deb\"\n[[target]]\nname = \"el9\"\nfamily = \"rpm\"\n\
+             [[worker]]\nname = \"w1\"\ntargets = [\"d12\"]\n[[worker]]\nname = \"w2\"\n{w2}"
+        )
+    };
+    // w2 lists none: it serves whatever it claims, so nothing is known to be unserved.
+    let cfg = parse(&farm("")).expect("parses");
+    assert!(cfg.workers[0].may_serve("d12") && !cfg.workers[0].may_serve("el9"));
+    assert!(cfg.workers[1].may_serve("el9"));
+    assert!(super::warnings(&cfg).is_empty());
+    let cfg = parse(&farm("targets = [\"d12\"]\n")).expect("parses");
+    assert_eq!(
+        super::warnings(&cfg),
+        ["target \"el9\": no [[worker]] lists it in `targets`, so its builds would wait for a worker for ever"]
+    );
+    let errs = errors(&farm("targets = [\"d13\"]\n"));
+    assert_eq!(errs, ["farm.toml:12:12: [[worker]] \"w2\": unknown target \"d13\""]);
+}

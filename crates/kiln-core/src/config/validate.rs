@@ -27,6 +27,13 @@ pub(super) fn farm(r: &mut Reader<'_>, farm: &FarmAsWritten) {
     for s in &farm.schedules {
         schedule_names(r, s, &components, &farm.targets);
     }
+    for w in &farm.workers {
+        for (t, tspan) in &w.targets {
+            if !farm.targets.iter().any(|x| &x.name == t) {
+                r.err(tspan, format!("[[worker]] {:?}: unknown target {t:?}", w.def.name));
+            }
+        }
+    }
     notifier_sections(r, farm);
     uploads_taken(r, &components, farm.uploads.require_signature);
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// of the names it refers to in other tables.
 pub(super) struct FarmAsWritten {
     pub(super) master: Option<MasterSection>,
-    pub(super) workers: Vec<WorkerDef>,
+    pub(super) workers: Vec<WorkerAsWritten>,
     pub(super) targets: Vec<Target>,
     pub(super) components: Vec<ComponentAsWritten>,
     pub(super) channels: Vec<ChannelAsWritten>,
@@ -24,6 +24,12 @@ pub(super) struct FarmAsWritten {
     pub(super) smtp: Option<Smtp>,
     pub(super) irc: Option<Irc>,
     pub(super) uploads: UploadsSection,
+}
+
+/// A `[[worker]]` table with a valid, unique name, and the spans of its `targets`.
+pub(super) struct WorkerAsWritten {
+    pub(super) def: WorkerDef,
+    pub(super) targets: Vec<(String, Span)>,
 }
 
 /// A `[[component]]` table with a valid name.
@@ -67,7 +73,7 @@ impl FarmAsWritten {
     pub(super) fn into_config(self) -> FarmConfig {
         FarmConfig {
             master: self.master.unwrap_or_default(),
-            workers: self.workers,
+            workers: self.workers.into_iter().map(|w| w.def).collect(),
             targets: self.targets,
             components: self.components.into_iter().filter(|c| !c.duplicate).map(|c| c.component).collect(),
             channels: self.channels.into_iter().map(|c| c.channel).collect(),

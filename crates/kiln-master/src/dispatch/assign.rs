@@ -167,6 +167,7 @@ impl Dispatcher {
                 allowed,
                 cancelled_by: None,
                 publishing: false,
+                started: Instant::now(),
             },
         );
         if let Some(w) = self.workers.get_mut(worker) {

@@ -25,7 +25,7 @@ use kiln_core::config::Source;
 use kiln_core::job::{steps_for, uploaded_component, BuildSource, PlannedStep};
 use kiln_core::props::{Properties, Property, PropertySource};
 use kiln_core::schedule::{
-    dispatch_order, pick_worker, priority_of, readiness, why_waiting, InLine, QueuedView, Readiness, Waiting,
+    dispatch_order, pick_worker, priority_of, readiness, why_waiting, FarmView, InLine, QueuedView, Readiness, Waiting,
     WorkerLoad,
 };
 use kiln_core::BuildState;
@@ -58,11 +58,16 @@ struct RunningBuild {
     cancelled_by: Option<String>,
     /// Its worker is done; its packages are with the publisher.
     publishing: bool,
+    /// When it was dispatched (or found running at a restart).
+    started: Instant,
 }
 
 struct Conn {
     conn: u64,
     tx: UnboundedSender<MasterMsg>,
+    /// The targets it said it serves.
+    claimed: Vec<String>,
+    /// Those of them the config lets it serve (`[[worker]] targets`).
     targets: Vec<String>,
     slots: usize,
     running: HashSet<i64>,
@@ -91,11 +96,18 @@ pub struct Dispatcher {
     /// Builds dispatched so far of each request that still has builds
     /// queued: whose turn it is among equal priorities.
     dispatched: HashMap<i64, u64>,
+    /// Drained workers (from the store): they take nothing new.
+    drained: HashMap<String, kiln_db::DrainRow>,
+    /// How long builds for each target typically take, for estimates.
+    typical: HashMap<String, Duration>,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
 /// queued by another master sharing the database).
 const POLL: Duration = Duration::from_secs(2);
+
+/// How many recently finished builds seed the typical durations at start.
+const RECENT_DURATIONS: i64 = 2000;
 
 impl Dispatcher {
     pub fn new(shared: Arc<Shared>) -> Self {
@@ -112,6 +124,8 @@ impl Dispatcher {
             pending: Vec::new(),
             pending_acks: Vec::new(),
             dispatched: HashMap::new(),
+            drained: HashMap::new(),
+            typical: HashMap::new(),
         }
     }
 
@@ -142,6 +156,7 @@ impl Dispatcher {
                             allowed: assign::Allowed::default(),
                             cancelled_by: None,
                             publishing: true,
+                            started: Instant::now(),
                         },
                     );
                     let _ = self.shared.publisher.send(PublishRequest::Build(b.id));
@@ -165,6 +180,7 @@ impl Dispatcher {
                             allowed,
                             cancelled_by: None,
                             publishing: false,
+                            started: Instant::now(),
                         },
                     );
                 }
@@ -172,6 +188,12 @@ impl Dispatcher {
             }
         }
         self.load_dependency_states().await;
+        self.drained = self.shared.store.drained_workers().await?.into_iter().map(|d| (d.name.clone(), d)).collect();
+        for (target, took) in self.shared.store.recent_durations(RECENT_DURATIONS).await? {
+            let typical = self.typical.get(&target).copied();
+            self.typical
+                .insert(target, kiln_core::schedule::blend_duration(typical, Duration::from_micros(took as u64)));
+        }
         self.publish_workers();
         Ok(())
     }
@@ -322,7 +344,15 @@ impl Dispatcher {
                 let outcome = self.cancel(build_id, &by).await;
                 let _ = reply.send(outcome);
             }
-            Event::ConfigChanged => self.publish_workers(),
+            Event::ConfigChanged => {
+                self.apply_worker_targets();
+                self.publish_workers();
+            }
+            Event::Drains { drains, done } => {
+                self.drained = drains.into_iter().map(|d| (d.name.clone(), d)).collect();
+                self.publish_workers();
+                let _ = done.send(());
+            }
             Event::Published { build_id, outcome } => self.published(build_id, outcome),
         }
     }

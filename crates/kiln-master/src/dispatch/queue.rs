@@ -79,14 +79,43 @@ impl Dispatcher {
         let loads: Vec<WorkerLoad<'_>> = self
             .workers
             .iter()
-            .map(|(n, w)| WorkerLoad { name: n, targets: &w.targets, slots: w.slots, running: w.running.len() })
+            .map(|(n, w)| WorkerLoad {
+                name: n,
+                targets: &w.targets,
+                slots: w.slots,
+                running: w.running.len(),
+                drained: self.drained.contains_key(n),
+            })
             .collect();
+        let farm = self.shared.farm();
+        let infos = self.shared.workers();
+        let mut view =
+            FarmView { typical: self.typical.iter().map(|(t, d)| (t.as_str(), *d)).collect(), ..FarmView::default() };
+        // Known workers that are away: the targets their config allows, else
+        // the ones they served when last connected.
+        for info in infos.values().filter(|i| !self.workers.contains_key(&i.name)) {
+            let declared = farm.cfg.worker(&info.name).and_then(|w| w.targets.as_deref());
+            view.away.push((info.name.as_str(), declared.unwrap_or(&info.targets)));
+        }
+        for (name, w) in &self.workers {
+            let left: Vec<Option<Duration>> = w
+                .running
+                .iter()
+                .map(|id| {
+                    let run = self.running.get(id)?;
+                    let typical = self.typical.get(&run.target)?;
+                    Some(typical.saturating_sub(run.started.elapsed()))
+                })
+                .collect();
+            view.remaining.insert(name.as_str(), left);
+        }
         let order = self.in_order();
         let views: Vec<QueuedView<'_>> = order
             .iter()
             .filter_map(|id| self.queue.get(id))
             .map(|q| QueuedView {
                 target: &q.target,
+                priority: priority_of(&q.properties),
                 unfinished_dependency: q.depends_on.iter().find_map(|d| match self.known.get(d) {
                     Some((label, BuildState::Queued | BuildState::Running)) => Some((*d, label.as_str())),
                     Some(_) => None,
@@ -94,7 +123,7 @@ impl Dispatcher {
                 }),
             })
             .collect();
-        let why = why_waiting(&views, &loads);
+        let why = why_waiting(&views, &loads, &view);
         let map: HashMap<i64, Waiting> = order.into_iter().zip(why).collect();
         *self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
@@ -121,11 +150,17 @@ impl Dispatcher {
             .workers
             .iter()
             .map(|(n, w)| {
-                let load = WorkerLoadOwned { targets: w.targets.clone(), slots: w.slots, running: w.running.len() };
+                let load = WorkerLoadOwned {
+                    targets: w.targets.clone(),
+                    slots: w.slots,
+                    running: w.running.len(),
+                    drained: self.drained.contains_key(n),
+                };
                 (n.clone(), load)
             })
             .collect();
-        let mut free: usize = loads.iter().map(|(_, l)| l.slots.saturating_sub(l.running)).sum();
+        let mut free: usize =
+            loads.iter().filter(|(_, l)| !l.drained).map(|(_, l)| l.slots.saturating_sub(l.running)).sum();
         if free == 0 || self.queue.is_empty() {
             return;
         }
@@ -139,7 +174,13 @@ impl Dispatcher {
             }
             let view: Vec<WorkerLoad<'_>> = loads
                 .iter()
-                .map(|(n, l)| WorkerLoad { name: n, targets: &l.targets, slots: l.slots, running: l.running })
+                .map(|(n, l)| WorkerLoad {
+                    name: n,
+                    targets: &l.targets,
+                    slots: l.slots,
+                    running: l.running,
+                    drained: l.drained,
+                })
                 .collect();
             let Some(i) = pick_worker(&view, &q.target) else {
                 continue;
@@ -216,4 +257,5 @@ struct WorkerLoadOwned {
     targets: Vec<String>,
     slots: usize,
     running: usize,
+    drained: bool,
 }

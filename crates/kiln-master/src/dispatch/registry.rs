@@ -43,12 +43,14 @@ impl Dispatcher {
             .filter(|(id, r)| r.worker == name && !running.contains(id) && !unacked.contains(id))
             .map(|(id, _)| *id)
             .collect();
+        let targets = self.allowed_targets(&name, &hello.targets);
         self.workers.insert(
             name.clone(),
             Conn {
                 conn,
                 tx,
-                targets: hello.targets.clone(),
+                claimed: hello.targets.clone(),
+                targets: targets.clone(),
                 slots: hello.slots.max(1) as usize,
                 running,
                 last_seen: Instant::now(),
@@ -58,7 +60,7 @@ impl Dispatcher {
             let mut infos = self.shared.workers();
             let info = infos.entry(name.clone()).or_insert_with(|| empty_info(&name));
             info.connected = true;
-            info.targets = hello.targets.clone();
+            info.targets = targets;
             info.slots = i64::from(hello.slots.max(1));
             info.version = Some(hello.version.clone());
             info.address = Some(address.clone());
@@ -78,6 +80,33 @@ impl Dispatcher {
             self.requeue(id, &format!("worker {name} restarted and lost the build")).await;
         }
         self.publish_workers();
+    }
+
+    /// The targets a worker that claims `claimed` is given builds for: those
+    /// its `[[worker]] targets` allow.
+    fn allowed_targets(&self, name: &str, claimed: &[String]) -> Vec<String> {
+        let farm = self.shared.farm();
+        let Some(def) = farm.cfg.worker(name) else { return claimed.to_vec() };
+        let (allowed, refused): (Vec<String>, Vec<String>) = claimed.iter().cloned().partition(|t| def.may_serve(t));
+        if !refused.is_empty() {
+            tracing::warn!(worker = %name, refused = ?refused, "worker claims targets its [[worker]] `targets` do not list; it gets no builds for them");
+        }
+        allowed
+    }
+
+    /// After a config change: what each connected worker may serve again.
+    pub(super) fn apply_worker_targets(&mut self) {
+        let names: Vec<String> = self.workers.keys().cloned().collect();
+        for name in names {
+            let claimed = self.workers[&name].claimed.clone();
+            let targets = self.allowed_targets(&name, &claimed);
+            if let Some(info) = self.shared.workers().get_mut(&name) {
+                info.targets = targets.clone();
+            }
+            if let Some(w) = self.workers.get_mut(&name) {
+                w.targets = targets;
+            }
+        }
     }
 
     pub(super) fn drop_worker(&mut self, name: &str) {
@@ -109,14 +138,22 @@ impl Dispatcher {
         let farm = self.shared.farm();
         let mut infos = self.shared.workers();
         // Live pages follow changes; heartbeats alone (last_seen) are not one.
-        let shape = |infos: &BTreeMap<String, WorkerInfo>| -> Vec<(String, bool, Vec<i64>)> {
-            infos.values().map(|i| (i.name.clone(), i.connected, i.running.clone())).collect()
+        let shape = |infos: &BTreeMap<String, WorkerInfo>| -> Vec<WorkerInfo> {
+            infos.values().map(|i| WorkerInfo { last_seen: None, ..i.clone() }).collect()
         };
         let before = shape(&infos);
         for w in &farm.cfg.workers {
             infos.entry(w.name.clone()).or_insert_with(|| empty_info(&w.name));
         }
+        for name in self.drained.keys() {
+            infos.entry(name.clone()).or_insert_with(|| empty_info(name));
+        }
         for (name, info) in infos.iter_mut() {
+            info.drained = self.drained.get(name).map(|d| kiln_proto::api::Drained {
+                by: d.drained_by.clone(),
+                reason: d.reason.clone(),
+                at: rfc3339(d.drained_at),
+            });
             match self.workers.get(name) {
                 Some(c) => {
                     info.connected = true;
@@ -154,5 +191,6 @@ pub(super) fn empty_info(name: &str) -> WorkerInfo {
         last_seen: None,
         version: None,
         address: None,
+        drained: None,
     }
 }

@@ -108,6 +108,14 @@ impl Dispatcher {
         }
         self.orphans.remove(&id);
         self.shared.logs.end(id);
+        if state != BuildState::Cancelled {
+            // How long a slot was taken, for estimating when queued builds start.
+            if let Some(run) = self.running.get(&id) {
+                let typical = self.typical.get(&run.target).copied();
+                let blended = kiln_core::schedule::blend_duration(typical, run.started.elapsed());
+                self.typical.insert(run.target.clone(), blended);
+            }
+        }
         if let Some(w) = self.workers.get_mut(worker) {
             w.running.remove(&id);
         }

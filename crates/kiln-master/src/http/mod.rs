@@ -29,7 +29,7 @@ type AppState = Arc<Shared>;
 /// Every route of the web port.
 pub fn router(shared: AppState) -> Router {
     let body_idle = shared.farm().cfg.master.header_timeout;
-    use api::{builders, builds, repos, uploads, users};
+    use api::{builders, builds, repos, uploads, users, workers};
     let max_upload = shared.farm().cfg.master.max_artifact_size.min(usize::MAX as u64) as usize;
     let api = Router::new()
         .route("/api/v1/status", get(builders::status))
@@ -40,7 +40,9 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builds/{id}/steps/{step}/log", get(builds::step_log))
         .route("/api/v1/builds/{id}/artifacts", get(builds::list_artifacts))
         .route("/api/v1/builds/{id}/artifacts/{name}", get(builds::download_artifact))
-        .route("/api/v1/workers", get(builders::workers))
+        .route("/api/v1/workers", get(workers::list))
+        .route("/api/v1/workers/{name}/drain", post(workers::drain))
+        .route("/api/v1/workers/{name}/resume", post(workers::resume))
         .route("/api/v1/builders", get(builders::builders))
         .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/api/v1/repos", get(repos::list_channels))
@@ -81,6 +83,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/builds/{id}/rebuild", post(web::build::rebuild))
         .route("/packages", get(web::packages::page))
         .route("/workers", get(web::workers::page))
+        .route("/workers/{name}/drain", post(web::workers::drain))
+        .route("/workers/{name}/resume", post(web::workers::resume))
         .route("/repos", get(web::repos::list))
         .route("/repos/{channel}", get(web::repos::channel))
         .route("/repos/{channel}/change", post(web::repos::change))

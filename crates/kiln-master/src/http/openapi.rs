@@ -1,12 +1,12 @@
 //! The OpenAPI document of `/api/v1` (`/api/v1/openapi.json`).
 
-use super::api::{builders, builds, users};
+use super::api::{builders, builds, users, workers};
 use super::hooks;
 use axum::response::IntoResponse;
 use axum::Json;
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, ErrorBody, LogChunk, PropertyValue, Status,
-    Step, WorkerInfo,
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, DrainBody, Drained, ErrorBody, LogChunk,
+    PropertyValue, Status, Step, WorkerInfo,
 };
 use utoipa::OpenApi;
 
@@ -24,7 +24,9 @@ use utoipa::OpenApi;
         builds::cancel,
         builds::rebuild,
         builds::step_log,
-        builders::workers,
+        workers::list,
+        workers::drain,
+        workers::resume,
         builders::builders,
         hooks::base::change_hook_base
     ),
@@ -37,6 +39,8 @@ use utoipa::OpenApi;
         BuildRequestCreated,
         LogChunk,
         WorkerInfo,
+        Drained,
+        DrainBody,
         BuilderInfo,
         Status,
         ErrorBody

@@ -14,6 +14,7 @@ pub mod repos;
 pub mod requests;
 pub mod uploads;
 pub mod users;
+pub mod workers;
 
 pub use error::OpError;
 

@@ -1,12 +1,12 @@
-//! The farm's shape and health: `/api/v1/status`, `/api/v1/builders`
-//! (component × target with last result and queue) and `/api/v1/workers`.
+//! The farm's shape and health: `/api/v1/status` and `/api/v1/builders`
+//! (component × target with last result and queue).
 
 use crate::http::ApiError;
 use crate::shared::Shared;
 use axum::extract::State;
 use axum::Json;
 use kiln_core::matrix;
-use kiln_proto::api::{BuilderInfo, Status, WorkerInfo};
+use kiln_proto::api::{BuilderInfo, Status};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -27,12 +27,6 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
         builders: matrix::builders(&farm.cfg).count() as i64,
         workers_connected: connected,
     }))
-}
-
-/// Every configured worker, connected or not.
-#[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [WorkerInfo])))]
-pub async fn workers(State(s): State<AppState>) -> ApiResult<Vec<WorkerInfo>> {
-    Ok(Json(s.workers().values().cloned().collect()))
 }
 
 /// Every builder (component × target) with its last result and queue.

@@ -9,3 +9,4 @@ pub mod builds;
 pub mod repos;
 pub mod uploads;
 pub mod users;
+pub mod workers;

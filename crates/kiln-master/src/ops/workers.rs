@@ -1,0 +1,116 @@
+//! Draining a worker for maintenance and resuming it: a drained worker
+//! finishes what it runs and is given nothing new. The drain is stored, so
+//! it holds across a restart of the master.
+
+use super::OpError;
+use crate::caller::Caller;
+use crate::events::Event;
+use crate::shared::Shared;
+use kiln_core::perm::Permission;
+use kiln_db::DrainRow;
+
+/// A drain's reason is shown on pages and in the API: one short line.
+const MAX_REASON: usize = 200;
+
+/// Drains worker `name` for `caller` (server_admin). Draining a drained
+/// worker keeps the first drain.
+pub async fn drain(s: &Shared, caller: &Caller, name: &str, reason: Option<&str>) -> Result<DrainRow, OpError> {
+    caller.require(Permission::ServerAdmin)?;
+    known_worker(s, name)?;
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if let Some(r) = reason {
+        if r.chars().count() > MAX_REASON || r.chars().any(char::is_control) {
+            return Err(OpError::Invalid(format!(
+                "a drain's reason must be one line of at most {MAX_REASON} characters"
+            )));
+        }
+    }
+    let row = s.store.drain_worker(name, &caller.name, reason, crate::clock::now_us()).await?;
+    tracing::info!(worker = %name, by = %row.drained_by, reason = row.reason.as_deref().unwrap_or(""), "worker drained");
+    tell_dispatcher(s).await?;
+    Ok(row)
+}
+
+/// Resumes drained worker `name` for `caller` (server_admin).
+pub async fn resume(s: &Shared, caller: &Caller, name: &str) -> Result<(), OpError> {
+    caller.require(Permission::ServerAdmin)?;
+    known_worker(s, name)?;
+    if !s.store.resume_worker(name).await? {
+        return Err(OpError::Conflict(format!("worker {name} is not drained")));
+    }
+    tracing::info!(worker = %name, by = %caller.name, "worker resumed");
+    tell_dispatcher(s).await
+}
+
+/// A worker of the config, or one connected now (or before, since start).
+fn known_worker(s: &Shared, name: &str) -> Result<(), OpError> {
+    if s.farm().cfg.worker(name).is_some() || s.workers().contains_key(name) {
+        return Ok(());
+    }
+    Err(OpError::NotFound(format!("no worker {name}")))
+}
+
+/// Tells the dispatcher what is drained now, and waits until the workers'
+/// list shows it (so a page loaded next does).
+async fn tell_dispatcher(s: &Shared) -> Result<(), OpError> {
+    let drains = s.store.drained_workers().await?;
+    let (done, shown) = tokio::sync::oneshot::channel();
+    s.send(Event::Drains { drains, done });
+    shown.await.map_err(|_| OpError::Unavailable("the master is shutting down".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{user, Tester};
+
+    /// Stands in for the dispatcher: answers `n` drain changes, and hands
+    /// back what it was told, in order.
+    fn dispatcher(t: &mut Tester, n: usize) -> tokio::task::JoinHandle<Vec<Vec<DrainRow>>> {
+        let mut events = std::mem::replace(&mut t.events, tokio::sync::mpsc::unbounded_channel().1);
+        tokio::spawn(async move {
+            let mut told = Vec::new();
+            while told.len() < n {
+                let Some(ev) = events.recv().await else { break };
+                if let Event::Drains { drains, done } = ev {
+                    told.push(drains);
+                    let _ = done.send(());
+                }
+            }
+            told
+        })
+    }
+
+    #[tokio::test]
+    async fn an_admin_drains_and_resumes_a_worker_and_the_dispatcher_is_told() {
+        let mut t = Tester::new().await;
+        let told = dispatcher(&mut t, 3);
+        let kim = user("kim@example.org", &[Permission::ServerAdmin]);
+        let row = drain(&t.shared, &kim, "w1", Some(" new disk ")).await.expect("drained");
+        assert_eq!((row.drained_by.as_str(), row.reason.as_deref()), ("kim@example.org", Some("new disk")));
+        // Again: the first drain stays.
+        let again = drain(&t.shared, &kim, "w1", None).await.expect("drained again");
+        assert_eq!(again, row);
+        resume(&t.shared, &kim, "w1").await.expect("resumed");
+        assert_eq!(resume(&t.shared, &kim, "w1").await, Err(OpError::Conflict("worker w1 is not drained".into())));
+        assert_eq!(told.await.expect("dispatcher"), [vec![row.clone()], vec![row], vec![]]);
+    }
+
+    #[tokio::test]
+    async fn draining_needs_server_admin_a_known_worker_and_a_short_reason() {
+        let mut t = Tester::new().await;
+        let ann = user("ann@example.org", &[Permission::OwnJobs, Permission::KillAnyJob]);
+        assert_eq!(
+            drain(&t.shared, &ann, "w1", None).await,
+            Err(OpError::Forbidden("ann@example.org lacks the server_admin permission this needs".into()))
+        );
+        assert!(resume(&t.shared, &ann, "w1").await.is_err());
+        let kim = user("kim@example.org", &[Permission::ServerAdmin]);
+        assert_eq!(drain(&t.shared, &kim, "w7", None).await, Err(OpError::NotFound("no worker w7".into())));
+        let long = "x".repeat(MAX_REASON + 1);
+        assert!(matches!(drain(&t.shared, &kim, "w1", Some(&long)).await, Err(OpError::Invalid(_))));
+        assert!(matches!(drain(&t.shared, &kim, "w1", Some("a\nb")).await, Err(OpError::Invalid(_))));
+        assert!(t.next_event().is_none(), "nothing refused reaches the dispatcher");
+        assert!(t.shared.store.drained_workers().await.expect("list").is_empty());
+    }
+}
