@@ -330,6 +330,7 @@ fn waiting_pass_ms() -> f64 {
                         target: &targets[i % 20],
                         priority: (i % 3) as i64,
                         unfinished_dependency: i.is_multiple_of(5).then(|| (id, labels[i % 70].as_str())),
+                        held: None,
                     }
                 })
                 .collect();

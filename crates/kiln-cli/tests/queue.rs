@@ -280,6 +280,9 @@ steps = [ { name = "s", run = "true" } ]
     assert!(out.lines().any(|l| l.starts_with(&format!("#{busy} ")) && l.ends_with("waits: slots_busy")), "{out}");
     let page = reqwest::get(format!("{}/builds/{lost}", farm.url())).await.expect("page").text().await.expect("text");
     assert!(page.contains("Waiting: no connected worker serves nobody"), "{page}");
+    // The console's cell says it on hover.
+    let console = reqwest::get(farm.url()).await.expect("console").text().await.expect("text");
+    assert!(console.contains(&format!("title=\"#{lost} queued: no connected worker serves nobody")), "{console}");
 
     // Released, the rest runs; what waited for it no longer says it waits.
     std::fs::write(farm.path(&format!("workers/w1/builds/go-{hold}")), "").expect("go");
@@ -319,6 +322,32 @@ async fn priority_goes_first_and_requests_take_turns() {
     let (code, _, err) = run(farm.kiln().args(["build", "a1", "--priority", "high"])).expect("kiln build");
     assert_ne!(code, 0);
     assert!(err.contains("invalid value 'high'"), "{err}");
+    // While the slot is busy: the builds behind the urgent one say so, and
+    // the queue page lists them in the order they will go.
+    let all_known = wait_for(Duration::from_secs(20), || async {
+        let mut known = true;
+        for id in &ids {
+            known &= client.build(*id).await.ok().and_then(|b| b.waiting).is_some();
+        }
+        known
+    })
+    .await;
+    assert!(all_known, "the dispatcher says why each waits");
+    let urgent = *ids.last().expect("urgent");
+    let first = client.build(ids[0]).await.expect("a1").waiting.expect("waiting");
+    assert_eq!(first.kind(), "priority");
+    assert!(first.message().starts_with("behind 1 build(s) of higher priority for t; "), "{}", first.message());
+    let top = client.build(urgent).await.expect("urgent").waiting.expect("waiting");
+    assert_eq!((top.kind(), top.message()), ("slots_busy", "all 1 slots serving t are busy (w1); number 1 in line"));
+    let page = reqwest::get(format!("{}/queue", farm.url())).await.expect("page").text().await.expect("text");
+    let listed: Vec<i64> = page
+        .split("<a href=\"/builds/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next().and_then(|id| id.parse().ok()))
+        .collect();
+    let expected: Vec<i64> = [5, 0, 3, 1, 4, 2].iter().map(|i| ids[*i]).collect();
+    assert_eq!(listed, expected, "urgent, then the requests' builds in turn:\n{page}");
+    assert!(page.contains("6 queued"), "{page}");
     std::fs::write(farm.path(&format!("workers/w1/builds/go-{hold}")), "").expect("go");
     let mut started = Vec::new();
     for id in &ids {

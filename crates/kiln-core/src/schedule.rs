@@ -185,6 +185,9 @@ pub struct QueuedView<'a> {
     pub target: &'a str,
     pub priority: i64,
     pub unfinished_dependency: Option<(i64, &'a str)>,
+    /// A reason the dispatcher holds it back for itself (its build
+    /// dependencies being checked, or unresolvable).
+    pub held: Option<&'a Waiting>,
 }
 
 /// What [`why_waiting`] knows of the farm besides the connected workers.
@@ -201,7 +204,8 @@ pub struct FarmView<'a> {
 }
 
 /// Why each build of `queue` (in dispatch order) waits, after a dispatch
-/// pass left them queued: a dependency first, then whether any connected
+/// pass left them queued: a dependency first, then what the dispatcher holds
+/// it back for (its build dependencies), then whether any connected
 /// worker serves the target at all, then whether those that do are
 /// drained, then its place in line for the busy slots (behind higher
 /// priorities, when it is), with an estimated start.
@@ -212,6 +216,9 @@ pub fn why_waiting(queue: &[QueuedView<'_>], workers: &[WorkerLoad<'_>], farm: &
         .map(|q| {
             if let Some((build, label)) = q.unfinished_dependency {
                 return Waiting::Dependency { build, message: format!("waits for build {build} ({label}) to succeed") };
+            }
+            if let Some(held) = q.held {
+                return held.clone();
             }
             let serves = |w: &&WorkerLoad<'_>| w.targets.iter().any(|t| t == q.target);
             let serving: Vec<&WorkerLoad<'_>> = workers.iter().filter(serves).collect();
@@ -379,7 +386,7 @@ mod tests {
         let t = vec!["d12".to_string()];
         let el = vec!["el9".to_string()];
         let workers = [WorkerLoad { name: "w1", targets: &t, slots: 2, running: 2, drained: false }];
-        let view = |target, priority, dep| QueuedView { target, priority, unfinished_dependency: dep };
+        let view = |target, priority, dep| QueuedView { target, priority, unfinished_dependency: dep, held: None };
         let queue = [
             view("d12", 0, None),
             view("el9", 0, None),
@@ -428,7 +435,7 @@ mod tests {
             typical: [("d12", min(5))].into_iter().collect(),
             remaining: [("w1", vec![Some(min(1))]), ("w2", vec![Some(min(4))])].into_iter().collect(),
         };
-        let view = |priority| QueuedView { target: "d12", priority, unfinished_dependency: None };
+        let view = |priority| QueuedView { target: "d12", priority, unfinished_dependency: None, held: None };
         let why = why_waiting(&[view(5), view(0), view(0)], &workers, &farm);
         // First slot frees in 1 min, the second in 4, the first again in 1 + 5.
         let starts: Vec<Option<u64>> = why

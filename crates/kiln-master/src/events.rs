@@ -43,6 +43,11 @@ pub enum Event {
         reply: oneshot::Sender<CancelOutcome>,
     },
     ConfigChanged,
+    /// The build dependencies of a queued build were checked.
+    Checked {
+        build_id: i64,
+        verdict: kiln_core::builddeps::Verdict,
+    },
     /// The drained workers changed; all of them, as stored now. Answered
     /// once the workers' list shows them.
     Drains {
@@ -119,4 +124,14 @@ pub enum RepoRefusal {
 pub struct Say {
     pub channel: String,
     pub text: String,
+}
+
+/// A ready deb build whose build dependencies are to be checked before it
+/// goes to a worker (by `buildable`).
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub build_id: i64,
+    pub component: String,
+    pub target: String,
+    pub properties: kiln_core::props::Properties,
 }

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod auth;
+mod buildable;
 mod caller;
 mod clock;
 mod dispatch;
@@ -18,6 +19,7 @@ pub mod farm;
 mod http;
 pub mod logs;
 mod ops;
+mod plan;
 mod publish;
 mod reload;
 mod reporters;
@@ -122,9 +124,12 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let mut publisher = publish::Publisher::new(shared.clone(), keys);
     publisher.catch_up().await;
     let mut dispatcher = dispatch::Dispatcher::new(shared.clone());
+    let (check_tx, check_rx) = tokio::sync::mpsc::unbounded_channel();
+    dispatcher.check_build_deps_with(check_tx);
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(buildable::run(shared.clone(), check_rx));
     tasks.spawn(dispatcher.run(rx));
     tasks.spawn(publisher.run(publish_rx));
     tasks.spawn(workers::serve(wl, tls, shared.clone()));

@@ -36,8 +36,9 @@ pub struct Shared {
     /// The builders' last results, as of a `changes` value (the console and
     /// builders pages read it on every render).
     pub builder_stats: Mutex<Option<(u64, Arc<Vec<kiln_db::BuilderStats>>)>>,
-    /// Why each queued build waits, as the dispatcher last saw it.
-    pub waiting: Mutex<Arc<HashMap<i64, kiln_core::schedule::Waiting>>>,
+    /// The queue in dispatch order and why each build waits, as the
+    /// dispatcher last saw it.
+    pub waiting: Mutex<Arc<WaitingQueue>>,
     /// Users' tokens checked lately (by hash), to spare an argon2 check per request.
     pub checked_tokens: TokenCache,
     /// Failed token checks by address and token id.
@@ -80,13 +81,18 @@ impl Shared {
             checked_tokens: Default::default(),
             auth_failures: Default::default(),
             builder_stats: Mutex::new(None),
-            waiting: Mutex::new(Arc::new(HashMap::new())),
+            waiting: Mutex::new(Arc::new(WaitingQueue::default())),
         }
     }
 
     /// Why queued build `id` waits (none when the dispatcher has not looked yet).
     pub fn waiting_of(&self, id: i64) -> Option<kiln_core::schedule::Waiting> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        self.waiting().why.get(&id).cloned()
+    }
+
+    /// The queue as the dispatcher last saw it.
+    pub fn waiting(&self) -> Arc<WaitingQueue> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The config in effect now. Hold the `Arc`, not the lock.
@@ -136,4 +142,12 @@ impl Shared {
         sessions.retain(|_, v| v.created.elapsed() < SESSION_TTL);
         sessions.get(id).cloned()
     }
+}
+
+/// The queued builds in the order they are offered to free slots, and why
+/// each waits.
+#[derive(Debug, Default)]
+pub struct WaitingQueue {
+    pub order: Vec<i64>,
+    pub why: HashMap<i64, kiln_core::schedule::Waiting>,
 }

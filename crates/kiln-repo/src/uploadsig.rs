@@ -162,6 +162,37 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
+    /// Reads a keyring file as apt keeps them: armored (`.asc`) or binary
+    /// (`.gpg`, as in `/usr/share/keyrings`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Keyring, KeyringError> {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if text.contains(PUBLIC_KEY_BLOCK) || text.contains(PRIVATE_KEY_BLOCK) {
+                return Keyring::from_armored(text);
+            }
+        }
+        let parsed = SignedPublicKey::from_bytes_many(bytes).map_err(|e| KeyringError::Malformed(e.to_string()))?;
+        let mut keys = Vec::new();
+        for key in parsed {
+            let key = key.map_err(|e| KeyringError::Malformed(e.to_string()))?;
+            keys.push(Uploader::new(&key)?);
+        }
+        if keys.is_empty() {
+            return Err(KeyringError::NoKeys);
+        }
+        Ok(Keyring { keys })
+    }
+
+    /// A keyring with no keys: nothing verifies with it.
+    pub fn empty() -> Keyring {
+        Keyring { keys: Vec::new() }
+    }
+
+    /// One keyring holding the keys of both.
+    pub fn merge(mut self, other: Keyring) -> Keyring {
+        self.keys.extend(other.keys);
+        self
+    }
+
     /// How many keys it holds.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -403,6 +434,23 @@ mod tests {
         // CRLF line ends verify too (the signature covers canonical text).
         let crlf = signed.replace('\n', "\r\n");
         assert_eq!(verify_cleartext(&crlf, &ring).expect("crlf verifies").fingerprint, jane.fingerprint());
+    }
+
+    #[test]
+    fn binary_keyrings_are_read_and_keyrings_merge() {
+        use pgp::ser::Serialize;
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
+        let other = SigningKey::generate("Other <other@example.org>", None).expect("other");
+        let (key, _) = SignedPublicKey::from_string(&jane.public_armored().expect("armor")).expect("key");
+        let binary = key.to_bytes().expect("binary");
+        let ring = Keyring::from_bytes(&binary).expect("a binary keyring, as in /usr/share/keyrings");
+        let signed = jane.clearsign(CHANGES).expect("sign");
+        assert_eq!(verify_cleartext(&signed, &ring).expect("verifies").fingerprint, jane.fingerprint());
+        let armored = Keyring::from_bytes(other.public_armored().expect("armor").as_bytes()).expect("armored");
+        let both = armored.merge(ring);
+        assert_eq!(both.len(), 2);
+        assert!(verify_cleartext(&other.clearsign(CHANGES).expect("sign"), &both).is_ok());
+        assert!(Keyring::from_bytes(b"not a key").is_err());
     }
 
     #[test]

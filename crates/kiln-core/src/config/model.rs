@@ -236,6 +236,9 @@ pub struct Target {
     pub repositories: Vec<AptRepository>,
     /// The mock configuration (`mock -r`) of an rpm target built with mock.
     pub mock_config: Option<String>,
+    /// A deb build's Build-Depends are checked against what its build root
+    /// will see before it goes to a worker (default true).
+    pub check_build_depends: bool,
 }
 
 /// A further suite of a deb target's archive, on its own mirror or the

@@ -21,6 +21,7 @@ const TARGET_KEYS: &[&str] = &[
     "executor",
     "repositories",
     "mock_config",
+    "check_build_depends",
 ];
 const SUITE_KEYS: &[&str] = &["suite", "mirror"];
 const REPOSITORY_KEYS: &[&str] = &["url", "suite", "components", "key"];
@@ -66,6 +67,7 @@ fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Ta
     let executor = read_executor(r, tbl, family);
     let repositories = read_repositories(r, tbl, family);
     let mock_config = read_mock_config(r, tbl);
+    let check_build_depends = r.boolean(tbl, "check_build_depends", "[[target]]").unwrap_or(true);
     let (name, nspan) = name?;
     if family == Some(Family::Rpm) && name.ends_with(crate::debuginfo::DEBUGINFO_SUFFIX) {
         let suffix = crate::debuginfo::DEBUGINFO_SUFFIX;
@@ -88,6 +90,7 @@ fn read_target(r: &mut Reader<'_>, tbl: Tbl<'_>, names: &mut Names) -> Option<Ta
         lists_max_age,
         repositories,
         mock_config,
+        check_build_depends,
     })
 }
 

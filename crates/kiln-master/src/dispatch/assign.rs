@@ -5,24 +5,8 @@
 use super::*;
 use kiln_core::job::StepPlan;
 use kiln_core::Component;
-use std::borrow::Cow;
 
-/// The component a build runs: for an uploaded source package, the
-/// standard pipeline over the upload's files (even when a component has
-/// the same name); else the configured component, if it still is.
-pub(super) fn component_of<'a>(
-    farm: &'a crate::farm::LoadedFarm,
-    name: &str,
-    properties: &Properties,
-) -> Option<Cow<'a, Component>> {
-    match BuildSource::of(properties) {
-        BuildSource::Upload(upload) => {
-            let dir = crate::uploads::kept_dir(&farm.data_dir(), &upload);
-            Some(Cow::Owned(uploaded_component(name, &dir.display().to_string())))
-        }
-        BuildSource::Component => farm.cfg.component(name).map(Cow::Borrowed),
-    }
-}
+use crate::plan::component_of;
 
 /// What the master believes from a worker about one build: the property
 /// each step may set (by step index), how many steps there are (log output
@@ -220,6 +204,7 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use crate::ops::testing::Tester;
+    use kiln_core::job::BuildSource;
 
     fn row(component: &str, properties: Properties) -> BuildRow {
         BuildRow {

@@ -21,8 +21,9 @@ use crate::clock::{now_us, rfc3339};
 use crate::events::{CancelOutcome, Event, PublishOutcome, PublishRequest};
 use crate::shared::Shared;
 use crate::source::SourceCache;
+use kiln_core::builddeps::Verdict;
 use kiln_core::config::Source;
-use kiln_core::job::{steps_for, uploaded_component, BuildSource, PlannedStep};
+use kiln_core::job::{steps_for, PlannedStep};
 use kiln_core::props::{Properties, Property, PropertySource};
 use kiln_core::schedule::{
     dispatch_order, pick_worker, priority_of, readiness, why_waiting, FarmView, InLine, QueuedView, Readiness, Waiting,
@@ -44,6 +45,20 @@ struct QueuedBuild {
     target: String,
     depends_on: Vec<i64>,
     properties: Properties,
+    /// Where the check of its build dependencies stands.
+    check: DepsCheck,
+}
+
+/// The check of a queued deb build's build dependencies (see `buildable`).
+enum DepsCheck {
+    /// To be asked for once it is ready.
+    Due,
+    /// Asked for; the build waits for the answer.
+    Asked(Waiting),
+    /// Not needed, or it can be built (or could not be checked).
+    Passed,
+    /// It cannot be built with what its build root would see.
+    Unresolvable(Waiting),
 }
 
 struct RunningBuild {
@@ -100,11 +115,21 @@ pub struct Dispatcher {
     drained: HashMap<String, kiln_db::DrainRow>,
     /// How long builds for each target typically take, for estimates.
     typical: HashMap<String, Duration>,
+    /// Where build-dependency checks are asked for (none: not checked).
+    checker: Option<UnboundedSender<crate::events::Check>>,
+    /// When unresolvable builds were last checked again regardless of
+    /// publishes (the archives' lists change too).
+    last_recheck: Instant,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
 /// queued by another master sharing the database).
 const POLL: Duration = Duration::from_secs(2);
+
+/// How often unresolvable builds are checked again without a publish (the
+/// archives' lists are fetched again only when older than the target's
+/// `lists_max_age`).
+const RECHECK_UNRESOLVABLE: Duration = Duration::from_secs(600);
 
 /// How many recently finished builds seed the typical durations at start.
 const RECENT_DURATIONS: i64 = 2000;
@@ -126,7 +151,15 @@ impl Dispatcher {
             dispatched: HashMap::new(),
             drained: HashMap::new(),
             typical: HashMap::new(),
+            checker: None,
+            last_recheck: Instant::now(),
         }
+    }
+
+    /// Checks the build dependencies of ready deb builds through `checker`
+    /// before they go to a worker.
+    pub fn check_build_deps_with(&mut self, checker: UnboundedSender<crate::events::Check>) {
+        self.checker = Some(checker);
     }
 
     fn timeout(&self) -> Duration {
@@ -227,6 +260,12 @@ impl Dispatcher {
     fn enqueue(&mut self, b: BuildRow) {
         self.deps_dirty = true;
         self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Queued));
+        let farm = self.shared.farm();
+        let checked = self.checker.is_some()
+            && farm.cfg.target(&b.target).is_some_and(|t| {
+                crate::plan::component_of(&farm, &b.component, &b.properties)
+                    .is_some_and(|c| kiln_core::builddeps::is_checked(t, &c))
+            });
         self.queue.insert(
             b.id,
             QueuedBuild {
@@ -235,6 +274,7 @@ impl Dispatcher {
                 target: b.target,
                 depends_on: b.depends_on,
                 properties: b.properties,
+                check: if checked { DepsCheck::Due } else { DepsCheck::Passed },
             },
         );
     }
@@ -353,7 +393,14 @@ impl Dispatcher {
                 self.publish_workers();
                 let _ = done.send(());
             }
-            Event::Published { build_id, outcome } => self.published(build_id, outcome),
+            Event::Published { build_id, outcome } => {
+                if matches!(outcome, PublishOutcome::Published(_)) {
+                    // What it published may be what an unresolvable build lacked.
+                    self.recheck_unresolvable();
+                }
+                self.published(build_id, outcome)
+            }
+            Event::Checked { build_id, verdict } => self.checked(build_id, verdict),
         }
     }
 }

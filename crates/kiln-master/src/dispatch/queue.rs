@@ -1,6 +1,7 @@
 //! The queue: cancels, builds skipped because a dependency did not
-//! succeed or a newer build stands for them (collapsing), and handing
-//! ready builds to the least-loaded worker with a free slot.
+//! succeed or a newer build stands for them (collapsing), build
+//! dependencies checked before a deb build may go, and handing ready
+//! builds to the least-loaded worker with a free slot.
 
 use super::*;
 
@@ -121,11 +122,16 @@ impl Dispatcher {
                     Some(_) => None,
                     None => Some((*d, "unknown build")),
                 }),
+                held: match &q.check {
+                    DepsCheck::Asked(w) | DepsCheck::Unresolvable(w) => Some(w),
+                    DepsCheck::Due | DepsCheck::Passed => None,
+                },
             })
             .collect();
         let why = why_waiting(&views, &loads, &view);
-        let map: HashMap<i64, Waiting> = order.into_iter().zip(why).collect();
-        *self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        let map: HashMap<i64, Waiting> = order.iter().copied().zip(why).collect();
+        let queue = crate::shared::WaitingQueue { order, why: map };
+        *self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(queue);
     }
 
     /// Starts what can start, oldest first, while workers have free slots.
@@ -146,6 +152,7 @@ impl Dispatcher {
                 self.skip(id, &reason).await;
             }
         }
+        self.ask_checks();
         let mut loads: Vec<(String, WorkerLoadOwned)> = self
             .workers
             .iter()
@@ -169,7 +176,7 @@ impl Dispatcher {
                 break;
             }
             let Some(q) = self.queue.get(&id) else { continue };
-            if self.readiness_of(q) != Readiness::Ready {
+            if !matches!(q.check, DepsCheck::Passed) || self.readiness_of(q) != Readiness::Ready {
                 continue;
             }
             let view: Vec<WorkerLoad<'_>> = loads
@@ -189,6 +196,61 @@ impl Dispatcher {
             loads[i].1.running += 1;
             free -= 1;
             self.start(id, &worker).await;
+        }
+    }
+
+    /// Asks for the build dependencies of every ready build whose check is
+    /// due to be checked (a build waiting for another is asked for once
+    /// that one has succeeded: it may need what that one publishes).
+    fn ask_checks(&mut self) {
+        let Some(checker) = self.checker.clone() else { return };
+        let due: Vec<i64> = self
+            .queue
+            .iter()
+            .filter(|(_, q)| matches!(q.check, DepsCheck::Due) && self.readiness_of(q) == Readiness::Ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(q) = self.queue.get_mut(&id) else { continue };
+            let check = crate::events::Check {
+                build_id: id,
+                component: q.component.clone(),
+                target: q.target.clone(),
+                properties: q.properties.clone(),
+            };
+            let message = format!("its build dependencies are being checked against what {} provides", q.target);
+            q.check = DepsCheck::Asked(Waiting::Checking { message });
+            if checker.send(check).is_err() {
+                q.check = DepsCheck::Passed;
+            }
+        }
+    }
+
+    /// The answer to a build-dependency check.
+    pub(super) fn checked(&mut self, id: i64, verdict: Verdict) {
+        let Some(q) = self.queue.get_mut(&id) else { return };
+        if !matches!(q.check, DepsCheck::Asked(_)) {
+            return;
+        }
+        q.check = match verdict {
+            Verdict::Unresolvable(unmet) => {
+                let message = unmet.message();
+                tracing::info!(build = id, component = %q.component, target = %q.target, %message, "build is unresolvable; it waits");
+                DepsCheck::Unresolvable(Waiting::Unresolvable { missing: unmet.missing_names(), message })
+            }
+            Verdict::Buildable | Verdict::Unknown(_) => DepsCheck::Passed,
+        };
+        self.shared.changed();
+    }
+
+    /// Unresolvable builds are checked again (after a publish, and now and
+    /// then for the archives' own changes).
+    pub(super) fn recheck_unresolvable(&mut self) {
+        self.last_recheck = Instant::now();
+        for q in self.queue.values_mut() {
+            if matches!(q.check, DepsCheck::Unresolvable(_)) {
+                q.check = DepsCheck::Due;
+            }
         }
     }
 

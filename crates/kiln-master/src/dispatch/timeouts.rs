@@ -43,6 +43,9 @@ impl Dispatcher {
         self.publish_workers();
         self.prune_known();
         let now = Instant::now();
+        if now.duration_since(self.last_recheck) > RECHECK_UNRESOLVABLE {
+            self.recheck_unresolvable();
+        }
         let timeout = self.timeout();
         let silent: Vec<String> = self
             .workers

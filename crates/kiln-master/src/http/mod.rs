@@ -83,6 +83,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/builds/{id}/rebuild", post(web::build::rebuild))
         .route("/packages", get(web::packages::page))
         .route("/workers", get(web::workers::page))
+        .route("/queue", get(web::queue::page))
         .route("/workers/{name}/drain", post(web::workers::drain))
         .route("/workers/{name}/resume", post(web::workers::resume))
         .route("/repos", get(web::repos::list))

@@ -22,7 +22,7 @@ mod channel;
 mod keys;
 mod prepare;
 
-pub use keys::load_keys;
+pub use keys::{host_deb_arch, load_keys};
 
 use crate::events::{Event, PublishOutcome, PublishRequest, RepoOp, RepoRefusal};
 use crate::shared::Shared;

@@ -173,3 +173,43 @@ async fn describe(mirror: &Path, url: &str, branch: &str, before: &str, tip: &st
     };
     Ok((files, who, subject.to_string()))
 }
+
+/// The text of `path` in the revision a build of `url`'s `branch` would
+/// check out (`revision`, else the branch's tip), read from the master's
+/// mirror after fetching the branch into it. For the build-dependency
+/// check: the file is only read, never run, and at most `limit` bytes.
+pub async fn file_at(
+    data_dir: &Path,
+    url: &str,
+    branch: &str,
+    revision: Option<&str>,
+    path: &str,
+    limit: usize,
+) -> Result<String, String> {
+    let mirror = mirror_dir(data_dir, Vcs::Git, url);
+    if !mirror.join("HEAD").exists() {
+        std::fs::create_dir_all(&mirror).map_err(|e| e.to_string())?;
+        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror)).await?;
+    }
+    git_output(
+        git()
+            .arg("-C")
+            .arg(&mirror)
+            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
+            .arg(format!("+refs/heads/{branch}:refs/heads/{branch}")),
+    )
+    .await?;
+    let rev = match revision {
+        Some(r) => {
+            check_revision(r)?;
+            r.to_string()
+        }
+        None => format!("refs/heads/{branch}"),
+    };
+    let object = format!("{rev}:{path}");
+    let size = git_output(git().arg("-C").arg(&mirror).args(["cat-file", "-s", &object])).await?;
+    if size.trim().parse::<usize>().map_err(|e| e.to_string())? > limit {
+        return Err(format!("{path} is larger than {limit} bytes"));
+    }
+    git_output(git().arg("-C").arg(&mirror).args(["cat-file", "blob", &object])).await
+}

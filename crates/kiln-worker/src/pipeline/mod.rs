@@ -387,7 +387,6 @@ fn refuse_host_executor_in_sandbox() -> anyhow::Result<()> {
 /// The host's own Debian sources (the ones apt on this machine reads): each
 /// `deb` entry's http(s) URI and suite, in the order apt lists them.
 pub fn host_debian_sources() -> Vec<(String, String)> {
-    let mut found = Vec::new();
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<_> =
@@ -395,25 +394,8 @@ pub fn host_debian_sources() -> Vec<(String, String)> {
         paths.sort();
         texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
     }
-    for stanza in texts.iter().flat_map(|t| t.split("\n\n")) {
-        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
-        let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-        if !field("Types:").unwrap_or_default().split_whitespace().any(|t| t == "deb") {
-            continue;
-        }
-        for uri in uris.split_whitespace().filter(|u| u.starts_with("http")) {
-            found.extend(suites.split_whitespace().map(|s| (uri.to_string(), s.to_string())));
-        }
-    }
     let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    found.extend(list.lines().filter_map(|l| {
-        let mut w = l.split_whitespace().filter(|w| !w.starts_with('['));
-        (w.next()? == "deb").then_some(())?;
-        let uri = w.next()?.to_string();
-        let suite = w.next()?.to_string();
-        uri.starts_with("http").then_some((uri, suite))
-    }));
-    found
+    kiln_core::aptsources::debian_sources(&texts, &list)
 }
 
 /// The host's Debian mirror and release suite (not `-updates` or

@@ -168,15 +168,9 @@ fn resolve_mirror(mirror: &str, suite: &str) -> anyhow::Result<String> {
     if mirror != kiln_core::config::HOST_MIRROR {
         return Ok(mirror.to_string());
     }
-    let sources = super::host_debian_sources();
-    sources
-        .iter()
-        .find(|(_, s)| s == suite)
-        .or_else(|| sources.iter().find(|(_, s)| !s.contains('-')))
-        .map(|(uri, _)| uri.clone())
-        .with_context(|| {
-            format!("the target's mirror is \"host\", and this worker's apt sources name no Debian mirror for {suite}")
-        })
+    kiln_core::aptsources::mirror_for(&super::host_debian_sources(), suite).with_context(|| {
+        format!("the target's mirror is \"host\", and this worker's apt sources name no Debian mirror for {suite}")
+    })
 }
 
 /// A further suite, `MIRROR SUITE`, with a `host` mirror resolved.

@@ -157,6 +157,8 @@ pub struct Model {
     pub not_green: usize,
     /// Those builders, in column order.
     pub failing: Vec<BuilderKey>,
+    /// Why queued builds wait, by build id (their cells say it on hover).
+    pub waits: HashMap<i64, String>,
 }
 
 /// The console's content from its layout, what the store returned and the
@@ -206,7 +208,19 @@ pub fn model(layout: Layout, fetched: Fetched, stats: &[BuilderStats]) -> Model 
         .filter(|b| last.get(*b).is_some_and(|st| matches!(bulb(*st), "bad" | "cancel" | "skip")))
         .cloned()
         .collect();
-    Model { layout, requests: fetched.requests, props, cells, worst, last, counts, group_worst, not_green, failing }
+    Model {
+        layout,
+        requests: fetched.requests,
+        props,
+        cells,
+        worst,
+        last,
+        counts,
+        group_worst,
+        not_green,
+        failing,
+        waits: HashMap::new(),
+    }
 }
 
 pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<ConsoleQuery>) -> Response {
@@ -228,7 +242,9 @@ pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap, Query(q): Qu
         let (t, comp) = (layout.target_filter.as_deref(), layout.component_filter.as_deref());
         fetched.cells = s.store.console_cells(&ids, t, comp).await.unwrap_or_default();
     }
-    let m = model(layout, fetched, &stats);
+    let mut m = model(layout, fetched, &stats);
+    let waiting = s.waiting();
+    m.waits = m.cells.values().filter_map(|(id, _)| Some((*id, waiting.why.get(id)?.message().to_string()))).collect();
     frame(&c, "Console", true, render(&m, &farm.cfg))
 }
 
@@ -316,7 +332,8 @@ pub fn render(m: &Model, cfg: &FarmConfig) -> Markup {
                                 (request_header(r, m.props.get(&r.id)))
                                 @for (_, builders) in &l.columns { @for (comp, t) in builders {
                                     td { @if let Some((id, st)) = m.cells.get(&(r.id, comp.clone(), t.clone())) {
-                                        a class={"bulb " (bulb(*st))} href={"/builds/" (id)} title={"#" (id) " " (st)} aria-label={"build " (id) " " (st)} {}
+                                        @let why = m.waits.get(id).filter(|_| *st == BuildState::Queued).map(|w| format!(": {w}")).unwrap_or_default();
+                                        a class={"bulb " (bulb(*st))} href={"/builds/" (id)} title={"#" (id) " " (st) (why)} aria-label={"build " (id) " " (st) (why)} {}
                                     } }
                                 } }
                             }

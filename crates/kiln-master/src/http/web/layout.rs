@@ -30,6 +30,7 @@ pub fn frame(c: &Ctx, title: &str, live: bool, body: Markup) -> Response {
     let nav = [
         ("/", "Console"),
         ("/builders", "Builders"),
+        ("/queue", "Queue"),
         ("/packages", "Packages"),
         ("/workers", "Workers"),
         ("/repos", "Repositories"),

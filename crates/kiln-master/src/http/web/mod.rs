@@ -16,6 +16,7 @@ pub mod layout;
 pub mod live;
 pub mod login;
 pub mod packages;
+pub mod queue;
 pub mod repos;
 pub mod session;
 pub mod workers;
