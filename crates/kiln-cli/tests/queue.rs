@@ -433,6 +433,27 @@ async fn a_drained_worker_finishes_its_build_and_takes_nothing_new_until_resumed
     assert_eq!(resumed.status().as_u16(), 303, "back to the workers page");
     assert_eq!(farm.wait_finished(quick, Duration::from_secs(30)).await.state, BuildState::Succeeded);
     assert!(client.workers().await.expect("workers").iter().all(|w| w.drained.is_none()));
+    // The force form takes a priority too.
+    let forced = http
+        .post(format!("{}/force", farm.url()))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("component", "quick"), ("priority", "7")])
+        .send()
+        .await
+        .expect("force");
+    assert_eq!(forced.status().as_u16(), 303);
+    let location = forced.headers()["location"].to_str().expect("location").to_string();
+    let forced_id: i64 = location.trim_start_matches("/builds/").parse().expect("a build's page");
+    let b = farm.wait_finished(forced_id, Duration::from_secs(30)).await;
+    assert_eq!((b.state, b.properties["priority"].value.as_str()), (BuildState::Succeeded, "7"));
+    let refused = http
+        .post(format!("{}/force", farm.url()))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("component", "quick"), ("priority", "urgent")])
+        .send()
+        .await
+        .expect("force");
+    assert_eq!(refused.status().as_u16(), 400);
     // Resuming again is a conflict, said plainly.
     let (code, _, err) = run(farm.kiln().args(["workers", "resume", "w1"])).expect("resume");
     assert_ne!(code, 0);

@@ -31,8 +31,11 @@ pub fn build_needs(control: &str) -> Result<BuildNeeds, ControlError> {
         let Some((_, value)) = p.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) else { continue };
         // Continuation lines joined; a comment line inside a field was dropped by the parser.
         let one_line: Vec<&str> = value.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        let one_line = one_line.join(" ");
+        let one_line = one_line.join(" ").replace('\t', " ");
         let one_line = one_line.trim().trim_end_matches(',').trim().to_string();
+        if one_line.chars().any(char::is_control) {
+            return Err(ControlError::BadEntry { field: name, entry: one_line.chars().take(80).collect() });
+        }
         if !one_line.is_empty() {
             fields.push((name, one_line));
         }
@@ -198,6 +201,7 @@ mod tests {
         );
         assert!(build_needs("Source: x\n").expect("parses").fields.is_empty());
         assert!(build_needs("no colon here\n").is_err());
+        assert!(build_needs("Source: x\nBuild-Depends: a,\r b\n").is_err(), "a control character is refused");
     }
 
     #[test]

@@ -48,10 +48,9 @@ pub enum Event {
         build_id: i64,
         verdict: kiln_core::builddeps::Verdict,
     },
-    /// The drained workers changed; all of them, as stored now. Answered
-    /// once the workers' list shows them.
-    Drains {
-        drains: Vec<kiln_db::DrainRow>,
+    /// The drained workers changed in the store. Answered once the
+    /// workers' list shows them as stored.
+    DrainsChanged {
         done: oneshot::Sender<()>,
     },
     /// The publisher finished with a build's packages.

@@ -48,7 +48,7 @@ pub async fn packages(
     archive: &Archive,
     arch: &str,
 ) -> Result<Vec<PathBuf>, ListsError> {
-    let dir = cache.join(archive_key(&archive.url, &archive.suite));
+    let dir = cache.join(archive_key(archive, arch));
     let cache_err = |source| ListsError::Cache { dir: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(cache_err)?;
     let names: Vec<String> = archive.components.iter().map(|c| format!("{c}_binary-{arch}_Packages")).collect();
@@ -61,28 +61,37 @@ pub async fn packages(
     }
     let base = format!("{}/dists/{}", archive.url.trim_end_matches('/'), archive.suite);
     let in_release = format!("{base}/InRelease");
+    let refused = |reason: String| ListsError::Signature { url: kiln_core::redact::url_for_logs(&in_release), reason };
     let signed = fetch(http, &in_release, MAX_RELEASE).await?;
-    let text = String::from_utf8(signed)
-        .map_err(|_| ListsError::Signature { url: in_release.clone(), reason: "it is not text".into() })?;
+    let text = String::from_utf8(signed).map_err(|_| refused("it is not text".into()))?;
     let release = verify_cleartext(&text, &archive.keys)
         .map_err(|e| {
-            let reason = match e {
+            refused(match e {
                 VerifyError::UnknownKey(key) => format!("signed by key 0x{key}, which is not among them"),
                 other => other.to_string(),
-            };
-            ListsError::Signature { url: in_release.clone(), reason }
+            })
         })?
         .body;
-    let listed = kiln_repo::apt::release_sha256(&release);
+    let fields = kiln_core::aptrelease::parse(&release);
+    // A validly signed Release of another suite, or an old one replayed
+    // past its validity, is refused as apt refuses it.
+    if !fields.is_suite(&archive.suite) {
+        return Err(refused(format!("it is not suite {} (a Release of another suite was served)", archive.suite)));
+    }
+    if let Some(until) = &fields.valid_until {
+        if expired(until) {
+            return Err(refused(format!("it was valid until {until} only")));
+        }
+    }
     let mut out = Vec::new();
     for (component, name) in archive.components.iter().zip(&names) {
         let stem = format!("{component}/binary-{arch}/Packages");
         // The smallest form the archive offers (Debian's mirrors list the
         // plain file's hash but serve only compressed ones).
-        let Some((hash, rel)) = [".xz", ".gz", ""]
-            .iter()
-            .find_map(|ext| listed.iter().find(|(_, p)| *p == format!("{stem}{ext}")).cloned())
-        else {
+        let Some((rel, hash, size)) = [".xz", ".gz", ""].iter().find_map(|ext| {
+            let rel = format!("{stem}{ext}");
+            fields.listed(&rel).map(|(h, size)| (rel, h.to_string(), size))
+        }) else {
             // The archive has nothing for this architecture in this component.
             continue;
         };
@@ -93,23 +102,49 @@ pub async fn packages(
             continue;
         }
         let url = format!("{base}/{rel}");
-        let bytes = fetch(http, &url, MAX_LIST).await?;
-        if hex::encode(Sha256::digest(&bytes)) != hash {
-            return Err(ListsError::Hash { url });
+        // No more than the signed Release says the file takes.
+        let bytes = fetch(http, &url, size.min(MAX_LIST)).await?;
+        let shown = kiln_core::redact::url_for_logs(&url);
+        let (path2, from2) = (path.clone(), from.clone());
+        // Hashing, decompressing and writing tens of MB is kept off the async threads.
+        let stored = tokio::task::spawn_blocking(move || -> Result<(), ListsError> {
+            if hex::encode(Sha256::digest(&bytes)) != hash {
+                return Err(ListsError::Hash { url: shown });
+            }
+            let plain =
+                decompress(&rel, &bytes).map_err(|e| ListsError::Fetch { url: shown, reason: e.to_string() })?;
+            let cache_err = |source| ListsError::Cache { dir: path2.display().to_string(), source };
+            write_atomically(&path2, &plain).map_err(cache_err)?;
+            write_atomically(&from2, hash.as_bytes()).map_err(cache_err)
+        })
+        .await;
+        match stored {
+            Ok(result) => result?,
+            Err(e) => {
+                return Err(ListsError::Cache { dir: dir.display().to_string(), source: std::io::Error::other(e) })
+            }
         }
-        let plain =
-            decompress(&rel, &bytes).map_err(|e| ListsError::Fetch { url: url.clone(), reason: e.to_string() })?;
-        write_atomically(&path, &plain).map_err(cache_err)?;
-        write_atomically(&from, hash.as_bytes()).map_err(cache_err)?;
         out.push(path);
     }
     write_atomically(&release_file, release.as_bytes()).map_err(cache_err)?;
     Ok(out)
 }
 
-/// A directory name for an archive's suite.
-fn archive_key(url: &str, suite: &str) -> String {
-    hex::encode(&Sha256::digest(format!("{url} {suite}").as_bytes())[..10])
+/// Whether a `Valid-Until` date (RFC 2822, `UTC` as Debian writes it) has passed.
+fn expired(until: &str) -> bool {
+    let normal = until.trim().strip_suffix("UTC").map(|d| format!("{d}+0000")).unwrap_or_else(|| until.to_string());
+    jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(normal.trim()).is_ok_and(|t| t < jiff::Timestamp::now())
+}
+
+/// A directory of its own for each archive suite as one target reads it:
+/// its URL and suite, the architecture and components, and the keys it is
+/// trusted by (lists verified with one set of keys never serve another).
+fn archive_key(archive: &Archive, arch: &str) -> String {
+    let mut keys: Vec<&str> = archive.keys.fingerprints().collect();
+    keys.sort_unstable();
+    let id =
+        format!("{}\n{}\n{arch}\n{}\n{}", archive.url, archive.suite, archive.components.join(" "), keys.join(" "));
+    hex::encode(&Sha256::digest(id.as_bytes())[..10])
 }
 
 async fn fetch(http: &reqwest::Client, url: &str, limit: u64) -> Result<Vec<u8>, ListsError> {

@@ -48,12 +48,19 @@ pub async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Check>) {
         }
     };
     while let Some(first) = rx.recv().await {
-        let mut by_target: BTreeMap<String, Vec<Check>> = BTreeMap::new();
-        by_target.entry(first.target.clone()).or_default().push(first);
+        let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
-            by_target.entry(more.target.clone()).or_default().push(more);
+            batch.push(more);
         }
-        for (target, checks) in by_target {
+        // One solver run per target and channel: each build is solved
+        // against the lists its own build root reads.
+        let farm = shared.farm();
+        let mut groups: BTreeMap<(String, Option<String>), Vec<Check>> = BTreeMap::new();
+        for c in batch {
+            let channel = channel_of(&farm, &c).map(|ch| ch.name.clone());
+            groups.entry((c.target.clone(), channel)).or_default().push(c);
+        }
+        for ((target, _), checks) in groups {
             for (id, verdict) in check_target(&shared, &http, &target, &checks).await {
                 answer(&shared, id, verdict);
             }
@@ -147,28 +154,23 @@ fn archives(
     }
     let keys = farm.repository_keys.get(&t.name).map(Vec::as_slice).unwrap_or_default();
     for (repo, key) in t.repositories.iter().zip(keys) {
-        let keys = Keyring::from_armored(key).map_err(|e| format!("the key of {}: {e}", repo.url))?;
+        let keys = Keyring::from_armored(key)
+            .map_err(|e| format!("the key of {}: {e}", kiln_core::redact::url_for_logs(&repo.url)))?;
         out.push(Archive {
             url: repo.url.clone(),
             suite: repo.suite.clone(),
             components: repo.components.clone(),
             keys: Arc::new(keys),
-            max_age: t.lists_max_age,
+            // Build roots read a target's extra repositories afresh for every build.
+            max_age: Duration::ZERO,
         });
     }
-    // Kiln's own channels, as the builds see them: read fresh each time
-    // (they change with every publish; unchanged lists are not fetched again).
-    let mut channels: Vec<&str> = Vec::new();
-    for c in checks {
-        let values: BTreeMap<String, String> = c.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
-        if let Some(ch) = farm.cfg.channels.iter().find(|ch| ch.accepts.takes(&values)) {
-            if !channels.contains(&ch.name.as_str()) {
-                channels.push(&ch.name);
-            }
-        }
-    }
-    for name in channels {
-        let (Some(ch), Some(key)) = (farm.cfg.channel(name), shared.public_keys.get(name)) else { continue };
+    // Kiln's own channel, as the builds see it (the checks are grouped by
+    // channel): read fresh each time (it changes with every publish;
+    // unchanged lists are not fetched again).
+    if let Some(ch) = checks.first().and_then(|c| channel_of(farm, c)) {
+        let name = &ch.name;
+        let Some(key) = shared.public_keys.get(name) else { return Ok(out) };
         let keys = Keyring::from_armored(key).map_err(|e| format!("the key of channel {name}: {e}"))?;
         out.push(Archive {
             url: format!("{}/repos/{name}/apt", farm.cfg.master.public_url()),
@@ -179,6 +181,12 @@ fn archives(
         });
     }
     Ok(out)
+}
+
+/// The channel a build publishes to, whose repository its build root reads.
+fn channel_of<'f>(farm: &'f crate::farm::LoadedFarm, c: &Check) -> Option<&'f kiln_core::channel::Channel> {
+    let values: BTreeMap<String, String> = c.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+    farm.cfg.channels.iter().find(|ch| ch.accepts.takes(&values))
 }
 
 async fn packages_of(

@@ -53,8 +53,9 @@ struct QueuedBuild {
 enum DepsCheck {
     /// To be asked for once it is ready.
     Due,
-    /// Asked for; the build waits for the answer.
-    Asked(Waiting),
+    /// Asked for, when, and in which publish generation; the build waits
+    /// for the answer.
+    Asked { waiting: Waiting, since: Instant, generation: u64 },
     /// Not needed, or it can be built (or could not be checked).
     Passed,
     /// It cannot be built with what its build root would see.
@@ -120,6 +121,9 @@ pub struct Dispatcher {
     /// When unresolvable builds were last checked again regardless of
     /// publishes (the archives' lists change too).
     last_recheck: Instant,
+    /// Bumped by every publish: an "unresolvable" verdict asked for in an
+    /// older generation may have missed what was just published.
+    check_generation: u64,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
@@ -130,6 +134,10 @@ const POLL: Duration = Duration::from_secs(2);
 /// archives' lists are fetched again only when older than the target's
 /// `lists_max_age`).
 const RECHECK_UNRESOLVABLE: Duration = Duration::from_secs(600);
+
+/// How long a build waits for its build-dependency check before it goes
+/// ahead unchecked (the checker is stuck or gone).
+const CHECK_DEADLINE: Duration = Duration::from_secs(900);
 
 /// How many recently finished builds seed the typical durations at start.
 const RECENT_DURATIONS: i64 = 2000;
@@ -153,6 +161,7 @@ impl Dispatcher {
             typical: HashMap::new(),
             checker: None,
             last_recheck: Instant::now(),
+            check_generation: 0,
         }
     }
 
@@ -221,7 +230,7 @@ impl Dispatcher {
             }
         }
         self.load_dependency_states().await;
-        self.drained = self.shared.store.drained_workers().await?.into_iter().map(|d| (d.name.clone(), d)).collect();
+        self.load_drains().await;
         for (target, took) in self.shared.store.recent_durations(RECENT_DURATIONS).await? {
             let typical = self.typical.get(&target).copied();
             self.typical
@@ -277,6 +286,18 @@ impl Dispatcher {
                 check: if checked { DepsCheck::Due } else { DepsCheck::Passed },
             },
         );
+    }
+
+    /// Reads the drained workers from the store (the one place they are
+    /// kept, shared by every master), and shows them.
+    async fn load_drains(&mut self) {
+        match self.shared.store.drained_workers().await {
+            Ok(rows) => {
+                self.drained = rows.into_iter().map(|d| (d.name.clone(), d)).collect();
+                self.publish_workers();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the drained workers"),
+        }
     }
 
     /// Makes sure the state of every dependency of a queued build is known.
@@ -388,9 +409,8 @@ impl Dispatcher {
                 self.apply_worker_targets();
                 self.publish_workers();
             }
-            Event::Drains { drains, done } => {
-                self.drained = drains.into_iter().map(|d| (d.name.clone(), d)).collect();
-                self.publish_workers();
+            Event::DrainsChanged { done } => {
+                self.load_drains().await;
                 let _ = done.send(());
             }
             Event::Published { build_id, outcome } => {

@@ -123,7 +123,7 @@ impl Dispatcher {
                     None => Some((*d, "unknown build")),
                 }),
                 held: match &q.check {
-                    DepsCheck::Asked(w) | DepsCheck::Unresolvable(w) => Some(w),
+                    DepsCheck::Asked { waiting: w, .. } | DepsCheck::Unresolvable(w) => Some(w),
                     DepsCheck::Due | DepsCheck::Passed => None,
                 },
             })
@@ -219,7 +219,8 @@ impl Dispatcher {
                 properties: q.properties.clone(),
             };
             let message = format!("its build dependencies are being checked against what {} provides", q.target);
-            q.check = DepsCheck::Asked(Waiting::Checking { message });
+            let waiting = Waiting::Checking { message };
+            q.check = DepsCheck::Asked { waiting, since: Instant::now(), generation: self.check_generation };
             if checker.send(check).is_err() {
                 q.check = DepsCheck::Passed;
             }
@@ -229,10 +230,10 @@ impl Dispatcher {
     /// The answer to a build-dependency check.
     pub(super) fn checked(&mut self, id: i64, verdict: Verdict) {
         let Some(q) = self.queue.get_mut(&id) else { return };
-        if !matches!(q.check, DepsCheck::Asked(_)) {
-            return;
-        }
+        let DepsCheck::Asked { generation, .. } = q.check else { return };
         q.check = match verdict {
+            // Something was published while it was being checked: again.
+            Verdict::Unresolvable(_) if generation < self.check_generation => DepsCheck::Due,
             Verdict::Unresolvable(unmet) => {
                 let message = unmet.message();
                 tracing::info!(build = id, component = %q.component, target = %q.target, %message, "build is unresolvable; it waits");
@@ -247,9 +248,21 @@ impl Dispatcher {
     /// then for the archives' own changes).
     pub(super) fn recheck_unresolvable(&mut self) {
         self.last_recheck = Instant::now();
+        self.check_generation += 1;
         for q in self.queue.values_mut() {
             if matches!(q.check, DepsCheck::Unresolvable(_)) {
                 q.check = DepsCheck::Due;
+            }
+        }
+    }
+
+    /// Builds whose check has not come back within [`CHECK_DEADLINE`] go
+    /// ahead unchecked.
+    pub(super) fn overdue_checks(&mut self) {
+        for (id, q) in self.queue.iter_mut() {
+            if matches!(q.check, DepsCheck::Asked { since, .. } if since.elapsed() > CHECK_DEADLINE) {
+                tracing::warn!(build = id, "no answer from the build-dependency check; the build goes ahead unchecked");
+                q.check = DepsCheck::Passed;
             }
         }
     }

@@ -83,10 +83,14 @@ impl Dispatcher {
     }
 
     /// The targets a worker that claims `claimed` is given builds for: those
-    /// its `[[worker]] targets` allow.
+    /// its `[[worker]] targets` allow; none once the config no longer
+    /// declares it (a reload that removes a worker revokes it).
     fn allowed_targets(&self, name: &str, claimed: &[String]) -> Vec<String> {
         let farm = self.shared.farm();
-        let Some(def) = farm.cfg.worker(name) else { return claimed.to_vec() };
+        let Some(def) = farm.cfg.worker(name) else {
+            tracing::warn!(worker = %name, "the config no longer declares this worker; it gets no builds");
+            return Vec::new();
+        };
         let (allowed, refused): (Vec<String>, Vec<String>) = claimed.iter().cloned().partition(|t| def.may_serve(t));
         if !refused.is_empty() {
             tracing::warn!(worker = %name, refused = ?refused, "worker claims targets its [[worker]] `targets` do not list; it gets no builds for them");

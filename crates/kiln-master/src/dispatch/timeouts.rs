@@ -46,6 +46,7 @@ impl Dispatcher {
         if now.duration_since(self.last_recheck) > RECHECK_UNRESOLVABLE {
             self.recheck_unresolvable();
         }
+        self.overdue_checks();
         let timeout = self.timeout();
         let silent: Vec<String> = self
             .workers
@@ -71,6 +72,8 @@ impl Dispatcher {
         }
         if now.duration_since(self.last_poll) >= POLL {
             self.last_poll = now;
+            // Another master sharing the database may have drained a worker.
+            self.load_drains().await;
             match self
                 .shared
                 .store

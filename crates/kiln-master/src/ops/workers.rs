@@ -50,12 +50,11 @@ fn known_worker(s: &Shared, name: &str) -> Result<(), OpError> {
     Err(OpError::NotFound(format!("no worker {name}")))
 }
 
-/// Tells the dispatcher what is drained now, and waits until the workers'
-/// list shows it (so a page loaded next does).
+/// Tells the dispatcher the drains changed (it reads them from the store),
+/// and waits until the workers' list shows them (so a page loaded next does).
 async fn tell_dispatcher(s: &Shared) -> Result<(), OpError> {
-    let drains = s.store.drained_workers().await?;
     let (done, shown) = tokio::sync::oneshot::channel();
-    s.send(Event::Drains { drains, done });
+    s.send(Event::DrainsChanged { done });
     shown.await.map_err(|_| OpError::Unavailable("the master is shutting down".into()))
 }
 
@@ -64,16 +63,17 @@ mod tests {
     use super::*;
     use crate::ops::testing::{user, Tester};
 
-    /// Stands in for the dispatcher: answers `n` drain changes, and hands
-    /// back what it was told, in order.
+    /// Stands in for the dispatcher: answers `n` drain changes with what
+    /// the store holds then, and hands that back, in order.
     fn dispatcher(t: &mut Tester, n: usize) -> tokio::task::JoinHandle<Vec<Vec<DrainRow>>> {
         let mut events = std::mem::replace(&mut t.events, tokio::sync::mpsc::unbounded_channel().1);
+        let shared = t.shared.clone();
         tokio::spawn(async move {
             let mut told = Vec::new();
             while told.len() < n {
                 let Some(ev) = events.recv().await else { break };
-                if let Event::Drains { drains, done } = ev {
-                    told.push(drains);
+                if let Event::DrainsChanged { done } = ev {
+                    told.push(shared.store.drained_workers().await.expect("drains"));
                     let _ = done.send(());
                 }
             }

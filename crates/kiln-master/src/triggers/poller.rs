@@ -206,7 +206,18 @@ pub async fn file_at(
         }
         None => format!("refs/heads/{branch}"),
     };
-    let object = format!("{rev}:{path}");
+    // One commit for both reads below (the poller may move the branch meanwhile).
+    let commit = git_output(
+        git()
+            .arg("-C")
+            .arg(&mirror)
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{rev}^{{commit}}")),
+    )
+    .await?;
+    let commit = commit.trim();
+    check_revision(commit)?;
+    let object = format!("{commit}:{path}");
     let size = git_output(git().arg("-C").arg(&mirror).args(["cat-file", "-s", &object])).await?;
     if size.trim().parse::<usize>().map_err(|e| e.to_string())? > limit {
         return Err(format!("{path} is larger than {limit} bytes"));

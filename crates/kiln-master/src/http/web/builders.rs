@@ -66,6 +66,10 @@ fn force_form(c: &Ctx, components: &[String], targets: &[String], fixed: Option<
                         }
                     }
                     label { "Reason " input type="text" name="reason" placeholder="why"; }
+                    " "
+                    label title="Higher goes first when a slot frees (-1000 to 1000; default 0, releases 1)" {
+                        "Priority " input type="number" name="priority" min="-1000" max="1000" step="1" placeholder="0";
+                    }
                     button type="submit" { "Force build" }
                 }
             } @else {
@@ -142,7 +146,10 @@ pub async fn force(
     let targets: Vec<String> = f.iter().filter(|(k, _)| k == "target").map(|(_, v)| v.clone()).collect();
     let keys = f.iter().filter(|(k, _)| k == "prop_key").map(|(_, v)| v.trim().to_string());
     let values = f.iter().filter(|(k, _)| k == "prop_value").map(|(_, v)| v.clone());
-    let given: BTreeMap<String, String> = keys.zip(values).filter(|(k, _)| !k.is_empty()).collect();
+    let mut given: BTreeMap<String, String> = keys.zip(values).filter(|(k, _)| !k.is_empty()).collect();
+    if let Some(p) = form_get(&f, "priority").map(str::trim).filter(|p| !p.is_empty()) {
+        given.insert(kiln_core::props::PRIORITY_PROPERTY.to_string(), p.to_string());
+    }
     if components.is_empty() {
         let page = page_error("Nothing to build", "Choose at least one component.");
         return Err((StatusCode::BAD_REQUEST, page).into_response());
