@@ -418,7 +418,7 @@ mod tests {
         let unmet =
             Waiting::Unresolvable { missing: vec!["libfoo-dev".into()], message: "nothing provides libfoo-dev".into() };
         let held = [QueuedView { target: "d12", priority: 0, unfinished_dependency: None, held: Some(&unmet) }];
-        assert_eq!(why_waiting(&held, &workers, &farm), [unmet.clone()]);
+        assert_eq!(why_waiting(&held, &workers, &farm), std::slice::from_ref(&unmet));
         // Its only worker is drained.
         let drained = [WorkerLoad { name: "w1", targets: &t, slots: 2, running: 1, drained: true }];
         let why = why_waiting(&queue[..1], &drained, &farm);
