@@ -210,7 +210,8 @@ pub struct FarmView<'a> {
 /// drained, then its place in line for the busy slots (behind higher
 /// priorities, when it is), with an estimated start.
 pub fn why_waiting(queue: &[QueuedView<'_>], workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> Vec<Waiting> {
-    let mut lines: HashMap<&str, Line> = HashMap::new();
+    // What a target's builds wait for, worked out once per target.
+    let mut targets: HashMap<&str, ForTarget> = HashMap::new();
     queue
         .iter()
         .map(|q| {
@@ -220,25 +221,39 @@ pub fn why_waiting(queue: &[QueuedView<'_>], workers: &[WorkerLoad<'_>], farm: &
             if let Some(held) = q.held {
                 return held.clone();
             }
-            let serves = |w: &&WorkerLoad<'_>| w.targets.iter().any(|t| t == q.target);
-            let serving: Vec<&WorkerLoad<'_>> = workers.iter().filter(serves).collect();
-            if serving.is_empty() {
-                return no_worker(q.target, workers, farm);
+            match targets.entry(q.target).or_insert_with(|| ForTarget::new(q.target, workers, farm)) {
+                ForTarget::Stuck(why) => why.clone(),
+                ForTarget::InLine(line) => line.next(q),
             }
-            let open: Vec<&WorkerLoad<'_>> = serving.iter().copied().filter(|w| !w.drained).collect();
-            if open.is_empty() {
-                let names: Vec<String> = serving.iter().map(|w| w.name.to_string()).collect();
-                let message = format!(
-                    "every connected worker serving {} is drained ({}); `kiln workers resume NAME` gives it work again",
-                    q.target,
-                    names.join(", ")
-                );
-                return Waiting::Drained { target: q.target.to_string(), workers: names, message };
-            }
-            let line = lines.entry(q.target).or_insert_with(|| Line::new(q.target, &open, farm));
-            line.next(q, &open)
         })
         .collect()
+}
+
+/// Why builds for one target wait when nothing else holds them.
+enum ForTarget {
+    /// No connected worker serves it, or only drained ones do.
+    Stuck(Waiting),
+    /// Workers serve it and their slots are busy.
+    InLine(Line),
+}
+
+impl ForTarget {
+    fn new(target: &str, workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> ForTarget {
+        let serving: Vec<&WorkerLoad<'_>> = workers.iter().filter(|w| w.targets.iter().any(|t| t == target)).collect();
+        if serving.is_empty() {
+            return ForTarget::Stuck(no_worker(target, workers, farm));
+        }
+        let open: Vec<&WorkerLoad<'_>> = serving.iter().copied().filter(|w| !w.drained).collect();
+        if open.is_empty() {
+            let names: Vec<String> = serving.iter().map(|w| w.name.to_string()).collect();
+            let message = format!(
+                "every connected worker serving {target} is drained ({}); `kiln workers resume NAME` gives it work again",
+                names.join(", ")
+            );
+            return ForTarget::Stuck(Waiting::Drained { target: target.to_string(), workers: names, message });
+        }
+        ForTarget::InLine(Line::new(target, &open, farm))
+    }
 }
 
 fn no_worker(target: &str, workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> Waiting {
@@ -261,11 +276,13 @@ fn no_worker(target: &str, workers: &[WorkerLoad<'_>], farm: &FarmView<'_>) -> W
 /// The line of ready builds for one target's busy slots.
 struct Line {
     taken: usize,
-    /// Priorities of the builds ahead, to count those above a newcomer.
-    priorities: Vec<i64>,
+    /// How many builds ahead have each priority, to count those above a newcomer.
+    priorities: std::collections::BTreeMap<i64, usize>,
     typical: Option<Duration>,
     /// When each slot frees, from now (a min-heap).
     frees_at: BinaryHeap<std::cmp::Reverse<Duration>>,
+    /// "all N slots serving T are busy (w1, w2)", the same for every build in line.
+    busy: String,
 }
 
 impl Line {
@@ -285,14 +302,17 @@ impl Line {
                 }
             }
         }
-        Line { taken: 0, priorities: Vec::new(), typical, frees_at }
+        let slots: usize = open.iter().map(|w| w.slots).sum();
+        let names: Vec<&str> = open.iter().map(|w| w.name).collect();
+        let busy = format!("all {slots} slots serving {target} are busy ({})", names.join(", "));
+        Line { taken: 0, priorities: Default::default(), typical, frees_at, busy }
     }
 
-    fn next(&mut self, q: &QueuedView<'_>, open: &[&WorkerLoad<'_>]) -> Waiting {
+    fn next(&mut self, q: &QueuedView<'_>) -> Waiting {
         self.taken += 1;
         let position = self.taken;
-        let ahead = self.priorities.iter().filter(|p| **p > q.priority).count();
-        self.priorities.push(q.priority);
+        let ahead: usize = self.priorities.range(q.priority.saturating_add(1)..).map(|(_, n)| n).sum();
+        *self.priorities.entry(q.priority).or_default() += 1;
         let starts_in = match (self.typical, self.frees_at.pop()) {
             (Some(typical), Some(std::cmp::Reverse(at))) => {
                 self.frees_at.push(std::cmp::Reverse(at + typical));
@@ -300,25 +320,20 @@ impl Line {
             }
             _ => None,
         };
-        let slots: usize = open.iter().map(|w| w.slots).sum();
-        let names: Vec<&str> = open.iter().map(|w| w.name).collect();
-        let mut message = if ahead > 0 {
-            format!("behind {ahead} build(s) of higher priority for {}; ", q.target)
-        } else {
-            String::new()
-        };
-        message.push_str(&format!(
-            "all {slots} slots serving {} are busy ({}); number {position} in line",
-            q.target,
-            names.join(", ")
-        ));
+        use std::fmt::Write;
+        let mut message = String::with_capacity(self.busy.len() + 96);
+        if ahead > 0 {
+            let _ = write!(message, "behind {ahead} build(s) of higher priority for {}; ", q.target);
+        }
+        let _ = write!(message, "{}; number {position} in line", self.busy);
         if let (Some(at), Some(typical)) = (starts_in, self.typical) {
-            message.push_str(&format!(
+            let _ = write!(
+                message,
                 "; starts in about {} (builds for {} take about {})",
                 about(at),
                 q.target,
                 about(typical)
-            ));
+            );
         }
         let target = q.target.to_string();
         let starts_in_s = starts_in.map(|d| d.as_secs());

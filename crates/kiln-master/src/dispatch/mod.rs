@@ -124,6 +124,9 @@ pub struct Dispatcher {
     /// Bumped by every publish: an "unresolvable" verdict asked for in an
     /// older generation may have missed what was just published.
     check_generation: u64,
+    /// The queue changed since `Shared::waiting` was last written, and when that was.
+    why_stale: bool,
+    last_why: Instant,
 }
 
 /// How often the dispatcher looks for work it was not told about (builds
@@ -134,6 +137,9 @@ const POLL: Duration = Duration::from_secs(2);
 /// archives' lists are fetched again only when older than the target's
 /// `lists_max_age`).
 const RECHECK_UNRESOLVABLE: Duration = Duration::from_secs(600);
+
+/// How often, at most, the dispatcher says again why queued builds wait.
+const WHY_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a build waits for its build-dependency check before it goes
 /// ahead unchecked (the checker is stuck or gone).
@@ -162,6 +168,8 @@ impl Dispatcher {
             checker: None,
             last_recheck: Instant::now(),
             check_generation: 0,
+            why_stale: true,
+            last_why: Instant::now(),
         }
     }
 

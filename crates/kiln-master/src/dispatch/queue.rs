@@ -54,6 +54,21 @@ impl Dispatcher {
     /// start, then says why each build still queued waits.
     pub(super) async fn dispatch(&mut self) {
         self.start_what_can_start().await;
+        self.why_stale = true;
+        // Saying why each build waits costs a pass over the whole queue:
+        // not after every event of a busy farm, a few times a second.
+        if self.last_why.elapsed() >= WHY_EVERY {
+            self.refresh_why_waiting();
+        }
+    }
+
+    /// Says again why each queued build waits, if anything changed since.
+    pub(super) fn refresh_why_waiting(&mut self) {
+        if !self.why_stale {
+            return;
+        }
+        self.why_stale = false;
+        self.last_why = Instant::now();
         self.note_why_waiting();
         // Turns are kept only for requests that still wait.
         let waiting: HashSet<i64> = self.queue.values().map(|q| q.request).collect();

@@ -47,6 +47,7 @@ impl Dispatcher {
             self.recheck_unresolvable();
         }
         self.overdue_checks();
+        self.refresh_why_waiting();
         let timeout = self.timeout();
         let silent: Vec<String> = self
             .workers
