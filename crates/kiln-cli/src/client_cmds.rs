@@ -313,6 +313,32 @@ pub async fn rebuild(id: i64, follow: bool, remote: &Remote) -> anyhow::Result<E
     requested(&client, &created, &format!("\t(rebuild of #{id})"), follow, remote.json).await
 }
 
+pub async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
+    let s = remote.client()?.status().await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "kiln {} (config generation {}), answered by {}",
+        s.version,
+        s.config_generation,
+        s.master.as_deref().unwrap_or("-")
+    );
+    println!(
+        "{} builders, {} workers connected, {} builds queued, {} running",
+        s.builders, s.workers_connected, s.builds_queued, s.builds_running
+    );
+    if !s.masters.is_empty() {
+        println!("{:<28} {:<24} {:<6} {:>5} LAST HEARTBEAT", "MASTER", "ADDRESS", "STATE", "EPOCH");
+        for m in &s.masters {
+            let state = if m.alive { "alive" } else { "gone" };
+            println!("{:<28} {:<24} {:<6} {:>5} {}", m.id, m.address, state, m.epoch, m.heartbeat_at);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(clap::Subcommand)]
 pub enum WorkersAction {
     /// Drain a worker: it finishes the builds it runs and is given no new ones until resumed (needs server_admin).

@@ -166,6 +166,11 @@ enum Command {
     },
     /// Upload a source package (.changes, .dsc with its files, or .src.rpm) to build.
     Upload(client_cmds::UploadArgs),
+    /// The farm at a glance: version, builders, queue, and the masters sharing the database.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List workers; drain one for maintenance (it finishes what it runs and takes nothing new), or resume it.
     Workers {
         #[command(subcommand)]
@@ -502,6 +507,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
         Command::Rebuild { build, follow, remote } => client_cmds::rebuild(build, follow, &remote).await,
         Command::Workers { action, remote } => client_cmds::workers(action, &remote).await,
+        Command::Status { remote } => client_cmds::status(&remote).await,
         Command::Upload(args) => client_cmds::upload(args).await,
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Release(args) => release::release(args).await,

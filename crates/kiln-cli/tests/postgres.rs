@@ -37,3 +37,52 @@ async fn the_farm_runs_on_postgresql() {
     admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
 }
+
+/// A second master started on the same database while the first runs a
+/// build leaves that build to it: nothing is re-queued, however long the
+/// second waits, and `kiln status` lists both masters alive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
+    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("random");
+    let schema = format!("kiln_farm_{}", hex::encode(raw));
+    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
+    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let config = format!(
+        "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n\
+         [[target]]\nname = \"t\"\nfamily = \"deb\"\n\n[[component]]\nname = \"hold\"\n\
+         steps = [ {{ name = \"hold\", run = \"while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done\" }} ]\n"
+    );
+    {
+        let mut first = Farm::new(KILN.as_ref(), &config, &[]);
+        first.start_master().await;
+        first.start_workers(&["w1"], &["t"], 1).await;
+        let client = first.client();
+        let id = client.create_builds(&kiln_testing::request(&["hold"], &[])).await.expect("create").builds[0].id;
+        first.wait_build(id, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
+
+        let mut second = Farm::new(KILN.as_ref(), &config, &[]);
+        second.start_master().await;
+        assert!(
+            second.master_log().contains(&format!("build={id}")) && second.master_log().contains("left to it"),
+            "the second master leaves the build to the first:\n{}",
+            second.master_log()
+        );
+        let (code, out, err) = run(second.kiln().args(["status"])).expect("kiln status");
+        assert_eq!(code, 0, "{err}");
+        let alive: Vec<&str> = out.lines().filter(|l| l.contains(" alive ")).collect();
+        assert_eq!(alive.len(), 2, "both masters hold their leases:\n{out}");
+        // Longer than the test farms' worker timeout (3 s): the second master
+        // would have re-queued a build it took for an orphan by now.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let still = client.build(id).await.expect("build");
+        assert_eq!((still.state, still.attempt), (BuildState::Running, 1), "{still:?}");
+        std::fs::write(first.path(&format!("workers/w1/builds/go-{id}")), "").expect("go");
+        let done = first.wait_finished(id, Duration::from_secs(30)).await;
+        assert_eq!((done.state, done.attempt), (BuildState::Succeeded, 1), "{done:?}");
+    }
+    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
+    admin.close().await;
+}

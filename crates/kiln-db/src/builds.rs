@@ -109,11 +109,12 @@ impl Store {
     pub async fn claim(&self, build_id: i64, worker: &str, now: i64, step_names: &[String]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
-            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1 \
-             WHERE id = $3 AND state = 'queued'",
+            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, owner = $3 \
+             WHERE id = $4 AND state = 'queued'",
         )
         .bind(worker)
         .bind(now)
+        .bind(self.owner.as_deref())
         .bind(build_id)
         .execute(&mut *tx)
         .await?

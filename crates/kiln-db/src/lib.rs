@@ -11,11 +11,12 @@
 //! One module per concern: `store` (connecting, migrating), `builds`
 //! (requests, builds and steps, the dispatcher's writes), `artifacts`,
 //! `views` (what the web pages read), `packages` (publishing, channels,
-//! snapshots, schedules), `users` (users and tokens), `workers` (drains), with `rows` (row types
+//! snapshots, schedules), `users` (users and tokens), `workers` (drains), `masters` (leases of masters sharing it), with `rows` (row types
 //! and their SQL encoding) and `migrations` beneath them.
 
 mod artifacts;
 mod builds;
+mod masters;
 mod migrations;
 mod packages;
 mod rows;
@@ -25,6 +26,7 @@ mod views;
 mod workers;
 
 pub use builds::Write;
+pub use masters::MasterRow;
 pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
 pub use store::Store;

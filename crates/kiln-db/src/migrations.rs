@@ -204,4 +204,19 @@ CREATE TABLE worker_drains (
 );
 "#,
     },
+    Migration {
+        version: 11,
+        description: "masters sharing the database (leases), and which master runs each build",
+        sql: r#"
+CREATE TABLE masters (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    schema_version BIGINT NOT NULL
+);
+ALTER TABLE builds ADD COLUMN owner TEXT;
+"#,
+    },
 ];

@@ -20,6 +20,9 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) reader: AnyPool,
     backend: Backend,
+    /// The master this handle acts for: builds it claims are recorded as
+    /// its own (several masters may share a PostgreSQL database).
+    pub(crate) owner: Option<std::sync::Arc<str>>,
 }
 
 impl Store {
@@ -64,13 +67,24 @@ impl Store {
             Backend::Sqlite => {
                 let pool = options(1).connect(url).await?;
                 let reader = options(4).connect(url).await?;
-                Store { pool, reader, backend }
+                Store { pool, reader, backend, owner: None }
             }
             Backend::Postgres => {
                 let pool = options(8).connect(url).await?;
-                Store { reader: pool.clone(), pool, backend }
+                Store { reader: pool.clone(), pool, backend, owner: None }
             }
         })
+    }
+
+    /// This handle, acting for master `id`: the builds it claims are that master's.
+    pub fn for_master(mut self, id: &str) -> Store {
+        self.owner = Some(id.into());
+        self
+    }
+
+    /// The master this handle acts for, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     pub async fn close(&self) {

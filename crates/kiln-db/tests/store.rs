@@ -355,3 +355,31 @@ async fn a_drain_holds_until_resumed_and_keeps_its_first_author() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn masters_hold_leases_and_own_the_builds_they_claim() {
+    on_both(|s| async move {
+        assert_eq!(s.take_lease("m1", "10.0.0.1:8010", 100, 11).await.expect("lease"), 1);
+        assert_eq!(s.take_lease("m2", "10.0.0.2:8010", 100, 11).await.expect("lease"), 1);
+        assert!(s.renew_lease("m1", 1, 150).await.expect("renew"));
+        // m1 restarts: a new epoch; the old one can renew nothing.
+        assert_eq!(s.take_lease("m1", "10.0.0.1:8010", 200, 11).await.expect("lease"), 2);
+        assert!(!s.renew_lease("m1", 1, 210).await.expect("stale renew"));
+        assert!(s.renew_lease("m1", 2, 220).await.expect("renew"));
+        let masters = s.masters().await.expect("masters");
+        let seen: Vec<(&str, i64, i64)> = masters.iter().map(|m| (m.id.as_str(), m.epoch, m.heartbeat_at)).collect();
+        assert_eq!(seen, [("m1", 2, 220), ("m2", 1, 100)]);
+        // A build claimed through m2's handle is m2's.
+        let (_, ids) = s
+            .create_request(1, None, None, &[new_build("a", "t", &[]), new_build("b", "t", &[])])
+            .await
+            .expect("create");
+        let m2 = s.clone().for_master("m2");
+        assert!(m2.claim(ids[0], "w1", 2, &[]).await.expect("claim"));
+        assert!(s.claim(ids[1], "w2", 2, &[]).await.expect("claim"));
+        let owners = s.running_owners().await.expect("owners");
+        assert_eq!(owners.get(&ids[0]).map(String::as_str), Some("m2"));
+        assert!(!owners.contains_key(&ids[1]), "a handle for no master records none");
+    })
+    .await;
+}

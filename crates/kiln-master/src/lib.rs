@@ -17,6 +17,7 @@ mod dispatch;
 mod events;
 pub mod farm;
 mod http;
+mod lease;
 pub mod logs;
 mod ops;
 mod plan;
@@ -111,6 +112,15 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     };
     let header_timeout = farm.cfg.master.header_timeout;
     let (http_addr, worker_addr) = (http.local_addr()?, wl.local_addr()?);
+    // Masters sharing the database know each other by their leases; the
+    // builds this one claims are its own.
+    let master_id = lease::master_id(http_addr.port());
+    let store = store.for_master(&master_id);
+    let epoch = store
+        .take_lease(&master_id, &http_addr.to_string(), clock::now_us(), kiln_db::latest_schema_version())
+        .await
+        .context("cannot take this master's lease in the database")?;
+    tracing::info!(master = %master_id, epoch, "holding this master's lease");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
@@ -129,6 +139,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(lease::keep(store.clone(), master_id.clone(), epoch));
     tasks.spawn(buildable::run(shared.clone(), check_rx));
     tasks.spawn(dispatcher.run(rx));
     tasks.spawn(publisher.run(publish_rx));

@@ -174,6 +174,27 @@ pub struct Status {
     pub workers_connected: i64,
     pub builds_queued: i64,
     pub builds_running: i64,
+    /// The master that answered (its id among those sharing the database).
+    #[serde(default)]
+    pub master: Option<String>,
+    /// Every master that shares the database, alive or not.
+    #[serde(default)]
+    pub masters: Vec<MasterInfo>,
+}
+
+/// A master sharing the database, as its lease says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MasterInfo {
+    pub id: String,
+    /// Its web and API address.
+    pub address: String,
+    /// Its heartbeat is within the lease.
+    pub alive: bool,
+    /// Bumped each time it (re)started.
+    pub epoch: i64,
+    /// RFC 3339.
+    pub started_at: String,
+    pub heartbeat_at: String,
 }
 
 /// Every error response has this body, with a status code that says the kind.

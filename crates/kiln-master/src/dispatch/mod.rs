@@ -188,8 +188,25 @@ impl Dispatcher {
     pub async fn recover(&mut self) -> anyhow::Result<()> {
         let rows = self.shared.store.unfinished_builds().await?;
         let publishing: HashSet<i64> = self.shared.store.publishing_builds().await?.into_iter().collect();
+        // Running builds another live master claimed are that master's: left to it.
+        let owners = self.shared.store.running_owners().await?;
+        let now = now_us();
+        let me = self.shared.store.owner().map(str::to_string);
+        let live: HashSet<String> = self
+            .shared
+            .store
+            .masters()
+            .await?
+            .into_iter()
+            .filter(|m| Some(&m.id) != me.as_ref() && crate::lease::alive(m, now))
+            .map(|m| m.id)
+            .collect();
         let deadline = Instant::now() + self.timeout();
         for b in rows {
+            if let Some(owner) = owners.get(&b.id).filter(|o| live.contains(*o)) {
+                tracing::info!(build = b.id, master = %owner, "build runs under another live master; left to it");
+                continue;
+            }
             match b.state {
                 BuildState::Queued => self.enqueue(b),
                 BuildState::Running if publishing.contains(&b.id) => {

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use kiln_proto::api::{
     Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, DrainBody, Drained, ErrorBody, LogChunk,
-    PropertyValue, Status, Step, WorkerInfo,
+    MasterInfo, PropertyValue, Status, Step, WorkerInfo,
 };
 use utoipa::OpenApi;
 
@@ -43,6 +43,7 @@ use utoipa::OpenApi;
         DrainBody,
         BuilderInfo,
         Status,
+        MasterInfo,
         ErrorBody
     ))
 )]
