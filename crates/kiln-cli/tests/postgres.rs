@@ -86,3 +86,57 @@ async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
     admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
 }
+
+/// When a master dies (kill -9), another sharing the database takes its
+/// running builds over once its lease expires: a build whose worker went
+/// with it is re-queued once and built by the survivor's worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_survivor_takes_over_the_builds_of_a_master_killed_mid_build() {
+    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("random");
+    let schema = format!("kiln_farm_{}", hex::encode(raw));
+    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
+    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let config = |worker: &str| {
+        format!(
+            "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"{worker}\"\ntoken_file = \"secrets/{worker}.token\"\n\n\
+             [[target]]\nname = \"t\"\nfamily = \"deb\"\n\n[[component]]\nname = \"hold\"\n\
+             steps = [ {{ name = \"hold\", run = \"while [ ! -e ../go-$KILN_BUILD_ID ]; do sleep 0.05; done\" }} ]\n"
+        )
+    };
+    {
+        let mut doomed = Farm::new(KILN.as_ref(), &config("wa"), &[]);
+        doomed.start_master().await;
+        doomed.start_workers(&["wa"], &["t"], 1).await;
+        let mut survivor = Farm::new(KILN.as_ref(), &config("wb"), &[]);
+        survivor.start_master().await;
+        survivor.start_workers(&["wb"], &["t"], 1).await;
+        let client = doomed.client();
+        let id = client.create_builds(&kiln_testing::request(&["hold"], &[])).await.expect("create").builds[0].id;
+        let running = doomed.wait_build(id, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
+        assert_eq!(running.worker.as_deref(), Some("wa"));
+        doomed.kill_master();
+        // The survivor serves the build too; it takes it over once the lease
+        // (3 s in tests) expires, waits the worker timeout, and builds it again.
+        let again = survivor.wait_build(id, Duration::from_secs(60), |b| b.worker.as_deref() == Some("wb")).await;
+        assert_eq!((again.state, again.attempt), (BuildState::Running, 2), "{again:?}");
+        assert!(
+            survivor.master_log().contains("took over a build of a master whose lease expired"),
+            "{}",
+            survivor.master_log()
+        );
+        std::fs::write(survivor.path(&format!("workers/wb/builds/go-{id}")), "").expect("go");
+        let done = survivor.wait_finished(id, Duration::from_secs(30)).await;
+        assert_eq!(
+            (done.state, done.attempt, done.worker.as_deref()),
+            (BuildState::Succeeded, 2, Some("wb")),
+            "{done:?}"
+        );
+        let (_, out, _) = run(survivor.kiln().args(["status"])).expect("kiln status");
+        assert!(out.lines().any(|l| l.contains(" gone ")), "the killed master shows as gone:\n{out}");
+    }
+    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
+    admin.close().await;
+}

@@ -91,6 +91,19 @@ impl Store {
             .collect()
     }
 
+    /// Takes over the running builds of master `gone` for this handle's
+    /// master; returns their ids. Conditional on their owner, so when
+    /// several masters take over at once each build goes to one of them.
+    pub async fn take_over_builds(&self, gone: &str) -> Result<Vec<i64>> {
+        let Some(me) = self.owner.as_deref() else { return Ok(Vec::new()) };
+        let rows = sqlx::query("UPDATE builds SET owner = $1 WHERE state = 'running' AND owner = $2 RETURNING id")
+            .bind(me)
+            .bind(gone)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// The master each running build was claimed by (none for builds
     /// claimed before masters were recorded).
     pub async fn running_owners(&self) -> Result<HashMap<i64, String>> {

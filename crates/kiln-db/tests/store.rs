@@ -380,6 +380,14 @@ async fn masters_hold_leases_and_own_the_builds_they_claim() {
         let owners = s.running_owners().await.expect("owners");
         assert_eq!(owners.get(&ids[0]).map(String::as_str), Some("m2"));
         assert!(!owners.contains_key(&ids[1]), "a handle for no master records none");
+        // m2 is gone: m1 and m3 both try to take its builds over; one gets each.
+        let (m1, m3) = (s.clone().for_master("m1"), s.clone().for_master("m3"));
+        let (a, b) = tokio::join!(m1.take_over_builds("m2"), m3.take_over_builds("m2"));
+        let (a, b) = (a.expect("take over"), b.expect("take over"));
+        assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
+        assert!(m1.take_over_builds("m2").await.expect("again").is_empty());
+        let owner = s.running_owners().await.expect("owners")[&ids[0]].clone();
+        assert!(owner == "m1" || owner == "m3", "{owner}");
     })
     .await;
 }

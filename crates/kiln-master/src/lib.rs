@@ -115,6 +115,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     // Masters sharing the database know each other by their leases; the
     // builds this one claims are its own.
     let master_id = lease::master_id(http_addr.port());
+    let farm_lease = farm.cfg.master.lease;
     let store = store.for_master(&master_id);
     let epoch = store
         .take_lease(&master_id, &http_addr.to_string(), clock::now_us(), kiln_db::latest_schema_version())
@@ -139,7 +140,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(lease::keep(store.clone(), master_id.clone(), epoch));
+    tasks.spawn(lease::keep(store.clone(), master_id.clone(), epoch, farm_lease));
     tasks.spawn(buildable::run(shared.clone(), check_rx));
     tasks.spawn(dispatcher.run(rx));
     tasks.spawn(publisher.run(publish_rx));

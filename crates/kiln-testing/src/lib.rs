@@ -80,7 +80,8 @@ family = "deb"
 
 /// Default master settings for tests: short timeouts so lost workers are
 /// noticed quickly.
-pub const TEST_MASTER_EXTRA: &str = "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\n";
+pub const TEST_MASTER_EXTRA: &str =
+    "worker_timeout = \"3s\"\nheartbeat = \"500ms\"\nkill_grace = \"2s\"\nlease = \"3s\"\n";
 
 impl Farm {
     /// Writes `config` (its `[master]` listen addresses replaced by free

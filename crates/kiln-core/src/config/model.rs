@@ -102,6 +102,9 @@ pub struct MasterSection {
     pub worker_timeout: Duration,
     /// How often workers send a heartbeat.
     pub heartbeat: Duration,
+    /// A master sharing the database that has not renewed its lease for
+    /// this long is taken for gone, and the others take over its builds.
+    pub lease: Duration,
     /// Time between SIGTERM and SIGKILL when a step is cancelled or times out.
     pub kill_grace: Duration,
     /// Serve the worker port over TLS with this certificate and key (PEM files).
@@ -155,6 +158,7 @@ impl Default for MasterSection {
             data_dir: "data".into(),
             database: None,
             worker_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
             kill_grace: Duration::from_secs(10),
             worker_tls: None,

@@ -29,6 +29,7 @@ const MASTER_KEYS: &[&str] = &[
     "database",
     "worker_timeout",
     "heartbeat",
+    "lease",
     "kill_grace",
     "worker_tls",
     "tls",
@@ -436,6 +437,9 @@ fn read_master(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Option<Mas
     }
     if let Some(d) = r.duration(tbl, "heartbeat", "[master]") {
         m.heartbeat = d;
+    }
+    if let Some(d) = r.duration(tbl, "lease", "[master]") {
+        m.lease = d;
     }
     let timings_ok = r.diags.len() == errors_before;
     if let Some(d) = r.duration(tbl, "kill_grace", "[master]") {

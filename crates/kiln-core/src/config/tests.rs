@@ -53,7 +53,7 @@ targets = ["t9"]
     assert_eq!(
         errs,
         [
-            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, kill_grace, worker_tls, tls, header_timeout, max_artifact_size, url, anonymous_read, changelog_maintainer",
+            "farm.toml:3:1: unknown key `listn` in [master]; known keys: listen, worker_listen, data_dir, database, worker_timeout, heartbeat, lease, kill_grace, worker_tls, tls, header_timeout, max_artifact_size, url, anonymous_read, changelog_maintainer",
             "farm.toml:10:8: duplicate target name \"t1\" (first defined at line 6, column 8)",
             "farm.toml:11:10: unknown family \"msi\"; known families: deb, rpm",
             "farm.toml:15:39: unknown key `colour` in a step of component \"a\"; known keys: name, run, set_property, timeout, no_output_timeout, env, halt_on_failure, always_run",

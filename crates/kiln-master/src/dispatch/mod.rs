@@ -198,7 +198,7 @@ impl Dispatcher {
             .masters()
             .await?
             .into_iter()
-            .filter(|m| Some(&m.id) != me.as_ref() && crate::lease::alive(m, now))
+            .filter(|m| Some(&m.id) != me.as_ref() && crate::lease::alive(m, self.shared.farm().cfg.master.lease, now))
             .map(|m| m.id)
             .collect();
         let deadline = Instant::now() + self.timeout();

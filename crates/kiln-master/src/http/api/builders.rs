@@ -26,7 +26,7 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
         .await?
         .into_iter()
         .map(|m| MasterInfo {
-            alive: crate::lease::alive(&m, now),
+            alive: crate::lease::alive(&m, farm.cfg.master.lease, now),
             started_at: crate::clock::rfc3339(m.started_at),
             heartbeat_at: crate::clock::rfc3339(m.heartbeat_at),
             id: m.id,
