@@ -152,7 +152,10 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
         &format!("{} at {commit}", kiln_core::redact::url_for_logs(url)),
     )?;
     let _ = fs::remove_dir_all(&checkout);
-    eprintln!("kiln: checked out {} {branch} at {commit} ({subject})", kiln_core::redact::url_for_logs(url));
+    // One write: the log interleaves stderr and stdout (the commit, below)
+    // at write boundaries, and a line written in pieces could be split.
+    let line = format!("kiln: checked out {} {branch} at {commit} ({subject})\n", kiln_core::redact::url_for_logs(url));
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     println!("{commit}");
     Ok(())
 }

@@ -74,7 +74,9 @@ pub fn hg_checkout(url: &str, branch: &str, subdir: Option<&str>) -> anyhow::Res
         .unwrap_or_default();
     crate::checkout::move_into_work_dir(&checkout, subdir, &build_dir, &format!("{shown} at {commit}"))?;
     let _ = fs::remove_dir_all(&checkout);
-    eprintln!("kiln: checked out {shown} {branch} at {commit} ({subject})");
+    // One write, as the git checkout's (stdout and stderr share the log).
+    let line = format!("kiln: checked out {shown} {branch} at {commit} ({subject})\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     println!("{commit}");
     Ok(())
 }
