@@ -8,8 +8,9 @@ use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_farm_runs_on_postgresql() {
+/// A schema of its own on the test PostgreSQL: the admin connection (to
+/// drop it at the end), its name, and a URL whose connections use it.
+async fn fresh_schema() -> (kiln_db::Store, String, String) {
     let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut raw = [0u8; 6];
     getrandom::fill(&mut raw).expect("random");
@@ -17,6 +18,12 @@ async fn the_farm_runs_on_postgresql() {
     let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
     admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    (admin, schema, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_farm_runs_on_postgresql() {
+    let (admin, schema, url) = fresh_schema().await;
     let config = format!("[master]\ndatabase = \"{url}\"\n{}", one_job(LEDGER_JOB));
     {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
@@ -43,13 +50,7 @@ async fn the_farm_runs_on_postgresql() {
 /// second waits, and `kiln status` lists both masters alive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
-    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut raw = [0u8; 6];
-    getrandom::fill(&mut raw).expect("random");
-    let schema = format!("kiln_farm_{}", hex::encode(raw));
-    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
-    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let (admin, schema, url) = fresh_schema().await;
     let config = format!(
         "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n\
          [[target]]\nname = \"t\"\nfamily = \"deb\"\n\n[[component]]\nname = \"hold\"\n\
@@ -92,13 +93,7 @@ async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
 /// with it is re-queued once and built by the survivor's worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_survivor_takes_over_the_builds_of_a_master_killed_mid_build() {
-    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut raw = [0u8; 6];
-    getrandom::fill(&mut raw).expect("random");
-    let schema = format!("kiln_farm_{}", hex::encode(raw));
-    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
-    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let (admin, schema, url) = fresh_schema().await;
     let config = |worker: &str| {
         format!(
             "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"{worker}\"\ntoken_file = \"secrets/{worker}.token\"\n\n\

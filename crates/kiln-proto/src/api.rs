@@ -133,6 +133,23 @@ pub struct WorkerInfo {
     pub drained: Option<Drained>,
 }
 
+impl WorkerInfo {
+    /// A worker that has not connected (since the master started).
+    pub fn never_seen(name: &str) -> WorkerInfo {
+        WorkerInfo {
+            name: name.to_string(),
+            connected: false,
+            targets: Vec::new(),
+            slots: 0,
+            running: Vec::new(),
+            last_seen: None,
+            version: None,
+            address: None,
+            drained: None,
+        }
+    }
+}
+
 /// Body of `POST /api/v1/workers/{name}/drain`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -186,15 +186,5 @@ impl Dispatcher {
 
 /// A configured worker that has not connected yet.
 pub(super) fn empty_info(name: &str) -> WorkerInfo {
-    WorkerInfo {
-        name: name.to_string(),
-        connected: false,
-        targets: Vec::new(),
-        slots: 0,
-        running: Vec::new(),
-        last_seen: None,
-        version: None,
-        address: None,
-        drained: None,
-    }
+    WorkerInfo::never_seen(name)
 }

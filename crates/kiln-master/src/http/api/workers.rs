@@ -61,15 +61,5 @@ pub async fn resume(State(s): State<AppState>, caller: Caller, Path(name): Path<
 /// What the master shows of worker `name` now (a configured one that never
 /// connected has an empty entry until the dispatcher adds it).
 fn worker_info(s: &Shared, name: &str) -> WorkerInfo {
-    s.workers().get(name).cloned().unwrap_or_else(|| WorkerInfo {
-        name: name.to_string(),
-        connected: false,
-        targets: Vec::new(),
-        slots: 0,
-        running: Vec::new(),
-        last_seen: None,
-        version: None,
-        address: None,
-        drained: None,
-    })
+    s.workers().get(name).cloned().unwrap_or_else(|| WorkerInfo::never_seen(name))
 }
