@@ -123,7 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for w in ["w1", "w2"] {
         let token = std::fs::read_to_string(dir.join(format!("secrets/{w}.token")))?.trim().to_string();
         let opts = kiln_worker::WorkerOptions {
-            master: master.worker_addr.to_string(),
+            masters: vec![master.worker_addr.to_string()],
             name: w.to_string(),
             token,
             targets: targets.clone(),

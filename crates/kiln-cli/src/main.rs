@@ -76,9 +76,11 @@ enum Command {
     },
     /// Run a worker that dials the master and builds.
     Worker {
-        /// The master's worker port, HOST:PORT.
-        #[arg(long)]
-        master: String,
+        /// A master's worker port, HOST:PORT. Give it once per master of a
+        /// farm whose masters share a database: the worker talks to one and
+        /// moves to another when it goes, its running builds with it.
+        #[arg(long, required = true)]
+        master: Vec<String>,
         #[arg(long)]
         name: String,
         /// File holding this worker's token (as named in the master's config);
@@ -454,7 +456,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => anyhow::bail!("a worker needs --token-file, or --tls-cert and --tls-key"),
             };
             let opts = kiln_worker::WorkerOptions {
-                master,
+                masters: master,
                 name,
                 token,
                 targets,

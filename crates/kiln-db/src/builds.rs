@@ -9,7 +9,8 @@ use sqlx::{Executor, Row};
 
 use crate::rows::{build_row, id_list, step_row, to_json, BuildFilter, BuildRow, NewBuild, StepRow, BUILD_COLUMNS};
 use crate::store::Store;
-use crate::Result;
+use crate::{Backend, Result};
+use std::collections::HashSet;
 
 /// A change the dispatcher records about a running build. Many of them are
 /// applied together by [`Store::apply`], in one round trip and one
@@ -47,8 +48,21 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The build it changes.
+    pub fn build_id(&self) -> i64 {
+        match self {
+            Write::StepStarted { build_id, .. }
+            | Write::StepFinished { build_id, .. }
+            | Write::Properties { build_id, .. }
+            | Write::QueuePublish { build_id }
+            | Write::Finish { build_id, .. } => *build_id,
+        }
+    }
+}
+
 /// An SQL string literal; valid on SQLite and PostgreSQL (standard strings).
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     // NUL cannot be stored in PostgreSQL text; nothing kiln writes needs it.
     format!("'{}'", s.replace('\0', "").replace('\'', "''"))
 }
@@ -99,6 +113,7 @@ impl Store {
             .try_get(0)?;
             ids.push(id);
         }
+        self.announce(&mut tx).await?;
         tx.commit().await?;
         Ok((request_id, ids))
     }
@@ -108,13 +123,17 @@ impl Store {
     /// it was cancelled): the claim is exactly-once.
     pub async fn claim(&self, build_id: i64, worker: &str, now: i64, step_names: &[String]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // Only under this master's lease: a master that was fenced while
+        // paused claims nothing when it wakes.
+        self.hold_lease(&mut tx).await?;
         let claimed = sqlx::query(
-            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, owner = $3 \
-             WHERE id = $4 AND state = 'queued'",
+            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, owner = $3, \
+             owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued'",
         )
         .bind(worker)
         .bind(now)
-        .bind(self.owner.as_deref())
+        .bind(self.owner())
+        .bind(self.owner.is_some().then(|| self.epoch()))
         .bind(build_id)
         .execute(&mut *tx)
         .await?
@@ -141,13 +160,17 @@ impl Store {
 
     /// Applies writes in order, in one transaction and one round trip. The
     /// statements are conditional like their one-at-a-time forms: a finish
-    /// only ends a build that is still running.
-    pub async fn apply(&self, writes: &[Write]) -> Result<()> {
+    /// only ends a build that is still running. Writes to builds this
+    /// handle's master does not own at its epoch are not made: their ids
+    /// come back (another master took them over, or the worker moved).
+    pub async fn apply(&self, writes: &[Write]) -> Result<HashSet<i64>> {
         if writes.is_empty() {
-            return Ok(());
+            return Ok(HashSet::new());
         }
+        let mut tx = self.pool.begin().await?;
+        let refused = self.not_owned(&mut tx, writes.iter().map(Write::build_id)).await?;
         let mut sql = String::with_capacity(writes.len() * 120);
-        for w in writes {
+        for w in writes.iter().filter(|w| !refused.contains(&w.build_id())) {
             match w {
                 Write::StepStarted { build_id, idx, at } => sql.push_str(&format!(
                     "UPDATE steps SET state = 'running', started_at = {at} WHERE build_id = {build_id} AND idx = {idx};\n"
@@ -196,10 +219,32 @@ impl Store {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
         run_script(&mut tx, &sql).await?;
+        if writes.iter().any(|w| matches!(w, Write::Finish { .. })) {
+            self.announce(&mut tx).await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(refused)
+    }
+
+    /// Inside `tx`: which of `ids` this handle's master does not own at its
+    /// epoch; the rows it owns are locked until `tx` ends (on PostgreSQL),
+    /// so no other master takes them over in between.
+    async fn not_owned(&self, tx: &mut sqlx::AnyConnection, ids: impl Iterator<Item = i64>) -> Result<HashSet<i64>> {
+        let ids: HashSet<i64> = ids.collect();
+        if self.owner.is_none() || ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let owned: HashSet<i64> =
+            sqlx::query(&format!("SELECT id FROM builds WHERE id IN ({list}) AND {}{lock}", self.owned_sql()))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        Ok(ids.difference(&owned).copied().collect())
     }
 
     /// Moves a build to a finished state if the state machine allows it from
@@ -217,7 +262,9 @@ impl Store {
         let in_list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(&format!(
-            "UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ({in_list})"
+            "UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state IN ({in_list}) \
+             AND (state = 'queued' OR {})",
+            self.owned_sql()
         ))
         .bind(state.as_str())
         .bind(reason)
@@ -230,6 +277,9 @@ impl Store {
         if let Some(close) = close_steps_sql(build_id, state, now, None).filter(|_| changed) {
             run_script(&mut tx, &close).await?;
         }
+        if changed {
+            self.announce(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(changed)
     }
@@ -237,10 +287,11 @@ impl Store {
     /// Puts a running build back in the queue (its worker was lost).
     pub async fn requeue(&self, build_id: i64, reason: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE builds SET state = 'queued', worker = NULL, started_at = NULL, reason = $1 \
-             WHERE id = $2 AND state = 'running'",
-        )
+        let changed = sqlx::query(&format!(
+            "UPDATE builds SET state = 'queued', worker = NULL, started_at = NULL, reason = $1, \
+                 cancel_asked_by = NULL WHERE id = $2 AND state = 'running' AND {}",
+            self.owned_sql()
+        ))
         .bind(reason)
         .bind(build_id)
         .execute(&mut *tx)
@@ -251,6 +302,9 @@ impl Store {
             // The next attempt starts with no steps and no artifacts.
             sqlx::query("DELETE FROM steps WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM artifacts WHERE build_id = $1").bind(build_id).execute(&mut *tx).await?;
+        }
+        if changed {
+            self.announce(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(changed)

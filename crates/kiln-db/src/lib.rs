@@ -11,13 +11,14 @@
 //! One module per concern: `store` (connecting, migrating), `builds`
 //! (requests, builds and steps, the dispatcher's writes), `artifacts`,
 //! `views` (what the web pages read), `packages` (publishing, channels,
-//! snapshots, schedules), `users` (users and tokens), `workers` (drains), `masters` (leases of masters sharing it), with `rows` (row types
+//! snapshots, schedules), `users` (users and tokens), `workers` (drains), `masters` (leases of masters sharing it), `news` (masters telling each other the queue changed), with `rows` (row types
 //! and their SQL encoding) and `migrations` beneath them.
 
 mod artifacts;
 mod builds;
 mod masters;
 mod migrations;
+mod news;
 mod packages;
 mod rows;
 mod store;
@@ -26,7 +27,8 @@ mod views;
 mod workers;
 
 pub use builds::Write;
-pub use masters::MasterRow;
+pub use masters::{MasterRow, PublishLock};
+pub use news::News;
 pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
 pub use store::Store;
@@ -46,6 +48,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL {0:?}: use postgres://... or sqlite:...")]
     BadUrl(String),
+    #[error("master {master} no longer holds its lease (epoch {epoch}): another master took its builds over")]
+    LeaseLost { master: String, epoch: i64 },
+    #[error("this store handle acts for no master")]
+    NoMaster,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -219,4 +219,13 @@ CREATE TABLE masters (
 ALTER TABLE builds ADD COLUMN owner TEXT;
 "#,
     },
+    Migration {
+        version: 12,
+        description: "the lease epoch of the master owning each running build, and cancels asked of another master",
+        sql: r#"
+ALTER TABLE builds ADD COLUMN owner_epoch BIGINT;
+ALTER TABLE builds ADD COLUMN cancel_asked_by TEXT;
+ALTER TABLE masters ADD COLUMN fenced_at BIGINT;
+"#,
+    },
 ];

@@ -22,7 +22,25 @@ pub struct Store {
     backend: Backend,
     /// The master this handle acts for: builds it claims are recorded as
     /// its own (several masters may share a PostgreSQL database).
-    pub(crate) owner: Option<std::sync::Arc<str>>,
+    pub(crate) owner: Option<std::sync::Arc<Owner>>,
+    /// Where it connected (a listener for other masters' news dials it again).
+    url: std::sync::Arc<str>,
+}
+
+/// A master acting through a store handle: its id, and the epoch of the
+/// lease it holds (0 until it takes one). Every state change it makes to a
+/// build is conditional on both, so a master whose lease was taken from it
+/// (it was paused, or cut off, past its lease) changes nothing.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    pub id: String,
+    pub epoch: std::sync::atomic::AtomicI64,
+}
+
+impl Owner {
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Store {
@@ -67,24 +85,37 @@ impl Store {
             Backend::Sqlite => {
                 let pool = options(1).connect(url).await?;
                 let reader = options(4).connect(url).await?;
-                Store { pool, reader, backend, owner: None }
+                Store { pool, reader, backend, owner: None, url: url.into() }
             }
             Backend::Postgres => {
                 let pool = options(8).connect(url).await?;
-                Store { reader: pool.clone(), pool, backend, owner: None }
+                Store { reader: pool.clone(), pool, backend, owner: None, url: url.into() }
             }
         })
     }
 
     /// This handle, acting for master `id`: the builds it claims are that master's.
     pub fn for_master(mut self, id: &str) -> Store {
-        self.owner = Some(id.into());
+        self.owner = Some(std::sync::Arc::new(Owner { id: id.to_string(), epoch: 0.into() }));
         self
     }
 
     /// The master this handle acts for, if any.
     pub fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+        self.owner.as_deref().map(|o| o.id.as_str())
+    }
+
+    /// The epoch of the lease this handle's master holds (0: none yet).
+    pub fn epoch(&self) -> i64 {
+        self.owner.as_deref().map_or(0, Owner::epoch)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     pub async fn close(&self) {

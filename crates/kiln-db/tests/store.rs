@@ -359,35 +359,65 @@ async fn a_drain_holds_until_resumed_and_keeps_its_first_author() {
 #[tokio::test]
 async fn masters_hold_leases_and_own_the_builds_they_claim() {
     on_both(|s| async move {
-        assert_eq!(s.take_lease("m1", "10.0.0.1:8010", 100, 11).await.expect("lease"), 1);
-        assert_eq!(s.take_lease("m2", "10.0.0.2:8010", 100, 11).await.expect("lease"), 1);
-        assert!(s.renew_lease("m1", 1, 150).await.expect("renew"));
-        // m1 restarts: a new epoch; the old one can renew nothing.
-        assert_eq!(s.take_lease("m1", "10.0.0.1:8010", 200, 11).await.expect("lease"), 2);
-        assert!(!s.renew_lease("m1", 1, 210).await.expect("stale renew"));
-        assert!(s.renew_lease("m1", 2, 220).await.expect("renew"));
+        let (m1, m2) = (s.clone().for_master("m1"), s.clone().for_master("m2"));
+        assert_eq!(m1.take_lease("10.0.0.1:8010", 100, 12).await.expect("lease"), 1);
+        assert_eq!(m2.take_lease("10.0.0.2:8010", 100, 12).await.expect("lease"), 1);
+        assert!(m1.renew_lease(150).await.expect("renew"));
+        // m1 restarts (a new handle, a new epoch); the old one can renew nothing.
+        let m1_again = s.clone().for_master("m1");
+        assert_eq!(m1_again.take_lease("10.0.0.1:8010", 200, 12).await.expect("lease"), 2);
+        assert!(!m1.renew_lease(210).await.expect("stale renew"));
+        assert!(m1_again.renew_lease(220).await.expect("renew"));
+        let m1 = m1_again;
         let masters = s.masters().await.expect("masters");
         let seen: Vec<(&str, i64, i64)> = masters.iter().map(|m| (m.id.as_str(), m.epoch, m.heartbeat_at)).collect();
         assert_eq!(seen, [("m1", 2, 220), ("m2", 1, 100)]);
-        // A build claimed through m2's handle is m2's.
+        // A build claimed through m2's handle is m2's: m1 cannot change it.
         let (_, ids) = s
             .create_request(1, None, None, &[new_build("a", "t", &[]), new_build("b", "t", &[])])
             .await
             .expect("create");
-        let m2 = s.clone().for_master("m2");
-        assert!(m2.claim(ids[0], "w1", 2, &[]).await.expect("claim"));
-        assert!(s.claim(ids[1], "w2", 2, &[]).await.expect("claim"));
+        assert!(m2.claim(ids[0], "w1", 2, &["s".into()]).await.expect("claim"));
+        assert!(m1.claim(ids[1], "w2", 2, &[]).await.expect("claim"));
         let owners = s.running_owners().await.expect("owners");
-        assert_eq!(owners.get(&ids[0]).map(String::as_str), Some("m2"));
-        assert!(!owners.contains_key(&ids[1]), "a handle for no master records none");
-        // m2 is gone: m1 and m3 both try to take its builds over; one gets each.
-        let (m1, m3) = (s.clone().for_master("m1"), s.clone().for_master("m3"));
-        let (a, b) = tokio::join!(m1.take_over_builds("m2"), m3.take_over_builds("m2"));
+        assert_eq!((owners[&ids[0]].as_str(), owners[&ids[1]].as_str()), ("m2", "m1"));
+        let finish = |id| Write::Finish { build_id: id, state: BuildState::Succeeded, reason: None, at: 5 };
+        let refused = m1.apply(&[finish(ids[0]), finish(ids[1])]).await.expect("apply");
+        assert_eq!(refused, [ids[0]].into_iter().collect());
+        assert_eq!(s.build(ids[0]).await.expect("get").expect("row").state, BuildState::Running);
+        assert_eq!(s.build(ids[1]).await.expect("get").expect("row").state, BuildState::Succeeded);
+        assert!(!m1.requeue(ids[0], "not mine").await.expect("requeue"));
+        // m2 goes silent past its lease (heartbeat 100, stale before 300):
+        // m1 and m3 both take over; m2 is fenced once and its build goes to one.
+        let m3 = s.clone().for_master("m3");
+        m3.take_lease("10.0.0.3:8010", 290, 12).await.expect("lease");
+        let (a, b) = tokio::join!(m1.take_over_master("m2", 300, 310), m3.take_over_master("m2", 300, 310));
         let (a, b) = (a.expect("take over"), b.expect("take over"));
-        assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
-        assert!(m1.take_over_builds("m2").await.expect("again").is_empty());
-        let owner = s.running_owners().await.expect("owners")[&ids[0]].clone();
-        assert!(owner == "m1" || owner == "m3", "{owner}");
+        assert_eq!((a.len() + b.len(), a.iter().chain(&b).next()), (1, Some(&ids[0])), "{a:?} {b:?}");
+        let fenced = s.masters().await.expect("masters").into_iter().find(|m| m.id == "m2").expect("m2");
+        assert_eq!((fenced.epoch, fenced.fenced_at), (2, Some(310)));
+        // m2 wakes: it can renew, claim and change nothing.
+        assert!(!m2.renew_lease(400).await.expect("renew"));
+        assert_eq!(m2.apply(&[finish(ids[0])]).await.expect("apply"), [ids[0]].into_iter().collect());
+        let (_, more) = s.create_request(1, None, None, &[new_build("c", "t", &[])]).await.expect("create");
+        let lost = m2.claim(more[0], "w1", 401, &[]).await;
+        assert!(matches!(lost, Err(kiln_db::StoreError::LeaseLost { .. })), "{lost:?}");
+        assert!(!m2.holds_lease().await.expect("holds"));
+        // It rejoins under a new epoch; the build it lost stays with its new owner.
+        assert_eq!(m2.take_lease("10.0.0.2:8010", 410, 12).await.expect("lease"), 3);
+        assert!(m2.reclaim_own_builds().await.expect("reclaim").is_empty());
+        // The build's worker connects to m2: the build follows it, and its
+        // former owner can change it no more.
+        assert!(m2.adopt(ids[0], "w1").await.expect("adopt"));
+        assert!(!m2.adopt(ids[0], "w9").await.expect("adopt on another worker"));
+        let former = if a.is_empty() { &m3 } else { &m1 };
+        assert_eq!(former.apply(&[finish(ids[0])]).await.expect("apply"), [ids[0]].into_iter().collect());
+        // A cancel asked through another master reaches the owner.
+        assert!(m3.ask_cancel(ids[0], "kim").await.expect("ask"));
+        assert!(!m3.ask_cancel(ids[0], "kim").await.expect("ask again"));
+        assert_eq!(m2.cancels_asked().await.expect("asked"), [(ids[0], "kim".to_string())]);
+        assert!(m1.cancels_asked().await.expect("asked").is_empty());
+        assert!(m2.apply(&[finish(ids[0])]).await.expect("apply").is_empty());
     })
     .await;
 }

@@ -19,8 +19,11 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<(String, PathBuf, bool)> 
         Err(e) => return Err(e),
     }
     let token = crate::caller::random_token()?;
-    kiln_repo::fsio::write_atomic_mode(&path, format!("{token}\n").as_bytes(), 0o600).map_err(std::io::Error::other)?;
-    Ok((token, path, true))
+    // Masters sharing a data dir may start at once: the first one's token holds.
+    if kiln_repo::fsio::write_new(&path, format!("{token}\n").as_bytes(), 0o600).map_err(std::io::Error::other)? {
+        return Ok((token, path, true));
+    }
+    Ok((std::fs::read_to_string(&path)?.trim().to_string(), path, false))
 }
 
 /// Why a token was refused.

@@ -58,6 +58,10 @@ pub enum Event {
         build_id: i64,
         outcome: PublishOutcome,
     },
+    /// This master's lease was taken while it was away; it holds a new one.
+    Rejoined,
+    /// Another master changed the queue (it said so through the database).
+    Poll,
 }
 
 /// What became of a cancel.

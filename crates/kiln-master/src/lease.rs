@@ -5,7 +5,10 @@
 //! the running builds of a live one are left to it.
 
 use crate::clock::now_us;
+use crate::events::Event;
+use crate::shared::Shared;
 use kiln_db::{MasterRow, Store};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// This master's id among those sharing the database: its host name and
@@ -21,17 +24,33 @@ pub fn alive(m: &MasterRow, lease: Duration, now_us: i64) -> bool {
     now_us.saturating_sub(m.heartbeat_at) < lease.as_micros() as i64
 }
 
-/// Renews the lease for ever; says so loudly when another master took it
-/// over (the same id started elsewhere).
-pub async fn keep(store: Store, id: String, epoch: i64, lease: Duration) {
+/// Takes this master's lease in the store `shared` acts through; returns its epoch.
+pub async fn take(store: &Store, address: &str) -> Result<i64, kiln_db::StoreError> {
+    store.take_lease(address, now_us(), kiln_db::latest_schema_version()).await
+}
+
+/// Renews the lease for ever. When it was lost (a survivor fenced this
+/// master while it was paused or cut off, or the same id started
+/// elsewhere), takes a new one and tells the dispatcher, which drops what
+/// it held and loads the queue again: nothing it held is trusted.
+pub async fn keep(shared: Arc<Shared>, address: String, lease: Duration) {
+    let store = shared.store.clone();
+    let id = store.owner().unwrap_or_default().to_string();
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.renew_lease(&id, epoch, now_us()).await {
+        match store.renew_lease(now_us()).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::error!(master = %id, epoch, "this master's lease was taken by another start of the same master id")
+                tracing::error!(master = %id, epoch = store.epoch(), "this master lost its lease (it was away past it, and another master took its builds over); taking a new one");
+                match take(&store, &address).await {
+                    Ok(epoch) => {
+                        tracing::warn!(master = %id, epoch, "holding this master's lease again");
+                        shared.send(Event::Rejoined);
+                    }
+                    Err(e) => tracing::error!(master = %id, error = %e, "cannot take this master's lease again"),
+                }
             }
             Err(e) => tracing::warn!(master = %id, error = %e, "cannot renew this master's lease"),
         }

@@ -19,6 +19,7 @@ pub mod farm;
 mod http;
 mod lease;
 pub mod logs;
+mod news;
 mod ops;
 mod plan;
 mod publish;
@@ -117,10 +118,8 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let master_id = lease::master_id(http_addr.port());
     let farm_lease = farm.cfg.master.lease;
     let store = store.for_master(&master_id);
-    let epoch = store
-        .take_lease(&master_id, &http_addr.to_string(), clock::now_us(), kiln_db::latest_schema_version())
-        .await
-        .context("cannot take this master's lease in the database")?;
+    let epoch =
+        lease::take(&store, &http_addr.to_string()).await.context("cannot take this master's lease in the database")?;
     tracing::info!(master = %master_id, epoch, "holding this master's lease");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
@@ -140,7 +139,8 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     dispatcher.recover().await.context("cannot load the queue from the database")?;
 
     let mut tasks = JoinSet::new();
-    tasks.spawn(lease::keep(store.clone(), master_id.clone(), epoch, farm_lease));
+    tasks.spawn(lease::keep(shared.clone(), http_addr.to_string(), farm_lease));
+    tasks.spawn(news::listen(shared.clone()));
     tasks.spawn(buildable::run(shared.clone(), check_rx));
     tasks.spawn(dispatcher.run(rx));
     tasks.spawn(publisher.run(publish_rx));

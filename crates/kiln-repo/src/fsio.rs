@@ -53,34 +53,64 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     write_through_temp(path, bytes, mode, true)
 }
 
-/// Writes `.NAME.tmp` beside `path` with exactly `mode`, then renames it to
-/// `path`; with `sync`, flushes it to disk first.
-fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
+/// Writes `bytes` to `path` (mode `mode`, on disk) only if nothing is there
+/// yet, atomically: when several processes (masters sharing a data dir)
+/// create the same file at once, exactly one succeeds and the others find
+/// its file complete. Returns whether this call made it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+    let tmp = temp_beside(path)?;
+    write_temp(&tmp, bytes, mode, true)?;
+    // A hard link never replaces a file: the first one wins.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(RepoError::io(path, e)),
+    }
+}
+
+/// A temporary file name beside `path`, its parent made if missing: named
+/// by this process, so processes sharing the directory never share one.
+fn temp_beside(path: &Path) -> Result<PathBuf> {
     // A bare file name has the empty path as its parent: the current directory.
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent)?;
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    Ok(path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    )))
+}
+
+/// Writes `.NAME.PID.tmp` beside `path` with exactly `mode`, then renames it to
+/// `path`; with `sync`, flushes it to disk first.
+fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
+    let tmp = temp_beside(path)?;
+    write_temp(&tmp, bytes, mode, sync)?;
+    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
+}
+
+/// Writes a new temporary file `tmp` with exactly `mode`.
+fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
     // A temporary file a crash left behind may have another mode or owner,
     // or be open elsewhere: start from a new one.
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| RepoError::io(&tmp, e))?;
+    let _ = fs::remove_file(tmp);
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(tmp).map_err(|e| RepoError::io(tmp, e))?;
     // The umask may have taken bits off `mode`: set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| RepoError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| RepoError::io(&tmp, e))?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| RepoError::io(tmp, e))?;
+    f.write_all(bytes).map_err(|e| RepoError::io(tmp, e))?;
     if sync {
-        f.sync_all().map_err(|e| RepoError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| RepoError::io(tmp, e))?;
     }
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))
+    Ok(())
 }
 
 /// `root` joined with the relative path `rel`, refused unless every part of
@@ -184,7 +214,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("secret.key");
         // A readable temporary file left by a crash is not reused.
-        let stale = dir.path().join(".secret.key.tmp");
+        let stale = dir.path().join(format!(".secret.key.{}.tmp", std::process::id()));
         fs::write(&stale, b"old").expect("stale");
         fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).expect("chmod");
         write_atomic_mode(&path, b"private", 0o600).expect("write");
@@ -193,6 +223,19 @@ mod tests {
         assert!(!stale.exists());
         write_atomic_mode(&path, b"public", 0o644).expect("rewrite");
         assert_eq!(mode_of(&path), 0o644);
+    }
+
+    #[test]
+    fn write_new_makes_a_file_once_whoever_comes_second() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("keys/admin.token");
+        assert!(write_new(&path, b"first", 0o600).expect("write"));
+        assert!(!write_new(&path, b"second", 0o600).expect("write again"));
+        assert_eq!(fs::read(&path).expect("read"), b"first");
+        assert_eq!(mode_of(&path), 0o600);
+        let names: Vec<_> =
+            fs::read_dir(path.parent().expect("dir")).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["admin.token"], "no temporary file is left");
     }
 
     #[test]

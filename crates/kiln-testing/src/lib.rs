@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod peers;
 pub mod scripted;
 mod servers;
 mod setup;
+pub use peers::Peer;
 pub use servers::{git, listening, mails, Server};
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
@@ -64,6 +66,8 @@ pub struct Farm {
     workers: HashMap<String, Child>,
     /// Set when the master serves HTTPS: the CA its certificate comes from.
     pub web_ca: Option<PathBuf>,
+    /// Further masters sharing the farm's database and data dir.
+    pub peers: Vec<Peer>,
 }
 
 /// A worker `w1` (token in `secrets/w1.token`) and a target `t`: the start
@@ -138,6 +142,7 @@ impl Farm {
             relative_config: false,
             workers: HashMap::new(),
             web_ca: None,
+            peers: Vec::new(),
         }
     }
 
@@ -356,6 +361,9 @@ impl Farm {
             None => Command::new(&self.bin),
         };
         cmd.arg("worker").arg("--master").arg(self.worker_port.to_string()).arg("--name").arg(name);
+        for p in &self.peers {
+            cmd.arg("--master").arg(p.worker_port.to_string());
+        }
         // A worker with a client certificate may have no token.
         if token_file.exists() {
             cmd.arg("--token-file").arg(token_file);
@@ -487,6 +495,10 @@ impl Drop for Farm {
             let _ = c.wait();
         }
         self.kill_master();
+        for n in 0..self.peers.len() {
+            self.pause_peer(n, false);
+            self.kill_peer(n);
+        }
         // Whatever a `kill -9`ed worker of this farm left behind.
         for pid in processes_with_env("KILN_WORKER_DIR=", &self.dir.path().display().to_string()) {
             signal(pid, libc::SIGKILL);

@@ -30,8 +30,10 @@ use tokio_util::codec::Framed;
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// The master's worker port, `HOST:PORT`.
-    pub master: String,
+    /// The masters' worker ports, `HOST:PORT` each: the worker talks to
+    /// one at a time and moves to the next when it goes (a name with
+    /// several addresses is tried address by address too).
+    pub masters: Vec<String>,
     pub name: String,
     pub token: String,
     pub targets: Vec<String>,
@@ -147,9 +149,9 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         // Only this CA: the worker trusts no other certificate for its master.
         Some(ca) => Some(tls_connector(ca, opts.tls_identity.as_ref())?),
         None => {
-            if !master_is_loopback(&opts.master) {
+            if let Some(master) = opts.masters.iter().find(|m| !master_is_loopback(m)) {
                 tracing::warn!(
-                    master = %opts.master,
+                    master = %master,
                     "talking to the master over plain TCP: anyone on the path can read this worker's token and \
                      impersonate the master (and hand it builds); use the master's worker_tls and --tls-ca"
                 );
@@ -157,19 +159,37 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             None
         }
     };
+    anyhow::ensure!(!opts.masters.is_empty(), "no master to connect to: give --master HOST:PORT");
     let mut backoff = Duration::from_millis(200);
+    // Workers given the same masters start on different ones.
+    let mut next = start_index(&opts.name, opts.masters.len());
+    let mut tried = 0;
     loop {
+        let master = &opts.masters[next % opts.masters.len()];
         let chans = Channels { out_tx: &out_tx, out_rx: &mut out_rx, upload_tx: &upload_tx, upload_rx: &mut upload_rx };
-        match session(&opts, tls.clone(), &state, chans, &mut backoff).await {
-            Ok(()) => tracing::warn!("connection to the master closed; reconnecting"),
-            Err(SessionError::Refused(reason)) => bail!("the master refused this worker: {reason}"),
+        match session(&opts, master, tls.clone(), &state, chans, &mut backoff).await {
+            Ok(()) => tracing::warn!(%master, "connection to the master closed; reconnecting"),
+            Err(SessionError::Refused(reason)) => bail!("the master {master} refused this worker: {reason}"),
             Err(SessionError::Other(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot talk to the master; retrying in {:?}", backoff)
+                tracing::warn!(%master, error = %format!("{e:#}"), "cannot talk to the master")
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        // The next master at once; after a round of them, wait a little more each time.
+        next += 1;
+        tried += 1;
+        if tried % opts.masters.len() == 0 {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
     }
+}
+
+/// Where in a list of `n` masters worker `name` starts: the same each
+/// time, and spread over the list across workers (by the sum of the
+/// name's bytes, so workers numbered in sequence start on the masters in
+/// turn).
+fn start_index(name: &str, n: usize) -> usize {
+    name.bytes().map(usize::from).sum::<usize>() % n.max(1)
 }
 
 /// Stops the builds when the master has been silent too long (a network
@@ -247,31 +267,33 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 
 async fn session(
     opts: &WorkerOptions,
+    master: &str,
     tls: Option<tokio_rustls::TlsConnector>,
     state: &Shared,
     chans: Channels<'_>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
-    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&opts.master))
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(master))
         .await
         .context("timed out connecting")?
-        .with_context(|| format!("cannot connect to {}", opts.master))?;
+        .with_context(|| format!("cannot connect to {master}"))?;
     stream.set_nodelay(true)?;
     match tls {
         Some(connector) => {
-            let host = opts.master.rsplit_once(':').map(|(h, _)| h).unwrap_or(&opts.master);
+            let host = master.rsplit_once(':').map(|(h, _)| h).unwrap_or(master);
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let name = rustls::pki_types::ServerName::try_from(host).context("invalid master host name for TLS")?;
             let s = connector.connect(name, stream).await.context("TLS handshake failed")?;
-            converse(Framed::new(s, wire::codec()), opts, state, chans, backoff).await
+            converse(Framed::new(s, wire::codec()), opts, master, state, chans, backoff).await
         }
-        None => converse(Framed::new(stream, wire::codec()), opts, state, chans, backoff).await,
+        None => converse(Framed::new(stream, wire::codec()), opts, master, state, chans, backoff).await,
     }
 }
 
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut framed: Framed<S, tokio_util::codec::LengthDelimitedCodec>,
     opts: &WorkerOptions,
+    master: &str,
     state: &Shared,
     chans: Channels<'_>,
     backoff: &mut Duration,
@@ -331,10 +353,13 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         MasterMsg::Refused { reason } => return Err(SessionError::Refused(reason)),
         other => return Err(anyhow::anyhow!("unexpected first message from the master: {other:?}").into()),
     };
-    tracing::info!(master = %opts.master, name = %opts.name, "connected to the master");
+    tracing::info!(%master, name = %opts.name, "connected to the master");
     *backoff = Duration::from_millis(200);
     let mut beat = tokio::time::interval(heartbeat);
+    // A silent master is left for another well before the fence stops the
+    // builds, so they go on under the master it moves to.
     let fence = lock(state).fence.unwrap_or(Duration::from_secs(20));
+    let silence = if opts.masters.len() > 1 { fence / 2 } else { fence };
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
@@ -376,7 +401,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             Some(msg) = out_rx.recv() => framed.send(wire::encode(&msg)).await?,
             Some(msg) = upload_rx.recv() => framed.send(wire::encode(&msg)).await?,
             _ = beat.tick() => {
-                if last_heard.elapsed() > fence {
+                if last_heard.elapsed() > silence {
                     return Err(anyhow::anyhow!("the master has been silent for {:?}", last_heard.elapsed()).into());
                 }
                 framed.send(wire::encode(&WorkerMsg::Heartbeat)).await?

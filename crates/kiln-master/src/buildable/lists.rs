@@ -5,7 +5,7 @@
 
 use kiln_repo::uploadsig::{verify_cleartext, Keyring, VerifyError};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -193,19 +193,18 @@ fn decompress(name: &str, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Write, fsync, rename: a reader never sees half a file.
+/// Write, fsync, rename (through a temporary file of this process's own,
+/// as masters sharing a data dir may fetch the same lists at once): a
+/// reader never sees half a file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    kiln_repo::fsio::write_atomic_mode(path, bytes, 0o644).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kiln_repo::key::SigningKey;
+    use std::io::Write;
 
     /// A `file:/` archive of one suite whose `InRelease` (signed by `signer`)
     /// lists `main/binary-amd64/Packages.gz` with the hash of `listed`,

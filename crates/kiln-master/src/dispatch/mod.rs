@@ -12,6 +12,7 @@
 //! a build that was re-queued or cancelled meanwhile is told to abandon it.
 
 mod assign;
+mod masters;
 mod queue;
 mod registry;
 mod results;
@@ -184,72 +185,31 @@ impl Dispatcher {
     }
 
     /// Rebuilds the in-memory view from the database: queued builds join the
-    /// queue; running ones wait for their worker to come back.
+    /// queue; running ones this master owns (see `masters`) wait for their
+    /// worker to come back, or for the publisher.
     pub async fn recover(&mut self) -> anyhow::Result<()> {
+        let mine = self.running_builds_to_keep().await?;
         let rows = self.shared.store.unfinished_builds().await?;
         let publishing: HashSet<i64> = self.shared.store.publishing_builds().await?.into_iter().collect();
-        // Running builds another live master claimed are that master's: left to it.
-        let owners = self.shared.store.running_owners().await?;
-        let now = now_us();
-        let me = self.shared.store.owner().map(str::to_string);
-        let live: HashSet<String> = self
-            .shared
-            .store
-            .masters()
-            .await?
-            .into_iter()
-            .filter(|m| Some(&m.id) != me.as_ref() && crate::lease::alive(m, self.shared.farm().cfg.master.lease, now))
-            .map(|m| m.id)
-            .collect();
-        let deadline = Instant::now() + self.timeout();
         for b in rows {
-            if let Some(owner) = owners.get(&b.id).filter(|o| live.contains(*o)) {
-                tracing::info!(build = b.id, master = %owner, "build runs under another live master; left to it");
-                continue;
-            }
             match b.state {
                 BuildState::Queued => self.enqueue(b),
-                BuildState::Running if publishing.contains(&b.id) => {
-                    tracing::info!(build = b.id, "build was being published before restart; publishing again");
-                    self.known.insert(b.id, (format!("{}@{}", b.component, b.target), BuildState::Running));
-                    self.running.insert(
-                        b.id,
-                        RunningBuild {
-                            worker: String::new(),
-                            component: b.component,
-                            target: b.target,
-                            properties: b.properties,
-                            steps_done: HashSet::new(),
-                            allowed: assign::Allowed::default(),
-                            cancelled_by: None,
-                            publishing: true,
-                            started: Instant::now(),
-                        },
-                    );
-                    let _ = self.shared.publisher.send(PublishRequest::Build(b.id));
+                BuildState::Running if self.running.contains_key(&b.id) => {}
+                BuildState::Running if mine.as_ref().is_none_or(|m| m.contains(&b.id)) => {
+                    if publishing.contains(&b.id) {
+                        tracing::info!(build = b.id, "build was being published before restart; publishing again");
+                    } else {
+                        tracing::info!(
+                            build = b.id,
+                            worker = b.worker.as_deref().unwrap_or("?"),
+                            "build was running before restart; waiting for its worker"
+                        );
+                    }
+                    let publish = publishing.contains(&b.id);
+                    self.track_running(b, publish, false);
                 }
                 BuildState::Running => {
-                    tracing::info!(
-                        build = b.id,
-                        worker = b.worker.as_deref().unwrap_or("?"),
-                        "build was running before restart; waiting for its worker"
-                    );
-                    self.orphans.insert(b.id, deadline);
-                    let allowed = assign::allowed_now(&self.shared.farm(), &b);
-                    self.running.insert(
-                        b.id,
-                        RunningBuild {
-                            worker: b.worker.clone().unwrap_or_default(),
-                            component: b.component,
-                            target: b.target,
-                            properties: b.properties,
-                            steps_done: HashSet::new(),
-                            allowed,
-                            cancelled_by: None,
-                            publishing: false,
-                            started: Instant::now(),
-                        },
-                    );
+                    tracing::info!(build = b.id, "build runs under another live master; left to it");
                 }
                 _ => {}
             }
@@ -365,18 +325,26 @@ impl Dispatcher {
     async fn flush(&mut self) {
         if !self.pending.is_empty() {
             let writes = std::mem::take(&mut self.pending);
-            if let Err(e) = self.shared.store.apply(&writes).await {
-                // Keep them (and hold the acks, so workers keep their results)
-                // and try again at the next flush.
-                tracing::error!(error = %e, writes = writes.len(), "cannot record build results; will retry");
-                let newer = std::mem::replace(&mut self.pending, writes);
-                self.pending.extend(newer);
-                return;
+            let refused = match self.shared.store.apply(&writes).await {
+                Ok(refused) => refused,
+                Err(e) => {
+                    // Keep them (and hold the acks, so workers keep their results)
+                    // and try again at the next flush.
+                    tracing::error!(error = %e, writes = writes.len(), "cannot record build results; will retry");
+                    let newer = std::mem::replace(&mut self.pending, writes);
+                    self.pending.extend(newer);
+                    return;
+                }
+            };
+            if !refused.is_empty() {
+                self.disown(&refused);
             }
             self.shared.changed();
             for w in &writes {
                 if let Write::Finish { build_id, .. } = w {
-                    crate::reporters::build_finished(&self.shared, *build_id);
+                    if !refused.contains(build_id) {
+                        crate::reporters::build_finished(&self.shared, *build_id);
+                    }
                 }
             }
         }
@@ -446,6 +414,8 @@ impl Dispatcher {
                 self.published(build_id, outcome)
             }
             Event::Checked { build_id, verdict } => self.checked(build_id, verdict),
+            Event::Rejoined => self.rejoin().await,
+            Event::Poll => self.poll().await,
         }
     }
 }

@@ -22,6 +22,11 @@ impl Dispatcher {
         if self.queue.contains_key(&id) || self.running.contains_key(&id) {
             let reason = format!("cancelled by {by}");
             return match self.shared.store.finish(id, BuildState::Cancelled, Some(&reason), now_us()).await {
+                // Another master took it (claimed it, or its worker moved there).
+                Ok(false) if !self.queue.contains_key(&id) => {
+                    self.disown(&HashSet::from([id]));
+                    CancelOutcome::Busy("another master handles it now; ask again".into())
+                }
                 Ok(_) => {
                     self.queue.remove(&id);
                     self.running.remove(&id);
@@ -34,9 +39,28 @@ impl Dispatcher {
                 Err(e) => CancelOutcome::Failed(e.to_string()),
             };
         }
+        // Not in this master's hands: queued here by another master a
+        // moment ago, or running on a worker connected to another master,
+        // which is asked to stop it.
+        let reason = format!("cancelled by {by}");
         match self.shared.store.build(id).await {
             Ok(Some(b)) if b.state.is_finished() => CancelOutcome::AlreadyFinished(b.state),
-            Ok(Some(_)) => CancelOutcome::Busy("another master handles it".into()),
+            Ok(Some(b)) if b.state == BuildState::Queued => {
+                match self.shared.store.finish(id, BuildState::Cancelled, Some(&reason), now_us()).await {
+                    Ok(true) => {
+                        self.shared.changed();
+                        crate::reporters::build_finished(&self.shared, id);
+                        CancelOutcome::Cancelled
+                    }
+                    Ok(false) => CancelOutcome::Busy("it started meanwhile; ask again".into()),
+                    Err(e) => CancelOutcome::Failed(e.to_string()),
+                }
+            }
+            Ok(Some(_)) => match self.shared.store.ask_cancel(id, by).await {
+                Ok(true) => CancelOutcome::Stopping,
+                Ok(false) => CancelOutcome::Busy("its master was asked to cancel it already, or it just ended".into()),
+                Err(e) => CancelOutcome::Failed(e.to_string()),
+            },
             Ok(None) => CancelOutcome::NotFound,
             Err(e) => CancelOutcome::Failed(e.to_string()),
         }

@@ -25,6 +25,7 @@ impl Dispatcher {
         let mut abandon = Vec::new();
         let mut running = HashSet::new();
         // Builds it still runs, or finished and is about to report: they stay its own.
+        // A build another master had follows its worker here.
         for id in hello.running.iter().chain(&hello.finished) {
             if let Some(run) = self.running.get(id).filter(|r| r.worker == name) {
                 running.insert(*id);
@@ -32,6 +33,8 @@ impl Dispatcher {
                 self.shared.logs.begin(*id, &name, run.allowed.steps);
                 self.shared.artifacts.expect(*id, &run.allowed.artifacts);
                 tracing::info!(build = id, worker = %name, "worker resumed a running build");
+            } else if !self.running.contains_key(id) && self.adopt(*id, &name).await {
+                running.insert(*id);
             } else {
                 abandon.push(*id);
             }

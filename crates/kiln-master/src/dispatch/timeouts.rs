@@ -73,92 +73,62 @@ impl Dispatcher {
             }
         }
         if now.duration_since(self.last_poll) >= POLL {
-            self.last_poll = now;
-            // Another master sharing the database may have drained a worker,
-            // or gone (its running builds are then taken over).
-            self.load_drains().await;
-            self.take_over_from_gone_masters().await;
-            match self
-                .shared
-                .store
-                .list_builds(&kiln_db::BuildFilter {
-                    state: Some(BuildState::Queued),
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(rows) => {
-                    for b in rows {
-                        if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
-                            self.enqueue(b);
-                        }
-                    }
-                    self.load_dependency_states().await;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot poll the queue"),
-            }
+            self.poll().await;
         }
     }
 
-    /// Takes over the running builds of masters sharing the database whose
-    /// lease expired: they become this master's orphans, kept for their
-    /// worker to come back to this master, else re-queued after
-    /// `worker_timeout` like any other.
-    pub(super) async fn take_over_from_gone_masters(&mut self) {
-        let Some(me) = self.shared.store.owner().map(str::to_string) else { return };
-        let lease = self.shared.farm().cfg.master.lease;
-        let now = now_us();
-        let gone: Vec<String> = match self.shared.store.masters().await {
-            Ok(ms) => {
-                ms.into_iter().filter(|m| m.id != me && !crate::lease::alive(m, lease, now)).map(|m| m.id).collect()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the masters' leases");
-                return;
-            }
-        };
-        for master in gone {
-            let ids = match self.shared.store.take_over_builds(&master).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::error!(master = %master, error = %e, "cannot take over a gone master's builds");
-                    continue;
+    /// Looks at what other masters sharing the database changed: drains,
+    /// masters gone (their builds are taken over), cancels asked of this
+    /// master, and builds they queued.
+    pub(super) async fn poll(&mut self) {
+        self.last_poll = Instant::now();
+        self.load_drains().await;
+        self.take_over_from_gone_masters().await;
+        self.cancels_from_other_masters().await;
+        match self
+            .shared
+            .store
+            .list_builds(&kiln_db::BuildFilter { state: Some(BuildState::Queued), limit: 1000, ..Default::default() })
+            .await
+        {
+            Ok(rows) => {
+                for b in rows {
+                    if !self.queue.contains_key(&b.id) && !self.running.contains_key(&b.id) {
+                        self.enqueue(b);
+                    }
                 }
-            };
-            if ids.is_empty() {
-                continue;
+                self.load_dependency_states().await;
             }
-            let publishing: HashSet<i64> =
-                self.shared.store.publishing_builds().await.unwrap_or_default().into_iter().collect();
-            let deadline = Instant::now() + self.timeout();
-            for id in ids {
-                let Ok(Some(b)) = self.shared.store.build(id).await else { continue };
-                let publish = publishing.contains(&id);
-                tracing::warn!(build = id, master = %master, "took over a build of a master whose lease expired; waiting for its worker");
-                self.known.insert(id, (format!("{}@{}", b.component, b.target), BuildState::Running));
-                let allowed = super::assign::allowed_now(&self.shared.farm(), &b);
-                self.running.insert(
-                    id,
-                    RunningBuild {
-                        worker: b.worker.clone().unwrap_or_default(),
-                        component: b.component,
-                        target: b.target,
-                        properties: b.properties,
-                        steps_done: HashSet::new(),
-                        allowed,
-                        cancelled_by: None,
-                        publishing: publish,
-                        started: Instant::now(),
-                    },
-                );
-                if publish {
-                    // Its worker was done; its packages were waiting for the publisher.
-                    let _ = self.shared.publisher.send(crate::events::PublishRequest::Build(id));
-                } else {
-                    self.orphans.insert(id, deadline);
+            Err(e) => tracing::error!(error = %e, "cannot poll the queue"),
+        }
+        self.refresh_dependency_states().await;
+    }
+
+    /// Reads again the state of dependencies this master does not run
+    /// itself: another master may have ended them.
+    async fn refresh_dependency_states(&mut self) {
+        let elsewhere: Vec<i64> = self
+            .known
+            .iter()
+            .filter(|(id, (_, state))| {
+                !state.is_finished() && !self.queue.contains_key(id) && !self.running.contains_key(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if elsewhere.is_empty() {
+            return;
+        }
+        match self.shared.store.builds_by_ids(&elsewhere).await {
+            Ok(rows) => {
+                for b in rows {
+                    if b.state.is_finished() {
+                        self.set_state(b.id, b.state);
+                    } else if let Some(entry) = self.known.get_mut(&b.id) {
+                        entry.1 = b.state;
+                    }
                 }
             }
+            Err(e) => tracing::error!(error = %e, "cannot read the state of dependencies"),
         }
     }
 }

@@ -42,10 +42,13 @@ pub(super) fn load_key(farm: &LoadedFarm, ch: &Channel) -> anyhow::Result<Signin
             let path = farm.data_dir().join("keys").join(format!("{}.asc", ch.name));
             if !path.exists() {
                 let key = SigningKey::generate(&format!("kiln {} channel <kiln@localhost>", ch.name), None)?;
-                kiln_repo::fsio::write_atomic_mode(&path, key.secret_armored()?.as_bytes(), 0o600)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                tracing::info!(channel = %ch.name, path = %path.display(), fingerprint = %key.fingerprint(), "generated a signing key");
-                return Ok(key);
+                // Masters sharing a data dir may start at once: the first one's key holds.
+                if kiln_repo::fsio::write_new(&path, key.secret_armored()?.as_bytes(), 0o600)
+                    .with_context(|| format!("cannot write {}", path.display()))?
+                {
+                    tracing::info!(channel = %ch.name, path = %path.display(), fingerprint = %key.fingerprint(), "generated a signing key");
+                    return Ok(key);
+                }
             }
             path
         }

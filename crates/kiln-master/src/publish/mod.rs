@@ -107,11 +107,29 @@ impl Publisher {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    let Some(lock) = self.lock().await else { continue };
                     self.catch_up().await;
+                    lock.release().await;
                     continue;
                 }
             };
+            // Masters sharing the database and data dir publish one at a
+            // time, and only under their lease.
+            let lock = self.lock().await;
+            let held = match &lock {
+                Some(_) => self.shared.store.holds_lease().await.unwrap_or(false),
+                None => false,
+            };
             match req {
+                PublishRequest::Build(id) if lock.is_none() => {
+                    let outcome = PublishOutcome::Failed("cannot take the publish lock in the database".into());
+                    self.shared.send(Event::Published { build_id: id, outcome });
+                }
+                PublishRequest::Build(id) if !held => {
+                    // The dispatcher of a master that lost its lease starts
+                    // afresh; whoever owns the build now publishes it.
+                    tracing::warn!(build = id, "not publishing: this master does not hold its lease now");
+                }
                 PublishRequest::Build(id) => {
                     let outcome = match self.publish_build(id).await {
                         Ok(summary) => PublishOutcome::Published(summary),
@@ -122,10 +140,30 @@ impl Publisher {
                     };
                     self.shared.send(Event::Published { build_id: id, outcome });
                 }
+                PublishRequest::Op(_, reply) if !held => {
+                    let _ = reply.send(Err(RepoRefusal::Failed(
+                        "this master cannot publish now (the database's publish lock or its lease); try again".into(),
+                    )));
+                }
                 PublishRequest::Op(op, reply) => {
                     let outcome = self.operate(op).await;
                     let _ = reply.send(outcome);
                 }
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+        }
+    }
+
+    /// The farm's publish lock (masters sharing a database publish one at
+    /// a time); none when the database cannot be reached.
+    async fn lock(&self) -> Option<kiln_db::PublishLock> {
+        match self.shared.store.publish_lock().await {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the publish lock");
+                None
             }
         }
     }
