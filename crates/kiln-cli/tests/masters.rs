@@ -6,7 +6,7 @@
 
 use kiln_client::{BuildQuery, Client};
 use kiln_core::BuildState;
-use kiln_testing::{request, wait_for, Farm, MAKE_DEB};
+use kiln_testing::{request, run, wait_for, Farm, MAKE_DEB};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -96,11 +96,13 @@ async fn start(farm: &mut Farm, peers: usize) -> Vec<Client> {
     clients
 }
 
-/// Which master (by index) each connected worker talks to.
+/// Which master (by index) each connected worker talks to, as each master
+/// says of its own connections.
 async fn connected(clients: &[Client]) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for (i, c) in clients.iter().enumerate() {
-        for w in c.workers().await.unwrap_or_default().into_iter().filter(|w| w.connected) {
+        let Ok(me) = c.status().await.map(|s| s.master) else { continue };
+        for w in c.workers().await.unwrap_or_default().into_iter().filter(|w| w.connected && w.master == me) {
             out.insert(w.name, i);
         }
     }
@@ -212,6 +214,16 @@ async fn three_masters_lose_no_build_and_run_none_twice_when_one_is_killed() {
         })
         .await;
         assert!(adopted, "{}\n{}", farm.master_log(), farm.peer_log(1));
+        // Every survivor shows the whole farm: the held build's log (written
+        // by the dead master, then the adopter) and every worker, wherever
+        // it is connected.
+        for c in survivors {
+            let log = c.log(held, "hold", 0).await.expect("log");
+            assert!(log.data.contains(&format!("held {held}")), "{log:?}");
+            let on: Vec<String> =
+                c.workers().await.expect("workers").into_iter().filter(|w| w.connected).map(|w| w.name).collect();
+            assert_eq!(on, ["w1", "w2", "w3", "w4", "w5"]);
+        }
         std::fs::write(format!("{}.go", ledger.display()), "").expect("let the held build go");
         ids.push(held);
         let states_now =
@@ -308,4 +320,48 @@ async fn a_master_paused_past_its_lease_changes_nothing_and_rejoins() {
     }
     admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
+}
+
+/// `kiln upgrade` (and a master, which migrates at start) leaves the schema
+/// alone while a live master knows only an older one, and no kiln runs
+/// against a schema newer than it knows.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_kiln_migrates_under_an_older_master_or_runs_on_a_newer_schema() {
+    let farm = Farm::new(KILN.as_ref(), kiln_testing::ONE_WORKER, &[]);
+    let upgrade = || run(std::process::Command::new(KILN).args(["upgrade", "--config"]).arg(&farm.config));
+    let (code, _, err) = upgrade().expect("upgrade");
+    assert_eq!(code, 0, "{err}");
+    let latest = kiln_db::latest_schema_version();
+    let store = kiln_db::Store::connect(&farm.sqlite_url()).await.expect("open");
+    // A master of the previous kiln holds a lease; the schema is one behind.
+    let now = kiln_testing::unix_micros_ago(Duration::ZERO);
+    store
+        .execute_raw(&format!(
+            "INSERT INTO masters (id, address, epoch, started_at, heartbeat_at, schema_version) \
+             VALUES ('old-host:8010', '10.0.0.9:8010', 1, {now}, {now}, {})",
+            latest - 1
+        ))
+        .await
+        .expect("lease");
+    store.execute_raw(&format!("DELETE FROM kiln_schema WHERE version = {latest}")).await.expect("behind");
+    let (code, _, err) = upgrade().expect("upgrade");
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("master old-host:8010 (schema {})", latest - 1)), "{err}");
+    // A newer kiln migrated it: this one refuses to run.
+    store
+        .execute_raw(&format!(
+            "INSERT INTO kiln_schema (version, description) VALUES ({latest}, 'back'), ({}, 'from the future')",
+            latest + 1
+        ))
+        .await
+        .expect("ahead");
+    let (code, _, err) = upgrade().expect("upgrade");
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("newer than this kiln knows ({latest})")), "{err}");
+    let (code, _, err) =
+        run(std::process::Command::new(KILN).args(["master", "--allow-root", "--config"]).arg(&farm.config))
+            .expect("master");
+    assert_ne!(code, 0);
+    assert!(err.contains("newer than this kiln knows"), "{err}");
+    store.close().await;
 }

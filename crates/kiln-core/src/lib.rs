@@ -26,6 +26,7 @@ pub mod props;
 pub mod redact;
 pub mod rpmspec;
 pub mod schedule;
+pub mod schema;
 pub mod size;
 pub mod state;
 mod toml_reader;

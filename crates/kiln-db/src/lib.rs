@@ -33,7 +33,7 @@ pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
 pub use store::Store;
 pub use users::{TokenRow, UserRow};
-pub use workers::DrainRow;
+pub use workers::{DrainRow, WorkerSession};
 
 /// The schema version this build of kiln migrates a database to.
 pub fn latest_schema_version() -> i64 {

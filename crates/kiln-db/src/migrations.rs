@@ -221,11 +221,18 @@ ALTER TABLE builds ADD COLUMN owner TEXT;
     },
     Migration {
         version: 12,
-        description: "the lease epoch of the master owning each running build, and cancels asked of another master",
+        description: "lease epochs and fences of masters, cancels asked of another master, which master each worker is connected to",
         sql: r#"
 ALTER TABLE builds ADD COLUMN owner_epoch BIGINT;
 ALTER TABLE builds ADD COLUMN cancel_asked_by TEXT;
 ALTER TABLE masters ADD COLUMN fenced_at BIGINT;
+CREATE TABLE worker_sessions (
+    name TEXT PRIMARY KEY,
+    master TEXT NOT NULL,
+    conn BIGINT NOT NULL,
+    address TEXT NOT NULL,
+    connected_at BIGINT NOT NULL
+);
 "#,
     },
 ];

@@ -170,6 +170,22 @@ impl Store {
         Ok(())
     }
 
+    /// The schema version found, 0 for a database kiln never used.
+    pub async fn found_schema_version(&self) -> Result<i64> {
+        let exists = match self.backend {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'kiln_schema'",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'kiln_schema' \
+                                  AND table_schema = current_schema()"
+            }
+        };
+        let n: i64 = sqlx::query(exists).fetch_one(&self.pool).await?.try_get(0)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.schema_version().await
+    }
+
     pub async fn schema_version(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COALESCE(MAX(version), 0) FROM kiln_schema")
             .fetch_one(&self.reader)

@@ -73,10 +73,35 @@ pub async fn upgrade(config: &Path) -> anyhow::Result<usize> {
     let farm = load(config)?;
     std::fs::create_dir_all(farm.data_dir())
         .with_context(|| format!("cannot create data_dir {}", farm.data_dir().display()))?;
-    let store = Store::connect(&farm.database_url()).await.context("cannot open the database")?;
-    let n = store.migrate().await.context("migration failed")?;
+    let (store, n) = open_store(&farm, None).await?;
     store.close().await;
     Ok(n)
+}
+
+/// Opens the database and brings its schema to this kiln's version, unless
+/// it is newer or a live master sharing it knows only an older one
+/// ([`kiln_core::schema::plan`]); returns the store and how many
+/// migrations ran. `me`: this master's id, whose own earlier lease is not
+/// another master's.
+async fn open_store(farm: &LoadedFarm, me: Option<&str>) -> anyhow::Result<(Store, usize)> {
+    use kiln_core::schema::{plan, LiveMaster, SchemaPlan};
+    let store = Store::connect(&farm.database_url()).await.context("cannot open the database")?;
+    let found = store.found_schema_version().await.context("cannot read the database's schema version")?;
+    let now = clock::now_us();
+    // No masters table yet: no master recorded a lease.
+    let live: Vec<LiveMaster> = store
+        .masters()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| Some(m.id.as_str()) != me && lease::alive(m, farm.cfg.master.lease, now))
+        .map(|m| LiveMaster { id: m.id, knows: m.schema_version })
+        .collect();
+    let ran = match plan(found, kiln_db::latest_schema_version(), &live)? {
+        SchemaPlan::Use => 0,
+        SchemaPlan::Migrate { .. } => store.migrate().await.context("migration failed")?,
+    };
+    Ok((store, ran))
 }
 
 /// Starts a master from a config file: binds both ports, recovers the queue
@@ -85,7 +110,6 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm = load(config)?;
     let data_dir = farm.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let store = Store::open(&farm.database_url()).await.context("cannot open the database")?;
     let logs = logs::LogStore::new(&data_dir).context("cannot create the log directory")?;
     let (token, token_path, created) = auth::admin_token(&data_dir).context("cannot read or create the admin token")?;
     if created {
@@ -117,6 +141,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     // builds this one claims are its own.
     let master_id = lease::master_id(http_addr.port());
     let farm_lease = farm.cfg.master.lease;
+    let (store, _) = open_store(&farm, Some(&master_id)).await?;
     let store = store.for_master(&master_id);
     let epoch =
         lease::take(&store, &http_addr.to_string()).await.context("cannot take this master's lease in the database")?;

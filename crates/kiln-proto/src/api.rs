@@ -131,6 +131,9 @@ pub struct WorkerInfo {
     /// given nothing new until resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<Drained>,
+    /// The master it is connected to (its id), when masters share a database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
 }
 
 impl WorkerInfo {
@@ -146,6 +149,7 @@ impl WorkerInfo {
             version: None,
             address: None,
             drained: None,
+            master: None,
         }
     }
 }

@@ -188,6 +188,8 @@ impl Dispatcher {
     /// queue; running ones this master owns (see `masters`) wait for their
     /// worker to come back, or for the publisher.
     pub async fn recover(&mut self) -> anyhow::Result<()> {
+        // No worker is connected to this master yet (or any more).
+        self.shared.store.forget_worker_sessions().await?;
         let mine = self.running_builds_to_keep().await?;
         let rows = self.shared.store.unfinished_builds().await?;
         let publishing: HashSet<i64> = self.shared.store.publishing_builds().await?.into_iter().collect();

@@ -70,6 +70,10 @@ impl Dispatcher {
             info.last_seen = Some(rfc3339(now_us()));
         }
         tracing::info!(worker = %name, address = %address, targets = ?hello.targets, slots = hello.slots, "worker connected");
+        // Other masters sharing the database show where it is.
+        if let Err(e) = self.shared.store.worker_connected(&name, conn as i64, &address, now_us()).await {
+            tracing::warn!(worker = %name, error = %e, "cannot record the worker's connection");
+        }
         let _ = reply.send(abandon);
         // A cancel asked for while the worker was away is sent again.
         if let Some(w) = self.workers.get(&name) {
@@ -120,6 +124,12 @@ impl Dispatcher {
         let Some(w) = self.workers.remove(name) else {
             return;
         };
+        let (store, name_owned, conn) = (self.shared.store.clone(), name.to_string(), w.conn as i64);
+        tokio::spawn(async move {
+            if let Err(e) = store.worker_disconnected(&name_owned, conn).await {
+                tracing::warn!(worker = %name_owned, error = %e, "cannot record that the worker left");
+            }
+        });
         let deadline = Instant::now() + self.timeout();
         for id in w.running {
             self.orphans.insert(id, deadline);

@@ -58,6 +58,48 @@ async fn tell_dispatcher(s: &Shared) -> Result<(), OpError> {
     shown.await.map_err(|_| OpError::Unavailable("the master is shutting down".into()))
 }
 
+/// Every worker the farm knows, as this master sees it, with those
+/// connected to other live masters sharing the database shown connected
+/// there (`master`): any master answers for the whole farm.
+pub async fn list(s: &Shared) -> std::collections::BTreeMap<String, kiln_proto::api::WorkerInfo> {
+    let mut infos = s.workers().clone();
+    let me = s.store.owner().map(str::to_string);
+    for info in infos.values_mut().filter(|i| i.connected) {
+        info.master.clone_from(&me);
+    }
+    let sessions = match s.store.worker_sessions().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read where workers are connected");
+            return infos;
+        }
+    };
+    let elsewhere: Vec<_> = sessions.into_iter().filter(|w| Some(&w.master) != me.as_ref()).collect();
+    if elsewhere.is_empty() {
+        return infos;
+    }
+    let (lease, now) = (s.farm().cfg.master.lease, crate::clock::now_us());
+    let live: std::collections::HashSet<String> = s
+        .store
+        .masters()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| crate::lease::alive(m, lease, now))
+        .map(|m| m.id)
+        .collect();
+    for w in elsewhere.into_iter().filter(|w| live.contains(&w.master)) {
+        let info = infos.entry(w.name.clone()).or_insert_with(|| kiln_proto::api::WorkerInfo::never_seen(&w.name));
+        if !info.connected {
+            info.connected = true;
+            info.address = Some(w.address);
+            info.last_seen = None;
+            info.master = Some(w.master);
+        }
+    }
+    infos
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,7 +132,50 @@ fn uploader(text: &[u8]) -> Option<String> {
         .filter(|v| !v.is_empty() && !v.contains('\n'))
 }
 
+/// How long an upload claimed by a master stays its own: a claim older
+/// than this was left by a master that died while taking it.
+const CLAIM_STALE: Duration = Duration::from_secs(600);
+
+/// Claims the upload `control` for this master: masters sharing the
+/// incoming directory take each upload once. The claim is a file made with
+/// O_EXCL (atomic on local file systems and NFS alike), removed when the
+/// upload was taken; `None` when another master has it.
+fn claim(dir: &Path, control: &str) -> Option<std::path::PathBuf> {
+    let path = dir.join(format!(".{control}.taking"));
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => {
+                // Taken whole by another master since this one looked.
+                if !dir.join(control).exists() {
+                    let _ = std::fs::remove_file(&path);
+                    return None;
+                }
+                return Some(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if age.is_none_or(|a| a <= CLAIM_STALE) {
+                    return None;
+                }
+                tracing::warn!(upload = %control, "removing a stale claim on an upload (its master died taking it)");
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::error!(upload = %control, error = %e, "cannot claim an upload in the incoming directory");
+                return None;
+            }
+        }
+    }
+    None
+}
+
 async fn take(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String]) {
+    let Some(claimed) = claim(dir, control) else { return };
+    take_claimed(shared, dir, control, files).await;
+    let _ = std::fs::remove_file(claimed);
+}
+
+async fn take_claimed(shared: &Arc<Shared>, dir: &Path, control: &str, files: &[String]) {
     let caller = Caller::system("incoming");
     let mut staging = match begin(shared, &caller) {
         Ok(s) => s,

@@ -16,8 +16,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// The master's version and config generation.
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
 pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
+    let connected = crate::ops::workers::list(&s).await.values().filter(|w| w.connected).count() as i64;
     let farm = s.farm();
-    let connected = s.workers().values().filter(|w| w.connected).count() as i64;
     let (queued, running) = s.store.queue_counts().await?;
     let now = crate::clock::now_us();
     let masters = s
@@ -49,10 +49,10 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
 /// Every builder (component × target) with its last result and queue.
 #[utoipa::path(get, path = "/api/v1/builders", responses((status = 200, body = [BuilderInfo])))]
 pub async fn builders(State(s): State<AppState>) -> ApiResult<Vec<BuilderInfo>> {
+    let workers = crate::ops::workers::list(&s).await;
     let farm = s.farm();
     let stats: HashMap<(String, String), kiln_db::BuilderStats> =
         s.store.builder_stats().await?.into_iter().map(|b| ((b.component.clone(), b.target.clone()), b)).collect();
-    let workers = s.workers().clone();
     let out = matrix::builders(&farm.cfg)
         .map(|b| {
             let st = stats.get(&(b.component.name.clone(), b.target.name.clone()));

@@ -16,7 +16,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// Every configured worker, connected or not (and any drained one).
 #[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [WorkerInfo])))]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Vec<WorkerInfo>> {
-    Ok(Json(s.workers().values().cloned().collect()))
+    Ok(Json(ops::workers::list(&s).await.into_values().collect()))
 }
 
 /// Drains a worker: it finishes the builds it runs and is given no new ones

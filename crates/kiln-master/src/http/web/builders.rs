@@ -19,9 +19,9 @@ type AppState = Arc<Shared>;
 
 pub async fn list(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let c = ctx(&s, &headers, "/builders");
+    let workers = crate::ops::workers::list(&s).await;
     let farm = s.farm();
     let stats = s.builder_stats().await;
-    let workers = s.workers().clone();
     let body = html! {
         h1 { "Builders" }
         (force_form(&c, &farm.cfg.components.iter().map(|x| x.name.clone()).collect::<Vec<_>>(), &farm.cfg.targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), None))

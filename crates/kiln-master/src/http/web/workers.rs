@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let c = ctx(&s, &headers, "/workers");
-    let workers = s.workers().clone();
+    let workers = ops::workers::list(&s).await;
     // Only those who may drain see the buttons; the operation checks again.
     let admin = c.session.as_ref().filter(|sess| sess.caller.require(Permission::ServerAdmin).is_ok());
     let body = html! {
         h1 { "Workers" }
         table.list {
-            thead { tr { th { "Worker" } th { "State" } th { "Targets" } th { "Slots" } th { "Running" } th { "Last seen" } th { "Version" } @if admin.is_some() { th {} } } }
+            thead { tr { th { "Worker" } th { "State" } th { "Targets" } th { "Slots" } th { "Running" } th { "Last seen" } th { "Version" } th { "Master" } @if admin.is_some() { th {} } } }
             tbody {
                 @for w in workers.values() {
                     tr {
@@ -43,6 +43,7 @@ pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
                         td { @for id in &w.running { a href={"/builds/" (id)} { "#" (id) } " " } }
                         td { @if let Some(t) = &w.last_seen { time datetime=(t) title=(t) { (t) } } }
                         td { (w.version.as_deref().unwrap_or("")) }
+                        td { (w.master.as_deref().unwrap_or("")) }
                         @if let Some(sess) = admin {
                             td {
                                 @if w.drained.is_some() {
