@@ -37,7 +37,7 @@ pub struct BenchArgs {
     pub out: PathBuf,
 }
 
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -48,7 +48,7 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

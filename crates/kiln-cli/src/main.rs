@@ -2,6 +2,7 @@
 //! the other commands talk to a master over its HTTP API.
 
 mod bench;
+mod bench_masters;
 mod bench_repo;
 mod bench_roots;
 mod bench_ui;
@@ -203,6 +204,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time repository index generation against apt-ftparchive, reprepro and createrepo_c; writes JSON.
     BenchRepo(bench_repo::BenchRepoArgs),
+    /// Time trivial builds with 1, 2, 3 masters sharing PostgreSQL, and a takeover after kill -9; writes JSON.
+    BenchMasters(bench_masters::BenchMastersArgs),
     /// Time the web pages of a big farm (1,400 builders, 100,000 builds); writes JSON.
     BenchUi(bench_ui::BenchUiArgs),
     /// Time a deb build root's setup per build (root step + apt-get update); writes JSON.
@@ -339,6 +342,7 @@ fn main() -> ExitCode {
             | Command::Demo(_)
             | Command::Bench(_)
             | Command::BenchRepo(_)
+            | Command::BenchMasters(_)
             | Command::BenchUi(_)
             | Command::BenchRoots(_)
     );
@@ -520,6 +524,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => user_cmds::token(cmd).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchMasters(args) => bench_masters::run(args).await,
         Command::BenchUi(args) => bench_ui::run(args).await,
         Command::BenchRoots(args) => tokio::task::spawn_blocking(move || bench_roots::run(args)).await?,
         Command::BenchRepo(args) => tokio::task::spawn_blocking(move || bench_repo::run(args)).await?,

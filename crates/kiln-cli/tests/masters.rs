@@ -50,6 +50,7 @@ arch = "amd64"
 
 [[component]]
 name = "job"
+targets = ["t"]
 steps = [ {{ name = "run", run = "echo ran $KILN_BUILD_ID; echo $KILN_BUILD_ID >> %(prop:ledger)s; sleep 0.1" }} ]
 
 [[target]]
@@ -63,12 +64,14 @@ steps = [ {{ name = "hold", run = "echo held $KILN_BUILD_ID; echo $KILN_BUILD_ID
 
 [[component]]
 name = "lib"
+targets = ["t"]
 properties = {{ pkg = "kiln-mlib" }}
 steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
 artifacts = ["*.deb"]
 
 [[component]]
 name = "app"
+targets = ["t"]
 depends_on = ["lib"]
 steps = [ {{ name = "check", run = 'set -- $KILN_APT_SOURCE; curl -fsS "$1/dists/$2/main/binary-amd64/Packages" | grep "^Package: kiln-mlib"' }} ]
 
@@ -155,14 +158,16 @@ async fn states(client: &Client) -> HashMap<i64, BuildState> {
     }
 }
 
-async fn wait_all_finished(client: &Client, ids: &[i64], within: Duration) -> HashMap<i64, BuildState> {
+async fn wait_all_finished(farm: &Farm, client: &Client, ids: &[i64], within: Duration) -> HashMap<i64, BuildState> {
     let done = wait_for(within, || async {
         let s = states(client).await;
         ids.iter().all(|id| s.get(id).is_some_and(|st| st.is_finished()))
     })
     .await;
     let s = states(client).await;
-    assert!(done, "not all builds finished: {:?}", ids.iter().filter(|id| !s[id].is_finished()).collect::<Vec<_>>());
+    let left: Vec<_> = ids.iter().filter(|id| !s[id].is_finished()).collect();
+    let peers: String = (0..farm.peers.len()).map(|n| farm.peer_log(n)).collect();
+    assert!(done, "not all builds finished: {left:?}\n{}\n{peers}", farm.master_log());
     s
 }
 
@@ -227,7 +232,8 @@ async fn three_masters_lose_no_build_and_run_none_twice_when_one_is_killed() {
         std::fs::write(format!("{}.go", ledger.display()), "").expect("let the held build go");
         ids.push(held);
         let states_now =
-            wait_all_finished(&clients[0], &[ids.clone(), vec![lib, app]].concat(), Duration::from_secs(300)).await;
+            wait_all_finished(&farm, &clients[0], &[ids.clone(), vec![lib, app]].concat(), Duration::from_secs(300))
+                .await;
         let failed: Vec<_> = states_now
             .iter()
             .filter(|(id, s)| **s != BuildState::Succeeded && (ids.contains(id) || **id == lib || **id == app))
@@ -262,7 +268,7 @@ async fn three_masters_lose_no_build_and_run_none_twice_when_one_is_killed() {
         .await;
         assert!(back, "{:?}", clients[0].status().await.expect("status").masters);
         let more = submit(&[&clients[doomed]], &ledger, 20).await;
-        let s = wait_all_finished(&clients[doomed], &more, Duration::from_secs(120)).await;
+        let s = wait_all_finished(&farm, &clients[doomed], &more, Duration::from_secs(120)).await;
         assert!(more.iter().all(|id| s[id] == BuildState::Succeeded), "{s:?}");
         ids.extend(more);
         assert_each_ran_once(&ledger, &ids);
@@ -303,7 +309,7 @@ async fn a_master_paused_past_its_lease_changes_nothing_and_rejoins() {
         farm.pause_peer(0, false);
         std::fs::write(format!("{}.go", ledger.display()), "").expect("let the held build go");
         ids.push(held);
-        let s = wait_all_finished(&clients[0], &ids, Duration::from_secs(300)).await;
+        let s = wait_all_finished(&farm, &clients[0], &ids, Duration::from_secs(300)).await;
         assert!(ids.iter().all(|id| s[id] == BuildState::Succeeded), "{s:?}");
         assert_each_ran_once(&ledger, &ids);
         let rejoined = wait_for(Duration::from_secs(30), || async {
@@ -313,7 +319,7 @@ async fn a_master_paused_past_its_lease_changes_nothing_and_rejoins() {
         assert!(rejoined, "{}", farm.peer_log(0));
         // It serves again, and builds submitted through it run.
         let more = submit(&[&clients[1]], &ledger, 10).await;
-        let s = wait_all_finished(&clients[1], &more, Duration::from_secs(120)).await;
+        let s = wait_all_finished(&farm, &clients[1], &more, Duration::from_secs(120)).await;
         assert!(more.iter().all(|id| s[id] == BuildState::Succeeded), "{s:?}");
         ids.extend(more);
         assert_each_ran_once(&ledger, &ids);
@@ -343,7 +349,9 @@ async fn no_kiln_migrates_under_an_older_master_or_runs_on_a_newer_schema() {
         ))
         .await
         .expect("lease");
+    // The previous schema, as that master knows it: what migration 12 added is not there.
     store.execute_raw(&format!("DELETE FROM kiln_schema WHERE version = {latest}")).await.expect("behind");
+    store.execute_raw("ALTER TABLE masters DROP COLUMN fenced_at").await.expect("drop column");
     let (code, _, err) = upgrade().expect("upgrade");
     assert_ne!(code, 0);
     assert!(err.contains(&format!("master old-host:8010 (schema {})", latest - 1)), "{err}");

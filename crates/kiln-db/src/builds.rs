@@ -7,7 +7,9 @@ use kiln_core::props::Properties;
 use kiln_core::{BuildState, StepState};
 use sqlx::{Executor, Row};
 
-use crate::rows::{build_row, id_list, step_row, to_json, BuildFilter, BuildRow, NewBuild, StepRow, BUILD_COLUMNS};
+use crate::rows::{
+    build_row, id_list, literal, step_row, to_json, BuildFilter, BuildRow, NewBuild, StepRow, BUILD_COLUMNS,
+};
 use crate::store::Store;
 use crate::{Backend, Result};
 use std::collections::HashSet;
@@ -59,12 +61,6 @@ impl Write {
             | Write::Finish { build_id, .. } => *build_id,
         }
     }
-}
-
-/// An SQL string literal; valid on SQLite and PostgreSQL (standard strings).
-pub(crate) fn literal(s: &str) -> String {
-    // NUL cannot be stored in PostgreSQL text; nothing kiln writes needs it.
-    format!("'{}'", s.replace('\0', "").replace('\'', "''"))
 }
 
 fn opt_literal(s: Option<&str>) -> String {
@@ -284,16 +280,19 @@ impl Store {
         Ok(changed)
     }
 
-    /// Puts a running build back in the queue (its worker was lost).
-    pub async fn requeue(&self, build_id: i64, reason: &str) -> Result<bool> {
+    /// Puts a running build back in the queue (its worker was lost), with
+    /// `properties` instead of its own when given.
+    pub async fn requeue(&self, build_id: i64, reason: &str, properties: Option<&Properties>) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(&format!(
             "UPDATE builds SET state = 'queued', worker = NULL, started_at = NULL, reason = $1, \
-                 cancel_asked_by = NULL WHERE id = $2 AND state = 'running' AND {}",
+             cancel_asked_by = NULL, properties = COALESCE($3, properties) \
+             WHERE id = $2 AND state = 'running' AND {}",
             self.owned_sql()
         ))
         .bind(reason)
         .bind(build_id)
+        .bind(properties.map(to_json))
         .execute(&mut *tx)
         .await?
         .rows_affected()

@@ -31,7 +31,7 @@ pub use masters::{MasterRow, PublishLock};
 pub use news::News;
 pub use packages::{NameOwner, PackageRow, SnapshotRow};
 pub use rows::{ArtifactRow, BuildFilter, BuildRow, BuilderStats, NewBuild, RequestRow, StepRow};
-pub use store::Store;
+pub use store::{master_session_name, Store};
 pub use users::{TokenRow, UserRow};
 pub use workers::{DrainRow, WorkerSession};
 

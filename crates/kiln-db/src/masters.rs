@@ -40,7 +40,7 @@ impl Store {
     /// master owns at its epoch (any build, for a handle acting for none).
     pub(crate) fn owned_sql(&self) -> String {
         match self.owner.as_deref() {
-            Some(o) => format!("(owner = {} AND owner_epoch = {})", crate::builds::literal(&o.id), o.epoch()),
+            Some(o) => format!("(owner = {} AND owner_epoch = {})", crate::rows::literal(&o.id), o.epoch()),
             None => "1 = 1".into(),
         }
     }
@@ -68,30 +68,20 @@ impl Store {
     /// restart or a fence, with a new epoch); returns the epoch it holds now.
     pub async fn take_lease(&self, address: &str, now: i64, schema_version: i64) -> Result<i64> {
         let me = self.me()?;
-        let mut tx = self.pool.begin().await?;
-        let old: Option<i64> = sqlx::query("SELECT epoch FROM masters WHERE id = $1")
-            .bind(&me.id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let epoch = old.unwrap_or(0) + 1;
-        let sql = if old.is_some() {
-            "UPDATE masters SET address = $2, epoch = $3, started_at = $4, heartbeat_at = $4, schema_version = $5, \
-             fenced_at = NULL WHERE id = $1"
-        } else {
+        // One statement: two starts of the same id never share an epoch.
+        let epoch: i64 = sqlx::query(
             "INSERT INTO masters (id, address, epoch, started_at, heartbeat_at, schema_version) \
-             VALUES ($1, $2, $3, $4, $4, $5)"
-        };
-        sqlx::query(sql)
-            .bind(&me.id)
-            .bind(address)
-            .bind(epoch)
-            .bind(now)
-            .bind(schema_version)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+             VALUES ($1, $2, 1, $3, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET address = $2, epoch = masters.epoch + 1, started_at = $3, \
+             heartbeat_at = $3, schema_version = $4, fenced_at = NULL RETURNING epoch",
+        )
+        .bind(&me.id)
+        .bind(address)
+        .bind(now)
+        .bind(schema_version)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
         me.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
         Ok(epoch)
     }
@@ -107,6 +97,20 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(n.rows_affected() == 1)
+    }
+
+    /// The leases of masters sharing the database, read with what every
+    /// schema since masters were recorded has (for deciding whether this
+    /// kiln may migrate it): id, heartbeat and the schema version each
+    /// knows. Empty for a schema from before (`found` below 11).
+    pub async fn leases(&self, found: i64) -> Result<Vec<(String, i64, i64)>> {
+        if found < 11 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT id, heartbeat_at, schema_version FROM masters ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
 
     /// Every master that ever held a lease here, by id.
@@ -140,6 +144,19 @@ impl Store {
         let me = self.me()?;
         let mut tx = self.pool.begin().await?;
         self.hold_lease(&mut tx).await?;
+        if self.backend() == Backend::Postgres {
+            // Paused, it may hold row locks in open transactions, and the
+            // publish lock: end its sessions (named by `Store::connect_as`).
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND EXISTS (SELECT 1 FROM masters WHERE id = $2 AND heartbeat_at < $3 AND fenced_at IS NULL)",
+            )
+            .bind(crate::store::master_session_name(gone))
+            .bind(gone)
+            .bind(stale_before)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE masters SET epoch = epoch + 1, fenced_at = $1 \
              WHERE id = $2 AND heartbeat_at < $3 AND fenced_at IS NULL",
@@ -191,7 +208,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         self.hold_lease(&mut tx).await?;
         let n = sqlx::query(
-            "UPDATE builds SET owner = $1, owner_epoch = $2 WHERE id = $3 AND state = 'running' AND worker = $4",
+            "UPDATE builds SET owner = $1, owner_epoch = $2 WHERE id = $3 AND state = 'running' AND worker = $4 \
+             AND NOT EXISTS (SELECT 1 FROM publishing WHERE build_id = $3)",
         )
         .bind(&me.id)
         .bind(me.epoch())

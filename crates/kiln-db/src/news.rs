@@ -21,7 +21,7 @@ impl Store {
     /// run inside the transaction that makes it (none on SQLite).
     pub(crate) fn announce_sql(&self) -> Option<String> {
         (self.backend() == Backend::Postgres)
-            .then(|| format!("SELECT pg_notify('{CHANNEL}', {})", crate::builds::literal(self.owner().unwrap_or(""))))
+            .then(|| format!("SELECT pg_notify('{CHANNEL}', {})", crate::rows::literal(self.owner().unwrap_or(""))))
     }
 
     /// Announces, inside `tx`, that this handle's master changed the queue.

@@ -125,6 +125,8 @@ impl Store {
     /// `add` (their ids are ignored), bumps and returns the revision.
     pub async fn change_channel(&self, channel: &str, add: &[PackageRow], remove: &[i64]) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
+        // A master that lost its lease while publishing changes nothing.
+        self.hold_lease(&mut tx).await?;
         for id in remove {
             sqlx::query("DELETE FROM packages WHERE id = $1 AND channel = $2")
                 .bind(id)

@@ -159,3 +159,9 @@ pub(crate) fn request_row(r: &AnyRow) -> Result<RequestRow> {
 pub(crate) fn artifact_row(r: &AnyRow) -> Result<ArtifactRow> {
     Ok(ArtifactRow { build_id: r.try_get(0)?, name: r.try_get(1)?, size: r.try_get(2)?, sha256: r.try_get(3)? })
 }
+
+/// An SQL string literal; valid on SQLite and PostgreSQL (standard strings).
+pub(crate) fn literal(s: &str) -> String {
+    // NUL cannot be stored in PostgreSQL text; nothing kiln writes needs it.
+    format!("'{}'", s.replace('\0', "").replace('\'', "''"))
+}

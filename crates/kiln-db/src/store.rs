@@ -37,6 +37,16 @@ pub(crate) struct Owner {
     pub epoch: std::sync::atomic::AtomicI64,
 }
 
+/// The PostgreSQL `application_name` of master `id`'s sessions (PostgreSQL
+/// keeps 63 bytes of it).
+pub fn master_session_name(id: &str) -> String {
+    let mut name = format!("kiln master {id}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
 impl Owner {
     pub fn epoch(&self) -> i64 {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
@@ -53,6 +63,15 @@ impl Store {
 
     /// Connects without migrating.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_as(url, None).await
+    }
+
+    /// Connects without migrating, for master `master` when given: its
+    /// PostgreSQL sessions carry its name ([`master_session_name`]), so a
+    /// master that fences it can end them (and the row locks a paused
+    /// master's open transactions hold).
+    pub async fn connect_as(url: &str, master: Option<&str>) -> Result<Store> {
+        let session_name: Option<std::sync::Arc<str>> = master.map(|m| master_session_name(m).into());
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -62,8 +81,10 @@ impl Store {
             return Err(StoreError::BadUrl(url.to_string()));
         };
         let options = |max: u32| {
+            let session_name = session_name.clone();
             AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(
                 move |conn, _meta| {
+                    let session_name = session_name.clone();
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // WAL lets readers go on while the master writes; NORMAL
@@ -75,6 +96,15 @@ impl Store {
                         } else {
                             // Store::apply writes standard SQL string literals.
                             conn.execute("SET standard_conforming_strings = on").await?;
+                            // A row another master locked and then went silent
+                            // holding (paused) never blocks this one for long:
+                            // the statement fails and is tried again, and the
+                            // fence ends that master's sessions.
+                            conn.execute("SET lock_timeout = '5s'").await?;
+                            if let Some(name) = session_name.as_deref() {
+                                let sql = format!("SET application_name = {}", crate::rows::literal(name));
+                                conn.execute(sql.as_str()).await?;
+                            }
                         }
                         Ok(())
                     })
@@ -92,6 +122,12 @@ impl Store {
                 Store { reader: pool.clone(), pool, backend, owner: None, url: url.into() }
             }
         })
+    }
+
+    /// A new handle on the same database, connected as master `id` (its
+    /// sessions named for it) and acting for it.
+    pub async fn connect_again_as(&self, id: &str) -> Result<Store> {
+        Ok(Store::connect_as(&self.url, Some(id)).await?.for_master(id))
     }
 
     /// This handle, acting for master `id`: the builds it claims are that master's.

@@ -165,8 +165,8 @@ async fn a_requeued_build_runs_again_with_a_new_attempt() {
         let (_, ids) = s.create_request(1, None, None, &[new_build("a", "t", &[])]).await.expect("create");
         assert!(s.claim(ids[0], "w1", 2, &["s".into()]).await.expect("claim"));
         s.apply(&[Write::StepStarted { build_id: ids[0], idx: 0, at: 3 }]).await.expect("started");
-        assert!(s.requeue(ids[0], "worker w1 lost").await.expect("requeue"));
-        assert!(!s.requeue(ids[0], "again").await.expect("requeue twice"));
+        assert!(s.requeue(ids[0], "worker w1 lost", None).await.expect("requeue"));
+        assert!(!s.requeue(ids[0], "again", None).await.expect("requeue twice"));
         let b = s.build(ids[0]).await.expect("read").expect("exists");
         assert_eq!((b.state, b.worker.as_deref()), (BuildState::Queued, None));
         assert!(s.steps(ids[0]).await.expect("steps").is_empty());
@@ -281,7 +281,7 @@ async fn artifacts_are_recorded_replaced_and_removed() {
         assert_eq!(got, vec![row("hello.deb", 12, "cc"), row("hello.dsc", 3, "bb")]);
         // A re-queued build's next attempt starts without the old artifacts.
         assert!(s.claim(ids[0], "w", 2, &[]).await.expect("claim"));
-        assert!(s.requeue(ids[0], "lost").await.expect("requeue"));
+        assert!(s.requeue(ids[0], "lost", None).await.expect("requeue"));
         assert!(s.artifacts_of(&ids).await.expect("list").is_empty());
     })
     .await;
@@ -386,14 +386,21 @@ async fn masters_hold_leases_and_own_the_builds_they_claim() {
         assert_eq!(refused, [ids[0]].into_iter().collect());
         assert_eq!(s.build(ids[0]).await.expect("get").expect("row").state, BuildState::Running);
         assert_eq!(s.build(ids[1]).await.expect("get").expect("row").state, BuildState::Succeeded);
-        assert!(!m1.requeue(ids[0], "not mine").await.expect("requeue"));
+        assert!(!m1.requeue(ids[0], "not mine", None).await.expect("requeue"));
         // m2 goes silent past its lease (heartbeat 100, stale before 300):
         // m1 and m3 both take over; m2 is fenced once and its build goes to one.
         let m3 = s.clone().for_master("m3");
         m3.take_lease("10.0.0.3:8010", 290, 12).await.expect("lease");
+        // m2 went silent holding the publish lock (through a session of its
+        // own, as a master's are): fencing it ends the session and frees the lock.
+        let m2_session = s.connect_again_as("m2").await.expect("connect as m2");
+        let stuck = m2_session.publish_lock().await.expect("publish lock");
         let (a, b) = tokio::join!(m1.take_over_master("m2", 300, 310), m3.take_over_master("m2", 300, 310));
         let (a, b) = (a.expect("take over"), b.expect("take over"));
         assert_eq!((a.len() + b.len(), a.iter().chain(&b).next()), (1, Some(&ids[0])), "{a:?} {b:?}");
+        let freed = tokio::time::timeout(std::time::Duration::from_secs(10), m1.publish_lock()).await;
+        freed.expect("the fenced master's publish lock was freed").expect("publish lock").release().await;
+        stuck.release().await;
         let fenced = s.masters().await.expect("masters").into_iter().find(|m| m.id == "m2").expect("m2");
         assert_eq!((fenced.epoch, fenced.fenced_at), (2, Some(310)));
         // m2 wakes: it can renew, claim and change nothing.

@@ -1,7 +1,8 @@
 //! Artifact intake and storage.
 //!
 //! Workers send artifacts in pieces over their connection. A piece lands in
-//! `DATA_DIR/incoming/`; when the artifact is complete its size and SHA-256
+//! `DATA_DIR/incoming/MASTER/` (each master sharing the data dir its own);
+//! when the artifact is complete its size and SHA-256
 //! are checked and it moves into the content-addressed store
 //! `DATA_DIR/artifacts/<first two hex digits>/<sha256>`. Nothing stays in
 //! `incoming/` once no upload is in flight: a failed or abandoned upload's
@@ -61,9 +62,14 @@ pub struct Stored {
 }
 
 impl ArtifactStore {
-    pub fn new(data_dir: &Path, max_size: u64) -> io::Result<ArtifactStore> {
+    /// The store under `data_dir`, taking uploads in its own intake
+    /// directory `incoming/INTAKE` (a master's id: masters sharing the data
+    /// dir never touch each other's uploads in flight).
+    pub fn new(data_dir: &Path, intake: &str, max_size: u64) -> io::Result<ArtifactStore> {
         let root = data_dir.join("artifacts");
-        let incoming = data_dir.join("incoming");
+        let intake: String =
+            intake.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.:".contains(c) { c } else { '_' }).collect();
+        let incoming = data_dir.join("incoming").join(intake);
         fs::create_dir_all(&root)?;
         // Parts left by a crash are never completed: start empty.
         let _ = fs::remove_dir_all(&incoming);
@@ -266,7 +272,7 @@ mod tests {
     #[test]
     fn intake_checks_and_stores_by_content() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ArtifactStore::new(dir.path(), 10).expect("store");
+        let store = ArtifactStore::new(dir.path(), "m", 10).expect("store");
         let sha = hex::encode(Sha256::digest(b"hello world"));
         store.expect(1, &["out/*.deb".into()]);
         // Over the 10-byte limit: refused, nothing left in incoming.
@@ -274,9 +280,9 @@ mod tests {
         store.chunk(1, "a.deb", 6, &b64(b"world"));
         assert!(store.done(1, "a.deb", 11, &sha).is_none());
         assert!(store.finish_build(1, &[]).expect("failure").contains("larger than the limit"));
-        assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("incoming/m")).expect("dir").count(), 0);
 
-        let store = ArtifactStore::new(dir.path(), 100).expect("store");
+        let store = ArtifactStore::new(dir.path(), "m", 100).expect("store");
         for build in 2..=6 {
             store.expect(build, &["out/*.deb".into(), "*.log".into()]);
         }
@@ -309,7 +315,7 @@ mod tests {
             .finish_build(6, &["empty.log".into(), "lost.deb".into()])
             .expect("failure")
             .contains("lost.deb: did not arrive"));
-        assert_eq!(fs::read_dir(dir.path().join("incoming")).expect("dir").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("incoming/m")).expect("dir").count(), 0);
         // A file the build was not asked for, and a build nobody asked anything of.
         store.expect(7, &[".kiln-out/*.deb".into()]);
         store.chunk(7, "evil.rpm", 0, &b64(b"x"));

@@ -12,13 +12,15 @@ use tokio::sync::oneshot;
 /// What the dispatcher is told, one at a time.
 pub enum Event {
     /// A worker connected, said hello and was authenticated by the worker
-    /// port; the reply is the list of builds it should abandon.
+    /// port; the reply is the list of builds it should abandon, or none
+    /// when this master cannot take it now.
     Hello {
         conn: u64,
         hello: Box<Hello>,
         address: String,
         tx: UnboundedSender<MasterMsg>,
-        reply: oneshot::Sender<Vec<i64>>,
+        /// None: not now (the worker is to try another master).
+        reply: oneshot::Sender<Option<Vec<i64>>>,
     },
     FromWorker {
         conn: u64,
@@ -60,6 +62,8 @@ pub enum Event {
     },
     /// This master's lease was taken while it was away; it holds a new one.
     Rejoined,
+    /// This master cannot renew its lease: its workers are let go.
+    LeaseInDoubt,
     /// Another master changed the queue (it said so through the database).
     Poll,
 }

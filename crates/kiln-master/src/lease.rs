@@ -7,9 +7,9 @@
 use crate::clock::now_us;
 use crate::events::Event;
 use crate::shared::Shared;
-use kiln_db::{MasterRow, Store};
+use kiln_db::Store;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// This master's id among those sharing the database: its host name and
 /// web port (stable across restarts, distinct for two masters on a host).
@@ -19,9 +19,10 @@ pub fn master_id(http_port: u16) -> String {
     format!("{}:{http_port}", if host.is_empty() { "master" } else { host })
 }
 
-/// Whether `m`'s heartbeat is within `lease` at `now_us`.
-pub fn alive(m: &MasterRow, lease: Duration, now_us: i64) -> bool {
-    now_us.saturating_sub(m.heartbeat_at) < lease.as_micros() as i64
+/// Whether a master whose last heartbeat was at `heartbeat_at` is alive
+/// at `now_us` (within `lease`).
+pub fn alive(heartbeat_at: i64, lease: Duration, now_us: i64) -> bool {
+    now_us.saturating_sub(heartbeat_at) < lease.as_micros() as i64
 }
 
 /// Takes this master's lease in the store `shared` acts through; returns its epoch.
@@ -32,27 +33,44 @@ pub async fn take(store: &Store, address: &str) -> Result<i64, kiln_db::StoreErr
 /// Renews the lease for ever. When it was lost (a survivor fenced this
 /// master while it was paused or cut off, or the same id started
 /// elsewhere), takes a new one and tells the dispatcher, which drops what
-/// it held and loads the queue again: nothing it held is trusted.
+/// it held and loads the queue again: nothing it held is trusted. When it
+/// cannot be renewed for half the lease (the database is out of reach),
+/// the master lets its workers go, so they carry their builds to another
+/// master before this one is fenced, and takes none back until it can.
 pub async fn keep(shared: Arc<Shared>, address: String, lease: Duration) {
     let store = shared.store.clone();
     let id = store.owner().unwrap_or_default().to_string();
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now();
     loop {
         tick.tick().await;
         match store.renew_lease(now_us()).await {
-            Ok(true) => {}
+            Ok(true) => {
+                renewed = Instant::now();
+                if !shared.set_lease_held(true) {
+                    tracing::warn!(master = %id, "renewed this master's lease again; taking workers again");
+                }
+            }
             Ok(false) => {
                 tracing::error!(master = %id, epoch = store.epoch(), "this master lost its lease (it was away past it, and another master took its builds over); taking a new one");
                 match take(&store, &address).await {
                     Ok(epoch) => {
+                        renewed = Instant::now();
                         tracing::warn!(master = %id, epoch, "holding this master's lease again");
+                        shared.set_lease_held(true);
                         shared.send(Event::Rejoined);
                     }
                     Err(e) => tracing::error!(master = %id, error = %e, "cannot take this master's lease again"),
                 }
             }
-            Err(e) => tracing::warn!(master = %id, error = %e, "cannot renew this master's lease"),
+            Err(e) => {
+                tracing::warn!(master = %id, error = %e, "cannot renew this master's lease");
+                if renewed.elapsed() > lease / 2 && shared.set_lease_held(false) {
+                    tracing::error!(master = %id, "this master's lease is in doubt; letting its workers go to other masters");
+                    shared.send(Event::LeaseInDoubt);
+                }
+            }
         }
     }
 }

@@ -85,17 +85,16 @@ pub async fn upgrade(config: &Path) -> anyhow::Result<usize> {
 /// another master's.
 async fn open_store(farm: &LoadedFarm, me: Option<&str>) -> anyhow::Result<(Store, usize)> {
     use kiln_core::schema::{plan, LiveMaster, SchemaPlan};
-    let store = Store::connect(&farm.database_url()).await.context("cannot open the database")?;
+    let store = Store::connect_as(&farm.database_url(), me).await.context("cannot open the database")?;
     let found = store.found_schema_version().await.context("cannot read the database's schema version")?;
     let now = clock::now_us();
-    // No masters table yet: no master recorded a lease.
     let live: Vec<LiveMaster> = store
-        .masters()
+        .leases(found)
         .await
-        .unwrap_or_default()
+        .context("cannot read the leases of masters sharing the database")?
         .into_iter()
-        .filter(|m| Some(m.id.as_str()) != me && lease::alive(m, farm.cfg.master.lease, now))
-        .map(|m| LiveMaster { id: m.id, knows: m.schema_version })
+        .filter(|(id, heartbeat, _)| Some(id.as_str()) != me && lease::alive(*heartbeat, farm.cfg.master.lease, now))
+        .map(|(id, _, knows)| LiveMaster { id, knows })
         .collect();
     let ran = match plan(found, kiln_db::latest_schema_version(), &live)? {
         SchemaPlan::Use => 0,
@@ -147,7 +146,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
         lease::take(&store, &http_addr.to_string()).await.context("cannot take this master's lease in the database")?;
     tracing::info!(master = %master_id, epoch, "holding this master's lease");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let artifacts = artifacts::ArtifactStore::new(&data_dir, farm.cfg.master.max_artifact_size)
+    let artifacts = artifacts::ArtifactStore::new(&data_dir, &master_id, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
     triggers::schedule::check(&farm.cfg)?;
     let keys = publish::load_keys(&farm)?;
@@ -157,7 +156,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let shared =
         Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx, publish_tx, public_keys));
     let mut publisher = publish::Publisher::new(shared.clone(), keys);
-    publisher.catch_up().await;
+    publisher.catch_up_locked().await;
     let mut dispatcher = dispatch::Dispatcher::new(shared.clone());
     let (check_tx, check_rx) = tokio::sync::mpsc::unbounded_channel();
     dispatcher.check_build_deps_with(check_tx);

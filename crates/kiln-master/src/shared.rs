@@ -48,6 +48,10 @@ pub struct Shared {
     /// Lines for the IRC bot, and its end of the queue (taken once, by the bot).
     pub chat: tokio::sync::mpsc::UnboundedSender<Say>,
     pub chat_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Say>>>,
+    /// False while this master cannot renew its lease (the database is out
+    /// of reach): it takes no workers and starts nothing, so its workers go
+    /// on under another master before this one is fenced.
+    lease_held: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -82,7 +86,18 @@ impl Shared {
             auth_failures: Default::default(),
             builder_stats: Mutex::new(None),
             waiting: Mutex::new(Arc::new(WaitingQueue::default())),
+            lease_held: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Whether this master holds its lease, as far as it knows.
+    pub fn lease_held(&self) -> bool {
+        self.lease_held.load(Ordering::SeqCst)
+    }
+
+    /// Records whether this master holds its lease; returns what it was.
+    pub fn set_lease_held(&self, held: bool) -> bool {
+        self.lease_held.swap(held, Ordering::SeqCst)
     }
 
     /// Why queued build `id` waits (none when the dispatcher has not looked yet).

@@ -87,7 +87,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (tx, mut rx) = mpsc::unbounded_channel::<MasterMsg>();
     let (reply_tx, reply_rx) = oneshot::channel();
     shared.send(Event::Hello { conn, hello: Box::new(hello), address, tx, reply: reply_tx });
-    let Ok(abandon) = reply_rx.await else { return };
+    // Not taken here now: closing sends the worker to another master.
+    let Ok(Some(abandon)) = reply_rx.await else { return };
     let master_cfg = shared.farm().cfg.master.clone();
     let heartbeat = master_cfg.heartbeat;
     // Workers fence themselves well before the master re-queues their builds.

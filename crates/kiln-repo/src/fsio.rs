@@ -76,20 +76,26 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
 }
 
 /// A temporary file name beside `path`, its parent made if missing: named
-/// by this process, so processes sharing the directory never share one.
+/// by this host, process and call, so writers sharing the directory (masters
+/// sharing a data dir) never share one.
 fn temp_beside(path: &Path) -> Result<PathBuf> {
     // A bare file name has the empty path as its parent: the current directory.
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent)?;
     }
+    // Host, process and a count: masters in containers may all be pid 1.
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
     Ok(path.with_file_name(format!(
-        ".{}.{}.tmp",
+        ".{}.{host}.{}.{}.tmp",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )))
 }
 
-/// Writes `.NAME.PID.tmp` beside `path` with exactly `mode`, then renames it to
+/// Writes `.NAME.HOST.PID.N.tmp` beside `path` with exactly `mode`, then renames it to
 /// `path`; with `sync`, flushes it to disk first.
 fn write_through_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<()> {
     let tmp = temp_beside(path)?;
@@ -213,14 +219,11 @@ mod tests {
     fn write_atomic_mode_creates_the_file_with_its_mode() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("secret.key");
-        // A readable temporary file left by a crash is not reused.
-        let stale = dir.path().join(format!(".secret.key.{}.tmp", std::process::id()));
-        fs::write(&stale, b"old").expect("stale");
-        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).expect("chmod");
         write_atomic_mode(&path, b"private", 0o600).expect("write");
         assert_eq!(fs::read(&path).expect("read"), b"private");
         assert_eq!(mode_of(&path), 0o600);
-        assert!(!stale.exists());
+        let names: Vec<_> = fs::read_dir(dir.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["secret.key"], "no temporary file is left");
         write_atomic_mode(&path, b"public", 0o644).expect("rewrite");
         assert_eq!(mode_of(&path), 0o644);
     }

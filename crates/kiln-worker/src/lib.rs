@@ -164,12 +164,23 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     // Workers given the same masters start on different ones.
     let mut next = start_index(&opts.name, opts.masters.len());
     let mut tried = 0;
+    // Refusals in a row: the worker gives up once every master refused it.
+    let mut refused = 0;
     loop {
         let master = &opts.masters[next % opts.masters.len()];
         let chans = Channels { out_tx: &out_tx, out_rx: &mut out_rx, upload_tx: &upload_tx, upload_rx: &mut upload_rx };
         match session(&opts, master, tls.clone(), &state, chans, &mut backoff).await {
-            Ok(()) => tracing::warn!(%master, "connection to the master closed; reconnecting"),
-            Err(SessionError::Refused(reason)) => bail!("the master {master} refused this worker: {reason}"),
+            Ok(()) => {
+                refused = 0;
+                tracing::warn!(%master, "connection to the master closed; reconnecting")
+            }
+            Err(SessionError::Refused(reason)) => {
+                refused += 1;
+                if refused >= opts.masters.len() {
+                    bail!("the master {master} refused this worker: {reason}");
+                }
+                tracing::error!(%master, %reason, "the master refused this worker; trying another");
+            }
             Err(SessionError::Other(e)) => {
                 tracing::warn!(%master, error = %format!("{e:#}"), "cannot talk to the master")
             }
@@ -319,7 +330,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     framed.send(wire::encode(&WorkerMsg::Hello(hello))).await?;
-    let reply = tokio::time::timeout(Duration::from_secs(30), framed.next())
+    // With other masters to try, a silent one is left as soon as it would
+    // be once connected (half the fence), before the fence stops the builds.
+    let answer_within = match lock(state).fence {
+        Some(fence) if opts.masters.len() > 1 => fence / 2,
+        _ if opts.masters.len() > 1 => Duration::from_secs(5),
+        _ => Duration::from_secs(30),
+    };
+    let reply = tokio::time::timeout(answer_within, framed.next())
         .await
         .context("no answer to hello")?
         .context("the master closed the connection")??;

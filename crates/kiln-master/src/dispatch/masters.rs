@@ -66,7 +66,7 @@ impl Dispatcher {
         let gone: Vec<String> = match self.shared.store.masters().await {
             Ok(ms) => ms
                 .into_iter()
-                .filter(|m| m.id != me && m.fenced_at.is_none() && !crate::lease::alive(m, lease, now))
+                .filter(|m| m.id != me && m.fenced_at.is_none() && !crate::lease::alive(m.heartbeat_at, lease, now))
                 .map(|m| m.id)
                 .collect(),
             Err(e) => {
@@ -100,19 +100,14 @@ impl Dispatcher {
     /// Makes running build `id`, which worker `worker` has just connected
     /// here with, this master's (whichever master had it); false when the
     /// build is not running on that worker any more.
-    pub(super) async fn adopt(&mut self, id: i64, worker: &str) -> bool {
-        match self.shared.store.adopt(id, worker).await {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                tracing::error!(build = id, worker, error = %e, "cannot adopt a build its worker brought here");
-                return false;
-            }
+    pub(super) async fn adopt(&mut self, id: i64, worker: &str) -> Result<bool, kiln_db::StoreError> {
+        if !self.shared.store.adopt(id, worker).await? {
+            return Ok(false);
         }
-        let Ok(Some(b)) = self.shared.store.build(id).await else { return false };
+        let Some(b) = self.shared.store.build(id).await? else { return Ok(false) };
         tracing::info!(build = id, worker, "adopted a running build its worker brought from another master");
         self.track_running(b, false, true);
-        true
+        Ok(true)
     }
 
     /// Forgets builds the store would not let this master change: another

@@ -14,9 +14,16 @@ impl Dispatcher {
         hello: Hello,
         address: String,
         tx: UnboundedSender<MasterMsg>,
-        reply: oneshot::Sender<Vec<i64>>,
+        reply: oneshot::Sender<Option<Vec<i64>>>,
     ) {
         let name = hello.name.clone();
+        // A master that cannot renew its lease takes no worker; and builds
+        // it cannot take over (the database failing) stay the worker's, for
+        // another master.
+        if !self.shared.lease_held() || !self.adopt_all(&name, &hello).await {
+            let _ = reply.send(None);
+            return;
+        }
         if self.workers.contains_key(&name) {
             tracing::warn!(worker = %name, "worker connected again; dropping its old connection");
             self.drop_worker(&name);
@@ -25,7 +32,6 @@ impl Dispatcher {
         let mut abandon = Vec::new();
         let mut running = HashSet::new();
         // Builds it still runs, or finished and is about to report: they stay its own.
-        // A build another master had follows its worker here.
         for id in hello.running.iter().chain(&hello.finished) {
             if let Some(run) = self.running.get(id).filter(|r| r.worker == name) {
                 running.insert(*id);
@@ -33,8 +39,6 @@ impl Dispatcher {
                 self.shared.logs.begin(*id, &name, run.allowed.steps);
                 self.shared.artifacts.expect(*id, &run.allowed.artifacts);
                 tracing::info!(build = id, worker = %name, "worker resumed a running build");
-            } else if !self.running.contains_key(id) && self.adopt(*id, &name).await {
-                running.insert(*id);
             } else {
                 abandon.push(*id);
             }
@@ -74,7 +78,7 @@ impl Dispatcher {
         if let Err(e) = self.shared.store.worker_connected(&name, conn as i64, &address, now_us()).await {
             tracing::warn!(worker = %name, error = %e, "cannot record the worker's connection");
         }
-        let _ = reply.send(abandon);
+        let _ = reply.send(Some(abandon));
         // A cancel asked for while the worker was away is sent again.
         if let Some(w) = self.workers.get(&name) {
             for id in &w.running {
@@ -87,6 +91,31 @@ impl Dispatcher {
             self.requeue(id, &format!("worker {name} restarted and lost the build")).await;
         }
         self.publish_workers();
+    }
+
+    /// Adopts the builds worker `name` brings that another master had (a
+    /// build follows its worker); false when the store could not say.
+    async fn adopt_all(&mut self, name: &str, hello: &Hello) -> bool {
+        for id in hello.running.iter().chain(&hello.finished) {
+            if self.running.contains_key(id) {
+                continue;
+            }
+            if let Err(e) = self.adopt(*id, name).await {
+                tracing::warn!(worker = %name, build = id, error = %e, "cannot take over a build a worker brought; sending the worker elsewhere");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Lets every worker go (their connections close; they reconnect to
+    /// another master with their builds), keeping their builds as orphans.
+    pub(super) fn let_workers_go(&mut self) {
+        let names: Vec<String> = self.workers.keys().cloned().collect();
+        for name in names {
+            tracing::warn!(worker = %name, "letting the worker go to another master");
+            self.drop_worker(&name);
+        }
     }
 
     /// The targets a worker that claims `claimed` is given builds for: those

@@ -7,24 +7,25 @@ use super::*;
 
 impl Dispatcher {
     pub(super) async fn requeue(&mut self, id: i64, reason: &str) {
+        // What the lost attempt's steps set does not carry over; gone in the
+        // same statement, before another master can claim the build again.
+        let properties = self.running.get(&id).map(|r| {
+            let mut p = r.properties.clone();
+            p.retain(|_, p| p.source != PropertySource::Step);
+            p
+        });
         self.orphans.remove(&id);
         self.running.remove(&id);
         self.shared.logs.end(id);
         self.shared.artifacts.finish_build(id, &[]);
-        match self.shared.store.requeue(id, reason).await {
+        match self.shared.store.requeue(id, reason, properties.as_ref()).await {
             Ok(true) => {
                 tracing::warn!(build = id, reason, "build re-queued");
                 // The lost attempt's logs go; its artifact records went with the requeue.
                 if let Err(e) = self.shared.logs.discard(id) {
                     tracing::error!(build = id, error = %e, "cannot remove the logs of the lost attempt");
                 }
-                if let Ok(Some(mut b)) = self.shared.store.build(id).await {
-                    // What the lost attempt's steps set does not carry over.
-                    let before = b.properties.len();
-                    b.properties.retain(|_, p| p.source != PropertySource::Step);
-                    if b.properties.len() != before {
-                        self.pending.push(Write::Properties { build_id: id, properties: b.properties.clone() });
-                    }
+                if let Ok(Some(b)) = self.shared.store.build(id).await {
                     self.enqueue(b);
                 }
             }

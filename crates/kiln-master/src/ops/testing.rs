@@ -69,7 +69,7 @@ impl Tester {
         // A file, not `:memory:`: the writer and the reader pool must see one database.
         let store = kiln_db::Store::open(&farm.database_url()).await.expect("store");
         let logs = LogStore::new(&data_dir).expect("logs");
-        let artifacts = ArtifactStore::new(&data_dir, 1 << 20).expect("artifacts");
+        let artifacts = ArtifactStore::new(&data_dir, "test", 1 << 20).expect("artifacts");
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let (publish_tx, publish) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(

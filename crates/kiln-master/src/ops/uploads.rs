@@ -283,7 +283,8 @@ mod tests {
         assert_eq!(BuildSource::of(&rows[0].properties), BuildSource::Upload(accepted.upload_id.clone()));
         let kept = t.shared.farm().data_dir().join("uploads").join(&accepted.upload_id);
         assert!(kept.join("hello-up_1.0.tar.gz").is_file());
-        assert_eq!(std::fs::read_dir(t.shared.farm().data_dir().join("incoming")).expect("incoming").count(), 0);
+        let staged = std::fs::read_dir(t.shared.farm().data_dir().join("incoming")).expect("incoming").flatten();
+        assert_eq!(staged.filter(|e| e.file_name().to_string_lossy().starts_with("upload-")).count(), 0);
     }
 
     #[tokio::test]

@@ -85,7 +85,7 @@ pub async fn list(s: &Shared) -> std::collections::BTreeMap<String, kiln_proto::
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| crate::lease::alive(m, lease, now))
+        .filter(|m| crate::lease::alive(m.heartbeat_at, lease, now))
         .map(|m| m.id)
         .collect();
     for w in elsewhere.into_iter().filter(|w| live.contains(&w.master)) {
@@ -98,6 +98,24 @@ pub async fn list(s: &Shared) -> std::collections::BTreeMap<String, kiln_proto::
         }
     }
     infos
+}
+
+/// The masters sharing the database, alive or gone, as their leases say.
+pub async fn masters(s: &Shared) -> Result<Vec<kiln_proto::api::MasterInfo>, OpError> {
+    let (lease, now) = (s.farm().cfg.master.lease, crate::clock::now_us());
+    Ok(s.store
+        .masters()
+        .await?
+        .into_iter()
+        .map(|m| kiln_proto::api::MasterInfo {
+            alive: crate::lease::alive(m.heartbeat_at, lease, now),
+            started_at: crate::clock::rfc3339(m.started_at),
+            heartbeat_at: crate::clock::rfc3339(m.heartbeat_at),
+            id: m.id,
+            address: m.address,
+            epoch: m.epoch,
+        })
+        .collect())
 }
 
 #[cfg(test)]

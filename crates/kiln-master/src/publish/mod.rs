@@ -51,6 +51,10 @@ pub struct Publisher {
     farm_generation: u64,
 }
 
+/// How long a build's publish waits before it is tried again, when the
+/// database could not be asked.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often the publisher checks that served repositories match the database.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -107,30 +111,33 @@ impl Publisher {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let Some(lock) = self.lock().await else { continue };
-                    self.catch_up().await;
-                    lock.release().await;
+                    self.catch_up_locked().await;
                     continue;
                 }
             };
             // Masters sharing the database and data dir publish one at a
             // time, and only under their lease.
             let lock = self.lock().await;
-            let held = match &lock {
-                Some(_) => self.shared.store.holds_lease().await.unwrap_or(false),
-                None => false,
+            let may = match &lock {
+                Some(_) => self.shared.store.holds_lease().await.map_err(|e| e.to_string()),
+                None => Err("cannot take the publish lock".to_string()),
             };
-            match req {
-                PublishRequest::Build(id) if lock.is_none() => {
-                    let outcome = PublishOutcome::Failed("cannot take the publish lock in the database".into());
-                    self.shared.send(Event::Published { build_id: id, outcome });
+            match (req, may) {
+                (PublishRequest::Build(id), Err(e)) => {
+                    // The database is out of reach: the build waits, and is tried again.
+                    tracing::warn!(build = id, error = %e, "cannot publish now; trying again shortly");
+                    let again = self.shared.publisher.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RETRY).await;
+                        let _ = again.send(PublishRequest::Build(id));
+                    });
                 }
-                PublishRequest::Build(id) if !held => {
+                (PublishRequest::Build(id), Ok(false)) => {
                     // The dispatcher of a master that lost its lease starts
                     // afresh; whoever owns the build now publishes it.
                     tracing::warn!(build = id, "not publishing: this master does not hold its lease now");
                 }
-                PublishRequest::Build(id) => {
+                (PublishRequest::Build(id), Ok(true)) => {
                     let outcome = match self.publish_build(id).await {
                         Ok(summary) => PublishOutcome::Published(summary),
                         Err(e) => {
@@ -140,12 +147,12 @@ impl Publisher {
                     };
                     self.shared.send(Event::Published { build_id: id, outcome });
                 }
-                PublishRequest::Op(_, reply) if !held => {
+                (PublishRequest::Op(_, reply), Ok(false) | Err(_)) => {
                     let _ = reply.send(Err(RepoRefusal::Failed(
                         "this master cannot publish now (the database's publish lock or its lease); try again".into(),
                     )));
                 }
-                PublishRequest::Op(op, reply) => {
+                (PublishRequest::Op(op, reply), Ok(true)) => {
                     let outcome = self.operate(op).await;
                     let _ = reply.send(outcome);
                 }
@@ -154,6 +161,14 @@ impl Publisher {
                 lock.release().await;
             }
         }
+    }
+
+    /// [`Publisher::catch_up`] under the farm's publish lock (another
+    /// master may be writing a generation this one would clean up).
+    pub async fn catch_up_locked(&mut self) {
+        let Some(lock) = self.lock().await else { return };
+        self.catch_up().await;
+        lock.release().await;
     }
 
     /// The farm's publish lock (masters sharing a database publish one at

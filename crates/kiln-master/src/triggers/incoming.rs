@@ -157,8 +157,14 @@ fn claim(dir: &Path, control: &str) -> Option<std::path::PathBuf> {
                 if age.is_none_or(|a| a <= CLAIM_STALE) {
                     return None;
                 }
-                tracing::warn!(upload = %control, "removing a stale claim on an upload (its master died taking it)");
-                let _ = std::fs::remove_file(&path);
+                // Moved aside under a name of this process's own: of two
+                // masters finding it stale, one moves it, the other fails.
+                let aside = dir.join(format!(".{control}.stale.{}", std::process::id()));
+                if std::fs::rename(&path, &aside).is_err() {
+                    return None;
+                }
+                tracing::warn!(upload = %control, "removed a stale claim on an upload (its master died taking it)");
+                let _ = std::fs::remove_file(&aside);
             }
             Err(e) => {
                 tracing::error!(upload = %control, error = %e, "cannot claim an upload in the incoming directory");

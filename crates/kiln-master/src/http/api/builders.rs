@@ -6,7 +6,7 @@ use crate::shared::Shared;
 use axum::extract::State;
 use axum::Json;
 use kiln_core::matrix;
-use kiln_proto::api::{BuilderInfo, MasterInfo, Status};
+use kiln_proto::api::{BuilderInfo, Status};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,21 +19,7 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
     let connected = crate::ops::workers::list(&s).await.values().filter(|w| w.connected).count() as i64;
     let farm = s.farm();
     let (queued, running) = s.store.queue_counts().await?;
-    let now = crate::clock::now_us();
-    let masters = s
-        .store
-        .masters()
-        .await?
-        .into_iter()
-        .map(|m| MasterInfo {
-            alive: crate::lease::alive(&m, farm.cfg.master.lease, now),
-            started_at: crate::clock::rfc3339(m.started_at),
-            heartbeat_at: crate::clock::rfc3339(m.heartbeat_at),
-            id: m.id,
-            address: m.address,
-            epoch: m.epoch,
-        })
-        .collect();
+    let masters = crate::ops::workers::masters(&s).await?;
     Ok(Json(Status {
         master: s.store.owner().map(str::to_string),
         masters,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let c = ctx(&s, &headers, "/workers");
     let workers = ops::workers::list(&s).await;
+    let masters = ops::workers::masters(&s).await.unwrap_or_default();
     // Only those who may drain see the buttons; the operation checks again.
     let admin = c.session.as_ref().filter(|sess| sess.caller.require(Permission::ServerAdmin).is_ok());
     let body = html! {
@@ -60,6 +61,27 @@ pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
                                     }
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // Masters sharing the database, when there is more than this one.
+    let body = html! {
+        (body)
+        @if masters.len() > 1 {
+            h2 { "Masters" }
+            table.list {
+                thead { tr { th { "Master" } th { "Address" } th { "State" } th { "Started" } th { "Last heartbeat" } } }
+                tbody {
+                    @for m in &masters {
+                        tr {
+                            td { (m.id) }
+                            td { (m.address) }
+                            td { @if m.alive { span.bulb.ok {} " alive" } @else { span.bulb.skip {} " gone" } }
+                            td { time datetime=(m.started_at) { (m.started_at) } }
+                            td { time datetime=(m.heartbeat_at) { (m.heartbeat_at) } }
                         }
                     }
                 }
