@@ -206,8 +206,11 @@ async fn measure(args: &BenchMastersArgs, exe: &Path, url: &str) -> anyhow::Resu
     let deadline = killed_at + Duration::from_secs(args.lease * 4 + 30);
     while (workers_back.is_none() || fenced.is_none()) && Instant::now() < deadline {
         if workers_back.is_none() {
+            // Connected to a survivor (the dead master's lease, and the
+            // connections it recorded, outlive it for a while).
             let ws = survivors[0].workers().await.unwrap_or_default();
-            if ws.iter().filter(|w| w.connected).count() as u32 == args.workers {
+            let moved = ws.iter().filter(|w| w.connected && w.master.as_ref().is_some_and(|m| *m != victim_id));
+            if moved.count() as u32 == args.workers {
                 workers_back = Some(killed_at.elapsed());
             }
         }

@@ -50,7 +50,9 @@ impl Store {
     /// from landing until `tx` ends, so what `tx` does is done under the lease.
     pub(crate) async fn hold_lease(&self, tx: &mut sqlx::AnyConnection) -> Result<()> {
         let Some(o) = self.owner.as_deref() else { return Ok(()) };
-        let lock = if self.backend() == Backend::Postgres { " FOR SHARE" } else { "" };
+        // KEY SHARE: the master's own renewals (plain updates) never wait
+        // for it; a fence (FOR UPDATE first) does.
+        let lock = if self.backend() == Backend::Postgres { " FOR KEY SHARE" } else { "" };
         let held = sqlx::query(&format!("SELECT 1 FROM masters WHERE id = $1 AND epoch = $2{lock}"))
             .bind(&o.id)
             .bind(o.epoch())
@@ -156,6 +158,9 @@ impl Store {
             .bind(stale_before)
             .execute(&mut *tx)
             .await?;
+            // Its claims and writes in flight (each holds its lease row
+            // KEY SHARE) end before the fence lands.
+            sqlx::query("SELECT 1 FROM masters WHERE id = $1 FOR UPDATE").bind(gone).execute(&mut *tx).await?;
         }
         sqlx::query(
             "UPDATE masters SET epoch = epoch + 1, fenced_at = $1 \

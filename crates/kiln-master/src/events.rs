@@ -64,6 +64,11 @@ pub enum Event {
     Rejoined,
     /// This master cannot renew its lease: its workers are let go.
     LeaseInDoubt,
+    /// This master fenced master `master` and took its running builds over.
+    TookOver {
+        master: String,
+        ids: Vec<i64>,
+    },
     /// Another master changed the queue (it said so through the database).
     Poll,
 }

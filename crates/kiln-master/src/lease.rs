@@ -51,6 +51,13 @@ pub async fn keep(shared: Arc<Shared>, address: String, lease: Duration) {
                 if !shared.set_lease_held(true) {
                     tracing::warn!(master = %id, "renewed this master's lease again; taking workers again");
                 }
+                // Here, not in the dispatcher: a paused master's row locks
+                // may hold the dispatcher up until the fence ends them.
+                for (master, ids) in fence_gone(&shared).await {
+                    if !ids.is_empty() {
+                        shared.send(Event::TookOver { master, ids });
+                    }
+                }
             }
             Ok(false) => {
                 tracing::error!(master = %id, epoch = store.epoch(), "this master lost its lease (it was away past it, and another master took its builds over); taking a new one");
@@ -73,4 +80,38 @@ pub async fn keep(shared: Arc<Shared>, address: String, lease: Duration) {
             }
         }
     }
+}
+
+/// Fences every other master whose lease expired and takes its running
+/// builds over for this one (`Store::take_over_master`: its sessions are
+/// ended, so the row locks a paused master holds go too); returns the
+/// builds taken, by master.
+pub async fn fence_gone(shared: &Shared) -> Vec<(String, Vec<i64>)> {
+    let store = &shared.store;
+    let Some(me) = store.owner().map(str::to_string) else { return Vec::new() };
+    let lease = shared.farm().cfg.master.lease;
+    let now = now_us();
+    let gone: Vec<String> = match store.masters().await {
+        Ok(ms) => ms
+            .into_iter()
+            .filter(|m| m.id != me && m.fenced_at.is_none() && !alive(m.heartbeat_at, lease, now))
+            .map(|m| m.id)
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the masters' leases");
+            return Vec::new();
+        }
+    };
+    let mut taken = Vec::new();
+    for master in gone {
+        let stale_before = now - lease.as_micros() as i64;
+        match store.take_over_master(&master, stale_before, now).await {
+            Ok(ids) => {
+                tracing::warn!(master = %master, builds = ids.len(), "a master's lease expired; fenced it and took its running builds over");
+                taken.push((master, ids));
+            }
+            Err(e) => tracing::error!(master = %master, error = %e, "cannot take over a gone master's builds"),
+        }
+    }
+    taken
 }

@@ -95,6 +95,13 @@ impl Farm {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = free_addr();
         let worker_port = free_addr();
+        // The test timeouts, but for those the config sets itself.
+        let sets = |key: &str| config.lines().any(|l| l.trim_start().starts_with(&format!("{key} =")));
+        let extra: String = TEST_MASTER_EXTRA
+            .lines()
+            .filter(|l| !sets(l.split(" =").next().unwrap_or_default()))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let mut text = String::new();
         let mut in_master = false;
         for line in config.lines() {
@@ -108,13 +115,11 @@ impl Farm {
             text.push_str(line);
             text.push('\n');
             if t.starts_with("[master]") {
-                text.push_str(&format!("listen = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}"));
+                text.push_str(&format!("listen = \"{http}\"\nworker_listen = \"{worker_port}\"\n{extra}"));
             }
         }
         if !config.contains("[master]") {
-            text = format!(
-                "[master]\nlisten = \"{http}\"\nworker_listen = \"{worker_port}\"\n{TEST_MASTER_EXTRA}\n{text}"
-            );
+            text = format!("[master]\nlisten = \"{http}\"\nworker_listen = \"{worker_port}\"\n{extra}\n{text}");
         }
         let config_path = dir.path().join("farm.toml");
         std::fs::write(&config_path, &text).expect("write config");

@@ -57,6 +57,28 @@ pub fn parse(text: &str) -> Result<FarmConfig, ConfigErrors> {
 /// master's log: a target that no `[[worker]]` lists in its `targets` (its
 /// builds would wait for ever), once any worker lists its targets.
 pub fn warnings(cfg: &FarmConfig) -> Vec<String> {
+    let mut out = lease_warnings(cfg);
+    out.extend(target_warnings(cfg));
+    out
+}
+
+/// Masters sharing a database: one that went silent must be fenced (within
+/// about `lease` and a third, plus a renewal period) before its workers'
+/// fence (two thirds of `worker_timeout`) stops their builds, or a failover
+/// loses running builds.
+fn lease_warnings(cfg: &FarmConfig) -> Vec<String> {
+    let shared = cfg.master.database.as_deref().is_some_and(|d| d.starts_with("postgres"));
+    let (lease, timeout) = (cfg.master.lease, cfg.master.worker_timeout);
+    if shared && lease * 5 > timeout * 2 {
+        return vec![format!(
+            "[master] lease ({lease:?}) is over two fifths of worker_timeout ({timeout:?}): when a master sharing \
+             the database goes silent, its workers may stop their builds before another master takes them over"
+        )];
+    }
+    Vec::new()
+}
+
+fn target_warnings(cfg: &FarmConfig) -> Vec<String> {
     let declared: Vec<&Vec<String>> = cfg.workers.iter().filter_map(|w| w.targets.as_ref()).collect();
     if cfg.workers.is_empty() || cfg.workers.iter().any(|w| w.targets.is_none()) {
         // A worker that lists no targets serves whatever it claims.

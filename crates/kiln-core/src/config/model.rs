@@ -158,7 +158,7 @@ impl Default for MasterSection {
             data_dir: "data".into(),
             database: None,
             worker_timeout: Duration::from_secs(30),
-            lease: Duration::from_secs(15),
+            lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(5),
             kill_grace: Duration::from_secs(10),
             worker_tls: None,

@@ -366,3 +366,18 @@ fn workers_may_list_their_targets_and_a_target_none_lists_is_warned_about() {
     let errs = errors(&farm("targets = [\"d13\"]\n"));
     assert_eq!(errs, ["farm.toml:12:12: [[worker]] \"w2\": unknown target \"d13\""]);
 }
+
+#[test]
+fn masters_sharing_a_database_are_warned_of_a_lease_too_long_for_the_workers_fence() {
+    let cfg = |master: &str| {
+        let text = format!("[master]\n{master}\n\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n");
+        parse(&text).expect("valid")
+    };
+    let pg = "database = \"postgres://kiln@db/kiln\"";
+    assert!(warnings(&cfg(pg)).is_empty(), "the defaults fit: {:?}", warnings(&cfg(pg)));
+    let long = warnings(&cfg(&format!("{pg}\nlease = \"20s\"")));
+    assert_eq!(long.len(), 1, "{long:?}");
+    assert!(long[0].contains("[master] lease (20s) is over two fifths of worker_timeout (30s)"), "{long:?}");
+    // One master on SQLite has no lease to worry about.
+    assert!(warnings(&cfg("lease = \"20s\"")).is_empty());
+}

@@ -55,45 +55,31 @@ impl Dispatcher {
         Ok(Some(self.shared.store.reclaim_own_builds().await?.into_iter().collect()))
     }
 
-    /// Takes over the running builds of masters sharing the database whose
-    /// lease expired (fencing them first, so they change nothing when they
-    /// wake): each becomes this master's, kept for its worker to come back
-    /// to any live master, else re-queued after `worker_timeout`.
+    /// Fences the masters whose lease expired and takes their running
+    /// builds over (see [`crate::lease::fence_gone`]); tracks them.
     pub(super) async fn take_over_from_gone_masters(&mut self) {
-        let Some(me) = self.shared.store.owner().map(str::to_string) else { return };
-        let lease = self.shared.farm().cfg.master.lease;
-        let now = now_us();
-        let gone: Vec<String> = match self.shared.store.masters().await {
-            Ok(ms) => ms
-                .into_iter()
-                .filter(|m| m.id != me && m.fenced_at.is_none() && !crate::lease::alive(m.heartbeat_at, lease, now))
-                .map(|m| m.id)
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the masters' leases");
-                return;
+        for (master, ids) in crate::lease::fence_gone(&self.shared).await {
+            self.took_over(&master, ids).await;
+        }
+    }
+
+    /// Tracks builds taken over from master `master` (fenced): each is kept
+    /// for its worker to come back to any live master, else re-queued after
+    /// `worker_timeout`; one whose packages waited for the publisher is
+    /// published.
+    pub(super) async fn took_over(&mut self, master: &str, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let publishing: HashSet<i64> =
+            self.shared.store.publishing_builds().await.unwrap_or_default().into_iter().collect();
+        for id in ids {
+            if self.running.contains_key(&id) {
+                continue;
             }
-        };
-        for master in gone {
-            let stale_before = now - lease.as_micros() as i64;
-            let ids = match self.shared.store.take_over_master(&master, stale_before, now).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::error!(master = %master, error = %e, "cannot take over a gone master's builds");
-                    continue;
-                }
-            };
-            tracing::warn!(master = %master, builds = ids.len(), "a master's lease expired; fenced it and took its running builds over");
-            let publishing: HashSet<i64> =
-                self.shared.store.publishing_builds().await.unwrap_or_default().into_iter().collect();
-            for id in ids {
-                if self.running.contains_key(&id) {
-                    continue;
-                }
-                let Ok(Some(b)) = self.shared.store.build(id).await else { continue };
-                tracing::warn!(build = id, master = %master, "took over a build of a master whose lease expired; waiting for its worker");
-                self.track_running(b, publishing.contains(&id), false);
-            }
+            let Ok(Some(b)) = self.shared.store.build(id).await else { continue };
+            tracing::warn!(build = id, master = %master, "took over a build of a master whose lease expired; waiting for its worker");
+            self.track_running(b, publishing.contains(&id), false);
         }
     }
 
@@ -102,7 +88,14 @@ impl Dispatcher {
     /// build is not running on that worker any more.
     pub(super) async fn adopt(&mut self, id: i64, worker: &str) -> Result<bool, kiln_db::StoreError> {
         if !self.shared.store.adopt(id, worker).await? {
+            // Not running on it any more: whatever this master thought.
+            if self.running.get(&id).is_some_and(|r| r.worker == worker) {
+                self.disown(&HashSet::from([id]));
+            }
             return Ok(false);
+        }
+        if self.running.contains_key(&id) {
+            return Ok(true);
         }
         let Some(b) = self.shared.store.build(id).await? else { return Ok(false) };
         tracing::info!(build = id, worker, "adopted a running build its worker brought from another master");

@@ -418,6 +418,7 @@ impl Dispatcher {
             Event::Checked { build_id, verdict } => self.checked(build_id, verdict),
             Event::Rejoined => self.rejoin().await,
             Event::LeaseInDoubt => self.let_workers_go(),
+            Event::TookOver { master, ids } => self.took_over(&master, ids).await,
             Event::Poll => self.poll().await,
         }
     }

@@ -93,11 +93,13 @@ impl Dispatcher {
         self.publish_workers();
     }
 
-    /// Adopts the builds worker `name` brings that another master had (a
-    /// build follows its worker); false when the store could not say.
+    /// Makes the builds worker `name` brings this master's in the store (a
+    /// build follows its worker), those another master had and those this
+    /// one believes it runs alike: another master may have taken one in
+    /// between. False when the store could not say.
     async fn adopt_all(&mut self, name: &str, hello: &Hello) -> bool {
         for id in hello.running.iter().chain(&hello.finished) {
-            if self.running.contains_key(id) {
+            if self.running.get(id).is_some_and(|r| r.worker != name) {
                 continue;
             }
             if let Err(e) = self.adopt(*id, name).await {

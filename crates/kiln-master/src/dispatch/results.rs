@@ -70,10 +70,17 @@ impl Dispatcher {
 
     pub(super) async fn build_finished(&mut self, worker: &str, r: BuildResult) {
         let id = r.build_id;
-        self.pending_acks.push((worker.to_string(), id));
         if !self.is_running_on(id, worker) {
+            // Not acknowledged: the worker keeps the result, and at its next
+            // hello the master it reaches takes the build or has it dropped.
+            tracing::warn!(
+                build = id,
+                worker,
+                "a result for a build this master does not run on that worker; not taken"
+            );
             return;
         }
+        self.pending_acks.push((worker.to_string(), id));
         // Steps whose own message was lost (e.g. across a reconnect).
         for s in r.steps.iter().filter(|s| s.state.is_finished()) {
             self.step_finished(worker, s.clone()).await;

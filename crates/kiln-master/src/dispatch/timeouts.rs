@@ -79,12 +79,11 @@ impl Dispatcher {
     }
 
     /// Looks at what other masters sharing the database changed: drains,
-    /// masters gone (their builds are taken over), cancels asked of this
-    /// master, and builds they queued.
+    /// cancels asked of this master, and builds they queued. (Masters gone
+    /// are fenced by the lease task.)
     pub(super) async fn poll(&mut self) {
         self.last_poll = Instant::now();
         self.load_drains().await;
-        self.take_over_from_gone_masters().await;
         self.cancels_from_other_masters().await;
         match self
             .shared
