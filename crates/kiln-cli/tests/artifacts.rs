@@ -4,7 +4,7 @@
 //! build cancelled without any.
 
 use kiln_core::BuildState;
-use kiln_testing::{request, run, wait_for, Farm, ONE_WORKER};
+use kiln_testing::{files_under, request, run, wait_for, Farm, ONE_WORKER};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -173,13 +173,4 @@ steps = [ { name = "make", run = "head -c 1000000 /dev/urandom > small.bin; head
     assert_eq!(files_under(&farm.path("data/incoming")), 0);
     let gone = || async { !farm.path(&format!("workers/w1/outbox/{id}")).exists() };
     assert!(wait_for(Duration::from_secs(10), gone).await, "the worker's outbox is emptied");
-}
-
-/// How many files there are under `dir`, at any depth.
-fn files_under(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .expect("read dir")
-        .flatten()
-        .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
-        .sum()
 }

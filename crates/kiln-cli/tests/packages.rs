@@ -4,7 +4,7 @@
 
 use kiln_core::{BuildState, StepState};
 use kiln_proto::api::BuildRequestBody;
-use kiln_testing::{host_debian_mirror, run, wait_for, Farm};
+use kiln_testing::{files_under, host_debian_mirror, run, wait_for, Farm};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -835,11 +835,7 @@ mirror = "http://deb.example.invalid/debian"
     let reason = std::fs::read_to_string(rejected.join("x_1.0.dsc/REASON")).expect("reason");
     assert!(reason.contains("missing file x_1.0.orig.tar.gz"), "{reason}");
     assert!(rejected.join("x_1.0.dsc.1/x_1.0.tar.xz").exists());
-    assert_eq!(
-        std::fs::read_dir(farm.path("data/incoming")).expect("incoming").count(),
-        0,
-        "nothing stays in incoming"
-    );
+    assert_eq!(files_under(&farm.path("data/incoming")), 0, "nothing stays in incoming");
     // No build was made of any rejected upload (the two are the upload's and its rebuild).
     let page = farm.client().builds(&Default::default()).await.expect("builds");
     assert_eq!(page.builds.len(), 2);

@@ -18,7 +18,9 @@ pub mod scripted;
 mod servers;
 mod setup;
 pub use peers::Peer;
+use servers::processes_with_env;
 pub use servers::{git, listening, mails, Server};
+pub use setup::files_under;
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
     MAKE_DEB,
@@ -509,28 +511,6 @@ impl Drop for Farm {
             signal(pid, libc::SIGKILL);
         }
     }
-}
-
-/// Pids of processes with an environment variable `prefix...` whose value
-/// starts with `value_prefix` (after the `=`).
-fn processes_with_env(prefix: &str, value_prefix: &str) -> Vec<i32> {
-    let needle = format!("{prefix}{value_prefix}");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Polls `check` until it holds or `within` passes; returns whether it held.

@@ -53,3 +53,25 @@ pub fn mails(maildir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Pids of processes with an environment variable `prefix...` whose value
+/// starts with `value_prefix` (after the `=`).
+pub(crate) fn processes_with_env(prefix: &str, value_prefix: &str) -> Vec<i32> {
+    let needle = format!("{prefix}{value_prefix}");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -126,3 +126,13 @@ echo "built by $KILN_BUILD_ID" > pkg/usr/share/$name/built-by
 printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kiln@localhost>\nDescription: kiln test package\n a package made by a test build\n' "$name" "$v" > pkg/DEBIAN/control
 dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null
 echo "made ${name}_${v}_all.deb""#;
+
+/// How many files there are under `dir`, at any depth (none: it is empty
+/// but for empty directories, such as each master's artifact intake).
+pub fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
+        .sum()
+}
