@@ -48,6 +48,25 @@ impl Drop for Procs {
     }
 }
 
+/// Starts bench worker `b{i}` (one slot, target `t`, its token and work
+/// dir under `dir`), given the masters' worker ports on this machine.
+pub(crate) fn spawn_worker(exe: &Path, dir: &Path, i: u32, worker_ports: &[u16]) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker");
+    for port in worker_ports {
+        cmd.args(["--master", &format!("127.0.0.1:{port}")]);
+    }
+    cmd.args(["--name", &format!("b{i}"), "--token-file"])
+        .arg(dir.join(format!("secrets/b{i}.token")))
+        .args(["--targets", "t", "--slots", "1", "--workdir"])
+        .arg(dir.join(format!("work/b{i}")))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start a worker")
+}
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -168,18 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?.trim().to_string();
     let client = Client::new(&url, Some(token))?;
     for i in 1..=args.workers {
-        let child = Command::new(&exe)
-            .args(["worker", "--master", &format!("127.0.0.1:{wport}"), "--name", &format!("b{i}")])
-            .arg("--token-file")
-            .arg(dir.path().join(format!("secrets/b{i}.token")))
-            .args(["--targets", "t", "--slots", "1", "--workdir"])
-            .arg(dir.path().join(format!("work/b{i}")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a worker")?;
-        procs.0.push(child);
+        procs.0.push(spawn_worker(&exe, dir.path(), i, &[wport])?);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.status().await?.workers_connected < i64::from(args.workers) {

@@ -242,23 +242,9 @@ async fn measure(args: &BenchMastersArgs, exe: &Path, url: &str) -> anyhow::Resu
 
 fn start_workers(exe: &Path, dir: &Path, args: &BenchMastersArgs, ports: &[(u16, u16)]) -> anyhow::Result<Procs> {
     let mut procs = Procs(Vec::new());
+    let worker_ports: Vec<u16> = ports.iter().map(|(_, w)| *w).collect();
     for i in 1..=args.workers {
-        let mut cmd = Command::new(exe);
-        cmd.arg("worker");
-        for (_, wport) in ports {
-            cmd.args(["--master", &format!("127.0.0.1:{wport}")]);
-        }
-        let child = cmd
-            .args(["--name", &format!("b{i}"), "--token-file"])
-            .arg(dir.join(format!("secrets/b{i}.token")))
-            .args(["--targets", "t", "--slots", "1", "--workdir"])
-            .arg(dir.join(format!("work/b{i}")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a worker")?;
-        procs.0.push(child);
+        procs.0.push(crate::bench::spawn_worker(exe, dir, i, &worker_ports)?);
     }
     Ok(procs)
 }

@@ -6,24 +6,11 @@
 
 use kiln_client::{BuildQuery, Client};
 use kiln_core::BuildState;
-use kiln_testing::{request, run, wait_for, Farm, MAKE_DEB};
+use kiln_testing::{request, run, wait_for, Farm, PgSchema, MAKE_DEB};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// A schema of its own on the test PostgreSQL: the admin connection (to
-/// drop it at the end), its name, and a URL whose connections use it.
-async fn fresh_schema() -> (kiln_db::Store, String, String) {
-    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut raw = [0u8; 6];
-    getrandom::fill(&mut raw).expect("random");
-    let schema = format!("kiln_masters_{}", hex::encode(raw));
-    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
-    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
-    (admin, schema, url)
-}
 
 /// Four workers with two slots each, a trivial `job` that appends its build
 /// id to the ledger its `ledger` property names, and a package `lib` (into
@@ -197,7 +184,8 @@ fn assert_each_ran_once(farm: &Farm, ledger: &std::path::Path, ids: &[i64]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_masters_lose_no_build_and_run_none_twice_when_one_is_killed() {
-    let (admin, schema, url) = fresh_schema().await;
+    let pg = PgSchema::new("kiln_masters").await;
+    let url = pg.url.clone();
     {
         let mut farm = Farm::new(KILN.as_ref(), &config(&url), &[]);
         let clients = start(&mut farm, 2).await;
@@ -280,13 +268,13 @@ async fn three_masters_lose_no_build_and_run_none_twice_when_one_is_killed() {
         ids.extend(more);
         assert_each_ran_once(&farm, &ledger, &ids);
     }
-    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
-    admin.close().await;
+    pg.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_master_paused_past_its_lease_changes_nothing_and_rejoins() {
-    let (admin, schema, url) = fresh_schema().await;
+    let pg = PgSchema::new("kiln_masters").await;
+    let url = pg.url.clone();
     {
         let mut farm = Farm::new(KILN.as_ref(), &config(&url), &[]);
         let clients = start(&mut farm, 1).await;
@@ -334,8 +322,7 @@ async fn a_master_paused_past_its_lease_changes_nothing_and_rejoins() {
         ids.extend(more);
         assert_each_ran_once(&farm, &ledger, &ids);
     }
-    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
-    admin.close().await;
+    pg.drop().await;
 }
 
 /// `kiln upgrade` (and a master, which migrates at start) leaves the schema

@@ -3,27 +3,15 @@
 //! created and dropped by the test.
 
 use kiln_core::BuildState;
-use kiln_testing::{one_job, run, submit_jobs, Farm, LEDGER_JOB};
+use kiln_testing::{one_job, run, submit_jobs, Farm, PgSchema, LEDGER_JOB};
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-/// A schema of its own on the test PostgreSQL: the admin connection (to
-/// drop it at the end), its name, and a URL whose connections use it.
-async fn fresh_schema() -> (kiln_db::Store, String, String) {
-    let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut raw = [0u8; 6];
-    getrandom::fill(&mut raw).expect("random");
-    let schema = format!("kiln_farm_{}", hex::encode(raw));
-    let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
-    admin.execute_raw(&format!("CREATE SCHEMA {schema}")).await.expect("schema");
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
-    (admin, schema, url)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_farm_runs_on_postgresql() {
-    let (admin, schema, url) = fresh_schema().await;
+    let pg = PgSchema::new("kiln_farm").await;
+    let url = pg.url.clone();
     let config = format!("[master]\ndatabase = \"{url}\"\n{}", one_job(LEDGER_JOB));
     {
         let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
@@ -41,8 +29,7 @@ async fn the_farm_runs_on_postgresql() {
         }
         assert!(!farm.path("data/kiln.db").exists(), "no SQLite file when a database is configured");
     }
-    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
-    admin.close().await;
+    pg.drop().await;
 }
 
 /// A second master started on the same database while the first runs a
@@ -50,7 +37,8 @@ async fn the_farm_runs_on_postgresql() {
 /// second waits, and `kiln status` lists both masters alive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
-    let (admin, schema, url) = fresh_schema().await;
+    let pg = PgSchema::new("kiln_farm").await;
+    let url = pg.url.clone();
     let config = format!(
         "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n\n\
          [[target]]\nname = \"t\"\nfamily = \"deb\"\n\n[[component]]\nname = \"hold\"\n\
@@ -84,8 +72,7 @@ async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
         let done = first.wait_finished(id, Duration::from_secs(30)).await;
         assert_eq!((done.state, done.attempt), (BuildState::Succeeded, 1), "{done:?}");
     }
-    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
-    admin.close().await;
+    pg.drop().await;
 }
 
 /// When a master dies (kill -9), another sharing the database takes its
@@ -93,7 +80,8 @@ async fn a_second_master_leaves_the_first_ones_running_builds_alone() {
 /// with it is re-queued once and built by the survivor's worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_survivor_takes_over_the_builds_of_a_master_killed_mid_build() {
-    let (admin, schema, url) = fresh_schema().await;
+    let pg = PgSchema::new("kiln_farm").await;
+    let url = pg.url.clone();
     let config = |worker: &str| {
         format!(
             "[master]\ndatabase = \"{url}\"\n\n[[worker]]\nname = \"{worker}\"\ntoken_file = \"secrets/{worker}.token\"\n\n\
@@ -132,6 +120,5 @@ async fn a_survivor_takes_over_the_builds_of_a_master_killed_mid_build() {
         let (_, out, _) = run(survivor.kiln().args(["status"])).expect("kiln status");
         assert!(out.lines().any(|l| l.contains(" gone ")), "the killed master shows as gone:\n{out}");
     }
-    admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
-    admin.close().await;
+    pg.drop().await;
 }

@@ -20,7 +20,7 @@ mod setup;
 pub use peers::Peer;
 use servers::processes_with_env;
 pub use servers::{git, listening, mails, Server};
-pub use setup::files_under;
+pub use setup::{files_under, PgSchema};
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
     MAKE_DEB,

@@ -136,3 +136,34 @@ pub fn files_under(dir: &Path) -> usize {
         .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
         .sum()
 }
+
+/// A schema of its own on the test PostgreSQL (`KILN_TEST_POSTGRES`,
+/// default the local server's `test` database): `url` connects into it;
+/// `drop` removes it and all it holds.
+pub struct PgSchema {
+    admin: kiln_db::Store,
+    name: String,
+    pub url: String,
+}
+
+impl PgSchema {
+    pub async fn new(prefix: &str) -> PgSchema {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base =
+            std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        let name =
+            format!("{prefix}_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), now % 1_000_000);
+        let admin = kiln_db::Store::connect(&base).await.expect("PostgreSQL is needed (see DEVELOPERS.md)");
+        admin.execute_raw(&format!("CREATE SCHEMA {name}")).await.expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
+        PgSchema { admin, name, url }
+    }
+
+    pub async fn drop(self) {
+        self.admin.execute_raw(&format!("DROP SCHEMA {} CASCADE", self.name)).await.expect("drop schema");
+        self.admin.close().await;
+    }
+}
