@@ -93,13 +93,15 @@ async fn a_survivor_takes_over_the_builds_of_a_master_killed_mid_build() {
         let mut doomed = Farm::new(KILN.as_ref(), &config("wa"), &[]);
         doomed.start_master().await;
         doomed.start_workers(&["wa"], &["t"], 1).await;
-        let mut survivor = Farm::new(KILN.as_ref(), &config("wb"), &[]);
-        survivor.start_master().await;
-        survivor.start_workers(&["wb"], &["t"], 1).await;
         let client = doomed.client();
         let id = client.create_builds(&kiln_testing::request(&["hold"], &[])).await.expect("create").builds[0].id;
         let running = doomed.wait_build(id, Duration::from_secs(20), |b| b.state == BuildState::Running).await;
         assert_eq!(running.worker.as_deref(), Some("wa"));
+        // The survivor and its worker come once the build runs on wa (they
+        // would otherwise race for it: masters hear of new builds at once).
+        let mut survivor = Farm::new(KILN.as_ref(), &config("wb"), &[]);
+        survivor.start_master().await;
+        survivor.start_workers(&["wb"], &["t"], 1).await;
         doomed.kill_master();
         // The survivor serves the build too; it takes it over once the lease
         // (3 s in tests) expires, waits the worker timeout, and builds it again.
