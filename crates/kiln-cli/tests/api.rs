@@ -275,3 +275,22 @@ async fn ctrl_c_stops_following_and_the_build_goes_on() {
     assert_eq!(b.state, BuildState::Running, "Ctrl-C of a follower cancels nothing");
     client.cancel(1).await.expect("cancel");
 }
+
+/// A load balancer's probes need no login, even where reads do: `/healthz`
+/// says the master answers, `/readyz` that it can serve (one line per check).
+#[tokio::test(flavor = "multi_thread")]
+async fn health_probes_answer_without_a_login() {
+    let config = format!("[master]\nanonymous_read = false\n{}", kiln_testing::ONE_WORKER);
+    let mut farm = Farm::new(KILN.as_ref(), &config, &[]);
+    farm.start_master().await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", farm.url())).send();
+    let alive = get("/healthz").await.expect("healthz");
+    assert_eq!(alive.status().as_u16(), 200);
+    assert_eq!(alive.text().await.expect("body"), "ok\n");
+    let ready = get("/readyz").await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(ready.text().await.expect("body"), "database: ok\ndata_dir: ok\nkeys: ok\nlease: ok\n");
+    // Reads still need a login.
+    assert_eq!(get("/api/v1/builds").await.expect("builds").status().as_u16(), 401);
+}

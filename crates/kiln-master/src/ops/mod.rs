@@ -10,6 +10,7 @@
 
 pub mod builds;
 mod error;
+pub mod health;
 pub mod repos;
 pub mod requests;
 pub mod uploads;

@@ -6,6 +6,7 @@
 
 pub mod builders;
 pub mod builds;
+pub mod health;
 pub mod repos;
 pub mod uploads;
 pub mod users;

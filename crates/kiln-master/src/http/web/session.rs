@@ -117,7 +117,8 @@ pub async fn read_gate(
     let path = req.uri().path().to_string();
     // A channel's files (`/repos/CHANNEL/...`), not its page (`/repos/CHANNEL`).
     let repository_file = path.strip_prefix("/repos/").is_some_and(|rest| rest.contains('/'));
-    if open || path == "/login" || path.starts_with("/static/") || repository_file {
+    let probe = path == "/healthz" || path == "/readyz";
+    if open || probe || path == "/login" || path.starts_with("/static/") || repository_file {
         return next.run(req).await;
     }
     let token_ok = match bearer(req.headers()) {
