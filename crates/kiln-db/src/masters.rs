@@ -15,7 +15,6 @@
 use crate::store::Owner;
 use crate::{Backend, Result, Store, StoreError};
 use sqlx::Row;
-use std::collections::HashMap;
 
 /// A master as its lease row says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,15 +224,6 @@ impl Store {
         .rows_affected();
         tx.commit().await?;
         Ok(n == 1)
-    }
-
-    /// The master each running build was claimed by (none for builds
-    /// claimed before masters were recorded).
-    pub async fn running_owners(&self) -> Result<HashMap<i64, String>> {
-        let rows = sqlx::query("SELECT id, owner FROM builds WHERE state = 'running' AND owner IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// Asks the master running build `build_id` to cancel it (it runs on a

@@ -2,13 +2,16 @@
 //! queues, ends, re-queues a build or asks for a cancel also announces
 //! (`NOTIFY`, delivered on commit) that the queue changed, naming the
 //! master that changed it; every master listens and looks at once,
-//! instead of finding out at its next poll. On SQLite there is one master
-//! and nothing to announce.
+//! instead of finding out at its next poll. The channel is named by the
+//! schema, so farms sharing a PostgreSQL database in schemas of their own
+//! do not wake each other. On SQLite there is one master and nothing to
+//! announce.
 
 use crate::{Backend, Result, Store};
 use sqlx::postgres::PgListener;
 
-const CHANNEL: &str = "kiln_queue_changed";
+/// The channel's name, before the schema's.
+const CHANNEL: &str = "kiln_queue_";
 
 /// Announcements from the other masters, as they come.
 pub struct News {
@@ -17,17 +20,15 @@ pub struct News {
 }
 
 impl Store {
-    /// The statement that announces a change by this handle's master, to
-    /// run inside the transaction that makes it (none on SQLite).
-    pub(crate) fn announce_sql(&self) -> Option<String> {
-        (self.backend() == Backend::Postgres)
-            .then(|| format!("SELECT pg_notify('{CHANNEL}', {})", crate::rows::literal(self.owner().unwrap_or(""))))
-    }
-
-    /// Announces, inside `tx`, that this handle's master changed the queue.
+    /// Announces, inside `tx` (delivered when it commits), that this
+    /// handle's master changed the queue. Nothing on SQLite.
     pub(crate) async fn announce(&self, tx: &mut sqlx::AnyConnection) -> Result<()> {
-        if let Some(sql) = self.announce_sql() {
-            sqlx::query(&sql).execute(&mut *tx).await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1 || current_schema(), $2)")
+                .bind(CHANNEL)
+                .bind(self.owner().unwrap_or(""))
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(())
     }
@@ -37,20 +38,22 @@ impl Store {
         if self.backend() != Backend::Postgres {
             return Ok(None);
         }
+        let schema: String =
+            sqlx::Row::try_get(&sqlx::query("SELECT CAST(current_schema() AS TEXT)").fetch_one(&self.pool).await?, 0)?;
         let mut listener = PgListener::connect(self.url()).await?;
-        listener.listen(CHANNEL).await?;
+        listener.listen(&format!("{CHANNEL}{schema}")).await?;
         Ok(Some(News { listener, me: self.owner().unwrap_or_default().to_string() }))
     }
 }
 
 impl News {
     /// Waits for news from another master, then takes whatever else has
-    /// arrived meanwhile with it: one look serves them all. After a lost
-    /// connection (it reconnects by itself) it answers at once, as news
-    /// may have been missed.
+    /// arrived meanwhile with it: one look serves them all. A lost
+    /// connection is news too (some may have been missed); the listener
+    /// connects again at the next call.
     pub async fn next(&mut self) -> Result<()> {
         loop {
-            let n = self.listener.recv().await?;
+            let Some(n) = self.listener.try_recv().await? else { return Ok(()) };
             let mut from_others = n.payload() != self.me;
             while let Some(more) = self.listener.next_buffered() {
                 from_others |= more.payload() != self.me;

@@ -1,8 +1,9 @@
 //! This master's lease among those sharing the database: taken at start
-//! (a new epoch), renewed every third of `[master] lease`. Another master
-//! whose heartbeat is older than the lease is taken for gone: the others
-//! take its running builds over (one of them, by a conditional update);
-//! the running builds of a live one are left to it.
+//! (a new epoch), renewed every third of `[master] lease`, taken again
+//! under a new epoch when it was lost (the dispatcher then starts afresh).
+//! After each renewal this task fences the masters whose heartbeat is
+//! older than the lease and takes their running builds over; the running
+//! builds of a live master are left to it.
 
 use crate::clock::now_us;
 use crate::events::Event;

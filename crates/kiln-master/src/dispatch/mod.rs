@@ -198,7 +198,8 @@ impl Dispatcher {
                 BuildState::Queued => self.enqueue(b),
                 BuildState::Running if self.running.contains_key(&b.id) => {}
                 BuildState::Running if mine.as_ref().is_none_or(|m| m.contains(&b.id)) => {
-                    if publishing.contains(&b.id) {
+                    let publish = publishing.contains(&b.id);
+                    if publish {
                         tracing::info!(build = b.id, "build was being published before restart; publishing again");
                     } else {
                         tracing::info!(
@@ -207,7 +208,6 @@ impl Dispatcher {
                             "build was running before restart; waiting for its worker"
                         );
                     }
-                    let publish = publishing.contains(&b.id);
                     self.track_running(b, publish, false);
                 }
                 BuildState::Running => {

@@ -15,8 +15,8 @@ pub struct Check {
 /// Runs every readiness check.
 pub async fn readiness(s: &Shared) -> Vec<Check> {
     let database = s.store.schema_version().await.err().map(|e| e.to_string());
-    let data_dir = writable(&s.farm().data_dir()).err();
     let farm = s.farm();
+    let data_dir = writable(&farm.data_dir()).err();
     let missing: Vec<&str> =
         farm.cfg.channels.iter().map(|c| c.name.as_str()).filter(|c| !s.public_keys.contains_key(*c)).collect();
     let keys = (!missing.is_empty()).then(|| format!("no key loaded for channel(s) {}", missing.join(", ")));
