@@ -329,6 +329,17 @@ pub async fn status(remote: &Remote) -> anyhow::Result<ExitCode> {
         "{} builders, {} workers connected, {} builds queued, {} running",
         s.builders, s.workers_connected, s.builds_queued, s.builds_running
     );
+    if let Some(d) = &s.disk {
+        println!(
+            "data dir: {}% of {} used, {} free",
+            d.used_percent,
+            kiln_core::size::format_bytes(d.total_bytes),
+            kiln_core::size::format_bytes(d.free_bytes)
+        );
+        if let Some(w) = &d.warning {
+            println!("warning: {w}");
+        }
+    }
     if !s.masters.is_empty() {
         println!("{:<28} {:<24} {:<6} {:>5} LAST HEARTBEAT", "MASTER", "ADDRESS", "STATE", "EPOCH");
         for m in &s.masters {

@@ -136,6 +136,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             // The demo builds its own example components: no sandbox needed.
             sandbox: None,
             build_uids: Vec::new(),
+            metrics: None,
+            cache_max_age: std::time::Duration::from_secs(30 * 86400),
         };
         workers.spawn(kiln_worker::run(opts));
     }

@@ -122,6 +122,13 @@ enum Command {
         /// hold at least one uid per slot.
         #[arg(long)]
         build_uids: Option<String>,
+        /// Serve Prometheus metrics (step durations, caches) on this
+        /// address, e.g. 127.0.0.1:9102.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+        /// Build roots and repository mirrors unused this long are removed.
+        #[arg(long, default_value = "30d", value_parser = kiln_core::duration::parse_duration)]
+        cache_max_age: std::time::Duration,
     },
     /// Check a farm config; print every problem as file:line:col.
     Checkconfig { config: PathBuf },
@@ -392,9 +399,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut m = kiln_master::start(&config).await?;
             eprintln!("kiln master: web and API on http://{}, workers on {}", m.http_addr, m.worker_addr);
             eprintln!("kiln master: admin token in {}", m.admin_token_path.display());
+            kiln_master::service_manager::notify(&format!("READY=1\nSTATUS=serving on http://{}", m.http_addr));
             tokio::select! {
                 _ = m.wait() => anyhow::bail!("the master stopped unexpectedly"),
                 _ = shutdown_signal() => {
+                    kiln_master::service_manager::notify("STOPPING=1");
                     eprintln!("kiln master: shutting down; running builds continue on their workers");
                     m.shutdown().await;
                 }
@@ -415,6 +424,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             root_cache,
             build_user,
             build_uids,
+            metrics,
+            cache_max_age,
         } => {
             // A root worker runs build steps as an unprivileged user; every
             // worker runs them in a sandbox that hides the worker's own files,
@@ -472,6 +483,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 root_cache,
                 sandbox,
                 build_uids,
+                metrics,
+                cache_max_age,
             };
             tokio::select! {
                 r = kiln_worker::run(opts) => r?,

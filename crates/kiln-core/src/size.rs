@@ -26,9 +26,24 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// A byte count for people: `512 B`, `3.4 MiB`, `1.2 GiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{format_bytes, parse_size};
 
     #[test]
     fn sizes() {
@@ -37,6 +52,9 @@ mod tests {
         assert_eq!(parse_size("100MB"), Ok(100_000_000));
         assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
         assert!(parse_size("MiB").is_err());
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(format_bytes((5 << 30) / 4), "1.2 GiB");
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("99999999999TiB").is_err());
     }

@@ -33,6 +33,8 @@ pub struct ArtifactStore {
     incoming: PathBuf,
     max_size: u64,
     state: Mutex<Intake>,
+    /// Bytes received since the master started (for `/metrics`).
+    received: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -74,7 +76,18 @@ impl ArtifactStore {
         // Parts left by a crash are never completed: start empty.
         let _ = fs::remove_dir_all(&incoming);
         fs::create_dir_all(&incoming)?;
-        Ok(ArtifactStore { root, incoming, max_size, state: Mutex::new(Intake::default()) })
+        Ok(ArtifactStore {
+            root,
+            incoming,
+            max_size,
+            state: Mutex::new(Intake::default()),
+            received: Default::default(),
+        })
+    }
+
+    /// Bytes of artifacts received from workers since the master started.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Intake> {
@@ -150,6 +163,7 @@ impl ArtifactStore {
             Some(p) => {
                 p.hash.update(&bytes);
                 p.written += bytes.len() as u64;
+                self.received.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 p.file.write_all(&bytes).map_err(|e| format!("cannot store: {e}"))
             }
         };

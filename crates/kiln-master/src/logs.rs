@@ -20,6 +20,8 @@ pub struct LogStore {
     root: PathBuf,
     /// Builds that may receive log output, with the worker running them.
     active: Mutex<HashMap<i64, Active>>,
+    /// Bytes of output stored since the master started (for `/metrics`).
+    received: std::sync::atomic::AtomicU64,
 }
 
 struct Active {
@@ -33,7 +35,7 @@ impl LogStore {
     pub fn new(data_dir: &Path) -> io::Result<LogStore> {
         let root = data_dir.join("logs");
         fs::create_dir_all(&root)?;
-        Ok(LogStore { root, active: Mutex::new(HashMap::new()) })
+        Ok(LogStore { root, active: Mutex::new(HashMap::new()), received: Default::default() })
     }
 
     fn dir(&self, build_id: i64) -> PathBuf {
@@ -126,7 +128,13 @@ impl LogStore {
         file.write_all(bytes)?;
         file.write_all(&notice)?;
         *len += (bytes.len() + notice.len()) as u64;
+        self.received.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Bytes of build output stored since the master started.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes stored so far for a step.

@@ -42,7 +42,14 @@ pub async fn watch(shared: Arc<Shared>) {
             continue;
         }
         last_text = text.clone();
+        if forced {
+            // A `systemctl reload` waits until the master is ready again.
+            crate::service_manager::notify("RELOADING=1");
+        }
         reload(&shared, &current, text);
+        if forced {
+            crate::service_manager::notify("READY=1");
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Shared {
     /// of reach): it takes no workers and starts nothing, so its workers go
     /// on under another master before this one is fenced.
     lease_held: std::sync::atomic::AtomicBool,
+    /// What `/metrics` counts as it happens.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             builder_stats: Mutex::new(None),
             waiting: Mutex::new(Arc::new(WaitingQueue::default())),
             lease_held: std::sync::atomic::AtomicBool::new(true),
+            metrics: Default::default(),
         }
     }
 

@@ -201,6 +201,21 @@ pub struct Status {
     /// Every master that shares the database, alive or not.
     #[serde(default)]
     pub masters: Vec<MasterInfo>,
+    /// How full the data dir's file system is (none: it cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskStatus>,
+}
+
+/// The data dir's file system, and a warning when it is fuller than
+/// `[retention] disk_warn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskStatus {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Percent used, rounded up.
+    pub used_percent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A master sharing the database, as its lease says.

@@ -6,9 +6,11 @@
 //! backoff; a finished build's result is kept until the master acknowledges
 //! it. Policy (what runs where, retries) is the master's.
 
+pub mod caches;
 mod cgroup;
 pub mod checkout;
 pub mod hg_checkout;
+mod metrics;
 pub mod pipeline;
 pub mod process;
 mod runner;
@@ -57,6 +59,10 @@ pub struct WorkerOptions {
     /// the same number), instead of the sandbox's one build user: builds
     /// then differ by uid too. Empty: every build runs as the build user.
     pub build_uids: Vec<u32>,
+    /// Serve `/metrics` for Prometheus on this address.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Cache entries (build roots, mirrors) unused this long are removed.
+    pub cache_max_age: Duration,
 }
 
 struct RunningBuild {
@@ -81,6 +87,8 @@ struct State {
     cancelled_uploads: std::collections::HashSet<i64>,
     /// Build uids not given to a running build (`WorkerOptions::build_uids`).
     free_uids: Vec<u32>,
+    /// Step timings for `/metrics`.
+    steps: Arc<metrics::StepMetrics>,
 }
 
 impl State {
@@ -139,8 +147,24 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         uploading: Default::default(),
         cancelled_uploads: Default::default(),
         free_uids: opts.build_uids.iter().rev().copied().collect(),
+        steps: Default::default(),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
+    let cache_dirs = caches::dirs(&opts.workdir, opts.root_cache.as_deref());
+    tokio::spawn(clean_caches(cache_dirs.clone(), opts.cache_max_age));
+    if let Some(addr) = opts.metrics {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let running = state.clone();
+        let gauges = metrics::Gauges {
+            slots: opts.slots,
+            running: Box::new(move || lock(&running).running.len()),
+            caches: cache_dirs,
+        };
+        let steps = lock(&state).steps.clone();
+        tokio::spawn(metrics::serve(listener, steps, Arc::new(gauges)));
+        tracing::info!(%addr, "serving metrics");
+    }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WorkerMsg>();
     // Artifacts and the results after them go through a short queue, so an
     // upload goes at the connection's pace instead of filling memory.
@@ -191,6 +215,24 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         if tried % opts.masters.len() == 0 {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// How often the worker looks for stale cache entries.
+const CLEAN_CACHES_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Removes stale cache entries at start and every few hours after.
+async fn clean_caches(dirs: Vec<caches::CacheDir>, max_age: Duration) {
+    let mut tick = tokio::time::interval(CLEAN_CACHES_EVERY);
+    loop {
+        tick.tick().await;
+        let dirs = dirs.clone();
+        let cleaned = tokio::task::spawn_blocking(move || caches::clean(&dirs, max_age, std::time::SystemTime::now()))
+            .await
+            .unwrap_or_default();
+        if cleaned.entries > 0 {
+            tracing::info!(entries = cleaned.entries, bytes = cleaned.bytes, "removed stale cache entries");
         }
     }
 }
@@ -476,6 +518,7 @@ fn start_build(
         s
     });
     let ctx = runner::BuildContext {
+        steps: lock(state).steps.clone(),
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
         sandbox,

@@ -34,6 +34,8 @@ pub struct BuildContext {
     pub out: mpsc::UnboundedSender<WorkerMsg>,
     /// Flips to true when the build is to be cancelled.
     pub cancel: watch::Receiver<bool>,
+    /// Where step timings are counted (`/metrics`).
+    pub steps: std::sync::Arc<crate::metrics::StepMetrics>,
 }
 
 pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
@@ -82,7 +84,9 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
         let scope =
             BuildScope { job: &job, dir: &dir, grace, build_deadline, cgroup: cgroup.as_ref(), redactor: &redactor };
+        let began = Instant::now();
         let r = run_step(&scope, idx, step, &props, &mut ctx).await;
+        ctx.steps.step_finished(&step.name, r.state.as_str(), began.elapsed());
         if let Some((k, v)) = &r.property {
             props.insert(k.clone(), v.clone());
         }

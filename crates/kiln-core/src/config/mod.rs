@@ -21,6 +21,7 @@ pub use model::{
     Target, TlsFiles, UploadsSection, WorkerDef, DEFAULT_LISTS_MAX_AGE, HOST_MIRROR, STEP_NAMES,
 };
 pub use packaging::{check_maintainer, default_maintainer, mail_host_is_qualified, OrigRule, OrigSource};
+pub use retention::{KeepRule, Retention};
 pub use triggers::{
     check_branch, check_git_url, check_hg_url, check_revision, check_vcs_url, ForgeHook, Hooks, Irc, Notifier,
     NotifyVia, Smtp, SmtpSecurity, Vcs, VcsSource,
@@ -33,6 +34,7 @@ mod model;
 mod packaging;
 mod read;
 mod relations;
+mod retention;
 mod tables;
 mod targets;
 mod triggers;

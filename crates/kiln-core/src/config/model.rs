@@ -29,6 +29,8 @@ pub struct FarmConfig {
     pub irc: Option<Irc>,
     /// How source uploads are authenticated.
     pub uploads: UploadsSection,
+    /// What is kept, and for how long.
+    pub retention: super::retention::Retention,
 }
 
 /// `[uploads]`: who may sign source uploads, and whether they must. As

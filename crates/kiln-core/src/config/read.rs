@@ -13,7 +13,7 @@ use super::model::{Component, MasterSection, Source, StepSpec, TlsFiles, WorkerD
 use super::tables::{named, Names};
 use super::triggers::{self, Notifier};
 use super::written::{ChannelAsWritten, ComponentAsWritten, FarmAsWritten, ScheduleAsWritten, WorkerAsWritten};
-use super::{packaging, relations, targets, uploads};
+use super::{packaging, relations, retention, targets, uploads};
 use crate::channel::{Accepts, Channel};
 use crate::cron::CronSpec;
 use crate::names::{check_name, check_property_name};
@@ -39,8 +39,20 @@ const MASTER_KEYS: &[&str] = &[
     "anonymous_read",
     "changelog_maintainer",
 ];
-const TOP_KEYS: &[&str] =
-    &["master", "worker", "target", "component", "channel", "schedule", "notify", "hooks", "smtp", "irc", "uploads"];
+const TOP_KEYS: &[&str] = &[
+    "master",
+    "worker",
+    "target",
+    "component",
+    "channel",
+    "schedule",
+    "notify",
+    "hooks",
+    "smtp",
+    "irc",
+    "uploads",
+    "retention",
+];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
 const CHANNEL_KEYS: &[&str] =
     &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
@@ -99,6 +111,7 @@ pub(super) fn farm(r: &mut Reader<'_>, text: &str) -> Option<FarmAsWritten> {
         smtp: triggers::read_smtp(r, root.get("smtp")),
         irc: triggers::read_irc(r, root.get("irc")),
         uploads: uploads::read_uploads(r, root.get("uploads")),
+        retention: retention::read_retention(r, root.get("retention")),
     })
 }
 

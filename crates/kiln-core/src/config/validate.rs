@@ -36,6 +36,11 @@ pub(super) fn farm(r: &mut Reader<'_>, farm: &FarmAsWritten) {
     }
     notifier_sections(r, farm);
     uploads_taken(r, &components, farm.uploads.require_signature);
+    for (name, span) in &farm.retention.1 {
+        if !components.iter().any(|c| &c.component.name == name) {
+            r.err(span, format!("[retention.component.{name}]: unknown component {name:?}"));
+        }
+    }
 }
 
 /// A component that takes uploads lets an upload publish its packages: only

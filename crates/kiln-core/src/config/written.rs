@@ -24,6 +24,8 @@ pub(super) struct FarmAsWritten {
     pub(super) smtp: Option<Smtp>,
     pub(super) irc: Option<Irc>,
     pub(super) uploads: UploadsSection,
+    /// `[retention]`, and the spans of the components it has rules for.
+    pub(super) retention: (super::retention::Retention, Vec<(String, Span)>),
 }
 
 /// A `[[worker]]` table with a valid, unique name, and the spans of its `targets`.
@@ -83,6 +85,7 @@ impl FarmAsWritten {
             smtp: self.smtp,
             irc: self.irc,
             uploads: self.uploads,
+            retention: self.retention.0,
         }
     }
 }

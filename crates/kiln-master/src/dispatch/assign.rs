@@ -101,7 +101,10 @@ impl Dispatcher {
             }
         }
         let names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
-        match self.shared.store.claim(id, worker, now_us(), &names).await {
+        let began = Instant::now();
+        let claimed = self.shared.store.claim(id, worker, now_us(), &names).await;
+        self.shared.metrics.database_call("claim", began.elapsed());
+        match claimed {
             Ok(true) => {}
             Ok(false) => {
                 // Cancelled or taken elsewhere meanwhile.

@@ -230,10 +230,12 @@ impl Dispatcher {
     pub async fn run(mut self, mut rx: UnboundedReceiver<Event>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pass;
         loop {
             tokio::select! {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
+                    pass = Instant::now();
                     self.handle(ev).await;
                     // Take whatever else is waiting before deciding once.
                     for _ in 0..256 {
@@ -244,12 +246,14 @@ impl Dispatcher {
                     }
                 }
                 _ = tick.tick() => {
+                    pass = Instant::now();
                     self.flush().await;
                     self.tick().await;
                 }
             }
             self.flush().await;
             self.dispatch().await;
+            self.shared.metrics.dispatch_pass(pass.elapsed());
         }
     }
 
@@ -327,7 +331,10 @@ impl Dispatcher {
     async fn flush(&mut self) {
         if !self.pending.is_empty() {
             let writes = std::mem::take(&mut self.pending);
-            let refused = match self.shared.store.apply(&writes).await {
+            let began = Instant::now();
+            let applied = self.shared.store.apply(&writes).await;
+            self.shared.metrics.database_call("apply", began.elapsed());
+            let refused = match applied {
                 Ok(refused) => refused,
                 Err(e) => {
                     // Keep them (and hold the acks, so workers keep their results)

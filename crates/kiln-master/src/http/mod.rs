@@ -29,12 +29,13 @@ type AppState = Arc<Shared>;
 /// Every route of the web port.
 pub fn router(shared: AppState) -> Router {
     let body_idle = shared.farm().cfg.master.header_timeout;
-    use api::{builders, builds, health, repos, uploads, users, workers};
+    use api::{builders, builds, health, metrics, repos, uploads, users, workers};
     let max_upload = shared.farm().cfg.master.max_artifact_size.min(usize::MAX as u64) as usize;
     let api = Router::new()
         .route("/api/v1/status", get(builders::status))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/builds", get(builds::list).post(builds::create))
         .route("/api/v1/builds/{id}", get(builds::get))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))

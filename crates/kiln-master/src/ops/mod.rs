@@ -9,8 +9,10 @@
 //! `ops` knows nothing of HTTP (no axum, no maud, no status codes).
 
 pub mod builds;
+pub mod disk;
 mod error;
 pub mod health;
+pub mod metrics;
 pub mod repos;
 pub mod requests;
 pub mod uploads;

@@ -138,7 +138,10 @@ impl Publisher {
                     tracing::warn!(build = id, "not publishing: this master does not hold its lease now");
                 }
                 (PublishRequest::Build(id), Ok(true)) => {
-                    let outcome = match self.publish_build(id).await {
+                    let began = std::time::Instant::now();
+                    let published = self.publish_build(id).await;
+                    self.shared.metrics.published("build", began.elapsed());
+                    let outcome = match published {
                         Ok(summary) => PublishOutcome::Published(summary),
                         Err(e) => {
                             tracing::warn!(build = id, error = %e, "publish failed");
@@ -153,7 +156,9 @@ impl Publisher {
                     )));
                 }
                 (PublishRequest::Op(op, reply), Ok(true)) => {
+                    let began = std::time::Instant::now();
                     let outcome = self.operate(op).await;
+                    self.shared.metrics.published("operation", began.elapsed());
                     let _ = reply.send(outcome);
                 }
             }

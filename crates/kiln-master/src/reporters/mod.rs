@@ -39,6 +39,7 @@ async fn previous_result(shared: &Shared, b: &BuildRow) -> Option<BuildState> {
 
 async fn send_all(shared: Arc<Shared>, id: i64) {
     let Ok(Some(b)) = shared.store.build(id).await else { return };
+    shared.metrics.build_finished(&b);
     status::build_finished(&shared, &b);
     let farm = shared.farm();
     if farm.cfg.notifiers.is_empty() {

@@ -29,6 +29,7 @@ pub async fn status(State(s): State<AppState>) -> ApiResult<Status> {
         config_generation: s.generation(),
         builders: matrix::builders(&farm.cfg).count() as i64,
         workers_connected: connected,
+        disk: crate::ops::disk::status(&s),
     }))
 }
 

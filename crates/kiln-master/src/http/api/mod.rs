@@ -7,6 +7,7 @@
 pub mod builders;
 pub mod builds;
 pub mod health;
+pub mod metrics;
 pub mod repos;
 pub mod uploads;
 pub mod users;

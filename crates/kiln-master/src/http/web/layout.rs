@@ -24,6 +24,8 @@ pub async fn js() -> impl IntoResponse {
 pub struct Ctx {
     pub session: Option<Session>,
     pub path: String,
+    /// Shown on every page while the data dir's disk is fuller than `[retention] disk_warn`.
+    pub disk_warning: Option<String>,
 }
 
 pub fn frame(c: &Ctx, title: &str, live: bool, body: Markup) -> Response {
@@ -66,6 +68,9 @@ pub fn frame(c: &Ctx, title: &str, live: bool, body: Markup) -> Response {
                             None => a href={"/login?next=" (c.path)} { "Log in" },
                         }
                     }
+                }
+                @if let Some(w) = &c.disk_warning {
+                    p.disk-warning role="alert" { "Warning: " (w) }
                 }
                 main id="main" { (body) }
             }

@@ -28,7 +28,8 @@ pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
 
 /// Who is looking at `path`.
 pub fn ctx(s: &Shared, headers: &HeaderMap, path: &str) -> Ctx {
-    Ctx { session: session(s, headers), path: path.to_string() }
+    let disk_warning = crate::ops::disk::status(s).and_then(|d| d.warning);
+    Ctx { session: session(s, headers), path: path.to_string(), disk_warning }
 }
 
 pub fn session(s: &Shared, headers: &HeaderMap) -> Option<Session> {

@@ -20,8 +20,13 @@ pub async fn page(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     let masters = ops::workers::masters(&s).await.unwrap_or_default();
     // Only those who may drain see the buttons; the operation checks again.
     let admin = c.session.as_ref().filter(|sess| sess.caller.require(Permission::ServerAdmin).is_ok());
+    let disk = ops::disk::status(&s);
     let body = html! {
         h1 { "Workers" }
+        @if let Some(d) = &disk {
+            p.disk { "Data dir: " (d.used_percent) "% of " (kiln_core::size::format_bytes(d.total_bytes)) " used, "
+                (kiln_core::size::format_bytes(d.free_bytes)) " free." }
+        }
         table.list {
             thead { tr { th { "Worker" } th { "State" } th { "Targets" } th { "Slots" } th { "Running" } th { "Last seen" } th { "Version" } th { "Master" } @if admin.is_some() { th {} } } }
             tbody {

@@ -1,0 +1,177 @@
+//! Running a farm for years: Prometheus scrapes the master and a worker
+//! (and `promtool` finds their exposition clean), and the master tells a
+//! service manager when it is ready and when it reloads.
+
+use kiln_testing::{free_addr, request, run, wait_for, Farm, ONE_WORKER};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn config() -> String {
+    format!("{ONE_WORKER}\n[[component]]\nname = \"c\"\nsteps = [ {{ name = \"hello\", run = \"echo hello\" }} ]\n")
+}
+
+/// A process stopped when the test ends, however it ends.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `promtool check metrics` on an exposition: its exit code and what it said.
+fn promtool_check(text: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), said)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_master_and_a_worker() {
+    let mut farm = Farm::new(KILN.as_ref(), &config(), &[]);
+    farm.start_master().await;
+    let worker_metrics = free_addr();
+    farm.start_worker_with("w1", &["t"], 2, &["--metrics", &worker_metrics.to_string()]);
+    farm.wait_for_workers(&["w1"]).await;
+    let client = farm.client();
+    let id = client.create_builds(&request(&["c"], &[])).await.expect("create").builds[0].id;
+    let b = farm.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(b.state, kiln_core::BuildState::Succeeded, "{}", farm.master_log());
+
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.expect("GET");
+            assert_eq!(r.status(), 200);
+            let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+            r.text().await.expect("body")
+        }
+    };
+    // Counted as the build ends (the finish is reported just after it is recorded).
+    let wanted = "kiln_builds_finished_total{component=\"c\",target=\"t\",state=\"succeeded\"} 1\n";
+    let mut master = String::new();
+    for _ in 0..100 {
+        master = get(format!("{}/metrics", farm.url())).await;
+        if master.contains(wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(master.contains(wanted), "{master}");
+    let (code, said) = promtool_check(&master);
+    assert_eq!(code, 0, "promtool check metrics on the master's:\n{said}\n{master}");
+    for expected in [
+        "kiln_workers_connected 1\n",
+        "kiln_worker_slots{worker=\"w1\"} 2\n",
+        "kiln_builds_queued{target=\"t\"} 0\n",
+        "kiln_build_duration_seconds_count{target=\"t\"} 1\n",
+        "kiln_queue_wait_seconds_count{target=\"t\"} 1\n",
+        "kiln_database_call_duration_seconds_count{call=\"claim\"}",
+        "kiln_dispatch_pass_duration_seconds_count",
+        "kiln_data_dir_free_bytes",
+    ] {
+        assert!(master.contains(expected), "no {expected:?} in\n{master}");
+    }
+    // The build's output ("hello\n") was received.
+    let log_bytes: f64 = master
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_log_received_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("log bytes counted");
+    assert!(log_bytes >= 6.0, "{master}");
+
+    let worker = get(format!("http://{worker_metrics}/metrics")).await;
+    let (code, said) = promtool_check(&worker);
+    assert_eq!(code, 0, "promtool check metrics on the worker's:\n{said}\n{worker}");
+    assert!(
+        worker.contains("kiln_worker_step_duration_seconds_count{step=\"hello\",state=\"succeeded\"} 1\n"),
+        "{worker}"
+    );
+    assert!(worker.contains("kiln_worker_slots 2\n"), "{worker}");
+    let r = http.get(format!("http://{worker_metrics}/other")).send().await.expect("GET");
+    assert_eq!(r.status(), 404);
+
+    // A real Prometheus scrapes both and answers a query.
+    let prom_dir = farm.path("prometheus");
+    std::fs::create_dir_all(&prom_dir).expect("prometheus dir");
+    let prom_config = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kiln-master\n    static_configs:\n      - targets: ['{}']\n  - job_name: kiln-worker\n    static_configs:\n      - targets: ['{worker_metrics}']\n",
+            farm.http
+        ),
+    )
+    .expect("write prometheus.yml");
+    let prom_addr = free_addr();
+    let log = std::fs::File::create(prom_dir.join("log")).expect("log");
+    let _prometheus = Stopped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", prom_config.display()))
+            .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's package)"),
+    );
+    let query = |q: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://{prom_addr}/api/v1/query")).query(&[("query", q)]).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+        }
+    };
+    let answered =
+        wait_for(Duration::from_secs(60), || async { query("kiln_workers_connected").await.as_deref() == Some("1") })
+            .await;
+    let prom_log = std::fs::read_to_string(prom_dir.join("log")).unwrap_or_default();
+    assert!(answered, "Prometheus never answered kiln_workers_connected = 1:\n{prom_log}");
+    let slots = wait_for(Duration::from_secs(60), || async {
+        query("kiln_worker_slots{job=\"kiln-worker\"}").await.as_deref() == Some("2")
+    })
+    .await;
+    assert!(slots, "Prometheus never scraped the worker");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_master_tells_its_service_manager_it_is_ready_and_reloading() {
+    let mut farm = Farm::new(KILN.as_ref(), &config(), &[]);
+    let socket_path = farm.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    farm.start_master_with(None, &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf8"))]).await;
+    let socket = std::sync::Arc::new(socket);
+    let recv = |socket: std::sync::Arc<std::os::unix::net::UnixDatagram>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf).expect("a message from the master");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await
+        .expect("receive")
+    };
+    let ready = recv(socket.clone()).await;
+    assert!(ready.starts_with("READY=1\nSTATUS=serving on http://"), "{ready}");
+    farm.hup_master();
+    assert_eq!(recv(socket.clone()).await, "RELOADING=1");
+    assert_eq!(recv(socket.clone()).await, "READY=1");
+    // `kiln checkconfig` and the running master agree the config is good.
+    let (code, out, _) = run(Command::new(KILN).arg("checkconfig").arg(&farm.config)).expect("checkconfig");
+    assert_eq!(code, 0, "{out}");
+}
