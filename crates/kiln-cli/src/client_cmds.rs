@@ -307,6 +307,39 @@ pub async fn cancel(id: i64, remote: &Remote) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn pin(id: i64, pinned: bool, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let b = remote.client()?.pin(id, pinned).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else if pinned {
+        println!("build #{id} is pinned: it keeps its logs and artifacts");
+    } else {
+        println!("build #{id} is no longer pinned");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gc(dry_run: bool, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let r = remote.client()?.gc(dry_run).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    println!("{:<18} {:>8} {:>12}", "KIND", "COUNT", "BYTES");
+    for f in &r.freed {
+        println!("{:<18} {:>8} {:>12}", f.kind, f.count, kiln_core::size::format_bytes(f.bytes));
+    }
+    let total: u64 = r.freed.iter().map(|f| f.bytes).sum();
+    println!(
+        "{verb} {} in all; {} builds lose their logs and artifacts (their records stay); took {} ms",
+        kiln_core::size::format_bytes(total),
+        r.builds_pruned,
+        r.took_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn rebuild(id: i64, follow: bool, remote: &Remote) -> anyhow::Result<ExitCode> {
     let client = remote.client()?;
     let created = client.rebuild(id).await?;

@@ -155,6 +155,27 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Keep a build's logs and artifacts whatever the retention rules say.
+    Pin {
+        build: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Let the retention rules remove a pinned build's files again.
+    Unpin {
+        build: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove old builds' logs and artifacts, old uploads and rejected
+    /// uploads by the master's [retention] rules; print what was freed.
+    Gc {
+        /// Say what would go; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Build a build again: the same component, target, request properties
     /// and source (the same revision of a change, the same upload).
     Rebuild {
@@ -524,6 +545,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Show { build, remote } => client_cmds::show(build, &remote).await,
         Command::Log(args) => client_cmds::log(args).await,
         Command::Cancel { build, remote } => client_cmds::cancel(build, &remote).await,
+        Command::Pin { build, remote } => client_cmds::pin(build, true, &remote).await,
+        Command::Unpin { build, remote } => client_cmds::pin(build, false, &remote).await,
+        Command::Gc { dry_run, remote } => client_cmds::gc(dry_run, &remote).await,
         Command::Rebuild { build, follow, remote } => client_cmds::rebuild(build, follow, &remote).await,
         Command::Workers { action, remote } => client_cmds::workers(action, &remote).await,
         Command::Status { remote } => client_cmds::status(&remote).await,

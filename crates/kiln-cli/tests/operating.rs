@@ -2,7 +2,7 @@
 //! (and `promtool` finds their exposition clean), and the master tells a
 //! service manager when it is ready and when it reloads.
 
-use kiln_testing::{free_addr, request, run, wait_for, Farm, ONE_WORKER};
+use kiln_testing::{free_addr, request, run, wait_for, Farm, MAKE_DEB, ONE_WORKER};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -174,4 +174,109 @@ async fn the_master_tells_its_service_manager_it_is_ready_and_reloading() {
     // `kiln checkconfig` and the running master agree the config is good.
     let (code, out, _) = run(Command::new(KILN).arg("checkconfig").arg(&farm.config)).expect("checkconfig");
     assert_eq!(code, 0, "{out}");
+}
+
+/// Every file under `dir`, dated back `ago` (as if stored long before).
+fn backdate(dir: &std::path::Path, ago: Duration) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            backdate(&p, ago);
+        } else {
+            let f = std::fs::File::options().write(true).open(&p).expect("open");
+            f.set_modified(std::time::SystemTime::now() - ago).expect("set mtime");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
+    let config = format!(
+        r#"[[worker]]
+name = "w1"
+token_file = "secrets/w1.token"
+
+[[target]]
+name = "debian-12-amd64"
+family = "deb"
+suite = "bookworm"
+arch = "amd64"
+
+[[component]]
+name = "tool"
+steps = [ {{ name = "package", run = '''{MAKE_DEB}''' }} ]
+artifacts = ["*.deb"]
+
+[[channel]]
+name = "dev"
+accepts = "nightly"
+keep = 1
+
+[retention]
+keep_last = 2
+daily_at = "off"
+"#
+    );
+    let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["debian-12-amd64"], 1).await;
+    let client = farm.client();
+    // Build 1 publishes a package of its own, which stays in the channel;
+    // the others publish versions of one package the channel keeps one of.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let props: &[(&str, &str)] = if i == 0 { &[("pkg", "kiln-other")] } else { &[] };
+        let id = client.create_builds(&request(&["tool"], props)).await.expect("create").builds[0].id;
+        let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+        assert_eq!(b.state, kiln_core::BuildState::Succeeded, "{}", farm.master_log());
+        ids.push(id);
+    }
+    let mut blobs = Vec::new();
+    for id in &ids {
+        let b = client.build(*id).await.expect("build");
+        let sha = &b.artifacts.first().expect("an artifact").sha256;
+        blobs.push(farm.path(&format!("data/artifacts/{}/{sha}", &sha[..2])));
+    }
+    let logs = |id: i64| farm.path(&format!("data/logs/{id}"));
+    assert!(ids.iter().all(|id| logs(*id).is_dir()) && blobs.iter().all(|b| b.is_file()));
+    // As if stored an hour ago: content stored in the last minutes is left alone.
+    backdate(&farm.path("data/artifacts"), Duration::from_secs(3600));
+
+    // A dry run says what would go and removes nothing.
+    let (code, out, err) = run(farm.kiln().args(["gc", "--dry-run"])).expect("kiln gc --dry-run");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("would free") && out.contains("3 builds lose their logs and artifacts"), "{out}");
+    assert!(ids.iter().all(|id| logs(*id).is_dir()) && blobs.iter().all(|b| b.is_file()));
+
+    let (code, out, err) = run(farm.kiln().arg("gc")).expect("kiln gc");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("freed") && out.contains("3 builds lose"), "{out}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(logs(*id).exists(), i >= 3, "build {id}'s logs");
+    }
+    assert!(blobs[0].is_file(), "build 1's package is still published: its file stays");
+    assert!(!blobs[1].exists() && !blobs[2].exists(), "builds 2 and 3's packages left the channel");
+    assert!(blobs[3].is_file() && blobs[4].is_file());
+    // The builds stay as history.
+    assert_eq!(client.build(ids[1]).await.expect("build 2").state, kiln_core::BuildState::Succeeded);
+
+    // A pinned build keeps its files when newer builds push it out.
+    let (code, out, err) = run(farm.kiln().args(["pin", &ids[3].to_string()])).expect("kiln pin");
+    assert_eq!(code, 0, "{out}{err}");
+    for _ in 0..2 {
+        let id = client.create_builds(&request(&["tool"], &[])).await.expect("create").builds[0].id;
+        farm.wait_finished(id, Duration::from_secs(120)).await;
+    }
+    backdate(&farm.path("data/artifacts"), Duration::from_secs(3600));
+    let report = client.gc(false).await.expect("gc");
+    assert_eq!(report.builds_pruned, 1, "{report:?}");
+    assert!(logs(ids[3]).is_dir() && blobs[3].is_file(), "the pinned build keeps its files");
+    assert!(!logs(ids[4]).exists(), "build 5 now has two newer builds");
+    // Pinning a build whose files are gone is refused, and says why.
+    let refused = client.pin(ids[1], true).await.expect_err("already pruned");
+    assert!(refused.to_string().contains("already removed"), "{refused}");
+    // Only a server admin collects.
+    let anonymous = farm.anonymous().gc(true).await.expect_err("no token");
+    assert!(
+        anonymous.to_string().contains("401") || anonymous.to_string().to_lowercase().contains("token"),
+        "{anonymous}"
+    );
 }

@@ -191,6 +191,18 @@ impl Client {
         self.send(self.post(&format!("/api/v1/builds/{id}/rebuild"))?).await
     }
 
+    /// Pins build `id` (it keeps its logs and artifacts) or unpins it.
+    pub async fn pin(&self, id: i64, pinned: bool) -> Result<Build> {
+        let body = kiln_proto::api::PinRequest { pinned };
+        self.send(self.post(&format!("/api/v1/builds/{id}/pin"))?.json(&body)).await
+    }
+
+    /// Runs a garbage collection by the master's `[retention]` rules.
+    pub async fn gc(&self, dry_run: bool) -> Result<kiln_proto::api::GcReport> {
+        let body = kiln_proto::api::GcRequest { dry_run };
+        self.send(self.post("/api/v1/gc")?.json(&body)).await
+    }
+
     pub async fn log(&self, id: i64, step: &str, offset: u64) -> Result<LogChunk> {
         let step = step.replace('/', "%2F");
         self.send(self.get(&format!("/api/v1/builds/{id}/steps/{step}/log")).query(&[("offset", offset)])).await

@@ -20,6 +20,7 @@ mod masters;
 mod migrations;
 mod news;
 mod packages;
+mod retention;
 mod rows;
 mod store;
 mod users;

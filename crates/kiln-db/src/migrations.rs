@@ -235,4 +235,12 @@ CREATE TABLE worker_sessions (
 );
 "#,
     },
+    Migration {
+        version: 13,
+        description: "retention: builds whose logs and artifacts were removed, and pinned builds",
+        sql: r#"
+ALTER TABLE builds ADD COLUMN pruned_at BIGINT;
+ALTER TABLE builds ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;
+"#,
+    },
 ];

@@ -243,6 +243,8 @@ impl ArtifactStore {
     fn place(&self, part: &Path, sha256: &str) -> io::Result<()> {
         let dest = self.root.join(&sha256[..2]).join(sha256);
         if dest.exists() {
+            // Reused now: a garbage collection under way leaves it alone.
+            File::options().write(true).open(&dest)?.set_modified(std::time::SystemTime::now())?;
             return fs::remove_file(part);
         }
         fs::create_dir_all(dest.parent().unwrap_or(&self.root))?;

@@ -38,6 +38,12 @@ impl Caller {
         Caller { name: name.into(), perms: [Permission::OwnJobs].into_iter().collect() }
     }
 
+    /// The master's own upkeep (the daily garbage collection): what a
+    /// server admin may do, under the task's name.
+    pub fn maintenance(name: impl Into<String>) -> Caller {
+        Caller { name: name.into(), perms: Permissions::admin() }
+    }
+
     /// The same permissions under another name (who a change hook's
     /// request is recorded as).
     pub fn named(&self, name: impl Into<String>) -> Caller {

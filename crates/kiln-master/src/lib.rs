@@ -175,6 +175,7 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     tasks.spawn(triggers::schedule::run(shared.clone()));
     tasks.spawn(triggers::poller::run(shared.clone()));
     tasks.spawn(triggers::incoming::run(shared.clone()));
+    tasks.spawn(triggers::retention::run(shared.clone()));
     tasks.spawn(reporters::irc::run(shared.clone()));
     // Spans name the path, never the query: a token may be in it.
     let app = http::router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(

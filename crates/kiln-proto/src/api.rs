@@ -218,6 +218,38 @@ pub struct DiskStatus {
     pub warning: Option<String>,
 }
 
+/// What a garbage collection freed (or, dry, would free).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Builds whose logs and artifacts went (their rows stay).
+    pub builds_pruned: u64,
+    /// By kind: `logs`, `artifacts`, `uploads`, `rejected_uploads`.
+    pub freed: Vec<GcFreed>,
+    pub took_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcFreed {
+    pub kind: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Asks for a garbage collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcRequest {
+    /// Say what would go; remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Pins or unpins a build: a pinned build keeps its logs and artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PinRequest {
+    pub pinned: bool,
+}
+
 /// A master sharing the database, as its lease says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MasterInfo {

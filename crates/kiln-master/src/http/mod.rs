@@ -29,7 +29,7 @@ type AppState = Arc<Shared>;
 /// Every route of the web port.
 pub fn router(shared: AppState) -> Router {
     let body_idle = shared.farm().cfg.master.header_timeout;
-    use api::{builders, builds, health, metrics, repos, uploads, users, workers};
+    use api::{builders, builds, health, metrics, repos, retention, uploads, users, workers};
     let max_upload = shared.farm().cfg.master.max_artifact_size.min(usize::MAX as u64) as usize;
     let api = Router::new()
         .route("/api/v1/status", get(builders::status))
@@ -40,6 +40,8 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/builds/{id}", get(builds::get))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
         .route("/api/v1/builds/{id}/rebuild", post(builds::rebuild))
+        .route("/api/v1/builds/{id}/pin", post(retention::pin))
+        .route("/api/v1/gc", post(retention::gc))
         .route("/api/v1/builds/{id}/steps/{step}/log", get(builds::step_log))
         .route("/api/v1/builds/{id}/artifacts", get(builds::list_artifacts))
         .route("/api/v1/builds/{id}/artifacts/{name}", get(builds::download_artifact))

@@ -1,12 +1,12 @@
 //! The OpenAPI document of `/api/v1` (`/api/v1/openapi.json`).
 
-use super::api::{builders, builds, users, workers};
+use super::api::{builders, builds, retention, users, workers};
 use super::hooks;
 use axum::response::IntoResponse;
 use axum::Json;
 use kiln_proto::api::{
-    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, DrainBody, Drained, ErrorBody, LogChunk,
-    MasterInfo, PropertyValue, Status, Step, WorkerInfo,
+    Build, BuildPage, BuildRequestBody, BuildRequestCreated, BuilderInfo, DiskStatus, DrainBody, Drained, ErrorBody,
+    GcFreed, GcReport, GcRequest, LogChunk, MasterInfo, PinRequest, PropertyValue, Status, Step, WorkerInfo,
 };
 use utoipa::OpenApi;
 
@@ -24,6 +24,8 @@ use utoipa::OpenApi;
         builds::cancel,
         builds::rebuild,
         builds::step_log,
+        retention::gc,
+        retention::pin,
         workers::list,
         workers::drain,
         workers::resume,
@@ -44,6 +46,11 @@ use utoipa::OpenApi;
         BuilderInfo,
         Status,
         MasterInfo,
+        DiskStatus,
+        GcRequest,
+        GcReport,
+        GcFreed,
+        PinRequest,
         ErrorBody
     ))
 )]

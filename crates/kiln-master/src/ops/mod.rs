@@ -15,6 +15,7 @@ pub mod health;
 pub mod metrics;
 pub mod repos;
 pub mod requests;
+pub mod retention;
 pub mod uploads;
 pub mod users;
 pub mod workers;

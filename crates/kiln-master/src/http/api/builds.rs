@@ -93,7 +93,7 @@ pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
     Ok(Json(build(&s, id).await?))
 }
 
-async fn build(s: &Shared, id: i64) -> Result<Build, ApiError> {
+pub(super) async fn build(s: &Shared, id: i64) -> Result<Build, ApiError> {
     let row = s.store.build(id).await?.ok_or_else(|| not_found_build(id))?;
     to_api_builds(s, vec![row]).await?.pop().ok_or_else(|| not_found_build(id))
 }

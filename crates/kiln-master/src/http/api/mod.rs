@@ -9,6 +9,7 @@ pub mod builds;
 pub mod health;
 pub mod metrics;
 pub mod repos;
+pub mod retention;
 pub mod uploads;
 pub mod users;
 pub mod workers;
