@@ -132,6 +132,19 @@ enum Command {
     },
     /// Check a farm config; print every problem as file:line:col.
     Checkconfig { config: PathBuf },
+    /// Copy a farm's database (consistently, while the master runs) and its
+    /// data dir into DIR, with a manifest of checksums.
+    Backup {
+        dir: PathBuf,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Restore a backup into the config's empty (or new) data dir.
+    Restore {
+        dir: PathBuf,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Apply database migrations and exit.
     Upgrade {
         #[arg(long, short)]
@@ -534,6 +547,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Backup { dir, config } => {
+            let c = kiln_master::backup::backup(&config, &dir).await?;
+            println!(
+                "backed up {} files ({}) into {}{}",
+                c.files,
+                kiln_core::size::format_bytes(c.bytes),
+                dir.display(),
+                if c.database {
+                    ", the database included"
+                } else {
+                    "; the database is PostgreSQL: back it up with pg_dump"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { dir, config } => {
+            let c = kiln_master::backup::restore(&dir, &config).await?;
+            println!(
+                "restored {} files ({}) from {}; start the master (it upgrades the database if it is older)",
+                c.files,
+                kiln_core::size::format_bytes(c.bytes),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Upgrade { config } => {
             let n = kiln_master::upgrade(&config).await?;

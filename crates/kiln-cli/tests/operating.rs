@@ -176,22 +176,10 @@ async fn the_master_tells_its_service_manager_it_is_ready_and_reloading() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// Every file under `dir`, dated back `ago` (as if stored long before).
-fn backdate(dir: &std::path::Path, ago: Duration) {
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            backdate(&p, ago);
-        } else {
-            let f = std::fs::File::options().write(true).open(&p).expect("open");
-            f.set_modified(std::time::SystemTime::now() - ago).expect("set mtime");
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
-    let config = format!(
+/// A farm whose `tool` builds make a `.deb` that a `dev` channel keeping
+/// one version per package publishes; `extra` is added to the config.
+fn deb_farm(extra: &str) -> String {
+    format!(
         r#"[[worker]]
 name = "w1"
 token_file = "secrets/w1.token"
@@ -212,11 +200,26 @@ name = "dev"
 accepts = "nightly"
 keep = 1
 
-[retention]
-keep_last = 2
-daily_at = "off"
-"#
-    );
+{extra}"#
+    )
+}
+
+/// Every file under `dir`, dated back `ago` (as if stored long before).
+fn backdate(dir: &std::path::Path, ago: Duration) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            backdate(&p, ago);
+        } else {
+            let f = std::fs::File::options().write(true).open(&p).expect("open");
+            f.set_modified(std::time::SystemTime::now() - ago).expect("set mtime");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
+    let config = deb_farm("[retention]\nkeep_last = 2\ndaily_at = \"off\"\n");
     let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["debian-12-amd64"], 1).await;
     let client = farm.client();
     // Build 1 publishes a package of its own, which stays in the channel;
@@ -279,4 +282,81 @@ daily_at = "off"
         anonymous.to_string().contains("401") || anonymous.to_string().to_lowercase().contains("token"),
         "{anonymous}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_backup_serves_the_same_builds_repository_bytes_and_keys() {
+    let mut farm = Farm::running(KILN.as_ref(), &deb_farm(""), &[], "w1", &["debian-12-amd64"], 1).await;
+    let client = farm.client();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = client.create_builds(&request(&["tool"], &[])).await.expect("create").builds[0].id;
+        let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+        assert_eq!(b.state, kiln_core::BuildState::Succeeded, "{}", farm.master_log());
+        ids.push(id);
+    }
+    let http = reqwest::Client::new();
+    let base = farm.url();
+    let fetch = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).send().await.expect("GET");
+            assert_eq!(r.status(), 200, "{}", r.url());
+            r.bytes().await.expect("body").to_vec()
+        }
+    };
+    let served = [
+        format!("{base}/repos/dev/key.asc"),
+        format!("{base}/repos/dev/apt/dists/bookworm/InRelease"),
+        format!("{base}/repos/dev/apt/dists/bookworm/main/binary-amd64/Packages"),
+    ];
+    let mut before = Vec::new();
+    for url in &served {
+        before.push(fetch(url.clone()).await);
+    }
+    let builds_before = client.build(ids[1]).await.expect("build");
+
+    // Backed up while the master runs.
+    let backup = farm.path("backup");
+    let (code, out, err) =
+        run(farm.kiln().arg("backup").arg(&backup).arg("--config").arg(&farm.config)).expect("kiln backup");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the database included"), "{out}");
+    let manifest = std::fs::read_to_string(backup.join("MANIFEST")).expect("manifest");
+    assert!(manifest.lines().any(|l| l.ends_with(" kiln.db")), "{manifest}");
+
+    // The data dir is lost; a restore refuses a damaged backup, then brings it back.
+    farm.kill_master();
+    std::fs::remove_dir_all(farm.path("data")).expect("wipe the data dir");
+    let db = backup.join("kiln.db");
+    let original = std::fs::read(&db).expect("db copy");
+    let mut damaged = original.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&db, &damaged).expect("damage");
+    let (code, _, err) =
+        run(farm.kiln().arg("restore").arg(&backup).arg("--config").arg(&farm.config)).expect("kiln restore");
+    assert_ne!(code, 0);
+    assert!(err.contains("does not match its checksum") && err.contains("nothing was restored"), "{err}");
+    assert!(!farm.path("data").exists() || std::fs::read_dir(farm.path("data")).expect("dir").next().is_none());
+    std::fs::write(&db, &original).expect("repair");
+    let (code, out, err) =
+        run(farm.kiln().arg("restore").arg(&backup).arg("--config").arg(&farm.config)).expect("kiln restore");
+    assert_eq!(code, 0, "{out}{err}");
+
+    farm.start_master().await;
+    let client = farm.client();
+    let after = client.build(ids[1]).await.expect("the build, restored");
+    assert_eq!(
+        (after.id, after.state, after.component.clone()),
+        (builds_before.id, builds_before.state, builds_before.component.clone())
+    );
+    assert_eq!(after.artifacts, builds_before.artifacts);
+    for (url, bytes) in served.iter().zip(&before) {
+        assert_eq!(&fetch(url.clone()).await, bytes, "{url} differs after the restore");
+    }
+    // The artifacts download as before.
+    let dl = farm.path("downloads");
+    std::fs::create_dir_all(&dl).expect("dir");
+    client.download(&after.artifacts[0], &dl).await.expect("download a restored artifact");
 }

@@ -53,6 +53,8 @@ pub enum StoreError {
     LeaseLost { master: String, epoch: i64 },
     #[error("this store handle acts for no master")]
     NoMaster,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -95,6 +95,20 @@ impl Store {
         row.map(|r| Ok((r.try_get::<i64, _>(0)? != 0, r.try_get(1)?))).transpose()
     }
 
+    /// Writes a consistent copy of the whole database to `path` (a new
+    /// file) while it is in use: SQLite's `VACUUM INTO`. PostgreSQL's copy
+    /// is `pg_dump`'s job, which knows its server's version.
+    pub async fn snapshot_into(&self, path: &std::path::Path) -> Result<()> {
+        if self.backend() != crate::Backend::Sqlite {
+            return Err(crate::StoreError::Unsupported(
+                "the database is PostgreSQL: back it up with pg_dump (see docs/operating.md); kiln backup copies the data dir".into(),
+            ));
+        }
+        let path = path.to_str().ok_or_else(|| crate::StoreError::Unsupported("a backup path must be UTF-8".into()))?;
+        sqlx::query("VACUUM INTO $1").bind(path).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// The upload ids queued and running builds take their source from.
     pub async fn uploads_in_use(&self) -> Result<HashSet<String>> {
         let mut out = HashSet::new();

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod auth;
+pub mod backup;
 mod buildable;
 mod caller;
 mod clock;
