@@ -1,8 +1,10 @@
-//! `kiln bench-ui`: how long the master takes to render its pages for a
-//! big farm — 70 components × 20 targets (1,400 builders), the console's
-//! 50 newest requests each with a build on every builder, 100,000 builds
-//! in history, and a package of every builder in dev and in stable (the
-//! packages page). Writes JSON.
+//! `kiln bench-ui`: how long the master takes to render its pages and
+//! `/metrics` for a big farm — 70 components × 20 targets (1,400
+//! builders), 100 workers connected, the console's 50 newest requests each
+//! with a build on every builder, 100,000 builds in history (each with a
+//! log), and a package of every builder in dev and in stable (the packages
+//! page) — then how long a garbage collection over that history takes and
+//! the master's peak memory while it runs. Writes JSON.
 
 use anyhow::Context;
 use clap::Args;
@@ -25,10 +27,23 @@ pub struct BenchUiArgs {
     /// Requests of each page; the report gives median and p95.
     #[arg(long, default_value_t = 30)]
     pub samples: usize,
+    /// Workers connected (worker loops in this process).
+    #[arg(long, default_value_t = 100)]
+    pub workers: usize,
+    /// `[retention] keep_last` for the garbage collection at the end.
+    #[arg(long, default_value_t = 20)]
+    pub keep_last: u32,
     #[arg(long, default_value = "bench-ui")]
     pub dir: PathBuf,
     #[arg(long, default_value = "bench-ui.json")]
     pub out: PathBuf,
+}
+
+/// A `kB` field of `/proc/self/status` (resident memory now, its peak).
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -41,12 +56,17 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("secrets"))?;
-    std::fs::write(dir.join("secrets/w1.token"), "bench-token\n")?;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let wlisten = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut config = format!(
-        "[master]\nlisten = \"{listen}\"\nworker_listen = \"{wlisten}\"\n\n[[worker]]\nname = \"w1\"\ntoken_file = \"secrets/w1.token\"\n"
+        "[master]\nlisten = \"{listen}\"\nworker_listen = \"{wlisten}\"\n\n[retention]\nkeep_last = {}\nmax_age = \"forever\"\ndaily_at = \"off\"\n",
+        args.keep_last
     );
+    let workers: Vec<String> = (1..=args.workers.max(1)).map(|i| format!("w{i}")).collect();
+    for w in &workers {
+        std::fs::write(dir.join(format!("secrets/{w}.token")), format!("bench-token-{w}\n"))?;
+        config.push_str(&format!("\n[[worker]]\nname = \"{w}\"\ntoken_file = \"secrets/{w}.token\"\n"));
+    }
     let targets: Vec<String> = (0..args.targets).map(|i| format!("target-{i:02}")).collect();
     let components: Vec<String> = (0..args.components).map(|i| format!("component-{i:02}")).collect();
     for t in &targets {
@@ -127,6 +147,13 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
         store.change_channel(channel, &rows, &[]).await?;
     }
     store.close().await;
+    // Each build's log, as a finished build leaves one.
+    let logs = farm.data_dir().join("logs");
+    for id in 1..=args.builds.max(recent) {
+        let d = logs.join(id.to_string());
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("0.log"), "a line of build output\n")?;
+    }
     eprintln!(
         "kiln bench-ui: {} builds over {} builders stored in {:.1} s",
         args.builds.max(recent),
@@ -137,6 +164,36 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
     let master = kiln_master::start(&config_path).await?;
     let base = format!("http://{}", master.http_addr);
     let http = reqwest::Client::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for w in &workers {
+        let opts = kiln_worker::WorkerOptions {
+            masters: vec![master.worker_addr.to_string()],
+            name: w.clone(),
+            token: format!("bench-token-{w}"),
+            targets: targets.clone(),
+            slots: 2,
+            workdir: dir.join("workers").join(w),
+            tls_ca: None,
+            tls_identity: None,
+            refresh_roots: false,
+            root_cache: None,
+            sandbox: None,
+            build_uids: Vec::new(),
+            metrics: None,
+            cache_max_age: std::time::Duration::from_secs(30 * 86400),
+        };
+        loops.spawn(kiln_worker::run(opts));
+    }
+    let client = kiln_client::Client::new(&base, Some(master.admin_token.clone()))?;
+    let mut connected = 0;
+    for _ in 0..600 {
+        connected = client.status().await?.workers_connected;
+        if connected as usize == workers.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(connected as usize == workers.len(), "only {connected} of {} workers connected", workers.len());
     let mut report = serde_json::Map::new();
     report.insert("builders".into(), json!(builders.len()));
     report.insert("builds".into(), json!(args.builds.max(recent)));
@@ -151,6 +208,7 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
         ("build", format!("/builds/{last_build}")),
         ("workers", "/workers".to_string()),
         ("packages", "/packages".to_string()),
+        ("metrics", "/metrics".to_string()),
     ] {
         let mut times = Vec::new();
         let mut bytes = 0;
@@ -166,6 +224,29 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
             json!({ "path": path, "median_ms": percentile(times.clone(), 0.5), "p95_ms": percentile(times, 0.95), "bytes": bytes }),
         );
     }
+    report.insert("workers_connected".into(), json!(connected));
+
+    // A garbage collection over the history: the time it takes, and the
+    // process's peak memory while it runs (the peak is reset first).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before = proc_status_kib("VmRSS");
+    let t = Instant::now();
+    let gc = client.gc(false).await?;
+    let wall_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let freed: u64 = gc.freed.iter().map(|f| f.bytes).sum();
+    report.insert(
+        "gc".into(),
+        json!({
+            "keep_last": args.keep_last,
+            "builds_pruned": gc.builds_pruned,
+            "bytes_freed": freed,
+            "took_ms": gc.took_ms,
+            "wall_ms": wall_ms,
+            "rss_before_kib": rss_before,
+            "peak_rss_kib": proc_status_kib("VmHWM"),
+        }),
+    );
+    loops.abort_all();
     master.shutdown().await;
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(report))?;
     let mut f = std::fs::File::create(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;

@@ -177,8 +177,8 @@ async fn the_master_tells_its_service_manager_it_is_ready_and_reloading() {
 }
 
 /// A farm whose `tool` builds make a `.deb` that a `dev` channel keeping
-/// one version per package publishes; `extra` is added to the config.
-fn deb_farm(extra: &str) -> String {
+/// `keep` versions per package publishes; `extra` is added to the config.
+fn deb_farm(keep: u32, extra: &str) -> String {
     format!(
         r#"[[worker]]
 name = "w1"
@@ -198,7 +198,7 @@ artifacts = ["*.deb"]
 [[channel]]
 name = "dev"
 accepts = "nightly"
-keep = 1
+keep = {keep}
 
 {extra}"#
     )
@@ -219,7 +219,7 @@ fn backdate(dir: &std::path::Path, ago: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
-    let config = deb_farm("[retention]\nkeep_last = 2\ndaily_at = \"off\"\n");
+    let config = deb_farm(1, "[retention]\nkeep_last = 2\ndaily_at = \"off\"\n");
     let farm = Farm::running(KILN.as_ref(), &config, &[], "w1", &["debian-12-amd64"], 1).await;
     let client = farm.client();
     // Build 1 publishes a package of its own, which stays in the channel;
@@ -286,7 +286,7 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_backup_serves_the_same_builds_repository_bytes_and_keys() {
-    let mut farm = Farm::running(KILN.as_ref(), &deb_farm(""), &[], "w1", &["debian-12-amd64"], 1).await;
+    let mut farm = Farm::running(KILN.as_ref(), &deb_farm(1, ""), &[], "w1", &["debian-12-amd64"], 1).await;
     let client = farm.client();
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -359,4 +359,55 @@ async fn a_restored_backup_serves_the_same_builds_repository_bytes_and_keys() {
     let dl = farm.path("downloads");
     std::fs::create_dir_all(&dl).expect("dir");
     client.download(&after.artifacts[0], &dl).await.expect("download a restored artifact");
+}
+
+/// The farm of `fixtures/farm-schema-12.tar.gz`: its data dir as the kiln
+/// before retention (database schema 12) left it, after two builds of
+/// `tool` published into `dev`. See `fixtures/README.md`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_made_by_the_previous_kiln_is_upgraded_and_served() {
+    let mut farm = Farm::new(KILN.as_ref(), &deb_farm(2, ""), &[]);
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/farm-schema-12.tar.gz");
+    std::fs::create_dir_all(farm.path("data")).expect("data dir");
+    let (code, _, err) =
+        run(Command::new("tar").arg("-xzf").arg(&fixture).arg("-C").arg(farm.path("data"))).expect("tar");
+    assert_eq!(code, 0, "{err}");
+    let inrelease_on_disk = std::fs::read(farm.path("data/repos/dev/current/apt/dists/bookworm/InRelease"))
+        .expect("the fixture's InRelease");
+
+    let (code, out, err) = run(farm.kiln().arg("upgrade").arg("--config").arg(&farm.config)).expect("kiln upgrade");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied 1 migration"), "{out}");
+    let (_, again, _) = run(farm.kiln().arg("upgrade").arg("--config").arg(&farm.config)).expect("kiln upgrade");
+    assert!(again.contains("applied 0 migration"), "a second upgrade has nothing to do: {again}");
+
+    farm.start_master().await;
+    let client = farm.client();
+    for id in [1, 2] {
+        assert_eq!(client.build(id).await.expect("an old build").state, kiln_core::BuildState::Succeeded);
+    }
+    let http = reqwest::Client::new();
+    let base = farm.url();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move { http.get(url).send().await.expect("GET").bytes().await.expect("body").to_vec() }
+    };
+    assert_eq!(get("/repos/dev/apt/dists/bookworm/InRelease").await, inrelease_on_disk, "served as signed before");
+    let packages =
+        String::from_utf8(get("/repos/dev/apt/dists/bookworm/main/binary-amd64/Packages").await).expect("utf8");
+    assert!(packages.contains("Version: 1.0~b1") && packages.contains("Version: 1.0~b2"), "{packages}");
+
+    // It builds and publishes on: the new build's version joins the channel.
+    farm.start_worker("w1", &["debian-12-amd64"], 1);
+    farm.wait_for_workers(&["w1"]).await;
+    let id = client.create_builds(&request(&["tool"], &[])).await.expect("create").builds[0].id;
+    assert_eq!(id, 3);
+    let b = farm.wait_finished(id, Duration::from_secs(120)).await;
+    assert_eq!(b.state, kiln_core::BuildState::Succeeded, "{}", farm.master_log());
+    let packages =
+        String::from_utf8(get("/repos/dev/apt/dists/bookworm/main/binary-amd64/Packages").await).expect("utf8");
+    assert!(packages.contains("Version: 1.0~b3") && !packages.contains("Version: 1.0~b1"), "{packages}");
+    // The new retention columns are there.
+    let report = client.gc(true).await.expect("gc on the upgraded database");
+    assert_eq!(report.builds_pruned, 0);
 }
