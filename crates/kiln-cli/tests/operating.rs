@@ -101,7 +101,7 @@ async fn prometheus_scrapes_the_master_and_a_worker() {
         worker.contains("kiln_worker_step_duration_seconds_count{step=\"hello\",state=\"succeeded\"} 1\n"),
         "{worker}"
     );
-    assert!(worker.contains("kiln_worker_slots 2\n"), "{worker}");
+    assert!(worker.contains("kiln_worker_build_slots 2\n"), "{worker}");
     let r = http.get(format!("http://{worker_metrics}/other")).send().await.expect("GET");
     assert_eq!(r.status(), 404);
 
@@ -143,7 +143,7 @@ async fn prometheus_scrapes_the_master_and_a_worker() {
     let prom_log = std::fs::read_to_string(prom_dir.join("log")).unwrap_or_default();
     assert!(answered, "Prometheus never answered kiln_workers_connected = 1:\n{prom_log}");
     let slots = wait_for(Duration::from_secs(60), || async {
-        query("kiln_worker_slots{job=\"kiln-worker\"}").await.as_deref() == Some("2")
+        query("kiln_worker_build_slots{job=\"kiln-worker\"}").await.as_deref() == Some("2")
     })
     .await;
     assert!(slots, "Prometheus never scraped the worker");
@@ -258,8 +258,15 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
     assert!(blobs[0].is_file(), "build 1's package is still published: its file stays");
     assert!(!blobs[1].exists() && !blobs[2].exists(), "builds 2 and 3's packages left the channel");
     assert!(blobs[3].is_file() && blobs[4].is_file());
-    // The builds stay as history.
-    assert_eq!(client.build(ids[1]).await.expect("build 2").state, kiln_core::BuildState::Succeeded);
+    // The builds stay as history; their logs and artifacts are gone, and say so.
+    let pruned = client.build(ids[1]).await.expect("build 2");
+    assert_eq!(pruned.state, kiln_core::BuildState::Succeeded);
+    let gone = client.log(ids[1], "package", 0).await.expect_err("the log is gone");
+    assert!(gone.to_string().contains("removed by the retention rules"), "{gone}");
+    let dl = farm.path("downloads");
+    std::fs::create_dir_all(&dl).expect("dir");
+    let gone = client.download(&pruned.artifacts[0], &dl).await.expect_err("the artifact is gone");
+    assert!(gone.to_string().contains("removed by the retention rules"), "{gone}");
 
     // A pinned build keeps its files when newer builds push it out.
     let (code, out, err) = run(farm.kiln().args(["pin", &ids[3].to_string()])).expect("kiln pin");

@@ -85,6 +85,33 @@ impl ArtifactStore {
         })
     }
 
+    /// Removes stored content `sha256` unless it was stored or reused
+    /// after `unused_since` (its mtime says); returns the bytes it held, or
+    /// none when it stays or is gone. Under the intake's lock, so an upload
+    /// reusing it now either touched it first or finds it gone and stores it
+    /// anew. With `dry_run`, only says what would go.
+    pub fn remove_unused(
+        &self,
+        sha256: &str,
+        unused_since: std::time::SystemTime,
+        dry_run: bool,
+    ) -> io::Result<Option<u64>> {
+        let Some(path) = self.path_of(sha256) else { return Ok(None) };
+        let _intake = self.lock();
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if meta.modified()? > unused_since {
+            return Ok(None);
+        }
+        if !dry_run {
+            fs::remove_file(&path)?;
+        }
+        Ok(Some(meta.len()))
+    }
+
     /// Bytes of artifacts received from workers since the master started.
     pub fn received(&self) -> u64 {
         self.received.load(std::sync::atomic::Ordering::Relaxed)
@@ -243,8 +270,9 @@ impl ArtifactStore {
     fn place(&self, part: &Path, sha256: &str) -> io::Result<()> {
         let dest = self.root.join(&sha256[..2]).join(sha256);
         if dest.exists() {
-            // Reused now: a garbage collection under way leaves it alone.
-            File::options().write(true).open(&dest)?.set_modified(std::time::SystemTime::now())?;
+            // Reused now: a garbage collection under way leaves it alone
+            // (read-only: the same file may be a repository's, hard-linked).
+            File::open(&dest)?.set_modified(std::time::SystemTime::now())?;
             return fs::remove_file(part);
         }
         fs::create_dir_all(dest.parent().unwrap_or(&self.root))?;

@@ -43,7 +43,8 @@ pub async fn watch(shared: Arc<Shared>) {
         }
         last_text = text.clone();
         if forced {
-            // A `systemctl reload` waits until the master is ready again.
+            // The service manager shows the reload (a `Type=notify-reload`
+            // unit, systemd 253 and later, also waits for READY).
             crate::service_manager::notify("RELOADING=1");
         }
         reload(&shared, &current, text);

@@ -3,18 +3,25 @@
 //! and guarded by its `KEY.lock`, which every use opens anew (so the lock
 //! file's time is when the entry was last used).
 //!
-//! [`clean`] removes entries unused for longer than `--cache-max-age`, and
-//! unpacked roots a newer tarball replaced a day ago (no build still runs
-//! on one after a day); both only while holding the entry's lock, so a
-//! build never loses a cache it is using. [`census`] measures them for
+//! [`clean`] removes entries unused for longer than `--cache-max-age` (two
+//! days at least), and unpacked roots a newer tarball replaced three days
+//! ago; both only while holding the entry's lock, so a build never loses a
+//! cache it is setting up, and only after longer than any build runs, so
+//! none loses the root it has mounted. [`census`] measures them for
 //! `/metrics`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// An unpacked root whose tarball was replaced goes this long after.
-const REPLACED_ROOT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// An unpacked root whose tarball was replaced goes this long after: a
+/// build started on it before may still run with it mounted (an overlay's
+/// lower layer), and no build runs for days.
+const REPLACED_ROOT_GRACE: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// The shortest `--cache-max-age`: a build may use its root's unpacked
+/// copy (unlocked, under an overlay) for as long as it runs.
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(2 * 24 * 3600);
 
 /// One cache directory and what its entries are.
 #[derive(Debug, Clone)]
@@ -60,6 +67,9 @@ fn keys(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".lock")).map(str::to_string))
         .collect();
     keys.sort();
+    // `KEY.lists.lock` guards a part of entry KEY, not an entry of its own.
+    let all = keys.clone();
+    keys.retain(|k| !all.iter().any(|other| other != k && k.starts_with(&format!("{other}."))));
     keys
 }
 
@@ -215,18 +225,21 @@ mod tests {
     }
 
     #[test]
-    fn an_unpacked_root_goes_a_day_after_its_tarball_was_replaced() {
+    fn an_unpacked_root_goes_days_after_its_tarball_was_replaced() {
         let work = tempfile::tempdir().expect("test set-up");
         let dirs = dirs(work.path(), None);
         let roots = work.path().join("roots");
         fs::create_dir_all(&roots).expect("test set-up");
         let now = SystemTime::now();
-        let made = now - Duration::from_secs(2 * 86400);
+        let made = now - Duration::from_secs(4 * 86400);
         let stamp = made.duration_since(SystemTime::UNIX_EPOCH).expect("test set-up").as_secs();
         let made = SystemTime::UNIX_EPOCH + Duration::from_secs(stamp);
         fs::write(roots.join("bookworm-native-1.tar"), "tar").expect("test set-up");
         set_time(&roots.join("bookworm-native-1.tar"), made);
         fs::write(roots.join("bookworm-native-1.lock"), "").expect("test set-up");
+        // The apt lists' own lock belongs to the same entry.
+        fs::write(roots.join("bookworm-native-1.lists"), "lists").expect("test set-up");
+        fs::write(roots.join("bookworm-native-1.lists.lock"), "").expect("test set-up");
         fs::create_dir_all(roots.join(format!("bookworm-native-1.{stamp}.dir/usr"))).expect("test set-up");
         fs::create_dir_all(roots.join("bookworm-native-1.1000.dir/usr")).expect("test set-up");
         fs::write(roots.join("bookworm-native-1.1000.dir/usr/x"), "12345").expect("test set-up");
@@ -236,7 +249,10 @@ mod tests {
         assert!(roots.join(format!("bookworm-native-1.{stamp}.dir")).exists());
         assert!(roots.join("bookworm-native-1.tar").exists());
         assert!(!roots.join("bookworm-native-1.1000.dir").exists());
-        let entry = census(&dirs, now).into_iter().find(|e| e.kind == "root").expect("test set-up");
-        assert!(entry.age >= Duration::from_secs(2 * 86400 - 5), "{entry:?}");
+        let entries: Vec<Entry> = census(&dirs, now).into_iter().filter(|e| e.kind == "root").collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(roots.join("bookworm-native-1.lists").exists());
+        let entry = entries[0].clone();
+        assert!(entry.age >= Duration::from_secs(4 * 86400 - 5), "{entry:?}");
     }
 }

@@ -150,6 +150,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         steps: Default::default(),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
+    anyhow::ensure!(
+        opts.cache_max_age >= caches::MIN_MAX_AGE,
+        "--cache-max-age must be two days at least: a build may use its cached root for as long as it runs"
+    );
     let cache_dirs = caches::dirs(&opts.workdir, opts.root_cache.as_deref());
     tokio::spawn(clean_caches(cache_dirs.clone(), opts.cache_max_age));
     if let Some(addr) = opts.metrics {

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 const CENSUS_EVERY: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 8192;
+/// Scrapes answered at once; more wait their turn.
+const MAX_CONNECTIONS: usize = 8;
 
 #[derive(Default)]
 pub struct StepMetrics {
@@ -52,24 +54,28 @@ pub struct Gauges {
 /// Serves `/metrics` on `listener` until the worker ends.
 pub async fn serve(listener: TcpListener, steps: Arc<StepMetrics>, gauges: Arc<Gauges>) {
     let census: Arc<Census> = Default::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Ok((mut conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let (steps, gauges, census) = (steps.clone(), gauges.clone(), census.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let answered = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+                let ended = |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
+                while !ended(&head) && head.len() < MAX_HEAD {
                     let n = conn.read(&mut buf).await?;
                     if n == 0 {
                         return Ok(());
                     }
                     head.extend_from_slice(&buf[..n]);
                 }
-                let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+                let line = head.split(|b| *b == b'\r' || *b == b'\n').next().unwrap_or_default();
                 let (status, body) = if line.starts_with(b"GET /metrics ") {
                     ("200 OK", render(&steps, &gauges, &census).await)
                 } else {
@@ -107,7 +113,7 @@ async fn render(steps: &StepMetrics, gauges: &Gauges, census: &Census) -> String
         }
     };
     let mut e = Exposition::new();
-    e.single("kiln_worker_slots", Kind::Gauge, "Builds this worker runs at once.", f64::from(gauges.slots));
+    e.single("kiln_worker_build_slots", Kind::Gauge, "Builds this worker runs at once.", f64::from(gauges.slots));
     e.single("kiln_worker_builds_running", Kind::Gauge, "Builds running on this worker.", (gauges.running)() as f64);
     e.family("kiln_worker_step_duration_seconds", Kind::Histogram, "How long build steps ran, by step and result.");
     for ((step, state), h) in &steps.snapshot() {

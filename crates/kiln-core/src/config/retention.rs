@@ -34,13 +34,17 @@ pub struct Retention {
     pub disk_warn_percent: u8,
 }
 
+/// Without `[retention]`, a farm keeps its builds' files and accepted
+/// uploads for ever (removing history is the operator's choice, never an
+/// upgrade's) and drops rejected uploads, which are only kept for a look,
+/// after two weeks.
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            builds: KeepRule { keep_last: None, max_age: Some(90 * DAY) },
+            builds: KeepRule { keep_last: None, max_age: None },
             components: BTreeMap::new(),
             rejected_uploads: Some(14 * DAY),
-            uploads: Some(30 * DAY),
+            uploads: None,
             daily_at: Some((3, 0)),
             disk_warn_percent: 90,
         }

@@ -71,30 +71,28 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
         leaving_content.extend(s.store.artifacts_of(chunk).await?.into_iter().map(|a| a.sha256));
     }
     let uploads_in_use = s.store.uploads_in_use().await?;
-    let artifacts = &s.artifacts;
+    let leaving_content: std::collections::BTreeSet<String> =
+        leaving_content.into_iter().filter(|sha| !kept.contains(sha)).collect();
+    let unused_since = SystemTime::now() - RECENT_CONTENT;
+    let mut tally = Tally::default();
+    for (i, sha) in leaving_content.iter().enumerate() {
+        if i % 256 == 255 {
+            // Many small file operations: let the rest of the master run between.
+            tokio::task::yield_now().await;
+        }
+        match s.artifacts.remove_unused(sha, unused_since, dry_run) {
+            Ok(Some(bytes)) => tally.add("artifacts", bytes),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(sha256 = %sha, error = %e, "garbage collection cannot remove stored content"),
+        }
+    }
     let (prune_ids, tally) = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
-        let artifact_paths: Vec<std::path::PathBuf> = leaving_content
-            .iter()
-            .filter(|sha| !kept.contains(*sha))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|sha| artifacts.path_of(sha))
-            .collect();
         move || {
-            let mut tally = Tally::default();
             let now = SystemTime::now();
             for id in &prune {
                 let dir = data_dir.join("logs").join(id.to_string());
                 remove(&dir, "logs", dry_run, &mut tally);
-            }
-            for path in artifact_paths {
-                let recent = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() < RECENT_CONTENT);
-                if !recent {
-                    remove(&path, "artifacts", dry_run, &mut tally);
-                }
             }
             if let Some(age) = rules.uploads {
                 for (dir, name) in entries_older_than(&data_dir.join("uploads"), age, now) {

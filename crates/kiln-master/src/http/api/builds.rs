@@ -102,6 +102,11 @@ pub fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>().map_err(|_| ApiError::bad(format!("build id must be a number, got {text:?}")))
 }
 
+/// Whether build `id`'s logs and artifacts were removed by retention.
+async fn pruned(s: &Shared, id: i64) -> bool {
+    matches!(s.store.retention_of(id).await, Ok(Some((_, Some(_)))))
+}
+
 fn not_found_build(id: i64) -> ApiError {
     ApiError::not_found(format!("no build {id}"))
 }
@@ -168,6 +173,12 @@ pub async fn step_log(
     let limit = q.limit.unwrap_or(MAX_LOG_READ).clamp(1, MAX_LOG_READ);
     let idx = found.idx as u32;
     let logs = &s.logs;
+    if build.state.is_finished() && pruned(&s, id).await {
+        return Err(ApiError::new(
+            axum::http::StatusCode::GONE,
+            format!("build {id}'s logs were removed by the retention rules; its record stays"),
+        ));
+    }
     let data = tokio::task::block_in_place(|| logs.read(id, idx, offset, limit)).map_err(ApiError::internal)?;
     let next_offset = offset + data.len() as u64;
     let complete = (found.state.is_finished() || build.state.is_finished())
@@ -198,7 +209,16 @@ pub async fn download_artifact(
         .find(|a| a.name == name)
         .ok_or_else(|| ApiError::not_found(format!("build {id} has no artifact {name:?}")))?;
     let path = s.artifacts.path_of(&row.sha256).ok_or_else(|| ApiError::internal("bad checksum in the database"))?;
-    let file = tokio::fs::File::open(&path).await.map_err(ApiError::internal)?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && pruned(&s, id).await => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::GONE,
+                format!("build {id}'s artifacts were removed by the retention rules; its record stays"),
+            ))
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     let disposition = format!("attachment; filename=\"{}\"", row.name);
     Ok((
