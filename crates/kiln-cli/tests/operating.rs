@@ -242,6 +242,12 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
     assert!(ids.iter().all(|id| logs(*id).is_dir()) && blobs.iter().all(|b| b.is_file()));
     // As if stored an hour ago: content stored in the last minutes is left alone.
     backdate(&farm.path("data/artifacts"), Duration::from_secs(3600));
+    // A mirror of a repository no component builds from any more, days old.
+    let stale_mirror = farm.path("data/git/0123456789abcdef0123.git");
+    std::fs::create_dir_all(&stale_mirror).expect("mirror");
+    std::fs::write(stale_mirror.join("HEAD"), "ref: refs/heads/main\n").expect("HEAD");
+    let (code, _, err) = run(Command::new("touch").args(["-d", "3 days ago"]).arg(&stale_mirror)).expect("touch");
+    assert_eq!(code, 0, "{err}");
 
     // A dry run says what would go and removes nothing.
     let (code, out, err) = run(farm.kiln().args(["gc", "--dry-run"])).expect("kiln gc --dry-run");
@@ -252,6 +258,8 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
     let (code, out, err) = run(farm.kiln().arg("gc")).expect("kiln gc");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("freed") && out.contains("3 builds lose"), "{out}");
+    assert!(!stale_mirror.exists(), "the unnamed mirror went");
+    assert!(out.lines().any(|l| l.starts_with("mirrors") && l.split_whitespace().nth(1) == Some("1")), "{out}");
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(logs(*id).exists(), i >= 3, "build {id}'s logs");
     }

@@ -21,6 +21,7 @@ mod http;
 mod lease;
 pub mod logs;
 mod metrics;
+mod mirrors;
 mod news;
 mod ops;
 mod plan;

@@ -1,6 +1,7 @@
 //! Garbage collection by the `[retention]` rules (`kiln gc`, `POST
 //! /api/v1/gc`, and the master's daily run): old builds' logs and
-//! artifacts, accepted uploads' files and rejected uploads. Pinning a
+//! artifacts, accepted uploads' files, rejected uploads, and mirrors of
+//! repositories the config no longer names. Pinning a
 //! build keeps its files.
 //!
 //! Which builds lose their files is [`kiln_core::retention::to_prune`]'s
@@ -25,6 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Content stored or reused this long before a collection began is not
 /// removed: its build's artifact row may not be written yet.
 const RECENT_CONTENT: Duration = Duration::from_secs(600);
+
+/// A mirror of a repository the config no longer names goes once unchanged this long.
+const UNNAMED_MIRROR_AGE: Duration = Duration::from_secs(86_400);
 
 /// Runs a collection for `caller` (server admins only).
 pub async fn gc(s: &Shared, caller: &Caller, dry_run: bool) -> Result<GcReport, OpError> {
@@ -88,6 +92,7 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
     }
     let (prune_ids, tally) = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
+        let cfg = farm.cfg.clone();
         move || {
             let now = SystemTime::now();
             for id in &prune {
@@ -99,6 +104,14 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
                     if !uploads_in_use.contains(&name) {
                         remove(&dir, "uploads", dry_run, &mut tally);
                     }
+                }
+            }
+            // Mirrors of repositories the config no longer names (after a
+            // day unchanged: a reload may bring a component back).
+            for dir in crate::mirrors::unnamed(&data_dir, &cfg) {
+                let changed = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+                if changed.is_some_and(|t| now.duration_since(t).unwrap_or_default() > UNNAMED_MIRROR_AGE) {
+                    remove(&dir, "mirrors", dry_run, &mut tally);
                 }
             }
             if let Some(age) = rules.rejected_uploads {
@@ -117,7 +130,7 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
     let report = GcReport {
         dry_run,
         builds_pruned: prune_ids.len() as u64,
-        freed: ["logs", "artifacts", "uploads", "rejected_uploads"]
+        freed: ["logs", "artifacts", "uploads", "rejected_uploads", "mirrors"]
             .into_iter()
             .map(|kind| {
                 let (count, bytes) = tally.0.get(kind).copied().unwrap_or_default();

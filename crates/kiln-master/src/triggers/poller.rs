@@ -43,13 +43,7 @@ async fn git_output(cmd: &mut Command) -> Result<String, String> {
 use super::remote::Description;
 pub use super::remote::NoTip;
 
-/// Where the master mirrors a repository it polls (under its data dir).
-fn mirror_dir(data_dir: &Path, vcs: Vcs, url: &str) -> std::path::PathBuf {
-    match vcs {
-        Vcs::Git => data_dir.join("git").join(format!("{}.git", mirror_key(url))),
-        Vcs::Hg => data_dir.join("hg").join(mirror_key(url)),
-    }
-}
+use crate::mirrors::mirror_dir;
 
 /// The commit a branch of a remote points at now (git asks the remote;
 /// Mercurial pulls into the master's mirror under `data_dir` first).
@@ -140,11 +134,6 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
         }
     }
     Ok(())
-}
-
-pub(super) fn mirror_key(url: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(url.as_bytes())[..10])
 }
 
 /// Files changed between two commits, the new one's author and subject,
