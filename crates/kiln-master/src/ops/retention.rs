@@ -75,6 +75,7 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
         leaving_content.extend(s.store.artifacts_of(chunk).await?.into_iter().map(|a| a.sha256));
     }
     let uploads_in_use = s.store.uploads_in_use().await?;
+    let read_ms = began.elapsed().as_millis() as u64;
     let leaving_content: std::collections::BTreeSet<String> =
         leaving_content.into_iter().filter(|sha| !kept.contains(sha)).collect();
     let unused_since = SystemTime::now() - RECENT_CONTENT;
@@ -90,6 +91,7 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
             Err(e) => tracing::warn!(sha256 = %sha, error = %e, "garbage collection cannot remove stored content"),
         }
     }
+    let content_ms = began.elapsed().as_millis() as u64 - read_ms;
     let (prune_ids, tally) = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
         let cfg = farm.cfg.clone();
@@ -124,9 +126,12 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
     })
     .await
     .map_err(OpError::internal)?;
+    let files_ms = began.elapsed().as_millis() as u64 - read_ms - content_ms;
     if !dry_run {
         s.store.mark_pruned(&prune_ids, now_us).await?;
     }
+    let mark_ms = began.elapsed().as_millis() as u64 - read_ms - content_ms - files_ms;
+    tracing::debug!(read_ms, content_ms, files_ms, mark_ms, "garbage collection phases");
     let report = GcReport {
         dry_run,
         builds_pruned: prune_ids.len() as u64,
