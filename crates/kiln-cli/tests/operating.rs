@@ -242,6 +242,14 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
     assert!(ids.iter().all(|id| logs(*id).is_dir()) && blobs.iter().all(|b| b.is_file()));
     // As if stored an hour ago: content stored in the last minutes is left alone.
     backdate(&farm.path("data/artifacts"), Duration::from_secs(3600));
+    // Content nothing names (a retried build's first upload), old and new.
+    let orphan = |sha: &str| farm.path(&format!("data/artifacts/{}/{sha}", &sha[..2]));
+    let (old_orphan, new_orphan) = (orphan(&"ab".repeat(32)), orphan(&"cd".repeat(32)));
+    for o in [&old_orphan, &new_orphan] {
+        std::fs::create_dir_all(o.parent().expect("parent")).expect("dir");
+        std::fs::write(o, "left behind").expect("orphan");
+    }
+    backdate(&old_orphan.parent().expect("parent").to_path_buf(), Duration::from_secs(3600));
     // A mirror of a repository no component builds from any more, days old.
     let stale_mirror = farm.path("data/git/0123456789abcdef0123.git");
     std::fs::create_dir_all(&stale_mirror).expect("mirror");
@@ -259,6 +267,8 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("freed") && out.contains("3 builds lose"), "{out}");
     assert!(!stale_mirror.exists(), "the unnamed mirror went");
+    assert!(!old_orphan.exists(), "content nothing names goes");
+    assert!(new_orphan.exists(), "content stored minutes ago stays (its row may be on its way)");
     assert!(out.lines().any(|l| l.starts_with("mirrors") && l.split_whitespace().nth(1) == Some("1")), "{out}");
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(logs(*id).exists(), i >= 3, "build {id}'s logs");

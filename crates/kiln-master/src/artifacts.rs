@@ -85,6 +85,24 @@ impl ArtifactStore {
         })
     }
 
+    /// The checksums of all stored content (`artifacts/XX/SHA256`).
+    pub fn stored(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for dir in fs::read_dir(&self.root)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(dir.path())? {
+                let name = f?.file_name();
+                if let Some(sha) = name.to_str().filter(|n| self.path_of(n).is_some()) {
+                    out.push(sha.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes stored content `sha256` unless it was stored or reused
     /// after `unused_since` (its mtime says); returns the bytes it held, or
     /// none when it stays or is gone. Under the intake's lock, so an upload

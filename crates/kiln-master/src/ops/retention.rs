@@ -5,11 +5,13 @@
 //! build keeps its files.
 //!
 //! Which builds lose their files is [`kiln_core::retention::to_prune`]'s
-//! decision. An artifact's content goes only when nothing else names it: a
-//! channel, a snapshot, or a build that keeps its files (content is stored
-//! once, whoever uploaded it); content stored or reused within the last
-//! ten minutes is left for the next run, so an upload racing a collection
-//! keeps its file (the store touches content it reuses). An upload a queued or running build takes its source from
+//! decision. Stored content goes when nothing names it any more: no
+//! channel, no snapshot, no build that keeps its files (content is stored
+//! once, whoever uploaded it) — also content a channel dropped after its
+//! build was pruned, or a retried build's first upload. Content stored or
+//! reused within the last ten minutes is left for the next run, so an
+//! upload racing a collection keeps its file (the store touches content it
+//! reuses). An upload a queued or running build takes its source from
 //! stays. Files go first, then the builds are marked: a collection cut
 //! short leaves nothing named that is gone for good, and the next one
 //! finishes it.
@@ -70,14 +72,12 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
     let facts = s.store.retention_facts().await?;
     let prune = kiln_core::retention::to_prune(&facts, &rules, now_us);
     let kept = s.store.kept_content(&prune).await?;
-    let mut leaving_content = Vec::new();
-    for chunk in prune.chunks(500) {
-        leaving_content.extend(s.store.artifacts_of(chunk).await?.into_iter().map(|a| a.sha256));
-    }
     let uploads_in_use = s.store.uploads_in_use().await?;
     let read_ms = began.elapsed().as_millis() as u64;
-    let leaving_content: std::collections::BTreeSet<String> =
-        leaving_content.into_iter().filter(|sha| !kept.contains(sha)).collect();
+    // Every stored content nothing keeps: the pruned builds', and any a
+    // channel or a retried build let go of since.
+    let leaving_content: Vec<String> =
+        s.artifacts.stored().map_err(OpError::internal)?.into_iter().filter(|sha| !kept.contains(sha)).collect();
     let unused_since = SystemTime::now() - RECENT_CONTENT;
     let mut tally = Tally::default();
     for (i, sha) in leaving_content.iter().enumerate() {
