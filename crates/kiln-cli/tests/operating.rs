@@ -249,7 +249,7 @@ async fn gc_keeps_the_newest_builds_pinned_ones_and_every_published_file() {
         std::fs::create_dir_all(o.parent().expect("parent")).expect("dir");
         std::fs::write(o, "left behind").expect("orphan");
     }
-    backdate(&old_orphan.parent().expect("parent").to_path_buf(), Duration::from_secs(3600));
+    backdate(old_orphan.parent().expect("parent"), Duration::from_secs(3600));
     // A mirror of a repository no component builds from any more, days old.
     let stale_mirror = farm.path("data/git/0123456789abcdef0123.git");
     std::fs::create_dir_all(&stale_mirror).expect("mirror");
