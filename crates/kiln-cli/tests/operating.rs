@@ -368,6 +368,11 @@ async fn a_restored_backup_serves_the_same_builds_repository_bytes_and_keys() {
     let (code, out, err) =
         run(farm.kiln().arg("restore").arg(&backup).arg("--config").arg(&farm.config)).expect("kiln restore");
     assert_eq!(code, 0, "{out}{err}");
+    // Never over a farm's data.
+    let (code, _, err) =
+        run(farm.kiln().arg("restore").arg(&backup).arg("--config").arg(&farm.config)).expect("kiln restore");
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
 
     farm.start_master().await;
     let client = farm.client();
