@@ -64,7 +64,7 @@ impl Store {
     pub async fn mark_pruned(&self, ids: &[i64], at: i64) -> Result<()> {
         for chunk in ids.chunks(500) {
             sqlx::query(&format!(
-                "UPDATE builds SET pruned_at = $1 WHERE id IN ({}) AND pruned_at IS NULL",
+                "UPDATE builds SET pruned_at = $1 WHERE id IN ({}) AND pruned_at IS NULL AND pinned = 0",
                 id_list(chunk)
             ))
             .bind(at)

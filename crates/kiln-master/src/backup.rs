@@ -162,9 +162,13 @@ fn read_manifest(text: &str) -> anyhow::Result<Vec<Entry>> {
         if path.starts_with('/') || path.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             bail!("{MANIFEST} line {at}: the path {path:?} leaves the backup");
         }
+        let top = path.strip_prefix("files/").unwrap_or(path);
+        if top.starts_with(".restoring.") || top.starts_with(STAGING) {
+            bail!("{MANIFEST} line {at}: {path:?} is a name kiln keeps for itself");
+        }
         let entry = if a == "link" {
-            if !link_stays_inside(path, b) {
-                bail!("{MANIFEST} line {at}: the link {path:?} points outside the data dir");
+            if !repository_link(path, b) {
+                bail!("{MANIFEST} line {at}: the link {path:?} -> {b:?} is not one of a repository's own links");
             }
             Entry::Link { target: b.to_string(), rel: path.to_string() }
         } else if path == DATABASE || path.starts_with("files/") {
@@ -239,8 +243,18 @@ fn resolve(rel: &str, target: &str) -> Option<String> {
     Some(at.join("/"))
 }
 
-fn link_stays_inside(rel: &str, target: &str) -> bool {
-    resolve(rel, target).is_some()
+/// Whether a link is of the kind a farm's repositories make, and no other:
+/// inside `repos/CHANNEL/`, to that channel's generations or pool. A link
+/// elsewhere could serve the keys or the database as repository files.
+fn repository_link(rel: &str, target: &str) -> bool {
+    let Some(resolved) = resolve(rel, target) else { return false };
+    let (from, to): (Vec<&str>, Vec<&str>) = (rel.split('/').collect(), resolved.split('/').collect());
+    from.len() >= 3
+        && to.len() >= 3
+        && from[0] == "repos"
+        && to[0] == "repos"
+        && from[1] == to[1]
+        && matches!(to[2], "gens" | "pool")
 }
 
 /// Restores a backup into the empty (or new) data dir of `config`,
@@ -302,7 +316,7 @@ fn restore_into(src: &Path, entries: &[Entry], into: &Path) -> anyhow::Result<Co
             fs::create_dir_all(parent)?;
         }
         let from = src.join(rel);
-        let mode = fs::metadata(&from)?.permissions().mode();
+        let mode = open_regular(&from)?.metadata()?.permissions().mode();
         let (size, sum) = copy_summed(&from, &to, mode)?;
         if &sum != sha256 {
             bail!("{rel} changed while it was restored; nothing was restored");
@@ -356,8 +370,18 @@ fn files_under(root: &Path, rel: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Opens a regular file to read, never through a final link, and never
+/// blocking on a FIFO or reading a device.
+fn open_regular(path: &Path) -> anyhow::Result<fs::File> {
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(f)
+}
+
 fn checksum(path: &Path) -> anyhow::Result<(u64, String)> {
-    let mut f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut f = open_regular(path)?;
     let mut h = Sha256::new();
     let n = std::io::copy(&mut f, &mut h)?;
     Ok((n, hex::encode(h.finalize())))
@@ -366,7 +390,7 @@ fn checksum(path: &Path) -> anyhow::Result<(u64, String)> {
 /// Copies a file into a new file (never through a link; created 0600, then
 /// given `mode` with no more than 0755), synced; returns its size and SHA-256.
 fn copy_summed(from: &Path, to: &Path, mode: u32) -> anyhow::Result<(u64, String)> {
-    let mut input = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(from)?;
+    let mut input = open_regular(from)?;
     let mut out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -399,8 +423,11 @@ mod tests {
 
     #[test]
     fn a_manifest_that_would_write_outside_the_data_dir_is_refused() {
-        let ok = format!("{SUM} 1 kiln.db\n{SUM} 2 files/repos/dev/gens/1/x\nlink gens/1 repos/dev/current\nlink ../../pool repos/dev/gens/1/pool\n");
-        assert_eq!(read_manifest(&ok).expect("a good manifest").len(), 4);
+        let ok = format!(
+            "{SUM} 1 kiln.db\n{SUM} 2 files/repos/dev/gens/1/x\nlink gens/1 repos/dev/current\n\
+             link ../../../pool/apt repos/dev/gens/1/apt/pool\nlink ../../../../pool/yum/el9 repos/dev/gens/1/yum/el9/Packages\n"
+        );
+        assert_eq!(read_manifest(&ok).expect("a good manifest").len(), 5);
         for bad in [
             format!("{SUM} 1 files/../etc/passwd\n"),
             format!("{SUM} 1 /etc/passwd\n"),
@@ -414,6 +441,12 @@ mod tests {
             // A file placed under a link would be written through it.
             format!("link .. a/L\n{SUM} 1 files/a/L/x\n"),
             format!("{SUM} 1 files/x\n{SUM} 1 files/x\n"),
+            // Inside the data dir, but serving the keys as repository files.
+            "link ../../../keys repos/dev/pool/apt\n".to_string(),
+            "link repos/dev/pool/apt keys\n".to_string(),
+            "link ../../other/pool repos/dev/x\n".to_string(),
+            format!("{SUM} 1 files/.backup-staging.1/x\n"),
+            format!("{SUM} 1 files/.restoring.7/x\n"),
             "nonsense\n".to_string(),
         ] {
             assert!(read_manifest(&bad).is_err(), "accepted {bad:?}");
