@@ -111,8 +111,7 @@ async fn collect(s: &Shared, dry_run: bool) -> Result<GcReport, OpError> {
             // Mirrors of repositories the config no longer names (after a
             // day unchanged: a reload may bring a component back).
             for dir in crate::mirrors::unnamed(&data_dir, &cfg) {
-                let changed = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
-                if changed.is_some_and(|t| now.duration_since(t).unwrap_or_default() > UNNAMED_MIRROR_AGE) {
+                if older_than(&dir, UNNAMED_MIRROR_AGE, now) {
                     remove(&dir, "mirrors", dry_run, &mut tally);
                 }
             }
@@ -186,9 +185,14 @@ fn size_of(path: &Path) -> u64 {
 fn entries_older_than(dir: &Path, age: Duration, now: SystemTime) -> Vec<(std::path::PathBuf, String)> {
     let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
     read.filter_map(|e| e.ok())
-        .filter(|e| {
-            e.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age)
-        })
+        .filter(|e| older_than(&e.path(), age, now))
         .filter_map(|e| Some((e.path(), e.file_name().to_str()?.to_string())))
         .collect()
+}
+
+/// Whether `path` last changed longer than `age` before `now`.
+fn older_than(path: &Path, age: Duration, now: SystemTime) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age)
 }
