@@ -81,3 +81,100 @@ async fn a_partitioned_worker_stops_its_build_before_another_worker_runs_it() {
     let b = client.build(id).await.expect("build");
     assert_eq!((b.state, b.worker.as_deref()), (BuildState::Succeeded, Some("w2")));
 }
+
+/// What a master traced with `strace -f -y` did, in order: its syncs of the
+/// SQLite log and its answers to build requests.
+#[derive(Debug, PartialEq)]
+enum Traced {
+    LogSynced,
+    RequestAnswered,
+}
+
+/// Reads strace's output: a sync counts where it completed (a thread's
+/// `<unfinished ...>` call completes at its `resumed` line), an answer where
+/// its write began.
+fn traced_events(trace: &str) -> Vec<Traced> {
+    let mut syncing: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut events = Vec::new();
+    for line in trace.lines() {
+        let Some((pid, call)) = line.split_once(' ') else { continue };
+        let call = call.trim_start();
+        let is_sync = call.starts_with("fdatasync(") || call.starts_with("fsync(");
+        if is_sync && call.contains("kiln.db-wal") {
+            if call.contains("<unfinished") {
+                syncing.insert(pid);
+            } else if call.ends_with("= 0") {
+                events.push(Traced::LogSynced);
+            }
+        } else if call.starts_with("<... fdatasync resumed>") || call.starts_with("<... fsync resumed>") {
+            if syncing.remove(pid) && call.ends_with("= 0") {
+                events.push(Traced::LogSynced);
+            }
+        } else if call.contains("request_id") {
+            events.push(Traced::RequestAnswered);
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answered_build_request_is_on_disk_before_the_answer() {
+    // No worker: the builds stay queued, so nothing but the requests writes.
+    let mut farm = Farm::new(KILN.as_ref(), &one_job("true"), &[]);
+    // The first start makes the data dir and the admin token.
+    farm.start_master().await;
+    farm.kill_master();
+    let trace = farm.path("master.strace");
+    let log = std::fs::File::create(farm.path("traced-master.log")).expect("log");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "64", "-e", "trace=fdatasync,fsync,write,writev,sendto,sendmsg", "-o"])
+        .arg(&trace)
+        .arg(KILN)
+        .args(["master", "--allow-root", "--config"])
+        .arg(&farm.config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("strace (Debian's strace package)");
+    let client = farm.client();
+    let up = wait_for(Duration::from_secs(60), || async { client.status().await.is_ok() }).await;
+    assert!(
+        up,
+        "the traced master did not come up: {}",
+        std::fs::read_to_string(farm.path("traced-master.log")).unwrap_or_default()
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let made = client.create_builds(&request(&["job"], &[])).await.expect("submit");
+        ids.extend(made.builds.iter().map(|b| b.id));
+    }
+    // The master dies the moment the last answer is read: kill -9 of the
+    // traced process itself (strace's child), then strace ends with it.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).expect("children");
+    let master: i32 = children.split_whitespace().next().expect("the traced master").parse().expect("pid");
+    let _ = std::process::Command::new("kill").args(["-9", &master.to_string()]).status();
+    strace.wait().expect("strace ends");
+
+    let events = traced_events(&std::fs::read_to_string(&trace).expect("trace"));
+    let answers = events.iter().filter(|e| **e == Traced::RequestAnswered).count();
+    assert_eq!(answers, 5, "{events:?}");
+    // Every answer follows a sync of the log made after the one before.
+    let mut synced = false;
+    for e in &events {
+        match e {
+            Traced::LogSynced => synced = true,
+            Traced::RequestAnswered => {
+                assert!(synced, "an answer went out before its sync: {events:?}");
+                synced = false;
+            }
+        }
+    }
+    // And the restarted master has every answered build.
+    farm.start_master().await;
+    let client = farm.client();
+    for id in ids {
+        let b = client.build(id).await.expect("an answered build survives kill -9");
+        assert_eq!(b.state, BuildState::Queued);
+    }
+}

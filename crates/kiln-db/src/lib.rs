@@ -11,11 +11,12 @@
 //! One module per concern: `store` (connecting, migrating), `builds`
 //! (requests, builds and steps, the dispatcher's writes), `artifacts`,
 //! `views` (what the web pages read), `packages` (publishing, channels,
-//! snapshots, schedules), `users` (users and tokens), `workers` (drains), `masters` (leases of masters sharing it), `news` (masters telling each other the queue changed), with `rows` (row types
+//! snapshots, schedules), `users` (users and tokens), `workers` (drains), `masters` (leases of masters sharing it), `durable` (group commit), `news` (masters telling each other the queue changed), with `rows` (row types
 //! and their SQL encoding) and `migrations` beneath them.
 
 mod artifacts;
 mod builds;
+mod durable;
 mod masters;
 mod migrations;
 mod news;
@@ -55,6 +56,8 @@ pub enum StoreError {
     NoMaster,
     #[error("{0}")]
     Unsupported(String),
+    #[error("cannot sync the database's log to disk: {0}")]
+    Durability(std::io::Error),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

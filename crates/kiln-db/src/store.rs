@@ -25,6 +25,8 @@ pub struct Store {
     pub(crate) owner: Option<std::sync::Arc<Owner>>,
     /// Where it connected (a listener for other masters' news dials it again).
     url: std::sync::Arc<str>,
+    /// SQLite's write-ahead log, synced for the group ([`crate::durable`]).
+    pub(crate) wal: Option<std::sync::Arc<crate::durable::WalSync>>,
 }
 
 /// A master acting through a store handle: its id, and the epoch of the
@@ -87,8 +89,10 @@ impl Store {
                     let session_name = session_name.clone();
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
-                            // WAL lets readers go on while the master writes; NORMAL
-                            // sync keeps commits durable across a process crash.
+                            // WAL lets readers go on while the master writes. NORMAL
+                            // sync keeps commits across a process crash; across a
+                            // power cut, what was answered is synced by
+                            // Store::make_durable, a group at a time.
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
@@ -101,6 +105,10 @@ impl Store {
                             // the statement fails and is tried again, and the
                             // fence ends that master's sessions.
                             conn.execute("SET lock_timeout = '5s'").await?;
+                            // A commit returns once the server's log is on disk,
+                            // whatever the server's default (the server groups
+                            // concurrent commits into one flush).
+                            conn.execute("SET synchronous_commit = on").await?;
                             if let Some(name) = session_name.as_deref() {
                                 let sql = format!("SET application_name = {}", crate::rows::literal(name));
                                 conn.execute(sql.as_str()).await?;
@@ -115,11 +123,18 @@ impl Store {
             Backend::Sqlite => {
                 let pool = options(1).connect(url).await?;
                 let reader = options(4).connect(url).await?;
-                Store { pool, reader, backend, owner: None, url: url.into() }
+                Store {
+                    pool,
+                    reader,
+                    backend,
+                    owner: None,
+                    url: url.into(),
+                    wal: crate::durable::WalSync::for_url(url),
+                }
             }
             Backend::Postgres => {
                 let pool = options(8).connect(url).await?;
-                Store { reader: pool.clone(), pool, backend, owner: None, url: url.into() }
+                Store { reader: pool.clone(), pool, backend, owner: None, url: url.into(), wal: None }
             }
         })
     }

@@ -456,3 +456,33 @@ async fn a_master_hears_of_queue_changes_other_masters_make() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_answered_change_is_synced_to_disk() {
+    on_both(|s| async move {
+        let settings = s.durability_settings().await.expect("settings");
+        let get = |name: &str| settings.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_lowercase());
+        match s.backend() {
+            kiln_db::Backend::Sqlite => {
+                // The log SQLite writes commits to, and Store::make_durable syncs.
+                assert_eq!(get("journal_mode").as_deref(), Some("wal"), "{settings:?}");
+                // Each call with nothing else in flight makes a sync of its own:
+                // none returns on a sync that began before its commit.
+                let before = s.log_syncs();
+                for i in 0..3 {
+                    s.create_request(2_000 + i, None, None, &[new_build("lib", "deb", &[])]).await.expect("create");
+                    s.make_durable().await.expect("sync");
+                }
+                assert_eq!(s.log_syncs() - before, 3);
+            }
+            kiln_db::Backend::Postgres => {
+                // The server flushes its log before a commit returns.
+                assert_eq!(get("fsync").as_deref(), Some("on"), "{settings:?}");
+                assert_eq!(get("synchronous_commit").as_deref(), Some("on"), "{settings:?}");
+                s.make_durable().await.expect("nothing left to sync");
+                assert_eq!(s.log_syncs(), 0);
+            }
+        }
+    })
+    .await;
+}

@@ -246,7 +246,9 @@ impl ArtifactStore {
             self.fail(&mut intake, build_id, name, why);
             return None;
         }
-        if let Err(e) = part.file.flush() {
+        // On disk before the build's result is acknowledged (the worker
+        // then forgets it): flushed, and synced before it is renamed.
+        if let Err(e) = part.file.flush().and_then(|()| part.file.sync_data()) {
             self.fail(&mut intake, build_id, name, format!("cannot store: {e}"));
             return None;
         }

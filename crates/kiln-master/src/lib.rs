@@ -109,8 +109,29 @@ async fn open_store(farm: &LoadedFarm, me: Option<&str>) -> anyhow::Result<(Stor
 
 /// Starts a master from a config file: binds both ports, recovers the queue
 /// and begins serving.
+/// Each worker and each web client holds a connection: a farm of a
+/// thousand workers needs more than the usual soft limit of 1,024 open
+/// files, so the master takes what the hard limit allows.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+        }
+    }
+}
+
 pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm = load(config)?;
+    raise_open_file_limit();
     let data_dir = farm.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let logs = logs::LogStore::new(&data_dir).context("cannot create the log directory")?;

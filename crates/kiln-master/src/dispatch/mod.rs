@@ -357,11 +357,29 @@ impl Dispatcher {
                 }
             }
         }
-        for (worker, build_id) in self.pending_acks.drain(..) {
-            if let Some(w) = self.workers.get(&worker) {
-                let _ = w.tx.send(MasterMsg::Ack { build_id });
-            }
+        if self.pending_acks.is_empty() {
+            return;
         }
+        let acks: Vec<_> = self
+            .pending_acks
+            .drain(..)
+            .filter_map(|(worker, build_id)| self.workers.get(&worker).map(|w| (w.tx.clone(), build_id)))
+            .collect();
+        // A worker drops a result once acknowledged, so the result must be
+        // on disk first; the dispatcher goes on meanwhile (the sync is
+        // shared with whatever else commits now).
+        let store = self.shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.make_durable().await {
+                // Unacknowledged, the workers keep their results and send
+                // them again on their next connection.
+                tracing::error!(error = %e, "build results not acknowledged");
+                return;
+            }
+            for (tx, build_id) in acks {
+                let _ = tx.send(MasterMsg::Ack { build_id });
+            }
+        });
     }
 
     async fn handle(&mut self, ev: Event) {

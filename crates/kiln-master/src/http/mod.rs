@@ -5,6 +5,7 @@
 pub mod api;
 mod body_limit;
 mod convert;
+mod durable;
 mod error;
 mod hooks;
 mod openapi;
@@ -103,6 +104,7 @@ pub fn router(shared: AppState) -> Router {
         .merge(forge_hooks)
         .merge(files)
         .merge(pages)
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), durable::answer_when_synced))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), web::session::read_gate))
         // A body that stops arriving (a slow client holding the connection
         // and its buffers) ends the request after as long as its headers

@@ -96,6 +96,12 @@ pub async fn render(s: &Shared) -> String {
     if let Some(h) = &counted.dispatch_seconds {
         e.histogram("kiln_dispatch_pass_duration_seconds", &[], h);
     }
+    e.single(
+        "kiln_database_log_syncs_total",
+        Kind::Counter,
+        "Syncs of SQLite's log made before answering changes; one covers every change committed before it.",
+        s.store.log_syncs() as f64,
+    );
     e.single("kiln_log_received_bytes_total", Kind::Counter, "Bytes of build output stored.", s.logs.received() as f64);
     e.single(
         "kiln_artifact_received_bytes_total",
