@@ -35,6 +35,24 @@ pub struct BenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
+    /// Then a master with this many workers connected (0: skip): its memory
+    /// and dispatch latency.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Then this many builds at once, each printing `--log-mib` MiB (0: skip).
+    #[arg(long, default_value_t = 50)]
+    pub log_builds: u32,
+    /// MiB of output each of the `--log-builds` builds prints.
+    #[arg(long, default_value_t = 20)]
+    pub log_mib: u64,
+    /// Then the same farm fresh and with this many finished builds stored
+    /// (0: skip), to see what a long history costs.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history: u64,
+    /// Root workers run steps as root without the sandbox (what kiln costs
+    /// apart from it), instead of sandboxed as `nobody` as deployed.
+    #[arg(long)]
+    pub unsandboxed: bool,
 }
 
 pub(crate) struct Procs(pub Vec<Child>);
@@ -51,14 +69,26 @@ impl Drop for Procs {
 /// Starts bench worker `b{i}` (one slot, target `t`, its token and work
 /// dir under `dir`), given the masters' worker ports on this machine.
 pub(crate) fn spawn_worker(exe: &Path, dir: &Path, i: u32, worker_ports: &[u16]) -> anyhow::Result<Child> {
+    spawn_worker_with(exe, dir, i, worker_ports, 1, &[])
+}
+
+/// [`spawn_worker`] with `slots` slots and `extra` arguments.
+pub(crate) fn spawn_worker_with(
+    exe: &Path,
+    dir: &Path,
+    i: u32,
+    worker_ports: &[u16],
+    slots: u32,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(exe);
-    cmd.arg("worker");
+    cmd.arg("worker").args(extra);
     for port in worker_ports {
         cmd.args(["--master", &format!("127.0.0.1:{port}")]);
     }
     cmd.args(["--name", &format!("b{i}"), "--token-file"])
         .arg(dir.join(format!("secrets/b{i}.token")))
-        .args(["--targets", "t", "--slots", "1", "--workdir"])
+        .args(["--targets", "t", "--slots", &slots.to_string(), "--workdir"])
         .arg(dir.join(format!("work/b{i}")))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -71,7 +101,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -84,7 +114,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// CPU seconds (user + system) a process has used, itself and its waited-for children.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -108,7 +138,7 @@ fn latency_ms(b: &Build) -> Option<f64> {
     Some((start - micros(&b.requested_at)?) as f64 / 1000.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -116,7 +146,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn summary(mut v: Vec<f64>) -> serde_json::Value {
+pub(crate) fn summary(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(|a, b| a.total_cmp(b));
     serde_json::json!({
         "count": v.len(),
@@ -126,22 +156,131 @@ fn summary(mut v: Vec<f64>) -> serde_json::Value {
     })
 }
 
-fn write_config(dir: &Path, args: &BenchArgs, http: u16, wport: u16) -> anyhow::Result<()> {
+/// A bench farm's config: `workers` workers `b1`… (a token file each),
+/// target `t`, and component `noop` whose one step runs `run`.
+fn write_config(
+    dir: &Path,
+    workers: u32,
+    database: Option<&str>,
+    run: &str,
+    http: u16,
+    wport: u16,
+) -> anyhow::Result<()> {
     let mut cfg = format!(
         "[master]\nlisten = \"127.0.0.1:{http}\"\nworker_listen = \"127.0.0.1:{wport}\"\ndata_dir = \"data\"\n"
     );
-    if let Some(db) = &args.database {
+    if let Some(db) = database {
         cfg.push_str(&format!("database = \"{db}\"\n"));
     }
     std::fs::create_dir_all(dir.join("secrets"))?;
-    for i in 1..=args.workers {
+    for i in 1..=workers {
         cfg.push_str(&format!("\n[[worker]]\nname = \"b{i}\"\ntoken_file = \"secrets/b{i}.token\"\n"));
         std::fs::write(dir.join(format!("secrets/b{i}.token")), format!("bench-token-{i}-{}\n", std::process::id()))?;
     }
     cfg.push_str("\n[[target]]\nname = \"t\"\nfamily = \"deb\"\n");
-    cfg.push_str("\n[[component]]\nname = \"noop\"\nsteps = [ { name = \"noop\", run = \"true\" } ]\n");
+    cfg.push_str(&format!(
+        "\n[[component]]\nname = \"noop\"\ntargets = [\"t\"]\nsteps = [ {{ name = \"noop\", run = {run:?} }} ]\n"
+    ));
     std::fs::write(dir.join("farm.toml"), cfg)?;
     Ok(())
+}
+
+/// A master started as a real process for one phase of a bench, in its own
+/// directory; stopped (with whatever workers were added) when dropped.
+pub(crate) struct BenchFarm {
+    pub dir: tempfile::TempDir,
+    pub procs: Procs,
+    pub master_pid: u32,
+    pub url: String,
+    pub token: String,
+    pub client: Client,
+    pub worker_port: u16,
+}
+
+impl BenchFarm {
+    /// Writes the config ([`write_config`]) and starts the master; returns
+    /// once its API answers.
+    pub async fn start(exe: &Path, workers: u32, database: Option<&str>, run: &str) -> anyhow::Result<BenchFarm> {
+        BenchFarm::prepare(workers, database, run, "")?.launch(exe).await
+    }
+
+    /// Writes the config (with `extra` appended) without starting anything:
+    /// the caller may fill the data dir first.
+    pub fn prepare(workers: u32, database: Option<&str>, run: &str, extra: &str) -> anyhow::Result<Prepared> {
+        let dir = tempfile::tempdir()?;
+        let (http, wport) = (free_port()?, free_port()?);
+        write_config(dir.path(), workers, database, run, http, wport)?;
+        if !extra.is_empty() {
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("farm.toml"))?;
+            std::io::Write::write_all(&mut f, extra.as_bytes())?;
+        }
+        Ok(Prepared { dir, http, wport })
+    }
+}
+
+/// A bench farm's directory and ports, its master not started yet.
+pub(crate) struct Prepared {
+    pub dir: tempfile::TempDir,
+    http: u16,
+    wport: u16,
+}
+
+impl Prepared {
+    /// Starts the master; returns once its API answers.
+    pub async fn launch(self, exe: &Path) -> anyhow::Result<BenchFarm> {
+        let Prepared { dir, http, wport } = self;
+        let master_log = std::fs::File::create(dir.path().join("master.log"))?;
+        let master = Command::new(exe)
+            .args(["master", "--allow-root", "--config"])
+            .arg(dir.path().join("farm.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(master_log)
+            .spawn()
+            .context("cannot start the master")?;
+        let master_pid = master.id();
+        let procs = Procs(vec![master]);
+        let url = format!("http://127.0.0.1:{http}");
+        let anon = Client::new(&url, None)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while anon.status().await.is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default();
+                bail!("the master did not start:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?.trim().to_string();
+        let client = Client::new(&url, Some(token.clone()))?;
+        Ok(BenchFarm { dir, procs, master_pid, url, token, client, worker_port: wport })
+    }
+}
+
+impl BenchFarm {
+    /// Starts worker processes `b1`…`bN`, `slots` each, and waits until all
+    /// are connected.
+    pub async fn start_workers(&mut self, exe: &Path, n: u32, slots: u32, extra: &[&str]) -> anyhow::Result<()> {
+        for i in 1..=n {
+            self.procs.0.push(spawn_worker_with(exe, self.dir.path(), i, &[self.worker_port], slots, extra)?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.client.status().await?.workers_connected < i64::from(n) {
+            if Instant::now() > deadline {
+                bail!("the workers did not connect");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The master's count of database log syncs (`/metrics`).
+async fn log_syncs(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<f64> {
+    let text = http.get(format!("{url}/metrics")).bearer_auth(token).send().await?.error_for_status()?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kiln_database_log_syncs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("/metrics has no kiln_database_log_syncs_total")
 }
 
 async fn wait_idle(client: &Client, within: Duration) -> anyhow::Result<()> {
@@ -158,68 +297,78 @@ async fn wait_idle(client: &Client, within: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// Submits `n` build requests through the API, `concurrency` in flight,
+/// then waits until the farm is idle; returns how long submitting took.
+pub(crate) async fn submit_and_wait(
+    client: &Client,
+    body: &BuildRequestBody,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        if inflight.len() >= concurrency.max(1) {
+            if let Some(r) = inflight.join_next().await {
+                r??;
+            }
+        }
+        let c = client.clone();
+        let body = body.clone();
+        inflight.spawn(async move { c.create_builds(&body).await.map(|_| ()) });
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    let submitted = started.elapsed();
+    wait_idle(client, Duration::from_secs(600)).await?;
+    Ok(submitted)
+}
+
+/// Trigger→first-step latency (ms) of `n` builds submitted one at a time,
+/// each with a free slot.
+pub(crate) async fn one_at_a_time(client: &Client, body: &BuildRequestBody, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::new();
+    for _ in 0..n {
+        let id = client.create_builds(body).await?.builds[0].id;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let b = client.build(id).await?;
+            if b.state.is_finished() {
+                latencies.extend(latency_ms(&b));
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "build {id} did not finish");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(latencies)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the kiln binary")?;
     let dir = tempfile::tempdir()?;
-    let (http, wport) = (free_port()?, free_port()?);
-    write_config(dir.path(), &args, http, wport)?;
-    let mut procs = Procs(Vec::new());
-    let master_log = std::fs::File::create(dir.path().join("master.log"))?;
-    let master = Command::new(&exe)
-        .args(["master", "--allow-root", "--config"])
-        .arg(dir.path().join("farm.toml"))
-        .stdout(Stdio::null())
-        .stderr(master_log)
-        .spawn()
-        .context("cannot start the master")?;
-    let master_pid = master.id();
-    procs.0.push(master);
-    let url = format!("http://127.0.0.1:{http}");
-    let anon = Client::new(&url, None)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while anon.status().await.is_err() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default();
-            bail!("the master did not start:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token"))?.trim().to_string();
-    let client = Client::new(&url, Some(token))?;
-    for i in 1..=args.workers {
-        procs.0.push(spawn_worker(&exe, dir.path(), i, &[wport])?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.status().await?.workers_connected < i64::from(args.workers) {
-        if Instant::now() > deadline {
-            bail!("the workers did not connect");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Measured first, on the machine as idle as the bench finds it.
+    let ceilings = tokio::task::block_in_place(|| spawn_ceilings(args.workers, dir.path()))?;
+    let mut farm = BenchFarm::start(&exe, args.workers, args.database.as_deref(), "true").await?;
+    // As deployed, a root worker runs each step sandboxed as `nobody`;
+    // `--unsandboxed` shows what kiln itself costs without the sandbox.
+    let extra: &[&str] = if args.unsandboxed { &["--build-user", "root"] } else { &[] };
+    farm.start_workers(&exe, args.workers, 1, extra).await?;
+    let (client, url, token, master_pid) = (farm.client.clone(), farm.url.clone(), farm.token.clone(), farm.master_pid);
+    let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_kib(master_pid, "VmRSS:");
     eprintln!("kiln bench: master idle with {} workers: {:.1} MiB RSS", args.workers, rss_idle as f64 / 1024.0);
 
     let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
     // Latency with a free slot: one build at a time.
-    let mut free = Vec::new();
-    for _ in 0..args.latency_builds {
-        let id = client.create_builds(&body).await?.builds[0].id;
-        loop {
-            let b = client.build(id).await?;
-            if b.state.is_finished() {
-                free.extend(latency_ms(&b));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-    let free = summary(free);
+    let free = summary(one_at_a_time(&client, &body, args.latency_builds).await?);
     eprintln!("kiln bench: trigger→start with a free slot: {free}");
 
     // Throughput: N builds submitted as fast as the API takes them, in
     // several rounds (a shared 2-core machine is noisy; the median counts).
-    let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
+    let pids: Vec<u32> = farm.procs.0.iter().map(|c| c.id()).collect();
     let mut rounds = Vec::new();
     let mut sat = Vec::new();
     let mut failed = 0;
@@ -230,26 +379,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .builds
             .first()
             .map_or(0, |b| b.id);
+        let syncs_before = log_syncs(&http, &url, &token).await?;
         let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
         let started = Instant::now();
-        let mut inflight = tokio::task::JoinSet::new();
-        for _ in 0..args.builds {
-            if inflight.len() >= args.concurrency {
-                if let Some(r) = inflight.join_next().await {
-                    r??;
-                }
-            }
-            let c = client.clone();
-            let body = body.clone();
-            inflight.spawn(async move { c.create_builds(&body).await.map(|_| ()) });
-        }
-        while let Some(r) = inflight.join_next().await {
-            r??;
-        }
-        let submitted = started.elapsed();
-        wait_idle(&client, Duration::from_secs(600)).await?;
+        let submitted = submit_and_wait(&client, &body, args.builds, args.concurrency).await?;
         let wall = started.elapsed();
         let cpu: Vec<f64> = pids.iter().zip(&cpu_before).map(|(p, b)| cpu_seconds(*p) - b).collect();
+        let syncs = log_syncs(&http, &url, &token).await? - syncs_before;
         let mut before = None;
         loop {
             let page = client.builds(&BuildQuery { limit: Some(1000), before, ..Default::default() }).await?;
@@ -270,11 +406,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "wall_seconds": wall.as_secs_f64(),
             "master_cpu_ms_per_build": cpu[0] * 1000.0 / args.builds as f64,
             "workers_cpu_ms_per_build": cpu[1..].iter().sum::<f64>() * 1000.0 / args.builds as f64,
+            // Requests answered per sync of the database's log (group commit).
+            "log_syncs": syncs,
+            "requests_per_log_sync": if syncs > 0.0 { args.builds as f64 / syncs } else { f64::NAN },
         });
         eprintln!("kiln bench: round: {round}");
         rounds.push(round);
     }
     let rss_peak = rss_kib(master_pid, "VmHWM:");
+    drop(farm);
+    let many = match args.connections {
+        0 => serde_json::Value::Null,
+        n => many_workers(&exe, n, args.latency_builds).await?,
+    };
+    let history = match args.history {
+        0 => serde_json::Value::Null,
+        n => crate::bench_history::run(&exe, n, args.builds, args.latency_builds).await?,
+    };
+    let logs = match args.log_builds {
+        0 => serde_json::Value::Null,
+        n => crate::bench_logs::run(&exe, n, args.log_mib).await?,
+    };
     let median = |key: &str| {
         let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
         v.sort_by(|a, b| a.total_cmp(b));
@@ -284,10 +436,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let report = serde_json::json!({
         "waiting_pass_ms_10000_queued_1400_builders": waiting,
         "workers": args.workers,
+        "sandboxed_steps": !args.unsandboxed,
         "builds_per_round": args.builds,
         "database": if args.database.is_some() { "postgresql" } else { "sqlite" },
         "failed": failed,
         "builds_per_second": median("builds_per_second"),
+        "spawn_ceilings": ceilings,
+        "ratio_to_spawn_ceiling": median("builds_per_second") / ceilings["sh_c_true_per_second"].as_f64().unwrap_or(f64::NAN),
+        "ratio_to_sandboxed_ceiling": median("builds_per_second") / ceilings["sandboxed_step_per_second"].as_f64().unwrap_or(f64::NAN),
+        "requests_per_log_sync": median("requests_per_log_sync"),
         "master_cpu_ms_per_build": median("master_cpu_ms_per_build"),
         "workers_cpu_ms_per_build": median("workers_cpu_ms_per_build"),
         "trigger_to_start_ms_free_slot": free,
@@ -295,6 +452,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "master_rss_idle_mib": rss_idle as f64 / 1024.0,
         "master_rss_peak_mib": rss_peak as f64 / 1024.0,
         "rounds": rounds,
+        "many_workers": many,
+        "logs": logs,
+        "history": history,
     });
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(&args.out, &text).with_context(|| format!("cannot write {}", args.out.display()))?;
@@ -349,4 +509,115 @@ fn waiting_pass_ms() -> f64 {
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
     times[times.len() / 2]
+}
+
+/// Commands started and waited for per second, from `threads` threads
+/// together, `total` in all: the machine's ceiling for what a worker runs
+/// per build.
+fn spawn_rate(threads: u32, total: u32, make: &(dyn Fn() -> Command + Sync)) -> anyhow::Result<f64> {
+    let per = total.div_ceil(threads.max(1));
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let runs: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    for _ in 0..per {
+                        let status =
+                            make().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+                        anyhow::ensure!(status.success(), "the command failed: {status}");
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().map_err(|_| anyhow::anyhow!("a spawning thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(per * threads.max(1)) / started.elapsed().as_secs_f64())
+}
+
+/// The ceilings a build's rate is measured against: `sh -c true` spawned
+/// from as many threads as workers, and (on a root worker's machine with
+/// bubblewrap) the very sandbox command a root worker runs a step in, as
+/// the build user `nobody`.
+fn spawn_ceilings(threads: u32, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let total = 4000;
+    let plain = spawn_rate(threads, total, &|| {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", "true"]);
+        c
+    })?;
+    eprintln!("kiln bench: spawn ceiling (sh -c true, {threads} threads): {plain:.0}/s");
+    let user = kiln_worker::process::BuildUser::named("nobody");
+    let sandboxed = match user {
+        Some(user) if crate::running_as_root() && kiln_worker::sandbox::available().is_ok() => {
+            let work = dir.join("ceiling");
+            std::fs::create_dir_all(&work)?;
+            kiln_worker::sandbox::give_tree(&work, user)?;
+            let sandbox = kiln_worker::sandbox::Sandbox {
+                hide: kiln_worker::sandbox::hidden_paths(&dir.join("work"), None, &[]),
+                user: Some(user),
+            };
+            let rate = spawn_rate(threads, total / 4, &|| {
+                sandbox.command(&["/bin/sh", "-c", "true"], &[work.as_path()], &[], &work, true)
+            })?;
+            eprintln!("kiln bench: sandboxed spawn ceiling (bwrap, as nobody): {rate:.0}/s");
+            Some(rate)
+        }
+        _ => None,
+    };
+    Ok(serde_json::json!({ "sh_c_true_per_second": plain, "sandboxed_step_per_second": sandboxed }))
+}
+
+/// A master with `n` workers connected (real connections, the worker loops
+/// run in this process to stay on one machine): its resident memory once
+/// they are all in, and trigger→start latency of builds submitted one at a
+/// time while every worker waits for work.
+async fn many_workers(exe: &Path, n: u32, latency_builds: usize) -> anyhow::Result<serde_json::Value> {
+    let farm = BenchFarm::start(exe, n, None, "true").await?;
+    let (dir, client, wport, master_pid) = (&farm.dir, &farm.client, farm.worker_port, farm.master_pid);
+    let mut loops = tokio::task::JoinSet::new();
+    for i in 1..=n {
+        let token = std::fs::read_to_string(dir.path().join(format!("secrets/b{i}.token")))?.trim().to_string();
+        loops.spawn(kiln_worker::run(kiln_worker::WorkerOptions {
+            masters: vec![format!("127.0.0.1:{wport}")],
+            name: format!("b{i}"),
+            token,
+            targets: vec!["t".into()],
+            slots: 1,
+            workdir: dir.path().join(format!("work/b{i}")),
+            tls_ca: None,
+            tls_identity: None,
+            refresh_roots: false,
+            root_cache: None,
+            sandbox: None,
+            build_uids: Vec::new(),
+            metrics: None,
+            cache_max_age: Duration::from_secs(30 * 86400),
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let connected = client.status().await?.workers_connected;
+        if connected == i64::from(n) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {connected} of {n} workers connected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kib(master_pid, "VmRSS:") as f64 / 1024.0;
+    eprintln!("kiln bench: master with {n} workers connected: {rss:.1} MiB RSS");
+    let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
+    let latencies = one_at_a_time(client, &body, latency_builds).await?;
+    let peak = rss_kib(master_pid, "VmHWM:") as f64 / 1024.0;
+    loops.abort_all();
+    Ok(serde_json::json!({
+        "workers": n,
+        "master_rss_mib": rss,
+        "master_rss_peak_mib": peak,
+        "trigger_to_start_ms": summary(latencies),
+    }))
 }

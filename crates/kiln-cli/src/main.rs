@@ -2,6 +2,8 @@
 //! the other commands talk to a master over its HTTP API.
 
 mod bench;
+mod bench_history;
+mod bench_logs;
 mod bench_masters;
 mod bench_repo;
 mod bench_roots;
@@ -645,7 +647,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Whether this process runs as root: `/proc/self` belongs to the effective user.
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
