@@ -59,11 +59,16 @@ impl Store {
 
     pub async fn builder_stats(&self) -> Result<Vec<BuilderStats>> {
         // Three index-driven queries instead of per-builder subqueries: the
-        // newest build of each builder (covering index on component, target,
-        // id), their states by primary key, and the unfinished counts (by state).
-        let last = sqlx::query("SELECT component, target, MAX(id) FROM builds GROUP BY component, target")
-            .fetch_all(&self.reader)
-            .await?;
+        // newest build of each builder, their states by primary key, and the
+        // unfinished counts (by state). The first walks the index on
+        // (component, target, id) from one builder to the next (a skip scan:
+        // a few seeks per builder), where GROUP BY would read every build of
+        // the history (150 ms at a million builds).
+        let last = sqlx::query(
+            "WITH RECURSIVE                comps(c) AS (                  SELECT MIN(component) FROM builds                  UNION ALL                  SELECT (SELECT MIN(component) FROM builds WHERE component > comps.c) FROM comps WHERE comps.c IS NOT NULL),                pairs(c, t) AS (                  SELECT c, (SELECT MIN(target) FROM builds WHERE component = comps.c) FROM comps WHERE c IS NOT NULL                  UNION ALL                  SELECT c, (SELECT MIN(target) FROM builds WHERE component = pairs.c AND target > pairs.t)                  FROM pairs WHERE t IS NOT NULL)              SELECT c, t, (SELECT MAX(id) FROM builds WHERE component = pairs.c AND target = pairs.t)              FROM pairs WHERE t IS NOT NULL ORDER BY c, t",
+        )
+        .fetch_all(&self.reader)
+        .await?;
         let mut out = Vec::with_capacity(last.len());
         let mut ids = Vec::with_capacity(last.len());
         for r in &last {
