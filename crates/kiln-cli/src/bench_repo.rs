@@ -38,6 +38,9 @@ pub struct BenchRepoArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-repo.json")]
     pub out: PathBuf,
+    /// Time only adding one package (no full indexes, no other tools).
+    #[arg(long)]
+    pub add_only: bool,
 }
 
 fn have(tool: &str) -> bool {
@@ -227,76 +230,82 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     report.insert("rounds".into(), json!(rounds));
     report.insert("cpus".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
 
-    // --- APT, full index ---
     let out = dir.join("kiln-apt");
+    let yout = dir.join("kiln-yum");
     let mut gen = 0;
-    // Full runs start from nothing: no earlier generation, no cached pieces.
-    let kiln_apt_full = time_ms(rounds, || {
-        let _ = std::fs::remove_dir_all(&out);
-        let entries = read_all(&debs, deb_entry)?;
-        gen += 1;
-        ChannelDir::new(&out).write_generation(gen, &content(&entries, &[]), &key, DATE)?;
-        Ok(())
-    })?;
-    report.insert("apt_full_kiln_ms".into(), json!(kiln_apt_full));
-    if have("apt-ftparchive") {
-        let ms = time_ms(rounds, || {
-            sh_to(
-                Command::new("apt-ftparchive").arg("packages").arg("pool/debs").current_dir(dir),
-                &dir.join("ftp-Packages"),
-            )?;
-            sh_to(Command::new("gzip").args(["-c", "ftp-Packages"]).current_dir(dir), &dir.join("ftp-Packages.gz"))?;
-            sh_to(Command::new("xz").args(["-c", "ftp-Packages"]).current_dir(dir), &dir.join("ftp-Packages.xz"))?;
-            sh_to(Command::new("apt-ftparchive").arg("release").arg(".").current_dir(dir), &dir.join("ftp-Release"))
-        })?;
-        report.insert("apt_full_apt_ftparchive_ms".into(), json!(ms));
-    } else {
-        report.insert("apt_full_apt_ftparchive_ms".into(), json!(null));
-    }
-    if have("reprepro") {
-        let base = dir.join("reprepro");
-        let ms = time_ms(1, || {
-            let _ = std::fs::remove_dir_all(&base);
-            std::fs::create_dir_all(base.join("conf"))?;
-            std::fs::write(
-                base.join("conf/distributions"),
-                "Codename: bookworm\nArchitectures: amd64\nComponents: main\n",
-            )?;
-            let mut cmd = Command::new("reprepro");
-            cmd.arg("-b").arg(&base).args(["--export=never", "includedeb", "bookworm"]).args(&debs);
-            sh(&mut cmd)?;
-            sh(Command::new("reprepro").arg("-b").arg(&base).arg("export"))?;
+    let createrepo = have("createrepo_c") && !args.add_only;
+    let (mut kiln_apt_full, mut kiln_yum_full) = (f64::NAN, f64::NAN);
+    if !args.add_only {
+        // --- APT, full index ---
+        // Full runs start from nothing: no earlier generation, no cached pieces.
+        kiln_apt_full = time_ms(rounds, || {
+            let _ = std::fs::remove_dir_all(&out);
+            let entries = read_all(&debs, deb_entry)?;
+            gen += 1;
+            ChannelDir::new(&out).write_generation(gen, &content(&entries, &[]), &key, DATE)?;
             Ok(())
         })?;
-        report.insert("apt_full_reprepro_ms".into(), json!(ms));
-    } else {
-        report.insert("apt_full_reprepro_ms".into(), json!(null));
-    }
+        report.insert("apt_full_kiln_ms".into(), json!(kiln_apt_full));
+        if have("apt-ftparchive") {
+            let ms = time_ms(rounds, || {
+                sh_to(
+                    Command::new("apt-ftparchive").arg("packages").arg("pool/debs").current_dir(dir),
+                    &dir.join("ftp-Packages"),
+                )?;
+                sh_to(
+                    Command::new("gzip").args(["-c", "ftp-Packages"]).current_dir(dir),
+                    &dir.join("ftp-Packages.gz"),
+                )?;
+                sh_to(Command::new("xz").args(["-c", "ftp-Packages"]).current_dir(dir), &dir.join("ftp-Packages.xz"))?;
+                sh_to(Command::new("apt-ftparchive").arg("release").arg(".").current_dir(dir), &dir.join("ftp-Release"))
+            })?;
+            report.insert("apt_full_apt_ftparchive_ms".into(), json!(ms));
+        } else {
+            report.insert("apt_full_apt_ftparchive_ms".into(), json!(null));
+        }
+        if have("reprepro") {
+            let base = dir.join("reprepro");
+            let ms = time_ms(1, || {
+                let _ = std::fs::remove_dir_all(&base);
+                std::fs::create_dir_all(base.join("conf"))?;
+                std::fs::write(
+                    base.join("conf/distributions"),
+                    "Codename: bookworm\nArchitectures: amd64\nComponents: main\n",
+                )?;
+                let mut cmd = Command::new("reprepro");
+                cmd.arg("-b").arg(&base).args(["--export=never", "includedeb", "bookworm"]).args(&debs);
+                sh(&mut cmd)?;
+                sh(Command::new("reprepro").arg("-b").arg(&base).arg("export"))?;
+                Ok(())
+            })?;
+            report.insert("apt_full_reprepro_ms".into(), json!(ms));
+        } else {
+            report.insert("apt_full_reprepro_ms".into(), json!(null));
+        }
 
-    // --- YUM, full index ---
-    let yout = dir.join("kiln-yum");
-    let kiln_yum_full = time_ms(rounds, || {
-        let _ = std::fs::remove_dir_all(&yout);
-        let entries = read_all(&rpms, rpm_entry)?;
-        gen += 1;
-        ChannelDir::new(&yout).write_generation(gen, &content(&[], &entries), &key, DATE)?;
-        Ok(())
-    })?;
-    report.insert("yum_full_kiln_ms".into(), json!(kiln_yum_full));
-    let createrepo = have("createrepo_c");
-    if createrepo {
-        let ms = time_ms(rounds, || {
-            let _ = std::fs::remove_dir_all(rpm_dir.join("repodata"));
-            sh(Command::new("createrepo_c").arg("--quiet").arg(&rpm_dir))
+        // --- YUM, full index ---
+        kiln_yum_full = time_ms(rounds, || {
+            let _ = std::fs::remove_dir_all(&yout);
+            let entries = read_all(&rpms, rpm_entry)?;
+            gen += 1;
+            ChannelDir::new(&yout).write_generation(gen, &content(&[], &entries), &key, DATE)?;
+            Ok(())
         })?;
-        report.insert("yum_full_createrepo_c_ms".into(), json!(ms));
-    } else {
-        report.insert("yum_full_createrepo_c_ms".into(), json!(null));
+        report.insert("yum_full_kiln_ms".into(), json!(kiln_yum_full));
+        if createrepo {
+            let ms = time_ms(rounds, || {
+                let _ = std::fs::remove_dir_all(rpm_dir.join("repodata"));
+                sh(Command::new("createrepo_c").arg("--quiet").arg(&rpm_dir))
+            })?;
+            report.insert("yum_full_createrepo_c_ms".into(), json!(ms));
+        } else {
+            report.insert("yum_full_createrepo_c_ms".into(), json!(null));
+        }
     }
-
     // --- One package added to the N-package repository ---
     // kiln stores each entry as JSON when a package is published; adding one
-    // loads the stored N, reads the new package, renders, signs and switches.
+    // loads the stored N (parsed on every CPU, as the publisher does), reads
+    // the new package, renders, signs and switches.
     let stored_debs: Vec<String> =
         read_all(&debs, deb_entry)?.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
     let stored_rpms: Vec<String> =
@@ -305,24 +314,34 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     make_deb(&extra_deb, "bench-extra", "1.0-1")?;
     let extra_rpm = dir.join("bench-extra-1.0-1.x86_64.rpm");
     make_rpm(&extra_rpm, "bench-extra", "1.0")?;
+    // Of that time, how much goes to loading the stored entries.
+    let mut loading = Vec::new();
     let apt_add = time_ms(rounds, || {
+        let t = Instant::now();
+        let texts: Vec<&str> = stored_debs.iter().map(String::as_str).collect();
         let mut entries: Vec<DebEntry> =
-            stored_debs.iter().map(|s| serde_json::from_str(s)).collect::<Result<_, _>>()?;
+            kiln_repo::stored::parse_all(&texts).map_err(|(i, e)| anyhow::anyhow!("entry {i}: {e}"))?;
+        loading.push(t.elapsed().as_secs_f64() * 1000.0);
         entries.push(deb_entry(&extra_deb)?);
         gen += 1;
         ChannelDir::new(&out).write_generation(gen, &content(&entries, &[]), &key, DATE)?;
         Ok(())
     })?;
     report.insert("apt_add_one_kiln_ms".into(), json!(apt_add));
+    report.insert("apt_add_one_kiln_loading_entries_ms".into(), json!(median(std::mem::take(&mut loading))));
     let yum_add = time_ms(rounds, || {
+        let t = Instant::now();
+        let texts: Vec<&str> = stored_rpms.iter().map(String::as_str).collect();
         let mut entries: Vec<RpmEntry> =
-            stored_rpms.iter().map(|s| serde_json::from_str(s)).collect::<Result<_, _>>()?;
+            kiln_repo::stored::parse_all(&texts).map_err(|(i, e)| anyhow::anyhow!("entry {i}: {e}"))?;
+        loading.push(t.elapsed().as_secs_f64() * 1000.0);
         entries.push(rpm_entry(&extra_rpm)?);
         gen += 1;
         ChannelDir::new(&yout).write_generation(gen, &content(&[], &entries), &key, DATE)?;
         Ok(())
     })?;
     report.insert("yum_add_one_kiln_ms".into(), json!(yum_add));
+    report.insert("yum_add_one_kiln_loading_entries_ms".into(), json!(median(loading)));
     if createrepo {
         let added = rpm_dir.join("bench-extra-1.0-1.x86_64.rpm");
         // Only the update that finds the new package is timed, not the reset before it.

@@ -47,9 +47,11 @@ const XZ_PRESET: u32 = 1;
 /// compressed on two threads at once.
 fn with_compressed(path: &str, pieces: &[Vec<u8>], cache: &PieceCache) -> [IndexFile; 3] {
     let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    // Each piece hashed once for both caches.
+    let keys = pieces::keys(&refs);
     let (gz, xz) = std::thread::scope(|s| {
-        let x = s.spawn(|| pieces::xz(&refs, XZ_PRESET, cache));
-        let g = pieces::gzip(&refs, GZIP_LEVEL, cache);
+        let x = s.spawn(|| pieces::xz_keyed(&refs, &keys, XZ_PRESET, cache));
+        let g = pieces::gzip_keyed(&refs, &keys, GZIP_LEVEL, cache);
         (g, x.join().unwrap_or_default())
     });
     [

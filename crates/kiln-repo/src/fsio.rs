@@ -164,8 +164,14 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Flushes every file and directory under `dir` (symlinks are not
 /// followed) to disk: a tree built under a temporary name is whole on disk
-/// before a rename makes it visible.
+/// before a rename makes it visible. A file linked under several names is
+/// flushed once, and the flushes run on several threads: the file system
+/// then commits its journal for several of them at once instead of once
+/// each (a generation holds some forty names).
 pub fn sync_tree(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut todo: Vec<PathBuf> = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).map_err(|e| RepoError::io(&d, e))? {
@@ -174,12 +180,51 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
             if t.is_dir() {
                 stack.push(e.path());
             } else if t.is_file() {
-                fs::File::open(e.path()).and_then(|f| f.sync_all()).map_err(|err| RepoError::io(e.path(), err))?;
+                let m = e.metadata().map_err(|err| RepoError::io(e.path(), err))?;
+                if seen.insert((m.dev(), m.ino())) {
+                    todo.push(e.path());
+                }
             }
         }
-        sync_dir(&d)?;
+        todo.push(d);
     }
-    Ok(())
+    const THREADS: usize = 8;
+    let chunk = todo.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = todo
+            .chunks(chunk)
+            .map(|paths| {
+                s.spawn(move || -> Result<()> {
+                    for p in paths {
+                        fs::File::open(p).and_then(|f| f.sync_all()).map_err(|e| RepoError::io(p, e))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .try_for_each(|r| r.join().unwrap_or_else(|_| Err(RepoError::Invalid("a sync thread panicked".into()))))
+    })
+}
+
+/// Puts `bytes` at `path` (a new name in a tree being built): as a hard
+/// link to `same_as` when that file already holds exactly these bytes (an
+/// index unchanged since the previous generation is already on disk; only
+/// its new name needs flushing), else written anew ([`write_atomic`]).
+pub fn write_or_link(path: &Path, bytes: &[u8], same_as: Option<&Path>) -> Result<()> {
+    if let Some(old) = same_as {
+        let unchanged = fs::symlink_metadata(old).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+            && fs::read(old).is_ok_and(|b| b == bytes);
+        if unchanged {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                create_dirs(parent)?;
+            }
+            if fs::hard_link(old, path).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    write_atomic(path, bytes)
 }
 
 #[cfg(test)]
@@ -254,5 +299,25 @@ mod tests {
         fs::write(&other, b"other").expect("other");
         place_file(&other, &dest).expect("place again");
         assert_eq!(fs::read(&dest).expect("read"), b"package");
+    }
+
+    #[test]
+    fn an_unchanged_file_is_linked_a_changed_one_written_and_a_tree_synced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let old = dir.path().join("gens/1/Packages");
+        write_atomic(&old, b"Package: a\n").expect("old");
+        let same = dir.path().join("gens/2.tmp/Packages");
+        write_or_link(&same, b"Package: a\n", Some(&old)).expect("same");
+        assert_eq!(fs::metadata(&same).expect("same").ino(), fs::metadata(&old).expect("old").ino());
+        let changed = dir.path().join("gens/2.tmp/Release");
+        write_or_link(&changed, b"Package: b\n", Some(&old)).expect("changed");
+        assert_ne!(fs::metadata(&changed).expect("changed").ino(), fs::metadata(&old).expect("old").ino());
+        assert_eq!(fs::read(&changed).expect("read"), b"Package: b\n");
+        assert_eq!(fs::read(&old).expect("read"), b"Package: a\n", "the old file is untouched");
+        // Nothing to link from: written.
+        write_or_link(&dir.path().join("gens/2.tmp/new"), b"x", None).expect("new");
+        assert_eq!(mode_of(&dir.path().join("gens/2.tmp/new")) & 0o777, 0o644);
+        sync_tree(dir.path()).expect("sync");
     }
 }

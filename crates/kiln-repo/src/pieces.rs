@@ -90,14 +90,25 @@ pub fn cut<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>, sep: &[u8
     pieces
 }
 
+/// The pieces' cache keys (their SHA-256), for [`gzip_keyed`] and
+/// [`xz_keyed`] when one index is compressed both ways.
+pub fn keys(pieces: &[&[u8]]) -> Vec<String> {
+    pieces.iter().map(|p| sha256(p)).collect()
+}
+
 /// The pieces' gzip members, concatenated: a valid multi-member gzip file.
 pub fn gzip(pieces: &[&[u8]], level: u32, cache: &PieceCache) -> Vec<u8> {
+    gzip_keyed(pieces, &keys(pieces), level, cache)
+}
+
+/// [`gzip`] with the pieces' [`keys`] already known.
+pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCache) -> Vec<u8> {
     if pieces.is_empty() {
         return gzip_one(&[], level);
     }
     let mut out = Vec::new();
-    for p in pieces {
-        out.extend(cache.get_or(format!("{}.gz{level}", sha256(p)), || gzip_one(p, level)));
+    for (p, key) in pieces.iter().zip(keys) {
+        out.extend(cache.get_or(format!("{key}.gz{level}"), || gzip_one(p, level)));
     }
     out
 }
@@ -111,11 +122,19 @@ fn gzip_one(data: &[u8], level: u32) -> Vec<u8> {
 
 /// One xz stream whose blocks are the pieces, each compressed on its own.
 pub fn xz(pieces: &[&[u8]], preset: u32, cache: &PieceCache) -> Vec<u8> {
+    xz_keyed(pieces, &keys(pieces), preset, cache)
+}
+
+/// [`xz`] with the pieces' [`keys`] already known.
+pub fn xz_keyed(pieces: &[&[u8]], keys: &[String], preset: u32, cache: &PieceCache) -> Vec<u8> {
     if pieces.is_empty() {
         return xz_stream(&[], preset);
     }
-    let blocks: Vec<Vec<u8>> =
-        pieces.iter().map(|p| cache.get_or(format!("{}.xzb{preset}", sha256(p)), || xz_block(p, preset))).collect();
+    let blocks: Vec<Vec<u8>> = pieces
+        .iter()
+        .zip(keys)
+        .map(|(p, key)| cache.get_or(format!("{key}.xzb{preset}"), || xz_block(p, preset)))
+        .collect();
     let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum::<usize>() + 64);
     // Stream header: magic, flags (CRC64 check, as the blocks were made with), CRC32 of the flags.
     let flags = [0x00, 0x04];

@@ -25,7 +25,7 @@
 //! process umask.
 
 use crate::apt::{self, Dist, ReleaseMeta};
-use crate::fsio::create_dirs;
+use crate::fsio::{create_dirs, write_or_link};
 use crate::key::SigningKey;
 use crate::pieces::PieceCache;
 use crate::yum::{self, RpmEntry};
@@ -115,8 +115,11 @@ impl ChannelDir {
             fs::remove_dir_all(&tmp).map_err(|e| RepoError::io(&tmp, e))?;
         }
         create_dirs(&tmp)?;
-        write_atomic(&tmp.join("key.asc"), key.public_armored()?.as_bytes())?;
-        write_atomic(&tmp.join("key.gpg"), &key.public_binary()?)?;
+        // What did not change since the served generation is linked from
+        // it, not written again: it is on disk already.
+        let before = |rel: &Path| previous.as_ref().map(|p| p.join(rel));
+        write_or_link(&tmp.join("key.asc"), key.public_armored()?.as_bytes(), before(Path::new("key.asc")).as_deref())?;
+        write_or_link(&tmp.join("key.gpg"), &key.public_binary()?, before(Path::new("key.gpg")).as_deref())?;
 
         // Compressed index pieces, reused from one generation to the next.
         let cache = PieceCache::new(Some(self.root.join("pieces")));
@@ -125,8 +128,9 @@ impl ChannelDir {
         for dist in &content.apt {
             let dir = tmp.join("apt/dists").join(&dist.suite);
             let files = apt::render_dist(&content.meta, dist, date, &cache);
+            let rel = Path::new("apt/dists").join(&dist.suite);
             for f in &files {
-                write_atomic(&dir.join(&f.path), &f.bytes)?;
+                write_or_link(&dir.join(&f.path), &f.bytes, before(&rel.join(&f.path)).as_deref())?;
             }
             let release = files.last().map(|f| String::from_utf8_lossy(&f.bytes).into_owned()).unwrap_or_default();
             write_atomic(&dir.join("InRelease"), key.clearsign(&release)?.as_bytes())?;
@@ -150,8 +154,9 @@ impl ChannelDir {
             // repomd's revision and timestamps are Unix times, as createrepo_c writes them.
             let stamp =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(gen);
+            let rel = Path::new("yum").join(&repo.target);
             for f in yum::render_repodata_cached(&repo.entries, stamp, &cache) {
-                write_atomic(&dir.join(&f.path), &f.bytes)?;
+                write_or_link(&dir.join(&f.path), &f.bytes, before(&rel.join(&f.path)).as_deref())?;
                 if f.path == "repodata/repomd.xml" {
                     write_atomic(&dir.join("repodata/repomd.xml.asc"), key.detached(&f.bytes)?.as_bytes())?;
                 }

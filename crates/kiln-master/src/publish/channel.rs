@@ -42,21 +42,36 @@ pub(super) fn write_channel(
             }
         }
     }
+    // The stored entries, parsed on every CPU first, each kind in the rows' order.
+    let of = |apt: bool, kind: Option<&str>| -> Vec<&PackageRow> {
+        rows.iter()
+            .filter(|r| r.repo.starts_with(if apt { "apt:" } else { "yum:" }) && kind.is_none_or(|k| r.kind == k))
+            .collect()
+    };
+    fn parsed<T: serde::de::DeserializeOwned + Send>(rows: &[&PackageRow]) -> Result<std::vec::IntoIter<T>, String> {
+        let texts: Vec<&str> = rows.iter().map(|r| r.entry.as_str()).collect();
+        kiln_repo::stored::parse_all(&texts)
+            .map(Vec::into_iter)
+            .map_err(|(i, e)| format!("package row {}: {e}", rows.get(i).map_or(0, |r| r.id)))
+    }
+    let mut deb_entries = parsed::<DebEntry>(&of(true, Some("deb")))?;
+    let mut dsc_entries = parsed::<DscEntry>(&of(true, Some("dsc")))?;
+    let mut rpm_entries = parsed::<RpmEntry>(&of(false, None))?;
+    let missing = |r: &PackageRow| format!("package row {}: its entry was not parsed", r.id);
     for r in rows {
         keep_files.insert(r.file.clone());
-        let bad = |e: serde_json::Error| format!("package row {}: {e}", r.id);
         if let Some(suite) = r.repo.strip_prefix("apt:") {
             let a = archs.entry(suite.to_string()).or_default();
             match r.kind.as_str() {
                 "deb" => {
-                    let e: DebEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+                    let e = deb_entries.next().ok_or_else(|| missing(r))?;
                     if e.arch != "all" {
                         a.insert(e.arch.clone());
                     }
                     debs.entry(suite.to_string()).or_default().push(e);
                 }
                 "dsc" => {
-                    let e: DscEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+                    let e = dsc_entries.next().ok_or_else(|| missing(r))?;
                     let parent =
                         Path::new(&r.file).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                     for f in &e.files {
@@ -67,7 +82,7 @@ pub(super) fn write_channel(
                 _ => {}
             }
         } else if let Some(t) = r.repo.strip_prefix("yum:") {
-            let e: RpmEntry = serde_json::from_str(&r.entry).map_err(bad)?;
+            let e = rpm_entries.next().ok_or_else(|| missing(r))?;
             rpms.entry(t.to_string()).or_default().push(e);
         }
     }
