@@ -10,24 +10,43 @@ use kiln_repo::apt::{Dist, ReleaseMeta};
 use kiln_repo::deb::{DebEntry, DscEntry};
 use kiln_repo::key::SigningKey;
 use kiln_repo::publish::{ChannelContent, ChannelDir, YumRepo};
+use kiln_repo::stored::EntryCache;
 use kiln_repo::yum::RpmEntry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
-/// Renders and serves a channel's generation `revision` from its rows, then
-/// removes pool files that neither the rows nor a snapshot name.
+/// A channel's parsed entries, kept by the publisher from one generation
+/// to the next ([`EntryCache`]).
+#[derive(Default)]
+pub(super) struct ChannelEntries {
+    debs: EntryCache<DebEntry>,
+    dscs: EntryCache<DscEntry>,
+    rpms: EntryCache<RpmEntry>,
+}
+
+/// What a channel's new generation holds: its rows at `revision`, and the
+/// pool files its snapshots still name.
+pub(super) struct Contents {
+    pub rows: Vec<PackageRow>,
+    pub revision: u64,
+    pub keep_files: HashSet<String>,
+}
+
+/// Renders and serves a channel's generation from its rows, then removes
+/// pool files that neither the rows nor a snapshot name.
 pub(super) fn write_channel(
     dir: &ChannelDir,
     ch: &Channel,
     key: &SigningKey,
     targets: &[Target],
-    rows: &[PackageRow],
-    revision: u64,
-    mut keep_files: HashSet<String>,
+    contents: Contents,
+    cache: &mut ChannelEntries,
 ) -> Result<(), RepoRefusal> {
-    let mut debs: BTreeMap<String, Vec<DebEntry>> = BTreeMap::new();
-    let mut dscs: BTreeMap<String, Vec<DscEntry>> = BTreeMap::new();
-    let mut rpms: BTreeMap<String, Vec<RpmEntry>> = BTreeMap::new();
+    let Contents { rows, revision, mut keep_files } = contents;
+    let mut debs: BTreeMap<String, Vec<Arc<DebEntry>>> = BTreeMap::new();
+    let mut dscs: BTreeMap<String, Vec<Arc<DscEntry>>> = BTreeMap::new();
+    let mut rpms: BTreeMap<String, Vec<Arc<RpmEntry>>> = BTreeMap::new();
     let mut archs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for t in targets {
         match t.family {
@@ -42,23 +61,28 @@ pub(super) fn write_channel(
             }
         }
     }
-    // The stored entries, parsed on every CPU first, each kind in the rows' order.
+    // The stored entries, each kind in the rows' order: those of the last
+    // generation from the cache, new ones parsed on every CPU.
     let of = |apt: bool, kind: Option<&str>| -> Vec<&PackageRow> {
         rows.iter()
             .filter(|r| r.repo.starts_with(if apt { "apt:" } else { "yum:" }) && kind.is_none_or(|k| r.kind == k))
             .collect()
     };
-    fn parsed<T: serde::de::DeserializeOwned + Send>(rows: &[&PackageRow]) -> Result<std::vec::IntoIter<T>, String> {
-        let texts: Vec<&str> = rows.iter().map(|r| r.entry.as_str()).collect();
-        kiln_repo::stored::parse_all(&texts)
+    fn loaded<T: serde::de::DeserializeOwned + Send>(
+        cache: &mut EntryCache<T>,
+        rows: &[&PackageRow],
+    ) -> Result<std::vec::IntoIter<Arc<T>>, String> {
+        let texts: Vec<(i64, &str)> = rows.iter().map(|r| (r.id, r.entry.as_str())).collect();
+        cache
+            .load(&texts)
             .map(Vec::into_iter)
             .map_err(|(i, e)| format!("package row {}: {e}", rows.get(i).map_or(0, |r| r.id)))
     }
-    let mut deb_entries = parsed::<DebEntry>(&of(true, Some("deb")))?;
-    let mut dsc_entries = parsed::<DscEntry>(&of(true, Some("dsc")))?;
-    let mut rpm_entries = parsed::<RpmEntry>(&of(false, None))?;
+    let mut deb_entries = loaded(&mut cache.debs, &of(true, Some("deb")))?;
+    let mut dsc_entries = loaded(&mut cache.dscs, &of(true, Some("dsc")))?;
+    let mut rpm_entries = loaded(&mut cache.rpms, &of(false, None))?;
     let missing = |r: &PackageRow| format!("package row {}: its entry was not parsed", r.id);
-    for r in rows {
+    for r in &rows {
         keep_files.insert(r.file.clone());
         if let Some(suite) = r.repo.strip_prefix("apt:") {
             let a = archs.entry(suite.to_string()).or_default();
@@ -103,11 +127,14 @@ pub(super) fn write_channel(
             suite: suite.clone(),
             component: ch.component.clone(),
             archs: a.clone(),
-            binaries: debs.get(suite).unwrap_or(&empty_debs).iter().collect(),
-            sources: dscs.get(suite).unwrap_or(&empty_dscs).iter().collect(),
+            binaries: debs.get(suite).unwrap_or(&empty_debs).iter().map(AsRef::as_ref).collect(),
+            sources: dscs.get(suite).unwrap_or(&empty_dscs).iter().map(AsRef::as_ref).collect(),
         })
         .collect();
-    let yum = rpms.iter().map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().collect() }).collect();
+    let yum = rpms
+        .iter()
+        .map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().map(AsRef::as_ref).collect() })
+        .collect();
     let content = ChannelContent { meta, apt, yum };
     dir.write_generation(revision, &content, key, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
     remove_unnamed(&dir.root().join("pool"), dir.root(), &keep_files);

@@ -49,6 +49,8 @@ pub struct Publisher {
     keys: HashMap<String, Arc<SigningKey>>,
     /// The config generation the served repositories were last written for.
     farm_generation: u64,
+    /// Each channel's parsed entries, kept between generations.
+    entries: Arc<std::sync::Mutex<HashMap<String, channel::ChannelEntries>>>,
 }
 
 /// How long a build's publish waits before it is tried again, when the
@@ -61,7 +63,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 impl Publisher {
     pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
         let farm_generation = shared.generation();
-        Publisher { shared, keys, farm_generation }
+        Publisher { shared, keys, farm_generation, entries: Default::default() }
     }
 
     fn channel_dir(&self, channel: &str) -> ChannelDir {
@@ -321,8 +323,12 @@ impl Publisher {
         let targets = farm.cfg.targets.clone();
         let dir = self.channel_dir(&ch.name);
         let ch = ch.clone();
+        let entries = self.entries.clone();
         tokio::task::spawn_blocking(move || {
-            write_channel(&dir, &ch, &key, &targets, &rows, revision as u64, keep_files)
+            let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = entries.entry(ch.name.clone()).or_default();
+            let contents = channel::Contents { rows, revision: revision as u64, keep_files };
+            write_channel(&dir, &ch, &key, &targets, contents, cache)
         })
         .await
         .map_err(|e| e.to_string())?
