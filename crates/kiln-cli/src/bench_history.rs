@@ -4,7 +4,7 @@
 //! and on one holding `history` finished builds of the same shape with their
 //! steps: throughput, trigger→start latency, the builds API and the console.
 
-use crate::bench::{one_at_a_time, percentile, submit_and_wait, BenchFarm};
+use crate::bench_farm::{one_at_a_time, percentile, submit_and_wait, BenchFarm};
 use anyhow::Context;
 use kiln_proto::api::BuildRequestBody;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! log arrived whole, and follows a few logs live through the API as a
 //! user's `kiln log -f` would, to see how far behind the end they finish.
 
-use crate::bench::{cpu_seconds, rss_kib, summary, BenchFarm};
+use crate::bench_farm::{cpu_seconds, rss_kib, summary, BenchFarm};
 use anyhow::{bail, Context};
 use kiln_client::Client;
 use kiln_proto::api::BuildRequestBody;

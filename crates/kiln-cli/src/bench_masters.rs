@@ -7,7 +7,7 @@
 //! its builds over (the target: under twice the lease), and that every
 //! build still succeeded. Writes JSON.
 
-use crate::bench::{free_port, Procs};
+use crate::bench_farm::{free_port, Procs};
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_client::Client;
@@ -244,7 +244,7 @@ fn start_workers(exe: &Path, dir: &Path, args: &BenchMastersArgs, ports: &[(u16,
     let mut procs = Procs(Vec::new());
     let worker_ports: Vec<u16> = ports.iter().map(|(_, w)| *w).collect();
     for i in 1..=args.workers {
-        procs.0.push(crate::bench::spawn_worker(exe, dir, i, &worker_ports)?);
+        procs.0.push(crate::bench_farm::spawn_worker(exe, dir, i, &worker_ports)?);
     }
     Ok(procs)
 }

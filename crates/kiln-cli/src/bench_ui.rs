@@ -168,22 +168,14 @@ pub async fn run(args: BenchUiArgs) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
     let mut loops = tokio::task::JoinSet::new();
     for w in &workers {
-        let opts = kiln_worker::WorkerOptions {
-            masters: vec![master.worker_addr.to_string()],
-            name: w.clone(),
-            token: format!("bench-token-{w}"),
-            targets: targets.clone(),
-            slots: 2,
-            workdir: dir.join("workers").join(w),
-            tls_ca: None,
-            tls_identity: None,
-            refresh_roots: false,
-            root_cache: None,
-            sandbox: None,
-            build_uids: Vec::new(),
-            metrics: None,
-            cache_max_age: std::time::Duration::from_secs(30 * 86400),
-        };
+        let opts = kiln_worker::WorkerOptions::in_process(
+            master.worker_addr.to_string(),
+            w.clone(),
+            format!("bench-token-{w}"),
+            targets.clone(),
+            2,
+            dir.join("workers").join(w),
+        );
         loops.spawn(kiln_worker::run(opts));
     }
     let client = kiln_client::Client::new(&base, Some(master.admin_token.clone()))?;

@@ -122,23 +122,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut workers = tokio::task::JoinSet::new();
     for w in ["w1", "w2"] {
         let token = std::fs::read_to_string(dir.join(format!("secrets/{w}.token")))?.trim().to_string();
-        let opts = kiln_worker::WorkerOptions {
-            masters: vec![master.worker_addr.to_string()],
-            name: w.to_string(),
+        // The demo builds its own example components: no sandbox needed.
+        let opts = kiln_worker::WorkerOptions::in_process(
+            master.worker_addr.to_string(),
+            w.to_string(),
             token,
-            targets: targets.clone(),
-            slots: 2,
-            workdir: dir.join("workers").join(w),
-            tls_ca: None,
-            refresh_roots: false,
-            root_cache: None,
-            tls_identity: None,
-            // The demo builds its own example components: no sandbox needed.
-            sandbox: None,
-            build_uids: Vec::new(),
-            metrics: None,
-            cache_max_age: std::time::Duration::from_secs(30 * 86400),
-        };
+            targets.clone(),
+            2,
+            dir.join("workers").join(w),
+        );
         workers.spawn(kiln_worker::run(opts));
     }
     let client = kiln_client::Client::new(&url, Some(master.admin_token.clone()))?;

@@ -2,6 +2,7 @@
 //! the other commands talk to a master over its HTTP API.
 
 mod bench;
+mod bench_farm;
 mod bench_history;
 mod bench_logs;
 mod bench_masters;

@@ -34,28 +34,43 @@ pub(crate) struct WalSync {
     synced: tokio::sync::Mutex<u64>,
     /// Syncs done (for the benchmark's report and the tests).
     syncs: AtomicU64,
+    /// A sync failed once. Linux forgets a write-back error once it has
+    /// reported it (and may drop the pages), so a later sync that succeeds
+    /// proves nothing about what was committed before: every later call
+    /// fails too, until the master restarts.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl WalSync {
-    /// The log of the SQLite database at `url` (`sqlite://PATH?...`), or
-    /// `None` for an in-memory database.
-    pub(crate) fn for_url(url: &str) -> Option<Arc<WalSync>> {
-        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-        let path = rest.split('?').next().unwrap_or(rest);
-        if path.is_empty() || path == ":memory:" {
+    /// The log of the SQLite database file `file` (as SQLite names it in
+    /// `PRAGMA database_list`), or `None` for an in-memory database.
+    pub(crate) fn for_database(file: &str) -> Option<Arc<WalSync>> {
+        if file.is_empty() {
             return None;
         }
         Some(Arc::new(WalSync {
-            wal: PathBuf::from(format!("{path}-wal")),
+            wal: PathBuf::from(format!("{file}-wal")),
             tickets: AtomicU64::new(0),
             synced: tokio::sync::Mutex::new(0),
             syncs: AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     async fn sync(&self) -> Result<()> {
+        let poisoned = || {
+            StoreError::Durability(std::io::Error::other(
+                "an earlier sync of the database's log failed; restart the master once the disk is sound",
+            ))
+        };
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(poisoned());
+        }
         let mine = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let mut synced = self.synced.lock().await;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(poisoned());
+        }
         if *synced >= mine {
             // A sync that began after our commit has finished meanwhile.
             return Ok(());
@@ -74,8 +89,11 @@ impl WalSync {
             Err(e) => Err(e),
         })
         .await
-        .map_err(|e| StoreError::Durability(std::io::Error::other(e)))?;
-        done.map_err(StoreError::Durability)?;
+        .map_err(|e| StoreError::Durability(std::io::Error::other(e)));
+        if let Err(e) = done.and_then(|r| r.map_err(StoreError::Durability)) {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         *synced = upto;
         Ok(())
@@ -91,6 +109,11 @@ impl Store {
             Some(wal) => wal.sync().await,
             None => Ok(()),
         }
+    }
+
+    /// The log file [`Store::make_durable`] syncs (SQLite).
+    pub fn synced_log(&self) -> Option<&std::path::Path> {
+        self.wal.as_deref().map(|w| w.wal.as_path())
     }
 
     /// How many log syncs [`Store::make_durable`] has made (SQLite; 0 on

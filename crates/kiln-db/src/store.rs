@@ -123,14 +123,17 @@ impl Store {
             Backend::Sqlite => {
                 let pool = options(1).connect(url).await?;
                 let reader = options(4).connect(url).await?;
-                Store {
-                    pool,
-                    reader,
-                    backend,
-                    owner: None,
-                    url: url.into(),
-                    wal: crate::durable::WalSync::for_url(url),
-                }
+                // The file as SQLite opened it (the URL may be relative or
+                // percent-encoded): its log is what group commit syncs.
+                let file: String = sqlx::query("PRAGMA database_list")
+                    .fetch_all(&pool)
+                    .await?
+                    .iter()
+                    .find(|r| r.try_get::<String, _>(1).is_ok_and(|n| n == "main"))
+                    .and_then(|r| r.try_get::<String, _>(2).ok())
+                    .unwrap_or_default();
+                let wal = crate::durable::WalSync::for_database(&file);
+                Store { pool, reader, backend, owner: None, url: url.into(), wal }
             }
             Backend::Postgres => {
                 let pool = options(8).connect(url).await?;

@@ -474,6 +474,9 @@ async fn an_answered_change_is_synced_to_disk() {
                     s.make_durable().await.expect("sync");
                 }
                 assert_eq!(s.log_syncs() - before, 3);
+                // The log synced is the database's own, as SQLite names it.
+                let log = s.synced_log().expect("a file database has a log");
+                assert!(log.ends_with("kiln.db-wal") && log.exists(), "{log:?}");
             }
             kiln_db::Backend::Postgres => {
                 // The server flushes its log before a commit returns.

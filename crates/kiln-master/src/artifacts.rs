@@ -295,8 +295,11 @@ impl ArtifactStore {
             File::open(&dest)?.set_modified(std::time::SystemTime::now())?;
             return fs::remove_file(part);
         }
-        fs::create_dir_all(dest.parent().unwrap_or(&self.root))?;
-        fs::rename(part, dest)
+        let dir = dest.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir)?;
+        fs::rename(part, &dest)?;
+        // The name on disk too before the build's result is acknowledged.
+        File::open(dir)?.sync_all()
     }
 
     /// Ends a build's intake: removes parts left in flight and says what

@@ -107,28 +107,26 @@ async fn open_store(farm: &LoadedFarm, me: Option<&str>) -> anyhow::Result<(Stor
     Ok((store, ran))
 }
 
-/// Starts a master from a config file: binds both ports, recovers the queue
-/// and begins serving.
 /// Each worker and each web client holds a connection: a farm of a
 /// thousand workers needs more than the usual soft limit of 1,024 open
-/// files, so the master takes what the hard limit allows.
+/// files, so the master takes what the hard limit allows (an unlimited
+/// hard limit is left alone: the kernel refuses an unlimited soft one).
 fn raise_open_file_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     // `None` is unlimited.
-    let below = match (limit.current, limit.maximum) {
-        (Some(current), Some(maximum)) => current < maximum,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if below {
-        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(error = %e, "cannot raise the open file limit");
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum) {
+        if current < maximum {
+            let raised = rustix::process::Rlimit { current: Some(maximum), maximum: Some(maximum) };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(error = %e, "cannot raise the open file limit");
+            }
         }
     }
 }
 
+/// Starts a master from a config file: binds both ports, recovers the queue
+/// and begins serving.
 pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm = load(config)?;
     raise_open_file_limit();

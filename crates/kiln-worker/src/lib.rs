@@ -65,6 +65,37 @@ pub struct WorkerOptions {
     pub cache_max_age: Duration,
 }
 
+impl WorkerOptions {
+    /// A worker loop run inside another program (the demo, the benchmarks):
+    /// plain TCP to `master`, no sandbox (its own trusted steps), no metrics,
+    /// caches kept 30 days.
+    pub fn in_process(
+        master: String,
+        name: String,
+        token: String,
+        targets: Vec<String>,
+        slots: u32,
+        workdir: PathBuf,
+    ) -> WorkerOptions {
+        WorkerOptions {
+            masters: vec![master],
+            name,
+            token,
+            targets,
+            slots,
+            workdir,
+            tls_ca: None,
+            tls_identity: None,
+            refresh_roots: false,
+            root_cache: None,
+            sandbox: None,
+            build_uids: Vec::new(),
+            metrics: None,
+            cache_max_age: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
 struct RunningBuild {
     cancel: watch::Sender<bool>,
     /// Set when the master told us to drop the build: its result is not sent.

@@ -172,6 +172,12 @@ pub async fn accept(s: &Shared, caller: &Caller, staging: Staging, choice: Uploa
     let kept = uploads::kept_dir(&data_dir, &upload_id);
     tokio::fs::create_dir_all(kept.parent().unwrap_or(&data_dir)).await.map_err(OpError::internal)?;
     tokio::fs::rename(&staging.dir, &kept).await.map_err(OpError::internal)?;
+    // The move itself on disk before the upload is answered.
+    let uploads_dir = kept.parent().unwrap_or(&data_dir).to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&uploads_dir).and_then(|d| d.sync_all()))
+        .await
+        .map_err(OpError::internal)?
+        .map_err(OpError::internal)?;
     let mut properties = with_source(properties, &BuildSource::Upload(upload_id.clone()));
     // The signer is who the upload is from; the caller only carried it in.
     let asker = match &signer {

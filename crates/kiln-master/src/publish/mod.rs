@@ -305,6 +305,9 @@ impl Publisher {
             }
         }
         let revision = store.change_channel(&ch.name, add, &remove).await.map_err(|e| e.to_string())?;
+        // On disk before the files change: after a power cut the database
+        // never names an older revision than the one served.
+        store.make_durable().await.map_err(|e| e.to_string())?;
         crash_test_pause().await;
         self.regenerate(ch).await?;
         Ok(revision)
@@ -404,6 +407,7 @@ impl Publisher {
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| RepoRefusal::NotFound(format!("channel {c} has no snapshot named {name}")))?;
+                store.make_durable().await.map_err(failed)?;
                 self.regenerate(&ch).await?;
                 Ok(format!("{c} rolled back to snapshot {name} (revision {revision})"))
             }

@@ -42,6 +42,8 @@ pub async fn upload(
                     file.write_all(&chunk).await.map_err(ApiError::internal)?;
                 }
                 file.flush().await.map_err(ApiError::internal)?;
+                // On disk before the upload is answered (its builds read it).
+                file.sync_all().await.map_err(ApiError::internal)?;
             }
             "target" => choice.targets.push(capped_text(&mut field, MAX_TARGET).await?),
             "property" => {
