@@ -198,6 +198,36 @@ fn as_rows(rows: &[(i64, String)]) -> Vec<(i64, &str)> {
     rows.iter().map(|(id, t)| (*id, t.as_str())).collect()
 }
 
+/// Adding one package to a channel of the `stored` entries, `rounds` times:
+/// the new package is read (`new_entry`) and stored as a row of its own,
+/// the channel's entries are loaded as the publisher does (its
+/// `EntryCache`, warmed first as a running master has it: only the new row
+/// is parsed), and `write` makes the generation. The medians, ms: in all,
+/// and of loading the entries.
+fn add_one<T: serde::Serialize + serde::de::DeserializeOwned + Send>(
+    rounds: usize,
+    stored: &[String],
+    new_entry: impl Fn() -> anyhow::Result<T>,
+    mut write: impl FnMut(Vec<&T>) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let bad = |(i, e): (usize, serde_json::Error)| anyhow::anyhow!("entry {i}: {e}");
+    let mut rows: Vec<(i64, String)> = stored.iter().enumerate().map(|(i, t)| (i as i64 + 1, t.clone())).collect();
+    let mut cache = kiln_repo::stored::EntryCache::<T>::default();
+    cache.load(&as_rows(&rows)).map_err(bad)?;
+    let mut next_id = 1_000_000;
+    let mut loading = Vec::new();
+    let total = time_ms(rounds, || {
+        rows.truncate(stored.len());
+        next_id += 1;
+        rows.push((next_id, serde_json::to_string(&new_entry()?)?));
+        let t = Instant::now();
+        let entries = cache.load(&as_rows(&rows)).map_err(bad)?;
+        loading.push(t.elapsed().as_secs_f64() * 1000.0);
+        write(entries.iter().map(AsRef::as_ref).collect())
+    })?;
+    Ok((total, median(loading)))
+}
+
 fn content<'a>(debs: Vec<&'a DebEntry>, rpms: Vec<&'a RpmEntry>) -> ChannelContent<'a> {
     ChannelContent {
         meta: ReleaseMeta { origin: "kiln".into(), label: "bench".into(), description: "bench".into() },
@@ -316,50 +346,28 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     make_deb(&extra_deb, "bench-extra", "1.0-1")?;
     let extra_rpm = dir.join("bench-extra-1.0-1.x86_64.rpm");
     make_rpm(&extra_rpm, "bench-extra", "1.0")?;
-    // The publisher keeps the entries it parsed for the last generation
-    // (EntryCache, by row id): warm it as a running master has it. Each
-    // round's new package is a row of its own, as a publish stores it.
-    let rows_of = |stored: &[String]| -> Vec<(i64, String)> {
-        stored.iter().enumerate().map(|(i, t)| (i as i64 + 1, t.clone())).collect()
-    };
-    let bad = |(i, e): (usize, serde_json::Error)| anyhow::anyhow!("entry {i}: {e}");
-    let mut deb_cache = kiln_repo::stored::EntryCache::<DebEntry>::default();
-    let mut deb_rows = rows_of(&stored_debs);
-    deb_cache.load(&as_rows(&deb_rows)).map_err(bad)?;
-    let mut rpm_cache = kiln_repo::stored::EntryCache::<RpmEntry>::default();
-    let mut rpm_rows = rows_of(&stored_rpms);
-    rpm_cache.load(&as_rows(&rpm_rows)).map_err(bad)?;
-    let mut next_id = 1_000_000;
-    // Of that time, how much goes to loading the entries.
-    let mut loading = Vec::new();
-    let apt_add = time_ms(rounds, || {
-        deb_rows.truncate(stored_debs.len());
-        next_id += 1;
-        deb_rows.push((next_id, serde_json::to_string(&deb_entry(&extra_deb)?)?));
-        let t = Instant::now();
-        let entries = deb_cache.load(&as_rows(&deb_rows)).map_err(bad)?;
-        loading.push(t.elapsed().as_secs_f64() * 1000.0);
-        gen += 1;
-        let refs = entries.iter().map(AsRef::as_ref).collect();
-        ChannelDir::new(&out).write_generation(gen, &content(refs, vec![]), &key, DATE)?;
-        Ok(())
-    })?;
+    let (apt_add, apt_loading) = add_one(
+        rounds,
+        &stored_debs,
+        || deb_entry(&extra_deb),
+        |entries| {
+            gen += 1;
+            Ok(ChannelDir::new(&out).write_generation(gen, &content(entries, vec![]), &key, DATE)?)
+        },
+    )?;
     report.insert("apt_add_one_kiln_ms".into(), json!(apt_add));
-    report.insert("apt_add_one_kiln_loading_entries_ms".into(), json!(median(std::mem::take(&mut loading))));
-    let yum_add = time_ms(rounds, || {
-        rpm_rows.truncate(stored_rpms.len());
-        next_id += 1;
-        rpm_rows.push((next_id, serde_json::to_string(&rpm_entry(&extra_rpm)?)?));
-        let t = Instant::now();
-        let entries = rpm_cache.load(&as_rows(&rpm_rows)).map_err(bad)?;
-        loading.push(t.elapsed().as_secs_f64() * 1000.0);
-        gen += 1;
-        let refs = entries.iter().map(AsRef::as_ref).collect();
-        ChannelDir::new(&yout).write_generation(gen, &content(vec![], refs), &key, DATE)?;
-        Ok(())
-    })?;
+    report.insert("apt_add_one_kiln_loading_entries_ms".into(), json!(apt_loading));
+    let (yum_add, yum_loading) = add_one(
+        rounds,
+        &stored_rpms,
+        || rpm_entry(&extra_rpm),
+        |entries| {
+            gen += 1;
+            Ok(ChannelDir::new(&yout).write_generation(gen, &content(vec![], entries), &key, DATE)?)
+        },
+    )?;
     report.insert("yum_add_one_kiln_ms".into(), json!(yum_add));
-    report.insert("yum_add_one_kiln_loading_entries_ms".into(), json!(median(loading)));
+    report.insert("yum_add_one_kiln_loading_entries_ms".into(), json!(yum_loading));
     if createrepo {
         let added = rpm_dir.join("bench-extra-1.0-1.x86_64.rpm");
         // Only the update that finds the new package is timed, not the reset before it.

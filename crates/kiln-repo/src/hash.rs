@@ -24,17 +24,17 @@ const PARALLEL_FROM: usize = 256 * 1024;
 /// beside SHA-1 and SHA-256: MD5 has no instructions of its own in the CPU
 /// and takes as long as the other two together.
 pub fn sums(bytes: &[u8]) -> Sums {
-    let md5 = || hex::encode(Md5::digest(bytes));
-    let md5 = if bytes.len() >= PARALLEL_FROM {
+    let md5_of = || hex::encode(Md5::digest(bytes));
+    let others = || (hex::encode(Sha1::digest(bytes)), hex::encode(Sha256::digest(bytes)));
+    let (md5, (sha1, sha256)) = if bytes.len() >= PARALLEL_FROM {
         std::thread::scope(|s| {
-            let handle = s.spawn(md5);
-            let (sha1, sha256) = (hex::encode(Sha1::digest(bytes)), hex::encode(Sha256::digest(bytes)));
-            (handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), sha1, sha256)
+            let md5 = s.spawn(md5_of);
+            let others = others();
+            (md5.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), others)
         })
     } else {
-        (md5(), hex::encode(Sha1::digest(bytes)), hex::encode(Sha256::digest(bytes)))
+        (md5_of(), others())
     };
-    let (md5, sha1, sha256) = md5;
     Sums { size: bytes.len() as u64, md5, sha1, sha256 }
 }
 
