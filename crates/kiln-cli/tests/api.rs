@@ -187,6 +187,39 @@ async fn buildbots_base_change_hook_schedules_the_project() {
         .await
         .expect("send");
     assert_eq!(r.status(), 404);
+    // A Latin-1 name is refused, not read as `Jos\u{fffd}` (Buildbot answers 400 too).
+    let before = farm.client().builds(&Default::default()).await.expect("builds").builds.len();
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("project=libgrace&who=Jos%E9")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(e["error"], "form field `who` is not valid UTF-8");
+    assert_eq!(farm.client().builds(&Default::default()).await.expect("builds").builds.len(), before);
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("project=libgrace&who=Jos%C3%A9")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 202);
+    let created: serde_json::Value = r.json().await.expect("json");
+    let b = farm.wait_finished(created["builds"][0]["id"].as_i64().expect("id"), Duration::from_secs(30)).await;
+    assert!(b.requested_by.as_deref().is_some_and(|w| w.starts_with("José")), "{:?}", b.requested_by);
+    // Not a form at all.
+    let r = http
+        .post(format!("{url}?token={}", farm.admin_token()))
+        .header("content-type", "application/json")
+        .body(r#"{"project": "libgrace"}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 415);
 }
 
 /// `kiln log --follow` says how a build ended, also one that failed before

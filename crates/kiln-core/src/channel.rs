@@ -38,6 +38,17 @@ impl Accepts {
     }
 }
 
+/// The channels a finished build's packages go to: those whose rule takes
+/// its properties, and none at all for a test build of a pull request
+/// ([`crate::props::is_test_build`]), whatever else it says.
+pub fn publishing_channels<'a>(channels: &'a [Channel], properties: &crate::props::Properties) -> Vec<&'a Channel> {
+    if crate::props::is_test_build(properties) {
+        return Vec::new();
+    }
+    let values: BTreeMap<String, String> = properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
+    channels.iter().filter(|c| c.accepts.takes(&values)).collect()
+}
+
 /// Where a key's passphrase comes from: never the config itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {

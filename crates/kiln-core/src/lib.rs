@@ -15,6 +15,7 @@ pub mod deb822;
 pub mod debian;
 pub mod debuginfo;
 pub mod duration;
+pub mod form;
 pub mod glob;
 pub mod incoming;
 pub mod job;

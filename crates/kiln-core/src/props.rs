@@ -131,8 +131,46 @@ pub const RESERVED: &[&str] = &[
     "project",
     "change_source",
     "changed_by",
+    AUTHOR,
     "published",
+    PULL_REQUEST,
+    FETCH_REF,
+    HEAD_REPOSITORY,
+    BASE_BRANCH,
+    FORK,
 ];
+
+/// The property naming the pull (merge) request a test build builds. A
+/// build that has it is never published: see [`is_test_build`].
+pub const PULL_REQUEST: &str = "pull_request";
+/// The ref a test build's revision is fetched from
+/// ([`crate::change::check_fetch_ref`]).
+pub const FETCH_REF: &str = "fetch_ref";
+/// The repository a pull request's commits come from.
+pub const HEAD_REPOSITORY: &str = "head_repository";
+/// The branch a pull request would be merged into.
+pub const BASE_BRANCH: &str = "base_branch";
+/// `true` when a pull request comes from another repository (a fork).
+pub const FORK: &str = "fork";
+/// The author of the commit a change builds.
+pub const AUTHOR: &str = "author";
+
+/// Whether a build is a test of a proposed change (a pull or merge
+/// request), whose packages no channel takes: any build that names a pull
+/// request is, whoever named it.
+pub fn is_test_build(properties: &Properties) -> bool {
+    properties.contains_key(PULL_REQUEST)
+}
+
+/// Whether a build may be given its component's secrets: not a test build,
+/// unless a verified forge hook said the pull request comes from the
+/// repository itself (whose writers the farm trusts), not from a fork.
+pub fn may_have_secrets(properties: &Properties) -> bool {
+    if !is_test_build(properties) {
+        return true;
+    }
+    properties.get(FORK).is_some_and(|p| p.source == PropertySource::Change && p.value == "false")
+}
 
 /// Whether only the master may set property `name` (see [`RESERVED`]).
 pub fn is_reserved(name: &str) -> bool {
@@ -361,5 +399,24 @@ mod tests {
         assert_eq!(parse_assignment("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_assignment("novalue").is_err());
         assert!(parse_assignment("bad key=1").is_err());
+    }
+
+    #[test]
+    fn test_builds_are_never_published_and_get_secrets_only_from_the_repository_itself() {
+        let mut p = Properties::new();
+        assert!(!is_test_build(&p) && may_have_secrets(&p));
+        let set = |p: &mut Properties, k: &str, v: &str, source| {
+            p.insert(k.to_string(), Property { value: v.to_string(), source });
+        };
+        set(&mut p, PULL_REQUEST, "7", PropertySource::Request);
+        assert!(is_test_build(&p) && !may_have_secrets(&p));
+        // A requester cannot vouch for a pull request; only a forge's hook can.
+        set(&mut p, FORK, "false", PropertySource::Request);
+        assert!(!may_have_secrets(&p));
+        set(&mut p, FORK, "true", PropertySource::Change);
+        assert!(!may_have_secrets(&p));
+        set(&mut p, FORK, "false", PropertySource::Change);
+        assert!(may_have_secrets(&p) && is_test_build(&p));
+        assert!(is_reserved(PULL_REQUEST) && is_reserved(FORK) && is_reserved(FETCH_REF));
     }
 }

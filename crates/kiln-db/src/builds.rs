@@ -412,6 +412,29 @@ impl Store {
         rows.iter().map(build_row).collect()
     }
 
+    /// The newest builds (at most `limit`, newest first) whose property
+    /// `name` is `value`, wherever the value came from.
+    pub async fn builds_with_property(&self, name: &str, value: &str, limit: i64) -> Result<Vec<BuildRow>> {
+        // The properties column is JSON text; the pattern narrows the scan
+        // to rows holding the pair, and each is checked exactly below.
+        let pair = format!("{}:{{\"value\":{}", to_json(&name), to_json(&value));
+        let escaped: String =
+            pair.chars().flat_map(|c| if "%_\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect();
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE properties LIKE $1 ESCAPE '\\' ORDER BY id DESC LIMIT $2"
+        );
+        let rows =
+            sqlx::query(&sql).bind(format!("%{escaped}%")).bind(limit.clamp(1, 10_000)).fetch_all(&self.reader).await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let b = build_row(r)?;
+            if b.properties.get(name).is_some_and(|p| p.value == value) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every build that is queued or running, oldest first.
     pub async fn unfinished_builds(&self) -> Result<Vec<BuildRow>> {
         let mut out = Vec::new();

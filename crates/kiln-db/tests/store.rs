@@ -211,6 +211,34 @@ async fn listing_filters_and_pages_newest_first() {
 }
 
 #[tokio::test]
+async fn builds_are_found_by_a_property_value_exactly() {
+    on_both(|s| async move {
+        let with = |pairs: &[(&str, &str)]| NewBuild {
+            component: "c".into(),
+            target: "t".into(),
+            properties: props(pairs),
+            depends_on: Vec::new(),
+        };
+        let (_, first) = s.create_request(1, None, None, &[with(&[("pull_request", "7")])]).await.expect("create");
+        let (_, other) = s
+            .create_request(2, None, None, &[with(&[("pull_request", "70")]), with(&[("pull_request", "1_%\\\"x")])])
+            .await
+            .expect("create");
+        let (_, second) = s
+            .create_request(3, None, None, &[with(&[("pull_request", "7"), ("note", "pull_request 7")])])
+            .await
+            .expect("create");
+        let found = s.builds_with_property("pull_request", "7", 10).await.expect("query");
+        assert_eq!(found.iter().map(|b| b.id).collect::<Vec<_>>(), [second[0], first[0]]);
+        let odd = s.builds_with_property("pull_request", "1_%\\\"x", 10).await.expect("query");
+        assert_eq!(odd.iter().map(|b| b.id).collect::<Vec<_>>(), [other[1]]);
+        assert!(s.builds_with_property("pull_request", "1", 10).await.expect("query").is_empty());
+        assert_eq!(s.builds_with_property("pull_request", "7", 1).await.expect("query").len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn batched_writes_apply_in_order_and_stay_conditional() {
     on_both(|s| async move {
         let (_, ids) = s

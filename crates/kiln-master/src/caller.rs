@@ -46,6 +46,12 @@ impl Caller {
 
     /// The same permissions under another name (who a change hook's
     /// request is recorded as).
+    /// The same caller, with permission `p` besides.
+    pub fn with(mut self, p: Permission) -> Caller {
+        self.perms = self.perms.iter().chain([p]).collect();
+        self
+    }
+
     pub fn named(&self, name: impl Into<String>) -> Caller {
         Caller { name: name.into(), perms: self.perms }
     }

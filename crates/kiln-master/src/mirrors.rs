@@ -1,11 +1,90 @@
 //! The master's mirrors of the repositories components build from
 //! (`DATA_DIR/git/KEY.git`, `DATA_DIR/hg/KEY`): the poller fetches into
-//! them to learn what a change touched. Garbage collection removes those
-//! of repositories the config no longer names.
+//! them to learn what a change touched, and so does a pull request or new
+//! branch whose hook does not list its files ([`changed_files`]). Garbage
+//! collection removes those of repositories the config no longer names.
 
-use kiln_core::config::{Source, Vcs};
+use kiln_core::change::{check_fetch_ref, Change};
+use kiln_core::config::{check_branch, check_revision, Source, Vcs};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+/// A remote that does not answer in this time is given up on.
+const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A git command that failed, in git's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GitError(pub String);
+
+impl From<GitError> for String {
+    fn from(e: GitError) -> String {
+        e.0
+    }
+}
+
+/// A `git` command that never prompts and dies with its task.
+pub(crate) fn git() -> Command {
+    let mut c = Command::new("git");
+    c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").env("LC_ALL", "C").kill_on_drop(true);
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+/// Runs git and returns its stdout, or its stderr as the error.
+pub(crate) async fn git_output(cmd: &mut Command) -> Result<String, GitError> {
+    match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+        Err(_) => Err(GitError("git timed out".into())),
+        Ok(Err(e)) => Err(GitError(format!("cannot run git: {e}"))),
+        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(Ok(out)) => Err(GitError(String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect())),
+    }
+}
+
+/// A bare mirror of `url` under `data_dir`, made when missing.
+pub(crate) async fn git_mirror(data_dir: &Path, url: &str) -> Result<PathBuf, GitError> {
+    let mirror = mirror_dir(data_dir, Vcs::Git, url);
+    if !mirror.join("HEAD").exists() {
+        std::fs::create_dir_all(&mirror).map_err(|e| GitError(format!("cannot make {}: {e}", mirror.display())))?;
+        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror)).await?;
+    }
+    Ok(mirror)
+}
+
+/// The files `change` touched, learnt from the master's mirror of `url`
+/// (the repository of a component it is to): a pull request's head
+/// compared with its base branch, a new branch's tip with the default
+/// branch, each from where they parted (`git diff A...B`).
+pub async fn changed_files(data_dir: &Path, url: &str, change: &Change) -> Result<Vec<String>, GitError> {
+    let (base, head_ref) = match (&change.pull, &change.default_branch) {
+        (Some(pull), _) => (change.branch.as_str(), pull.fetch_ref.clone()),
+        (None, Some(default)) => (default.as_str(), format!("refs/heads/{}", change.branch)),
+        (None, None) => return Err(GitError("nothing to compare the change with".into())),
+    };
+    // All of it goes into git command lines.
+    check_branch(base).map_err(GitError)?;
+    check_branch(&change.branch).map_err(GitError)?;
+    check_revision(&change.revision).map_err(GitError)?;
+    if change.pull.is_some() {
+        check_fetch_ref(&head_ref).map_err(GitError)?;
+    }
+    let mirror = git_mirror(data_dir, url).await?;
+    git_output(
+        git()
+            .arg("-C")
+            .arg(&mirror)
+            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
+            .arg(format!("+refs/heads/{base}:refs/heads/{base}"))
+            .arg(format!("+{head_ref}:{head_ref}")),
+    )
+    .await?;
+    let range = format!("refs/heads/{base}...{}", change.revision);
+    let out =
+        git_output(git().arg("-C").arg(&mirror).args(["diff", "--name-only", "--no-renames", &range, "--"])).await?;
+    Ok(out.lines().map(str::to_string).collect())
+}
 
 /// Where the master mirrors repository `url`.
 pub fn mirror_dir(data_dir: &Path, vcs: Vcs, url: &str) -> PathBuf {

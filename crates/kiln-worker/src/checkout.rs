@@ -63,6 +63,18 @@ pub(crate) fn requested(branch: &str) -> anyhow::Result<(String, Option<String>)
     Ok((branch, wanted))
 }
 
+/// The pull request ref a test build's revision is on (property
+/// `fetch_ref`), checked to be one: it goes into a git command line.
+fn pull_ref() -> anyhow::Result<Option<String>> {
+    match std::env::var("KILN_PROP_FETCH_REF") {
+        Ok(r) if !r.is_empty() => {
+            kiln_core::change::check_fetch_ref(&r).map_err(|e| anyhow::anyhow!("property fetch_ref: {e}"))?;
+            Ok(Some(r))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The name of a repository's mirror under the worker dir.
 pub(crate) fn mirror_key(url: &str) -> String {
     hex::encode(&Sha256::digest(url.as_bytes())[..10])
@@ -102,9 +114,15 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
             match have(&mirror) {
                 Some(c) => c,
                 None => {
-                    // Not on any branch or tag: ask the server for it directly.
+                    // Not on any branch or tag: a pull request's ref has it
+                    // (forges keep a fork's commits there too), else ask the
+                    // server for the commit itself.
+                    let what = match pull_ref()? {
+                        Some(r) => format!("+{r}:{r}"),
+                        None => rev.clone(),
+                    };
                     let fetched = run(
-                        git().arg("-C").arg(&mirror).args(["fetch", "--quiet", "--no-tags", "--", url, rev]),
+                        git().arg("-C").arg(&mirror).args(["fetch", "--quiet", "--no-tags", "--", url, &what]),
                         "git fetch of the revision",
                     );
                     match (fetched, have(&mirror)) {

@@ -71,7 +71,25 @@ pub struct ForgeHook {
     /// The forge's API base (GitHub: `https://api.github.com`; GitLab and
     /// Gitea: the instance's address).
     pub api_url: Option<String>,
+    /// Test-build pull (merge) requests: opened, reopened and updated.
+    pub pull_requests: bool,
+    /// Test-build pull requests from forks too (without the component's
+    /// secrets: their code is nobody's on this farm).
+    pub forks: bool,
+    /// Text in a head commit's message (or a pull request's title) that
+    /// makes a push or pull request build nothing; compared without case.
+    pub skip_markers: Vec<String>,
+    /// A pull request comment holding this phrase rebuilds its latest test
+    /// builds, when the forge says the commenter may write to the
+    /// repository or the commenter is in `rebuild_by`.
+    pub rebuild_phrase: String,
+    /// Forge logins whose comments may ask for a rebuild (GitLab and Gitea
+    /// do not say in the payload what a commenter may do).
+    pub rebuild_by: Vec<String>,
 }
+
+/// The phrase that asks for a rebuild when a hook names none.
+pub const DEFAULT_REBUILD_PHRASE: &str = "kiln rebuild";
 
 /// How the master sends mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +165,18 @@ impl Notifier {
 }
 
 pub(super) const HOOK_KEYS: &[&str] = &["base", "github", "gitlab", "gitea"];
-const FORGE_HOOK_KEYS: &[&str] = &["secret_file", "secret", "status_token_file", "status_token", "api_url"];
+const FORGE_HOOK_KEYS: &[&str] = &[
+    "secret_file",
+    "secret",
+    "status_token_file",
+    "status_token",
+    "api_url",
+    "pull_requests",
+    "forks",
+    "skip_markers",
+    "rebuild_phrase",
+    "rebuild_by",
+];
 const SMTP_KEYS: &[&str] = &["server", "port", "security", "from", "username", "password", "ca_file"];
 const IRC_KEYS: &[&str] = &["server", "tls", "nick", "password", "channels"];
 pub(super) const NOTIFY_KEYS: &[&str] =
@@ -407,8 +436,28 @@ pub(super) fn read_hooks(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> 
         if status_token.is_some() && api_url.is_none() && forge != "github" {
             r.err(&fspan, format!("{what} has a `status_token` but no `api_url` (the instance's address)"));
         }
+        let pull_requests = r.boolean(tbl, "pull_requests", &what).unwrap_or(false);
+        let forks = r.boolean(tbl, "forks", &what).unwrap_or(false);
+        if forks && !pull_requests {
+            r.err(&fspan, format!("{what} has `forks = true` but not `pull_requests = true`"));
+        }
+        let skip_markers = match r.string_list(tbl, "skip_markers", &what) {
+            Some(list) => list.into_iter().map(|(m, _)| m).filter(|m| !m.trim().is_empty()).collect(),
+            None => crate::change::DEFAULT_SKIP_MARKERS.iter().map(|m| m.to_string()).collect(),
+        };
+        let rebuild_phrase = match r.string(tbl, "rebuild_phrase", &what) {
+            Some((p, pspan)) if p.trim().is_empty() => {
+                r.err(&pspan, format!("`rebuild_phrase` of {what} is empty; every comment would rebuild"));
+                continue;
+            }
+            Some((p, _)) => p.trim().to_string(),
+            None => DEFAULT_REBUILD_PHRASE.to_string(),
+        };
+        let rebuild_by =
+            r.string_list(tbl, "rebuild_by", &what).unwrap_or_default().into_iter().map(|(l, _)| l).collect();
         let Some(secret) = secret else { continue };
-        let hook = ForgeHook { secret, status_token, api_url };
+        let hook =
+            ForgeHook { secret, status_token, api_url, pull_requests, forks, skip_markers, rebuild_phrase, rebuild_by };
         match forge {
             "github" => hooks.github = Some(hook),
             "gitlab" => hooks.gitlab = Some(hook),

@@ -89,7 +89,16 @@ impl Dispatcher {
             })
             .collect();
         let mut secrets = BTreeMap::new();
-        for (var, r) in &component.secrets {
+        // A pull request's code is untrusted unless the forge said it comes
+        // from the repository itself: it builds without the secrets.
+        let trusted = kiln_core::props::may_have_secrets(&q.properties);
+        if !trusted && !component.secrets.is_empty() {
+            tracing::info!(
+                build = id,
+                "a test build of a pull request from a fork runs without the component's secrets"
+            );
+        }
+        for (var, r) in component.secrets.iter().filter(|_| trusted) {
             match farm.secret(r, &format!("secret {var} of component {}", component.name)) {
                 Ok(v) => {
                     secrets.insert(var.clone(), v);

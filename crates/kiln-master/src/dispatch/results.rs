@@ -152,9 +152,7 @@ impl Dispatcher {
     pub(super) async fn has_packages(&self, id: i64, reported: &[String]) -> bool {
         let farm = self.shared.farm();
         let Some(run) = self.running.get(&id) else { return false };
-        let props: std::collections::BTreeMap<String, String> =
-            run.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
-        if !farm.cfg.channels.iter().any(|c| c.accepts.takes(&props)) {
+        if kiln_core::channel::publishing_channels(&farm.cfg.channels, &run.properties).is_empty() {
             return false;
         }
         if reported.iter().any(|n| kiln_core::job::is_package(n)) {

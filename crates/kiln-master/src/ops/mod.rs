@@ -13,6 +13,7 @@ pub mod disk;
 mod error;
 pub mod health;
 pub mod metrics;
+pub mod pulls;
 pub mod repos;
 pub mod requests;
 pub mod retention;

@@ -14,7 +14,10 @@ use kiln_core::change::Change;
 use kiln_core::job::BuildSource;
 use kiln_core::matrix::{self, RequestSpec};
 use kiln_core::perm::Permission;
-use kiln_core::props::{request_properties, requested, Properties, Property, PropertySource, SIGNED_BY_PROPERTY};
+use kiln_core::props::{
+    request_properties, requested, Properties, Property, PropertySource, AUTHOR, BASE_BRANCH, FETCH_REF, FORK,
+    HEAD_REPOSITORY, PULL_REQUEST, REVISION, SIGNED_BY_PROPERTY,
+};
 use kiln_core::BuildState;
 use kiln_db::{BuildRow, NewBuild};
 use std::collections::BTreeMap;
@@ -68,7 +71,14 @@ pub async fn submit(s: &Shared, caller: &Caller, req: NewRequest) -> Result<Crea
 /// Requests builds of every component `change` concerns, at its revision;
 /// `None` when it concerns none. `origin` says where the change came from
 /// (a forge, `poller`, the base hook): statuses go back to a forge with a
-/// token. The builds are recorded as the change's author at `origin`.
+/// token. The builds are recorded as the change's pusher at `origin`.
+///
+/// A pull request's builds are test builds: they carry the pull request's
+/// properties (`pull_request`, `fetch_ref`, `head_repository`,
+/// `base_branch`, `fork`), are never published, and a fork's run without
+/// the component's secrets. When the change does not list its files (a
+/// pull request, a new branch), the master's mirror tells; if it cannot,
+/// every component of the repository and branch builds.
 pub async fn submit_change(
     s: &Arc<Shared>,
     caller: &Caller,
@@ -77,30 +87,29 @@ pub async fn submit_change(
 ) -> Result<Option<Created>, OpError> {
     caller.require(Permission::OwnJobs)?;
     let farm = s.farm();
+    let mut change = change.clone();
+    if change.files_unknown() {
+        if let Some(source) = change.source_in(&farm.cfg.components) {
+            match crate::mirrors::changed_files(&farm.data_dir(), &source.url, &change).await {
+                Ok(files) => change.files = Some(files),
+                Err(e) => tracing::warn!(
+                    url = %kiln_core::redact::url_for_logs(&source.url), revision = %change.revision, error = %e,
+                    "cannot tell which files the change touched; building every component of its branch"
+                ),
+            }
+        }
+    }
     let components: Vec<String> = change.components(&farm.cfg.components).iter().map(|c| c.name.clone()).collect();
     if components.is_empty() {
         return Ok(None);
     }
-    let mut given = BTreeMap::new();
-    given.insert("revision".to_string(), change.revision.clone());
-    given.insert("branch".to_string(), change.branch.clone());
-    if let Some(url) = change.urls.first() {
-        given.insert("repository".to_string(), url.chars().take(500).collect());
-    }
-    given.insert("change_source".to_string(), origin.to_string());
-    if let Some(p) = &change.project {
-        given.insert("project".to_string(), p.chars().take(200).collect());
-    }
-    if let Some(w) = &change.who {
-        given.insert("changed_by".to_string(), w.clone());
-    }
-    let properties = request_properties(&given, PropertySource::Change)?;
+    let properties = request_properties(&change_properties(&change, origin), PropertySource::Change)?;
     let where_ = change.project.clone().or_else(|| change.urls.first().cloned()).unwrap_or_default();
-    let reason = if change.comments.is_empty() {
-        format!("push to {} of {where_}", change.branch)
-    } else {
-        format!("push to {} of {where_}: {}", change.branch, change.comments)
+    let what = match &change.pull {
+        Some(p) => format!("pull request #{} of {where_} into {}", p.number, change.branch),
+        None => format!("push to {} of {where_}", change.branch),
     };
+    let reason = if change.comments.is_empty() { what } else { format!("{what}: {}", change.comments) };
     let by = match &change.who {
         Some(w) => format!("{w} ({origin})"),
         None => origin.to_string(),
@@ -109,6 +118,37 @@ pub async fn submit_change(
     let created = submit(s, &caller.named(by), NewRequest { spec, properties, reason: Some(reason) }).await?;
     crate::reporters::status::request_created(s, &created.builds);
     Ok(Some(created))
+}
+
+/// What a change's builds record of it, as properties.
+fn change_properties(change: &Change, origin: &str) -> BTreeMap<String, String> {
+    let bounded = |s: &str, max: usize| s.chars().take(max).collect::<String>();
+    let mut given = BTreeMap::new();
+    given.insert(REVISION.to_string(), change.revision.clone());
+    given.insert("branch".to_string(), change.branch.clone());
+    if let Some(url) = change.urls.first() {
+        given.insert("repository".to_string(), bounded(url, 500));
+    }
+    given.insert("change_source".to_string(), origin.to_string());
+    if let Some(p) = &change.project {
+        given.insert("project".to_string(), bounded(p, 200));
+    }
+    if let Some(w) = &change.who {
+        given.insert("changed_by".to_string(), w.clone());
+    }
+    if let Some(a) = &change.author {
+        given.insert(AUTHOR.to_string(), a.clone());
+    }
+    if let Some(p) = &change.pull {
+        given.insert(PULL_REQUEST.to_string(), p.number.to_string());
+        given.insert(FETCH_REF.to_string(), p.fetch_ref.clone());
+        given.insert(BASE_BRANCH.to_string(), change.branch.clone());
+        given.insert(FORK.to_string(), p.fork.to_string());
+        if !p.head_repository.is_empty() {
+            given.insert(HEAD_REPOSITORY.to_string(), bounded(&p.head_repository, 500));
+        }
+    }
+    given
 }
 
 /// Builds build `id` again: the same component on the same target, with
@@ -295,10 +335,8 @@ mod tests {
             urls: vec!["https://example.org/pkg.git".into()],
             branch: "main".into(),
             revision: "0123456789abcdef0123456789abcdef01234567".into(),
-            files: None,
             who: Some("dev".into()),
-            comments: String::new(),
-            project: None,
+            ..Default::default()
         };
         let made = submit_change(&t.shared, &Caller::system("github"), &change, "github")
             .await

@@ -204,7 +204,10 @@ impl Publisher {
             build.properties.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
         // All of them: a .dsc brings the tarballs it lists.
         let artifacts: Vec<ArtifactRow> = store.artifacts_of(&[id]).await.map_err(|e| e.to_string())?;
-        let channels: Vec<Channel> = farm.cfg.channels.iter().filter(|c| c.accepts.takes(&props)).cloned().collect();
+        let channels: Vec<Channel> = kiln_core::channel::publishing_channels(&farm.cfg.channels, &build.properties)
+            .into_iter()
+            .cloned()
+            .collect();
         if !artifacts.iter().any(|a| kiln_core::job::is_package(&a.name)) || channels.is_empty() {
             return Ok("nothing to publish".into());
         }

@@ -16,34 +16,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Command;
 use tokio::time::Instant;
 
 /// How often the poller looks at what is due.
 const TICK: Duration = Duration::from_secs(2);
-/// A remote that does not answer in this time is tried again next interval.
-const GIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn git() -> Command {
-    let mut c = Command::new("git");
-    c.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").env("LC_ALL", "C").kill_on_drop(true);
-    c.stdin(std::process::Stdio::null());
-    c
-}
-
-async fn git_output(cmd: &mut Command) -> Result<String, String> {
-    match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
-        Err(_) => Err("git timed out".into()),
-        Ok(Err(e)) => Err(format!("cannot run git: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(Ok(out)) => Err(String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect()),
-    }
-}
 
 use super::remote::Description;
 pub use super::remote::NoTip;
 
-use crate::mirrors::mirror_dir;
+use crate::mirrors::{git, git_mirror, git_output, mirror_dir};
 
 /// The commit a branch of a remote points at now (git asks the remote;
 /// Mercurial pulls into the master's mirror under `data_dir` first).
@@ -51,7 +32,9 @@ pub async fn remote_tip(data_dir: &Path, vcs: Vcs, url: &str, branch: &str) -> R
     if vcs == Vcs::Hg {
         return super::hg::remote_tip(&mirror_dir(data_dir, vcs, url), url, branch).await;
     }
-    let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")])).await.map_err(NoTip)?;
+    let out = git_output(git().args(["ls-remote", "--", url, &format!("refs/heads/{branch}")]))
+        .await
+        .map_err(|e| NoTip(e.0))?;
     let rev = out.split_whitespace().next().ok_or_else(|| NoTip(format!("{url} has no branch {branch}")))?;
     check_revision(rev).map_err(NoTip)?;
     Ok(rev.to_string())
@@ -101,10 +84,9 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
         }
         return Ok(());
     };
-    let mirror = mirror_dir(&data_dir, vcs, url);
     let described = match vcs {
-        Vcs::Git => describe(&mirror, url, branch, &before, &tip).await,
-        Vcs::Hg => super::hg::describe(&mirror, &before, &tip).await,
+        Vcs::Git => describe(&data_dir, url, branch, &before, &tip).await,
+        Vcs::Hg => super::hg::describe(&mirror_dir(&data_dir, vcs, url), &before, &tip).await,
     };
     let (files, who, comments) = match described {
         Ok(d) => d,
@@ -118,9 +100,11 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
         branch: branch.to_string(),
         revision: tip.clone(),
         files,
+        // The poller knows the commit's author, not who pushed it.
+        author: who.clone(),
         who,
         comments,
-        project: None,
+        ..Default::default()
     };
     match crate::ops::requests::submit_change(shared, &Caller::system("poller"), &change, "poller").await {
         Ok(Some(created)) => {
@@ -138,11 +122,8 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
 
 /// Files changed between two commits, the new one's author and subject,
 /// from a mirror fetched now.
-async fn describe(mirror: &Path, url: &str, branch: &str, before: &str, tip: &str) -> Result<Description, String> {
-    if !mirror.join("HEAD").exists() {
-        std::fs::create_dir_all(mirror).map_err(|e| e.to_string())?;
-        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(mirror)).await?;
-    }
+async fn describe(data_dir: &Path, url: &str, branch: &str, before: &str, tip: &str) -> Result<Description, String> {
+    let mirror = &git_mirror(data_dir, url).await?;
     git_output(
         git()
             .arg("-C")
@@ -175,11 +156,7 @@ pub async fn file_at(
     path: &str,
     limit: usize,
 ) -> Result<String, String> {
-    let mirror = mirror_dir(data_dir, Vcs::Git, url);
-    if !mirror.join("HEAD").exists() {
-        std::fs::create_dir_all(&mirror).map_err(|e| e.to_string())?;
-        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror)).await?;
-    }
+    let mirror = git_mirror(data_dir, url).await?;
     git_output(
         git()
             .arg("-C")
@@ -211,5 +188,5 @@ pub async fn file_at(
     if size.trim().parse::<usize>().map_err(|e| e.to_string())? > limit {
         return Err(format!("{path} is larger than {limit} bytes"));
     }
-    git_output(git().arg("-C").arg(&mirror).args(["cat-file", "blob", &object])).await
+    Ok(git_output(git().arg("-C").arg(&mirror).args(["cat-file", "blob", &object])).await?)
 }

@@ -10,10 +10,10 @@ use crate::http::ApiError;
 use crate::ops::requests::NewRequest;
 use crate::ops::{self, OpError};
 use crate::shared::Shared;
-use axum::extract::rejection::FormRejection;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::{Form, Json};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
 use kiln_core::matrix::RequestSpec;
 use kiln_core::perm::Permission;
 use kiln_core::props::{request_properties, PropertySource};
@@ -57,7 +57,8 @@ pub struct BaseChange {
 pub async fn change_hook_base(
     State(s): State<Arc<Shared>>,
     caller: Result<Caller, ApiError>,
-    form: Result<Form<BaseChange>, FormRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<BuildRequestCreated>), ApiError> {
     // A token with own_jobs, unless the config opens the hook.
     let caller = match caller {
@@ -67,7 +68,7 @@ pub async fn change_hook_base(
     };
     caller.require(Permission::OwnJobs).map_err(OpError::from)?;
     let who = caller.name.clone();
-    let Form(change) = form?;
+    let change = read_form(&headers, &body)?;
     let project = change.project.clone().filter(|p| !p.is_empty());
     let Some(project) = project else {
         // No project: the components whose git source is this repository and branch.
@@ -87,7 +88,7 @@ pub async fn change_hook_base(
             files,
             who: change.author.clone().or(change.who.clone()).filter(|a| !a.is_empty()),
             comments: change.comments.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
-            project: None,
+            ..Default::default()
         };
         let origin = format!("change hook ({who})");
         return match ops::requests::submit_change(&s, &caller, &found, &origin).await? {
@@ -137,6 +138,23 @@ pub async fn change_hook_base(
     let req = NewRequest { spec, properties, reason: change.comments };
     let made = ops::requests::submit(&s, &caller.named(by), req).await?;
     Ok((StatusCode::ACCEPTED, Json(created(&s, made))))
+}
+
+/// The form, read strictly: Buildbot answers 400 to bytes that are not
+/// UTF-8, where a lenient reader would record `Jos�`. The first of a
+/// repeated field counts.
+fn read_form(headers: &HeaderMap, body: &[u8]) -> Result<BaseChange, ApiError> {
+    if !super::is_form(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the change must be sent as a form (application/x-www-form-urlencoded)",
+        ));
+    }
+    let mut fields = serde_json::Map::new();
+    for (name, value) in super::form_fields(body)? {
+        fields.entry(name).or_insert(serde_json::Value::String(value));
+    }
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| ApiError::bad(format!("the form: {e}")))
 }
 
 /// The change's `files`, a JSON list of paths (as the script sends them).
