@@ -1,11 +1,12 @@
 //! The small pieces process tests share around the outside servers they
 //! start (git daemon, `hg serve`, aiosmtpd, ngIRCd): a guard that stops a
 //! server when the test ends, waiting until one listens, a `git` that
-//! commits as a fixed person, and reading what a maildir received.
+//! commits as a fixed person, repositories served by `git daemon`
+//! ([`GitHost`]), and reading what a maildir received.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A child process killed when the test ends, however it ends.
@@ -74,4 +75,68 @@ pub(crate) fn processes_with_env(prefix: &str, value_prefix: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Bare repositories served read-only by `git daemon` on loopback, and a
+/// working clone of each to commit in.
+pub struct GitHost {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    _daemon: Server,
+}
+
+impl GitHost {
+    pub async fn start() -> GitHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("srv");
+        std::fs::create_dir_all(&base).expect("srv");
+        let addr = crate::free_addr();
+        let daemon = Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={}", addr.port()))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(&base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        let host = GitHost { dir, port: addr.port(), _daemon: Server(daemon) };
+        listening(addr, "git daemon").await;
+        host
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}.git", self.port)
+    }
+
+    /// A new repository `name` with a working clone; returns the clone's path.
+    pub fn create(&self, name: &str) -> PathBuf {
+        let bare = self.dir.path().join("srv").join(format!("{name}.git"));
+        let work = self.dir.path().join("work").join(name);
+        std::fs::create_dir_all(&work).expect("work dir");
+        git(self.dir.path(), &["init", "--quiet", "--bare", "-b", "main", bare.to_str().expect("path")]);
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().expect("path")]);
+        work
+    }
+
+    /// Writes files, commits them and pushes them to `main`; returns the commit id.
+    pub fn commit(&self, work: &Path, files: &[(&str, &str)], message: &str) -> String {
+        self.commit_to(work, files, message, "refs/heads/main")
+    }
+
+    /// Commits files in `work` on top of its `HEAD` and pushes the commit
+    /// to `refname` only (a pull request's ref, a new branch); returns it.
+    pub fn commit_to(&self, work: &Path, files: &[(&str, &str)], message: &str, refname: &str) -> String {
+        for (path, content) in files {
+            let p = work.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+            std::fs::write(p, content).expect("write");
+        }
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "--quiet", "-m", message]);
+        let commit = git(work, &["rev-parse", "HEAD"]);
+        git(work, &["push", "--quiet", "origin", &format!("HEAD:{refname}")]);
+        commit
+    }
 }
