@@ -256,6 +256,7 @@ secret_file = "secrets/gitlab.secret"
 
 const GH_SECRET: &str = "gh-s3cret";
 const GL_SECRET: &str = "gl-s3cret";
+const GT_SECRET: &str = "gt-s3cret";
 const TARGET: &str = "debian-12-amd64";
 
 /// A GitHub `pull_request` event for pull request `number` of grace/mono
@@ -453,12 +454,17 @@ forks = true
 secret_file = "secrets/gitlab.secret"
 pull_requests = true
 rebuild_by = ["bo"]
+
+[hooks.gitea]
+secret_file = "secrets/gitea.secret"
+pull_requests = true
 "#,
         grace = show("grace.c"),
         tool = show("tool.c"),
     );
     let gh_secret = format!("{GH_SECRET}\n");
     let gl_secret = format!("{GL_SECRET}\n");
+    let gt_secret = format!("{GT_SECRET}\n");
     let farm = Farm::running(
         KILN.as_ref(),
         &config,
@@ -466,6 +472,7 @@ rebuild_by = ["bo"]
             ("secrets/github.secret", &gh_secret),
             ("secrets/github.token", "gh-token\n"),
             ("secrets/gitlab.secret", &gl_secret),
+            ("secrets/gitea.secret", &gt_secret),
             ("secrets/api.token", "tok-51c2\n"),
         ],
         "w1",
@@ -660,10 +667,58 @@ rebuild_by = ["bo"]
     let b = farm.wait_finished(rebuilt[0], Duration::from_secs(60)).await;
     assert_eq!((b.state, b.properties["revision"].value.as_str()), (BuildState::Succeeded, m3.as_str()));
 
+    assert_eq!(get(&farm, packages_path).await, packages, "a test build changed the channel's index");
+
+    // A tag and a deleted branch build nothing; a push of many commits is a
+    // complete list of files (GitHub does not cut it), so only tools builds.
+    let push: serde_json::Value =
+        serde_json::from_str(&github_push(&url, &c1, &c2, &["tools/tool.c"], "tools: many")).expect("json");
+    let mut tag = push.clone();
+    tag["ref"] = "refs/tags/v1.0".into();
+    let (code, v) = github(&farm, "push", &tag.to_string()).await;
+    assert_eq!(code, 200);
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("tag")) && listed(&v, "builds").is_empty(), "{v}");
+    let mut deleted = push.clone();
+    deleted["ref"] = "refs/heads/old".into();
+    deleted["after"] = "0000000000000000000000000000000000000000".into();
+    deleted["deleted"] = true.into();
+    let (code, v) = github(&farm, "push", &deleted.to_string()).await;
+    assert_eq!(code, 200);
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("deleted")) && listed(&v, "builds").is_empty(), "{v}");
+    let mut many = push;
+    many["commits"] = serde_json::Value::Array(vec![many["commits"][0].clone(); 25]);
+    let (code, v) = github(&farm, "push", &many.to_string()).await;
+    assert_eq!(code, 200, "{v}");
+    let built = listed(&v, "builds");
+    assert_eq!(built.len(), 1, "{v}");
+    let b = farm.wait_finished(built[0], Duration::from_secs(60)).await;
+    assert_eq!((b.component.as_str(), b.state), ("tools", BuildState::Succeeded), "{:?}", b.reason);
+    let packages = get(&farm, packages_path).await;
+    assert!(String::from_utf8_lossy(&packages).contains("Package: tools"), "the push published tools");
+
+    // Gitea sends GitHub's shapes under its own headers (and says
+    // `synchronized`); its pull requests are test builds too.
+    git(&mono, &["checkout", "--quiet", "-b", "gitea-5", "main"]);
+    let g5 = host.commit_to(&mono, &[("libgrace/grace.c", "GRACE PR 5\n")], "libgrace: gitea", "refs/pull/5/head");
+    git(&mono, &["checkout", "--quiet", "main"]);
+    let body = github_pull("synchronized", 5, &g5, "grace/mono", &url);
+    let sig = hook_signature(GT_SECRET, &body);
+    let (code, v) =
+        farm.post("/change_hook/gitea", &[("x-gitea-event", "pull_request"), ("x-gitea-signature", &sig)], &body).await;
+    assert_eq!(code, 200, "{v}");
+    let gitea = listed(&v, "builds");
+    assert_eq!(gitea.len(), 1, "{v}");
+    let b = farm.wait_finished(gitea[0], Duration::from_secs(60)).await;
+    assert_eq!((b.component.as_str(), b.state), ("libgrace", BuildState::Succeeded), "{:?}", b.reason);
+    assert_eq!(b.properties["change_source"].value, "gitea");
+    assert_eq!(client.log(b.id, "show", 0).await.expect("log").data, "GRACE PR 5\nwith-secret\n");
+
     // Still nothing of the tests in the channel, and no secret in the log.
     assert_eq!(get(&farm, packages_path).await, packages, "a test build changed the channel's index");
     let all = farm.all_builds().await;
-    assert_eq!(all.iter().filter(|b| b.properties.contains_key("published")).count(), 1, "only the push published");
+    let published: Vec<&str> =
+        all.iter().filter(|b| b.properties.contains_key("published")).map(|b| b.component.as_str()).collect();
+    assert_eq!(published, ["tools", "libgrace"], "only the pushes published");
     let log = farm.master_log();
     assert!(!log.contains(GH_SECRET) && !log.contains("tok-51c2"), "a secret reached the master's log");
 }
