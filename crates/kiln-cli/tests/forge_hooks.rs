@@ -722,3 +722,67 @@ pull_requests = true
     let log = farm.master_log();
     assert!(!log.contains(GH_SECRET) && !log.contains("tok-51c2"), "a secret reached the master's log");
 }
+
+/// A fork's `.gitmodules` must not make the worker fetch whatever its
+/// credentials reach: a fork's test build takes only submodules relative
+/// to the repository, while the repository's own pull request takes any.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forks_pull_request_fetches_only_submodules_relative_to_the_repository() {
+    let host = GitHost::start().await;
+    let vendor = host.create("vendor");
+    host.commit(&vendor, &[("vendored.h", "VENDOR 1\n")], "vendor: first");
+    let app = host.create("app");
+    host.commit(&app, &[("app.c", "APP 1\n")], "first");
+    let url = host.url("app");
+    let config = format!(
+        r#"{ONE_WORKER}
+[[component]]
+name = "app"
+source = {{ git = "{url}", submodules = true }}
+steps = [ {{ name = "show", run = "cat app.c vendor/vendored.h" }} ]
+
+[hooks.github]
+secret_file = "secrets/github.secret"
+pull_requests = true
+forks = true
+"#
+    );
+    let gh_secret = format!("{GH_SECRET}\n");
+    let farm = Farm::running(KILN.as_ref(), &config, &[("secrets/github.secret", &gh_secret)], "w1", &["t"], 1).await;
+    // The pull request adds the vendor repository as a submodule by its
+    // full URL, then by one relative to the repository.
+    let vendor_bare = host.dir.path().join("srv/vendor.git");
+    git(&app, &["checkout", "--quiet", "-b", "topic"]);
+    git(
+        &app,
+        &["-c", "protocol.file.allow=always", "submodule", "add", "--quiet", vendor_bare.to_str().expect("p"), "vendor"],
+    );
+    git(&app, &["config", "-f", ".gitmodules", "submodule.vendor.url", &host.url("vendor")]);
+    let absolute = host.commit_to(&app, &[("app.c", "APP 2\n")], "vendor by URL", "refs/pull/1/head");
+    git(&app, &["config", "-f", ".gitmodules", "submodule.vendor.url", "../vendor.git"]);
+    let relative = host.commit_to(&app, &[("app.c", "APP 3\n")], "vendor, relative", "refs/pull/2/head");
+
+    let cases = [
+        (1, &absolute, "mallory/app", BuildState::Failed),
+        (1, &absolute, "grace/mono", BuildState::Succeeded),
+        (2, &relative, "mallory/app", BuildState::Succeeded),
+    ];
+    for (number, head, head_repo, want) in cases {
+        let mut event: serde_json::Value =
+            serde_json::from_str(&github_pull("synchronize", number, head, head_repo, &url)).expect("json");
+        // The base repository is grace/mono in these payloads.
+        event["pull_request"]["head"]["repo"]["full_name"] = head_repo.into();
+        let (code, v) = github(&farm, "pull_request", &event.to_string()).await;
+        assert_eq!(code, 200, "{v}");
+        let ids = listed(&v, "builds");
+        assert_eq!(ids.len(), 1, "{v}");
+        let b = farm.wait_finished(ids[0], Duration::from_secs(60)).await;
+        assert_eq!(b.state, want, "pull request {number} from {head_repo}: {:?}", b.reason);
+        let log = farm.client().log(b.id, "checkout", 0).await.map(|l| l.data).unwrap_or_default();
+        if want == BuildState::Failed {
+            assert!(log.contains("only submodules relative to the repository"), "{log}");
+        } else {
+            assert_eq!(farm.client().log(b.id, "show", 0).await.expect("log").data.lines().last(), Some("VENDOR 1"));
+        }
+    }
+}

@@ -49,6 +49,8 @@ pub enum PropertyError {
     Nul(String),
     #[error("property `priority` must be a whole number from -1000 to 1000, got {0:?}")]
     BadPriority(String),
+    #[error("property `{0}` would reach steps as {1}, the variable of kiln's own `{2}`; name it otherwise")]
+    Alias(String, String, String),
 }
 
 /// Checks properties given with a request (by a user, a change or a
@@ -67,6 +69,13 @@ pub fn request_properties(
         crate::names::check_property_name(k).map_err(PropertyError::BadName)?;
         if kiln_only(k) {
             return Err(PropertyError::Reserved(k.clone()));
+        }
+        // Steps see `fetch-ref` as KILN_PROP_FETCH_REF too: a name must not
+        // pass for one kiln reads.
+        let var = env_name(k);
+        if let Some(own) = RESERVED.iter().chain([&PRIORITY_PROPERTY]).find(|r| **r != k.as_str() && env_name(r) == var)
+        {
+            return Err(PropertyError::Alias(k.clone(), var, own.to_string()));
         }
         if v.len() > MAX_VALUE_LEN {
             return Err(PropertyError::TooLong(k.clone(), v.len()));
@@ -157,9 +166,10 @@ pub const AUTHOR: &str = "author";
 
 /// Whether a build is a test of a proposed change (a pull or merge
 /// request), whose packages no channel takes: any build that names a pull
-/// request is, whoever named it.
+/// request, or a pull request's ref to fetch its revision from, is,
+/// whoever named it.
 pub fn is_test_build(properties: &Properties) -> bool {
-    properties.contains_key(PULL_REQUEST)
+    properties.contains_key(PULL_REQUEST) || properties.contains_key(FETCH_REF)
 }
 
 /// Whether a build may be given its component's secrets: not a test build,
@@ -418,5 +428,17 @@ mod tests {
         set(&mut p, FORK, "false", PropertySource::Change);
         assert!(may_have_secrets(&p) && is_test_build(&p));
         assert!(is_reserved(PULL_REQUEST) && is_reserved(FORK) && is_reserved(FETCH_REF));
+        // A pull request's ref alone makes a test build too.
+        let mut fetching = Properties::new();
+        set(&mut fetching, FETCH_REF, "refs/pull/7/head", PropertySource::Request);
+        assert!(is_test_build(&fetching) && !may_have_secrets(&fetching));
+        // Names that reach steps as kiln's own variables are refused.
+        for alias in ["fetch-ref", "FETCH.REF", "Pull_Request", "PRIORITY"] {
+            let given = BTreeMap::from([(alias.to_string(), "1".to_string())]);
+            assert!(
+                matches!(request_properties(&given, PropertySource::Request), Err(PropertyError::Alias(..))),
+                "{alias}"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! and steps back.
 
 use futures::TryStreamExt;
-use kiln_core::props::Properties;
+use kiln_core::props::{Properties, PropertySource};
 use kiln_core::{BuildState, StepState};
 use sqlx::{Executor, Row};
 
@@ -413,11 +413,18 @@ impl Store {
     }
 
     /// The newest builds (at most `limit`, newest first) whose property
-    /// `name` is `value`, wherever the value came from.
-    pub async fn builds_with_property(&self, name: &str, value: &str, limit: i64) -> Result<Vec<BuildRow>> {
-        // The properties column is JSON text; the pattern narrows the scan
-        // to rows holding the pair, and each is checked exactly below.
-        let pair = format!("{}:{{\"value\":{}", to_json(&name), to_json(&value));
+    /// `name` is `value`, given by `source`.
+    pub async fn builds_with_property(
+        &self,
+        name: &str,
+        value: &str,
+        source: PropertySource,
+        limit: i64,
+    ) -> Result<Vec<BuildRow>> {
+        // The properties column is JSON text (a property's value, then its
+        // source); the pattern narrows the scan to rows holding exactly
+        // this, and each is checked again below (SQLite's LIKE ignores case).
+        let pair = format!("{}:{{\"value\":{},\"source\":{}}}", to_json(&name), to_json(&value), to_json(&source));
         let escaped: String =
             pair.chars().flat_map(|c| if "%_\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect();
         let sql = format!(
@@ -428,7 +435,7 @@ impl Store {
         let mut out = Vec::new();
         for r in &rows {
             let b = build_row(r)?;
-            if b.properties.get(name).is_some_and(|p| p.value == value) {
+            if b.properties.get(name).is_some_and(|p| p.value == value && p.source == source) {
                 out.push(b);
             }
         }

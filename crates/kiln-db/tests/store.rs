@@ -228,12 +228,25 @@ async fn builds_are_found_by_a_property_value_exactly() {
             .create_request(3, None, None, &[with(&[("pull_request", "7"), ("note", "pull_request 7")])])
             .await
             .expect("create");
-        let found = s.builds_with_property("pull_request", "7", 10).await.expect("query");
+        let found = s.builds_with_property("pull_request", "7", PropertySource::Request, 10).await.expect("query");
         assert_eq!(found.iter().map(|b| b.id).collect::<Vec<_>>(), [second[0], first[0]]);
-        let odd = s.builds_with_property("pull_request", "1_%\\\"x", 10).await.expect("query");
+        let odd = s.builds_with_property("pull_request", "1_%\\\"x", PropertySource::Request, 10).await.expect("query");
         assert_eq!(odd.iter().map(|b| b.id).collect::<Vec<_>>(), [other[1]]);
-        assert!(s.builds_with_property("pull_request", "1", 10).await.expect("query").is_empty());
-        assert_eq!(s.builds_with_property("pull_request", "7", 1).await.expect("query").len(), 1);
+        assert!(s
+            .builds_with_property("pull_request", "1", PropertySource::Request, 10)
+            .await
+            .expect("query")
+            .is_empty());
+        assert_eq!(
+            s.builds_with_property("pull_request", "7", PropertySource::Request, 1).await.expect("query").len(),
+            1
+        );
+        // The same value from another source is not it.
+        assert!(s
+            .builds_with_property("pull_request", "7", PropertySource::Change, 10)
+            .await
+            .expect("query")
+            .is_empty());
     })
     .await;
 }

@@ -44,14 +44,14 @@ impl Caller {
         Caller { name: name.into(), perms: Permissions::admin() }
     }
 
-    /// The same permissions under another name (who a change hook's
-    /// request is recorded as).
     /// The same caller, with permission `p` besides.
     pub fn with(mut self, p: Permission) -> Caller {
         self.perms = self.perms.iter().chain([p]).collect();
         self
     }
 
+    /// The same permissions under another name (who a change hook's
+    /// request is recorded as).
     pub fn named(&self, name: impl Into<String>) -> Caller {
         Caller { name: name.into(), perms: self.perms }
     }

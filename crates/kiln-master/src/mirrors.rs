@@ -6,8 +6,9 @@
 
 use kiln_core::change::{check_fetch_ref, Change};
 use kiln_core::config::{check_branch, check_revision, Source, Vcs};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -43,14 +44,34 @@ pub(crate) async fn git_output(cmd: &mut Command) -> Result<String, GitError> {
     }
 }
 
-/// A bare mirror of `url` under `data_dir`, made when missing.
-pub(crate) async fn git_mirror(data_dir: &Path, url: &str) -> Result<PathBuf, GitError> {
-    let mirror = mirror_dir(data_dir, Vcs::Git, url);
-    if !mirror.join("HEAD").exists() {
-        std::fs::create_dir_all(&mirror).map_err(|e| GitError(format!("cannot make {}: {e}", mirror.display())))?;
-        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&mirror)).await?;
+/// A git mirror held by one task: the poller, the build-dependency check
+/// and hooks all fetch into the same mirrors, and two fetches at once
+/// would fail on each other's ref locks.
+pub(crate) struct HeldMirror {
+    pub path: PathBuf,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The bare mirror of `url` under `data_dir` (made when missing), once no
+/// other task holds it.
+pub(crate) async fn git_mirror(data_dir: &Path, url: &str) -> Result<HeldMirror, GitError> {
+    type Locks = std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: OnceLock<Locks> = OnceLock::new();
+    let path = mirror_dir(data_dir, Vcs::Git, url);
+    let lock = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(path.clone())
+        .or_default()
+        .clone();
+    let held = HeldMirror { _held: lock.lock_owned().await, path };
+    if !held.path.join("HEAD").exists() {
+        std::fs::create_dir_all(&held.path)
+            .map_err(|e| GitError(format!("cannot make {}: {e}", held.path.display())))?;
+        git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&held.path)).await?;
     }
-    Ok(mirror)
+    Ok(held)
 }
 
 /// The files `change` touched, learnt from the master's mirror of `url`
@@ -70,11 +91,12 @@ pub async fn changed_files(data_dir: &Path, url: &str, change: &Change) -> Resul
     if change.pull.is_some() {
         check_fetch_ref(&head_ref).map_err(GitError)?;
     }
-    let mirror = git_mirror(data_dir, url).await?;
+    let held = git_mirror(data_dir, url).await?;
+    let mirror = &held.path;
     git_output(
         git()
             .arg("-C")
-            .arg(&mirror)
+            .arg(mirror)
             .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
             .arg(format!("+refs/heads/{base}:refs/heads/{base}"))
             .arg(format!("+{head_ref}:{head_ref}")),
@@ -82,7 +104,7 @@ pub async fn changed_files(data_dir: &Path, url: &str, change: &Change) -> Resul
     .await?;
     let range = format!("refs/heads/{base}...{}", change.revision);
     let out =
-        git_output(git().arg("-C").arg(&mirror).args(["diff", "--name-only", "--no-renames", &range, "--"])).await?;
+        git_output(git().arg("-C").arg(mirror).args(["diff", "--name-only", "--no-renames", &range, "--"])).await?;
     Ok(out.lines().map(str::to_string).collect())
 }
 

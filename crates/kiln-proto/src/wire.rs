@@ -162,6 +162,12 @@ pub struct Job {
 /// repositories beside its mirror (JSON: a list of [`BuildRootRepo`]).
 pub const APT_REPOS_ENV: &str = "KILN_APT_REPOS";
 
+/// Set (to `1`) in every step's environment when the build's source is
+/// untrusted: a test build of a pull request from a fork, which gets no
+/// secrets. The checkout then fetches only submodules relative to the
+/// repository. Set by the master alone, never from a property.
+pub const UNTRUSTED_SOURCE_ENV: &str = "KILN_SOURCE_UNTRUSTED";
+
 /// Who kiln's changelog entries are from (`Name <address>`), set by the
 /// master for the standard deb pipeline.
 pub const CHANGELOG_MAINTAINER_ENV: &str = "KILN_CHANGELOG_MAINTAINER";

@@ -75,6 +75,34 @@ fn pull_ref() -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Whether the master marked this build's source untrusted.
+fn untrusted_source() -> bool {
+    std::env::var(kiln_proto::wire::UNTRUSTED_SOURCE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Refuses a checkout whose `.gitmodules` names a submodule by any URL
+/// but one relative to the repository (`./`, `../`).
+fn only_relative_submodules(checkout: &Path) -> anyhow::Result<()> {
+    let listed = output(git().arg("-C").arg(checkout).args([
+        "config",
+        "--file",
+        ".gitmodules",
+        "--get-regexp",
+        r"^submodule\..*\.url$",
+    ]))
+    .unwrap_or_default();
+    for line in listed.lines() {
+        let url = line.split_once(' ').map_or("", |(_, u)| u.trim());
+        if !(url.starts_with("./") || url.starts_with("../")) {
+            bail!(
+                "this build's code is untrusted (a pull request from a fork) and its .gitmodules names {url:?}; \
+                 only submodules relative to the repository (./ or ../) are fetched for it"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The name of a repository's mirror under the worker dir.
 pub(crate) fn mirror_key(url: &str) -> String {
     hex::encode(&Sha256::digest(url.as_bytes())[..10])
@@ -156,10 +184,18 @@ pub fn git_checkout(url: &str, branch: &str, subdir: Option<&str>, submodules: b
     if submodules {
         eprintln!("kiln: updating submodules");
         // Relative submodule URLs resolve against origin, which is the real URL again.
-        run(
-            git().arg("-C").arg(&checkout).args(["submodule", "update", "--init", "--recursive", "--quiet"]),
-            "git submodule update",
-        )?;
+        let mut update = git();
+        update.arg("-C").arg(&checkout).args(["submodule", "update", "--init", "--quiet"]);
+        if untrusted_source() {
+            // A fork's .gitmodules must not make the worker fetch whatever
+            // its credentials reach: only the repository's neighbours, and
+            // no deeper (a nested .gitmodules is not read before the fetch).
+            only_relative_submodules(&checkout)?;
+            eprintln!("kiln: untrusted code (a pull request from a fork): nested submodules are not fetched");
+        } else {
+            update.arg("--recursive");
+        }
+        run(&mut update, "git submodule update")?;
     }
     let subject =
         output(git().arg("-C").arg(&checkout).args(["log", "-1", "--format=%s", &commit])).unwrap_or_default();

@@ -117,7 +117,13 @@ fn pull(forge: Forge, v: &Value) -> Result<ForgeEvent, PayloadError> {
     // A head repository that is gone (a deleted fork) is nobody's either.
     let head_repo = pr.get("head").and_then(|h| h.get("repo")).filter(|r| r.is_object());
     let head_name = head_repo.and_then(|r| text(r, &["full_name"]));
-    let fork = head_name.is_none() || head_name != project.as_deref();
+    // Gitea and Forgejo also take pull requests pushed to
+    // `refs/for/BRANCH` by anyone who may read the repository ("AGit"):
+    // their head is the base repository, but their head ref is no branch
+    // of it. Only a branch of the repository itself is its writers' code.
+    let head_ref = text(pr, &["head", "ref"]).unwrap_or("");
+    let agit = forge != Forge::GitHub && (head_ref.is_empty() || head_ref.starts_with("refs/"));
+    let fork = head_name.is_none() || head_name != project.as_deref() || agit;
     let head_repository = head_repo
         .and_then(|r| first_text(r, &[&["clone_url"], &["html_url"], &["ssh_url"]]))
         .unwrap_or_default()

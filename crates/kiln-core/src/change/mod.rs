@@ -506,6 +506,15 @@ source = { git = "https://github.com/grace/other.git" }
         let pull = change.pull.expect("pull");
         assert!(pull.fork);
         assert_eq!(pull.head_repository, "https://github.com/mallory/mono.git");
+        // Gitea's pull request pushed to refs/for/main by a reader: its
+        // head is the base repository, its ref no branch of it.
+        let mut agit = github_pull("opened", "grace/mono");
+        agit["pull_request"]["head"]["ref"] = Value::from("refs/pull/7/head");
+        let Ok(ForgeEvent::Pull(change, _)) = parse_github(Forge::Gitea, "pull_request", agit.to_string().as_bytes())
+        else {
+            panic!("a pull request")
+        };
+        assert!(change.pull.expect("pull").fork);
         let closed = github_pull("closed", "grace/mono");
         assert!(matches!(
             parse_github(Forge::GitHub, "pull_request", closed.to_string().as_bytes()),

@@ -147,7 +147,13 @@ impl Dispatcher {
             timeout_ms: component.timeout.map(|d| d.as_millis() as u64),
             memory_bytes: component.memory,
             cpus: component.millicpus.map(|m| f64::from(m) / 1000.0),
-            env: self.repo_env(&farm, &q.target, &q.properties),
+            env: {
+                let mut env = self.repo_env(&farm, &q.target, &q.properties);
+                if !trusted {
+                    env.insert(kiln_proto::wire::UNTRUSTED_SOURCE_ENV.into(), "1".into());
+                }
+                env
+            },
             secrets: kiln_proto::wire::Secrets(secrets),
         };
         self.set_state(id, BuildState::Running);

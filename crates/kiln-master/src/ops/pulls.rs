@@ -9,7 +9,7 @@ use crate::caller::Caller;
 use crate::shared::Shared;
 use kiln_core::change::normalize_url;
 use kiln_core::perm::Permission;
-use kiln_core::props::{PropertySource, PULL_REQUEST};
+use kiln_core::props::{PropertySource, FORK, PULL_REQUEST};
 use kiln_db::BuildRow;
 use std::sync::Arc;
 
@@ -72,19 +72,24 @@ pub async fn close(s: &Shared, pull: &PullRef<'_>) -> Result<Vec<i64>, OpError> 
 /// Builds again the latest request of test builds of a pull request (the
 /// same components, targets and head commit), for `caller` (the forge's
 /// hook, named after the commenter), and reports them pending on the
-/// forge. `None` when the pull request has no test builds to repeat.
+/// forge. A fork's are rebuilt only while `forks` allows them. `None` when
+/// the pull request has no test builds to repeat.
 pub async fn rebuild_latest(
     s: &Arc<Shared>,
     caller: &Caller,
     pull: &PullRef<'_>,
+    forks: bool,
 ) -> Result<Option<Vec<Created>>, OpError> {
     caller.require(Permission::OwnJobs)?;
-    let found = s.store.builds_with_property(PULL_REQUEST, &pull.number.to_string(), LOOK_BACK).await?;
-    let Some(latest) = found.iter().filter(|b| pull.started(b)).map(|b| b.request_id).max() else {
+    let number = pull.number.to_string();
+    let found = s.store.builds_with_property(PULL_REQUEST, &number, PropertySource::Change, LOOK_BACK).await?;
+    let wanted =
+        |b: &BuildRow| pull.started(b) && (forks || b.properties.get(FORK).is_some_and(|f| f.value == "false"));
+    let Some(latest) = found.iter().filter(|b| wanted(b)).map(|b| b.request_id).max() else {
         return Ok(None);
     };
     let mut made = Vec::new();
-    for b in s.store.request_builds(latest).await?.iter().filter(|b| pull.started(b)) {
+    for b in s.store.request_builds(latest).await?.iter().filter(|b| wanted(b)) {
         let again = rebuild(s, caller, b.id).await?;
         crate::reporters::status::request_created(s, &again.builds);
         made.push(again);
@@ -189,7 +194,7 @@ mod tests {
             queued(&mut t);
         }
         let pull = PullRef { forge: "github", project: Some("grace/pkg"), urls: &[], number: 7 };
-        let made = rebuild_latest(&t.shared, &github.named("grace (github comment)"), &pull)
+        let made = rebuild_latest(&t.shared, &github.named("grace (github comment)"), &pull, true)
             .await
             .expect("rebuilt")
             .expect("there were test builds");
@@ -200,6 +205,8 @@ mod tests {
         assert!(kiln_core::props::is_test_build(&row.properties));
         assert_eq!(row.requested_by.as_deref(), Some("grace (github comment)"));
         let none = PullRef { number: 9, ..pull };
-        assert!(rebuild_latest(&t.shared, &github, &none).await.expect("asked").is_none());
+        assert!(rebuild_latest(&t.shared, &github, &none, true).await.expect("asked").is_none());
+        // The fork's builds are not repeated once forks are no longer built.
+        assert!(rebuild_latest(&t.shared, &github, &pull, false).await.expect("asked").is_none());
     }
 }

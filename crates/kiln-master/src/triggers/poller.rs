@@ -123,7 +123,8 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
 /// Files changed between two commits, the new one's author and subject,
 /// from a mirror fetched now.
 async fn describe(data_dir: &Path, url: &str, branch: &str, before: &str, tip: &str) -> Result<Description, String> {
-    let mirror = &git_mirror(data_dir, url).await?;
+    let held = git_mirror(data_dir, url).await?;
+    let mirror = &held.path;
     git_output(
         git()
             .arg("-C")
@@ -156,11 +157,12 @@ pub async fn file_at(
     path: &str,
     limit: usize,
 ) -> Result<String, String> {
-    let mirror = git_mirror(data_dir, url).await?;
+    let held = git_mirror(data_dir, url).await?;
+    let mirror = &held.path;
     git_output(
         git()
             .arg("-C")
-            .arg(&mirror)
+            .arg(mirror)
             .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
             .arg(format!("+refs/heads/{branch}:refs/heads/{branch}")),
     )
@@ -176,7 +178,7 @@ pub async fn file_at(
     let commit = git_output(
         git()
             .arg("-C")
-            .arg(&mirror)
+            .arg(mirror)
             .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
             .arg(format!("{rev}^{{commit}}")),
     )
@@ -184,9 +186,9 @@ pub async fn file_at(
     let commit = commit.trim();
     check_revision(commit)?;
     let object = format!("{commit}:{path}");
-    let size = git_output(git().arg("-C").arg(&mirror).args(["cat-file", "-s", &object])).await?;
+    let size = git_output(git().arg("-C").arg(mirror).args(["cat-file", "-s", &object])).await?;
     if size.trim().parse::<usize>().map_err(|e| e.to_string())? > limit {
         return Err(format!("{path} is larger than {limit} bytes"));
     }
-    Ok(git_output(git().arg("-C").arg(&mirror).args(["cat-file", "blob", &object])).await?)
+    Ok(git_output(git().arg("-C").arg(mirror).args(["cat-file", "blob", &object])).await?)
 }

@@ -204,8 +204,15 @@ async fn act(s: &Arc<Shared>, forge: Forge, hook: &ForgeHook, event: ForgeEvent)
 
 async fn submit(s: &Arc<Shared>, forge: Forge, change: Change) -> HookResult {
     let name = forge.as_str();
-    // The delivery's signature showed it comes from the forge.
-    match ops::requests::submit_change(s, &Caller::system(name), &change, name).await? {
+    // The delivery's signature showed it comes from the forge. On a task
+    // of its own: learning a pull request's files may take a fetch longer
+    // than the forge waits, and a forge that hangs up must not cut it short.
+    let (shared, asked) = (s.clone(), change.clone());
+    let made =
+        tokio::spawn(async move { ops::requests::submit_change(&shared, &Caller::system(name), &asked, name).await })
+            .await
+            .map_err(ApiError::internal)??;
+    match made {
         Some(created) => Ok(Json(HookAnswer {
             message: match &change.pull {
                 Some(p) => format!("{} test builds of pull request #{} requested", created.builds.len(), p.number),
@@ -241,7 +248,7 @@ async fn rebuild_on_comment(s: &Arc<Shared>, forge: Forge, hook: &ForgeHook, c: 
     }
     let which = PullRef { forge: name, project: c.project.as_deref(), urls: &c.urls, number: c.number };
     let caller = Caller::system(name).named(format!("{} ({name} comment)", c.login));
-    match ops::pulls::rebuild_latest(s, &caller, &which).await? {
+    match ops::pulls::rebuild_latest(s, &caller, &which, hook.forks).await? {
         None => answer(format!("pull request #{} has no test builds to repeat", c.number)),
         Some(made) => Ok(Json(HookAnswer {
             message: format!("pull request #{}: {} test builds requested again", c.number, made.len()),
