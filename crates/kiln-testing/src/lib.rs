@@ -19,7 +19,7 @@ mod servers;
 mod setup;
 pub use peers::Peer;
 use servers::processes_with_env;
-pub use servers::{git, listening, mails, GitHost, Server};
+pub use servers::{git, hook_signature, listening, mails, GitHost, Server};
 pub use setup::{files_under, PgSchema};
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
@@ -203,18 +203,6 @@ impl Farm {
     pub async fn all_builds(&self) -> Vec<Build> {
         let query = kiln_client::BuildQuery { limit: Some(100), ..Default::default() };
         self.client().builds(&query).await.expect("builds").builds
-    }
-
-    /// Posts `body` to `path` on the web port with `headers`, as a forge's
-    /// hook delivery; returns the status and the JSON answer (null if none).
-    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
-        let mut req = reqwest::Client::new().post(format!("{}{path}", self.url())).body(body.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("the hook answers");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub fn anonymous(&self) -> Client {
@@ -797,13 +785,4 @@ pub async fn http_recorder() -> (String, tokio::sync::mpsc::UnboundedReceiver<(S
         }
     });
     (url, rx)
-}
-
-/// The hex HMAC-SHA256 of `body` with `secret`: how GitHub and Gitea sign
-/// a hook delivery.
-pub fn hook_signature(secret: &str, body: &str) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }

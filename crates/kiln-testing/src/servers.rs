@@ -140,3 +140,26 @@ impl GitHost {
         commit
     }
 }
+
+impl crate::Farm {
+    /// Posts `body` to `path` on the web port with `headers`, as a forge's
+    /// hook delivery; returns the status and the JSON answer (null if none).
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().post(format!("{}{path}", self.url())).body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("the hook answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// The hex HMAC-SHA256 of `body` with `secret`: how GitHub and Gitea sign
+/// a hook delivery.
+pub fn hook_signature(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
