@@ -230,7 +230,12 @@ fn add_one<T: serde::Serialize + serde::de::DeserializeOwned + Send>(
 
 fn content<'a>(debs: Vec<&'a DebEntry>, rpms: Vec<&'a RpmEntry>) -> ChannelContent<'a> {
     ChannelContent {
-        meta: ReleaseMeta { origin: "kiln".into(), label: "bench".into(), description: "bench".into() },
+        meta: ReleaseMeta {
+            origin: "kiln".into(),
+            label: "bench".into(),
+            description: "bench".into(),
+            valid_until: None,
+        },
         apt: if debs.is_empty() {
             vec![]
         } else {
@@ -254,7 +259,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     let (deb_dir, rpm_dir) = ensure_packages(dir, args.packages)?;
     let debs = files_in(&deb_dir)?;
     let rpms = files_in(&rpm_dir)?;
-    let key = SigningKey::generate("kiln bench <bench@localhost>", None)?;
+    let key = SigningKey::generate("kiln bench <bench@localhost>", None, kiln_core::channel::KeyAlgorithm::Ed25519)?;
     let rounds = args.rounds;
     let mut report = serde_json::Map::new();
     report.insert("packages".into(), json!(args.packages));
@@ -273,7 +278,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&out);
             let entries = read_all(&debs, deb_entry)?;
             gen += 1;
-            ChannelDir::new(&out).write_generation(gen, &content(entries.iter().collect(), vec![]), &key, DATE)?;
+            ChannelDir::new(&out).write_generation(gen, "", &content(entries.iter().collect(), vec![]), &key, DATE)?;
             Ok(())
         })?;
         report.insert("apt_full_kiln_ms".into(), json!(kiln_apt_full));
@@ -319,7 +324,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&yout);
             let entries = read_all(&rpms, rpm_entry)?;
             gen += 1;
-            ChannelDir::new(&yout).write_generation(gen, &content(vec![], entries.iter().collect()), &key, DATE)?;
+            ChannelDir::new(&yout).write_generation(gen, "", &content(vec![], entries.iter().collect()), &key, DATE)?;
             Ok(())
         })?;
         report.insert("yum_full_kiln_ms".into(), json!(kiln_yum_full));
@@ -352,7 +357,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         || deb_entry(&extra_deb),
         |entries| {
             gen += 1;
-            Ok(ChannelDir::new(&out).write_generation(gen, &content(entries, vec![]), &key, DATE)?)
+            Ok(ChannelDir::new(&out).write_generation(gen, "", &content(entries, vec![]), &key, DATE).map(drop)?)
         },
     )?;
     report.insert("apt_add_one_kiln_ms".into(), json!(apt_add));
@@ -363,7 +368,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         || rpm_entry(&extra_rpm),
         |entries| {
             gen += 1;
-            Ok(ChannelDir::new(&yout).write_generation(gen, &content(vec![], entries), &key, DATE)?)
+            Ok(ChannelDir::new(&yout).write_generation(gen, "", &content(vec![], entries), &key, DATE).map(drop)?)
         },
     )?;
     report.insert("yum_add_one_kiln_ms".into(), json!(yum_add));

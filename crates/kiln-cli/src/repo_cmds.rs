@@ -78,7 +78,7 @@ pub enum RepoCommand {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
-    /// Make a new OpenPGP signing key (Ed25519); writes FILE (secret, mode 0600) and FILE.pub.asc.
+    /// Make a new OpenPGP signing key (RSA 4096 or Ed25519); writes FILE (secret, mode 0600) and FILE.pub.asc.
     Generate(GenerateArgs),
 }
 
@@ -92,6 +92,10 @@ pub struct GenerateArgs {
     /// Protect the key with the passphrase in this file (first line).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// rsa4096 (every client, RHEL 8's rpm included) or ed25519 (rpm 4.16+,
+    /// apt, gpgv, librepo).
+    #[arg(long = "type", default_value = "rsa4096", value_parser = kiln_core::channel::KeyAlgorithm::parse)]
+    key_type: kiln_core::channel::KeyAlgorithm,
 }
 
 pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
@@ -192,14 +196,14 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             if a.out.exists() {
                 anyhow::bail!("{} exists; not overwriting a key", a.out.display());
             }
-            let key = kiln_repo::key::SigningKey::generate(&a.name, passphrase.as_deref())?;
+            let key = kiln_repo::key::SigningKey::generate(&a.name, passphrase.as_deref(), a.key_type)?;
             kiln_repo::fsio::write_atomic_mode(&a.out, key.secret_armored()?.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", a.out.display()))?;
             let public = PathBuf::from(format!("{}.pub.asc", a.out.display()));
             kiln_repo::publish::write_atomic(&public, key.public_armored()?.as_bytes())?;
             println!("secret key: {} (mode 0600)", a.out.display());
             println!("public key: {}", public.display());
-            println!("fingerprint: {}", key.fingerprint());
+            println!("fingerprint: {} ({})", key.fingerprint(), a.key_type.as_str());
         }
     }
     Ok(ExitCode::SUCCESS)

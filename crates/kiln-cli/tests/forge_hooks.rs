@@ -755,7 +755,15 @@ forks = true
     git(&app, &["checkout", "--quiet", "-b", "topic"]);
     git(
         &app,
-        &["-c", "protocol.file.allow=always", "submodule", "add", "--quiet", vendor_bare.to_str().expect("p"), "vendor"],
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "--quiet",
+            vendor_bare.to_str().expect("p"),
+            "vendor",
+        ],
     );
     git(&app, &["config", "-f", ".gitmodules", "submodule.vendor.url", &host.url("vendor")]);
     let absolute = host.commit_to(&app, &[("app.c", "APP 2\n")], "vendor by URL", "refs/pull/1/head");

@@ -8,7 +8,7 @@
 
 use kiln_core::BuildState;
 use kiln_proto::api::{BuildRequestBody, PackageInfo};
-use kiln_testing::{run, AptClient, Farm, MAKE_DEB};
+use kiln_testing::{run, wait_for, AptClient, Farm, MAKE_DEB};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -141,6 +141,7 @@ accepts = "nightly"
 keep = 2
 promote_to = ["stable"]
 sign_debs = true
+valid_until = "7d"
 
 [[channel]]
 name = "stable"
@@ -152,14 +153,14 @@ passphrase = { file = "secrets/stable.pass" }
     // A release key made with the CLI, protected by a passphrase from a secret file.
     let (code, out, err) = run(farm
         .kiln()
-        .args(["key", "generate", "--name", "Test Releases <rel@localhost>"])
+        .args(["key", "generate", "--type", "ed25519", "--name", "Test Releases <rel@localhost>"])
         .arg("--out")
         .arg(farm.path("keys/stable.asc"))
         .arg("--passphrase-file")
         .arg(farm.path("secrets/stable.pass")))
     .expect("kiln key generate");
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("fingerprint: "), "{out}");
+    assert!(out.contains("fingerprint: ") && out.contains("(ed25519)"), "{out}");
     let key_mode = std::fs::metadata(farm.path("keys/stable.asc")).expect("key").permissions().mode() & 0o777;
     assert_eq!(key_mode, 0o600);
 
@@ -186,6 +187,15 @@ passphrase = { file = "secrets/stable.pass" }
     let (code, out, err) = apt.apt_get(&["update"]);
     assert_eq!(code, 0, "apt-get update on empty channels:\n{out}\n{err}");
     assert!(!err.contains("W:") && !err.contains("E:"), "{err}");
+    // dev's generated key is RSA 4096 (every client verifies it), stable's
+    // was made Ed25519 on request: gpg says which (algorithm 1 is RSA, 22 EdDSA).
+    for (key, want) in [(&dev_key, "4096:1:"), (&stable_key, ":22:")] {
+        let (code, out, err) =
+            run(Command::new("gpg").args(["--show-keys", "--with-colons"]).arg(key)).expect("gpg --show-keys");
+        assert_eq!(code, 0, "{err}");
+        let public = out.lines().find(|l| l.starts_with("pub:")).expect("a public key");
+        assert!(public.contains(want), "{public}");
+    }
 
     farm.start_worker("w1", &["debian-12-amd64"], 2);
     farm.wait_for_workers(&["w1"]).await;
@@ -268,6 +278,24 @@ passphrase = { file = "secrets/stable.pass" }
     let (code, _, _) = run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(&sig).arg(&release)).expect("gpgv");
     assert_ne!(code, 0, "a changed Release fails verification");
     check_consistent(&base, "dev").await;
+    // dev's Release lists SHA-512 sums and says how long it is valid.
+    let text = String::from_utf8(fetch(&format!("{dists}/Release")).await).expect("utf8");
+    assert!(text.contains("\nValid-Until: ") && text.contains("\nSHA512:\n"), "{text}");
+    // Every compressed index is one gzip member: Python's zlib, which reads
+    // only the first, sees the whole index.
+    let packages = fetch(&format!("{dists}/main/binary-amd64/Packages")).await;
+    let gz = farm.path("Packages.gz");
+    std::fs::write(&gz, fetch(&format!("{dists}/main/binary-amd64/Packages.gz")).await).expect("gz");
+    let (code, out, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, zlib; d = zlib.decompressobj(31); out = d.decompress(open(sys.argv[1], 'rb').read()); \
+         assert d.eof and not d.unused_data; print(len(out))",
+        )
+        .arg(&gz))
+    .expect("python3");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), packages.len().to_string());
 
     // Modes are 0644/0755 despite umask 077.
     all_modes_ok(&farm.path("data/repos")).expect("repository modes");
@@ -390,6 +418,48 @@ passphrase = { file = "secrets/stable.pass" }
         let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
         let old = fetch(&format!("{base}/repos/dev/apt/dists/bookworm/{dir}/by-hash/SHA256/{hash}")).await;
         assert_eq!(&sha256(&old), hash);
+    }
+
+    // A reload that changes nothing writes nothing; one that changes a
+    // channel writes it a new generation, and what clients of the one
+    // before fetched stays reachable.
+    let served =
+        |channel: &str| std::fs::read_link(farm.path(&format!("data/repos/{channel}/current"))).expect("current");
+    let (dev_gen, stable_gen) = (served("dev"), served("stable"));
+    let before = String::from_utf8(fetch(&format!("{dists}/InRelease")).await).expect("utf8");
+    let stable_dists = format!("{base}/repos/stable/apt/dists/bookworm");
+    let stable_before = String::from_utf8(fetch(&format!("{stable_dists}/InRelease")).await).expect("utf8");
+    let generation = client.status().await.expect("status").config_generation;
+    farm.hup_master();
+    let reloaded = |after: u64| {
+        let client = farm.client();
+        async move { client.status().await.is_ok_and(|s| s.config_generation > after) }
+    };
+    assert!(wait_for(Duration::from_secs(20), || reloaded(generation)).await, "the reload");
+    // Then stable's description changes: once stable has its new generation,
+    // the publisher has looked at dev too, after both reloads.
+    let config_path = farm.path("farm.toml");
+    let text = std::fs::read_to_string(&config_path).expect("config");
+    let changed = text.replace("name = \"stable\"\n", "name = \"stable\"\ndescription = \"releases, reviewed\"\n");
+    std::fs::write(&config_path, &changed).expect("config");
+    let generation = client.status().await.expect("status").config_generation;
+    farm.hup_master();
+    assert!(wait_for(Duration::from_secs(20), || reloaded(generation)).await, "the second reload");
+    assert!(wait_for(Duration::from_secs(30), || async { served("stable") != stable_gen }).await, "stable rewritten");
+    assert_eq!(served("dev"), dev_gen, "a reload that changed nothing of dev rewrote it");
+    assert_eq!(String::from_utf8(fetch(&format!("{dists}/InRelease")).await).expect("utf8"), before);
+    let stable_release =
+        String::from_utf8(fetch(&format!("{base}/repos/stable/apt/dists/bookworm/Release")).await).expect("utf8");
+    assert!(stable_release.contains("Description: releases, reviewed\n"), "{stable_release}");
+    // The old stable generation is still there beside the new one, and
+    // its indexes are reachable by hash from the new.
+    assert!(farm.path("data/repos/stable").join(&stable_gen).is_dir(), "the previous generation was removed");
+    let old_indexes = kiln_repo::apt::release_sha256(&stable_before);
+    assert!(!old_indexes.is_empty());
+    for (hash, path) in &old_indexes {
+        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+        let old = fetch(&format!("{stable_dists}/{dir}/by-hash/SHA256/{hash}")).await;
+        assert_eq!(&sha256(&old), hash, "{path}");
     }
 
     // Export for mirrors: a plain tree (no links) that holds the pool too.

@@ -49,6 +49,35 @@ pub fn publishing_channels<'a>(channels: &'a [Channel], properties: &crate::prop
     channels.iter().filter(|c| c.accepts.takes(&values)).collect()
 }
 
+/// The kind of OpenPGP key kiln generates for signing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyAlgorithm {
+    /// RSA with a 4096-bit modulus: what every client verifies, RHEL 8's
+    /// rpm and older apt and gpg included.
+    #[default]
+    Rsa4096,
+    /// Ed25519 (EdDSA): small and fast, verified by gpgv, apt, rpm 4.16+
+    /// (RHEL 9, Fedora, Debian 11+) and librepo, not by RHEL 8's rpm.
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa4096 => "rsa4096",
+            KeyAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<KeyAlgorithm, String> {
+        match s {
+            "rsa4096" => Ok(KeyAlgorithm::Rsa4096),
+            "ed25519" => Ok(KeyAlgorithm::Ed25519),
+            other => Err(format!("unknown key type {other:?}; known: rsa4096, ed25519")),
+        }
+    }
+}
+
 /// Where a key's passphrase comes from: never the config itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
@@ -78,7 +107,18 @@ pub struct Channel {
     /// Sign each `.deb` itself too (a debsig `_gpgorigin` member), for
     /// `debsig-verify` policies.
     pub sign_debs: bool,
+    /// The kind of key generated under `data_dir/keys/` when `key` is absent.
+    pub key_type: KeyAlgorithm,
+    /// APT's `Valid-Until`: each `Release` is valid this long after it is
+    /// signed, and is signed again before half of that has passed.
+    pub valid_until: Option<std::time::Duration>,
+    /// How long the indexes of generations a channel no longer serves stay
+    /// reachable (APT's `by-hash`, YUM's hashed repodata names).
+    pub keep_old_indexes: std::time::Duration,
 }
+
+/// How long older generations' indexes stay reachable by default: a day.
+pub const DEFAULT_KEEP_OLD_INDEXES: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Channel {
     fn default_named(name: &str, accepts: Accepts, promote_to: &[&str], keep: Option<u32>, description: &str) -> Self {
@@ -92,6 +132,9 @@ impl Channel {
             component: "main".into(),
             description: description.into(),
             sign_debs: false,
+            key_type: KeyAlgorithm::default(),
+            valid_until: None,
+            keep_old_indexes: DEFAULT_KEEP_OLD_INDEXES,
         }
     }
 

@@ -21,6 +21,12 @@ pub fn apt_date() -> String {
     Timestamp::now().strftime("%a, %d %b %Y %H:%M:%S UTC").to_string()
 }
 
+/// [`apt_date`] of the time `after` from now (APT's `Valid-Until`).
+pub fn apt_date_after(after: std::time::Duration) -> String {
+    let later = jiff::SignedDuration::try_from(after).ok().and_then(|d| Timestamp::now().checked_add(d).ok());
+    later.unwrap_or(Timestamp::MAX).strftime("%a, %d %b %Y %H:%M:%S UTC").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

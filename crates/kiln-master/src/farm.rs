@@ -258,7 +258,12 @@ mod tests {
             assert!(e.contains("keys/uploaders.asc: the uploaders keyring of [uploads]") && e.contains(want), "{e}");
         }
 
-        let key = kiln_repo::key::SigningKey::generate("Jane Doe <jane@example.org>", None).expect("key");
+        let key = kiln_repo::key::SigningKey::generate(
+            "Jane Doe <jane@example.org>",
+            None,
+            kiln_core::channel::KeyAlgorithm::Ed25519,
+        )
+        .expect("key");
         std::fs::write(&file, key.public_armored().expect("armor")).expect("write");
         let farm = LoadedFarm::from_text(&config, text).expect("loads");
         let ring = farm.uploaders.expect("keyring");

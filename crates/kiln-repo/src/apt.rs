@@ -1,6 +1,7 @@
 //! APT indexes for one distribution (`dists/SUITE/`): `Packages` per
 //! architecture, `Sources`, each plain, gzip and xz, and the `Release` that
-//! lists them with MD5/SHA-1/SHA-256. Debug symbol packages are listed in a
+//! lists them with MD5/SHA-1/SHA-256/SHA-512 (and, when the channel asks,
+//! the `Valid-Until` apt enforces against replayed old indexes). Debug symbol packages are listed in a
 //! component of their own, `COMPONENT/debug`, which users add to their
 //! sources line when they want them. Signing and writing are the caller's
 //! (the `publish` module's); this module only renders bytes.
@@ -16,6 +17,8 @@ pub struct ReleaseMeta {
     pub origin: String,
     pub label: String,
     pub description: String,
+    /// `Valid-Until` (RFC 2822), after which apt refuses the `Release`.
+    pub valid_until: Option<String>,
 }
 
 /// One distribution of a channel: a suite, its component and what it holds.
@@ -108,14 +111,20 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
         bytes: component_release(meta, &dist.suite, comp, "source"),
     });
 
-    let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
+    // SHA-512 on a thread of its own, beside the other three.
+    let (listed, sha512s) = std::thread::scope(|s| {
+        let long = s.spawn(|| files.iter().map(|f| crate::hash::sha512(&f.bytes)).collect::<Vec<String>>());
+        let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
+        (listed, long.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
     let archs: Vec<&str> = dist.archs.iter().map(String::as_str).collect();
     let mut release = format!(
-        "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\nArchitectures: {}\nComponents: {comp} {debug}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
+        "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\n{}Architectures: {}\nComponents: {comp} {debug}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
         meta.origin,
         meta.label,
         dist.suite,
         dist.suite,
+        meta.valid_until.as_ref().map(|v| format!("Valid-Until: {v}\n")).unwrap_or_default(),
         archs.join(" "),
         meta.description,
     );
@@ -127,6 +136,10 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
         for (path, s) in &listed {
             release.push_str(&format!(" {} {:>16} {path}\n", pick(s), s.size));
         }
+    }
+    release.push_str("SHA512:\n");
+    for ((path, s), sha512) in listed.iter().zip(&sha512s) {
+        release.push_str(&format!(" {sha512} {:>16} {path}\n", s.size));
     }
     files.push(IndexFile { path: "Release".into(), bytes: release.into_bytes() });
     files
@@ -167,7 +180,12 @@ mod tests {
 
     #[test]
     fn release_lists_every_index_with_matching_sums() {
-        let meta = ReleaseMeta { origin: "kiln".into(), label: "kiln dev".into(), description: "nightly".into() };
+        let meta = ReleaseMeta {
+            origin: "kiln".into(),
+            label: "kiln dev".into(),
+            description: "nightly".into(),
+            valid_until: Some("Sun, 29 Nov 2026 10:00:00 UTC".into()),
+        };
         let (a, b, c) = (entry("alpha", "amd64"), entry("beta", "all"), entry("gamma", "arm64"));
         let mut symbols = entry("alpha-dbgsym", "amd64");
         symbols.stanza.push_str("\nAuto-Built-Package: debug-symbols\nSection: debug");
@@ -194,6 +212,12 @@ mod tests {
         let release = get("Release").expect("Release");
         assert!(release.contains("Suite: bookworm\n") && release.contains("Architectures: amd64 arm64\n"));
         assert!(release.contains("Components: main main/debug\n"), "{release}");
+        assert!(release.contains("Date: Sun, 22 Nov 2026 10:00:00 UTC\nValid-Until: Sun, 29 Nov 2026 10:00:00 UTC\n"));
+        let sha512 = release.split("SHA512:\n").nth(1).expect("a SHA512 section");
+        for f in files.iter().filter(|f| f.path != "Release") {
+            let line = format!(" {} {:>16} {}\n", crate::hash::sha512(&f.bytes), f.bytes.len(), f.path);
+            assert!(sha512.contains(&line), "{line}");
+        }
         let listed = release_sha256(&release);
         assert_eq!(listed.len(), files.len() - 1);
         for (hash, path) in listed {

@@ -58,7 +58,8 @@ mod tests {
         }
         let src = dir.path().join("a.deb");
         std::fs::write(&src, &deb).expect("write");
-        let key = SigningKey::generate("t <t@localhost>", None).expect("key");
+        let key =
+            SigningKey::generate("t <t@localhost>", None, kiln_core::channel::KeyAlgorithm::Ed25519).expect("key");
         let once = dir.path().join("once.deb");
         sign_deb(&src, &once, &key).expect("sign");
         let twice = dir.path().join("twice.deb");

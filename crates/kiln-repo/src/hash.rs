@@ -38,6 +38,11 @@ pub fn sums(bytes: &[u8]) -> Sums {
     Sums { size: bytes.len() as u64, md5, sha1, sha256 }
 }
 
+/// SHA-512 only, hex (APT's `Release` lists it beside the others).
+pub fn sha512(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha512::digest(bytes))
+}
+
 /// SHA-256 only, hex.
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

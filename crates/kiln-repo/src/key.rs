@@ -6,12 +6,14 @@
 //! never from the config, and is checked when the key is loaded: a wrong
 //! passphrase fails at start, not at the first publish.
 //!
-//! Generated keys are Ed25519 (v4, the "legacy" EdDSA encoding that gpgv,
-//! rpm 4.16+ and librepo all verify) with one primary key that signs: a
-//! repository key does not encrypt, and a single key keeps `rpm --import`
-//! and `signed-by=` simple.
+//! Generated keys are RSA 4096 (every client verifies it, RHEL 8's rpm
+//! included) or Ed25519 (v4, the "legacy" EdDSA encoding that gpgv, rpm
+//! 4.16+ and librepo verify), with one primary key that signs: a repository
+//! key does not encrypt, and a single key keeps `rpm --import` and
+//! `signed-by=` simple. Signatures hash with SHA-256 either way.
 
 use crate::{RepoError, Result};
+pub use kiln_core::channel::KeyAlgorithm;
 use pgp::composed::{
     ArmorOptions, CleartextSignedMessage, Deserializable, DetachedSignature, EncryptionCaps, KeyType,
     SecretKeyParamsBuilder, SignedPublicKey, SignedSecretKey,
@@ -34,12 +36,16 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// Generates a new signing key for `user_id` (e.g. `"Example Repo <repo@example.org>"`),
-    /// protected by `passphrase` when one is given.
-    pub fn generate(user_id: &str, passphrase: Option<&str>) -> Result<SigningKey> {
+    /// Generates a new signing key of kind `algorithm` for `user_id` (e.g.
+    /// `"Example Repo <repo@example.org>"`), protected by `passphrase` when
+    /// one is given.
+    pub fn generate(user_id: &str, passphrase: Option<&str>, algorithm: KeyAlgorithm) -> Result<SigningKey> {
         let mut params = SecretKeyParamsBuilder::default();
         params
-            .key_type(KeyType::Ed25519Legacy)
+            .key_type(match algorithm {
+                KeyAlgorithm::Rsa4096 => KeyType::Rsa(4096),
+                KeyAlgorithm::Ed25519 => KeyType::Ed25519Legacy,
+            })
             .can_certify(true)
             .can_sign(true)
             .can_encrypt(EncryptionCaps::None)
@@ -131,8 +137,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_key_signs_and_verifies() {
-        let key = SigningKey::generate("Test Repo <repo@example.org>", Some("s3cret")).expect("generate");
+    fn generated_keys_of_each_kind_sign_and_verify() {
+        for algorithm in [KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa4096] {
+            signs_and_verifies(algorithm);
+        }
+    }
+
+    fn signs_and_verifies(algorithm: KeyAlgorithm) {
+        let key = SigningKey::generate("Test Repo <repo@example.org>", Some("s3cret"), algorithm).expect("generate");
+        let expected = match algorithm {
+            KeyAlgorithm::Rsa4096 => pgp::crypto::public_key::PublicKeyAlgorithm::RSA,
+            KeyAlgorithm::Ed25519 => pgp::crypto::public_key::PublicKeyAlgorithm::EdDSALegacy,
+        };
+        assert_eq!(key.secret.primary_key.algorithm(), expected);
         let armored = key.secret_armored().expect("armor");
         assert!(armored.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"));
 

@@ -5,8 +5,11 @@
 //! whose key hashes to a boundary), so a new entry changes only the piece it
 //! falls into. Each piece is compressed once and kept in the channel's piece
 //! cache under the SHA-256 of its content; an index is then:
-//! - gzip: the pieces' gzip members, concatenated (RFC 1952 allows several
-//!   members; zlib's readers, used by apt and librepo, read them all);
+//! - gzip: one member (readers that stop after the first member, like
+//!   Python's `zlib.decompress(data, 31)` or Rust's `GzDecoder`, see it
+//!   all) whose deflate data is the pieces' raw deflate streams, each ended
+//!   with a sync flush (byte-aligned, not final), then an empty final
+//!   block; the trailer's CRC-32 is combined from the pieces' own;
 //! - xz: one stream whose blocks are the pieces' blocks, with an index and
 //!   footer written here (apt reads only the first of concatenated xz
 //!   *streams*, but any number of blocks within one).
@@ -96,28 +99,61 @@ pub fn keys(pieces: &[&[u8]]) -> Vec<String> {
     pieces.iter().map(|p| sha256(p)).collect()
 }
 
-/// The pieces' gzip members, concatenated: a valid multi-member gzip file.
+/// The pieces as one single-member gzip file.
 pub fn gzip(pieces: &[&[u8]], level: u32, cache: &PieceCache) -> Vec<u8> {
     gzip_keyed(pieces, &keys(pieces), level, cache)
 }
 
 /// [`gzip`] with the pieces' [`keys`] already known.
 pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCache) -> Vec<u8> {
-    if pieces.is_empty() {
-        return gzip_one(&[], level);
+    let parts: Vec<Vec<u8>> = pieces
+        .iter()
+        .zip(keys)
+        .map(|(p, key)| cache.get_or(format!("{key}.dfl{level}"), || deflate_part(p, level)))
+        .collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 20);
+    // Header: magic, deflate, no flags, no time, no extra flags, Unix.
+    out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03]);
+    let mut crc = crc32fast::Hasher::new();
+    let mut total = 0u64;
+    for part in &parts {
+        // Cached form: CRC-32 and length of the piece, then its deflate data.
+        let (head, data) = part.split_at(12.min(part.len()));
+        let piece_crc = u32::from_le_bytes(head.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        let len = u64::from_le_bytes(head.get(4..12).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(piece_crc, len));
+        total += len;
+        out.extend_from_slice(data);
     }
-    let mut out = Vec::new();
-    for (p, key) in pieces.iter().zip(keys) {
-        out.extend(cache.get_or(format!("{key}.gz{level}"), || gzip_one(p, level)));
-    }
+    // An empty final block with fixed codes: BFINAL = 1, BTYPE = 01, then
+    // end-of-block (seven zero bits), padded to the byte.
+    out.extend_from_slice(&[0x03, 0x00]);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
     out
 }
 
-fn gzip_one(data: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(level));
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
+/// A piece as raw deflate data ended by a sync flush (so the next piece's
+/// data may follow it), cached behind the piece's CRC-32 and length.
+fn deflate_part(data: &[u8], level: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + data.len() / 3 + 1024);
+    out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut z = flate2::Compress::new(flate2::Compression::new(level), false);
+    loop {
+        let consumed = (z.total_in() as usize).min(data.len());
+        // zlib's sync flush: it ends on a byte boundary, without a final
+        // block. It is complete once all input is taken and output room is
+        // left over. (Compressing into memory with valid settings cannot fail.)
+        if z.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync).is_err() {
+            break;
+        }
+        if z.total_in() as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity().max(4096));
+    }
+    out
 }
 
 /// One xz stream whose blocks are the pieces, each compressed on its own.
@@ -257,9 +293,15 @@ mod tests {
         let stream = liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).expect("decoder");
         liblzma::read::XzDecoder::new_stream(&xz_bytes[..], stream).read_to_end(&mut single).expect("decodes");
         assert_eq!(single, whole);
+        // One gzip member: a reader that stops after the first sees it all,
+        // and the trailer's CRC-32 and length are checked while reading.
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&gz_bytes[..]).read_to_end(&mut out).expect("gz decodes");
+        flate2::read::GzDecoder::new(&gz_bytes[..]).read_to_end(&mut out).expect("gz decodes");
         assert_eq!(out, whole);
+        let mut raw = flate2::Decompress::new(false);
+        let mut sink = Vec::with_capacity(whole.len() + 1);
+        raw.decompress_vec(&gz_bytes[10..], &mut sink, flate2::FlushDecompress::Finish).expect("deflate");
+        assert_eq!(raw.total_in() as usize, gz_bytes.len() - 18, "the deflate data ends where the trailer begins");
 
         // A new entry changes one piece: the others come from the cache.
         let cached = std::fs::read_dir(dir.path()).expect("cache").count();
@@ -287,7 +329,7 @@ mod tests {
         let mut out = Vec::new();
         liblzma::read::XzDecoder::new(&xz(&[], 1, &cache)[..]).read_to_end(&mut out).expect("xz");
         assert!(out.is_empty());
-        flate2::read::MultiGzDecoder::new(&gzip(&[], 6, &cache)[..]).read_to_end(&mut out).expect("gz");
+        flate2::read::GzDecoder::new(&gzip(&[], 6, &cache)[..]).read_to_end(&mut out).expect("gz");
         assert!(out.is_empty());
     }
 }

@@ -4,7 +4,8 @@
 //! repos/CHANNEL/
 //!   pool/apt/main/h/hello/hello_2.10-3_amd64.deb     package files, shared by all generations
 //!   pool/yum/el-9-x86_64/hello-2.12-1.el9.x86_64.rpm  (signed with the channel's key)
-//!   gens/41/  gens/42/                                 complete index trees, one per revision
+//!   gens/41/  gens/42/                                 complete index trees, numbered in order written
+//!   gens/42.rev                                        the revision and shape generation 42 was written from
 //!     key.asc
 //!     apt/dists/bookworm/{InRelease,Release,Release.gpg,main/...}
 //!     apt/pool -> ../../../pool/apt
@@ -18,8 +19,11 @@
 //! reader sees the old tree or the new one, never a mix, and never an index
 //! naming a file that is not there (package files are placed before the
 //! index that names them, and removed only after no generation names them).
-//! The previous generation's indexes stay reachable through `by-hash/` and
-//! its hashed repodata names, for clients that read the old `InRelease`.
+//! Every generation is new: a publish, a changed config and a re-signing
+//! each write the next number, never over a served one. The indexes of
+//! older generations kept (for a configured time, a day by default) stay
+//! reachable through `by-hash/` and their hashed repodata names, for
+//! clients that read an older `InRelease` or `repomd.xml` a moment before.
 //!
 //! Modes are set explicitly (0644 files, 0755 directories), whatever the
 //! process umask.
@@ -36,8 +40,27 @@ use std::path::{Path, PathBuf};
 // Other crates place package files and write files from here.
 pub use crate::fsio::{place_file, write_atomic};
 
-/// Generations kept besides the current one (for by-hash readers and a quick look back).
+/// Generations kept besides the current one however old they are (for
+/// by-hash readers and a quick look back).
 const KEEP_OLD: usize = 2;
+/// Generations kept at most, however young: a farm that publishes every
+/// minute keeps the last few hours, not a day's worth.
+const KEEP_MOST: usize = 100;
+/// How long older generations' indexes stay reachable by default.
+pub const DEFAULT_KEEP_FOR: std::time::Duration = kiln_core::channel::DEFAULT_KEEP_OLD_INDEXES;
+
+/// What the served generation was written from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub generation: u64,
+    /// The channel revision (the database's) it shows.
+    pub revision: u64,
+    /// What the caller said shaped it besides the revision (its config and
+    /// key); empty for a generation written before this was recorded.
+    pub shape: String,
+    /// How long ago it was written.
+    pub age: std::time::Duration,
+}
 
 /// One YUM repository of a channel: an rpm target and its packages.
 #[derive(Debug, Clone)]
@@ -58,11 +81,19 @@ pub struct ChannelContent<'a> {
 #[derive(Debug, Clone)]
 pub struct ChannelDir {
     root: PathBuf,
+    /// How long older generations are kept.
+    keep_for: std::time::Duration,
 }
 
 impl ChannelDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ChannelDir { root: root.into() }
+        ChannelDir { root: root.into(), keep_for: DEFAULT_KEEP_FOR }
+    }
+
+    /// The same directory, keeping older generations for `keep_for`.
+    pub fn keeping_old_for(mut self, keep_for: std::time::Duration) -> Self {
+        self.keep_for = keep_for;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -91,6 +122,33 @@ impl ChannelDir {
         target.file_name()?.to_str()?.parse().ok()
     }
 
+    /// The served generation and what it was written from.
+    pub fn served_generation(&self) -> Option<Served> {
+        let generation = self.current_generation()?;
+        let dir = self.root.join("gens").join(generation.to_string());
+        let age = fs::metadata(&dir).and_then(|m| m.modified()).ok()?.elapsed().unwrap_or_default();
+        // Before revisions were recorded apart, a generation was named by its revision.
+        let (mut revision, mut shape) = (generation, String::new());
+        if let Ok(text) = fs::read_to_string(self.root.join("gens").join(format!("{generation}.rev"))) {
+            for line in text.lines() {
+                match line.split_once(' ') {
+                    Some(("revision", r)) => revision = r.parse().unwrap_or(generation),
+                    Some(("shape", s)) => shape = s.to_string(),
+                    _ => {}
+                }
+            }
+        }
+        Some(Served { generation, revision, shape, age })
+    }
+
+    /// The numbers of the generations on disk, complete ones only, oldest first.
+    fn generations(&self) -> Vec<u64> {
+        let Ok(dir) = fs::read_dir(self.root.join("gens")) else { return Vec::new() };
+        let mut gens: Vec<u64> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        gens.sort_unstable();
+        gens
+    }
+
     /// Removes what a crash left half-written.
     pub fn clean_partial(&self) {
         if let Ok(dir) = fs::read_dir(self.root.join("gens")) {
@@ -103,13 +161,25 @@ impl ChannelDir {
         let _ = fs::remove_file(self.root.join("current.tmp"));
     }
 
-    /// Writes generation `gen` with `content`, signed with `key`, and serves
-    /// it. `date` is the RFC 2822 date for APT's `Release`.
-    pub fn write_generation(&self, gen: u64, content: &ChannelContent<'_>, key: &SigningKey, date: &str) -> Result<()> {
+    /// Writes the next generation, showing channel revision `revision`
+    /// with `content`, signed with `key`, and serves it; returns its number.
+    /// `shape` is recorded with it (what besides the revision made it: see
+    /// [`Served::shape`]); `date` is the RFC 2822 date for APT's `Release`.
+    pub fn write_generation(
+        &self,
+        revision: u64,
+        shape: &str,
+        content: &ChannelContent<'_>,
+        key: &SigningKey,
+        date: &str,
+    ) -> Result<u64> {
         let gens = self.root.join("gens");
         create_dirs(&gens)?;
         create_dirs(&self.root.join("pool/apt"))?;
+        let gen = self.generations().last().map_or(1, |g| g + 1);
         let previous = fs::read_link(self.root.join("current")).ok().map(|t| self.root.join(t));
+        // Older generations whose indexes stay reachable from this one, newest first.
+        let older: Vec<PathBuf> = self.kept(gen).iter().rev().map(|g| gens.join(g.to_string())).collect();
         let tmp = gens.join(format!("{gen}.tmp"));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| RepoError::io(&tmp, e))?;
@@ -135,9 +205,10 @@ impl ChannelDir {
             let release = files.last().map(|f| String::from_utf8_lossy(&f.bytes).into_owned()).unwrap_or_default();
             write_atomic(&dir.join("InRelease"), key.clearsign(&release)?.as_bytes())?;
             write_atomic(&dir.join("Release.gpg"), key.detached(release.as_bytes())?.as_bytes())?;
-            // by-hash: this generation's indexes, and the previous one's.
+            // by-hash: this generation's indexes, and those of every older
+            // generation kept.
             link_by_hash(&dir, &dir, &release)?;
-            if let Some(prev) = &previous {
+            for prev in &older {
                 let prev_dir = prev.join("apt/dists").join(&dist.suite);
                 if let Ok(prev_release) = fs::read_to_string(prev_dir.join("Release")) {
                     link_by_hash(&prev_dir, &dir, &prev_release)?;
@@ -161,18 +232,16 @@ impl ChannelDir {
                     write_atomic(&dir.join("repodata/repomd.xml.asc"), key.detached(&f.bytes)?.as_bytes())?;
                 }
             }
-            if let Some(prev) = &previous {
+            for prev in &older {
                 carry_repodata(&prev.join("yum").join(&repo.target), &dir)?;
             }
         }
 
         let done = gens.join(gen.to_string());
-        if done.exists() {
-            fs::remove_dir_all(&done).map_err(|e| RepoError::io(&done, e))?;
-        }
         // On disk whole before it is named, and named before it is served:
         // after a power cut `current` names a complete generation.
         crate::fsio::sync_tree(&tmp)?;
+        write_atomic(&gens.join(format!("{gen}.rev")), format!("revision {revision}\nshape {shape}\n").as_bytes())?;
         fs::rename(&tmp, &done).map_err(|e| RepoError::io(&done, e))?;
         crate::fsio::sync_dir(&gens)?;
         let link_tmp = self.root.join("current.tmp");
@@ -182,18 +251,36 @@ impl ChannelDir {
         crate::fsio::sync_dir(&self.root)?;
         self.prune(gen);
         cache.prune();
-        Ok(())
+        Ok(gen)
     }
 
-    /// Deletes generations older than the last few.
+    /// The generations before `current` that are kept, oldest first: the
+    /// last [`KEEP_OLD`] whatever their age, and those younger than the
+    /// channel's time, at most [`KEEP_MOST`].
+    fn kept(&self, current: u64) -> Vec<u64> {
+        let gens = self.root.join("gens");
+        let older: Vec<u64> = self.generations().into_iter().filter(|g| *g < current).collect();
+        let young = |g: &u64| {
+            fs::metadata(gens.join(g.to_string()))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age <= self.keep_for)
+        };
+        let n = older.len();
+        let mut kept: Vec<u64> =
+            older.iter().enumerate().filter(|(i, g)| *i + KEEP_OLD >= n || young(g)).map(|(_, g)| *g).collect();
+        let excess = kept.len().saturating_sub(KEEP_MOST);
+        kept.drain(..excess);
+        kept
+    }
+
+    /// Deletes the generations [`ChannelDir::kept`] does not keep.
     fn prune(&self, current: u64) {
-        let Ok(dir) = fs::read_dir(self.root.join("gens")) else { return };
-        let mut gens: Vec<u64> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-        gens.sort_unstable();
-        gens.retain(|g| *g != current);
-        let old = gens.len().saturating_sub(KEEP_OLD);
-        for g in &gens[..old] {
+        let kept = self.kept(current);
+        for g in self.generations().into_iter().filter(|g| *g != current && !kept.contains(g)) {
             let _ = fs::remove_dir_all(self.root.join("gens").join(g.to_string()));
+            let _ = fs::remove_file(self.root.join("gens").join(format!("{g}.rev")));
         }
     }
 }

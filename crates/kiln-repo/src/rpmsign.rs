@@ -30,7 +30,8 @@ mod tests {
     #[test]
     fn a_header_entry_pointing_outside_its_data_is_refused_not_parsed() {
         let built = build(&Spec::default());
-        let key = SigningKey::generate("test <t@example.org>", None).expect("key");
+        let key =
+            SigningKey::generate("test <t@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519).expect("key");
         let dir = tempfile::tempdir().expect("tempdir");
         sign_rpm(&built.path, &dir.path().join("good.rpm"), &key).expect("a well-formed package signs");
         // The main header's first index entry claims data far past its store

@@ -420,8 +420,10 @@ mod tests {
 
     #[test]
     fn a_message_signed_by_a_key_of_the_keyring_gives_its_body_and_signer() {
-        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
-        let other = SigningKey::generate("Other <other@example.org>", None).expect("other");
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("jane");
+        let other = SigningKey::generate("Other <other@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("other");
         // Two keys, in two concatenated armor blocks.
         let ring = keyring(&[&other, &jane]);
         assert_eq!(ring.len(), 2);
@@ -439,8 +441,10 @@ mod tests {
     #[test]
     fn binary_keyrings_are_read_and_keyrings_merge() {
         use pgp::ser::Serialize;
-        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
-        let other = SigningKey::generate("Other <other@example.org>", None).expect("other");
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("jane");
+        let other = SigningKey::generate("Other <other@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("other");
         let (key, _) = SignedPublicKey::from_string(&jane.public_armored().expect("armor")).expect("key");
         let binary = key.to_bytes().expect("binary");
         let ring = Keyring::from_bytes(&binary).expect("a binary keyring, as in /usr/share/keyrings");
@@ -455,8 +459,10 @@ mod tests {
 
     #[test]
     fn other_keys_tampering_and_unsigned_text_are_refused_by_kind() {
-        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
-        let mallory = SigningKey::generate("Mallory <m@example.org>", None).expect("mallory");
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("jane");
+        let mallory = SigningKey::generate("Mallory <m@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("mallory");
         let ring = keyring(&[&jane]);
 
         let by_mallory = mallory.clearsign(CHANGES).expect("sign");
@@ -482,7 +488,8 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_never_a_panic() {
-        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("jane");
         let ring = keyring(&[&jane]);
         let signed = jane.clearsign(CHANGES).expect("sign");
         let cut = &signed[..signed.len() - 40];
@@ -515,7 +522,8 @@ mod tests {
 
     #[test]
     fn mutations_of_a_signed_message_never_panic_nor_verify() {
-        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None).expect("jane");
+        let jane = SigningKey::generate("Jane Doe <jane@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("jane");
         let ring = keyring(&[&jane]);
         let signed = jane.clearsign(CHANGES).expect("sign");
         let public = jane.public_armored().expect("armor");

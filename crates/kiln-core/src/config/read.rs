@@ -54,8 +54,20 @@ const TOP_KEYS: &[&str] = &[
     "retention",
 ];
 const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "components", "targets", "properties", "only_if_changed"];
-const CHANNEL_KEYS: &[&str] =
-    &["name", "key", "passphrase", "accepts", "promote_to", "keep", "component", "description", "sign_debs"];
+const CHANNEL_KEYS: &[&str] = &[
+    "name",
+    "key",
+    "key_type",
+    "passphrase",
+    "accepts",
+    "promote_to",
+    "keep",
+    "component",
+    "description",
+    "sign_debs",
+    "valid_until",
+    "keep_old_indexes",
+];
 const WORKER_KEYS: &[&str] = &["name", "token_file", "targets"];
 const COMPONENT_KEYS: &[&str] = &[
     "name",
@@ -329,6 +341,40 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
         };
         let description = r.string(tbl, "description", &what).map(|d| d.0).unwrap_or_default();
         let sign_debs = r.boolean(tbl, "sign_debs", &what).unwrap_or(false);
+        let key_type = match r.string(tbl, "key_type", &what) {
+            None => crate::channel::KeyAlgorithm::default(),
+            Some((t, tspan)) => {
+                if key.is_some() {
+                    r.err(&tspan, format!("{what} has a `key` file: `key_type` only chooses a generated key's kind"));
+                }
+                crate::channel::KeyAlgorithm::parse(&t).unwrap_or_else(|e| {
+                    r.err(&tspan, format!("`key_type` of {what}: {e}"));
+                    crate::channel::KeyAlgorithm::default()
+                })
+            }
+        };
+        let valid_until = r.string(tbl, "valid_until", &what).and_then(|(v, vspan)| {
+            match crate::duration::parse_duration(&v) {
+                // The master signs again at half the time; a few minutes
+                // would keep it signing.
+                Ok(d) if d >= std::time::Duration::from_secs(3600) => Some(d),
+                Ok(_) => {
+                    r.err(&vspan, format!("`valid_until` of {what} must be at least an hour"));
+                    None
+                }
+                Err(e) => {
+                    r.err(&vspan, format!("`valid_until` of {what}: {e}"));
+                    None
+                }
+            }
+        });
+        let keep_old_indexes = match r.string(tbl, "keep_old_indexes", &what) {
+            None => crate::channel::DEFAULT_KEEP_OLD_INDEXES,
+            Some((v, vspan)) => crate::duration::parse_duration(&v).unwrap_or_else(|e| {
+                r.err(&vspan, format!("`keep_old_indexes` of {what}: {e}"));
+                crate::channel::DEFAULT_KEEP_OLD_INDEXES
+            }),
+        };
         let names = promote_to.iter().map(|(n, _)| n.clone()).collect();
         channels.push(ChannelAsWritten {
             channel: Channel {
@@ -341,6 +387,9 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
                 component,
                 description,
                 sign_debs,
+                key_type,
+                valid_until,
+                keep_old_indexes,
             },
             promote_to,
         });

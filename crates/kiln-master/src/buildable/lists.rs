@@ -240,8 +240,11 @@ mod tests {
     #[tokio::test]
     async fn lists_are_taken_only_when_signed_by_a_trusted_key_and_hashed_as_listed() {
         let http = reqwest::Client::new();
-        let key = SigningKey::generate("Archive <archive@example.org>", None).expect("key");
-        let other = SigningKey::generate("Mallory <m@example.org>", None).expect("key");
+        let key =
+            SigningKey::generate("Archive <archive@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+                .expect("key");
+        let other = SigningKey::generate("Mallory <m@example.org>", None, kiln_core::channel::KeyAlgorithm::Ed25519)
+            .expect("key");
         let packages = b"Package: libfoo-dev\nVersion: 1\nArchitecture: all\n\n";
         let (repo, cache) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
 

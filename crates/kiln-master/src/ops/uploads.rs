@@ -323,7 +323,7 @@ mod tests {
     }
 
     fn key(user_id: &str) -> SigningKey {
-        SigningKey::generate(user_id, None).expect("key")
+        SigningKey::generate(user_id, None, kiln_core::channel::KeyAlgorithm::Ed25519).expect("key")
     }
 
     /// A farm whose uploaders keyring holds `keys`.

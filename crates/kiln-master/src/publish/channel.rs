@@ -118,6 +118,7 @@ pub(super) fn write_channel(
         } else {
             ch.description.clone()
         },
+        valid_until: ch.valid_until.map(crate::clock::apt_date_after),
     };
     let empty_debs = Vec::new();
     let empty_dscs = Vec::new();
@@ -136,9 +137,19 @@ pub(super) fn write_channel(
         .map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().map(AsRef::as_ref).collect() })
         .collect();
     let content = ChannelContent { meta, apt, yum };
-    dir.write_generation(revision, &content, key, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
+    let shape = shape(ch, targets, key);
+    dir.write_generation(revision, &shape, &content, key, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
     remove_unnamed(&dir.root().join("pool"), dir.root(), &keep_files);
     Ok(())
+}
+
+/// What shapes a channel's served generation besides its rows: its config,
+/// the targets' suites and architectures, and its key. A config reload
+/// that leaves this alone leaves the served generation alone.
+pub(super) fn shape(ch: &Channel, targets: &[Target], key: &SigningKey) -> String {
+    let targets: Vec<String> =
+        targets.iter().map(|t| format!("{}:{:?}:{:?}:{:?}", t.name, t.family, t.suite, t.arch)).collect();
+    kiln_repo::hash::sha256(format!("{ch:?}\n{targets:?}\n{}", key.fingerprint()).as_bytes())
 }
 
 /// Removes files under `pool` whose path (relative to `root`) is not in `keep`.

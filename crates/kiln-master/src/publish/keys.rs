@@ -41,7 +41,8 @@ pub(super) fn load_key(farm: &LoadedFarm, ch: &Channel) -> anyhow::Result<Signin
         None => {
             let path = farm.data_dir().join("keys").join(format!("{}.asc", ch.name));
             if !path.exists() {
-                let key = SigningKey::generate(&format!("kiln {} channel <kiln@localhost>", ch.name), None)?;
+                let key =
+                    SigningKey::generate(&format!("kiln {} channel <kiln@localhost>", ch.name), None, ch.key_type)?;
                 // Masters sharing a data dir may start at once: the first one's key holds.
                 if kiln_repo::fsio::write_new(&path, key.secret_armored()?.as_bytes(), 0o600)
                     .with_context(|| format!("cannot write {}", path.display()))?

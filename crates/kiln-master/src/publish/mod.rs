@@ -47,8 +47,6 @@ impl From<String> for RepoRefusal {
 pub struct Publisher {
     shared: Arc<Shared>,
     keys: HashMap<String, Arc<SigningKey>>,
-    /// The config generation the served repositories were last written for.
-    farm_generation: u64,
     /// Each channel's parsed entries, kept between generations.
     entries: Arc<std::sync::Mutex<HashMap<String, channel::ChannelEntries>>>,
 }
@@ -62,12 +60,13 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Publisher {
     pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
-        let farm_generation = shared.generation();
-        Publisher { shared, keys, farm_generation, entries: Default::default() }
+        Publisher { shared, keys, entries: Default::default() }
     }
 
     fn channel_dir(&self, channel: &str) -> ChannelDir {
-        ChannelDir::new(self.shared.farm().data_dir().join("repos").join(channel))
+        let farm = self.shared.farm();
+        let keep_for = farm.cfg.channel(channel).map_or(kiln_repo::publish::DEFAULT_KEEP_FOR, |c| c.keep_old_indexes);
+        ChannelDir::new(farm.data_dir().join("repos").join(channel)).keeping_old_for(keep_for)
     }
 
     fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, RepoRefusal> {
@@ -85,14 +84,31 @@ impl Publisher {
     /// serves anything, so a client never finds a channel missing.
     pub async fn catch_up(&mut self) {
         let farm = self.shared.farm();
-        // A changed config may add suites, architectures or rpm targets: write everything again.
-        let config_changed =
-            std::mem::replace(&mut self.farm_generation, self.shared.generation()) != self.shared.generation();
         for ch in &farm.cfg.channels {
             let dir = self.channel_dir(&ch.name);
             dir.clean_partial();
-            let revision = self.shared.store.channel_revision(&ch.name).await.unwrap_or(-1);
-            if config_changed || revision < 0 || dir.current_generation() != Some(revision as u64) {
+            let Ok(revision) = self.shared.store.channel_revision(&ch.name).await else { continue };
+            let key = match self.key(ch) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(channel = %ch.name, error = %e, "cannot load the channel's key");
+                    continue;
+                }
+            };
+            // A new generation when the database moved on, when a reload
+            // changed what the channel's indexes say (suites, targets, its
+            // key, its settings), or when a Valid-Until is half gone. A
+            // reload that changes none of these writes nothing.
+            let shape = channel::shape(ch, &farm.cfg.targets, &key);
+            let stale = match dir.served_generation() {
+                None => true,
+                Some(served) => {
+                    served.revision != revision.max(0) as u64
+                        || served.shape != shape
+                        || ch.valid_until.is_some_and(|v| served.age >= v / 2)
+                }
+            };
+            if stale {
                 if let Err(e) = self.regenerate(ch).await {
                     tracing::error!(channel = %ch.name, error = %e, "cannot write the repository");
                 }

@@ -139,7 +139,8 @@ impl RawHeader {
         self.store.get(e.offset as usize..)
     }
 
-    /// All strings of a string, string-array or i18n-string tag (invalid UTF-8 replaced).
+    /// All strings of a string, string-array or i18n-string tag (text that
+    /// is not UTF-8 read as Latin-1: see [`text`]).
     pub(super) fn strings(&self, tag: impl Into<u32>) -> Vec<Cow<'_, str>> {
         let Some(e) = self.find(tag) else { return Vec::new() };
         let n = match e.kind {
@@ -151,7 +152,7 @@ impl RawHeader {
         let mut out = Vec::with_capacity(n.min(rest.len()));
         for _ in 0..n {
             let Some(nul) = rest.iter().position(|&b| b == 0) else { break };
-            out.push(String::from_utf8_lossy(&rest[..nul]));
+            out.push(text(&rest[..nul]));
             rest = &rest[nul + 1..];
         }
         out
@@ -166,7 +167,7 @@ impl RawHeader {
         }
         let Some(rest) = self.data(&e) else { return Cow::Borrowed("") };
         match rest.iter().position(|&b| b == 0) {
-            Some(nul) => String::from_utf8_lossy(&rest[..nul]),
+            Some(nul) => text(&rest[..nul]),
             None => Cow::Borrowed(""),
         }
     }
@@ -303,6 +304,16 @@ pub(super) fn package_files(h: &RawHeader) -> Vec<PkgFile> {
         files.push(PkgFile { path, kind: kind(i) });
     }
     files
+}
+
+/// Header text as UTF-8: as it is when it is UTF-8, else read as Latin-1
+/// (every byte the character of that number), as createrepo_c converts it,
+/// so `dnf search café` finds a summary an old spec wrote in ISO-8859-1.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+    }
 }
 
 #[cfg(test)]
@@ -495,5 +506,12 @@ pub(crate) mod tests {
         let headers = read_headers(&built.path).expect("read headers");
         assert_eq!((headers.header_start, headers.header_end), (offsets.header, offsets.payload));
         assert_eq!(built.bytes.len() as u64 - offsets.payload, b"stand-in payload".len() as u64);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_read_as_latin1() {
+        assert_eq!(super::text(b"Caf\xe9 cr\xe8me"), "Café crème");
+        assert_eq!(super::text("Café".as_bytes()), "Café");
+        assert_eq!(super::text(b""), "");
     }
 }
