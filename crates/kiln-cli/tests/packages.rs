@@ -515,6 +515,17 @@ name = "kiln-tree"
 source = { path = "src/kiln-tree" }
 before = [{ name = "stamp", run = "echo 'made before the pipeline' > STAMP" }]
 after = [{ name = "list", run = "ls .kiln-out; id -u" }]
+
+# dev signs with a generated RSA 4096 key (the default), stable with Ed25519.
+[[channel]]
+name = "dev"
+accepts = "nightly"
+promote_to = ["stable"]
+
+[[channel]]
+name = "stable"
+accepts = "release"
+key_type = "ed25519"
 "#;
     // kiln-tree's spec names a Source0 tarball that is not in the tree:
     // kiln makes it from the tree.
@@ -628,7 +639,8 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.trim_end().ends_with("digests signatures OK"), "{out}");
 
-    // dnf reads the repository with repo_gpgcheck (repomd.xml.asc) and gpgcheck on.
+    // dnf reads the repository with repo_gpgcheck (repomd.xml.asc) and gpgcheck
+    // on, with either kind of key.
     let runs = std::sync::atomic::AtomicUsize::new(0);
     let dnf = |repo: &str, key_channel: &str| {
         // A fresh cache each time: dnf would otherwise reuse metadata it already has.
@@ -650,6 +662,27 @@ after = [{ name = "list", run = "ls .kiln-out; id -u" }]
     let (code, out, err) = dnf("dev", "dev");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.lines().any(|l| l == format!("kiln-hello {version} x86_64")), "{out}");
+    // Each metadata .xml.gz is one gzip member, whole to a reader that
+    // stops after the first (Python's zlib).
+    let repomd =
+        reqwest::get(format!("{}/repodata/repomd.xml", yum("dev"))).await.expect("get").text().await.expect("repomd");
+    let gzs: Vec<&str> =
+        repomd.split("href=\"").skip(1).filter_map(|s| s.split('"').next()).filter(|h| h.ends_with(".gz")).collect();
+    assert!(gzs.len() >= 3, "{repomd}");
+    for href in gzs {
+        let file = farm.path("metadata.gz");
+        let bytes = reqwest::get(format!("{}/{href}", yum("dev"))).await.expect("get").bytes().await.expect("gz");
+        std::fs::write(&file, &bytes).expect("write");
+        let (code, out, err) = run(std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sys, zlib; d = zlib.decompressobj(31); out = d.decompress(open(sys.argv[1], 'rb').read()); \
+             assert d.eof and not d.unused_data and out.startswith(b'<?xml'); print('ok')",
+            )
+            .arg(&file))
+        .expect("python3");
+        assert_eq!((code, out.trim()), (0, "ok"), "{href}: {err}");
+    }
     // Debug information is in the target's -debuginfo repository only.
     assert!(!out.contains("kiln-hello-debuginfo"), "{out}");
     let (code, out, err) = dnf(&format!("{}-debuginfo", yum("dev")), "dev");

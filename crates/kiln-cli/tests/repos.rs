@@ -627,3 +627,58 @@ async fn publishing_a_library_rebuilds_what_asked_to_be_rebuilt_after_it() {
     let n = client.builds(&query).await.expect("builds").builds.len();
     assert_eq!(n, 2);
 }
+
+/// A channel key brought from gpg with a lifetime: the repositories page
+/// and `/metrics` say when it expires, and the log warns 30 days ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_key_that_expires_soon_is_shown_measured_and_warned_about() {
+    let channels = r#"
+[[channel]]
+name = "dev"
+accepts = "nightly"
+key = "keys/expiring.asc"
+
+[[channel]]
+name = "stable"
+accepts = "release"
+key_type = "ed25519"
+"#;
+    let mut farm = Farm::new(KILN.as_ref(), &config(channels, "expiry"), &[]);
+    let home = farm.path("gnupg");
+    std::fs::create_dir_all(&home).expect("gnupg home");
+    let gpg = |args: &[&str]| {
+        run(Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args))
+        .expect("gpg")
+    };
+    let (code, _, err) = gpg(&["--quick-gen-key", "Expiring <e@example.org>", "rsa3072", "sign", "10d"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, armored, err) = gpg(&["--armor", "--export-secret-keys", "e@example.org"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::create_dir_all(farm.path("keys")).expect("keys dir");
+    std::fs::write(farm.path("keys/expiring.asc"), armored).expect("key file");
+    farm.start_master().await;
+    let base = farm.url();
+
+    let metrics = String::from_utf8(fetch(&format!("{base}/metrics")).await).expect("utf8");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_channel_key_expiry_timestamp_seconds{channel=\"dev\"}"))
+        .unwrap_or_else(|| panic!("no expiry gauge for dev:\n{metrics}"));
+    let at: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs_f64();
+    assert!((now + 9.0 * 86400.0..now + 11.0 * 86400.0).contains(&at), "{line}");
+    assert!(
+        !metrics.contains("kiln_channel_key_expiry_timestamp_seconds{channel=\"stable\"}"),
+        "stable's key never expires"
+    );
+
+    let page = String::from_utf8(fetch(&format!("{base}/repos")).await).expect("utf8");
+    assert!(page.contains(" days)</td>") && page.contains("never"), "{page}");
+    let warned =
+        wait_for(Duration::from_secs(30), || async { farm.master_log().contains("signing key expires soon") }).await;
+    assert!(warned, "{}", farm.master_log());
+}

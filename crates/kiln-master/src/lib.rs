@@ -163,6 +163,14 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     // builds this one claims are its own.
     let master_id = lease::master_id(http_addr.port());
     let farm_lease = farm.cfg.master.lease;
+    // Before the lease: generating a channel's RSA key takes seconds, and
+    // a lease taken before it could lapse before it is first renewed.
+    let keys = {
+        let farm = farm.clone();
+        tokio::task::spawn_blocking(move || publish::load_keys(&farm)).await.context("loading the channels' keys")??
+    };
+    let public_keys =
+        keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
     let (store, _) = open_store(&farm, Some(&master_id)).await?;
     let store = store.for_master(&master_id);
     let epoch =
@@ -172,9 +180,6 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let artifacts = artifacts::ArtifactStore::new(&data_dir, &master_id, farm.cfg.master.max_artifact_size)
         .context("cannot create the artifact store")?;
     triggers::schedule::check(&farm.cfg)?;
-    let keys = publish::load_keys(&farm)?;
-    let public_keys =
-        keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
     let (publish_tx, publish_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared =
         Arc::new(Shared::new(store.clone(), logs, artifacts, farm, token.clone(), tx, publish_tx, public_keys));

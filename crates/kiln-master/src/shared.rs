@@ -57,6 +57,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// When channel `name`'s signing key expires (Unix seconds); `None`
+    /// when it does not, or the channel has no key loaded.
+    pub fn key_expiry(&self, name: &str) -> Option<u64> {
+        self.public_keys.get(name).and_then(|armored| kiln_repo::key::expiry_of_public(armored).ok().flatten())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,

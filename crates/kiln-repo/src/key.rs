@@ -92,6 +92,12 @@ impl SigningKey {
         SignedPublicKey::from(self.secret.clone())
     }
 
+    /// When the key expires (Unix seconds), as its newest self-signature
+    /// says; `None` for a key that does not.
+    pub fn expires_at(&self) -> Option<u64> {
+        expiry(&self.secret.details, self.secret.primary_key.created_at())
+    }
+
     /// Upper-case hex fingerprint.
     pub fn fingerprint(&self) -> String {
         hex::encode_upper(self.secret.primary_key.fingerprint().as_bytes())
@@ -124,6 +130,25 @@ impl SigningKey {
         let pw = self.password.read();
         Ok(if pw.is_empty() { signer } else { signer.with_key_passphrase(String::from_utf8_lossy(&pw).into_owned()) })
     }
+}
+
+/// When an armored public key expires (Unix seconds); `None` when it does not.
+pub fn expiry_of_public(armored: &str) -> Result<Option<u64>> {
+    let (key, _) = SignedPublicKey::from_string(armored).map_err(|e| RepoError::Key(e.to_string()))?;
+    Ok(expiry(&key.details, key.primary_key.created_at()))
+}
+
+/// A key's expiry from its newest self-signature (user ID or direct) that
+/// carries a key lifetime, counted from the key's creation.
+fn expiry(details: &pgp::composed::SignedKeyDetails, created: pgp::types::Timestamp) -> Option<u64> {
+    let newest = details
+        .users
+        .iter()
+        .flat_map(|u| u.signatures.iter())
+        .chain(details.direct_signatures.iter())
+        .max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))?;
+    let lifetime = newest.key_expiration_time()?.as_secs();
+    (lifetime != 0).then(|| u64::from(created.as_secs()) + u64::from(lifetime))
 }
 
 /// The fingerprint of an armored public key.
@@ -170,6 +195,33 @@ mod tests {
         let (sig, _) = DetachedSignature::from_string(&det).expect("parse sig");
         sig.verify(&public, b"repomd").expect("detached signature verifies");
         assert!(sig.verify(&public, b"tampered").is_err());
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_newest_self_signature() {
+        let key = SigningKey::generate("No Expiry <n@example.org>", None, KeyAlgorithm::Ed25519).expect("key");
+        assert_eq!(key.expires_at(), None);
+        assert_eq!(expiry_of_public(&key.public_armored().expect("pub")).expect("parse"), None);
+        // A key gpg made with a lifetime, as a team would bring one.
+        let home = tempfile::tempdir().expect("gnupg home");
+        let gpg = |args: &[&str]| {
+            let out = std::process::Command::new("gpg")
+                .arg("--homedir")
+                .arg(home.path())
+                .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args)
+                .output()
+                .expect("gpg runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        gpg(&["--quick-gen-key", "Expiring <e@example.org>", "ed25519", "sign", "10d"]);
+        let armored = gpg(&["--armor", "--export-secret-keys", "e@example.org"]);
+        let loaded = SigningKey::from_armored(&armored, None).expect("gpg's key loads");
+        let at = loaded.expires_at().expect("it expires");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+        assert!((now + 9 * 86400..=now + 11 * 86400).contains(&at), "{at} vs {now}");
+        assert_eq!(expiry_of_public(&loaded.public_armored().expect("pub")).expect("parse"), Some(at));
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub async fn render(s: &Shared) -> String {
         f64::from(u8::from(s.lease_held())),
     );
 
+    e.family(
+        "kiln_channel_key_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "When each channel's signing key expires, in Unix seconds (channels whose key does not expire are absent).",
+    );
+    for ch in &farm.cfg.channels {
+        if let Some(at) = s.key_expiry(&ch.name) {
+            e.sample("kiln_channel_key_expiry_timestamp_seconds", &[("channel", &ch.name)], at as f64);
+        }
+    }
+
     // The queue, by target: every target of the config, zero or not, so a
     // rate or an alert sees it from the start.
     let mut queue: BTreeMap<&str, (i64, i64)> = farm.cfg.targets.iter().map(|t| (t.name.as_str(), (0, 0))).collect();

@@ -47,6 +47,8 @@ impl From<String> for RepoRefusal {
 pub struct Publisher {
     shared: Arc<Shared>,
     keys: HashMap<String, Arc<SigningKey>>,
+    /// When each channel's key was last warned about as expiring.
+    expiry_warned: HashMap<String, std::time::Instant>,
     /// Each channel's parsed entries, kept between generations.
     entries: Arc<std::sync::Mutex<HashMap<String, channel::ChannelEntries>>>,
 }
@@ -60,7 +62,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Publisher {
     pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
-        Publisher { shared, keys, entries: Default::default() }
+        Publisher { shared, keys, expiry_warned: HashMap::new(), entries: Default::default() }
     }
 
     fn channel_dir(&self, channel: &str) -> ChannelDir {
@@ -95,16 +97,19 @@ impl Publisher {
                     continue;
                 }
             };
+            self.warn_if_expiring(&ch.name, &key);
             // A new generation when the database moved on, when a reload
             // changed what the channel's indexes say (suites, targets, its
             // key, its settings), or when a Valid-Until is half gone. A
-            // reload that changes none of these writes nothing.
+            // reload that changes none of these writes nothing. (A
+            // generation an older kiln wrote records no shape; it is served
+            // as it is until the channel next changes.)
             let shape = channel::shape(ch, &farm.cfg.targets, &key);
             let stale = match dir.served_generation() {
                 None => true,
                 Some(served) => {
                     served.revision != revision.max(0) as u64
-                        || served.shape != shape
+                        || (!served.shape.is_empty() && served.shape != shape)
                         || ch.valid_until.is_some_and(|v| served.age >= v / 2)
                 }
             };
@@ -113,6 +118,25 @@ impl Publisher {
                     tracing::error!(channel = %ch.name, error = %e, "cannot write the repository");
                 }
             }
+        }
+    }
+
+    /// Warns in the log, once a day, of a channel key that expires within
+    /// 30 days (an error once it has: clients refuse its signatures).
+    fn warn_if_expiring(&mut self, channel: &str, key: &SigningKey) {
+        const AHEAD: u64 = 30 * 86400;
+        let Some(at) = key.expires_at() else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if at > now + AHEAD
+            || self.expiry_warned.get(channel).is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(86400))
+        {
+            return;
+        }
+        self.expiry_warned.insert(channel.to_string(), std::time::Instant::now());
+        if at <= now {
+            tracing::error!(channel, fingerprint = %key.fingerprint(), "the channel's signing key has expired; clients refuse what it signs: give the channel a key that does not expire yet");
+        } else {
+            tracing::warn!(channel, fingerprint = %key.fingerprint(), days = (at - now) / 86400, "the channel's signing key expires soon; extend it (a new self-signature) or change the channel's key before then");
         }
     }
 

@@ -24,23 +24,39 @@ pub async fn list(State(s): State<AppState>, headers: HeaderMap) -> Response {
     for ch in &farm.cfg.channels {
         let revision = s.store.channel_revision(&ch.name).await.unwrap_or(0);
         let n = s.store.packages(&ch.name).await.map(|p| p.len()).unwrap_or(0);
-        rows.push((ch.clone(), revision, n));
+        rows.push((ch.clone(), revision, n, s.key_expiry(&ch.name)));
     }
     let body = html! {
         h1 { "Repositories" }
         table.list {
-            thead { tr { th { "Channel" } th { "Takes" } th { "Promotes to" } th { "Files" } th { "Revision" } } }
-            tbody { @for (ch, rev, n) in &rows { tr {
+            thead { tr { th { "Channel" } th { "Takes" } th { "Promotes to" } th { "Files" } th { "Revision" } th { "Key expires" } } }
+            tbody { @for (ch, rev, n, expiry) in &rows { tr {
                 td { a href={"/repos/" (ch.name)} { (ch.name) } }
                 td { (ch.accepts.as_str()) }
                 td { (ch.promote_to.join(", ")) }
                 td { (n) }
                 td { (rev) }
+                td { @match expiry {
+                    Some(at) => { (key_expiry_text(*at)) }
+                    None => { "never" }
+                } }
             } } }
         }
         p { "Each channel is served at " code { (base) "/repos/CHANNEL/" } ", signed with its own key." }
     };
     frame(&c, "Repositories", true, body)
+}
+
+/// A key's expiry as the page shows it: the date, and how far off it is.
+fn key_expiry_text(at: u64) -> String {
+    let date = crate::clock::rfc3339(at.saturating_mul(1_000_000).min(i64::MAX as u64) as i64);
+    let now = (crate::clock::now_us() / 1_000_000).max(0) as u64;
+    let day = date.split('T').next().unwrap_or(&date).to_string();
+    if at <= now {
+        format!("{day} (expired)")
+    } else {
+        format!("{day} (in {} days)", (at - now) / 86400)
+    }
 }
 
 pub async fn channel(State(s): State<AppState>, headers: HeaderMap, Path(channel): Path<String>) -> Response {
