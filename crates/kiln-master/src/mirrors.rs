@@ -54,7 +54,7 @@ pub(crate) struct HeldMirror {
 
 /// The bare mirror of `url` under `data_dir` (made when missing), once no
 /// other task holds it.
-pub(crate) async fn git_mirror(data_dir: &Path, url: &str) -> Result<HeldMirror, GitError> {
+async fn git_mirror(data_dir: &Path, url: &str) -> Result<HeldMirror, GitError> {
     type Locks = std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
     static LOCKS: OnceLock<Locks> = OnceLock::new();
     let path = mirror_dir(data_dir, Vcs::Git, url);
@@ -71,6 +71,17 @@ pub(crate) async fn git_mirror(data_dir: &Path, url: &str) -> Result<HeldMirror,
             .map_err(|e| GitError(format!("cannot make {}: {e}", held.path.display())))?;
         git_output(git().arg("init").arg("--quiet").arg("--bare").arg(&held.path)).await?;
     }
+    Ok(held)
+}
+
+/// The mirror of `url`, held, after fetching `refs` into it (each the
+/// same ref on both sides, forced: `refs/heads/main`, `refs/pull/7/head`).
+pub(crate) async fn fetched(data_dir: &Path, url: &str, refs: &[&str]) -> Result<HeldMirror, GitError> {
+    let held = git_mirror(data_dir, url).await?;
+    let mut fetch = git();
+    fetch.arg("-C").arg(&held.path).args(["fetch", "--quiet", "--force", "--no-tags", "--", url]);
+    fetch.args(refs.iter().map(|r| format!("+{r}:{r}")));
+    git_output(&mut fetch).await?;
     Ok(held)
 }
 
@@ -91,17 +102,8 @@ pub async fn changed_files(data_dir: &Path, url: &str, change: &Change) -> Resul
     if change.pull.is_some() {
         check_fetch_ref(&head_ref).map_err(GitError)?;
     }
-    let held = git_mirror(data_dir, url).await?;
+    let held = fetched(data_dir, url, &[&format!("refs/heads/{base}"), &head_ref]).await?;
     let mirror = &held.path;
-    git_output(
-        git()
-            .arg("-C")
-            .arg(mirror)
-            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
-            .arg(format!("+refs/heads/{base}:refs/heads/{base}"))
-            .arg(format!("+{head_ref}:{head_ref}")),
-    )
-    .await?;
     let range = format!("refs/heads/{base}...{}", change.revision);
     let out =
         git_output(git().arg("-C").arg(mirror).args(["diff", "--name-only", "--no-renames", &range, "--"])).await?;

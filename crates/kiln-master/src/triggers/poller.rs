@@ -24,7 +24,7 @@ const TICK: Duration = Duration::from_secs(2);
 use super::remote::Description;
 pub use super::remote::NoTip;
 
-use crate::mirrors::{git, git_mirror, git_output, mirror_dir};
+use crate::mirrors::{fetched, git, git_output, mirror_dir};
 
 /// The commit a branch of a remote points at now (git asks the remote;
 /// Mercurial pulls into the master's mirror under `data_dir` first).
@@ -123,16 +123,8 @@ async fn poll(shared: &Arc<Shared>, vcs: Vcs, url: &str, branch: &str) -> Result
 /// Files changed between two commits, the new one's author and subject,
 /// from a mirror fetched now.
 async fn describe(data_dir: &Path, url: &str, branch: &str, before: &str, tip: &str) -> Result<Description, String> {
-    let held = git_mirror(data_dir, url).await?;
+    let held = fetched(data_dir, url, &[&format!("refs/heads/{branch}")]).await?;
     let mirror = &held.path;
-    git_output(
-        git()
-            .arg("-C")
-            .arg(mirror)
-            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
-            .arg(format!("+refs/heads/{branch}:refs/heads/{branch}")),
-    )
-    .await?;
     let log = git_output(git().arg("-C").arg(mirror).args(["log", "-1", "--format=%an%x00%ae%x00%s", tip])).await?;
     let mut parts = log.trim_end().splitn(3, '\0');
     let (name, email, subject) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -157,16 +149,8 @@ pub async fn file_at(
     path: &str,
     limit: usize,
 ) -> Result<String, String> {
-    let held = git_mirror(data_dir, url).await?;
+    let held = fetched(data_dir, url, &[&format!("refs/heads/{branch}")]).await?;
     let mirror = &held.path;
-    git_output(
-        git()
-            .arg("-C")
-            .arg(mirror)
-            .args(["fetch", "--quiet", "--force", "--no-tags", "--", url])
-            .arg(format!("+refs/heads/{branch}:refs/heads/{branch}")),
-    )
-    .await?;
     let rev = match revision {
         Some(r) => {
             check_revision(r)?;
