@@ -171,6 +171,52 @@ fn channels_default_to_dev_and_stable() {
 }
 
 #[test]
+fn channel_keys_validity_and_old_indexes_are_read_and_checked() {
+    let good = r#"
+[[channel]]
+name = "dev"
+accepts = "nightly"
+key_type = "ed25519"
+valid_until = "7d"
+keep_old_indexes = "12h"
+
+[[channel]]
+name = "stable"
+accepts = "release"
+"#;
+    let cfg = parse(good).expect("channels parse");
+    let dev = cfg.channel("dev").expect("dev");
+    assert_eq!(dev.key_type, crate::channel::KeyAlgorithm::Ed25519);
+    assert_eq!(dev.valid_until, Some(Duration::from_secs(7 * 86400)));
+    assert_eq!(dev.keep_old_indexes, Duration::from_secs(12 * 3600));
+    let stable = cfg.channel("stable").expect("stable");
+    assert_eq!(stable.key_type, crate::channel::KeyAlgorithm::Rsa4096, "RSA 4096 unless asked");
+    assert_eq!((stable.valid_until, stable.keep_old_indexes), (None, crate::channel::DEFAULT_KEEP_OLD_INDEXES));
+    let bad = r#"
+[[channel]]
+name = "dev"
+accepts = "nightly"
+key_type = "dsa1024"
+valid_until = "5m"
+
+[[channel]]
+name = "stable"
+key = "keys/stable.asc"
+key_type = "ed25519"
+keep_old_indexes = "soon"
+"#;
+    let e = errors(bad);
+    for want in [
+        "`key_type` of channel \"dev\": unknown key type \"dsa1024\"; known: rsa4096, ed25519",
+        "`valid_until` of channel \"dev\" must be at least an hour",
+        "channel \"stable\" has a `key` file: `key_type` only chooses a generated key's kind",
+        "`keep_old_indexes` of channel \"stable\"",
+    ] {
+        assert!(e.iter().any(|l| l.contains(want)), "{want} in {e:?}");
+    }
+}
+
+#[test]
 fn channels_are_parsed_and_checked() {
     let good = r#"
 [master]
