@@ -105,11 +105,7 @@ fn pull(forge: Forge, v: &Value) -> Result<ForgeEvent, PayloadError> {
     check_revision(head_sha).map_err(|e| PayloadError::Invalid("pull_request.head.sha", e))?;
     let base_repo = pr.get("base").and_then(|b| b.get("repo")).filter(|r| r.is_object()).or(v.get("repository"));
     let mut u = repo_urls(base_repo);
-    for extra in repo_urls(v.get("repository")) {
-        if !u.contains(&extra) {
-            u.push(extra);
-        }
-    }
+    add_urls(&mut u, repo_urls(v.get("repository")));
     if u.is_empty() {
         return Err(PayloadError::Missing("repository URL"));
     }

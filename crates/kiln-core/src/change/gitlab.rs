@@ -91,11 +91,7 @@ fn merge_request(v: &Value) -> Result<ForgeEvent, PayloadError> {
     let head_sha = text(mr, &["last_commit", "id"]).ok_or(PayloadError::Missing("object_attributes.last_commit.id"))?;
     check_revision(head_sha).map_err(|e| PayloadError::Invalid("object_attributes.last_commit.id", e))?;
     let mut u = project_urls(v);
-    for extra in urls(mr, &[&["target", "git_http_url"], &["target", "git_ssh_url"], &["target", "web_url"]]) {
-        if !u.contains(&extra) {
-            u.push(extra);
-        }
-    }
+    add_urls(&mut u, urls(mr, &[&["target", "git_http_url"], &["target", "git_ssh_url"], &["target", "web_url"]]));
     if u.is_empty() {
         return Err(PayloadError::Missing("repository URL"));
     }

@@ -236,12 +236,17 @@ fn files_of<'a>(commits: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
 /// Every non-empty URL under `v` at `keys`, without repeats.
 fn urls(v: &Value, keys: &[&[&str]]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for u in keys.iter().filter_map(|k| text(v, k)).filter(|u| !u.trim().is_empty()) {
-        if !out.iter().any(|o| o == u) {
-            out.push(u.to_string());
+    add_urls(&mut out, keys.iter().filter_map(|k| text(v, k)).filter(|u| !u.trim().is_empty()).map(str::to_string));
+    out
+}
+
+/// Appends the URLs of `more` that `into` does not hold yet.
+fn add_urls(into: &mut Vec<String>, more: impl IntoIterator<Item = String>) {
+    for u in more {
+        if !into.contains(&u) {
+            into.push(u);
         }
     }
-    out
 }
 
 impl Change {
