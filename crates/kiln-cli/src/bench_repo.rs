@@ -15,7 +15,7 @@ use clap::Args;
 use kiln_repo::apt::{Dist, ReleaseMeta};
 use kiln_repo::deb::DebEntry;
 use kiln_repo::hash::file_sums;
-use kiln_repo::key::SigningKey;
+use kiln_repo::key::{Signers, SigningKey};
 use kiln_repo::publish::{ChannelContent, ChannelDir, YumRepo};
 use kiln_repo::yum::RpmEntry;
 use serde_json::json;
@@ -259,7 +259,14 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     let (deb_dir, rpm_dir) = ensure_packages(dir, args.packages)?;
     let debs = files_in(&deb_dir)?;
     let rpms = files_in(&rpm_dir)?;
-    let key = SigningKey::generate("kiln bench <bench@localhost>", None, kiln_core::channel::KeyAlgorithm::Ed25519)?;
+    let key = Signers::new(
+        std::sync::Arc::new(SigningKey::generate(
+            "kiln bench <bench@localhost>",
+            None,
+            kiln_core::channel::KeyAlgorithm::Ed25519,
+        )?),
+        None,
+    );
     let rounds = args.rounds;
     let mut report = serde_json::Map::new();
     report.insert("packages".into(), json!(args.packages));

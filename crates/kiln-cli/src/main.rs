@@ -13,6 +13,7 @@ mod cert_cmds;
 mod client_cmds;
 mod demo;
 mod follow;
+mod key_cmds;
 mod output;
 mod release;
 mod repo_cmds;
@@ -232,7 +233,7 @@ enum Command {
     Repo(repo_cmds::RepoCommand),
     /// Signing keys.
     #[command(subcommand)]
-    Key(repo_cmds::KeyCommand),
+    Key(key_cmds::KeyCommand),
     /// Certificates for TLS: a CA, and certificates for workers, users and the master.
     #[command(subcommand)]
     Cert(cert_cmds::CertCommand),
@@ -596,7 +597,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Fetch { build, dir, remote } => client_cmds::fetch(build, &dir, &remote).await,
         Command::Release(args) => release::release(args).await,
         Command::Repo(cmd) => repo_cmds::repo(cmd).await,
-        Command::Key(cmd) => repo_cmds::key(cmd),
+        Command::Key(cmd) => key_cmds::key(cmd).await,
         Command::Cert(cmd) => cert_cmds::cert(cmd),
         Command::User(cmd) => user_cmds::user(cmd).await,
         Command::Token(cmd) => user_cmds::token(cmd).await,

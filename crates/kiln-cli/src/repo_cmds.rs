@@ -1,9 +1,9 @@
-//! `kiln repo ...` and `kiln key ...`: repository operations through the
-//! master's API, exporting a served channel, and making signing keys.
+//! `kiln repo ...`: repository operations through the master's API, and
+//! exporting a served channel.
 
 use crate::Remote;
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use kiln_proto::api::{PromoteBody, RemoveBody};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +66,12 @@ pub enum RepoCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Sign every RPM (and debsig-signed .deb) of a channel again with its current key.
+    Resign {
+        channel: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Copy a channel's served repository into a directory (for rsync or a web server).
     Export {
         channel: String,
@@ -74,28 +80,6 @@ pub enum RepoCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
-}
-
-#[derive(Subcommand)]
-pub enum KeyCommand {
-    /// Make a new OpenPGP signing key (RSA 4096 or Ed25519); writes FILE (secret, mode 0600) and FILE.pub.asc.
-    Generate(GenerateArgs),
-}
-
-#[derive(Args)]
-pub struct GenerateArgs {
-    /// The key's user ID, e.g. "Example Releases <releases@example.org>".
-    #[arg(long)]
-    name: String,
-    #[arg(long)]
-    out: PathBuf,
-    /// Protect the key with the passphrase in this file (first line).
-    #[arg(long)]
-    passphrase_file: Option<PathBuf>,
-    /// rsa4096 (every client, RHEL 8's rpm included) or ed25519 (rpm 4.16+,
-    /// apt, gpgv, librepo).
-    #[arg(long = "type", default_value = "rsa4096", value_parser = kiln_core::channel::KeyAlgorithm::parse)]
-    key_type: kiln_core::channel::KeyAlgorithm,
 }
 
 pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
@@ -143,6 +127,9 @@ pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
         RepoCommand::Rollback { channel, snapshot, remote } => {
             println!("{}", remote.client()?.rollback(&channel, &snapshot).await?.message);
         }
+        RepoCommand::Resign { channel, remote } => {
+            println!("{}", remote.client()?.resign(&channel).await?.message);
+        }
         RepoCommand::Export { channel, dir, config } => {
             let farm = kiln_master::farm::LoadedFarm::load(&config)?;
             if farm.cfg.channel(&channel).is_none() {
@@ -177,34 +164,4 @@ fn export(from: &Path, to: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(n)
-}
-
-pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        KeyCommand::Generate(a) => {
-            let passphrase = match &a.passphrase_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("cannot read {}", f.display()))?
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            if a.out.exists() {
-                anyhow::bail!("{} exists; not overwriting a key", a.out.display());
-            }
-            let key = kiln_repo::key::SigningKey::generate(&a.name, passphrase.as_deref(), a.key_type)?;
-            kiln_repo::fsio::write_atomic_mode(&a.out, key.secret_armored()?.as_bytes(), 0o600)
-                .with_context(|| format!("cannot write {}", a.out.display()))?;
-            let public = PathBuf::from(format!("{}.pub.asc", a.out.display()));
-            kiln_repo::publish::write_atomic(&public, key.public_armored()?.as_bytes())?;
-            println!("secret key: {} (mode 0600)", a.out.display());
-            println!("public key: {}", public.display());
-            println!("fingerprint: {} ({})", key.fingerprint(), a.key_type.as_str());
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

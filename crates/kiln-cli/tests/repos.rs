@@ -681,4 +681,46 @@ key_type = "ed25519"
     let warned =
         wait_for(Duration::from_secs(30), || async { farm.master_log().contains("signing key expires soon") }).await;
     assert!(warned, "{}", farm.master_log());
+
+    // Extended in place: a new self-signature, the same key. The master
+    // reads the file again by itself, publishes the key and signs the
+    // indexes again; apt, given the refreshed key, updates.
+    let served = farm.path("dev-key.asc");
+    std::fs::write(&served, fetch(&format!("{base}/repos/dev/key.asc")).await).expect("key");
+    let shown = |file: &Path| {
+        let (code, out, err) =
+            run(Command::new("gpg").args(["--show-keys", "--with-colons"]).arg(file)).expect("gpg --show-keys");
+        assert_eq!(code, 0, "{err}");
+        let public = out.lines().find(|l| l.starts_with("pub:")).expect("pub").to_string();
+        let fpr = out.lines().find(|l| l.starts_with("fpr:")).expect("fpr").split(':').nth(9).map(str::to_string);
+        (public.split(':').nth(6).and_then(|e| e.parse::<u64>().ok()), fpr)
+    };
+    let (old_expiry, fpr) = shown(&served);
+    let (code, out, err) =
+        run(farm.kiln().args(["key", "extend", "dev", "--until", "400d", "--config"]).arg(farm.path("farm.toml")))
+            .expect("kiln key extend");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("now expires") && out.contains("(was: 20"), "{out}");
+    let moved = wait_for(Duration::from_secs(60), || async {
+        std::fs::write(&served, fetch(&format!("{base}/repos/dev/key.asc")).await).is_ok()
+            && shown(&served).0 != old_expiry
+    })
+    .await;
+    assert!(moved, "the extended key is not published:\n{}", farm.master_log());
+    let (new_expiry, new_fpr) = shown(&served);
+    assert_eq!(new_fpr, fpr, "the same key");
+    let new_expiry = new_expiry.expect("still expires") as f64;
+    assert!((now + 399.0 * 86400.0..now + 401.0 * 86400.0).contains(&new_expiry), "{new_expiry}");
+    let metrics = String::from_utf8(fetch(&format!("{base}/metrics")).await).expect("utf8");
+    assert!(
+        metrics.contains(&format!("kiln_channel_key_expiry_timestamp_seconds{{channel=\"dev\"}} {new_expiry}")),
+        "{metrics}"
+    );
+    let apt = AptClient::new(
+        &farm.path("apt"),
+        &[format!("deb [signed-by={}] {base}/repos/dev/apt bookworm main", served.display())],
+    );
+    let (code, out, err) = apt.apt_get(&["update"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("W:") && !err.contains("E:"), "{err}");
 }

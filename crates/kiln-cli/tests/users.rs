@@ -114,6 +114,7 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
         (Method::POST, "/api/v1/repos/dev/remove".into(), Some(serde_json::json!({"name": "x"}))),
         (Method::POST, "/api/v1/repos/dev/snapshots".into(), Some(serde_json::json!({"name": "s1"}))),
         (Method::POST, "/api/v1/repos/dev/rollback".into(), Some(serde_json::json!({"name": "s1"}))),
+        (Method::POST, "/api/v1/repos/dev/resign".into(), None),
         (Method::GET, "/api/v1/users".into(), None),
         (
             Method::POST,

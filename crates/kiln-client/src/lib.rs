@@ -321,6 +321,11 @@ impl Client {
         self.send(self.post(&format!("/api/v1/repos/{channel}/snapshots"))?.json(&body)).await
     }
 
+    /// Signs every package of `channel` again with its current key.
+    pub async fn resign(&self, channel: &str) -> Result<kiln_proto::api::RepoChange> {
+        self.send(self.post(&format!("/api/v1/repos/{channel}/resign"))?).await
+    }
+
     pub async fn snapshots(&self, channel: &str) -> Result<Vec<kiln_proto::api::SnapshotInfo>> {
         self.send(self.get(&format!("/api/v1/repos/{channel}/snapshots"))).await
     }

@@ -115,6 +115,28 @@ pub struct Channel {
     /// How long the indexes of generations a channel no longer serves stay
     /// reachable (APT's `by-hash`, YUM's hashed repodata names).
     pub keep_old_indexes: std::time::Duration,
+    /// During a key rotation, the key the channel moves away from.
+    pub previous_key: Option<PreviousKey>,
+}
+
+/// The key a channel is rotating away from: until `until` it signs the
+/// channel's indexes beside the current key and its public key is
+/// published with it, so clients that trust only it keep updating while
+/// they learn the new one. Packages are signed by the current key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousKey {
+    /// Armored secret key file, relative to the config file.
+    pub key: String,
+    pub passphrase: Option<SecretRef>,
+    /// Unix seconds after which it no longer signs.
+    pub until: u64,
+}
+
+impl PreviousKey {
+    /// Whether it still signs at `now` (Unix seconds).
+    pub fn in_effect(&self, now: u64) -> bool {
+        now < self.until
+    }
 }
 
 /// How long older generations' indexes stay reachable by default: a day.
@@ -135,6 +157,7 @@ impl Channel {
             key_type: KeyAlgorithm::default(),
             valid_until: None,
             keep_old_indexes: DEFAULT_KEEP_OLD_INDEXES,
+            previous_key: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod change;
 pub mod channel;
 pub mod config;
 pub mod cron;
+pub mod date;
 pub mod deb822;
 pub mod debian;
 pub mod debuginfo;

@@ -108,10 +108,31 @@ pub enum PublishRequest {
 /// An operator's change to the repositories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoOp {
-    Promote { name: String, version: String, from: String, to: String, replace: bool },
-    Remove { channel: String, name: String, version: Option<String> },
-    Snapshot { channel: String, name: String },
-    Rollback { channel: String, name: String },
+    Promote {
+        name: String,
+        version: String,
+        from: String,
+        to: String,
+        replace: bool,
+    },
+    Remove {
+        channel: String,
+        name: String,
+        version: Option<String>,
+    },
+    Snapshot {
+        channel: String,
+        name: String,
+    },
+    Rollback {
+        channel: String,
+        name: String,
+    },
+    /// Sign every RPM of a channel (and each `.deb`, for a channel that
+    /// signs them) again with its current key: after a key rotation.
+    Resign {
+        channel: String,
+    },
 }
 
 /// Why the publisher did not make a repository change.

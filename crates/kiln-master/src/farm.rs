@@ -198,6 +198,12 @@ impl LoadedFarm {
         self.base_dir.join(p)
     }
 
+    /// Where the key of channel `channel` lives when the config names none
+    /// (the master generates it there on first start).
+    pub fn generated_key_path(&self, channel: &str) -> PathBuf {
+        self.data_dir().join("keys").join(format!("{channel}.asc"))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.resolve(&self.cfg.master.data_dir)
     }

@@ -165,12 +165,12 @@ pub async fn start(config: &Path) -> anyhow::Result<RunningMaster> {
     let farm_lease = farm.cfg.master.lease;
     // Before the lease: generating a channel's RSA key takes seconds, and
     // a lease taken before it could lapse before it is first renewed.
-    let keys = {
+    let (keys, public_keys) = {
         let farm = farm.clone();
-        tokio::task::spawn_blocking(move || publish::load_keys(&farm)).await.context("loading the channels' keys")??
+        tokio::task::spawn_blocking(move || publish::KeyCache::load(&farm))
+            .await
+            .context("loading the channels' keys")??
     };
-    let public_keys =
-        keys.iter().map(|(c, k)| Ok((c.clone(), k.public_armored()?))).collect::<Result<_, kiln_repo::RepoError>>()?;
     let (store, _) = open_store(&farm, Some(&master_id)).await?;
     let store = store.for_master(&master_id);
     let epoch =

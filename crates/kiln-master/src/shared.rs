@@ -29,8 +29,8 @@ pub struct Shared {
     pub events: UnboundedSender<Event>,
     /// The one queue of repository changes.
     pub publisher: UnboundedSender<PublishRequest>,
-    /// Each channel's public key, armored (for build roots and `/repos/CHANNEL/key.asc`).
-    pub public_keys: HashMap<String, String>,
+    /// Each channel's public keys as its publisher last loaded them.
+    channel_keys: RwLock<HashMap<String, Arc<ChannelPublicKey>>>,
     /// Bumped whenever builds, workers or repositories change; live pages follow it.
     pub changes: tokio::sync::watch::Sender<u64>,
     /// The builders' last results, as of a `changes` value (the console and
@@ -56,11 +56,48 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// What a channel's signers show the world: every public key it signs
+/// with (armored, the current one first, as `key.asc` serves them; build
+/// roots trust these), and its current key's fingerprint and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPublicKey {
+    pub armored: String,
+    pub fingerprint: String,
+    /// Unix seconds; `None` for a key that does not expire.
+    pub expires_at: Option<u64>,
+}
+
+impl ChannelPublicKey {
+    pub fn of(signers: &kiln_repo::key::Signers) -> Result<Self, kiln_repo::RepoError> {
+        Ok(ChannelPublicKey {
+            armored: signers.public_armored()?,
+            fingerprint: signers.current().fingerprint(),
+            expires_at: signers.current().expires_at(),
+        })
+    }
+}
+
 impl Shared {
     /// When channel `name`'s signing key expires (Unix seconds); `None`
     /// when it does not, or the channel has no key loaded.
     pub fn key_expiry(&self, name: &str) -> Option<u64> {
-        self.public_keys.get(name).and_then(|armored| kiln_repo::key::expiry_of_public(armored).ok().flatten())
+        self.channel_key(name).and_then(|k| k.expires_at)
+    }
+
+    /// Channel `name`'s public keys; `None` when none is loaded.
+    pub fn channel_key(&self, name: &str) -> Option<Arc<ChannelPublicKey>> {
+        self.channel_keys.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// Records what channel `name` signs with now (by the publisher, as it
+    /// loads keys); true when that changed.
+    pub fn set_channel_key(&self, name: &str, key: ChannelPublicKey) -> bool {
+        let mut keys = self.channel_keys.write().unwrap_or_else(|e| e.into_inner());
+        if keys.get(name).is_some_and(|k| **k == key) {
+            return false;
+        }
+        keys.insert(name.to_string(), Arc::new(key));
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -72,7 +109,7 @@ impl Shared {
         admin_token: String,
         events: UnboundedSender<Event>,
         publisher: UnboundedSender<PublishRequest>,
-        public_keys: HashMap<String, String>,
+        channel_keys: HashMap<String, ChannelPublicKey>,
     ) -> Self {
         let (chat, chat_rx) = tokio::sync::mpsc::unbounded_channel();
         Shared {
@@ -87,7 +124,7 @@ impl Shared {
             workers: Mutex::new(BTreeMap::new()),
             events,
             publisher,
-            public_keys,
+            channel_keys: RwLock::new(channel_keys.into_iter().map(|(c, k)| (c, Arc::new(k))).collect()),
             changes: tokio::sync::watch::channel(0).0,
             sessions: Mutex::new(HashMap::new()),
             checked_tokens: Default::default(),

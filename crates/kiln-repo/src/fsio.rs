@@ -53,6 +53,28 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     write_through_temp(path, bytes, mode, true)
 }
 
+/// Replaces the existing file `path` with `bytes` as [`write_atomic_mode`]
+/// does, keeping its mode, owner and group: an operator (root, say)
+/// rewriting a key file the master reads must not take it from the master.
+pub fn rewrite_keeping_owner(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|e| RepoError::io(path, e))?;
+    let tmp = temp_beside(path)?;
+    write_temp(&tmp, bytes, meta.mode() & 0o7777, true)?;
+    let owned = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
+    // Someone who may not give files away (not root) rewrites their own.
+    let mine = fs::metadata(&tmp).is_ok_and(|m| m.uid() == meta.uid() && m.gid() == meta.gid());
+    if let (Err(e), false) = (owned, mine) {
+        let _ = fs::remove_file(&tmp);
+        return Err(RepoError::io(path, e));
+    }
+    fs::rename(&tmp, path).map_err(|e| RepoError::io(path, e))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` (mode `mode`, on disk) only if nothing is there
 /// yet, atomically: when several processes (masters sharing a data dir)
 /// create the same file at once, exactly one succeeds and the others find

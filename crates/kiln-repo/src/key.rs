@@ -19,8 +19,10 @@ use pgp::composed::{
     SecretKeyParamsBuilder, SignedPublicKey, SignedSecretKey,
 };
 use pgp::crypto::hash::HashAlgorithm;
-use pgp::types::{KeyDetails, Password};
+use pgp::packet::{Signature, SignatureConfig, SignatureType, Subpacket, SubpacketData};
+use pgp::types::{KeyDetails, Password, Tag};
 use std::fmt;
+use std::sync::Arc;
 
 /// A secret key ready to sign, with its passphrase (zeroised on drop by rPGP).
 pub struct SigningKey {
@@ -105,22 +107,90 @@ impl SigningKey {
 
     /// A clear-signed document (APT's `InRelease`).
     pub fn clearsign(&self, text: &str) -> Result<String> {
-        let msg = CleartextSignedMessage::sign(rand::thread_rng(), text, &self.secret.primary_key, &self.password)
-            .map_err(|e| RepoError::Sign(e.to_string()))?;
-        msg.to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Sign(e.to_string()))
+        clearsign_by(&[self], text)
     }
 
     /// An armored detached signature over `data` (`Release.gpg`, `repomd.xml.asc`).
     pub fn detached(&self, data: &[u8]) -> Result<String> {
-        let sig = DetachedSignature::sign_binary_data(
+        detached_by(&[self], data)
+    }
+
+    /// A text-mode signature over already line-normalized `text`, as a
+    /// clear-signed message holds one per signer.
+    fn text_signature(&self, normalized: &str) -> pgp::errors::Result<Signature> {
+        let key = &self.secret.primary_key;
+        let mut config = SignatureConfig::from_key(rand::thread_rng(), key, SignatureType::Text)?;
+        config.hashed_subpackets = vec![
+            Subpacket::regular(SubpacketData::SignatureCreationTime(pgp::types::Timestamp::now()))?,
+            Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint()))?,
+        ];
+        config.unhashed_subpackets = vec![Subpacket::regular(SubpacketData::IssuerKeyId(key.legacy_key_id()))?];
+        config.sign(key, &self.password, normalized.as_bytes())
+    }
+
+    fn binary_signature(&self, data: &[u8]) -> Result<DetachedSignature> {
+        DetachedSignature::sign_binary_data(
             rand::thread_rng(),
             &self.secret.primary_key,
             &self.password,
             HashAlgorithm::Sha256,
             data,
         )
-        .map_err(|e| RepoError::Sign(e.to_string()))?;
-        sig.to_armored_string(ArmorOptions::default()).map_err(|e| RepoError::Sign(e.to_string()))
+        .map_err(sign_err)
+    }
+
+    /// Moves the key's expiry to `until` (Unix seconds) the way `gpg
+    /// --quick-set-expire` does: each user ID gets a new self-signature
+    /// carrying the new lifetime, replacing the key's older self-signatures
+    /// (certifications by other keys stay). The key material and its
+    /// fingerprint do not change, so clients that trust it keep trusting it.
+    pub fn extend(&mut self, until: u64) -> Result<()> {
+        let created = u64::from(self.secret.primary_key.created_at().as_secs());
+        let lifetime = until
+            .checked_sub(created)
+            .filter(|l| *l > 0)
+            .ok_or_else(|| RepoError::Key("the new expiry is before the key was made".into()))?;
+        let lifetime = u32::try_from(lifetime)
+            .map_err(|_| RepoError::Key("the new expiry is too far ahead for OpenPGP (136 years at most)".into()))?;
+        let fingerprint = self.secret.primary_key.fingerprint();
+        let key_id = self.secret.primary_key.legacy_key_id();
+        let own = |s: &Signature| {
+            s.issuer_fingerprint().iter().any(|f| **f == fingerprint) || s.issuer_key_id().iter().any(|k| **k == key_id)
+        };
+        let public = self.secret.primary_key.public_key().clone();
+        let mut users = std::mem::take(&mut self.secret.details.users);
+        for user in &mut users {
+            let newest = user
+                .signatures
+                .iter()
+                .filter(|s| own(s) && s.is_certification())
+                .max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))
+                .and_then(|s| s.config().cloned())
+                .ok_or_else(|| RepoError::Key(format!("user ID {:?} has no self-signature to renew", user.id.id())))?;
+            let mut config = newest;
+            config.hashed_subpackets.retain(|p| {
+                !matches!(p.data, SubpacketData::SignatureCreationTime(_) | SubpacketData::KeyExpirationTime(_))
+            });
+            config.hashed_subpackets.insert(
+                0,
+                Subpacket::regular(SubpacketData::SignatureCreationTime(pgp::types::Timestamp::now()))
+                    .map_err(key_err)?,
+            );
+            config.hashed_subpackets.push(
+                Subpacket::regular(SubpacketData::KeyExpirationTime(pgp::types::Duration::from_secs(lifetime)))
+                    .map_err(key_err)?,
+            );
+            let signature = config
+                .sign_certification(&self.secret.primary_key, &public, &self.password, Tag::UserId, &user.id)
+                .map_err(key_err)?;
+            user.signatures.retain(|s| !(own(s) && s.is_certification()));
+            user.signatures.push(signature);
+        }
+        self.secret.details.users = users;
+        // Direct-key signatures may carry a lifetime too: an older one
+        // would otherwise still say the key expires.
+        self.secret.details.direct_signatures.retain(|s| s.key_expiration_time().is_none());
+        Ok(())
     }
 
     /// The key and passphrase as the `rpm` crate's signer, for RPM header signatures.
@@ -129,6 +199,86 @@ impl SigningKey {
         let signer = rpm::signature::pgp::Signer::from_asc(&armored).map_err(|e| RepoError::Key(e.to_string()))?;
         let pw = self.password.read();
         Ok(if pw.is_empty() { signer } else { signer.with_key_passphrase(String::from_utf8_lossy(&pw).into_owned()) })
+    }
+}
+
+fn sign_err(e: pgp::errors::Error) -> RepoError {
+    RepoError::Sign(e.to_string())
+}
+
+fn key_err(e: pgp::errors::Error) -> RepoError {
+    RepoError::Key(e.to_string())
+}
+
+/// One clear-signed message with a signature by each of `keys` (a client
+/// that trusts any one of them accepts it, as with Debian's archive keys).
+fn clearsign_by(keys: &[&SigningKey], text: &str) -> Result<String> {
+    let msg = CleartextSignedMessage::new_many(text, |normalized| {
+        keys.iter().map(|k| k.text_signature(normalized)).collect()
+    })
+    .map_err(sign_err)?;
+    msg.to_armored_string(ArmorOptions::default()).map_err(sign_err)
+}
+
+/// One armored block holding a detached signature by each of `keys`.
+fn detached_by(keys: &[&SigningKey], data: &[u8]) -> Result<String> {
+    let sigs = keys.iter().map(|k| k.binary_signature(data)).collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    pgp::armor::write(&sigs, pgp::armor::BlockType::Signature, &mut out, None, true).map_err(sign_err)?;
+    String::from_utf8(out).map_err(|e| RepoError::Sign(e.to_string()))
+}
+
+/// The keys a channel signs with: its current key, and during a rotation
+/// the key it replaces. Indexes carry a signature by each, so a client that
+/// trusts either keeps updating; packages are signed by the current key
+/// only (an RPM holds one signature of a kind).
+#[derive(Debug, Clone)]
+pub struct Signers {
+    /// The current key first.
+    keys: Vec<Arc<SigningKey>>,
+}
+
+impl Signers {
+    pub fn new(current: Arc<SigningKey>, previous: Option<Arc<SigningKey>>) -> Self {
+        let mut keys = vec![current];
+        keys.extend(previous.filter(|p| p.fingerprint() != keys[0].fingerprint()));
+        Signers { keys }
+    }
+
+    /// The key that signs new packages.
+    pub fn current(&self) -> &Arc<SigningKey> {
+        &self.keys[0]
+    }
+
+    /// Every key, the current one first.
+    pub fn keys(&self) -> impl Iterator<Item = &SigningKey> {
+        self.keys.iter().map(|k| k.as_ref())
+    }
+
+    pub fn clearsign(&self, text: &str) -> Result<String> {
+        clearsign_by(&self.keys().collect::<Vec<_>>(), text)
+    }
+
+    pub fn detached(&self, data: &[u8]) -> Result<String> {
+        detached_by(&self.keys().collect::<Vec<_>>(), data)
+    }
+
+    /// Every public key in one armored block (`key.asc`), as `gpg --export
+    /// --armor` writes several.
+    pub fn public_armored(&self) -> Result<String> {
+        let keys: Vec<SignedPublicKey> = self.keys.iter().map(|k| k.public()).collect();
+        let mut out = Vec::new();
+        pgp::armor::write(&keys, pgp::armor::BlockType::PublicKey, &mut out, None, true).map_err(key_err)?;
+        String::from_utf8(out).map_err(|e| RepoError::Key(e.to_string()))
+    }
+
+    /// Every public key, binary (`key.gpg`).
+    pub fn public_binary(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for k in &self.keys {
+            out.extend(k.public_binary()?);
+        }
+        Ok(out)
     }
 }
 
@@ -222,6 +372,89 @@ mod tests {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
         assert!((now + 9 * 86400..=now + 11 * 86400).contains(&at), "{at} vs {now}");
         assert_eq!(expiry_of_public(&loaded.public_armored().expect("pub")).expect("parse"), Some(at));
+    }
+
+    fn gpg_in(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .expect("gpg runs")
+    }
+
+    #[test]
+    fn an_extended_key_keeps_its_fingerprint_and_gpg_sees_the_new_expiry() {
+        let home = tempfile::tempdir().expect("gnupg home");
+        let out = gpg_in(home.path(), &["--quick-gen-key", "Short <s@example.org>", "ed25519", "sign", "5d"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let armored =
+            String::from_utf8(gpg_in(home.path(), &["--armor", "--export-secret-keys", "s@example.org"]).stdout)
+                .expect("armored");
+        let mut key = SigningKey::from_armored(&armored, None).expect("load");
+        let before = key.fingerprint();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+        let until = now + 400 * 86400;
+        key.extend(until).expect("extend");
+        assert_eq!(key.fingerprint(), before);
+        assert_eq!(key.expires_at(), Some(until));
+        // Saved and loaded again, and as gpg reads the public key.
+        let again = SigningKey::from_armored(&key.secret_armored().expect("armor"), None).expect("reload");
+        assert_eq!(again.expires_at(), Some(until));
+        let public = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(public.path(), again.public_armored().expect("pub")).expect("write");
+        let shown = gpg_in(home.path(), &["--with-colons", "--show-keys", &public.path().to_string_lossy()]);
+        let text = String::from_utf8_lossy(&shown.stdout);
+        let pub_line = text.lines().find(|l| l.starts_with("pub:")).expect("a pub line");
+        assert_eq!(pub_line.split(':').nth(6), Some(until.to_string().as_str()), "{text}");
+        // A date before the key existed is refused.
+        assert!(key.extend(1).expect_err("before creation").to_string().contains("before the key was made"));
+    }
+
+    #[test]
+    fn two_signers_sign_once_and_gpgv_with_either_key_accepts() {
+        let old = Arc::new(SigningKey::generate("Old <o@example.org>", None, KeyAlgorithm::Ed25519).expect("old"));
+        let new =
+            Arc::new(SigningKey::generate("New <n@example.org>", Some("pw"), KeyAlgorithm::Ed25519).expect("new"));
+        let both = Signers::new(new.clone(), Some(old.clone()));
+        assert_eq!(both.current().fingerprint(), new.fingerprint());
+        let dir = tempfile::tempdir().expect("dir");
+        let release = "Origin: kiln\nSuite: stable\n";
+        std::fs::write(dir.path().join("InRelease"), both.clearsign(release).expect("clearsign")).expect("w");
+        std::fs::write(dir.path().join("Release"), release).expect("w");
+        std::fs::write(dir.path().join("Release.gpg"), both.detached(release.as_bytes()).expect("sig")).expect("w");
+        for (name, key) in [("old", &old), ("new", &new)] {
+            let ring = dir.path().join(format!("{name}.gpg"));
+            std::fs::write(&ring, key.public_binary().expect("pub")).expect("ring");
+            // gpgv exits 1 over the signature whose key it lacks, as it
+            // does for Debian's archive; apt (and librepo) accept a file
+            // when a trusted key made a good signature, as the status shows.
+            let gpgv = |args: &[&str]| {
+                let out = std::process::Command::new("gpgv")
+                    .args(["--status-fd", "1", "--keyring"])
+                    .arg(&ring)
+                    .args(args)
+                    .current_dir(dir.path())
+                    .output()
+                    .expect("gpgv runs");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            for status in [gpgv(&["InRelease"]), gpgv(&["Release.gpg", "Release"])] {
+                assert!(status.contains(&format!("[GNUPG:] VALIDSIG {}", key.fingerprint())), "{name}: {status}");
+                assert!(!status.contains("BADSIG"), "{name}: {status}");
+                assert_eq!(status.matches("[GNUPG:] NEWSIG").count(), 2, "{name}: {status}");
+            }
+        }
+        // key.asc holds both keys in one block.
+        let asc = dir.path().join("key.asc");
+        std::fs::write(&asc, both.public_armored().expect("armor")).expect("w");
+        let listed = gpg_in(dir.path(), &["--with-colons", "--show-keys", &asc.to_string_lossy()]);
+        let text = String::from_utf8_lossy(&listed.stdout);
+        for key in [&old, &new] {
+            assert!(text.contains(&format!("fpr:::::::::{}:", key.fingerprint())), "{text}");
+        }
+        assert_eq!(text.matches("\npub:").count() + usize::from(text.starts_with("pub:")), 2, "{text}");
     }
 
     #[test]

@@ -30,7 +30,7 @@
 
 use crate::apt::{self, Dist, ReleaseMeta};
 use crate::fsio::{create_dirs, write_or_link};
-use crate::key::SigningKey;
+use crate::key::Signers;
 use crate::pieces::PieceCache;
 use crate::yum::{self, RpmEntry};
 use crate::{RepoError, Result};
@@ -162,7 +162,7 @@ impl ChannelDir {
     }
 
     /// Writes the next generation, showing channel revision `revision`
-    /// with `content`, signed with `key`, and serves it; returns its number.
+    /// with `content`, signed by each of `key`'s keys, and serves it; returns its number.
     /// `shape` is recorded with it (what besides the revision made it: see
     /// [`Served::shape`]); `date` is the RFC 2822 date for APT's `Release`.
     pub fn write_generation(
@@ -170,7 +170,7 @@ impl ChannelDir {
         revision: u64,
         shape: &str,
         content: &ChannelContent<'_>,
-        key: &SigningKey,
+        key: &Signers,
         date: &str,
     ) -> Result<u64> {
         let gens = self.root.join("gens");

@@ -35,6 +35,7 @@ mod packaging;
 mod read;
 mod relations;
 mod retention;
+pub mod rotate;
 mod tables;
 mod targets;
 mod triggers;

@@ -67,6 +67,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "sign_debs",
     "valid_until",
     "keep_old_indexes",
+    "previous_key",
 ];
 const WORKER_KEYS: &[&str] = &["name", "token_file", "targets"];
 const COMPONENT_KEYS: &[&str] = &[
@@ -375,6 +376,10 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
                 crate::channel::DEFAULT_KEEP_OLD_INDEXES
             }),
         };
+        let previous_key = read_previous_key(r, tbl, &what);
+        if previous_key.is_some() && key.is_none() {
+            r.err(&nspan, format!("{what} has a `previous_key` but no `key`: name the key it moves to"));
+        }
         let names = promote_to.iter().map(|(n, _)| n.clone()).collect();
         channels.push(ChannelAsWritten {
             channel: Channel {
@@ -390,11 +395,59 @@ fn read_channels(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<Chan
                 key_type,
                 valid_until,
                 keep_old_indexes,
+                previous_key,
             },
             promote_to,
         });
     }
     channels
+}
+
+/// `previous_key = { key = "...", passphrase = {...}, until = "2027-01-15" }`:
+/// the key a channel is rotating away from, which signs its indexes beside
+/// the new one until then.
+fn read_previous_key(r: &mut Reader<'_>, tbl: Tbl<'_>, what: &str) -> Option<crate::channel::PreviousKey> {
+    let item = tbl.t.get("previous_key")?;
+    let span = item.span();
+    let Some(t) = item.as_table_like() else {
+        r.err(
+            &span,
+            format!(
+                "`previous_key` of {what} must be a table like {{ key = \"keys/old.asc\", until = \"2027-01-15\" }}"
+            ),
+        );
+        return None;
+    };
+    let pk = Tbl { t, span: &span };
+    let inner = format!("`previous_key` of {what}");
+    r.check_keys(pk, &["key", "passphrase", "until"], &inner);
+    let key = r.string(pk, "key", &inner).map(|k| k.0);
+    let passphrase = triggers::read_secret(r, pk, "passphrase", &inner);
+    let until = match t.get("until") {
+        None => None,
+        Some(u) => {
+            // A TOML date (`until = 2027-01-15`) or a string.
+            let text = u.as_str().map(str::to_string).or_else(|| u.as_datetime().map(|d| d.to_string()));
+            match text.as_deref().map(crate::date::parse_date) {
+                Some(Ok(at)) => Some(at),
+                Some(Err(e)) => {
+                    r.err(&u.span(), format!("`until` of {inner}: {e}"));
+                    return None;
+                }
+                None => {
+                    r.err(&u.span(), format!("`until` of {inner} must be a date like \"2027-01-15\""));
+                    return None;
+                }
+            }
+        }
+    };
+    match (key, until) {
+        (Some(key), Some(until)) => Some(crate::channel::PreviousKey { key, passphrase, until }),
+        _ => {
+            r.err(&span, format!("{inner} needs `key` (the old key file) and `until` (when it stops signing)"));
+            None
+        }
+    }
 }
 
 fn read_schedules(r: &mut Reader<'_>, item: Option<&toml_edit::Item>) -> Vec<ScheduleAsWritten> {

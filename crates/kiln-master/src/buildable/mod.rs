@@ -170,8 +170,8 @@ fn archives(
     // unchanged lists are not fetched again).
     if let Some(ch) = checks.first().and_then(|c| channel_of(farm, c)) {
         let name = &ch.name;
-        let Some(key) = shared.public_keys.get(name) else { return Ok(out) };
-        let keys = Keyring::from_armored(key).map_err(|e| format!("the key of channel {name}: {e}"))?;
+        let Some(key) = shared.channel_key(name) else { return Ok(out) };
+        let keys = Keyring::from_armored(&key.armored).map_err(|e| format!("the key of channel {name}: {e}"))?;
         out.push(Archive {
             url: format!("{}/repos/{name}/apt", farm.cfg.master.public_url()),
             suite: suite.clone(),

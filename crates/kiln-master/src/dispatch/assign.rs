@@ -197,7 +197,7 @@ impl Dispatcher {
         let mut repos = Vec::new();
         let values: BTreeMap<String, String> = props.iter().map(|(k, p)| (k.clone(), p.value.clone())).collect();
         let channel = cfg.channels.iter().find(|c| c.accepts.takes(&values));
-        if let Some((ch, key)) = channel.and_then(|ch| Some((ch, self.shared.public_keys.get(&ch.name)?))) {
+        if let Some((ch, key)) = channel.and_then(|ch| Some((ch, self.shared.channel_key(&ch.name)?.armored.clone()))) {
             let suite = t.suite.as_deref().unwrap_or("unstable");
             let source = format!("{}/repos/{}/apt {suite} {}", cfg.master.public_url(), ch.name, ch.component);
             env.insert("KILN_APT_CHANNEL".into(), ch.name.clone());

@@ -18,7 +18,7 @@ pub async fn readiness(s: &Shared) -> Vec<Check> {
     let farm = s.farm();
     let data_dir = writable(&farm.data_dir()).err();
     let missing: Vec<&str> =
-        farm.cfg.channels.iter().map(|c| c.name.as_str()).filter(|c| !s.public_keys.contains_key(*c)).collect();
+        farm.cfg.channels.iter().map(|c| c.name.as_str()).filter(|c| s.channel_key(c).is_none()).collect();
     let keys = (!missing.is_empty()).then(|| format!("no key loaded for channel(s) {}", missing.join(", ")));
     let lease = (!s.lease_held()).then(|| "this master cannot renew its lease".to_string());
     vec![

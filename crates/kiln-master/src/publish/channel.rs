@@ -8,7 +8,7 @@ use kiln_core::config::{Channel, Family, Target};
 use kiln_db::PackageRow;
 use kiln_repo::apt::{Dist, ReleaseMeta};
 use kiln_repo::deb::{DebEntry, DscEntry};
-use kiln_repo::key::SigningKey;
+use kiln_repo::key::Signers;
 use kiln_repo::publish::{ChannelContent, ChannelDir, YumRepo};
 use kiln_repo::stored::EntryCache;
 use kiln_repo::yum::RpmEntry;
@@ -38,7 +38,7 @@ pub(super) struct Contents {
 pub(super) fn write_channel(
     dir: &ChannelDir,
     ch: &Channel,
-    key: &SigningKey,
+    signers: &Signers,
     targets: &[Target],
     contents: Contents,
     cache: &mut ChannelEntries,
@@ -137,19 +137,21 @@ pub(super) fn write_channel(
         .map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().map(AsRef::as_ref).collect() })
         .collect();
     let content = ChannelContent { meta, apt, yum };
-    let shape = shape(ch, targets, key);
-    dir.write_generation(revision, &shape, &content, key, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
+    let shape = shape(ch, targets, signers);
+    dir.write_generation(revision, &shape, &content, signers, &crate::clock::apt_date()).map_err(|e| e.to_string())?;
     remove_unnamed(&dir.root().join("pool"), dir.root(), &keep_files);
     Ok(())
 }
 
 /// What shapes a channel's served generation besides its rows: its config,
-/// the targets' suites and architectures, and its key. A config reload
-/// that leaves this alone leaves the served generation alone.
-pub(super) fn shape(ch: &Channel, targets: &[Target], key: &SigningKey) -> String {
+/// the targets' suites and architectures, and the public keys it signs
+/// with (their self-signatures too: an extended key is published again). A
+/// config reload that leaves this alone leaves the served generation alone.
+pub(super) fn shape(ch: &Channel, targets: &[Target], signers: &Signers) -> String {
     let targets: Vec<String> =
         targets.iter().map(|t| format!("{}:{:?}:{:?}:{:?}", t.name, t.family, t.suite, t.arch)).collect();
-    kiln_repo::hash::sha256(format!("{ch:?}\n{targets:?}\n{}", key.fingerprint()).as_bytes())
+    let keys = signers.public_binary().map(|b| kiln_repo::hash::sha256(&b)).unwrap_or_default();
+    kiln_repo::hash::sha256(format!("{ch:?}\n{targets:?}\n{keys}").as_bytes())
 }
 
 /// Removes files under `pool` whose path (relative to `root`) is not in `keep`.

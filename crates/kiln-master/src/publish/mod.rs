@@ -22,16 +22,16 @@ mod channel;
 mod keys;
 mod prepare;
 
-pub use keys::{host_deb_arch, load_keys};
+pub use keys::{host_deb_arch, KeyCache};
 
 use crate::events::{Event, PublishOutcome, PublishRequest, RepoOp, RepoRefusal};
 use crate::shared::Shared;
 use channel::write_channel;
 use kiln_core::config::Channel;
 use kiln_db::{ArtifactRow, PackageRow};
-use kiln_repo::key::SigningKey;
+use kiln_repo::key::{Signers, SigningKey};
 use kiln_repo::publish::ChannelDir;
-use prepare::{prepare, promote};
+use prepare::{prepare, promote, resign};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl From<String> for RepoRefusal {
 
 pub struct Publisher {
     shared: Arc<Shared>,
-    keys: HashMap<String, Arc<SigningKey>>,
+    keys: KeyCache,
     /// When each channel's key was last warned about as expiring.
     expiry_warned: HashMap<String, std::time::Instant>,
     /// Each channel's parsed entries, kept between generations.
@@ -61,7 +61,7 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Publisher {
-    pub fn new(shared: Arc<Shared>, keys: HashMap<String, Arc<SigningKey>>) -> Self {
+    pub fn new(shared: Arc<Shared>, keys: KeyCache) -> Self {
         Publisher { shared, keys, expiry_warned: HashMap::new(), entries: Default::default() }
     }
 
@@ -71,14 +71,22 @@ impl Publisher {
         ChannelDir::new(farm.data_dir().join("repos").join(channel)).keeping_old_for(keep_for)
     }
 
-    fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, RepoRefusal> {
-        if let Some(k) = self.keys.get(&ch.name) {
-            return Ok(k.clone());
+    /// The keys channel `ch` signs with now (read again when a key file
+    /// changed, or a reload named others), recorded for the rest of the
+    /// master to show and trust.
+    fn signers(&mut self, ch: &Channel) -> Result<Signers, RepoRefusal> {
+        let signers = self.keys.signers(&self.shared.farm(), ch, keys::unix_now()).map_err(|e| format!("{e:#}"))?;
+        let public = crate::shared::ChannelPublicKey::of(&signers).map_err(|e| e.to_string())?;
+        if self.shared.set_channel_key(&ch.name, public) {
+            let fingerprints: Vec<String> = signers.keys().map(SigningKey::fingerprint).collect();
+            tracing::info!(channel = %ch.name, keys = %fingerprints.join(" "), "the channel signs with these keys now");
         }
-        // A channel added by a config reload.
-        let key = Arc::new(keys::load_key(&self.shared.farm(), ch).map_err(|e| format!("{e:#}"))?);
-        self.keys.insert(ch.name.clone(), key.clone());
-        Ok(key)
+        Ok(signers)
+    }
+
+    /// The key that signs channel `ch`'s new packages.
+    fn key(&mut self, ch: &Channel) -> Result<Arc<SigningKey>, RepoRefusal> {
+        Ok(self.signers(ch)?.current().clone())
     }
 
     /// Brings every channel's served generation up to its revision (an
@@ -90,21 +98,21 @@ impl Publisher {
             let dir = self.channel_dir(&ch.name);
             dir.clean_partial();
             let Ok(revision) = self.shared.store.channel_revision(&ch.name).await else { continue };
-            let key = match self.key(ch) {
+            let signers = match self.signers(ch) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::error!(channel = %ch.name, error = %e, "cannot load the channel's key");
                     continue;
                 }
             };
-            self.warn_if_expiring(&ch.name, &key);
+            self.warn_if_expiring(&ch.name, signers.current());
             // A new generation when the database moved on, when a reload
             // changed what the channel's indexes say (suites, targets, its
             // key, its settings), or when a Valid-Until is half gone. A
             // reload that changes none of these writes nothing. (A
             // generation an older kiln wrote records no shape; it is served
             // as it is until the channel next changes.)
-            let shape = channel::shape(ch, &farm.cfg.targets, &key);
+            let shape = channel::shape(ch, &farm.cfg.targets, &signers);
             let stale = match dir.served_generation() {
                 None => true,
                 Some(served) => {
@@ -364,7 +372,7 @@ impl Publisher {
         let revision = store.channel_revision(&ch.name).await.map_err(|e| e.to_string())?;
         let keep_files: HashSet<String> =
             store.snapshot_files(&ch.name).await.map_err(|e| e.to_string())?.into_iter().collect();
-        let key = self.key(ch)?;
+        let signers = self.signers(ch)?;
         let farm = self.shared.farm();
         let targets = farm.cfg.targets.clone();
         let dir = self.channel_dir(&ch.name);
@@ -374,7 +382,7 @@ impl Publisher {
             let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
             let cache = entries.entry(ch.name.clone()).or_default();
             let contents = channel::Contents { rows, revision: revision as u64, keep_files };
-            write_channel(&dir, &ch, &key, &targets, contents, cache)
+            write_channel(&dir, &ch, &signers, &targets, contents, cache)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -442,6 +450,25 @@ impl Publisher {
                     other => failed(other),
                 })?;
                 Ok(format!("snapshot {name} of {c}: {} file(s) at revision {}", s.packages, s.revision))
+            }
+            RepoOp::Resign { channel: c } => {
+                let ch = channel(&c)?;
+                let rows = store.packages(&c).await.map_err(failed)?;
+                let key = self.key(&ch)?;
+                let fingerprint = key.fingerprint();
+                let dir = self.channel_dir(&c);
+                let ch2 = ch.clone();
+                // Each file is signed into a new pool path beside the one
+                // it replaces, which goes once no generation or snapshot
+                // names it.
+                let prepared = tokio::task::spawn_blocking(move || resign(&dir, &ch2, &key, &rows))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                let n = prepared.add.len();
+                if n > 0 {
+                    self.commit(&ch, &prepared.add, &prepared.remove).await?;
+                }
+                Ok(format!("re-signed {n} file(s) in {c} with key {fingerprint}"))
             }
             RepoOp::Rollback { channel: c, name } => {
                 let ch = channel(&c)?;

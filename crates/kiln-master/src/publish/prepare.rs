@@ -271,69 +271,101 @@ pub(super) fn promote(
     existing: &[PackageRow],
     replace: bool,
 ) -> Result<Prepared, RepoRefusal> {
-    let err = |e: kiln_repo::RepoError| e.to_string();
     let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
     let now = now_us();
     for p in picked {
-        let from = src.file(&p.file).map_err(|e| e.to_string())?;
-        let mut row = PackageRow { id: 0, channel: ch.name.clone(), published_at: now, ..p.clone() };
+        let row = PackageRow { id: 0, channel: ch.name.clone(), published_at: now, ..p.clone() };
         let replaced = match resolve_conflict(&row, existing, &ch.name, replace).map_err(RepoRefusal::Conflict)? {
             None => continue,
             Some(r) => r,
         };
-        match p.kind.as_str() {
-            "rpm" => {
-                let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                // The target the row's repository belongs to: its own, or the one its debuginfo repository is of.
-                let repository = p.repo.trim_start_matches("yum:");
-                let target = repository
-                    .strip_suffix(kiln_core::debuginfo::DEBUGINFO_SUFFIX)
-                    .filter(|_| kiln_core::debuginfo::is_debuginfo_rpm(&p.name))
-                    .unwrap_or(repository);
-                let signed = sign_rpm_for_pool(dst.root(), target, &from, &name, key)?;
-                row.entry = serde_json::to_string(&signed.entry).map_err(|e| e.to_string())?;
-                row.file = signed.file;
-                row.sha256 = signed.sums.sha256;
-                row.size = signed.sums.size as i64;
-                place_file(&signed.staged, &dst.file(&row.file).map_err(err)?).map_err(err)?;
-                let _ = std::fs::remove_dir_all(dst.root().join("pool/.incoming"));
-            }
-            "dsc" => {
-                let e: DscEntry = serde_json::from_str(&p.entry).map_err(|e| e.to_string())?;
-                let parent = Path::new(&p.file).parent().map(Path::to_path_buf).unwrap_or_default();
-                for f in &e.files {
-                    let rel = format!("{}/{f}", parent.display());
-                    let (from_file, to_file) = (src.file(&rel).map_err(err)?, dst.file(&rel).map_err(err)?);
-                    make_room(&to_file, &from_file, replace, &p.name, f)?;
-                    place_file(&from_file, &to_file).map_err(err)?;
-                }
-                make_room(&dst.file(&row.file).map_err(err)?, &from, replace, &p.name, &p.name)?;
-                place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?;
-            }
-            "deb" if ch.sign_debs => {
-                // Re-signed by the channel it enters; a new pool path, as its bytes change.
-                let staging = dst.root().join("pool/.incoming");
-                let name = Path::new(&p.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let signed = staging.join(&name);
-                kiln_repo::debsig::sign_deb(&from, &signed, key).map_err(err)?;
-                let sums = file_sums(&signed).map_err(err)?;
-                let rel = p.file.trim_start_matches("pool/apt/");
-                let (dir, _) = rel.rsplit_once('/').unwrap_or((".", rel));
-                let rel = pool_path(&dst.root().join("pool/apt"), dir, &name, &sums.sha256);
-                let control = kiln_repo::deb::read_control(&signed).map_err(err)?;
-                let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums)
-                    .map_err(|e| format!("{name}: {e}"))?;
-                row.entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
-                row.file = format!("pool/apt/{rel}");
-                row.sha256 = sums.sha256;
-                row.size = sums.size as i64;
-                place_file(&signed, &dst.file(&row.file).map_err(err)?).map_err(err)?;
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            _ => place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?,
-        }
+        out.add.push(place_row(src, dst, ch, key, row, replace)?);
         out.remove.extend(replaced);
-        out.add.push(row);
     }
     Ok(out)
+}
+
+/// Signs channel `ch`'s RPMs (and its `.deb`s, when it signs them) in
+/// `rows` again with `key`, each beside the file it replaces: after a key
+/// rotation. The rows keep when they were published.
+pub(super) fn resign(
+    dir: &ChannelDir,
+    ch: &Channel,
+    key: &SigningKey,
+    rows: &[PackageRow],
+) -> Result<Prepared, RepoRefusal> {
+    let mut out = Prepared { add: Vec::new(), remove: Vec::new() };
+    for p in rows.iter().filter(|p| p.kind == "rpm" || (p.kind == "deb" && ch.sign_debs)) {
+        let row = PackageRow { id: 0, ..p.clone() };
+        out.add.push(place_row(dir, dir, ch, key, row, true)?);
+        out.remove.push(p.id);
+    }
+    Ok(out)
+}
+
+/// Places `row`'s file (read from `src`) in `dst`'s pool as channel `ch`
+/// serves it: RPMs (and `.deb`s of a channel that signs them) signed with
+/// `key` under a new pool path, other files as they are; returns the row
+/// naming what was placed.
+fn place_row(
+    src: &ChannelDir,
+    dst: &ChannelDir,
+    ch: &Channel,
+    key: &SigningKey,
+    mut row: PackageRow,
+    replace: bool,
+) -> Result<PackageRow, RepoRefusal> {
+    let err = |e: kiln_repo::RepoError| e.to_string();
+    let from = src.file(&row.file).map_err(|e| e.to_string())?;
+    let name = Path::new(&row.file).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match row.kind.as_str() {
+        "rpm" => {
+            // The target the row's repository belongs to: its own, or the one its debuginfo repository is of.
+            let repository = row.repo.trim_start_matches("yum:");
+            let target = repository
+                .strip_suffix(kiln_core::debuginfo::DEBUGINFO_SUFFIX)
+                .filter(|_| kiln_core::debuginfo::is_debuginfo_rpm(&row.name))
+                .unwrap_or(repository);
+            let signed = sign_rpm_for_pool(dst.root(), target, &from, &name, key)?;
+            row.entry = serde_json::to_string(&signed.entry).map_err(|e| e.to_string())?;
+            row.file = signed.file;
+            row.sha256 = signed.sums.sha256;
+            row.size = signed.sums.size as i64;
+            place_file(&signed.staged, &dst.file(&row.file).map_err(err)?).map_err(err)?;
+            let _ = std::fs::remove_dir_all(dst.root().join("pool/.incoming"));
+        }
+        "dsc" => {
+            let e: DscEntry = serde_json::from_str(&row.entry).map_err(|e| e.to_string())?;
+            let parent = Path::new(&row.file).parent().map(Path::to_path_buf).unwrap_or_default();
+            for f in &e.files {
+                let rel = format!("{}/{f}", parent.display());
+                let (from_file, to_file) = (src.file(&rel).map_err(err)?, dst.file(&rel).map_err(err)?);
+                make_room(&to_file, &from_file, replace, &row.name, f)?;
+                place_file(&from_file, &to_file).map_err(err)?;
+            }
+            make_room(&dst.file(&row.file).map_err(err)?, &from, replace, &row.name, &row.name)?;
+            place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?;
+        }
+        "deb" if ch.sign_debs => {
+            // Signed by the channel it enters; a new pool path, as its bytes change.
+            let staging = dst.root().join("pool/.incoming");
+            let signed = staging.join(&name);
+            kiln_repo::debsig::sign_deb(&from, &signed, key).map_err(err)?;
+            let sums = file_sums(&signed).map_err(err)?;
+            let rel = row.file.trim_start_matches("pool/apt/");
+            let (dir, _) = rel.rsplit_once('/').unwrap_or((".", rel));
+            let rel = pool_path(&dst.root().join("pool/apt"), dir, &name, &sums.sha256);
+            let control = kiln_repo::deb::read_control(&signed).map_err(err)?;
+            let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums)
+                .map_err(|e| format!("{name}: {e}"))?;
+            row.entry = serde_json::to_string(&e).map_err(|e| e.to_string())?;
+            row.file = format!("pool/apt/{rel}");
+            row.sha256 = sums.sha256;
+            row.size = sums.size as i64;
+            place_file(&signed, &dst.file(&row.file).map_err(err)?).map_err(err)?;
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        _ => place_file(&from, &dst.file(&row.file).map_err(err)?).map_err(err)?,
+    }
+    Ok(row)
 }

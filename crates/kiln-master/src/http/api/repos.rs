@@ -37,11 +37,7 @@ pub async fn list_channels(State(s): State<AppState>) -> Result<Json<Vec<Channel
     for ch in &farm.cfg.channels {
         let revision = s.store.channel_revision(&ch.name).await?;
         let packages = s.store.packages(&ch.name).await?.len();
-        let fingerprint = s
-            .public_keys
-            .get(&ch.name)
-            .and_then(|armored| kiln_repo::key::fingerprint_of_public(armored).ok())
-            .unwrap_or_default();
+        let fingerprint = s.channel_key(&ch.name).map(|k| k.fingerprint.clone()).unwrap_or_default();
         out.push(ChannelInfo {
             name: ch.name.clone(),
             accepts: ch.accepts.as_str().into(),
@@ -153,6 +149,14 @@ pub async fn rollback(
     Json(b): Json<SnapshotBody>,
 ) -> Result<Json<RepoChange>, ApiError> {
     op(&s, &caller, RepoOp::Rollback { channel, name: b.name }).await
+}
+
+pub async fn resign(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+) -> Result<Json<RepoChange>, ApiError> {
+    op(&s, &caller, RepoOp::Resign { channel }).await
 }
 
 pub async fn list_snapshots(
