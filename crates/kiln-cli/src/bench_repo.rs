@@ -247,7 +247,11 @@ fn content<'a>(debs: Vec<&'a DebEntry>, rpms: Vec<&'a RpmEntry>) -> ChannelConte
                 sources: vec![],
             }]
         },
-        yum: if rpms.is_empty() { vec![] } else { vec![YumRepo { target: "el-9-x86_64".into(), entries: rpms }] },
+        yum: if rpms.is_empty() {
+            vec![]
+        } else {
+            vec![YumRepo { target: "el-9-x86_64".into(), entries: rpms, updateinfo: None }]
+        },
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::Remote;
 use anyhow::Context;
 use clap::Subcommand;
-use kiln_proto::api::{PromoteBody, RemoveBody};
+use kiln_proto::api::{AdvisoryBody, PromoteBody, RemoveBody};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -66,6 +66,11 @@ pub enum RepoCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Advisories of a channel's YUM repositories (`dnf updateinfo`, `dnf upgrade --security`).
+    Advisory {
+        #[command(subcommand)]
+        cmd: AdvisoryCommand,
+    },
     /// Sign every RPM (and debsig-signed .deb) of a channel again with its current key.
     Resign {
         channel: String,
@@ -79,6 +84,41 @@ pub enum RepoCommand {
         /// The master's config (the repository is read from its data_dir).
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdvisoryCommand {
+    /// Publish an advisory for packages the channel holds.
+    Add {
+        channel: String,
+        /// E.g. KILN-2026-0001.
+        #[arg(long)]
+        id: String,
+        /// security, bugfix, enhancement or newpackage.
+        #[arg(long = "type")]
+        kind: String,
+        /// Critical, Important, Moderate or Low.
+        #[arg(long)]
+        severity: Option<String>,
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A package name (its latest published version) or NAME-VERSION-RELEASE[.ARCH]; repeatable.
+        #[arg(long = "package", required = true)]
+        packages: Vec<String>,
+        /// A URL (CVE record, bug, page); repeatable.
+        #[arg(long = "reference")]
+        references: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List a channel's advisories.
+    List {
+        channel: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -126,6 +166,26 @@ pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
         }
         RepoCommand::Rollback { channel, snapshot, remote } => {
             println!("{}", remote.client()?.rollback(&channel, &snapshot).await?.message);
+        }
+        RepoCommand::Advisory {
+            cmd: AdvisoryCommand::Add { channel, id, kind, severity, title, description, packages, references, remote },
+        } => {
+            let body = AdvisoryBody { id, kind, severity, title, description, packages, references };
+            println!("{}", remote.client()?.add_advisory(&channel, &body).await?.message);
+        }
+        RepoCommand::Advisory { cmd: AdvisoryCommand::List { channel, remote } } => {
+            let list = remote.client()?.advisories(&channel).await?;
+            if remote.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for a in list {
+                    let severity = a.severity.unwrap_or_default();
+                    println!("{:<20} {:<11} {:<9} {}  {}", a.id, a.kind, severity, a.issued, a.title);
+                    for p in a.packages {
+                        println!("    {p}");
+                    }
+                }
+            }
         }
         RepoCommand::Resign { channel, remote } => {
             println!("{}", remote.client()?.resign(&channel).await?.message);

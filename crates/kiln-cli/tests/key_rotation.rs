@@ -6,35 +6,12 @@
 //! finds it by its accented word.
 
 use kiln_core::BuildState;
-use kiln_testing::{run, wait_for, AptClient, Farm, MAKE_DEB};
+use kiln_testing::{run, wait_for, AptClient, DnfClient, Farm, MAKE_DEB, MAKE_LATIN1_RPM};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// A noarch RPM made by rpmbuild whose summary and description are
-/// Latin-1 bytes ("Café" with 0xE9), as rpmbuild still allows on request.
-/// (`%%` is a `%` once kiln has interpolated the step.)
-const MAKE_LATIN1_RPM: &str = r#"set -e
-e=$(printf '\351')
-cat > cafe.spec <<SPEC
-Name: kiln-cafe
-Version: 1.0
-Release: b$KILN_BUILD_ID
-Summary: Caf$e au lait maker
-License: MIT
-BuildArch: noarch
-%%description
-Makes caf$e.
-%%install
-mkdir -p %%{buildroot}/usr/share/kiln-cafe
-echo $KILN_BUILD_ID > %%{buildroot}/usr/share/kiln-cafe/made
-%%files
-/usr/share/kiln-cafe/made
-SPEC
-rpmbuild --define "_topdir $PWD/top" --define "_invalid_encoding_terminates_build 0" -bb cafe.spec >/dev/null 2>&1
-cp top/RPMS/noarch/*.rpm ."#;
 
 fn config() -> String {
     format!(
@@ -114,22 +91,8 @@ fn generate(farm: &Farm, kind: &str, out: &Path, passphrase: Option<&Path>) -> S
         .into()
 }
 
-/// dnf with its own cache and root, trusting only `key` (a file), with
-/// repo_gpgcheck and gpgcheck on: (exit code, stdout, stderr).
 fn dnf(farm: &Farm, n: usize, repo: &str, key: &Path, args: &[&str]) -> (i32, String, String) {
-    let dir = farm.path(&format!("dnf-{n}"));
-    std::fs::create_dir_all(dir.join("repos.d")).expect("dnf dirs");
-    std::fs::create_dir_all(dir.join("root")).expect("dnf dirs");
-    run(Command::new("dnf")
-        .args(["-y", "-q", "--releasever=9", "--disableplugin=*", "--setopt=skip_if_unavailable=False"])
-        .arg(format!("--installroot={}", dir.join("root").display()))
-        .arg(format!("--setopt=reposdir={}", dir.join("repos.d").display()))
-        .arg(format!("--setopt=cachedir={}", dir.join("cache").display()))
-        .arg(format!("--repofrompath=kiln,{repo}"))
-        .args(["--setopt=kiln.gpgcheck=1", "--setopt=kiln.repo_gpgcheck=1"])
-        .arg(format!("--setopt=kiln.gpgkey=file://{}", key.display()))
-        .args(args))
-    .expect("dnf")
+    DnfClient::new(&farm.path(&format!("dnf-{n}")), repo, key).dnf(args)
 }
 
 /// `rpm -K` of `file` against an rpm database holding only `keys`.

@@ -115,6 +115,11 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
         (Method::POST, "/api/v1/repos/dev/snapshots".into(), Some(serde_json::json!({"name": "s1"}))),
         (Method::POST, "/api/v1/repos/dev/rollback".into(), Some(serde_json::json!({"name": "s1"}))),
         (Method::POST, "/api/v1/repos/dev/resign".into(), None),
+        (
+            Method::POST,
+            "/api/v1/repos/dev/advisories".into(),
+            Some(serde_json::json!({"id": "X-1", "type": "bugfix", "title": "t", "packages": ["x"]})),
+        ),
         (Method::GET, "/api/v1/users".into(), None),
         (
             Method::POST,

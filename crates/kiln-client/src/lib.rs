@@ -326,6 +326,19 @@ impl Client {
         self.send(self.post(&format!("/api/v1/repos/{channel}/resign"))?).await
     }
 
+    /// Publishes an advisory in `channel`.
+    pub async fn add_advisory(
+        &self,
+        channel: &str,
+        body: &kiln_proto::api::AdvisoryBody,
+    ) -> Result<kiln_proto::api::RepoChange> {
+        self.send(self.post(&format!("/api/v1/repos/{channel}/advisories"))?.json(body)).await
+    }
+
+    pub async fn advisories(&self, channel: &str) -> Result<Vec<kiln_proto::api::AdvisoryInfo>> {
+        self.send(self.get(&format!("/api/v1/repos/{channel}/advisories"))).await
+    }
+
     pub async fn snapshots(&self, channel: &str) -> Result<Vec<kiln_proto::api::SnapshotInfo>> {
         self.send(self.get(&format!("/api/v1/repos/{channel}/snapshots"))).await
     }

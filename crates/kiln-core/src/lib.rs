@@ -4,6 +4,7 @@
 //! Architecture invariant: nothing in this crate does I/O, spawns, sleeps or
 //! reads the clock. Callers pass text, values and "now" in; decisions come out.
 
+pub mod advisory;
 pub mod aptrelease;
 pub mod aptsources;
 pub mod builddeps;

@@ -243,4 +243,17 @@ ALTER TABLE builds ADD COLUMN pruned_at BIGINT;
 ALTER TABLE builds ADD COLUMN pinned BIGINT NOT NULL DEFAULT 0;
 "#,
     },
+    Migration {
+        version: 14,
+        description: "advisories channels publish (YUM updateinfo)",
+        sql: r#"
+CREATE TABLE advisories (
+    channel TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (channel, id)
+);
+"#,
+    },
 ];

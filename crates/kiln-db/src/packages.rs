@@ -363,6 +363,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records advisory `id` of `channel` (its JSON `body`) and bumps the
+    /// channel's revision, in one transaction; false (and nothing changed)
+    /// when the channel already has an advisory with that id.
+    pub async fn add_advisory(&self, channel: &str, id: &str, body: &str, now: i64) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        self.hold_lease(&mut tx).await?;
+        let taken = sqlx::query("SELECT 1 FROM advisories WHERE channel = $1 AND id = $2")
+            .bind(channel)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        sqlx::query("INSERT INTO advisories (channel, id, created_at, body) VALUES ($1, $2, $3, $4)")
+            .bind(channel)
+            .bind(id)
+            .bind(now)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        let revision = bump_revision(&mut tx, channel).await?;
+        tx.commit().await?;
+        Ok(Some(revision))
+    }
+
+    /// The advisories of `channel` (JSON bodies), oldest first.
+    pub async fn advisories(&self, channel: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT body FROM advisories WHERE channel = $1 ORDER BY created_at, id")
+            .bind(channel)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+}
+
 async fn bump_revision(tx: &mut sqlx::Transaction<'_, sqlx::Any>, channel: &str) -> Result<i64> {
     let updated = sqlx::query("UPDATE channels SET revision = revision + 1 WHERE name = $1")
         .bind(channel)

@@ -133,6 +133,11 @@ pub enum RepoOp {
     Resign {
         channel: String,
     },
+    /// Publish an advisory (YUM `updateinfo.xml`) for packages the channel holds.
+    AddAdvisory {
+        channel: String,
+        request: kiln_core::advisory::AdvisoryRequest,
+    },
 }
 
 /// Why the publisher did not make a repository change.

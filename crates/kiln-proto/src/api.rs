@@ -348,6 +348,42 @@ pub struct SnapshotInfo {
     pub packages: usize,
 }
 
+/// An advisory to publish in a channel's YUM repositories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvisoryBody {
+    /// E.g. `KILN-2026-0001`.
+    pub id: String,
+    /// security, bugfix, enhancement or newpackage.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Critical, Important, Moderate or Low.
+    #[serde(default)]
+    pub severity: Option<String>,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// Package names (their latest published version) or `NAME-VERSION-RELEASE[.ARCH]`.
+    pub packages: Vec<String>,
+    /// URLs (a CVE record, a bug, a page).
+    #[serde(default)]
+    pub references: Vec<String>,
+}
+
+/// An advisory a channel publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisoryInfo {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub severity: Option<String>,
+    pub title: String,
+    pub issued: String,
+    /// `NAME-[EPOCH:]VERSION-RELEASE.ARCH` of each package.
+    pub packages: Vec<String>,
+    pub references: Vec<String>,
+}
+
 /// What a repository change did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RepoChange {

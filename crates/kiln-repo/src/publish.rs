@@ -67,6 +67,8 @@ pub struct Served {
 pub struct YumRepo<'a> {
     pub target: String,
     pub entries: Vec<&'a RpmEntry>,
+    /// Its `updateinfo.xml`, when the channel has advisories for it.
+    pub updateinfo: Option<String>,
 }
 
 /// Everything one generation of a channel holds.
@@ -226,7 +228,7 @@ impl ChannelDir {
             let stamp =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(gen);
             let rel = Path::new("yum").join(&repo.target);
-            for f in yum::render_repodata_cached(&repo.entries, stamp, &cache) {
+            for f in yum::render_repodata_cached(&repo.entries, stamp, &cache, repo.updateinfo.as_deref()) {
                 write_or_link(&dir.join(&f.path), &f.bytes, before(&rel.join(&f.path)).as_deref())?;
                 if f.path == "repodata/repomd.xml" {
                     write_atomic(&dir.join("repodata/repomd.xml.asc"), key.detached(&f.bytes)?.as_bytes())?;

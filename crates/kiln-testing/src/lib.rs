@@ -13,17 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod dnf;
 mod peers;
 pub mod scripted;
 mod servers;
 mod setup;
+pub use dnf::DnfClient;
 pub use peers::Peer;
 use servers::processes_with_env;
 pub use servers::{git, hook_signature, listening, mails, GitHost, Server};
 pub use setup::{files_under, PgSchema};
 pub use setup::{
     one_job, request, submit_jobs, unix_micros_ago, EXAMPLE_CONFIG, EXAMPLE_SOURCES, EXAMPLE_TARGETS, LEDGER_JOB,
-    MAKE_DEB,
+    MAKE_DEB, MAKE_LATIN1_RPM,
 };
 
 /// A free loopback port for a process the test starts, to bind itself.

@@ -127,6 +127,30 @@ printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: kiln tests <kil
 dpkg-deb --root-owner-group -Zgzip -b pkg "${name}_${v}_all.deb" >/dev/null
 echo "made ${name}_${v}_all.deb""#;
 
+/// A component whose build makes a noarch `kiln-cafe-1.0-bBUILD` RPM with
+/// rpmbuild, its summary and description in Latin-1 bytes ("Café" with
+/// 0xE9), as old spec files have them and rpmbuild still allows on
+/// request. (`%%` is a `%` once kiln has interpolated the step.)
+pub const MAKE_LATIN1_RPM: &str = r#"set -e
+e=$(printf '\351')
+cat > cafe.spec <<SPEC
+Name: kiln-cafe
+Version: 1.0
+Release: b$KILN_BUILD_ID
+Summary: Caf$e au lait maker
+License: MIT
+BuildArch: noarch
+%%description
+Makes caf$e.
+%%install
+mkdir -p %%{buildroot}/usr/share/kiln-cafe
+echo $KILN_BUILD_ID > %%{buildroot}/usr/share/kiln-cafe/made
+%%files
+/usr/share/kiln-cafe/made
+SPEC
+rpmbuild --define "_topdir $PWD/top" --define "_invalid_encoding_terminates_build 0" -bb cafe.spec >/dev/null 2>&1
+cp top/RPMS/noarch/*.rpm ."#;
+
 /// How many files there are under `dir`, at any depth (none: it is empty
 /// but for empty directories, such as each master's artifact intake).
 pub fn files_under(dir: &Path) -> usize {

@@ -4,6 +4,7 @@
 
 use super::keys::host_deb_arch;
 use crate::events::RepoRefusal;
+use kiln_core::advisory::{Advisory, AdvisoryPackage};
 use kiln_core::config::{Channel, Family, Target};
 use kiln_db::PackageRow;
 use kiln_repo::apt::{Dist, ReleaseMeta};
@@ -31,6 +32,40 @@ pub(super) struct Contents {
     pub rows: Vec<PackageRow>,
     pub revision: u64,
     pub keep_files: HashSet<String>,
+    pub advisories: Vec<Advisory>,
+}
+
+/// The binary RPMs `rows` hold, as advisories name them, in publish order.
+pub(super) fn advisory_packages(rows: &[PackageRow]) -> Vec<AdvisoryPackage> {
+    rows.iter()
+        .filter(|r| r.kind == "rpm")
+        .filter_map(|r| {
+            let e: RpmEntry = serde_json::from_str(&r.entry).ok()?;
+            Some(AdvisoryPackage {
+                filename: e.location.rsplit('/').next().unwrap_or(&e.location).to_string(),
+                repository: r.repo.trim_start_matches("yum:").to_string(),
+                name: e.name,
+                epoch: e.epoch,
+                version: e.version,
+                release: e.release,
+                arch: e.arch,
+            })
+        })
+        .collect()
+}
+
+/// `updateinfo.xml` of YUM repository `target`: the advisories naming its
+/// packages, each listing those only; none when no advisory does.
+fn updateinfo_of(channel: &str, target: &str, advisories: &[Advisory]) -> Option<String> {
+    let here: Vec<Advisory> = advisories
+        .iter()
+        .filter_map(|a| {
+            let packages: Vec<AdvisoryPackage> =
+                a.packages.iter().filter(|p| p.repository == target).cloned().collect();
+            (!packages.is_empty()).then(|| Advisory { packages, ..a.clone() })
+        })
+        .collect();
+    (!here.is_empty()).then(|| kiln_repo::yum::render_updateinfo(&here, &format!("kiln-{channel}")))
 }
 
 /// Renders and serves a channel's generation from its rows, then removes
@@ -43,7 +78,7 @@ pub(super) fn write_channel(
     contents: Contents,
     cache: &mut ChannelEntries,
 ) -> Result<(), RepoRefusal> {
-    let Contents { rows, revision, mut keep_files } = contents;
+    let Contents { rows, revision, mut keep_files, advisories } = contents;
     let mut debs: BTreeMap<String, Vec<Arc<DebEntry>>> = BTreeMap::new();
     let mut dscs: BTreeMap<String, Vec<Arc<DscEntry>>> = BTreeMap::new();
     let mut rpms: BTreeMap<String, Vec<Arc<RpmEntry>>> = BTreeMap::new();
@@ -134,7 +169,11 @@ pub(super) fn write_channel(
         .collect();
     let yum = rpms
         .iter()
-        .map(|(t, e)| YumRepo { target: t.clone(), entries: e.iter().map(AsRef::as_ref).collect() })
+        .map(|(t, e)| YumRepo {
+            target: t.clone(),
+            entries: e.iter().map(AsRef::as_ref).collect(),
+            updateinfo: updateinfo_of(&ch.name, t, &advisories),
+        })
         .collect();
     let content = ChannelContent { meta, apt, yum };
     let shape = shape(ch, targets, signers);

@@ -372,6 +372,13 @@ impl Publisher {
         let revision = store.channel_revision(&ch.name).await.map_err(|e| e.to_string())?;
         let keep_files: HashSet<String> =
             store.snapshot_files(&ch.name).await.map_err(|e| e.to_string())?.into_iter().collect();
+        let advisories = store
+            .advisories(&ch.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|b| serde_json::from_str(b).map_err(|e| format!("an advisory of channel {}: {e}", ch.name)))
+            .collect::<Result<Vec<kiln_core::advisory::Advisory>, String>>()?;
         let signers = self.signers(ch)?;
         let farm = self.shared.farm();
         let targets = farm.cfg.targets.clone();
@@ -381,7 +388,7 @@ impl Publisher {
         tokio::task::spawn_blocking(move || {
             let mut entries = entries.lock().unwrap_or_else(|e| e.into_inner());
             let cache = entries.entry(ch.name.clone()).or_default();
-            let contents = channel::Contents { rows, revision: revision as u64, keep_files };
+            let contents = channel::Contents { rows, revision: revision as u64, keep_files, advisories };
             write_channel(&dir, &ch, &signers, &targets, contents, cache)
         })
         .await
@@ -469,6 +476,26 @@ impl Publisher {
                     self.commit(&ch, &prepared.add, &prepared.remove).await?;
                 }
                 Ok(format!("re-signed {n} file(s) in {c} with key {fingerprint}"))
+            }
+            RepoOp::AddAdvisory { channel: c, request } => {
+                let ch = channel(&c)?;
+                let rows = store.packages(&c).await.map_err(failed)?;
+                let held = channel::advisory_packages(&rows);
+                let advisory = kiln_core::advisory::resolve(&request, &held, keys::unix_now())
+                    .map_err(|e| RepoRefusal::Invalid(e.to_string()))?;
+                let body = serde_json::to_string(&advisory).map_err(|e| e.to_string())?;
+                let revision = store
+                    .add_advisory(&c, &advisory.id, &body, crate::clock::now_us())
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| {
+                        RepoRefusal::Conflict(format!("channel {c} already has an advisory {}", advisory.id))
+                    })?;
+                store.make_durable().await.map_err(failed)?;
+                self.regenerate(&ch).await?;
+                let names: Vec<String> =
+                    advisory.packages.iter().map(|p| p.filename.trim_end_matches(".rpm").to_string()).collect();
+                Ok(format!("advisory {} in {c} (revision {revision}): {}", advisory.id, names.join(", ")))
             }
             RepoOp::Rollback { channel: c, name } => {
                 let ch = channel(&c)?;

@@ -35,11 +35,13 @@
 mod entry;
 mod repodata;
 mod rpmhead;
+mod updateinfo;
 mod xml;
 
 pub use entry::{inspect_rpm, is_primary_file, RpmEntry, CHANGELOG_LIMIT};
 pub use repodata::{render_repodata, render_repodata_cached, RepoFile, GZIP_LEVEL};
 pub use rpmhead::check_rpm;
+pub use updateinfo::render_updateinfo;
 
 /// Test RPMs made by hand, for the tests of other modules.
 #[cfg(test)]

@@ -117,11 +117,17 @@ fn compress(section: Section, entries: &[&RpmEntry], cache: &PieceCache) -> Comp
 /// a Unix time. The output depends only on the arguments (the gzip headers carry
 /// no time), so rendering the same entries twice gives the same bytes.
 pub fn render_repodata(entries: &[&RpmEntry], revision: u64) -> Vec<RepoFile> {
-    render_repodata_cached(entries, revision, &PieceCache::new(None))
+    render_repodata_cached(entries, revision, &PieceCache::new(None), None)
 }
 
-/// [`render_repodata`], reusing compressed pieces from `cache`.
-pub fn render_repodata_cached(entries: &[&RpmEntry], revision: u64, cache: &PieceCache) -> Vec<RepoFile> {
+/// [`render_repodata`], reusing compressed pieces from `cache`; with
+/// `updateinfo` (an `updateinfo.xml` document), that too.
+pub fn render_repodata_cached(
+    entries: &[&RpmEntry],
+    revision: u64,
+    cache: &PieceCache,
+    updateinfo: Option<&str>,
+) -> Vec<RepoFile> {
     let (primary, filelists, other) = std::thread::scope(|scope| {
         // filelists is usually the largest: compress it beside the other two.
         let spawned = if entries.len() > PARALLEL_THRESHOLD {
@@ -145,9 +151,22 @@ pub fn render_repodata_cached(entries: &[&RpmEntry], revision: u64, cache: &Piec
     repomd.push_str(XML_DECL);
     let _ = writeln!(repomd, "<repomd xmlns=\"{NS_REPO}\" xmlns:rpm=\"{NS_RPM}\">");
     let _ = writeln!(repomd, "  <revision>{revision}</revision>");
-    let mut files = Vec::with_capacity(4);
-    for data in [primary, filelists, other] {
-        let name = data.section.name();
+    let mut files = Vec::with_capacity(5);
+    let updateinfo = updateinfo.map(|xml| {
+        let bytes = crate::pieces::gzip(&[xml.as_bytes()], GZIP_LEVEL.level(), cache);
+        (
+            "updateinfo",
+            Compressed {
+                section: Section::Other,
+                checksum: hex::encode(Sha256::digest(&bytes)),
+                open_checksum: hex::encode(Sha256::digest(xml.as_bytes())),
+                open_size: xml.len() as u64,
+                bytes,
+            },
+        )
+    });
+    let sections = [primary, filelists, other].into_iter().map(|d| (d.section.name(), d));
+    for (name, data) in sections.chain(updateinfo) {
         let path = format!("repodata/{}-{name}.xml.gz", data.checksum);
         let _ = write!(
             repomd,

@@ -10,7 +10,10 @@ use crate::ops;
 use crate::shared::Shared;
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use kiln_proto::api::{ChannelInfo, PackageInfo, PromoteBody, RemoveBody, RepoChange, SnapshotBody, SnapshotInfo};
+use kiln_proto::api::{
+    AdvisoryBody, AdvisoryInfo, ChannelInfo, PackageInfo, PromoteBody, RemoveBody, RepoChange, SnapshotBody,
+    SnapshotInfo,
+};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -157,6 +160,53 @@ pub async fn resign(
     Path(channel): Path<String>,
 ) -> Result<Json<RepoChange>, ApiError> {
     op(&s, &caller, RepoOp::Resign { channel }).await
+}
+
+pub async fn add_advisory(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+    Json(b): Json<AdvisoryBody>,
+) -> Result<Json<RepoChange>, ApiError> {
+    let request = kiln_core::advisory::AdvisoryRequest {
+        id: b.id,
+        kind: b.kind,
+        severity: b.severity,
+        title: b.title,
+        description: b.description,
+        packages: b.packages,
+        references: b.references,
+    };
+    op(&s, &caller, RepoOp::AddAdvisory { channel, request }).await
+}
+
+pub async fn list_advisories(
+    State(s): State<AppState>,
+    Path(channel): Path<String>,
+) -> Result<Json<Vec<AdvisoryInfo>>, ApiError> {
+    known_channel(&s, &channel)?;
+    let mut out = Vec::new();
+    for body in s.store.advisories(&channel).await? {
+        let a: kiln_core::advisory::Advisory = serde_json::from_str(&body)
+            .map_err(|e| ApiError::internal(format!("an advisory of channel {channel}: {e}")))?;
+        out.push(AdvisoryInfo {
+            id: a.id,
+            kind: a.kind.as_str().into(),
+            severity: a.severity,
+            title: a.title,
+            issued: rfc3339(a.issued as i64 * 1_000_000),
+            packages: a
+                .packages
+                .iter()
+                .map(|p| {
+                    let epoch = if p.epoch > 0 { format!("{}:", p.epoch) } else { String::new() };
+                    format!("{}-{epoch}{}-{}.{}", p.name, p.version, p.release, p.arch)
+                })
+                .collect(),
+            references: a.references.into_iter().map(|r| r.href).collect(),
+        });
+    }
+    Ok(Json(out))
 }
 
 pub async fn list_snapshots(
