@@ -179,6 +179,10 @@ async fn rotate(a: RotateArgs) -> anyhow::Result<()> {
     }
     let transition =
         kiln_core::duration::parse_duration(&a.transition).map_err(|e| anyhow::anyhow!("--transition: {e}"))?.as_secs();
+    if transition < 3600 {
+        anyhow::bail!("--transition: at least an hour, so clients can learn the new key");
+    }
+    let until = now.checked_add(transition).context("--transition is too long")?;
     let (old_path, old) = current_key(&farm, &ch)?;
     let passphrase = a.passphrase_file.as_deref().map(read_passphrase).transpose()?;
     let new_text = std::fs::read_to_string(&a.new).with_context(|| format!("cannot read {}", a.new.display()))?;
@@ -187,10 +191,16 @@ async fn rotate(a: RotateArgs) -> anyhow::Result<()> {
     if new.fingerprint() == old.fingerprint() {
         anyhow::bail!("{} is the channel's current key ({})", a.new.display(), old.fingerprint());
     }
-    if new.expires_at().is_some_and(|at| at <= now + transition) {
+    if new.expires_at().is_some_and(|at| at <= until) {
         anyhow::bail!("the new key expires before the transition ends: extend it first");
     }
-    let until = now + transition;
+    if old.expires_at().is_some_and(|at| at <= until) {
+        eprintln!("note: the old key expires before the transition ends; clients that know only it stop updating then");
+    }
+    // The master reads these files as the user that owns the current key.
+    for file in std::iter::once(&a.new).chain(&a.passphrase_file) {
+        readable_by_owner_of(file, &old_path)?;
+    }
     let new_key = as_config_names(&farm, &a.new)?;
     let new_passphrase_file = a.passphrase_file.as_deref().map(|f| as_config_names(&farm, f)).transpose()?;
     let old_key = match &ch.key {
@@ -222,6 +232,29 @@ async fn rotate(a: RotateArgs) -> anyhow::Result<()> {
         let client = a.remote.client()?;
         wait_for_key(&client, &ch.name, &new.fingerprint()).await?;
         println!("{}", client.resign(&ch.name).await?.message);
+    }
+    Ok(())
+}
+
+/// Fails when `file` is not readable by the owner of `reference` (the
+/// master's user, who owns the channel's current key file): a new key made
+/// as root would otherwise leave the channel unable to sign.
+fn readable_by_owner_of(file: &Path, reference: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (f, r) = (
+        std::fs::metadata(file).with_context(|| format!("{}", file.display()))?,
+        std::fs::metadata(reference).with_context(|| format!("{}", reference.display()))?,
+    );
+    let readable = f.uid() == r.uid() || (f.gid() == r.gid() && f.mode() & 0o040 != 0) || f.mode() & 0o004 != 0;
+    if !readable {
+        anyhow::bail!(
+            "{} (owner {}, mode {:o}) is not readable by the master's user (uid {}, the owner of {}): chown it first",
+            file.display(),
+            f.uid(),
+            f.mode() & 0o777,
+            r.uid(),
+            reference.display()
+        );
     }
     Ok(())
 }

@@ -56,15 +56,38 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// Replaces the existing file `path` with `bytes` as [`write_atomic_mode`]
 /// does, keeping its mode, owner and group: an operator (root, say)
 /// rewriting a key file the master reads must not take it from the master.
+/// The new file's owner and mode are set through its open handle, never by
+/// name, so whoever may write the directory (the master's user, for its
+/// data dir) cannot swap in a link and have root hand them another file. A
+/// `path` that is a symbolic link is refused rather than replaced.
 pub fn rewrite_keeping_owner(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(path).map_err(|e| RepoError::io(path, e))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| RepoError::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(RepoError::io(
+            path,
+            std::io::Error::other("not a regular file (a symbolic link?): rewrite the file it names instead"),
+        ));
+    }
     let tmp = temp_beside(path)?;
-    write_temp(&tmp, bytes, meta.mode() & 0o7777, true)?;
-    let owned = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
-    // Someone who may not give files away (not root) rewrites their own.
-    let mine = fs::metadata(&tmp).is_ok_and(|m| m.uid() == meta.uid() && m.gid() == meta.gid());
-    if let (Err(e), false) = (owned, mine) {
+    let _ = fs::remove_file(&tmp);
+    // O_EXCL: never through a link someone left at the temporary name.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| RepoError::io(&tmp, e))?;
+    let done = (|| {
+        let mine = f.metadata()?;
+        if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = done {
         let _ = fs::remove_file(&tmp);
         return Err(RepoError::io(path, e));
     }
@@ -255,6 +278,24 @@ mod tests {
 
     fn mode_of(path: &Path) -> u32 {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_rewrite_keeps_mode_and_owner_and_refuses_a_link() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("key.asc");
+        write_atomic_mode(&file, b"old", 0o640).expect("write");
+        rewrite_keeping_owner(&file, b"new").expect("rewrite");
+        let meta = fs::metadata(&file).expect("meta");
+        assert_eq!((fs::read(&file).expect("read"), meta.mode() & 0o777), (b"new".to_vec(), 0o640));
+        let link = dir.path().join("link.asc");
+        std::os::unix::fs::symlink(&file, &link).expect("link");
+        let e = rewrite_keeping_owner(&link, b"evil").expect_err("a link is refused");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert_eq!(fs::read(&file).expect("read"), b"new");
+        let left: Vec<_> = fs::read_dir(dir.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
     }
 
     #[test]

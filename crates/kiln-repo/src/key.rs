@@ -157,39 +157,67 @@ impl SigningKey {
         let own = |s: &Signature| {
             s.issuer_fingerprint().iter().any(|f| **f == fingerprint) || s.issuer_key_id().iter().any(|k| **k == key_id)
         };
-        let public = self.secret.primary_key.public_key().clone();
-        let mut users = std::mem::take(&mut self.secret.details.users);
-        for user in &mut users {
-            let newest = user
-                .signatures
-                .iter()
-                .filter(|s| own(s) && s.is_certification())
-                .max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))
-                .and_then(|s| s.config().cloned())
-                .ok_or_else(|| RepoError::Key(format!("user ID {:?} has no self-signature to renew", user.id.id())))?;
-            let mut config = newest;
-            config.hashed_subpackets.retain(|p| {
-                !matches!(p.data, SubpacketData::SignatureCreationTime(_) | SubpacketData::KeyExpirationTime(_))
-            });
-            config.hashed_subpackets.insert(
-                0,
-                Subpacket::regular(SubpacketData::SignatureCreationTime(pgp::types::Timestamp::now()))
-                    .map_err(key_err)?,
+        let own_revocation = |s: &Signature| own(s) && s.typ() == Some(SignatureType::CertRevocation);
+        let key = &self.secret.primary_key;
+        let public = key.public_key().clone();
+        // A new self-signature made afresh (the key's hash, SHA-256 here,
+        // never an old SHA-1; a v6 key's own salt), carrying what the
+        // newest old one said besides its dates.
+        let renewed = |old: &Signature| -> Result<SignatureConfig> {
+            let typ = old.typ().unwrap_or(SignatureType::CertPositive);
+            let mut config = SignatureConfig::from_key(rand::thread_rng(), key, typ).map_err(key_err)?;
+            config.hashed_subpackets =
+                vec![Subpacket::regular(SubpacketData::SignatureCreationTime(pgp::types::Timestamp::now()))
+                    .map_err(key_err)?];
+            config.hashed_subpackets.extend(
+                old.config()
+                    .into_iter()
+                    .flat_map(|c| c.hashed_subpackets.iter())
+                    .filter(|p| {
+                        !matches!(p.data, SubpacketData::SignatureCreationTime(_) | SubpacketData::KeyExpirationTime(_))
+                    })
+                    .cloned(),
             );
             config.hashed_subpackets.push(
                 Subpacket::regular(SubpacketData::KeyExpirationTime(pgp::types::Duration::from_secs(lifetime)))
                     .map_err(key_err)?,
             );
-            let signature = config
-                .sign_certification(&self.secret.primary_key, &public, &self.password, Tag::UserId, &user.id)
+            config.unhashed_subpackets = old.config().map(|c| c.unhashed_subpackets.clone()).unwrap_or_default();
+            Ok(config)
+        };
+        // The new user ID list is built whole before it replaces the old
+        // one: a failure leaves the key as it was.
+        let mut users = self.secret.details.users.clone();
+        for user in &mut users {
+            if user.signatures.iter().any(own_revocation) {
+                continue; // a revoked user ID stays revoked, unrenewed
+            }
+            let newest = user
+                .signatures
+                .iter()
+                .filter(|s| own(s) && is_self_certification(s))
+                .max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))
+                .ok_or_else(|| RepoError::Key(format!("user ID {:?} has no self-signature to renew", user.id.id())))?;
+            let signature = renewed(newest)?
+                .sign_certification(key, &public, &self.password, Tag::UserId, &user.id)
                 .map_err(key_err)?;
-            user.signatures.retain(|s| !(own(s) && s.is_certification()));
+            user.signatures.retain(|s| !(own(s) && is_self_certification(s)));
             user.signatures.push(signature);
         }
-        self.secret.details.users = users;
-        // Direct-key signatures may carry a lifetime too: an older one
+        // A direct-key self-signature with a lifetime is renewed too: it
         // would otherwise still say the key expires.
-        self.secret.details.direct_signatures.retain(|s| s.key_expiration_time().is_none());
+        let mut direct = self.secret.details.direct_signatures.clone();
+        if let Some(newest) = direct
+            .iter()
+            .filter(|s| own(s) && s.typ() == Some(SignatureType::Key) && s.key_expiration_time().is_some())
+            .max_by_key(|s| s.created().map_or(0, |t| t.as_secs()))
+        {
+            let signature = renewed(newest)?.sign_key(key, &self.password, &public).map_err(key_err)?;
+            direct.retain(|s| !(own(s) && s.typ() == Some(SignatureType::Key)));
+            direct.push(signature);
+        }
+        self.secret.details.users = users;
+        self.secret.details.direct_signatures = direct;
         Ok(())
     }
 
@@ -200,6 +228,20 @@ impl SigningKey {
         let pw = self.password.read();
         Ok(if pw.is_empty() { signer } else { signer.with_key_passphrase(String::from_utf8_lossy(&pw).into_owned()) })
     }
+}
+
+/// A certification of a user ID (generic, persona, casual or positive),
+/// not its revocation.
+fn is_self_certification(s: &Signature) -> bool {
+    matches!(
+        s.typ(),
+        Some(
+            SignatureType::CertGeneric
+                | SignatureType::CertPersona
+                | SignatureType::CertCasual
+                | SignatureType::CertPositive
+        )
+    )
 }
 
 fn sign_err(e: pgp::errors::Error) -> RepoError {
@@ -255,12 +297,20 @@ impl Signers {
         self.keys.iter().map(|k| k.as_ref())
     }
 
+    /// The keys in the order their signatures are written: the previous
+    /// key's first, because a verifier that reads only the first signature
+    /// (librepo built without gpgme) is most likely a client that has not
+    /// learnt the new key yet.
+    fn signing_order(&self) -> Vec<&SigningKey> {
+        self.keys.iter().rev().map(|k| k.as_ref()).collect()
+    }
+
     pub fn clearsign(&self, text: &str) -> Result<String> {
-        clearsign_by(&self.keys().collect::<Vec<_>>(), text)
+        clearsign_by(&self.signing_order(), text)
     }
 
     pub fn detached(&self, data: &[u8]) -> Result<String> {
-        detached_by(&self.keys().collect::<Vec<_>>(), data)
+        detached_by(&self.signing_order(), data)
     }
 
     /// Every public key in one armored block (`key.asc`), as `gpg --export
@@ -295,7 +345,8 @@ fn expiry(details: &pgp::composed::SignedKeyDetails, created: pgp::types::Timest
         .users
         .iter()
         .flat_map(|u| u.signatures.iter())
-        .chain(details.direct_signatures.iter())
+        .filter(|s| is_self_certification(s))
+        .chain(details.direct_signatures.iter().filter(|s| s.typ() == Some(SignatureType::Key)))
         .max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or(0))?;
     let lifetime = newest.key_expiration_time()?.as_secs();
     (lifetime != 0).then(|| u64::from(created.as_secs()) + u64::from(lifetime))
@@ -399,6 +450,9 @@ mod tests {
         key.extend(until).expect("extend");
         assert_eq!(key.fingerprint(), before);
         assert_eq!(key.expires_at(), Some(until));
+        let renewed = key.secret.details.users[0].signatures.last().expect("a self-signature");
+        assert_eq!(renewed.hash_alg(), Some(HashAlgorithm::Sha256));
+        assert_eq!(key.secret.details.users[0].signatures.len(), 1, "the old self-signature is replaced");
         // Saved and loaded again, and as gpg reads the public key.
         let again = SigningKey::from_armored(&key.secret_armored().expect("armor"), None).expect("reload");
         assert_eq!(again.expires_at(), Some(until));

@@ -29,8 +29,11 @@ pub fn host_deb_arch() -> &'static str {
 /// A key file's state when it was read: another state means read it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileStamp {
-    modified: Option<std::time::SystemTime>,
+    modified: (i64, i64),
+    /// Changed by any write or `touch`, even one that puts the old mtime back.
+    changed: (i64, i64),
     len: u64,
+    device: u64,
     inode: u64,
 }
 
@@ -38,7 +41,13 @@ impl FileStamp {
     fn of(path: &Path) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
+        Some(FileStamp {
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
     }
 }
 
@@ -76,7 +85,11 @@ impl KeyCache {
             Some(k) => self.get(farm, &farm.resolve(k), ch.passphrase.as_ref(), &ch.name)?,
             None => {
                 let path = farm.generated_key_path(&ch.name);
-                if let Some(key) = generate_if_missing(&path, ch)? {
+                // Generated once, when this master first looks: a key file
+                // that vanishes later is an error to report, not a reason
+                // to sign with a key no client knows.
+                let first_look = !self.loaded.contains_key(&path);
+                if let Some(key) = first_look.then(|| generate_if_missing(&path, ch)).transpose()?.flatten() {
                     let key = Arc::new(key);
                     let stamp = FileStamp::of(&path);
                     self.loaded.insert(path, Loaded { stamp, passphrase: None, key: key.clone() });
@@ -115,13 +128,27 @@ impl KeyCache {
                 return Ok(l.key.clone());
             }
         }
-        let secret = passphrase.map(|r| farm.secret(r, &format!("channel {channel}'s passphrase"))).transpose()?;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("channel {channel}: cannot read the key file {}", path.display()))?;
-        let key = Arc::new(
+        let read = || -> anyhow::Result<SigningKey> {
+            let secret = passphrase.map(|r| farm.secret(r, &format!("channel {channel}'s passphrase"))).transpose()?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("channel {channel}: cannot read the key file {}", path.display()))?;
             SigningKey::from_armored(&text, secret.as_deref())
-                .with_context(|| format!("channel {channel}: key file {}", path.display()))?,
-        );
+                .with_context(|| format!("channel {channel}: key file {}", path.display()))
+        };
+        let key = match read() {
+            Ok(k) => Arc::new(k),
+            // A key file that changed into something unreadable (half
+            // written, removed, another owner): the channel goes on with
+            // the key it had, and the log says why, once per change.
+            Err(e) => match self.loaded.get_mut(path).filter(|l| l.passphrase.as_ref() == passphrase) {
+                Some(l) => {
+                    tracing::error!(channel, error = %format!("{e:#}"), "cannot read the changed key file; signing with the key read before");
+                    l.stamp = stamp;
+                    return Ok(l.key.clone());
+                }
+                None => return Err(e),
+            },
+        };
         if self.loaded.contains_key(path) {
             tracing::info!(channel, path = %path.display(), fingerprint = %key.fingerprint(), "read the changed key file");
         }
@@ -150,4 +177,77 @@ fn generate_if_missing(path: &Path, ch: &Channel) -> anyhow::Result<Option<Signi
 
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::channel::KeyAlgorithm;
+
+    fn farm(dir: &Path, channels: &str) -> LoadedFarm {
+        LoadedFarm::from_text(&dir.join("farm.toml"), format!("[master]\ndata_dir = \"data\"\n{channels}"))
+            .expect("config")
+    }
+
+    fn write_key(path: &Path, name: &str) -> String {
+        let key = SigningKey::generate(name, None, KeyAlgorithm::Ed25519).expect("key");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        kiln_repo::fsio::write_atomic_mode(path, key.secret_armored().expect("armor").as_bytes(), 0o600).expect("w");
+        key.fingerprint()
+    }
+
+    fn fingerprints(s: &Signers) -> Vec<String> {
+        s.keys().map(SigningKey::fingerprint).collect()
+    }
+
+    #[test]
+    fn a_changed_key_file_is_read_again_and_an_unreadable_one_keeps_the_last_good_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let farm = farm(dir.path(), "[[channel]]\nname = \"stable\"\nkey = \"keys/stable.asc\"\n");
+        let ch = farm.cfg.channel("stable").expect("stable").clone();
+        let path = dir.path().join("keys/stable.asc");
+        let first = write_key(&path, "First <f@example.org>");
+        let mut cache = KeyCache::default();
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, 0).expect("signers")), vec![first.clone()]);
+        // Replaced in place (as an extension or a restore does): read again.
+        let second = write_key(&path, "Second <s@example.org>");
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, 0).expect("signers")), vec![second.clone()]);
+        // Half written: the channel keeps signing with what it had.
+        std::fs::write(&path, "-----BEGIN PGP PRIVATE KEY BLOCK-----\n").expect("garbage");
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, 0).expect("kept")), vec![second.clone()]);
+        // A fresh master has nothing to fall back on, and says so.
+        let e = KeyCache::load(&farm).err().expect("refused at start");
+        assert!(format!("{e:#}").contains("keys/stable.asc"), "{e:#}");
+    }
+
+    #[test]
+    fn a_generated_key_that_vanishes_is_not_replaced_by_a_new_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let farm = farm(dir.path(), "[[channel]]\nname = \"dev\"\nkey_type = \"ed25519\"\n");
+        let ch = farm.cfg.channel("dev").expect("dev").clone();
+        let mut cache = KeyCache::default();
+        let made = fingerprints(&cache.signers(&farm, &ch, 0).expect("generated"));
+        let path = farm.generated_key_path("dev");
+        assert!(path.exists());
+        std::fs::remove_file(&path).expect("rm");
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, 0).expect("kept")), made);
+        assert!(!path.exists(), "no new key was generated");
+    }
+
+    #[test]
+    fn the_previous_key_signs_until_its_time_and_then_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let old = write_key(&dir.path().join("keys/old.asc"), "Old <o@example.org>");
+        let new = write_key(&dir.path().join("keys/new.asc"), "New <n@example.org>");
+        let farm = farm(
+            dir.path(),
+            "[[channel]]\nname = \"stable\"\nkey = \"keys/new.asc\"\n\
+             previous_key = { key = \"keys/old.asc\", until = \"2027-01-15\" }\n",
+        );
+        let ch = farm.cfg.channel("stable").expect("stable").clone();
+        let until = ch.previous_key.as_ref().expect("previous").until;
+        let mut cache = KeyCache::default();
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, until - 1).expect("during")), [new.clone(), old]);
+        assert_eq!(fingerprints(&cache.signers(&farm, &ch, until).expect("after")), [new]);
+    }
 }

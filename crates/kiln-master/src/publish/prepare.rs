@@ -354,6 +354,12 @@ fn place_row(
             let sums = file_sums(&signed).map_err(err)?;
             let rel = row.file.trim_start_matches("pool/apt/");
             let (dir, _) = rel.rsplit_once('/').unwrap_or((".", rel));
+            // A file signed before sits in a content-named subdirectory
+            // (see `pool_path`): its replacement goes beside, not below it.
+            let dir = match dir.rsplit_once('/') {
+                Some((parent, last)) if last.len() == 16 && last.bytes().all(|b| b.is_ascii_hexdigit()) => parent,
+                _ => dir,
+            };
             let rel = pool_path(&dst.root().join("pool/apt"), dir, &name, &sums.sha256);
             let control = kiln_repo::deb::read_control(&signed).map_err(err)?;
             let e = kiln_repo::deb::entry_from_control(&control, &format!("pool/{rel}"), &sums)
