@@ -55,6 +55,10 @@ struct Part {
     path: PathBuf,
     written: u64,
     hash: Sha256,
+    /// The worker connection sending it: frames an older connection left
+    /// in flight, read after the worker reconnected and began again, are
+    /// not part of it.
+    conn: u64,
 }
 
 /// A checked, stored artifact.
@@ -166,10 +170,11 @@ impl ArtifactStore {
         self.lock().expected.insert(build_id, names);
     }
 
-    /// Takes a piece of an artifact. A piece that does not continue the
-    /// upload in progress (left over from a connection that dropped) is
+    /// Takes a piece of an artifact from worker connection `conn`. A piece
+    /// that does not continue the upload in progress (left over from a
+    /// connection that dropped, even read after the new one began) is
     /// ignored; the upload is checked as a whole when it is done.
-    pub fn chunk(&self, build_id: i64, name: &str, offset: u64, data: &str) {
+    pub fn chunk(&self, conn: u64, build_id: i64, name: &str, offset: u64, data: &str) {
         let mut intake = self.lock();
         if !valid_artifact_name(name) {
             return self.fail(&mut intake, build_id, name, "invalid artifact name".into());
@@ -182,6 +187,9 @@ impl ArtifactStore {
             Err(e) => return self.fail(&mut intake, build_id, name, format!("undecodable piece: {e}")),
         };
         let key = (build_id, name.to_string());
+        if intake.parts.get(&key).is_some_and(|p| p.conn > conn) {
+            return; // from a connection older than the upload's
+        }
         if offset == 0 {
             // Bounds the files one build keeps open at once.
             let open = intake.parts.keys().filter(|(b, n)| *b == build_id && n != name).count();
@@ -195,7 +203,7 @@ impl ArtifactStore {
             let path = self.incoming.join(format!("{build_id}.{name}.part"));
             match File::create(&path) {
                 Ok(file) => {
-                    intake.parts.insert(key.clone(), Part { file, path, written: 0, hash: Sha256::new() });
+                    intake.parts.insert(key.clone(), Part { file, path, written: 0, hash: Sha256::new(), conn });
                 }
                 Err(e) => return self.fail(&mut intake, build_id, name, format!("cannot store: {e}")),
             }
@@ -203,7 +211,7 @@ impl ArtifactStore {
         let max = self.max_size;
         let result = match intake.parts.get_mut(&key) {
             None => return,
-            Some(p) if p.written != offset => return,
+            Some(p) if p.written != offset || p.conn != conn => return,
             Some(p) if p.written + bytes.len() as u64 > max => Err(format!("larger than the limit of {max} bytes")),
             Some(p) => {
                 p.hash.update(&bytes);
@@ -217,8 +225,9 @@ impl ArtifactStore {
         }
     }
 
-    /// Completes an artifact: checks it and moves it into the store.
-    pub fn done(&self, build_id: i64, name: &str, size: u64, sha256: &str) -> Option<Stored> {
+    /// Completes an artifact sent over worker connection `conn`: checks it
+    /// and moves it into the store.
+    pub fn done(&self, conn: u64, build_id: i64, name: &str, size: u64, sha256: &str) -> Option<Stored> {
         let mut intake = self.lock();
         if !valid_artifact_name(name) {
             self.fail(&mut intake, build_id, name, "invalid artifact name".into());
@@ -227,6 +236,9 @@ impl ArtifactStore {
         if !asked(&intake, build_id, name) {
             self.fail(&mut intake, build_id, name, NOT_ASKED.into());
             return None;
+        }
+        if intake.parts.get(&(build_id, name.to_string())).is_some_and(|p| p.conn > conn) {
+            return None; // an older connection's end of an upload sent again since
         }
         let Some(mut part) = intake.parts.remove(&(build_id, name.to_string())) else {
             // An empty file sends no piece.
@@ -343,9 +355,9 @@ mod tests {
         let sha = hex::encode(Sha256::digest(b"hello world"));
         store.expect(1, &["out/*.deb".into()]);
         // Over the 10-byte limit: refused, nothing left in incoming.
-        store.chunk(1, "a.deb", 0, &b64(b"hello "));
-        store.chunk(1, "a.deb", 6, &b64(b"world"));
-        assert!(store.done(1, "a.deb", 11, &sha).is_none());
+        store.chunk(1, 1, "a.deb", 0, &b64(b"hello "));
+        store.chunk(1, 1, "a.deb", 6, &b64(b"world"));
+        assert!(store.done(1, 1, "a.deb", 11, &sha).is_none());
         assert!(store.finish_build(1, &[]).expect("failure").contains("larger than the limit"));
         assert_eq!(fs::read_dir(dir.path().join("incoming/m")).expect("dir").count(), 0);
 
@@ -353,31 +365,43 @@ mod tests {
         for build in 2..=6 {
             store.expect(build, &["out/*.deb".into(), "*.log".into()]);
         }
-        store.chunk(2, "a.deb", 0, &b64(b"hello "));
-        store.chunk(2, "a.deb", 6, &b64(b"world"));
-        let stored = store.done(2, "a.deb", 11, &sha).expect("stored");
+        store.chunk(1, 2, "a.deb", 0, &b64(b"hello "));
+        store.chunk(1, 2, "a.deb", 6, &b64(b"world"));
+        let stored = store.done(1, 2, "a.deb", 11, &sha).expect("stored");
         assert_eq!((stored.size, stored.sha256.as_str()), (11, sha.as_str()));
         assert_eq!(fs::read(store.path_of(&sha).expect("path")).expect("read"), b"hello world");
         assert!(store.finish_build(2, &["a.deb".into()]).is_none());
 
         // A wrong checksum fails the build.
-        store.chunk(3, "b.deb", 0, &b64(b"abc"));
-        assert!(store.done(3, "b.deb", 3, &sha).is_none());
+        store.chunk(1, 3, "b.deb", 0, &b64(b"abc"));
+        assert!(store.done(1, 3, "b.deb", 3, &sha).is_none());
         assert!(store.finish_build(3, &[]).expect("failure").contains("checksum mismatch"));
         // Pieces of an interrupted upload are dropped; its restart from 0 counts.
-        store.chunk(4, "c.deb", 0, &b64(b"hello "));
-        store.chunk(4, "c.deb", 6, &b64(b"wor"));
-        assert!(store.done(4, "c.deb", 11, &sha).is_none(), "incomplete");
-        store.chunk(4, "c.deb", 6, &b64(b"ld"));
-        store.chunk(4, "c.deb", 0, &b64(b"hello "));
-        store.chunk(4, "c.deb", 6, &b64(b"world"));
-        assert!(store.done(4, "c.deb", 11, &sha).is_some());
+        store.chunk(1, 4, "c.deb", 0, &b64(b"hello "));
+        store.chunk(1, 4, "c.deb", 6, &b64(b"wor"));
+        assert!(store.done(1, 4, "c.deb", 11, &sha).is_none(), "incomplete");
+        store.chunk(1, 4, "c.deb", 6, &b64(b"ld"));
+        store.chunk(1, 4, "c.deb", 0, &b64(b"hello "));
+        store.chunk(1, 4, "c.deb", 6, &b64(b"world"));
+        assert!(store.done(1, 4, "c.deb", 11, &sha).is_some());
         assert!(store.finish_build(4, &["c.deb".into()]).is_none(), "the restart cleared the failure");
-        store.chunk(5, "../etc", 0, &b64(b"x"));
+        // A worker that reconnected sends the upload again on connection 2
+        // while frames of connection 1 are still being read: those change
+        // nothing, not even a late restart from 0 or a late end.
+        store.expect(9, &["d.deb".into()]);
+        store.chunk(1, 9, "d.deb", 0, &b64(b"hello "));
+        store.chunk(2, 9, "d.deb", 0, &b64(b"hello "));
+        store.chunk(1, 9, "d.deb", 6, &b64(b"world"));
+        store.chunk(1, 9, "d.deb", 0, &b64(b"hel"));
+        assert!(store.done(1, 9, "d.deb", 11, &sha).is_none(), "connection 1's end is ignored");
+        store.chunk(2, 9, "d.deb", 6, &b64(b"world"));
+        assert!(store.done(2, 9, "d.deb", 11, &sha).is_some(), "connection 2's upload is whole");
+        assert!(store.finish_build(9, &["d.deb".into()]).is_none());
+        store.chunk(1, 5, "../etc", 0, &b64(b"x"));
         assert!(store.finish_build(5, &[]).expect("failure").contains("invalid artifact name"));
         // An empty file.
         let empty = hex::encode(Sha256::digest([]));
-        assert!(store.done(6, "empty.log", 0, &empty).is_some());
+        assert!(store.done(1, 6, "empty.log", 0, &empty).is_some());
         assert!(store
             .finish_build(6, &["empty.log".into(), "lost.deb".into()])
             .expect("failure")
@@ -385,10 +409,10 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("incoming/m")).expect("dir").count(), 0);
         // A file the build was not asked for, and a build nobody asked anything of.
         store.expect(7, &[".kiln-out/*.deb".into()]);
-        store.chunk(7, "evil.rpm", 0, &b64(b"x"));
+        store.chunk(1, 7, "evil.rpm", 0, &b64(b"x"));
         assert!(store.finish_build(7, &[]).expect("failure").contains("evil.rpm: the build was not asked for"));
-        store.chunk(8, "a.deb", 0, &b64(b"x"));
-        assert!(store.done(8, "a.deb", 1, &sha).is_none());
+        store.chunk(1, 8, "a.deb", 0, &b64(b"x"));
+        assert!(store.done(1, 8, "a.deb", 1, &sha).is_none());
         assert!(store.finish_build(8, &[]).expect("failure").contains("not asked"));
     }
 }

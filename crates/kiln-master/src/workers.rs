@@ -132,14 +132,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 }
                 Ok(WorkerMsg::ArtifactChunk { build_id, name: file, offset, data }) => {
                     if shared.logs.is_running_on(build_id, &name) {
-                        tokio::task::block_in_place(|| shared.artifacts.chunk(build_id, &file, offset, &data));
+                        tokio::task::block_in_place(|| shared.artifacts.chunk(conn, build_id, &file, offset, &data));
                     }
                 }
                 Ok(WorkerMsg::ArtifactDone { build_id, name: file, size, sha256 }) => {
                     if !shared.logs.is_running_on(build_id, &name) {
                         continue;
                     }
-                    let stored = tokio::task::block_in_place(|| shared.artifacts.done(build_id, &file, size, &sha256));
+                    let stored =
+                        tokio::task::block_in_place(|| shared.artifacts.done(conn, build_id, &file, size, &sha256));
                     if let Some(st) = stored {
                         let row =
                             kiln_db::ArtifactRow { build_id, name: file, size: st.size as i64, sha256: st.sha256 };
