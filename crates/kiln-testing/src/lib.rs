@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod dnf;
+mod clients;
 mod peers;
 pub mod scripted;
 mod servers;
 mod setup;
-pub use dnf::DnfClient;
+pub use clients::{python_gunzip, DnfClient};
 pub use peers::Peer;
 use servers::processes_with_env;
 pub use servers::{git, hook_signature, listening, mails, GitHost, Server};

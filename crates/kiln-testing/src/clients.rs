@@ -1,6 +1,7 @@
-//! A dnf client that touches no system state: its own install root,
-//! repository list and cache, one repository (`kiln`) trusted through one
-//! key file, with `repo_gpgcheck` and `gpgcheck` on.
+//! Clients that read what kiln serves, as users' machines do: dnf (its
+//! own install root, repository list and cache, one repository `kiln`
+//! trusted through one key file, `repo_gpgcheck` and `gpgcheck` on), and
+//! Python's zlib, which reads only the first member of a gzip file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,4 +42,21 @@ impl DnfClient {
         )
         .unwrap_or_else(|e| (-1, String::new(), e.to_string()))
     }
+}
+
+/// The content of gzip file `file` as Python's `zlib` reads it (one
+/// member, as readers that stop after the first see it); fails the test
+/// unless that is the whole file.
+pub fn python_gunzip(file: &Path) -> Vec<u8> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, zlib; d = zlib.decompressobj(31); out = d.decompress(open(sys.argv[1], 'rb').read()); \
+             assert d.eof and not d.unused_data, 'not one whole gzip member'; sys.stdout.buffer.write(out)",
+        )
+        .arg(file)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout
 }
