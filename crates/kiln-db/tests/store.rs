@@ -129,6 +129,14 @@ async fn state_changes_follow_the_state_machine() {
         // A queued build cannot succeed without running.
         assert!(!s.finish(ids[0], BuildState::Succeeded, None, 5).await.expect("finish"));
         assert!(s.claim(ids[0], "w", 2, &["one".into(), "two".into()]).await.expect("claim"));
+        // Claimed once: a second claim changes nothing, not even its steps.
+        assert!(!s.claim(ids[0], "w2", 3, &["other".into()]).await.expect("claim again"));
+        let claimed = s.build(ids[0]).await.expect("get").expect("row");
+        assert_eq!((claimed.worker.as_deref(), claimed.attempt), (Some("w"), 1));
+        assert_eq!(
+            s.steps(ids[0]).await.expect("steps").iter().map(|st| st.name.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
         s.apply(&[
             Write::StepStarted { build_id: ids[0], idx: 0, at: 3 },
             Write::StepFinished {
