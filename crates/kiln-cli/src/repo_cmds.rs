@@ -114,6 +114,13 @@ pub enum AdvisoryCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Take an advisory out of a channel (its repositories no longer carry it).
+    Remove {
+        channel: String,
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List a channel's advisories.
     List {
         channel: String,
@@ -172,6 +179,9 @@ pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
         } => {
             let body = AdvisoryBody { id, kind, severity, title, description, packages, references };
             println!("{}", remote.client()?.add_advisory(&channel, &body).await?.message);
+        }
+        RepoCommand::Advisory { cmd: AdvisoryCommand::Remove { channel, id, remote } } => {
+            println!("{}", remote.client()?.remove_advisory(&channel, &id).await?.message);
         }
         RepoCommand::Advisory { cmd: AdvisoryCommand::List { channel, remote } } => {
             let list = remote.client()?.advisories(&channel).await?;

@@ -119,5 +119,13 @@ async fn a_security_advisory_reaches_dnf_updateinfo_and_upgrade_security() {
     let bytes = reqwest::get(format!("{yum}/{href}")).await.expect("get").bytes().await.expect("gz");
     std::fs::write(&file, &bytes).expect("write");
     let xml = kiln_testing::python_gunzip(&file);
+    // Taken back: the repository no longer carries it.
+    let (code, out, err) =
+        run(farm.kiln().args(["repo", "advisory", "remove", "updates", "KILN-2026-0001"])).expect("remove");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("advisory KILN-2026-0001 removed from updates"), "{out}");
+    let (code, out, err) = dnf.dnf(&["updateinfo", "list", "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("KILN-2026-0001"), "{out}");
     assert!(String::from_utf8_lossy(&xml).contains("<id>KILN-2026-0001</id>"), "{}", String::from_utf8_lossy(&xml));
 }

@@ -120,6 +120,7 @@ async fn each_mutation_needs_its_permission_and_tokens_are_hashed() {
             "/api/v1/repos/dev/advisories".into(),
             Some(serde_json::json!({"id": "X-1", "type": "bugfix", "title": "t", "packages": ["x"]})),
         ),
+        (Method::DELETE, "/api/v1/repos/dev/advisories/X-1".into(), None),
         (Method::GET, "/api/v1/users".into(), None),
         (
             Method::POST,

@@ -335,6 +335,12 @@ impl Client {
         self.send(self.post(&format!("/api/v1/repos/{channel}/advisories"))?.json(body)).await
     }
 
+    /// Takes advisory `id` out of `channel`.
+    pub async fn remove_advisory(&self, channel: &str, id: &str) -> Result<kiln_proto::api::RepoChange> {
+        let path = format!("/api/v1/repos/{channel}/advisories/{}", url_path_segment(id));
+        self.send(self.authed(reqwest::Method::DELETE, &path)?).await
+    }
+
     pub async fn advisories(&self, channel: &str) -> Result<Vec<kiln_proto::api::AdvisoryInfo>> {
         self.send(self.get(&format!("/api/v1/repos/{channel}/advisories"))).await
     }

@@ -116,6 +116,8 @@ pub enum AdvisoryError {
     Package(String),
     #[error("the channel holds no binary RPM {0}")]
     NotHeld(String),
+    #[error("an advisory's {what} is too long (at most {max})")]
+    TooLong { what: &'static str, max: usize },
 }
 
 pub fn check_id(id: &str) -> Result<(), AdvisoryError> {
@@ -203,6 +205,16 @@ pub fn resolve(req: &AdvisoryRequest, held: &[AdvisoryPackage], now: u64) -> Res
     if req.packages.is_empty() {
         return Err(AdvisoryError::NoPackages);
     }
+    for (what, len, max) in [
+        ("title", req.title.chars().count(), MAX_TITLE),
+        ("description", req.description.len(), MAX_DESCRIPTION),
+        ("packages", req.packages.len(), MAX_LIST),
+        ("references", req.references.len(), MAX_LIST),
+    ] {
+        if len > max {
+            return Err(AdvisoryError::TooLong { what, max });
+        }
+    }
     let references = req.references.iter().map(|u| Reference::from_url(u)).collect::<Result<Vec<_>, _>>()?;
     let binary = |p: &&AdvisoryPackage| p.arch != "src";
     let mut packages: Vec<AdvisoryPackage> = Vec::new();
@@ -214,18 +226,15 @@ pub fn resolve(req: &AdvisoryRequest, held: &[AdvisoryPackage], now: u64) -> Res
             .filter(|p| p.name == spec.name && spec.arch.as_ref().is_none_or(|a| &p.arch == a));
         let chosen: Vec<&AdvisoryPackage> = match &spec.evr {
             Some((e, v, r)) => named.filter(|p| p.epoch == *e && &p.version == v && &p.release == r).collect(),
+            // The latest published in each repository and architecture:
+            // an el8 and an el9 build differ in release, and both are fixed.
             None => {
-                let all: Vec<&AdvisoryPackage> = named.collect();
-                match all.last() {
-                    Some(latest) => all
-                        .iter()
-                        .copied()
-                        .filter(|p| {
-                            (p.epoch, &p.version, &p.release) == (latest.epoch, &latest.version, &latest.release)
-                        })
-                        .collect(),
-                    None => Vec::new(),
+                let mut latest: Vec<&AdvisoryPackage> = Vec::new();
+                for p in named {
+                    latest.retain(|l| (&l.repository, &l.arch) != (&p.repository, &p.arch));
+                    latest.push(p);
                 }
+                latest
             }
         };
         if chosen.is_empty() {
@@ -247,6 +256,41 @@ pub fn resolve(req: &AdvisoryRequest, held: &[AdvisoryPackage], now: u64) -> Res
         references,
         packages,
     })
+}
+
+/// Limits on what an advisory says: characters of the title, bytes of the
+/// description, entries of each list.
+const MAX_TITLE: usize = 200;
+const MAX_DESCRIPTION: usize = 64 * 1024;
+const MAX_LIST: usize = 1000;
+
+/// What of `advisories` still applies to a channel holding `held` (its
+/// binary RPMs, with when each was published, Unix seconds): a package is
+/// listed while the channel holds it, or holds a build of the same name
+/// and architecture published after the advisory (a newer fix; retention
+/// may have dropped the named one). An advisory none of whose packages
+/// remain (removed, or rolled back past) is left out.
+pub fn in_effect(advisories: &[Advisory], held: &[(AdvisoryPackage, u64)]) -> Vec<Advisory> {
+    advisories
+        .iter()
+        .filter_map(|a| {
+            let packages: Vec<AdvisoryPackage> = a
+                .packages
+                .iter()
+                .filter(|p| {
+                    held.iter().any(|(h, published)| {
+                        h == *p
+                            || (h.name == p.name
+                                && h.arch == p.arch
+                                && h.repository == p.repository
+                                && *published > a.issued)
+                    })
+                })
+                .cloned()
+                .collect();
+            (!packages.is_empty()).then(|| Advisory { packages, ..a.clone() })
+        })
+        .collect()
 }
 
 /// Architectures a `.ARCH` suffix may name.
@@ -336,6 +380,42 @@ mod tests {
             resolve(&AdvisoryRequest { kind: "urgent".into(), ..req }, &rows, 7),
             Err(AdvisoryError::Kind("urgent".into()))
         );
+    }
+
+    #[test]
+    fn a_name_covers_each_repository_and_what_is_gone_drops_out() {
+        let el8 = AdvisoryPackage {
+            repository: "el-8-x86_64".into(),
+            release: "1.el8".into(),
+            ..held("cafe", "x", "x86_64")
+        };
+        let el9 = AdvisoryPackage {
+            repository: "el-9-x86_64".into(),
+            release: "1.el9".into(),
+            ..held("cafe", "x", "x86_64")
+        };
+        let req = AdvisoryRequest {
+            id: "KILN-2".into(),
+            kind: "bugfix".into(),
+            severity: None,
+            title: "t".into(),
+            description: String::new(),
+            packages: vec!["cafe".into()],
+            references: vec![],
+        };
+        let a = resolve(&req, &[el8.clone(), el9.clone()], 100).expect("resolves");
+        assert_eq!(a.packages, vec![el8.clone(), el9.clone()], "both distributions' builds");
+        // el8's build removed: el9's stays listed; a newer el9 build published
+        // later (the named one pruned) keeps it listed too.
+        let newer = AdvisoryPackage { release: "2.el9".into(), ..el9.clone() };
+        let kept = in_effect(std::slice::from_ref(&a), &[(newer.clone(), 200)]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].packages, vec![el9.clone()]);
+        // Rolled back to a build from before the advisory: nothing applies.
+        let older = AdvisoryPackage { release: "0.el9".into(), ..el9 };
+        assert!(in_effect(&[a], &[(older, 50)]).is_empty());
+        let long = AdvisoryRequest { title: "x".repeat(201), ..req };
+        assert_eq!(resolve(&long, &[el8], 1), Err(AdvisoryError::TooLong { what: "title", max: 200 }));
     }
 
     #[test]

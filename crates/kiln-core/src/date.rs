@@ -50,6 +50,8 @@ pub fn parse_date_or_span(text: &str, now: u64) -> Result<u64, String> {
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix seconds `at`.
 pub fn format_utc(at: u64) -> String {
+    // 9999-12-31 23:59:59: later times (a corrupt value) are shown as that.
+    let at = at.min(253_402_300_799);
     let (days, rest) = (at / 86400, at % 86400);
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rest / 3600, rest % 3600 / 60)

@@ -390,6 +390,25 @@ impl Store {
         Ok(Some(revision))
     }
 
+    /// Removes advisory `id` of `channel` and bumps the channel's revision;
+    /// `None` (nothing changed) when there is no such advisory.
+    pub async fn remove_advisory(&self, channel: &str, id: &str) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        self.hold_lease(&mut tx).await?;
+        let gone = sqlx::query("DELETE FROM advisories WHERE channel = $1 AND id = $2")
+            .bind(channel)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 0 {
+            return Ok(None);
+        }
+        let revision = bump_revision(&mut tx, channel).await?;
+        tx.commit().await?;
+        Ok(Some(revision))
+    }
+
     /// The advisories of `channel` (JSON bodies), oldest first.
     pub async fn advisories(&self, channel: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT body FROM advisories WHERE channel = $1 ORDER BY created_at, id")

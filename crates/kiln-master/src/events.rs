@@ -138,6 +138,10 @@ pub enum RepoOp {
         channel: String,
         request: kiln_core::advisory::AdvisoryRequest,
     },
+    RemoveAdvisory {
+        channel: String,
+        id: String,
+    },
 }
 
 /// Why the publisher did not make a repository change.

@@ -59,6 +59,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/v1/repos/{channel}/rollback", post(repos::rollback))
         .route("/api/v1/repos/{channel}/resign", post(repos::resign))
         .route("/api/v1/repos/{channel}/advisories", get(repos::list_advisories).post(repos::add_advisory))
+        .route("/api/v1/repos/{channel}/advisories/{id}", delete(repos::remove_advisory))
         .route("/api/v1/users", get(users::list_users).post(users::add_user))
         .route("/api/v1/users/{email}", delete(users::remove_user))
         .route("/api/v1/tokens", get(users::list_tokens).post(users::create_token))

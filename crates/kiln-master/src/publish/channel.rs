@@ -35,13 +35,14 @@ pub(super) struct Contents {
     pub advisories: Vec<Advisory>,
 }
 
-/// The binary RPMs `rows` hold, as advisories name them, in publish order.
-pub(super) fn advisory_packages(rows: &[PackageRow]) -> Vec<AdvisoryPackage> {
+/// The binary RPMs `rows` hold, as advisories name them, each with when it
+/// was published (Unix seconds), in publish order.
+pub(super) fn advisory_packages(rows: &[PackageRow]) -> Vec<(AdvisoryPackage, u64)> {
     rows.iter()
         .filter(|r| r.kind == "rpm")
         .filter_map(|r| {
             let e: RpmEntry = serde_json::from_str(&r.entry).ok()?;
-            Some(AdvisoryPackage {
+            let package = AdvisoryPackage {
                 filename: e.location.rsplit('/').next().unwrap_or(&e.location).to_string(),
                 repository: r.repo.trim_start_matches("yum:").to_string(),
                 name: e.name,
@@ -49,7 +50,8 @@ pub(super) fn advisory_packages(rows: &[PackageRow]) -> Vec<AdvisoryPackage> {
                 version: e.version,
                 release: e.release,
                 arch: e.arch,
-            })
+            };
+            Some((package, (r.published_at / 1_000_000).max(0) as u64))
         })
         .collect()
 }
@@ -79,6 +81,8 @@ pub(super) fn write_channel(
     cache: &mut ChannelEntries,
 ) -> Result<(), RepoRefusal> {
     let Contents { rows, revision, mut keep_files, advisories } = contents;
+    // What the channel no longer holds is no longer advised.
+    let advisories = kiln_core::advisory::in_effect(&advisories, &advisory_packages(&rows));
     let mut debs: BTreeMap<String, Vec<Arc<DebEntry>>> = BTreeMap::new();
     let mut dscs: BTreeMap<String, Vec<Arc<DscEntry>>> = BTreeMap::new();
     let mut rpms: BTreeMap<String, Vec<Arc<RpmEntry>>> = BTreeMap::new();

@@ -372,13 +372,21 @@ impl Publisher {
         let revision = store.channel_revision(&ch.name).await.map_err(|e| e.to_string())?;
         let keep_files: HashSet<String> =
             store.snapshot_files(&ch.name).await.map_err(|e| e.to_string())?.into_iter().collect();
-        let advisories = store
+        // An advisory that cannot be read is left out (and said in the
+        // log), never a reason for the channel to stop publishing.
+        let advisories: Vec<kiln_core::advisory::Advisory> = store
             .advisories(&ch.name)
             .await
             .map_err(|e| e.to_string())?
             .iter()
-            .map(|b| serde_json::from_str(b).map_err(|e| format!("an advisory of channel {}: {e}", ch.name)))
-            .collect::<Result<Vec<kiln_core::advisory::Advisory>, String>>()?;
+            .filter_map(|b| {
+                serde_json::from_str(b)
+                    .map_err(
+                        |e| tracing::error!(channel = %ch.name, error = %e, "an advisory cannot be read; left out"),
+                    )
+                    .ok()
+            })
+            .collect();
         let signers = self.signers(ch)?;
         let farm = self.shared.farm();
         let targets = farm.cfg.targets.clone();
@@ -480,7 +488,7 @@ impl Publisher {
             RepoOp::AddAdvisory { channel: c, request } => {
                 let ch = channel(&c)?;
                 let rows = store.packages(&c).await.map_err(failed)?;
-                let held = channel::advisory_packages(&rows);
+                let held: Vec<_> = channel::advisory_packages(&rows).into_iter().map(|(p, _)| p).collect();
                 let advisory = kiln_core::advisory::resolve(&request, &held, keys::unix_now())
                     .map_err(|e| RepoRefusal::Invalid(e.to_string()))?;
                 let body = serde_json::to_string(&advisory).map_err(|e| e.to_string())?;
@@ -496,6 +504,17 @@ impl Publisher {
                 let names: Vec<String> =
                     advisory.packages.iter().map(|p| p.filename.trim_end_matches(".rpm").to_string()).collect();
                 Ok(format!("advisory {} in {c} (revision {revision}): {}", advisory.id, names.join(", ")))
+            }
+            RepoOp::RemoveAdvisory { channel: c, id } => {
+                let ch = channel(&c)?;
+                let revision = store
+                    .remove_advisory(&c, &id)
+                    .await
+                    .map_err(failed)?
+                    .ok_or_else(|| RepoRefusal::NotFound(format!("channel {c} has no advisory {id}")))?;
+                store.make_durable().await.map_err(failed)?;
+                self.regenerate(&ch).await?;
+                Ok(format!("advisory {id} removed from {c} (revision {revision})"))
             }
             RepoOp::Rollback { channel: c, name } => {
                 let ch = channel(&c)?;

@@ -180,6 +180,14 @@ pub async fn add_advisory(
     op(&s, &caller, RepoOp::AddAdvisory { channel, request }).await
 }
 
+pub async fn remove_advisory(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((channel, id)): Path<(String, String)>,
+) -> Result<Json<RepoChange>, ApiError> {
+    op(&s, &caller, RepoOp::RemoveAdvisory { channel, id }).await
+}
+
 pub async fn list_advisories(
     State(s): State<AppState>,
     Path(channel): Path<String>,
@@ -187,14 +195,14 @@ pub async fn list_advisories(
     known_channel(&s, &channel)?;
     let mut out = Vec::new();
     for body in s.store.advisories(&channel).await? {
-        let a: kiln_core::advisory::Advisory = serde_json::from_str(&body)
-            .map_err(|e| ApiError::internal(format!("an advisory of channel {channel}: {e}")))?;
+        // One that cannot be read is left out, as the publisher leaves it out.
+        let Ok(a) = serde_json::from_str::<kiln_core::advisory::Advisory>(&body) else { continue };
         out.push(AdvisoryInfo {
             id: a.id,
             kind: a.kind.as_str().into(),
             severity: a.severity,
             title: a.title,
-            issued: rfc3339(a.issued as i64 * 1_000_000),
+            issued: rfc3339(i64::try_from(a.issued).unwrap_or(i64::MAX).saturating_mul(1_000_000)),
             packages: a
                 .packages
                 .iter()
