@@ -403,6 +403,13 @@ impl Publisher {
         .map_err(|e| e.to_string())?
     }
 
+    /// Serves a change the database has recorded without the commit path
+    /// (an advisory, a rollback): on disk first, then a new generation.
+    async fn serve_recorded(&mut self, ch: &Channel) -> Result<(), RepoRefusal> {
+        self.shared.store.make_durable().await.map_err(|e| e.to_string())?;
+        self.regenerate(ch).await
+    }
+
     async fn operate(&mut self, op: RepoOp) -> Result<String, RepoRefusal> {
         let farm = self.shared.farm();
         let channel = |name: &str| {
@@ -499,8 +506,7 @@ impl Publisher {
                     .ok_or_else(|| {
                         RepoRefusal::Conflict(format!("channel {c} already has an advisory {}", advisory.id))
                     })?;
-                store.make_durable().await.map_err(failed)?;
-                self.regenerate(&ch).await?;
+                self.serve_recorded(&ch).await?;
                 let names: Vec<String> =
                     advisory.packages.iter().map(|p| p.filename.trim_end_matches(".rpm").to_string()).collect();
                 Ok(format!("advisory {} in {c} (revision {revision}): {}", advisory.id, names.join(", ")))
@@ -512,8 +518,7 @@ impl Publisher {
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| RepoRefusal::NotFound(format!("channel {c} has no advisory {id}")))?;
-                store.make_durable().await.map_err(failed)?;
-                self.regenerate(&ch).await?;
+                self.serve_recorded(&ch).await?;
                 Ok(format!("advisory {id} removed from {c} (revision {revision})"))
             }
             RepoOp::Rollback { channel: c, name } => {
@@ -523,8 +528,7 @@ impl Publisher {
                     .await
                     .map_err(failed)?
                     .ok_or_else(|| RepoRefusal::NotFound(format!("channel {c} has no snapshot named {name}")))?;
-                store.make_durable().await.map_err(failed)?;
-                self.regenerate(&ch).await?;
+                self.serve_recorded(&ch).await?;
                 Ok(format!("{c} rolled back to snapshot {name} (revision {revision})"))
             }
         }
