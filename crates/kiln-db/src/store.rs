@@ -84,8 +84,14 @@ impl Store {
         };
         let options = |max: u32| {
             let session_name = session_name.clone();
-            AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).after_connect(
-                move |conn, _meta| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                // A SQLite connection is a file this process holds open: it
+                // cannot have dropped the way a server's can, and a ping
+                // before each use is one more hand-off to its thread.
+                .test_before_acquire(backend == Backend::Postgres)
+                .after_connect(move |conn, _meta| {
                     let session_name = session_name.clone();
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
@@ -116,8 +122,7 @@ impl Store {
                         }
                         Ok(())
                     })
-                },
-            )
+                })
         };
         Ok(match backend {
             Backend::Sqlite => {

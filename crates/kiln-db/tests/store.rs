@@ -538,3 +538,28 @@ async fn an_answered_change_is_synced_to_disk() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_whose_caller_hangs_up_leaves_the_store_whole_and_usable() {
+    on_both(|s| async move {
+        // Where the caller stops waiting is a race: tried many times.
+        for round in 0..20 {
+            // The caller goes away right after asking (a client that hangs
+            // up): its request goes in whole or not at all.
+            let builds = [new_build("gone", "t", &[])];
+            let asked = s.create_request(round, None, None, &builds);
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, asked).await;
+            // Later requests and claims still commit: no transaction was
+            // left open on the writer connection.
+            let (_, ids) =
+                s.create_request(round, None, None, &[new_build("next", "t", &[])]).await.expect("create after");
+            assert!(s.claim(ids[0], "w", round, &["s".into()]).await.expect("claim"));
+            let next = s.build(ids[0]).await.expect("read").expect("committed");
+            assert_eq!((next.state, next.worker.as_deref()), (BuildState::Running, Some("w")));
+        }
+        let filter = BuildFilter { component: Some("gone".into()), ..Default::default() };
+        let gone = s.list_builds(&filter).await.expect("list");
+        assert!(gone.len() <= 20 && gone.iter().all(|b| b.state == BuildState::Queued), "{gone:?}");
+    })
+    .await;
+}
