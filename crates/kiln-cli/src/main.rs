@@ -408,7 +408,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    // A worker waits on its master and its steps' output; one thread does
+    // that with fewer wake-ups between threads on the way from a job's
+    // arrival to its first step (and a step's spawn does not stall others
+    // for long: its report goes out first, see `runner`).
+    let rt = if matches!(cli.command, Command::Worker { .. }) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kiln: cannot start the async runtime: {e}");

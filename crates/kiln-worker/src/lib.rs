@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod process;
 mod runner;
 pub mod sandbox;
+mod spare;
 pub mod tree_files;
 
 use anyhow::{bail, Context};
@@ -120,6 +121,8 @@ struct State {
     free_uids: Vec<u32>,
     /// Step timings for `/metrics`.
     steps: Arc<metrics::StepMetrics>,
+    /// Directories made ahead for builds' work and scratch dirs.
+    spares: Arc<spare::SpareDirs>,
 }
 
 impl State {
@@ -169,6 +172,9 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         None => None,
     };
     let opts = WorkerOptions { workdir, root_cache, ..opts };
+    // Two per slot: a build's work dir and its scratch dir.
+    let spares = spare::SpareDirs::new(opts.workdir.join("spare"), 2 * opts.slots.max(1) as usize)
+        .with_context(|| format!("cannot make directories in the work dir {}", opts.workdir.display()))?;
     let state: Shared = Arc::new(Mutex::new(State {
         running: HashMap::new(),
         unacked: HashMap::new(),
@@ -179,6 +185,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         cancelled_uploads: Default::default(),
         free_uids: opts.build_uids.iter().rev().copied().collect(),
         steps: Default::default(),
+        spares: Arc::new(spares),
     }));
     tokio::spawn(fence_watchdog(state.clone()));
     anyhow::ensure!(
@@ -552,8 +559,13 @@ fn start_build(
         }
         s
     });
+    let (steps, spares) = {
+        let st = lock(state);
+        (st.steps.clone(), st.spares.clone())
+    };
     let ctx = runner::BuildContext {
-        steps: lock(state).steps.clone(),
+        steps,
+        spares,
         worker_dir: opts.workdir.clone(),
         root_cache: opts.root_cache.clone(),
         sandbox,

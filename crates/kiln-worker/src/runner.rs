@@ -36,6 +36,8 @@ pub struct BuildContext {
     pub cancel: watch::Receiver<bool>,
     /// Where step timings are counted (`/metrics`).
     pub steps: std::sync::Arc<crate::metrics::StepMetrics>,
+    /// Empty directories made ahead, for the build's own.
+    pub spares: std::sync::Arc<crate::spare::SpareDirs>,
 }
 
 pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
@@ -43,10 +45,7 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
     let dir = ctx.worker_dir.join("builds").join(id.to_string());
     let scratch = scratch_dir(&dir);
     let mut results: Vec<StepResult> = Vec::new();
-    let prepared = match prepare_dir(&scratch, None).await {
-        Ok(()) => prepare_dir(&dir, job.source_tgz.as_deref()).await,
-        Err(e) => Err(e),
-    };
+    let prepared = prepare_dirs(&dir, &scratch, job.source_tgz.as_deref(), &ctx.spares).await;
     let mut props: BTreeMap<String, String> = job.properties.clone();
     let mut failed_reason: Option<String> = None;
     let mut halted = false;
@@ -82,6 +81,9 @@ pub async fn run_build(job: Job, mut ctx: BuildContext) -> BuildResult {
             continue;
         }
         let _ = ctx.out.send(WorkerMsg::StepStarted { build_id: id, step: idx });
+        // Let the connection send it before the step's process is spawned
+        // (a fork and exec that would otherwise hold the report back).
+        tokio::task::yield_now().await;
         let scope =
             BuildScope { job: &job, dir: &dir, grace, build_deadline, cgroup: cgroup.as_ref(), redactor: &redactor };
         let began = Instant::now();
@@ -229,25 +231,54 @@ fn scratch_dir(dir: &Path) -> PathBuf {
     dir.with_file_name(format!("{name}.scratch"))
 }
 
-async fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(dir).await {
+/// Makes a build's work and scratch dirs, empty. Usually neither is there
+/// and nothing is to be unpacked: two spare directories are renamed into
+/// place, here (quicker than a hand-off to a blocking thread and back),
+/// and spares are made again on a blocking thread. Removing what an
+/// earlier attempt left, or unpacking a source archive, is done on a
+/// blocking thread.
+async fn prepare_dirs(
+    dir: &Path,
+    scratch: &Path,
+    source_tgz: Option<&str>,
+    spares: &std::sync::Arc<crate::spare::SpareDirs>,
+) -> std::io::Result<()> {
+    let left_over = |p: &Path| p.symlink_metadata().is_ok();
+    if source_tgz.is_none() && !left_over(dir) && !left_over(scratch) {
+        for d in [scratch, dir] {
+            if !spares.take_into(d) {
+                std::fs::create_dir_all(d)?;
+            }
+        }
+        let spares = spares.clone();
+        tokio::task::spawn_blocking(move || spares.fill());
+        return Ok(());
+    }
+    let (dir, scratch, tgz) = (dir.to_path_buf(), scratch.to_path_buf(), source_tgz.map(str::to_owned));
+    tokio::task::spawn_blocking(move || {
+        prepare_dir(&scratch, None)?;
+        prepare_dir(&dir, tgz.as_deref())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Makes `dir` afresh and empty, then unpacks the source archive into it
+/// when there is one.
+fn prepare_dir(dir: &Path, source_tgz: Option<&str>) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    tokio::fs::create_dir_all(dir).await?;
+    std::fs::create_dir_all(dir)?;
     let Some(tgz) = source_tgz else { return Ok(()) };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(tgz)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("source archive: {e}")))?;
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-        ar.set_preserve_permissions(true);
-        // `unpack` refuses entries that would land outside `dir`.
-        ar.unpack(&dir)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    ar.set_preserve_permissions(true);
+    // `unpack` refuses entries that would land outside `dir`.
+    ar.unpack(dir)
 }
 
 /// Collects output and sends it as `Log` messages at step-local offsets,
