@@ -71,12 +71,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_kib(master_pid, "VmRSS:");
-    eprintln!("kiln bench: master idle with {} workers: {:.1} MiB RSS", args.workers, rss_idle as f64 / 1024.0);
+    // What the resident memory is: the master's own (heap, stacks) and the
+    // pages of the binary and libraries it has touched (shared with any
+    // other process running them, and given back first under pressure).
+    let (rss_anon, rss_file) = (rss_kib(master_pid, "RssAnon:"), rss_kib(master_pid, "RssFile:"));
+    eprintln!(
+        "kiln bench: master idle with {} workers: {:.1} MiB RSS ({:.1} MiB its own, {:.1} MiB mapped files)",
+        args.workers,
+        rss_idle as f64 / 1024.0,
+        rss_anon as f64 / 1024.0,
+        rss_file as f64 / 1024.0
+    );
 
     let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
     // Latency with a free slot: one build at a time.
-    let free = summary(one_at_a_time(&client, &body, args.latency_builds).await?);
-    eprintln!("kiln bench: trigger→start with a free slot: {free}");
+    let one_by_one = one_at_a_time(&client, &body, args.latency_builds).await?;
+    let (free, free_claim) = (summary(one_by_one.start), summary(one_by_one.claim));
+    eprintln!("kiln bench: trigger→start with a free slot: {free} (of it trigger→claimed: {free_claim})");
 
     // Throughput: N builds submitted as fast as the API takes them, in
     // several rounds (a shared 2-core machine is noisy; the median counts).
@@ -160,8 +171,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "master_cpu_ms_per_build": median("master_cpu_ms_per_build"),
         "workers_cpu_ms_per_build": median("workers_cpu_ms_per_build"),
         "trigger_to_start_ms_free_slot": free,
+        // The part of it before the master claimed the build for a worker.
+        "trigger_to_claim_ms_free_slot": free_claim,
         "trigger_to_start_ms_saturated": summary(sat),
         "master_rss_idle_mib": rss_idle as f64 / 1024.0,
+        "master_rss_idle_anon_mib": rss_anon as f64 / 1024.0,
+        "master_rss_idle_file_mib": rss_file as f64 / 1024.0,
         "master_rss_peak_mib": rss_peak as f64 / 1024.0,
         "rounds": rounds,
         "many_workers": many,
@@ -315,7 +330,7 @@ async fn many_workers(exe: &Path, n: u32, latency_builds: usize) -> anyhow::Resu
     let rss = rss_kib(master_pid, "VmRSS:") as f64 / 1024.0;
     eprintln!("kiln bench: master with {n} workers connected: {rss:.1} MiB RSS");
     let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
-    let latencies = one_at_a_time(client, &body, latency_builds).await?;
+    let latencies = one_at_a_time(client, &body, latency_builds).await?.start;
     let peak = rss_kib(master_pid, "VmHWM:") as f64 / 1024.0;
     loops.abort_all();
     Ok(serde_json::json!({

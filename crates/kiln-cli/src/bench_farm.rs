@@ -94,6 +94,14 @@ pub(crate) fn latency_ms(b: &Build) -> Option<f64> {
     Some((start - micros(&b.requested_at)?) as f64 / 1000.0)
 }
 
+/// The part of [`latency_ms`] before the master claimed the build for a
+/// worker (the rest is the job's way to the worker and its first step's
+/// report back), in milliseconds.
+pub(crate) fn claim_ms(b: &Build) -> Option<f64> {
+    let claimed = micros(b.started_at.as_deref()?)?;
+    Some((claimed - micros(&b.requested_at)?) as f64 / 1000.0)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -283,15 +291,24 @@ pub(crate) async fn submit_and_wait(
 
 /// Trigger→first-step latency (ms) of `n` builds submitted one at a time,
 /// each with a free slot.
-pub(crate) async fn one_at_a_time(client: &Client, body: &BuildRequestBody, n: usize) -> anyhow::Result<Vec<f64>> {
-    let mut latencies = Vec::new();
+/// Trigger→start latencies of builds run one at a time, ms: to the first
+/// step's start, and the part of it before the build was claimed.
+#[derive(Default)]
+pub(crate) struct Latencies {
+    pub start: Vec<f64>,
+    pub claim: Vec<f64>,
+}
+
+pub(crate) async fn one_at_a_time(client: &Client, body: &BuildRequestBody, n: usize) -> anyhow::Result<Latencies> {
+    let mut latencies = Latencies::default();
     for _ in 0..n {
         let id = client.create_builds(body).await?.builds[0].id;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let b = client.build(id).await?;
             if b.state.is_finished() {
-                latencies.extend(latency_ms(&b));
+                latencies.start.extend(latency_ms(&b));
+                latencies.claim.extend(claim_ms(&b));
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "build {id} did not finish");

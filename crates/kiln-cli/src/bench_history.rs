@@ -140,7 +140,7 @@ pub async fn run(exe: &Path, history: u64, builds: usize, latency_builds: usize)
             let t = Instant::now();
             submit_and_wait(&farm.client, &body, builds, 16).await?;
             f.rates.push(builds as f64 / t.elapsed().as_secs_f64());
-            f.latency.extend(one_at_a_time(&farm.client, &body, latency_builds.div_ceil(5)).await?);
+            f.latency.extend(one_at_a_time(&farm.client, &body, latency_builds.div_ceil(5)).await?.start);
             for _ in 0..5 {
                 f.builds_api.push(get_ms(&http, farm, paths[0]).await?);
                 f.one_builder.push(get_ms(&http, farm, paths[1]).await?);
