@@ -289,8 +289,6 @@ pub(crate) async fn submit_and_wait(
     Ok(submitted)
 }
 
-/// Trigger→first-step latency (ms) of `n` builds submitted one at a time,
-/// each with a free slot.
 /// Trigger→start latencies of builds run one at a time, ms: to the first
 /// step's start, and the part of it before the build was claimed.
 #[derive(Default)]
@@ -299,6 +297,8 @@ pub(crate) struct Latencies {
     pub claim: Vec<f64>,
 }
 
+/// Trigger→first-step latency (ms) of `n` builds submitted one at a time,
+/// each with a free slot.
 pub(crate) async fn one_at_a_time(client: &Client, body: &BuildRequestBody, n: usize) -> anyhow::Result<Latencies> {
     let mut latencies = Latencies::default();
     for _ in 0..n {
