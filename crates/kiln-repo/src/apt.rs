@@ -7,7 +7,7 @@
 //! (the `publish` module's); this module only renders bytes.
 
 use crate::deb::{DebEntry, DscEntry};
-use crate::hash::{sums, Sums};
+use crate::hash::ReleaseSums;
 use crate::pieces::{self, PieceCache};
 use std::collections::BTreeSet;
 
@@ -111,12 +111,9 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
         bytes: component_release(meta, &dist.suite, comp, "source"),
     });
 
-    // SHA-512 on a thread of its own, beside the other three.
-    let (listed, sha512s) = std::thread::scope(|s| {
-        let long = s.spawn(|| files.iter().map(|f| crate::hash::sha512(&f.bytes)).collect::<Vec<String>>());
-        let listed: Vec<(&str, Sums)> = files.iter().map(|f| (f.path.as_str(), sums(&f.bytes))).collect();
-        (listed, long.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-    });
+    let contents: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
+    let listed: Vec<(&str, ReleaseSums)> =
+        files.iter().map(|f| f.path.as_str()).zip(crate::hash::release_sums(&contents)).collect();
     let archs: Vec<&str> = dist.archs.iter().map(String::as_str).collect();
     let mut release = format!(
         "Origin: {}\nLabel: {}\nSuite: {}\nCodename: {}\nDate: {date}\n{}Architectures: {}\nComponents: {comp} {debug}\nDescription: {}\nAcquire-By-Hash: yes\nNo-Support-for-Architecture-all: Packages\n",
@@ -128,18 +125,15 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
         archs.join(" "),
         meta.description,
     );
-    type Pick = fn(&Sums) -> &str;
-    let sections: [(&str, Pick); 3] = [("MD5Sum", |s| &s.md5), ("SHA1", |s| &s.sha1), ("SHA256", |s| &s.sha256)];
+    type Pick = fn(&ReleaseSums) -> &str;
+    let sections: [(&str, Pick); 4] =
+        [("MD5Sum", |s| &s.md5), ("SHA1", |s| &s.sha1), ("SHA256", |s| &s.sha256), ("SHA512", |s| &s.sha512)];
     for (title, pick) in sections {
         release.push_str(title);
         release.push_str(":\n");
         for (path, s) in &listed {
             release.push_str(&format!(" {} {:>16} {path}\n", pick(s), s.size));
         }
-    }
-    release.push_str("SHA512:\n");
-    for ((path, s), sha512) in listed.iter().zip(&sha512s) {
-        release.push_str(&format!(" {sha512} {:>16} {path}\n", s.size));
     }
     files.push(IndexFile { path: "Release".into(), bytes: release.into_bytes() });
     files

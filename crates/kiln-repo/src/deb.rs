@@ -28,6 +28,11 @@ impl DebEntry {
     /// `NAME-dbgsym`): it goes to the `debug` component, as Debian's debug
     /// archive keeps them apart from what users install.
     pub fn is_debug_symbols(&self) -> bool {
+        // Asked of every package on every publish: most packages are told
+        // apart by one search, without going through their lines.
+        if !self.name.ends_with("-dbgsym") && !self.stanza.contains("Auto-Built-Package:") {
+            return false;
+        }
         let field = |name: &str| {
             self.stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
         };

@@ -94,9 +94,22 @@ pub fn cut<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>, sep: &[u8
 }
 
 /// The pieces' cache keys (their SHA-256), for [`gzip_keyed`] and
-/// [`xz_keyed`] when one index is compressed both ways.
+/// [`xz_keyed`] when one index is compressed both ways. A large index's
+/// pieces are hashed on every CPU, a share each.
 pub fn keys(pieces: &[&[u8]]) -> Vec<String> {
-    pieces.iter().map(|p| sha256(p)).collect()
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || total < 1024 * 1024 {
+        return pieces.iter().map(|p| sha256(p)).collect();
+    }
+    let share = pieces.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = pieces
+            .chunks(share)
+            .map(|part| s.spawn(move || part.iter().map(|p| sha256(p)).collect::<Vec<_>>()))
+            .collect();
+        runs.into_iter().flat_map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// The pieces as one single-member gzip file.
