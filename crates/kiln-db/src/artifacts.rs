@@ -30,6 +30,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT build_id, name, size, sha256 FROM artifacts WHERE build_id IN ({list}) ORDER BY build_id, name"
         ))
+        .persistent(false)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(artifact_row).collect()

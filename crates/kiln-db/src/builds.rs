@@ -81,8 +81,12 @@ impl Store {
         reason: Option<&str>,
         builds: &[NewBuild],
     ) -> Result<(i64, Vec<i64>)> {
-        if let ([build], Backend::Sqlite) = (builds, self.backend()) {
-            return self.create_one_build_request(now, requested_by, reason, build).await;
+        match (builds, self.backend()) {
+            ([build], Backend::Sqlite) => return self.create_one_build_request(now, requested_by, reason, build).await,
+            ([build], Backend::Postgres) => {
+                return self.create_one_build_request_pg(now, requested_by, reason, build).await
+            }
+            _ => {}
         }
         let mut tx = self.pool.begin().await?;
         let request_id: i64 =
@@ -145,6 +149,35 @@ impl Store {
         Ok((row.try_get(0)?, vec![row.try_get(1)?]))
     }
 
+    /// [`Store::create_request`] of one build on PostgreSQL: the same
+    /// inserts and announcement as one statement (one implicit
+    /// transaction), one round trip to the server instead of five.
+    async fn create_one_build_request_pg(
+        &self,
+        now: i64,
+        requested_by: Option<&str>,
+        reason: Option<&str>,
+        build: &NewBuild,
+    ) -> Result<(i64, Vec<i64>)> {
+        let row = sqlx::query(
+            "WITH request AS (INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id), \
+             build AS (INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, \
+             depends_on) SELECT id, $4, $5, 'queued', $1, $2, $6, '[]' FROM request RETURNING request_id, id) \
+             SELECT build.request_id, build.id, CAST(pg_notify($7 || current_schema(), $8) AS TEXT) FROM build",
+        )
+        .bind(now)
+        .bind(requested_by)
+        .bind(reason)
+        .bind(&build.component)
+        .bind(&build.target)
+        .bind(to_json(&build.properties))
+        .bind(crate::news::CHANNEL)
+        .bind(self.owner().unwrap_or(""))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, vec![row.try_get(1)?]))
+    }
+
     /// Claims a queued build for a worker and records its steps. Returns
     /// false when the build was not queued any more (someone else took it, or
     /// it was cancelled): the claim is exactly-once.
@@ -152,40 +185,44 @@ impl Store {
         if self.backend() == Backend::Sqlite {
             return self.claim_in_one_round_trip(build_id, worker, now, step_names).await;
         }
-        let mut tx = self.pool.begin().await?;
-        // Only under this master's lease: a master that was fenced while
-        // paused claims nothing when it wakes.
-        self.hold_lease(&mut tx).await?;
-        let claimed = sqlx::query(
-            "UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, owner = $3, \
-             owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued'",
+        self.claim_in_one_statement(build_id, worker, now, step_names).await
+    }
+
+    /// [`Store::claim`] on PostgreSQL: one statement (one implicit
+    /// transaction, one round trip). The lease row is locked FOR KEY SHARE
+    /// inside it, as [`Store::hold_lease`] does in a transaction: a fence
+    /// that takes the row first is waited for, and its new epoch then fails
+    /// the claim.
+    async fn claim_in_one_statement(
+        &self,
+        build_id: i64,
+        worker: &str,
+        now: i64,
+        step_names: &[String],
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "WITH lease AS (SELECT 1 FROM masters WHERE id = $3 AND epoch = $4 FOR KEY SHARE), \
+             claimed AS (UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, \
+             owner = $3, owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued' \
+             AND (CAST($3 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM lease)) RETURNING id), \
+             steps AS (INSERT INTO steps (build_id, idx, name, state) \
+             SELECT claimed.id, CAST(step.n AS BIGINT) - 1, step.name, 'pending' FROM claimed, \
+             json_array_elements_text(CAST($6 AS JSON)) WITH ORDINALITY AS step(name, n)) \
+             SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM lease)",
         )
         .bind(worker)
         .bind(now)
         .bind(self.owner())
         .bind(self.owner.is_some().then(|| self.epoch()))
         .bind(build_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            return Ok(false);
+        .bind(to_json(&step_names))
+        .fetch_one(&self.pool)
+        .await?;
+        let (claimed, lease): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(o) = self.owner.as_deref().filter(|_| lease == 0) {
+            return Err(StoreError::LeaseLost { master: o.id.clone(), epoch: o.epoch() });
         }
-        // A queued build has no step rows: `requeue` removes them.
-        if !step_names.is_empty() {
-            let values: Vec<String> = (0..step_names.len())
-                .map(|i| format!("(${}, ${}, ${}, 'pending')", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
-            let sql = format!("INSERT INTO steps (build_id, idx, name, state) VALUES {}", values.join(", "));
-            let mut q = sqlx::query(&sql);
-            for (i, name) in step_names.iter().enumerate() {
-                q = q.bind(build_id).bind(i as i64).bind(name.as_str());
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        Ok(claimed == 1)
     }
 
     /// [`Store::claim`] on SQLite: the same transaction as one script
@@ -335,6 +372,7 @@ impl Store {
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
         let owned: HashSet<i64> =
             sqlx::query(&format!("SELECT id FROM builds WHERE id IN ({list}) AND {}{lock}", self.owned_sql()))
+                .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -438,6 +476,7 @@ impl Store {
             "SELECT build_id, idx, name, state, exit_code, started_at, finished_at, log_size \
              FROM steps WHERE build_id IN ({list}) ORDER BY build_id, idx"
         ))
+        .persistent(false)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(step_row).collect()
@@ -489,7 +528,7 @@ impl Store {
         }
         let sql =
             format!("SELECT {BUILD_COLUMNS} FROM builds WHERE request_id IN ({}) ORDER BY id", id_list(request_ids));
-        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql).persistent(false).fetch_all(&self.reader).await?;
         rows.iter().map(build_row).collect()
     }
 
@@ -499,7 +538,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id IN ({}) ORDER BY id", id_list(ids));
-        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql).persistent(false).fetch_all(&self.reader).await?;
         rows.iter().map(build_row).collect()
     }
 

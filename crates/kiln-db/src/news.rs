@@ -11,7 +11,7 @@ use crate::{Backend, Result, Store};
 use sqlx::postgres::PgListener;
 
 /// The channel's name, before the schema's.
-const CHANNEL: &str = "kiln_queue_";
+pub(crate) const CHANNEL: &str = "kiln_queue_";
 
 /// Announcements from the other masters, as they come.
 pub struct News {

@@ -67,6 +67,7 @@ impl Store {
                 "UPDATE builds SET pruned_at = $1 WHERE id IN ({}) AND pruned_at IS NULL AND pinned = 0",
                 id_list(chunk)
             ))
+            .persistent(false)
             .bind(at)
             .execute(&self.pool)
             .await?;

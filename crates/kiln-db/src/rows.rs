@@ -96,7 +96,11 @@ pub(crate) const BUILD_COLUMNS: &str = "id, request_id, component, target, state
     finished_at, requested_by, worker, attempt, properties, depends_on";
 
 /// Ids for an `IN (...)` list. They are integers kiln produced, so listing
-/// them inline is safe.
+/// them inline is safe. A statement holding such a list is run with
+/// `persistent(false)`: each list makes a statement text of its own, and
+/// cached, they would push the statements used on every build out of each
+/// connection's cache (on PostgreSQL, every push-out and prepare again is
+/// one more round trip to the server).
 pub(crate) fn id_list(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }

@@ -86,6 +86,7 @@ impl Store {
         let mut states = std::collections::HashMap::new();
         for chunk in ids.chunks(500) {
             let rows = sqlx::query(&format!("SELECT id, state FROM builds WHERE id IN ({})", id_list(chunk)))
+                .persistent(false)
                 .fetch_all(&self.reader)
                 .await?;
             for r in rows {
@@ -136,8 +137,12 @@ impl Store {
              AND ($1 = '' OR target = $1) AND ($2 = '' OR component = $2)",
             id_list(request_ids)
         );
-        let rows =
-            sqlx::query(&sql).bind(target.unwrap_or("")).bind(component.unwrap_or("")).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql)
+            .persistent(false)
+            .bind(target.unwrap_or(""))
+            .bind(component.unwrap_or(""))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -167,7 +172,7 @@ impl Store {
              GROUP BY request_id, {column}, state",
             id_list(request_ids)
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql).persistent(false).fetch_all(&self.reader).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, parse_state(&r.try_get::<String, _>(2)?)?, r.try_get(3)?)))
             .collect()
@@ -183,7 +188,7 @@ impl Store {
              (SELECT MIN(id) FROM builds WHERE request_id IN ({}) GROUP BY request_id)",
             id_list(request_ids)
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        let rows = sqlx::query(&sql).persistent(false).fetch_all(&self.reader).await?;
         rows.iter()
             .map(|r| {
                 let text: String = r.try_get(1)?;
