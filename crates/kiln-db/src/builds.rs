@@ -159,7 +159,7 @@ impl Store {
         reason: Option<&str>,
         build: &NewBuild,
     ) -> Result<(i64, Vec<i64>)> {
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "WITH request AS (INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id), \
              build AS (INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, \
              depends_on) SELECT id, $4, $5, 'queued', $1, $2, $6, '[]' FROM request RETURNING request_id, id) \
@@ -173,8 +173,11 @@ impl Store {
         .bind(to_json(&build.properties))
         .bind(crate::news::CHANNEL)
         .bind(self.owner().unwrap_or(""))
-        .fetch_one(&self.pool)
+        // Read to the end: the row comes before the commit, and a commit
+        // that fails must fail this call, not the connection's next one.
+        .fetch_all(&self.pool)
         .await?;
+        let row = rows.first().ok_or_else(|| StoreError::Corrupt("the new build was not returned".into()))?;
         Ok((row.try_get(0)?, vec![row.try_get(1)?]))
     }
 
@@ -200,7 +203,7 @@ impl Store {
         now: i64,
         step_names: &[String],
     ) -> Result<bool> {
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "WITH lease AS (SELECT 1 FROM masters WHERE id = $3 AND epoch = $4 FOR KEY SHARE), \
              claimed AS (UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, \
              owner = $3, owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued' \
@@ -216,8 +219,10 @@ impl Store {
         .bind(self.owner.is_some().then(|| self.epoch()))
         .bind(build_id)
         .bind(to_json(&step_names))
-        .fetch_one(&self.pool)
+        // Read to the end, past the commit (see create_one_build_request_pg).
+        .fetch_all(&self.pool)
         .await?;
+        let row = rows.first().ok_or_else(|| StoreError::Corrupt("the claim answered nothing".into()))?;
         let (claimed, lease): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         if let Some(o) = self.owner.as_deref().filter(|_| lease == 0) {
             return Err(StoreError::LeaseLost { master: o.id.clone(), epoch: o.epoch() });

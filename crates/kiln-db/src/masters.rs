@@ -158,7 +158,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             // Its claims and writes in flight (each holds its lease row
-            // KEY SHARE) end before the fence lands.
+            // KEY SHARE) end before the fence lands. This lock is also what
+            // makes the epoch's change below conflict with KEY SHARE: a plain
+            // update of a column no key holds would not wait for them, nor
+            // fail a claim that waited for it.
             sqlx::query("SELECT 1 FROM masters WHERE id = $1 FOR UPDATE").bind(gone).execute(&mut *tx).await?;
         }
         sqlx::query(

@@ -22,6 +22,16 @@ where
     test(store.clone()).await;
     store.close().await;
 
+    on_postgres(|store, _| test(store)).await;
+}
+
+/// Runs `test` on a PostgreSQL store of its own schema, with the URL that
+/// reaches it (for a test that needs a connection of its own).
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: Fn(Store, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let base = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_PG.to_string());
     let mut raw = [0u8; 6];
     getrandom::fill(&mut raw).expect("random");
@@ -33,7 +43,7 @@ where
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
     let store = Store::open(&url).await.expect("open postgres store");
-    test(store.clone()).await;
+    test(store.clone(), url).await;
     store.close().await;
     admin.execute_raw(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
     admin.close().await;
@@ -401,6 +411,53 @@ async fn a_drain_holds_until_resumed_and_keeps_its_first_author() {
         assert!(s.resume_worker("w1").await.expect("resume"));
         assert!(!s.resume_worker("w1").await.expect("resume twice"), "a worker not drained is not resumed");
         assert_eq!(s.drained_workers().await.expect("list").len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claim_caught_by_a_fence_under_way_waits_for_it_and_then_loses_the_lease() {
+    use sqlx::{Connection, Executor, Row};
+    on_postgres(|s, url| async move {
+        let m2 = s.clone().for_master("m2");
+        m2.take_lease("10.0.0.2:8010", 100, 12).await.expect("lease");
+        let (_, ids) = s.create_request(1, None, None, &[new_build("a", "t", &[])]).await.expect("create");
+        // Another master fences m2, as take_over_master does, and has not
+        // committed yet: m2's lease row is locked and its epoch moved on.
+        let mut fence = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        fence.execute("BEGIN").await.expect("begin");
+        let fence_pid: i32 = fence.fetch_one("SELECT pg_backend_pid()").await.expect("pid").get(0);
+        fence.execute("SELECT 1 FROM masters WHERE id = 'm2' FOR UPDATE").await.expect("lock");
+        fence.execute("UPDATE masters SET epoch = epoch + 1 WHERE id = 'm2'").await.expect("fence");
+        // m2, which still thinks it holds epoch 1, claims meanwhile.
+        let claim = tokio::spawn({
+            let (m2, id) = (m2.clone(), ids[0]);
+            async move { m2.claim(id, "w1", 2, &["s".into()]).await }
+        });
+        // It waits for the fence: seen as a session the fence blocks.
+        // (PostgreSQL tells of no lock wait but through its views: looked at
+        // every 10 ms, for at most 10 s.)
+        let mut watch = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        let blocked = format!("SELECT COUNT(*) FROM pg_stat_activity WHERE {fence_pid} = ANY(pg_blocking_pids(pid))");
+        let mut waited = false;
+        for _ in 0..1000 {
+            let n: i64 = watch.fetch_one(blocked.as_str()).await.expect("activity").get(0);
+            if n > 0 {
+                waited = true;
+                break;
+            }
+            if claim.is_finished() {
+                panic!("the claim went ahead under a fence: {:?}", claim.await);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(waited, "the claim never waited for the fence");
+        fence.execute("COMMIT").await.expect("commit");
+        let lost = claim.await.expect("join");
+        assert!(matches!(lost, Err(kiln_db::StoreError::LeaseLost { .. })), "{lost:?}");
+        let b = s.build(ids[0]).await.expect("read").expect("exists");
+        assert_eq!(b.state, BuildState::Queued, "the fenced master claimed nothing");
+        assert!(s.steps(ids[0]).await.expect("steps").is_empty());
     })
     .await;
 }
