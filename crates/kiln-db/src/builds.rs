@@ -81,12 +81,8 @@ impl Store {
         reason: Option<&str>,
         builds: &[NewBuild],
     ) -> Result<(i64, Vec<i64>)> {
-        match (builds, self.backend()) {
-            ([build], Backend::Sqlite) => return self.create_one_build_request(now, requested_by, reason, build).await,
-            ([build], Backend::Postgres) => {
-                return self.create_one_build_request_pg(now, requested_by, reason, build).await
-            }
-            _ => {}
+        if let [build] = builds {
+            return self.create_one_build_request(now, requested_by, reason, build).await;
         }
         let mut tx = self.pool.begin().await?;
         let request_id: i64 =
@@ -121,9 +117,12 @@ impl Store {
         Ok((request_id, ids))
     }
 
-    /// [`Store::create_request`] of one build on SQLite (what most triggers
-    /// ask): the same transaction as one script ([`Store::run_script`]),
-    /// one hand-off to the connection's thread instead of four.
+    /// [`Store::create_request`] of one build (what most triggers ask), in
+    /// one go: on SQLite the same transaction as one script
+    /// ([`Store::run_script`], one hand-off to the connection's thread
+    /// instead of four), on PostgreSQL one statement with its announcement
+    /// (one implicit transaction, one round trip to the server instead of
+    /// five).
     async fn create_one_build_request(
         &self,
         now: i64,
@@ -131,122 +130,60 @@ impl Store {
         reason: Option<&str>,
         build: &NewBuild,
     ) -> Result<(i64, Vec<i64>)> {
-        const CREATE: &str = "BEGIN IMMEDIATE; \
+        const ON_SQLITE: &str = "BEGIN IMMEDIATE; \
              INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3); \
              INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, depends_on) \
              VALUES (last_insert_rowid(), $4, $5, 'queued', $1, $2, $6, '[]'); \
              SELECT request_id, id FROM builds WHERE id = last_insert_rowid(); \
              COMMIT;";
-        let script = sqlx::query(CREATE)
-            .bind(now)
-            .bind(requested_by.map(str::to_owned))
-            .bind(reason.map(str::to_owned))
-            .bind(build.component.clone())
-            .bind(build.target.clone())
-            .bind(to_json(&build.properties));
-        let rows = self.run_script(script).await?;
-        let row = rows.first().ok_or_else(|| StoreError::Corrupt("the new build was not found".into()))?;
-        Ok((row.try_get(0)?, vec![row.try_get(1)?]))
-    }
-
-    /// [`Store::create_request`] of one build on PostgreSQL: the same
-    /// inserts and announcement as one statement (one implicit
-    /// transaction), one round trip to the server instead of five.
-    async fn create_one_build_request_pg(
-        &self,
-        now: i64,
-        requested_by: Option<&str>,
-        reason: Option<&str>,
-        build: &NewBuild,
-    ) -> Result<(i64, Vec<i64>)> {
-        let rows = sqlx::query(
-            "WITH request AS (INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id), \
+        const ON_POSTGRES: &str = "WITH request AS \
+             (INSERT INTO requests (requested_at, requested_by, reason) VALUES ($1, $2, $3) RETURNING id), \
              build AS (INSERT INTO builds (request_id, component, target, state, requested_at, requested_by, properties, \
              depends_on) SELECT id, $4, $5, 'queued', $1, $2, $6, '[]' FROM request RETURNING request_id, id) \
-             SELECT build.request_id, build.id, CAST(pg_notify($7 || current_schema(), $8) AS TEXT) FROM build",
-        )
-        .bind(now)
-        .bind(requested_by)
-        .bind(reason)
-        .bind(&build.component)
-        .bind(&build.target)
-        .bind(to_json(&build.properties))
-        .bind(crate::news::CHANNEL)
-        .bind(self.owner().unwrap_or(""))
-        // Read to the end: the row comes before the commit, and a commit
-        // that fails must fail this call, not the connection's next one.
-        .fetch_all(&self.pool)
-        .await?;
+             SELECT build.request_id, build.id, CAST(pg_notify($7 || current_schema(), $8) AS TEXT) FROM build";
+        let query = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(requested_by.map(str::to_owned))
+                .bind(reason.map(str::to_owned))
+                .bind(build.component.clone())
+                .bind(build.target.clone())
+                .bind(to_json(&build.properties))
+        };
+        let rows = match self.backend() {
+            Backend::Sqlite => self.run_script(query(ON_SQLITE)).await?,
+            // Read to the end: the row comes before the commit, and a commit
+            // that fails must fail this call, not the connection's next one.
+            Backend::Postgres => {
+                query(ON_POSTGRES)
+                    .bind(crate::news::CHANNEL)
+                    .bind(self.owner().unwrap_or("").to_owned())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         let row = rows.first().ok_or_else(|| StoreError::Corrupt("the new build was not returned".into()))?;
         Ok((row.try_get(0)?, vec![row.try_get(1)?]))
     }
 
     /// Claims a queued build for a worker and records its steps. Returns
     /// false when the build was not queued any more (someone else took it, or
-    /// it was cancelled): the claim is exactly-once.
+    /// it was cancelled): the claim is exactly-once. A store acting for a
+    /// master claims only under that master's lease ([`StoreError::LeaseLost`]).
+    ///
+    /// It is one go on the way from trigger to first step. On SQLite, one
+    /// script ([`Store::run_script`]): one hand-off to the connection's
+    /// thread instead of five; the lease is checked inside the update, and
+    /// a claim that changed nothing then asks, apart, whether the lease was
+    /// the reason. On PostgreSQL, one statement (one implicit transaction,
+    /// one round trip): the lease row is locked FOR KEY SHARE inside it, as
+    /// [`Store::hold_lease`] does in a transaction, so a fence that took the
+    /// row first is waited for, and its new epoch then fails the claim.
     pub async fn claim(&self, build_id: i64, worker: &str, now: i64, step_names: &[String]) -> Result<bool> {
-        if self.backend() == Backend::Sqlite {
-            return self.claim_in_one_round_trip(build_id, worker, now, step_names).await;
-        }
-        self.claim_in_one_statement(build_id, worker, now, step_names).await
-    }
-
-    /// [`Store::claim`] on PostgreSQL: one statement (one implicit
-    /// transaction, one round trip). The lease row is locked FOR KEY SHARE
-    /// inside it, as [`Store::hold_lease`] does in a transaction: a fence
-    /// that takes the row first is waited for, and its new epoch then fails
-    /// the claim.
-    async fn claim_in_one_statement(
-        &self,
-        build_id: i64,
-        worker: &str,
-        now: i64,
-        step_names: &[String],
-    ) -> Result<bool> {
-        let rows = sqlx::query(
-            "WITH lease AS (SELECT 1 FROM masters WHERE id = $3 AND epoch = $4 FOR KEY SHARE), \
-             claimed AS (UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, \
-             owner = $3, owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued' \
-             AND (CAST($3 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM lease)) RETURNING id), \
-             steps AS (INSERT INTO steps (build_id, idx, name, state) \
-             SELECT claimed.id, CAST(step.n AS BIGINT) - 1, step.name, 'pending' FROM claimed, \
-             json_array_elements_text(CAST($6 AS JSON)) WITH ORDINALITY AS step(name, n)) \
-             SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM lease)",
-        )
-        .bind(worker)
-        .bind(now)
-        .bind(self.owner())
-        .bind(self.owner.is_some().then(|| self.epoch()))
-        .bind(build_id)
-        .bind(to_json(&step_names))
-        // Read to the end, past the commit (see create_one_build_request_pg).
-        .fetch_all(&self.pool)
-        .await?;
-        let row = rows.first().ok_or_else(|| StoreError::Corrupt("the claim answered nothing".into()))?;
-        let (claimed, lease): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        if let Some(o) = self.owner.as_deref().filter(|_| lease == 0) {
-            return Err(StoreError::LeaseLost { master: o.id.clone(), epoch: o.epoch() });
-        }
-        Ok(claimed == 1)
-    }
-
-    /// [`Store::claim`] on SQLite: the same transaction as one script
-    /// ([`Store::run_script`]), so it costs one hand-off to the
-    /// connection's thread instead of five (each is a thread wake-up on the
-    /// way from trigger to first step).
-    /// The lease is checked inside the update; a claim that changed nothing
-    /// then asks, apart, whether the lease was the reason.
-    async fn claim_in_one_round_trip(
-        &self,
-        build_id: i64,
-        worker: &str,
-        now: i64,
-        step_names: &[String],
-    ) -> Result<bool> {
         // `changes()` answers for the last insert, update or delete: the
         // SELECT reads the update's count, and the steps go in only when
         // it claimed the build.
-        const CLAIM: &str = "BEGIN IMMEDIATE; \
+        const ON_SQLITE: &str = "BEGIN IMMEDIATE; \
              UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, owner = $3, \
              owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued' \
              AND ($3 IS NULL OR EXISTS (SELECT 1 FROM masters WHERE id = $3 AND epoch = $4)); \
@@ -254,14 +191,34 @@ impl Store {
              INSERT INTO steps (build_id, idx, name, state) \
              SELECT $5, CAST(key AS INTEGER), value, 'pending' FROM json_each($6) WHERE changes() = 1; \
              COMMIT;";
-        let script = sqlx::query(CLAIM)
-            .bind(worker.to_owned())
-            .bind(now)
-            .bind(self.owner().map(str::to_owned))
-            .bind(self.owner.is_some().then(|| self.epoch()))
-            .bind(build_id)
-            .bind(to_json(&step_names));
-        let claimed = match self.run_script(script).await?.first() {
+        const ON_POSTGRES: &str = "WITH lease AS (SELECT 1 FROM masters WHERE id = $3 AND epoch = $4 FOR KEY SHARE), \
+             claimed AS (UPDATE builds SET state = 'running', worker = $1, started_at = $2, attempt = attempt + 1, \
+             owner = $3, owner_epoch = $4, cancel_asked_by = NULL WHERE id = $5 AND state = 'queued' \
+             AND (CAST($3 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM lease)) RETURNING id), \
+             steps AS (INSERT INTO steps (build_id, idx, name, state) \
+             SELECT claimed.id, CAST(step.n AS BIGINT) - 1, step.name, 'pending' FROM claimed, \
+             json_array_elements_text(CAST($6 AS JSON)) WITH ORDINALITY AS step(name, n)) \
+             SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM lease)";
+        let query = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(worker.to_owned())
+                .bind(now)
+                .bind(self.owner().map(str::to_owned))
+                .bind(self.owner.is_some().then(|| self.epoch()))
+                .bind(build_id)
+                .bind(to_json(&step_names))
+        };
+        if self.backend() == Backend::Postgres {
+            // Read to the end, past the commit (see create_one_build_request).
+            let rows = query(ON_POSTGRES).fetch_all(&self.pool).await?;
+            let row = rows.first().ok_or_else(|| StoreError::Corrupt("the claim answered nothing".into()))?;
+            let (claimed, lease): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(o) = self.owner.as_deref().filter(|_| lease == 0) {
+                return Err(StoreError::LeaseLost { master: o.id.clone(), epoch: o.epoch() });
+            }
+            return Ok(claimed == 1);
+        }
+        let claimed = match self.run_script(query(ON_SQLITE)).await?.first() {
             Some(row) => row.try_get::<i64, _>(0)? == 1,
             None => return Err(StoreError::Corrupt("the claim's script answered nothing".into())),
         };
