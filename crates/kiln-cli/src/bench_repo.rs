@@ -198,8 +198,10 @@ fn as_rows(rows: &[(i64, String)]) -> Vec<(i64, &str)> {
     rows.iter().map(|(id, t)| (*id, t.as_str())).collect()
 }
 
-/// Adding one package to a channel of the `stored` entries, `rounds` times:
-/// the new package is read (`new_entry`) and stored as a row of its own,
+/// Adding one package to a channel of the `stored` entries, `rounds` times
+/// in a row: round `i` adds a package of its own (`new_entry(i)`) to the
+/// channel the round before left, so each generation is a real change from
+/// the one before. The new package is read and stored as a row of its own,
 /// the channel's entries are loaded as the publisher does (its
 /// `EntryCache`, warmed first as a running master has it: only the new row
 /// is parsed), and `write` makes the generation. The medians, ms: in all,
@@ -207,19 +209,18 @@ fn as_rows(rows: &[(i64, String)]) -> Vec<(i64, &str)> {
 fn add_one<T: serde::Serialize + serde::de::DeserializeOwned + Send>(
     rounds: usize,
     stored: &[String],
-    new_entry: impl Fn() -> anyhow::Result<T>,
+    new_entry: impl Fn(usize) -> anyhow::Result<T>,
     mut write: impl FnMut(Vec<&T>) -> anyhow::Result<()>,
 ) -> anyhow::Result<(f64, f64)> {
     let bad = |(i, e): (usize, serde_json::Error)| anyhow::anyhow!("entry {i}: {e}");
     let mut rows: Vec<(i64, String)> = stored.iter().enumerate().map(|(i, t)| (i as i64 + 1, t.clone())).collect();
     let mut cache = kiln_repo::stored::EntryCache::<T>::default();
     cache.load(&as_rows(&rows)).map_err(bad)?;
-    let mut next_id = 1_000_000;
+    let mut round = 0;
     let mut loading = Vec::new();
     let total = time_ms(rounds, || {
-        rows.truncate(stored.len());
-        next_id += 1;
-        rows.push((next_id, serde_json::to_string(&new_entry()?)?));
+        rows.push((1_000_000 + round as i64, serde_json::to_string(&new_entry(round)?)?));
+        round += 1;
         let t = Instant::now();
         let entries = cache.load(&as_rows(&rows)).map_err(bad)?;
         loading.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -358,14 +359,17 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         read_all(&debs, deb_entry)?.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
     let stored_rpms: Vec<String> =
         read_all(&rpms, rpm_entry)?.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
-    let extra_deb = dir.join("extra_1.0-1_amd64.deb");
-    make_deb(&extra_deb, "bench-extra", "1.0-1")?;
-    let extra_rpm = dir.join("bench-extra-1.0-1.x86_64.rpm");
-    make_rpm(&extra_rpm, "bench-extra", "1.0")?;
+    // A package of its own for each round (made before the timing).
+    let extra_debs: Vec<PathBuf> = (0..rounds.max(1)).map(|i| dir.join(format!("extra{i}_1.0-1_amd64.deb"))).collect();
+    let extra_rpms: Vec<PathBuf> = (0..rounds.max(1)).map(|i| dir.join(format!("extra{i}-1.0-1.x86_64.rpm"))).collect();
+    for (i, (deb, rpm)) in extra_debs.iter().zip(&extra_rpms).enumerate() {
+        make_deb(deb, &format!("bench-extra{i}"), "1.0-1")?;
+        make_rpm(rpm, &format!("bench-extra{i}"), "1.0")?;
+    }
     let (apt_add, apt_loading) = add_one(
         rounds,
         &stored_debs,
-        || deb_entry(&extra_deb),
+        |i| deb_entry(&extra_debs[i]),
         |entries| {
             gen += 1;
             Ok(ChannelDir::new(&out).write_generation(gen, "", &content(entries, vec![]), &key, DATE).map(drop)?)
@@ -376,7 +380,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     let (yum_add, yum_loading) = add_one(
         rounds,
         &stored_rpms,
-        || rpm_entry(&extra_rpm),
+        |i| rpm_entry(&extra_rpms[i]),
         |entries| {
             gen += 1;
             Ok(ChannelDir::new(&yout).write_generation(gen, "", &content(vec![], entries), &key, DATE).map(drop)?)
@@ -391,7 +395,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..rounds.max(1) {
             let _ = std::fs::remove_file(&added);
             sh(Command::new("createrepo_c").args(["--quiet", "--update"]).arg(&rpm_dir))?;
-            std::fs::copy(&extra_rpm, &added)?;
+            std::fs::copy(&extra_rpms[0], &added)?;
             let t = Instant::now();
             sh(Command::new("createrepo_c").args(["--quiet", "--update"]).arg(&rpm_dir))?;
             v.push(t.elapsed().as_secs_f64() * 1000.0);
