@@ -82,6 +82,15 @@ fn component_release(meta: &ReleaseMeta, suite: &str, component: &str, arch: &st
 /// is `date` (RFC 2822, e.g. `Sun, 22 Nov 2026 10:00:00 UTC`). The
 /// `Release` comes last.
 pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &PieceCache) -> Vec<IndexFile> {
+    let mut files = render_indexes(meta, dist, cache);
+    let release = render_release(meta, dist, date, &files);
+    files.push(release);
+    files
+}
+
+/// The indexes of `dist` ([`render_dist`] without the `Release`), so a
+/// caller may write them while the `Release` is hashed.
+pub fn render_indexes(meta: &ReleaseMeta, dist: &Dist<'_>, cache: &PieceCache) -> Vec<IndexFile> {
     let mut files = Vec::new();
     let comp = &dist.component;
     let debug = format!("{comp}/debug");
@@ -110,7 +119,12 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
         path: format!("{comp}/source/Release"),
         bytes: component_release(meta, &dist.suite, comp, "source"),
     });
+    files
+}
 
+/// The unsigned `Release` of `dist` listing `files` (its indexes), dated `date`.
+pub fn render_release(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, files: &[IndexFile]) -> IndexFile {
+    let (comp, debug) = (&dist.component, format!("{}/debug", dist.component));
     let contents: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
     let listed: Vec<(&str, ReleaseSums)> =
         files.iter().map(|f| f.path.as_str()).zip(crate::hash::release_sums(&contents)).collect();
@@ -135,8 +149,7 @@ pub fn render_dist(meta: &ReleaseMeta, dist: &Dist<'_>, date: &str, cache: &Piec
             release.push_str(&format!(" {} {:>16} {path}\n", pick(s), s.size));
         }
     }
-    files.push(IndexFile { path: "Release".into(), bytes: release.into_bytes() });
-    files
+    IndexFile { path: "Release".into(), bytes: release.into_bytes() }
 }
 
 /// The `SHA256` section of a `Release`: (hash, path) of every index it lists.

@@ -199,12 +199,24 @@ impl ChannelDir {
         std::os::unix::fs::symlink("../../../pool/apt", tmp.join("apt/pool")).map_err(|e| RepoError::io(&tmp, e))?;
         for dist in &content.apt {
             let dir = tmp.join("apt/dists").join(&dist.suite);
-            let files = apt::render_dist(&content.meta, dist, date, &cache);
+            let files = apt::render_indexes(&content.meta, dist, &cache);
             let rel = Path::new("apt/dists").join(&dist.suite);
-            for f in &files {
-                write_or_link(&dir.join(&f.path), &f.bytes, before(&rel.join(&f.path)).as_deref())?;
-            }
-            let release = files.last().map(|f| String::from_utf8_lossy(&f.bytes).into_owned()).unwrap_or_default();
+            // The indexes go to disk (and are synced) while their sums are
+            // taken for the Release: the disk's time and the CPUs' overlap.
+            let release = std::thread::scope(|s| {
+                let writing = s.spawn(|| -> Result<()> {
+                    for f in &files {
+                        let path = dir.join(&f.path);
+                        write_or_link(&path, &f.bytes, before(&rel.join(&f.path)).as_deref())?;
+                        fs::File::open(&path).and_then(|file| file.sync_all()).map_err(|e| RepoError::io(&path, e))?;
+                    }
+                    Ok(())
+                });
+                let release = apt::render_release(&content.meta, dist, date, &files);
+                writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map(|()| release)
+            })?;
+            write_or_link(&dir.join(&release.path), &release.bytes, before(&rel.join(&release.path)).as_deref())?;
+            let release = String::from_utf8_lossy(&release.bytes).into_owned();
             write_atomic(&dir.join("InRelease"), key.clearsign(&release)?.as_bytes())?;
             write_atomic(&dir.join("Release.gpg"), key.detached(release.as_bytes())?.as_bytes())?;
             // by-hash: this generation's indexes, and those of every older
