@@ -330,7 +330,7 @@ impl Store {
         if self.owner.is_none() || ids.is_empty() {
             return Ok(HashSet::new());
         }
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let list = id_list(&ids.iter().copied().collect::<Vec<_>>());
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
         let owned: HashSet<i64> =
             sqlx::query(&format!("SELECT id FROM builds WHERE id IN ({list}) AND {}{lock}", self.owned_sql()))
