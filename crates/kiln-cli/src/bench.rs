@@ -4,7 +4,7 @@
 //! and under saturation, and the master's memory.
 
 use crate::bench_farm::{
-    cpu_seconds, latency_ms, log_syncs, one_at_a_time, rss_kib, submit_and_wait, summary, BenchFarm,
+    cpu_seconds, latency_ms, log_syncs, one_at_a_time, rss_by_mapping, rss_kib, submit_and_wait, summary, BenchFarm,
 };
 use anyhow::Context;
 use clap::Args;
@@ -75,6 +75,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // pages of the binary and libraries it has touched (shared with any
     // other process running them, and given back first under pressure).
     let (rss_anon, rss_file) = (rss_kib(master_pid, "RssAnon:"), rss_kib(master_pid, "RssFile:"));
+    let idle_by_mapping = rss_by_mapping(master_pid);
     eprintln!(
         "kiln bench: master idle with {} workers: {:.1} MiB RSS ({:.1} MiB its own, {:.1} MiB mapped files)",
         args.workers,
@@ -82,6 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rss_anon as f64 / 1024.0,
         rss_file as f64 / 1024.0
     );
+    eprintln!("kiln bench: master idle, by mapping: {idle_by_mapping}");
 
     let body = BuildRequestBody { components: vec!["noop".into()], ..Default::default() };
     // Latency with a free slot: one build at a time.
@@ -167,6 +169,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "spawn_ceilings": ceilings,
         "ratio_to_spawn_ceiling": median("builds_per_second") / ceilings["sh_c_true_per_second"].as_f64().unwrap_or(f64::NAN),
         "ratio_to_sandboxed_ceiling": median("builds_per_second") / ceilings["sandboxed_step_per_second"].as_f64().unwrap_or(f64::NAN),
+        // The most any sandbox with these namespaces could reach.
+        "namespaces_only_ratio_to_spawn_ceiling": ceilings["namespaces_only_per_second"].as_f64().unwrap_or(f64::NAN) / ceilings["sh_c_true_per_second"].as_f64().unwrap_or(f64::NAN),
         "requests_per_log_sync": median("requests_per_log_sync"),
         "master_cpu_ms_per_build": median("master_cpu_ms_per_build"),
         "workers_cpu_ms_per_build": median("workers_cpu_ms_per_build"),
@@ -177,6 +181,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "master_rss_idle_mib": rss_idle as f64 / 1024.0,
         "master_rss_idle_anon_mib": rss_anon as f64 / 1024.0,
         "master_rss_idle_file_mib": rss_file as f64 / 1024.0,
+        "master_rss_idle_by_mapping": idle_by_mapping,
         "master_rss_peak_mib": rss_peak as f64 / 1024.0,
         "rounds": rounds,
         "many_workers": many,
@@ -268,7 +273,10 @@ fn spawn_rate(threads: u32, total: u32, make: &(dyn Fn() -> Command + Sync)) -> 
 /// The ceilings a build's rate is measured against: `sh -c true` spawned
 /// from as many threads as workers, and (on a root worker's machine with
 /// bubblewrap) the very sandbox command a root worker runs a step in, as
-/// the build user `nobody`.
+/// the build user `nobody`; and, beside them, `sh -c true` in new mount,
+/// PID, IPC and UTS namespaces (util-linux `unshare`, nothing mounted):
+/// the kernel's share of any sandbox that gives a step those namespaces,
+/// however it is made.
 fn spawn_ceilings(threads: u32, dir: &Path) -> anyhow::Result<serde_json::Value> {
     let total = 4000;
     let plain = spawn_rate(threads, total, &|| {
@@ -295,7 +303,32 @@ fn spawn_ceilings(threads: u32, dir: &Path) -> anyhow::Result<serde_json::Value>
         }
         _ => None,
     };
-    Ok(serde_json::json!({ "sh_c_true_per_second": plain, "sandboxed_step_per_second": sandboxed }))
+    let namespaces = if crate::running_as_root() && which_unshare() {
+        let rate = spawn_rate(threads, total / 4, &|| {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--pid", "--ipc", "--uts", "--fork", "/bin/sh", "-c", "true"]);
+            c
+        })?;
+        eprintln!("kiln bench: namespaces alone (unshare -mpiu -f sh -c true): {rate:.0}/s");
+        Some(rate)
+    } else {
+        None
+    };
+    Ok(serde_json::json!({
+        "sh_c_true_per_second": plain,
+        "sandboxed_step_per_second": sandboxed,
+        "namespaces_only_per_second": namespaces,
+    }))
+}
+
+/// Whether util-linux `unshare` runs here.
+fn which_unshare() -> bool {
+    Command::new("unshare")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A master with `n` workers connected (real connections, the worker loops

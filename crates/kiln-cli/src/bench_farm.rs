@@ -69,6 +69,52 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a process's resident memory is, in MiB, from `/proc/PID/smaps`:
+/// its own (heap, stacks: anonymous), the code and the read-only data of
+/// its binary, and the shared libraries; and its proportional share (PSS),
+/// in which each page shared with other processes (the workers run the
+/// same binary) counts as a part.
+pub(crate) fn rss_by_mapping(pid: u32) -> serde_json::Value {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut own, mut code, mut data, mut libraries, mut pss) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // What the mapping of the lines that follow its header is.
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A mapping's header starts with its address range, "lo-hi".
+        if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            let path = fields.get(5).filter(|p| p.starts_with('/'));
+            kind = match path {
+                None => 0,
+                Some(p) if exe.as_deref() == Some(Path::new(p)) => {
+                    if fields.get(1).is_some_and(|perms| perms.contains('x')) {
+                        1
+                    } else {
+                        2
+                    }
+                }
+                Some(_) => 3,
+            };
+            continue;
+        }
+        let kib = || fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match fields.first() {
+            Some(&"Rss:") => *[&mut own, &mut code, &mut data, &mut libraries][kind] += kib(),
+            Some(&"Pss:") => pss += kib(),
+            _ => {}
+        }
+    }
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    serde_json::json!({
+        "own_mib": mib(own),
+        "binary_code_mib": mib(code),
+        "binary_data_mib": mib(data),
+        "libraries_mib": mib(libraries),
+        "pss_mib": mib(pss),
+    })
+}
+
 /// CPU seconds (user + system) a process has used, itself and its waited-for children.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

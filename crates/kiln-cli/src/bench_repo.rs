@@ -41,6 +41,9 @@ pub struct BenchRepoArgs {
     /// Time only adding one package (no full indexes, no other tools).
     #[arg(long)]
     pub add_only: bool,
+    /// The signing key's type (a channel's default is RSA 4096).
+    #[arg(long = "key-type", default_value = "rsa4096", value_parser = kiln_core::channel::KeyAlgorithm::parse)]
+    pub key_type: kiln_core::channel::KeyAlgorithm,
 }
 
 fn have(tool: &str) -> bool {
@@ -265,17 +268,14 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     let debs = files_in(&deb_dir)?;
     let rpms = files_in(&rpm_dir)?;
     let key = Signers::new(
-        std::sync::Arc::new(SigningKey::generate(
-            "kiln bench <bench@localhost>",
-            None,
-            kiln_core::channel::KeyAlgorithm::Ed25519,
-        )?),
+        std::sync::Arc::new(SigningKey::generate("kiln bench <bench@localhost>", None, args.key_type)?),
         None,
     );
     let rounds = args.rounds;
     let mut report = serde_json::Map::new();
     report.insert("packages".into(), json!(args.packages));
     report.insert("rounds".into(), json!(rounds));
+    report.insert("key_type".into(), json!(args.key_type.as_str()));
     report.insert("cpus".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
 
     let out = dir.join("kiln-apt");

@@ -217,8 +217,15 @@ impl ChannelDir {
             })?;
             write_or_link(&dir.join(&release.path), &release.bytes, before(&rel.join(&release.path)).as_deref())?;
             let release = String::from_utf8_lossy(&release.bytes).into_owned();
-            write_atomic(&dir.join("InRelease"), key.clearsign(&release)?.as_bytes())?;
-            write_atomic(&dir.join("Release.gpg"), key.detached(release.as_bytes())?.as_bytes())?;
+            // The two signatures are made at once: with an RSA key each is
+            // a private-key operation of several milliseconds.
+            let (clear, detached) = std::thread::scope(|s| {
+                let clear = s.spawn(|| key.clearsign(&release));
+                let detached = key.detached(release.as_bytes());
+                (clear.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), detached)
+            });
+            write_atomic(&dir.join("InRelease"), clear?.as_bytes())?;
+            write_atomic(&dir.join("Release.gpg"), detached?.as_bytes())?;
             // by-hash: this generation's indexes, and those of every older
             // generation kept.
             link_by_hash(&dir, &dir, &release)?;
