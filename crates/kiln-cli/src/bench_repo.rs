@@ -192,8 +192,9 @@ fn deb_entry(p: &Path) -> anyhow::Result<DebEntry> {
 
 fn rpm_entry(p: &Path) -> anyhow::Result<RpmEntry> {
     let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sums = file_sums(p)?;
-    Ok(kiln_repo::yum::inspect_rpm(p, &format!("Packages/{name}"), &sums.sha256, sums.size, 0)?)
+    // YUM's repodata lists an RPM's SHA-256 only (as createrepo_c computes).
+    let (size, sha256) = kiln_repo::hash::file_sha256(p)?;
+    Ok(kiln_repo::yum::inspect_rpm(p, &format!("Packages/{name}"), &sha256, size, 0)?)
 }
 
 /// Stored rows as the publisher hands them to its entry cache.

@@ -121,6 +121,15 @@ pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The size and SHA-256 (hex) of a file, for what needs no other sum (an
+/// RPM's checksum in YUM's repodata; comparing two files).
+pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut f, &mut hasher).map_err(|e| RepoError::io(path, e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 /// Hashes a file with all three algorithms, reading it once.
 pub fn file_sums(path: &Path) -> Result<Sums> {
     let mut f = std::fs::File::open(path).map_err(|e| RepoError::io(path, e))?;
@@ -153,6 +162,18 @@ mod tests {
         assert_eq!(s.md5, "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(s.sha1, "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(s.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn a_files_sha256_is_its_bytes_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let (size, sha256) = super::file_sha256(&path).expect("hash");
+        assert_eq!((size, sha256), (bytes.len() as u64, super::sha256(&bytes)));
+        assert_eq!(super::file_sums(&path).expect("sums").sha256, super::sha256(&bytes));
+        assert!(super::file_sha256(&dir.path().join("missing")).is_err());
     }
 
     #[test]

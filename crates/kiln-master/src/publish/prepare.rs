@@ -198,7 +198,8 @@ pub(super) fn prepare(
 /// when the old file goes.
 fn make_room(dest: &Path, src: &Path, replace: bool, what: &str, file: &str) -> Result<(), RepoRefusal> {
     let err = |e: kiln_repo::RepoError| RepoRefusal::Failed(e.to_string());
-    if !dest.exists() || file_sums(dest).map_err(err)?.sha256 == file_sums(src).map_err(err)?.sha256 {
+    let sha256 = |p: &Path| kiln_repo::hash::file_sha256(p).map(|(_, sha256)| sha256);
+    if !dest.exists() || sha256(dest).map_err(err)? == sha256(src).map_err(err)? {
         return Ok(());
     }
     if !replace {
