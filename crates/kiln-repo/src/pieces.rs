@@ -40,15 +40,23 @@ impl PieceCache {
         PieceCache { dir, used: Mutex::new(HashSet::new()) }
     }
 
+    /// The cached form of the piece `key`, made by `make` when the cache
+    /// has no whole copy of it.
+    ///
+    /// Each file ends with the CRC-32 of what precedes it, checked on every
+    /// read. The files are not synced (that would be a sync per piece), so
+    /// after a power cut one may be empty or hold part of its bytes; such a
+    /// file is made again, never assembled into an index that is then
+    /// signed and served.
     fn get_or(&self, key: String, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
         let Some(dir) = &self.dir else { return make() };
         let path = dir.join(&key);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(_) => {
+        let bytes = match std::fs::read(&path).ok().and_then(unseal) {
+            Some(b) => b,
+            None => {
                 let b = make();
                 // A cache write that fails only costs the next publish time.
-                let _ = crate::fsio::write_atomic(&path, &b);
+                let _ = crate::fsio::write_atomic(&path, &seal(&b));
                 b
             }
         };
@@ -68,6 +76,22 @@ impl PieceCache {
             }
         }
     }
+}
+
+/// `bytes` followed by their CRC-32, as the cache keeps them.
+fn seal(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    out
+}
+
+/// The bytes a cache file holds, if it is whole (see [`seal`]).
+fn unseal(mut file: Vec<u8>) -> Option<Vec<u8>> {
+    let at = file.len().checked_sub(4)?;
+    let crc = u32::from_le_bytes(file[at..].try_into().ok()?);
+    file.truncate(at);
+    (crc32fast::hash(&file) == crc).then_some(file)
 }
 
 /// FNV-1a: a stable hash for boundary decisions (not for identity).
@@ -194,9 +218,9 @@ pub fn xz_keyed(pieces: &[&[u8]], keys: &[String], preset: u32, cache: &PieceCac
     varint(&mut index, blocks.len() as u64);
     for b in &blocks {
         // Cached form: uncompressed size, unpadded size, then the block itself.
-        let (sizes, block) = b.split_at(16);
-        let uncompressed = u64::from_le_bytes(sizes[..8].try_into().unwrap_or_default());
-        let unpadded = u64::from_le_bytes(sizes[8..].try_into().unwrap_or_default());
+        let (sizes, block) = b.split_at(16.min(b.len()));
+        let uncompressed = u64::from_le_bytes(sizes.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        let unpadded = u64::from_le_bytes(sizes.get(8..16).and_then(|b| b.try_into().ok()).unwrap_or_default());
         out.extend_from_slice(block);
         varint(&mut index, unpadded);
         varint(&mut index, uncompressed);
@@ -334,6 +358,49 @@ mod tests {
         let mut out = Vec::new();
         liblzma::read::XzDecoder::new(&xz2[..]).read_to_end(&mut out).expect("xz decodes");
         assert_eq!(out, pieces2.concat());
+    }
+
+    #[test]
+    fn a_cached_piece_cut_short_or_changed_is_made_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pieces = pieces_of(300);
+        let whole: Vec<u8> = pieces.concat();
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let first = (xz(&refs, 1, &PieceCache::new(Some(dir.path().to_path_buf()))), {
+            gzip(&refs, 6, &PieceCache::new(Some(dir.path().to_path_buf())))
+        });
+        // What a power cut may leave of files that were never synced: one
+        // empty, one cut short, one with a byte changed.
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.path()).expect("cache").map(|e| e.expect("entry").path()).collect();
+        files.sort();
+        assert!(files.len() >= 6, "{} cached pieces", files.len());
+        for (i, f) in files.iter().enumerate() {
+            let bytes = std::fs::read(f).expect("read");
+            let damaged = match i % 3 {
+                0 => Vec::new(),
+                1 => bytes[..bytes.len() / 2].to_vec(),
+                _ => {
+                    let mut b = bytes.clone();
+                    b[0] ^= 0x55;
+                    b
+                }
+            };
+            std::fs::write(f, damaged).expect("damage");
+        }
+        let cache = PieceCache::new(Some(dir.path().to_path_buf()));
+        let again = (xz(&refs, 1, &cache), gzip(&refs, 6, &cache));
+        assert_eq!(again, first, "the damaged pieces were made again, the indexes are as before");
+        let mut out = Vec::new();
+        liblzma::read::XzDecoder::new(&again.0[..]).read_to_end(&mut out).expect("xz decodes");
+        assert_eq!(out, whole);
+        out.clear();
+        flate2::read::GzDecoder::new(&again.1[..]).read_to_end(&mut out).expect("gz decodes");
+        assert_eq!(out, whole);
+        // And the cache holds whole copies again.
+        for f in &files {
+            assert!(unseal(std::fs::read(f).expect("read")).is_some(), "{} rewritten whole", f.display());
+        }
     }
 
     #[test]
