@@ -17,8 +17,7 @@ pub struct Sums {
     pub sha256: String,
 }
 
-/// Below this, hashing on one thread is quicker than starting another.
-const PARALLEL_FROM: usize = 256 * 1024;
+use crate::spread::PARALLEL_FROM;
 
 /// Hashes a byte string with all three algorithms. A large one (an index
 /// of thousands of packages) is hashed with MD5 on a thread of its own
@@ -73,32 +72,12 @@ fn digest(algorithm: usize, bytes: &[u8]) -> String {
 /// each thread taking the next when it is done, so one large index (its
 /// MD5 the longest job) and many small ones keep every CPU busy to the end.
 pub fn release_sums(files: &[&[u8]]) -> Vec<ReleaseSums> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let mut jobs: Vec<(usize, usize)> = (0..files.len()).flat_map(|f| (0..4).map(move |a| (f, a))).collect();
     jobs.sort_by_key(|&(f, a)| std::cmp::Reverse(files[f].len() as u64 * RELEASE_ALGORITHMS[a]));
     let total: usize = files.iter().map(|f| f.len()).sum();
-    let threads = if total < PARALLEL_FROM {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len())
-    };
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(f, a)) = jobs.get(i) else { return done };
-            done.push((f, a, digest(a, files[f])));
-        }
-    };
-    let done: Vec<(usize, usize, String)> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut done = work();
-        for h in helpers {
-            done.extend(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-        }
-        done
-    });
+    let threads = crate::spread::threads_for(total, jobs.len());
+    let digests = crate::spread::spread(jobs.len(), threads, |i| digest(jobs[i].1, files[jobs[i].0]));
+    let done = jobs.iter().zip(digests).map(|(&(f, a), hex)| (f, a, hex));
     let mut out: Vec<ReleaseSums> = files
         .iter()
         .map(|f| ReleaseSums {

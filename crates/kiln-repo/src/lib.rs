@@ -20,6 +20,7 @@ pub mod key;
 pub mod pieces;
 pub mod publish;
 pub mod rpmsign;
+mod spread;
 pub mod stored;
 pub mod uploadsig;
 pub mod yum;

@@ -121,19 +121,8 @@ pub fn cut<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>, sep: &[u8
 /// [`xz_keyed`] when one index is compressed both ways. A large index's
 /// pieces are hashed on every CPU, a share each.
 pub fn keys(pieces: &[&[u8]]) -> Vec<String> {
-    let total: usize = pieces.iter().map(|p| p.len()).sum();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || total < 1024 * 1024 {
-        return pieces.iter().map(|p| sha256(p)).collect();
-    }
-    let share = pieces.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let runs: Vec<_> = pieces
-            .chunks(share)
-            .map(|part| s.spawn(move || part.iter().map(|p| sha256(p)).collect::<Vec<_>>()))
-            .collect();
-        runs.into_iter().flat_map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-    })
+    let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), pieces.len());
+    crate::spread::spread(pieces.len(), threads, |i| sha256(pieces[i]))
 }
 
 /// The pieces as one single-member gzip file.
@@ -143,11 +132,7 @@ pub fn gzip(pieces: &[&[u8]], level: u32, cache: &PieceCache) -> Vec<u8> {
 
 /// [`gzip`] with the pieces' [`keys`] already known.
 pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCache) -> Vec<u8> {
-    let parts: Vec<Vec<u8>> = pieces
-        .iter()
-        .zip(keys)
-        .map(|(p, key)| cache.get_or(format!("{key}.dfl{level}"), || deflate_part(p, level)))
-        .collect();
+    let parts = cached_parts(pieces, keys, &format!("dfl{level}"), cache, |p| deflate_part(p, level));
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 20);
     // Header: magic, deflate, no flags, no time, no extra flags, Unix.
     out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03]);
@@ -168,6 +153,23 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&(total as u32).to_le_bytes());
     out
+}
+
+/// Each piece's cached form (cache key `KEY.suffix`), made by `make` where
+/// the cache has none. The pieces are spread over the CPUs: on a channel's
+/// first publish, or after a change of compression settings, every one of
+/// them is compressed, and one index's pieces would otherwise all fall on
+/// one thread.
+fn cached_parts(
+    pieces: &[&[u8]],
+    keys: &[String],
+    suffix: &str,
+    cache: &PieceCache,
+    make: impl Fn(&[u8]) -> Vec<u8> + Sync,
+) -> Vec<Vec<u8>> {
+    let n = pieces.len().min(keys.len());
+    let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), n);
+    crate::spread::spread(n, threads, |i| cache.get_or(format!("{}.{suffix}", keys[i]), || make(pieces[i])))
 }
 
 /// A piece as raw deflate data ended by a sync flush (so the next piece's
@@ -203,11 +205,7 @@ pub fn xz_keyed(pieces: &[&[u8]], keys: &[String], preset: u32, cache: &PieceCac
     if pieces.is_empty() {
         return xz_stream(&[], preset);
     }
-    let blocks: Vec<Vec<u8>> = pieces
-        .iter()
-        .zip(keys)
-        .map(|(p, key)| cache.get_or(format!("{key}.xzb{preset}"), || xz_block(p, preset)))
-        .collect();
+    let blocks = cached_parts(pieces, keys, &format!("xzb{preset}"), cache, |p| xz_block(p, preset));
     let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum::<usize>() + 64);
     // Stream header: magic, flags (CRC64 check, as the blocks were made with), CRC32 of the flags.
     let flags = [0x00, 0x04];
