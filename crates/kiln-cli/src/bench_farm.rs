@@ -70,47 +70,61 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Where a process's resident memory is, in MiB, from `/proc/PID/smaps`:
-/// its own (heap, stacks: anonymous), the code and the read-only data of
-/// its binary, and the shared libraries; and its proportional share (PSS),
-/// in which each page shared with other processes (the workers run the
-/// same binary) counts as a part.
+/// its own (every anonymous page: heap, stacks, and the pages of its
+/// binary it wrote, such as relocated data), the pages of its binary's
+/// code and of its other sections read from the file, the pages of other
+/// files (shared libraries, the database's shared memory); and its
+/// proportional share (PSS), in which each page shared with other
+/// processes (the workers run the same binary) counts as a part.
 pub(crate) fn rss_by_mapping(pid: u32) -> serde_json::Value {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_string());
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut own, mut code, mut data, mut libraries, mut pss) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    // What the mapping of the lines that follow its header is.
-    let mut kind = 0;
+    // own, binary code, binary's other sections, other files (KiB).
+    let mut kib = [0u64; 4];
+    let mut pss = 0u64;
+    // Which file-backed figure the current mapping's lines add to.
+    let mut kind = 3;
+    let mut rss = 0u64;
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        // A mapping's header starts with its address range, "lo-hi".
+        // A mapping's header starts with its address range, "lo-hi"; no
+        // field line's name has a '-' in it.
         if fields.first().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
-            let path = fields.get(5).filter(|p| p.starts_with('/'));
+            let path = fields.get(5).map(|_| fields[5..].join(" "));
             kind = match path {
-                None => 0,
-                Some(p) if exe.as_deref() == Some(Path::new(p)) => {
+                Some(p) if exe.as_deref() == Some(p.trim_end_matches(" (deleted)")) => {
                     if fields.get(1).is_some_and(|perms| perms.contains('x')) {
                         1
                     } else {
                         2
                     }
                 }
-                Some(_) => 3,
+                _ => 3,
             };
             continue;
         }
-        let kib = || fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let value = || fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         match fields.first() {
-            Some(&"Rss:") => *[&mut own, &mut code, &mut data, &mut libraries][kind] += kib(),
-            Some(&"Pss:") => pss += kib(),
+            Some(&"Rss:") => rss = value(),
+            Some(&"Pss:") => pss += value(),
+            // Anonymous comes after Rss: what of the mapping is not
+            // anonymous is file pages.
+            Some(&"Anonymous:") => {
+                let anonymous = value();
+                kib[0] += anonymous;
+                kib[kind] += rss.saturating_sub(anonymous);
+            }
             _ => {}
         }
     }
     let mib = |kib: u64| kib as f64 / 1024.0;
     serde_json::json!({
-        "own_mib": mib(own),
-        "binary_code_mib": mib(code),
-        "binary_data_mib": mib(data),
-        "libraries_mib": mib(libraries),
+        "own_mib": mib(kib[0]),
+        "binary_code_mib": mib(kib[1]),
+        "binary_other_sections_mib": mib(kib[2]),
+        "other_files_mib": mib(kib[3]),
         "pss_mib": mib(pss),
     })
 }

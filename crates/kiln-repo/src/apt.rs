@@ -55,7 +55,8 @@ fn with_compressed(path: &str, pieces: &[Vec<u8>], cache: &PieceCache) -> [Index
     let (gz, xz) = std::thread::scope(|s| {
         let x = s.spawn(|| pieces::xz_keyed(&refs, &keys, XZ_PRESET, cache));
         let g = pieces::gzip_keyed(&refs, &keys, GZIP_LEVEL, cache);
-        (g, x.join().unwrap_or_default())
+        // A panic is the publish's failure, never an empty index signed.
+        (g, x.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     [
         IndexFile { path: format!("{path}.gz"), bytes: gz },

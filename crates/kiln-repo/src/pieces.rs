@@ -48,10 +48,13 @@ impl PieceCache {
     /// after a power cut one may be empty or hold part of its bytes; such a
     /// file is made again, never assembled into an index that is then
     /// signed and served.
-    fn get_or(&self, key: String, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+    /// A cached copy must also pass `fits`, a check against the piece
+    /// itself: the seal only tells a torn write apart, not a file someone
+    /// else wrote.
+    fn get_or(&self, key: String, fits: impl Fn(&[u8]) -> bool, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
         let Some(dir) = &self.dir else { return make() };
         let path = dir.join(&key);
-        let bytes = match std::fs::read(&path).ok().and_then(unseal) {
+        let bytes = match std::fs::read(&path).ok().and_then(unseal).filter(|b| fits(b)) {
             Some(b) => b,
             None => {
                 let b = make();
@@ -132,7 +135,12 @@ pub fn gzip(pieces: &[&[u8]], level: u32, cache: &PieceCache) -> Vec<u8> {
 
 /// [`gzip`] with the pieces' [`keys`] already known.
 pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCache) -> Vec<u8> {
-    let parts = cached_parts(pieces, keys, &format!("dfl{level}"), cache, |p| deflate_part(p, level));
+    // Cached form: CRC-32 and length of the piece, then its deflate data.
+    let fits = |piece: &[u8], part: &[u8]| {
+        part.get(..4) == Some(&crc32fast::hash(piece).to_le_bytes()[..])
+            && part.get(4..12) == Some(&(piece.len() as u64).to_le_bytes()[..])
+    };
+    let parts = cached_parts(pieces, keys, &format!("v2-dfl{level}"), cache, fits, |p| deflate_part(p, level));
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 20);
     // Header: magic, deflate, no flags, no time, no extra flags, Unix.
     out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03]);
@@ -144,7 +152,7 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
         let piece_crc = u32::from_le_bytes(head.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default());
         let len = u64::from_le_bytes(head.get(4..12).and_then(|b| b.try_into().ok()).unwrap_or_default());
         crc.combine(&crc32fast::Hasher::new_with_initial_len(piece_crc, len));
-        total += len;
+        total = total.wrapping_add(len);
         out.extend_from_slice(data);
     }
     // An empty final block with fixed codes: BFINAL = 1, BTYPE = 01, then
@@ -160,16 +168,22 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
 /// first publish, or after a change of compression settings, every one of
 /// them is compressed, and one index's pieces would otherwise all fall on
 /// one thread.
+/// A cached copy is used only if it `fits` its piece. (`v2`: the cache's
+/// files are sealed, see [`PieceCache::get_or`]; an older kiln, which would
+/// read a sealed file as its own form, does not know these names.)
 fn cached_parts(
     pieces: &[&[u8]],
     keys: &[String],
     suffix: &str,
     cache: &PieceCache,
+    fits: impl Fn(&[u8], &[u8]) -> bool + Sync,
     make: impl Fn(&[u8]) -> Vec<u8> + Sync,
 ) -> Vec<Vec<u8>> {
-    let n = pieces.len().min(keys.len());
-    let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), n);
-    crate::spread::spread(n, threads, |i| cache.get_or(format!("{}.{suffix}", keys[i]), || make(pieces[i])))
+    assert_eq!(pieces.len(), keys.len(), "a key for every piece");
+    let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), pieces.len());
+    crate::spread::spread(pieces.len(), threads, |i| {
+        cache.get_or(format!("{}.{suffix}", keys[i]), |part| fits(pieces[i], part), || make(pieces[i]))
+    })
 }
 
 /// A piece as raw deflate data ended by a sync flush (so the next piece's
@@ -205,7 +219,19 @@ pub fn xz_keyed(pieces: &[&[u8]], keys: &[String], preset: u32, cache: &PieceCac
     if pieces.is_empty() {
         return xz_stream(&[], preset);
     }
-    let blocks = cached_parts(pieces, keys, &format!("xzb{preset}"), cache, |p| xz_block(p, preset));
+    // Cached form: uncompressed size, unpadded size, then the block, padded
+    // to four bytes.
+    let fits = |piece: &[u8], part: &[u8]| {
+        let size = |at: usize| part.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let block = part.len().saturating_sub(16) as u64;
+        match (size(0), size(8)) {
+            (Some(uncompressed), Some(unpadded)) => {
+                uncompressed == piece.len() as u64 && unpadded <= block && block - unpadded < 4 && block % 4 == 0
+            }
+            _ => false,
+        }
+    };
+    let blocks = cached_parts(pieces, keys, &format!("v2-xzb{preset}"), cache, fits, |p| xz_block(p, preset));
     let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum::<usize>() + 64);
     // Stream header: magic, flags (CRC64 check, as the blocks were made with), CRC32 of the flags.
     let flags = [0x00, 0x04];
@@ -367,17 +393,20 @@ mod tests {
         let first = (xz(&refs, 1, &PieceCache::new(Some(dir.path().to_path_buf()))), {
             gzip(&refs, 6, &PieceCache::new(Some(dir.path().to_path_buf())))
         });
-        // What a power cut may leave of files that were never synced: one
-        // empty, one cut short, one with a byte changed.
+        // What a power cut may leave of files that were never synced (one
+        // empty, one cut short, one with a byte changed), and a whole file
+        // that is not the piece's.
         let mut files: Vec<PathBuf> =
             std::fs::read_dir(dir.path()).expect("cache").map(|e| e.expect("entry").path()).collect();
         files.sort();
         assert!(files.len() >= 6, "{} cached pieces", files.len());
         for (i, f) in files.iter().enumerate() {
             let bytes = std::fs::read(f).expect("read");
-            let damaged = match i % 3 {
+            let damaged = match i % 4 {
                 0 => Vec::new(),
                 1 => bytes[..bytes.len() / 2].to_vec(),
+                // Sealed, but not the piece's compressed form.
+                2 => seal(b"not a compressed piece at all"),
                 _ => {
                     let mut b = bytes.clone();
                     b[0] ^= 0x55;
@@ -398,6 +427,24 @@ mod tests {
         // And the cache holds whole copies again.
         for f in &files {
             assert!(unseal(std::fs::read(f).expect("read")).is_some(), "{} rewritten whole", f.display());
+        }
+    }
+
+    #[test]
+    fn a_large_index_compressed_on_every_cpu_is_whole_and_in_order() {
+        // Large enough for the pieces to be spread over threads.
+        let pieces = pieces_of(8000);
+        let whole: Vec<u8> = pieces.concat();
+        assert!(whole.len() > crate::spread::PARALLEL_FROM, "{} bytes", whole.len());
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let dir = tempfile::tempdir().expect("tmp");
+        for cache in [PieceCache::new(None), PieceCache::new(Some(dir.path().to_path_buf()))] {
+            let mut out = Vec::new();
+            liblzma::read::XzDecoder::new(&xz(&refs, 1, &cache)[..]).read_to_end(&mut out).expect("xz decodes");
+            assert_eq!(out, whole);
+            out.clear();
+            flate2::read::GzDecoder::new(&gzip(&refs, 6, &cache)[..]).read_to_end(&mut out).expect("gz decodes");
+            assert_eq!(out, whole);
         }
     }
 
