@@ -4,7 +4,8 @@
 //! An index is cut into pieces at content-defined points (after an entry
 //! whose key hashes to a boundary), so a new entry changes only the piece it
 //! falls into. Each piece is compressed once and kept in the channel's piece
-//! cache under the SHA-256 of its content; an index is then:
+//! cache under the SHA-256 of its content (sealed with a CRC-32 and checked
+//! against the piece on every read); an index is then:
 //! - gzip: one member (readers that stop after the first member, like
 //!   Python's `zlib.decompress(data, 31)` or Rust's `GzDecoder`, see it
 //!   all) whose deflate data is the pieces' raw deflate streams, each ended
@@ -48,6 +49,7 @@ impl PieceCache {
     /// after a power cut one may be empty or hold part of its bytes; such a
     /// file is made again, never assembled into an index that is then
     /// signed and served.
+    ///
     /// A cached copy must also pass `fits`, a check against the piece
     /// itself: the seal only tells a torn write apart, not a file someone
     /// else wrote.
@@ -168,6 +170,7 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
 /// first publish, or after a change of compression settings, every one of
 /// them is compressed, and one index's pieces would otherwise all fall on
 /// one thread.
+///
 /// A cached copy is used only if it `fits` its piece. (`v2`: the cache's
 /// files are sealed, see [`PieceCache::get_or`]; an older kiln, which would
 /// read a sealed file as its own form, does not know these names.)
