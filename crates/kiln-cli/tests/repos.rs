@@ -217,7 +217,22 @@ passphrase = { file = "secrets/stable.pass" }
     let (code, out, err) = apt.apt_get(&["update"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (code, out, err) = apt.apt_get(&["install", "-y", "--download-only", "kiln-tool"]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    if code != 0 {
+        // Seen rarely: update succeeded, yet apt knew no kiln-tool. Show
+        // which side was stale: what is served now, what apt kept.
+        let dists = format!("{base}/repos/dev/apt/dists/bookworm");
+        let served = String::from_utf8_lossy(&fetch(&format!("{dists}/InRelease")).await).into_owned();
+        let packages =
+            String::from_utf8_lossy(&fetch(&format!("{dists}/main/binary-amd64/Packages")).await).into_owned();
+        let kept: Vec<String> = std::fs::read_dir(apt_dir.join("lists"))
+            .map(|d| d.flatten().map(|e| format!("{:?} {:?}", e.file_name(), e.metadata().map(|m| m.len()))).collect())
+            .unwrap_or_default();
+        panic!(
+            "apt-get install failed ({code}):\n{out}\n{err}\nserved InRelease:\n{served}\nserved Packages:\n{packages}\n\
+             apt's lists: {kept:?}\nmaster log:\n{}",
+            farm.master_log()
+        );
+    }
     let debs = apt.downloaded();
     assert_eq!(debs.len(), 1, "{debs:?}");
     let name = debs[0].file_name().expect("name").to_string_lossy().into_owned();
