@@ -63,9 +63,20 @@ pub async fn serve_file(
         r.headers_mut().insert(header::ETAG, HeaderValue::from_str(&etag).map_err(ApiError::internal)?);
         return Ok(r);
     }
+    // Indexes change with every publish; packages never change under their name.
+    let immutable = path.contains("/pool/") || path.contains("/Packages/") || path.contains("/by-hash/");
     // ServeDir does Range, If-Modified-Since and HEAD; it sees the path
     // relative to the channel's served tree.
     let (mut parts, body) = req.into_parts();
+    if !immutable {
+        // If-Modified-Since names a whole second, and two generations can
+        // be written within one: apt, revalidating an InRelease it fetched
+        // in that second, would be told "not modified" and keep the old
+        // indexes. An index is sent whole instead (apt still fetches only
+        // the indexes whose hashes changed); the ETag, which holds the
+        // nanoseconds, still answers 304.
+        parts.headers.remove(header::IF_MODIFIED_SINCE);
+    }
     parts.uri = format!("/{path}").parse().map_err(|_| not_found())?;
     let res = tower_http::services::ServeDir::new(&root)
         .oneshot(Request::from_parts(parts, body))
@@ -78,12 +89,7 @@ pub async fn serve_file(
         if let Some(ct) = content_type(&path) {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         }
-        // Indexes change with every publish; packages never change under their name.
-        let cache = if path.contains("/pool/") || path.contains("/Packages/") || path.contains("/by-hash/") {
-            "public, max-age=86400"
-        } else {
-            "no-cache"
-        };
+        let cache = if immutable { "public, max-age=86400" } else { "no-cache" };
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     }
     Ok(res)
