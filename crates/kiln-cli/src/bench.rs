@@ -303,7 +303,7 @@ fn spawn_ceilings(threads: u32, dir: &Path) -> anyhow::Result<serde_json::Value>
         }
         _ => None,
     };
-    let namespaces = if crate::running_as_root() && which_unshare() {
+    let namespaces = if crate::running_as_root() && crate::on_path("unshare") {
         let rate = spawn_rate(threads, total / 4, &|| {
             let mut c = Command::new("unshare");
             c.args(["--mount", "--pid", "--ipc", "--uts", "--fork", "/bin/sh", "-c", "true"]);
@@ -319,16 +319,6 @@ fn spawn_ceilings(threads: u32, dir: &Path) -> anyhow::Result<serde_json::Value>
         "sandboxed_step_per_second": sandboxed,
         "namespaces_only_per_second": namespaces,
     }))
-}
-
-/// Whether util-linux `unshare` runs here.
-fn which_unshare() -> bool {
-    Command::new("unshare")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A master with `n` workers connected (real connections, the worker loops

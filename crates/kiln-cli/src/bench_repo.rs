@@ -46,10 +46,6 @@ pub struct BenchRepoArgs {
     pub key_type: kiln_core::channel::KeyAlgorithm,
 }
 
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -282,7 +278,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
     let out = dir.join("kiln-apt");
     let yout = dir.join("kiln-yum");
     let mut gen = 0;
-    let createrepo = have("createrepo_c") && !args.add_only;
+    let createrepo = crate::on_path("createrepo_c") && !args.add_only;
     let (mut kiln_apt_full, mut kiln_yum_full) = (f64::NAN, f64::NAN);
     if !args.add_only {
         // --- APT, full index ---
@@ -301,7 +297,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         })?;
         report.insert("apt_full_kiln_ms".into(), json!(kiln_apt_full));
         report.insert("apt_full_kiln_reading_packages_ms".into(), json!(median(reading)));
-        if have("apt-ftparchive") {
+        if crate::on_path("apt-ftparchive") {
             let ms = time_ms(rounds, || {
                 sh_to(
                     Command::new("apt-ftparchive").arg("packages").arg("pool/debs").current_dir(dir),
@@ -318,7 +314,7 @@ pub fn run(args: BenchRepoArgs) -> anyhow::Result<ExitCode> {
         } else {
             report.insert("apt_full_apt_ftparchive_ms".into(), json!(null));
         }
-        if have("reprepro") {
+        if crate::on_path("reprepro") {
             let base = dir.join("reprepro");
             let ms = time_ms(1, || {
                 let _ = std::fs::remove_dir_all(&base);

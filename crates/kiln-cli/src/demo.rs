@@ -24,10 +24,6 @@ const SOURCES: &[(&str, &str)] = &[
     ("src/hello/debian/source/format", include_str!("../../../examples/src/hello/debian/source/format")),
 ];
 
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-}
-
 /// Adds a real package (`hello`, one source tree with `debian/` and a
 /// `.spec`) to the demo farm, on the targets this machine can build: a deb
 /// root needs mmdebstrap, bubblewrap and a Debian mirror (the host's own),
@@ -35,14 +31,14 @@ fn have(tool: &str) -> bool {
 fn add_packages(farm: &str) -> (String, bool) {
     let mut farm = farm.to_string();
     let mut targets = Vec::new();
-    let deb_tools = ["mmdebstrap", "bwrap", "dpkg-source"].iter().all(|t| have(t));
+    let deb_tools = ["mmdebstrap", "bwrap", "dpkg-source"].iter().all(|t| crate::on_path(t));
     match (deb_tools, kiln_worker::pipeline::host_debian_mirror()) {
         // The example's deb target takes each worker's own mirror (`host`).
         (true, Some(_)) => targets.push("debian-12-amd64"),
         (false, _) => eprintln!("kiln demo: no .deb build (it needs mmdebstrap, bubblewrap and dpkg-dev)"),
         (true, None) => eprintln!("kiln demo: no .deb build (no Debian mirror in this host's apt sources)"),
     }
-    if ["rpmbuild", "bwrap"].iter().all(|t| have(t)) {
+    if ["rpmbuild", "bwrap"].iter().all(|t| crate::on_path(t)) {
         targets.push("el-9-x86_64");
     } else {
         eprintln!("kiln demo: no .rpm build (it needs rpm and bubblewrap)");

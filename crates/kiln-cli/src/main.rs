@@ -657,6 +657,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Whether `tool` is a file in one of `PATH`'s directories.
+pub(crate) fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+}
+
 /// Whether this process runs as root: `/proc/self` belongs to the effective user.
 pub(crate) fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;

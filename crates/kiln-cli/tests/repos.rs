@@ -218,8 +218,9 @@ passphrase = { file = "secrets/stable.pass" }
     assert_eq!(code, 0, "{out}\n{err}");
     let (code, out, err) = apt.apt_get(&["install", "-y", "--download-only", "kiln-tool"]);
     if code != 0 {
-        // Seen rarely: update succeeded, yet apt knew no kiln-tool. Show
-        // which side was stale: what is served now, what apt kept.
+        // Once an index answered If-Modified-Since with 304 and apt kept
+        // the old one. Should this fail again, show which side is stale:
+        // what is served now, what apt kept.
         let dists = format!("{base}/repos/dev/apt/dists/bookworm");
         let served = String::from_utf8_lossy(&fetch(&format!("{dists}/InRelease")).await).into_owned();
         let packages =

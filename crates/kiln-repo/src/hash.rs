@@ -2,6 +2,7 @@
 //! pass (APT's `Packages` lists all three), and the four of a `Release`
 //! spread over the CPUs.
 
+use crate::spread::PARALLEL_FROM;
 use crate::{RepoError, Result};
 use md5::Md5;
 use sha1::Sha1;
@@ -16,8 +17,6 @@ pub struct Sums {
     pub sha1: String,
     pub sha256: String,
 }
-
-use crate::spread::PARALLEL_FROM;
 
 /// Hashes a byte string with all three algorithms. A large one (an index
 /// of thousands of packages) is hashed with MD5 on a thread of its own
