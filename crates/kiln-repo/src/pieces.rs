@@ -3,9 +3,7 @@
 //!
 //! An index is cut into pieces at content-defined points (after an entry
 //! whose key hashes to a boundary), so a new entry changes only the piece it
-//! falls into. Each piece is compressed once and kept in the channel's piece
-//! cache under the SHA-256 of its content (sealed with a CRC-32 and checked
-//! against the piece on every read); an index is then:
+//! falls into. Each piece is compressed once; an index is then:
 //! - gzip: one member (readers that stop after the first member, like
 //!   Python's `zlib.decompress(data, 31)` or Rust's `GzDecoder`, see it
 //!   all) whose deflate data is the pieces' raw deflate streams, each ended
@@ -14,23 +12,48 @@
 //! - xz: one stream whose blocks are the pieces' blocks, with an index and
 //!   footer written here (apt reads only the first of concatenated xz
 //!   *streams*, but any number of blocks within one).
+//!
+//! The compressed pieces of one index in one form are kept in the channel's
+//! piece cache as one *pack* file, each piece under the SHA-256 of its
+//! content. A pack is sealed with a CRC-32 and every piece in it is checked
+//! against the piece it stands for on every read. One file per index, not
+//! per piece: a first publish of 10,000 packages writes a few files instead
+//! of hundreds, and a later one reads a few (creating many small files is
+//! slow on a file system that has just freed many, as ext4 skips over
+//! recently freed inodes one by one).
 
 use crate::hash::sha256;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// A piece ends after an entry whose key hash is 0 modulo this (about 48
 /// entries, a few tens of KiB of Packages text per piece).
 const BOUNDARY: u64 = 48;
 /// A piece also ends when it grows past this, whatever the keys.
 const MAX_PIECE: usize = 256 * 1024;
+/// The ending of pack files' names. (An older kiln kept a file per piece,
+/// `KEY.v2-...`; it does not read these, and these are pruned by it as
+/// unused, and its files by this one.)
+const PACK: &str = "p3";
 
 /// Where pieces' compressed forms are kept between publishes (`None`: no cache).
 pub struct PieceCache {
     dir: Option<PathBuf>,
+    /// What the cache's packs hold, read on first use.
+    found: OnceLock<Found>,
+    /// The packs this round wrote or read from whole.
     used: Mutex<HashSet<String>>,
+}
+
+/// The whole packs of a cache directory.
+#[derive(Default)]
+struct Found {
+    /// Each piece's compressed form, by `KEY.FORM`.
+    parts: HashMap<String, Vec<u8>>,
+    /// The names of the packs read.
+    packs: HashSet<String>,
 }
 
 impl PieceCache {
@@ -38,38 +61,47 @@ impl PieceCache {
         if let Some(d) = &dir {
             let _ = crate::fsio::create_dirs(d);
         }
-        PieceCache { dir, used: Mutex::new(HashSet::new()) }
+        PieceCache { dir, found: OnceLock::new(), used: Mutex::new(HashSet::new()) }
     }
 
-    /// The cached form of the piece `key`, made by `make` when the cache
-    /// has no whole copy of it.
-    ///
-    /// Each file ends with the CRC-32 of what precedes it, checked on every
-    /// read. The files are not synced (that would be a sync per piece), so
-    /// after a power cut one may be empty or hold part of its bytes; such a
-    /// file is made again, never assembled into an index that is then
-    /// signed and served.
-    ///
-    /// A cached copy must also pass `fits`, a check against the piece
-    /// itself: the seal only tells a torn write apart, not a file someone
-    /// else wrote.
-    fn get_or(&self, key: String, fits: impl Fn(&[u8]) -> bool, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-        let Some(dir) = &self.dir else { return make() };
-        let path = dir.join(&key);
-        let bytes = match std::fs::read(&path).ok().and_then(unseal).filter(|b| fits(b)) {
-            Some(b) => b,
-            None => {
-                let b = make();
-                // A cache write that fails only costs the next publish time.
-                let _ = crate::fsio::write_atomic(&path, &seal(&b));
-                b
+    /// Every whole pack of the cache. A pack that is not whole (the files
+    /// are not synced, so after a power cut one may be empty or hold part of
+    /// its bytes) is passed over: its pieces are made again, never
+    /// assembled into an index that is then signed and served.
+    fn found(&self) -> &Found {
+        self.found.get_or_init(|| {
+            let mut found = Found::default();
+            let Some(entries) = self.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) else { return found };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(&format!(".{PACK}")) {
+                    continue;
+                }
+                let parts = std::fs::read(e.path()).ok().and_then(unseal).and_then(|b| unpack(&b));
+                if let Some(parts) = parts {
+                    found.parts.extend(parts);
+                    found.packs.insert(name);
+                }
             }
-        };
-        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
-        bytes
+            found
+        })
     }
 
-    /// Removes cached pieces that this round did not use.
+    /// Keeps the compressed pieces of one index (`names[i]` is `parts[i]`'s)
+    /// as one pack, unless a whole pack of exactly these is there already
+    /// (`all_found`: every part came from the cache).
+    fn keep(&self, names: &[String], parts: &[Vec<u8>], all_found: bool) {
+        let Some(dir) = self.dir.as_ref().filter(|_| !names.is_empty()) else { return };
+        let pack = format!("{}.{PACK}", sha256(names.join("\n").as_bytes()));
+        if !(all_found && self.found().packs.contains(&pack)) {
+            // A cache write that fails only costs the next publish time.
+            let _ = crate::fsio::write_atomic(&dir.join(&pack), &seal(&packed(names, parts)));
+        }
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(pack);
+    }
+
+    /// Removes what this round did not use: packs of indexes that changed,
+    /// and anything else in the directory.
     pub fn prune(&self) {
         let Some(dir) = &self.dir else { return };
         let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
@@ -81,6 +113,33 @@ impl PieceCache {
             }
         }
     }
+}
+
+/// A pack's bytes: for each part, its name's length (u16) and name, its
+/// length (u64) and bytes, little-endian.
+fn packed(names: &[String], parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 80).sum());
+    for (name, part) in names.iter().zip(parts) {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The parts of a pack ([`packed`]), or `None` if it is not one.
+fn unpack(mut b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (len, rest) = b.split_first_chunk::<2>()?;
+        let (name, rest) = rest.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+        let (len, rest) = rest.split_first_chunk::<8>()?;
+        let (part, rest) = rest.split_at_checked(usize::try_from(u64::from_le_bytes(*len)).ok()?)?;
+        out.push((String::from_utf8(name.to_vec()).ok()?, part.to_vec()));
+        b = rest;
+    }
+    Some(out)
 }
 
 /// `bytes` followed by their CRC-32, as the cache keeps them.
@@ -142,7 +201,7 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
         part.get(..4) == Some(&crc32fast::hash(piece).to_le_bytes()[..])
             && part.get(4..12) == Some(&(piece.len() as u64).to_le_bytes()[..])
     };
-    let parts = cached_parts(pieces, keys, &format!("v2-dfl{level}"), cache, fits, |p| deflate_part(p, level));
+    let parts = cached_parts(pieces, keys, &format!("dfl{level}"), cache, fits, |p| deflate_part(p, level));
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum::<usize>() + 20);
     // Header: magic, deflate, no flags, no time, no extra flags, Unix.
     out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03]);
@@ -165,15 +224,14 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
     out
 }
 
-/// Each piece's cached form (cache key `KEY.suffix`), made by `make` where
-/// the cache has none. The pieces are spread over the CPUs: on a channel's
-/// first publish, or after a change of compression settings, every one of
-/// them is compressed, and one index's pieces would otherwise all fall on
-/// one thread.
+/// Each piece's cached form (named `KEY.suffix` in the cache), made by
+/// `make` where the cache has none. The pieces are spread over the CPUs: on
+/// a channel's first publish, or after a change of compression settings,
+/// every one of them is compressed, and one index's pieces would otherwise
+/// all fall on one thread.
 ///
-/// A cached copy is used only if it `fits` its piece. (`v2`: the cache's
-/// files are sealed, see [`PieceCache::get_or`]; an older kiln, which would
-/// read a sealed file as its own form, does not know these names.)
+/// A cached copy is used only if it `fits` its piece: the seal only tells a
+/// torn write apart, not a file someone else wrote.
 fn cached_parts(
     pieces: &[&[u8]],
     keys: &[String],
@@ -183,10 +241,19 @@ fn cached_parts(
     make: impl Fn(&[u8]) -> Vec<u8> + Sync,
 ) -> Vec<Vec<u8>> {
     assert_eq!(pieces.len(), keys.len(), "a key for every piece");
+    let names: Vec<String> = keys.iter().map(|k| format!("{k}.{suffix}")).collect();
+    let found = if cache.dir.is_some() { Some(cache.found()) } else { None };
     let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), pieces.len());
-    crate::spread::spread(pieces.len(), threads, |i| {
-        cache.get_or(format!("{}.{suffix}", keys[i]), |part| fits(pieces[i], part), || make(pieces[i]))
-    })
+    let made = crate::spread::spread(pieces.len(), threads, |i| {
+        match found.and_then(|f| f.parts.get(&names[i])).filter(|part| fits(pieces[i], part)) {
+            Some(part) => (part.clone(), false),
+            None => (make(pieces[i]), true),
+        }
+    });
+    let all_found = made.iter().all(|(_, new)| !new);
+    let parts: Vec<Vec<u8>> = made.into_iter().map(|(part, _)| part).collect();
+    cache.keep(&names, &parts, all_found);
+    parts
 }
 
 /// A piece as raw deflate data ended by a sync flush (so the next piece's
@@ -234,7 +301,7 @@ pub fn xz_keyed(pieces: &[&[u8]], keys: &[String], preset: u32, cache: &PieceCac
             _ => false,
         }
     };
-    let blocks = cached_parts(pieces, keys, &format!("v2-xzb{preset}"), cache, fits, |p| xz_block(p, preset));
+    let blocks = cached_parts(pieces, keys, &format!("xzb{preset}"), cache, fits, |p| xz_block(p, preset));
     let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum::<usize>() + 64);
     // Stream header: magic, flags (CRC64 check, as the blocks were made with), CRC32 of the flags.
     let flags = [0x00, 0x04];
@@ -367,9 +434,10 @@ mod tests {
         raw.decompress_vec(&gz_bytes[10..], &mut sink, flate2::FlushDecompress::Finish).expect("deflate");
         assert_eq!(raw.total_in() as usize, gz_bytes.len() - 18, "the deflate data ends where the trailer begins");
 
-        // A new entry changes one piece: the others come from the cache.
+        // A new entry changes one piece: the others come from the cache,
+        // which holds one pack for each form of the index.
         let cached = std::fs::read_dir(dir.path()).expect("cache").count();
-        assert_eq!(cached, 2 * pieces.len());
+        assert_eq!(cached, 2);
         let mut more: Vec<(String, String)> = (0..500)
             .map(|i| (format!("pkg{i}"), format!("Package: pkg{i}\nVersion: 1.{i}\nDescription: thing {i}\n\n")))
             .collect();
@@ -377,59 +445,80 @@ mod tests {
         let pieces2 = cut(more.iter().map(|(k, t)| (k.as_str(), t.as_bytes())), b"");
         let refs2: Vec<&[u8]> = pieces2.iter().map(Vec::as_slice).collect();
         let cache2 = PieceCache::new(Some(dir.path().to_path_buf()));
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let names: Vec<String> = keys(&refs2).iter().map(|k| format!("{k}.xzb1")).collect();
+        let parts = cached_parts(
+            &refs2,
+            &keys(&refs2),
+            "xzb1",
+            &cache2,
+            |_, _| true,
+            |p| {
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                xz_block(p, 1)
+            },
+        );
+        assert_eq!(made.into_inner(), 1, "one piece compressed anew");
+        assert_eq!(parts.len(), names.len());
         let xz2 = xz(&refs2, 1, &cache2);
-        let changed = pieces2.iter().filter(|p| !pieces.contains(p)).count();
-        assert!(changed <= 2, "{changed} pieces changed");
         cache2.prune();
-        assert_eq!(std::fs::read_dir(dir.path()).expect("cache").count(), pieces2.len());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("cache").count(), 1, "the new index's xz pack alone is kept");
         let mut out = Vec::new();
         liblzma::read::XzDecoder::new(&xz2[..]).read_to_end(&mut out).expect("xz decodes");
         assert_eq!(out, pieces2.concat());
     }
 
     #[test]
-    fn a_cached_piece_cut_short_or_changed_is_made_again() {
-        let dir = tempfile::tempdir().expect("tmp");
+    fn a_cached_pack_cut_short_or_changed_is_made_again() {
         let pieces = pieces_of(300);
         let whole: Vec<u8> = pieces.concat();
         let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-        let first = (xz(&refs, 1, &PieceCache::new(Some(dir.path().to_path_buf()))), {
-            gzip(&refs, 6, &PieceCache::new(Some(dir.path().to_path_buf())))
-        });
-        // What a power cut may leave of files that were never synced (one
-        // empty, one cut short, one with a byte changed), and a whole file
-        // that is not the piece's.
-        let mut files: Vec<PathBuf> =
-            std::fs::read_dir(dir.path()).expect("cache").map(|e| e.expect("entry").path()).collect();
-        files.sort();
-        assert!(files.len() >= 6, "{} cached pieces", files.len());
-        for (i, f) in files.iter().enumerate() {
-            let bytes = std::fs::read(f).expect("read");
-            let damaged = match i % 4 {
-                0 => Vec::new(),
-                1 => bytes[..bytes.len() / 2].to_vec(),
-                // Sealed, but not the piece's compressed form.
-                2 => seal(b"not a compressed piece at all"),
-                _ => {
-                    let mut b = bytes.clone();
-                    b[0] ^= 0x55;
-                    b
-                }
-            };
-            std::fs::write(f, damaged).expect("damage");
-        }
-        let cache = PieceCache::new(Some(dir.path().to_path_buf()));
-        let again = (xz(&refs, 1, &cache), gzip(&refs, 6, &cache));
-        assert_eq!(again, first, "the damaged pieces were made again, the indexes are as before");
-        let mut out = Vec::new();
-        liblzma::read::XzDecoder::new(&again.0[..]).read_to_end(&mut out).expect("xz decodes");
-        assert_eq!(out, whole);
-        out.clear();
-        flate2::read::GzDecoder::new(&again.1[..]).read_to_end(&mut out).expect("gz decodes");
-        assert_eq!(out, whole);
-        // And the cache holds whole copies again.
-        for f in &files {
-            assert!(unseal(std::fs::read(f).expect("read")).is_some(), "{} rewritten whole", f.display());
+        let both = |dir: &std::path::Path| {
+            let cache = PieceCache::new(Some(dir.to_path_buf()));
+            (xz(&refs, 1, &cache), gzip(&refs, 6, &cache))
+        };
+        // What a power cut may leave of files that were never synced (empty,
+        // cut short, a byte changed), and a whole pack whose pieces are not
+        // the index's: each, in turn, in place of both packs.
+        for damage in 0..4 {
+            let dir = tempfile::tempdir().expect("tmp");
+            let first = both(dir.path());
+            let files: Vec<PathBuf> =
+                std::fs::read_dir(dir.path()).expect("cache").map(|e| e.expect("entry").path()).collect();
+            assert_eq!(files.len(), 2, "a pack for each form");
+            for f in &files {
+                let bytes = std::fs::read(f).expect("read");
+                let parts = unpack(&unseal(bytes.clone()).expect("sealed")).expect("a pack");
+                let damaged = match damage {
+                    0 => Vec::new(),
+                    1 => bytes[..bytes.len() / 2].to_vec(),
+                    2 => {
+                        let mut b = bytes.clone();
+                        b[bytes.len() / 3] ^= 0x55;
+                        b
+                    }
+                    // Sealed, with the right names, but not the pieces' forms.
+                    _ => {
+                        let names: Vec<String> = parts.iter().map(|(n, _)| n.clone()).collect();
+                        let junk: Vec<Vec<u8>> = parts.iter().map(|_| vec![7u8; 40]).collect();
+                        seal(&packed(&names, &junk))
+                    }
+                };
+                std::fs::write(f, damaged).expect("damage");
+            }
+            let again = both(dir.path());
+            assert!(again == first, "damage {damage}: the pieces were made again, the indexes are as before");
+            let mut out = Vec::new();
+            liblzma::read::XzDecoder::new(&again.0[..]).read_to_end(&mut out).expect("xz decodes");
+            assert_eq!(out, whole);
+            out.clear();
+            flate2::read::GzDecoder::new(&again.1[..]).read_to_end(&mut out).expect("gz decodes");
+            assert_eq!(out, whole);
+            // And the cache holds whole packs again.
+            for f in &files {
+                let bytes = std::fs::read(f).expect("read");
+                assert!(unseal(bytes).and_then(|b| unpack(&b)).is_some(), "damage {damage}: {} rewritten", f.display());
+            }
         }
     }
 
