@@ -202,8 +202,9 @@ impl ChannelDir {
             let files = apt::render_indexes(&content.meta, dist, &cache);
             let rel = Path::new("apt/dists").join(&dist.suite);
             // The indexes go to disk (and are synced) while their sums are
-            // taken for the Release: the disk's time and the CPUs' overlap.
-            let release = std::thread::scope(|s| {
+            // taken for the Release and it is signed: the disk's time and
+            // the CPUs' overlap.
+            let (release, text, clear, detached) = std::thread::scope(|s| {
                 let writing = s.spawn(|| -> Result<()> {
                     for f in &files {
                         let path = dir.join(&f.path);
@@ -213,22 +214,23 @@ impl ChannelDir {
                     Ok(())
                 });
                 let release = apt::render_release(&content.meta, dist, date, &files);
-                writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map(|()| release)
+                let text = String::from_utf8_lossy(&release.bytes).into_owned();
+                // The two signatures are made at once: with an RSA key each
+                // is a private-key operation of several milliseconds.
+                let (clear, detached) = std::thread::scope(|s| {
+                    let clear = s.spawn(|| key.clearsign(&text));
+                    let detached = key.detached(text.as_bytes());
+                    (clear.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), detached)
+                });
+                writing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                Ok::<_, RepoError>((release, text, clear?, detached?))
             })?;
             write_or_link(&dir.join(&release.path), &release.bytes, before(&rel.join(&release.path)).as_deref())?;
-            let release = String::from_utf8_lossy(&release.bytes).into_owned();
-            // The two signatures are made at once: with an RSA key each is
-            // a private-key operation of several milliseconds.
-            let (clear, detached) = std::thread::scope(|s| {
-                let clear = s.spawn(|| key.clearsign(&release));
-                let detached = key.detached(release.as_bytes());
-                (clear.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), detached)
-            });
-            write_atomic(&dir.join("InRelease"), clear?.as_bytes())?;
-            write_atomic(&dir.join("Release.gpg"), detached?.as_bytes())?;
+            write_atomic(&dir.join("InRelease"), clear.as_bytes())?;
+            write_atomic(&dir.join("Release.gpg"), detached.as_bytes())?;
             // by-hash: this generation's indexes, and those of every older
             // generation kept.
-            link_by_hash(&dir, &dir, &release)?;
+            link_by_hash(&dir, &dir, &text)?;
             for prev in &older {
                 let prev_dir = prev.join("apt/dists").join(&dist.suite);
                 if let Ok(prev_release) = fs::read_to_string(prev_dir.join("Release")) {
