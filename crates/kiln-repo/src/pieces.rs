@@ -16,7 +16,8 @@
 //! The compressed pieces of one index in one form are kept in the channel's
 //! piece cache as one *pack* file, each piece under the SHA-256 of its
 //! content. A pack is sealed with a CRC-32 and every piece in it is checked
-//! against the piece it stands for on every read. One file per index, not
+//! against the piece it stands for (its sizes, and for gzip its CRC-32) on
+//! every read. One file per index, not
 //! per piece: a first publish of 10,000 packages writes a few files instead
 //! of hundreds, and a later one reads a few (creating many small files is
 //! slow on a file system that has just freed many, as ext4 skips over
@@ -50,10 +51,25 @@ pub struct PieceCache {
 /// The whole packs of a cache directory.
 #[derive(Default)]
 struct Found {
-    /// Each piece's compressed form, by `KEY.FORM`.
-    parts: HashMap<String, Vec<u8>>,
-    /// The names of the packs read.
-    packs: HashSet<String>,
+    /// Each piece's compressed form, by `KEY.FORM`, and the pack it is in.
+    parts: HashMap<String, (Vec<u8>, String)>,
+}
+
+/// Packs larger than this are not read (a 10,000-package index's is about
+/// 1 MiB).
+const PACK_MOST: u64 = 1 << 30;
+
+/// A pack file's bytes, if it is a regular file (not a link, a FIFO or a
+/// device someone put in the cache) of a sane size.
+fn read_pack(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let meta = f.metadata().ok().filter(|m| m.is_file() && m.len() <= PACK_MOST)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 impl PieceCache {
@@ -77,23 +93,26 @@ impl PieceCache {
                 if !name.ends_with(&format!(".{PACK}")) {
                     continue;
                 }
-                let parts = std::fs::read(e.path()).ok().and_then(unseal).and_then(|b| unpack(&b));
-                if let Some(parts) = parts {
-                    found.parts.extend(parts);
-                    found.packs.insert(name);
+                if let Some(parts) = read_pack(&e.path()).and_then(unseal).and_then(|b| unpack(&b)) {
+                    found.parts.extend(parts.into_iter().map(|(part, bytes)| (part, (bytes, name.clone()))));
                 }
             }
             found
         })
     }
 
+    /// The name of the pack of an index whose pieces are `names`.
+    fn pack_name(names: &[String]) -> String {
+        format!("{}.{PACK}", sha256(names.join("\n").as_bytes()))
+    }
+
     /// Keeps the compressed pieces of one index (`names[i]` is `parts[i]`'s)
-    /// as one pack, unless a whole pack of exactly these is there already
-    /// (`all_found`: every part came from the cache).
-    fn keep(&self, names: &[String], parts: &[Vec<u8>], all_found: bool) {
+    /// as one pack, unless that pack supplied every one of them
+    /// (`all_from_pack`).
+    fn keep(&self, names: &[String], parts: &[Vec<u8>], all_from_pack: bool) {
         let Some(dir) = self.dir.as_ref().filter(|_| !names.is_empty()) else { return };
-        let pack = format!("{}.{PACK}", sha256(names.join("\n").as_bytes()));
-        if !(all_found && self.found().packs.contains(&pack)) {
+        let pack = Self::pack_name(names);
+        if !all_from_pack {
             // A cache write that fails only costs the next publish time.
             let _ = crate::fsio::write_atomic(&dir.join(&pack), &seal(&packed(names, parts)));
         }
@@ -231,7 +250,9 @@ pub fn gzip_keyed(pieces: &[&[u8]], keys: &[String], level: u32, cache: &PieceCa
 /// all fall on one thread.
 ///
 /// A cached copy is used only if it `fits` its piece: the seal only tells a
-/// torn write apart, not a file someone else wrote.
+/// torn write apart, not a file some other program or version wrote. (These
+/// are checks against accidents, not against someone who may write the
+/// cache: the channel's directory is the master's alone, beside its keys.)
 fn cached_parts(
     pieces: &[&[u8]],
     keys: &[String],
@@ -242,17 +263,18 @@ fn cached_parts(
 ) -> Vec<Vec<u8>> {
     assert_eq!(pieces.len(), keys.len(), "a key for every piece");
     let names: Vec<String> = keys.iter().map(|k| format!("{k}.{suffix}")).collect();
+    let pack = PieceCache::pack_name(&names);
     let found = if cache.dir.is_some() { Some(cache.found()) } else { None };
     let threads = crate::spread::threads_for(pieces.iter().map(|p| p.len()).sum(), pieces.len());
     let made = crate::spread::spread(pieces.len(), threads, |i| {
-        match found.and_then(|f| f.parts.get(&names[i])).filter(|part| fits(pieces[i], part)) {
-            Some(part) => (part.clone(), false),
-            None => (make(pieces[i]), true),
+        match found.and_then(|f| f.parts.get(&names[i])).filter(|(part, _)| fits(pieces[i], part)) {
+            Some((part, from)) => (part.clone(), *from == pack),
+            None => (make(pieces[i]), false),
         }
     });
-    let all_found = made.iter().all(|(_, new)| !new);
+    let all_from_pack = made.iter().all(|(_, from_pack)| *from_pack);
     let parts: Vec<Vec<u8>> = made.into_iter().map(|(part, _)| part).collect();
-    cache.keep(&names, &parts, all_found);
+    cache.keep(&names, &parts, all_from_pack);
     parts
 }
 
@@ -520,6 +542,26 @@ mod tests {
                 assert!(unseal(bytes).and_then(|b| unpack(&b)).is_some(), "damage {damage}: {} rewritten", f.display());
             }
         }
+    }
+
+    #[test]
+    fn what_is_not_a_regular_file_in_the_cache_is_not_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pieces = pieces_of(300);
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let first = xz(&refs, 1, &PieceCache::new(Some(dir.path().to_path_buf())));
+        // A FIFO would block a plain read for ever; a link could point anywhere.
+        let made = std::process::Command::new("mkfifo").arg(dir.path().join("fifo.p3")).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo");
+        let pack = std::fs::read_dir(dir.path())
+            .expect("cache")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.file_name().is_some_and(|n| n != "fifo.p3"))
+            .expect("the xz pack");
+        std::os::unix::fs::symlink(&pack, dir.path().join("link.p3")).expect("symlink");
+        let again = xz(&refs, 1, &PieceCache::new(Some(dir.path().to_path_buf())));
+        assert!(again == first, "made from the real pack, the others passed over");
+        assert!(read_pack(&dir.path().join("link.p3")).is_none() && read_pack(&pack).is_some());
     }
 
     #[test]
