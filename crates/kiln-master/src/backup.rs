@@ -244,8 +244,9 @@ fn resolve(rel: &str, target: &str) -> Option<String> {
 }
 
 /// Whether a link is of the kind a farm's repositories make, and no other:
-/// inside `repos/CHANNEL/`, to that channel's generations or pool. A link
-/// elsewhere could serve the keys or the database as repository files.
+/// inside `repos/CHANNEL/`, to that channel's generations, pool or by-hash
+/// store. A link elsewhere could serve the keys or the database as
+/// repository files.
 fn repository_link(rel: &str, target: &str) -> bool {
     let Some(resolved) = resolve(rel, target) else { return false };
     let (from, to): (Vec<&str>, Vec<&str>) = (rel.split('/').collect(), resolved.split('/').collect());
@@ -254,7 +255,7 @@ fn repository_link(rel: &str, target: &str) -> bool {
         && from[0] == "repos"
         && to[0] == "repos"
         && from[1] == to[1]
-        && matches!(to[2], "gens" | "pool")
+        && matches!(to[2], "gens" | "pool" | "by-hash")
 }
 
 /// Restores a backup into the empty (or new) data dir of `config`,
@@ -425,9 +426,10 @@ mod tests {
     fn a_manifest_that_would_write_outside_the_data_dir_is_refused() {
         let ok = format!(
             "{SUM} 1 kiln.db\n{SUM} 2 files/repos/dev/gens/1/x\nlink gens/1 repos/dev/current\n\
-             link ../../../pool/apt repos/dev/gens/1/apt/pool\nlink ../../../../pool/yum/el9 repos/dev/gens/1/yum/el9/Packages\n"
+             link ../../../pool/apt repos/dev/gens/1/apt/pool\nlink ../../../../pool/yum/el9 repos/dev/gens/1/yum/el9/Packages\n\
+             link ../../../../../../../by-hash/apt/bookworm/main/binary-amd64 repos/dev/gens/1/apt/dists/bookworm/main/binary-amd64/by-hash\n"
         );
-        assert_eq!(read_manifest(&ok).expect("a good manifest").len(), 5);
+        assert_eq!(read_manifest(&ok).expect("a good manifest").len(), 6);
         for bad in [
             format!("{SUM} 1 files/../etc/passwd\n"),
             format!("{SUM} 1 /etc/passwd\n"),

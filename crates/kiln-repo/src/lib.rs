@@ -12,6 +12,7 @@
 //! and calls [`publish::write_generation`] to make the files say so.
 
 pub mod apt;
+mod byhash;
 pub mod deb;
 pub mod debsig;
 pub mod fsio;

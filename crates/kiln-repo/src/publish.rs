@@ -11,6 +11,7 @@
 //!     apt/pool -> ../../../pool/apt
 //!     yum/el-9-x86_64/repodata/{repomd.xml,repomd.xml.asc,<sha>-primary.xml.gz,...}
 //!     yum/el-9-x86_64/Packages -> ../../../../pool/yum/el-9-x86_64
+//!   by-hash/apt/bookworm/main/binary-amd64/SHA256/…    every kept generation's indexes by hash (see `byhash`)
 //!   current -> gens/42                                 what is served
 //! ```
 //!
@@ -230,13 +231,7 @@ impl ChannelDir {
             write_atomic(&dir.join("Release.gpg"), detached.as_bytes())?;
             // by-hash: this generation's indexes, and those of every older
             // generation kept.
-            link_by_hash(&dir, &dir, &text)?;
-            for prev in &older {
-                let prev_dir = prev.join("apt/dists").join(&dist.suite);
-                if let Ok(prev_release) = fs::read_to_string(prev_dir.join("Release")) {
-                    link_by_hash(&prev_dir, &dir, &prev_release)?;
-                }
-            }
+            crate::byhash::share(&self.root, &tmp, &dist.suite, &text, &older)?;
         }
 
         for repo in &content.yum {
@@ -272,7 +267,11 @@ impl ChannelDir {
         std::os::unix::fs::symlink(format!("gens/{gen}"), &link_tmp).map_err(|e| RepoError::io(&link_tmp, e))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(|e| RepoError::io(&self.root, e))?;
         crate::fsio::sync_dir(&self.root)?;
-        self.prune(gen);
+        if self.prune(gen) {
+            let mut kept: Vec<PathBuf> = self.kept(gen).iter().map(|g| gens.join(g.to_string())).collect();
+            kept.push(done);
+            crate::byhash::prune(&self.root, &kept);
+        }
         cache.prune();
         Ok(gen)
     }
@@ -298,31 +297,18 @@ impl ChannelDir {
         kept
     }
 
-    /// Deletes the generations [`ChannelDir::kept`] does not keep.
-    fn prune(&self, current: u64) {
+    /// Deletes the generations [`ChannelDir::kept`] does not keep; whether
+    /// there were any.
+    fn prune(&self, current: u64) -> bool {
         let kept = self.kept(current);
+        let mut any = false;
         for g in self.generations().into_iter().filter(|g| *g != current && !kept.contains(g)) {
             let _ = fs::remove_dir_all(self.root.join("gens").join(g.to_string()));
             let _ = fs::remove_file(self.root.join("gens").join(format!("{g}.rev")));
+            any = true;
         }
+        any
     }
-}
-
-/// Links every index a `Release` lists (found under `from`) into `to`'s
-/// `by-hash/SHA256/` directories.
-fn link_by_hash(from: &Path, to: &Path, release: &str) -> Result<()> {
-    for (hash, path) in apt::release_sha256(release) {
-        let src = from.join(&path);
-        let Some(parent) = Path::new(&path).parent() else { continue };
-        let dest_dir = to.join(parent).join("by-hash/SHA256");
-        let dest = dest_dir.join(&hash);
-        if dest.exists() || !src.exists() {
-            continue;
-        }
-        create_dirs(&dest_dir)?;
-        fs::hard_link(&src, &dest).map_err(|e| RepoError::io(&dest, e))?;
-    }
-    Ok(())
 }
 
 /// Links the previous generation's hashed repodata files into `to`, so a
