@@ -215,8 +215,10 @@ pub async fn repo(cmd: RepoCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies a served tree, following its pool links, by hard link where the
-/// file system allows; files are written then renamed, modes 0644/0755.
+/// Copies a served tree, following its links (to the pool and the by-hash
+/// store), by hard link where the file system allows; files are written
+/// then renamed, modes 0644/0755. A by-hash file pruned by a publish while
+/// the export runs is passed over: it was an older generation's.
 fn export(from: &Path, to: &Path) -> anyhow::Result<usize> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
@@ -225,12 +227,20 @@ fn export(from: &Path, to: &Path) -> anyhow::Result<usize> {
     for e in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
         let e = e?;
         let (src, dest) = (e.path(), to.join(e.file_name()));
-        let meta = std::fs::metadata(&src)?; // follows symlinks
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let meta = match std::fs::metadata(&src) {
+            Ok(meta) => meta, // follows symlinks
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if meta.is_dir() {
             n += export(&src, &dest)?;
         } else {
-            kiln_repo::publish::place_file(&src, &dest)?;
-            n += 1;
+            match kiln_repo::publish::place_file(&src, &dest) {
+                Ok(()) => n += 1,
+                Err(kiln_repo::RepoError::Io { source, .. }) if gone(&source) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(n)

@@ -244,9 +244,9 @@ fn resolve(rel: &str, target: &str) -> Option<String> {
 }
 
 /// Whether a link is of the kind a farm's repositories make, and no other:
-/// inside `repos/CHANNEL/`, to that channel's generations, pool or by-hash
-/// store. A link elsewhere could serve the keys or the database as
-/// repository files.
+/// inside `repos/CHANNEL/`, to that channel's generations or pool, or a
+/// generation's `by-hash` to the channel's APT by-hash store. A link
+/// elsewhere could serve the keys or the database as repository files.
 fn repository_link(rel: &str, target: &str) -> bool {
     let Some(resolved) = resolve(rel, target) else { return false };
     let (from, to): (Vec<&str>, Vec<&str>) = (rel.split('/').collect(), resolved.split('/').collect());
@@ -255,7 +255,11 @@ fn repository_link(rel: &str, target: &str) -> bool {
         && from[0] == "repos"
         && to[0] == "repos"
         && from[1] == to[1]
-        && matches!(to[2], "gens" | "pool" | "by-hash")
+        && match to[2] {
+            "gens" | "pool" => true,
+            "by-hash" => from.last() == Some(&"by-hash") && to.get(3) == Some(&"apt"),
+            _ => false,
+        }
 }
 
 /// Restores a backup into the empty (or new) data dir of `config`,
@@ -445,6 +449,7 @@ mod tests {
             format!("{SUM} 1 files/x\n{SUM} 1 files/x\n"),
             // Inside the data dir, but serving the keys as repository files.
             "link ../../../keys repos/dev/pool/apt\n".to_string(),
+            "link by-hash/apt/bookworm repos/dev/current\n".to_string(),
             "link repos/dev/pool/apt keys\n".to_string(),
             "link ../../other/pool repos/dev/x\n".to_string(),
             format!("{SUM} 1 files/.backup-staging.1/x\n"),

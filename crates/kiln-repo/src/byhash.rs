@@ -13,12 +13,12 @@
 //! and a generation adds its own indexes to it (a few links) instead of
 //! linking every kept generation's into a directory of its own (hundreds
 //! of links, and as many files to flush, on a channel that publishes every
-//! few minutes). What no kept generation lists is removed when a generation
-//! is.
+//! few minutes). When a publish drops older generations, what no kept
+//! generation lists is removed from the store.
 //!
-//! Generations written before the store hold by-hash directories of their
-//! own; the first publish with the store links their indexes into it, and
-//! marks that done.
+//! Generations written before the store (by an older kiln) hold by-hash
+//! directories of their own; a publish links the indexes of any such
+//! generation kept into the store.
 
 use crate::fsio::{create_dirs, sync_dir};
 use crate::{RepoError, Result};
@@ -28,9 +28,6 @@ use std::path::{Path, PathBuf};
 
 /// The store's directory in a channel's directory.
 pub const STORE: &str = "by-hash";
-/// Written in a suite's store once the indexes of generations that predate
-/// the store are linked into it.
-const SEEDED: &str = ".seeded";
 
 /// The (SHA-256, path) of every index a `Release` lists.
 fn listed(release: &str) -> Vec<(String, String)> {
@@ -50,15 +47,17 @@ pub fn share(root: &Path, gen_dir: &Path, suite: &str, release: &str, older: &[P
         touched.extend(store.ancestors().skip(1).take_while(|d| d.starts_with(root)).map(Path::to_path_buf));
     }
     link_into(root, &store, &dist, release, &mut touched)?;
-    if !store.join(SEEDED).exists() {
-        for prev in older {
-            let prev_dist = prev.join("apt/dists").join(suite);
+    let dirs: BTreeSet<String> =
+        listed(release).into_iter().filter_map(|(_, path)| path.rsplit_once('/').map(|(d, _)| d.to_string())).collect();
+    for prev in older {
+        let prev_dist = prev.join("apt/dists").join(suite);
+        // Written by an older kiln: a by-hash directory of its own.
+        let own = dirs.iter().find_map(|d| fs::symlink_metadata(prev_dist.join(d).join("by-hash")).ok());
+        if own.is_some_and(|m| m.is_dir()) {
             if let Ok(prev_release) = fs::read_to_string(prev_dist.join("Release")) {
                 link_into(root, &store, &prev_dist, &prev_release, &mut touched)?;
             }
         }
-        crate::fsio::write_atomic_mode(&store.join(SEEDED), b"", 0o644)?;
-        touched.insert(store.clone());
     }
     // The links' names reach the disk before the generation is served.
     for dir in &touched {
@@ -68,8 +67,6 @@ pub fn share(root: &Path, gen_dir: &Path, suite: &str, release: &str, older: &[P
     // (a rename from `N.tmp` to `N`, a backup restored elsewhere).
     let gen_rel =
         gen_dir.strip_prefix(root).map_err(|_| RepoError::Invalid("a generation outside its channel".into()))?;
-    let dirs: BTreeSet<String> =
-        listed(release).into_iter().filter_map(|(_, path)| path.rsplit_once('/').map(|(d, _)| d.to_string())).collect();
     for d in dirs {
         let link = dist.join(&d).join("by-hash");
         if fs::symlink_metadata(&link).is_ok() || !dist.join(&d).is_dir() {
@@ -83,13 +80,16 @@ pub fn share(root: &Path, gen_dir: &Path, suite: &str, release: &str, older: &[P
 }
 
 /// Links each index `release` lists (found under `dist`) into `store` (in
-/// the channel at `root`), noting the directories whose names changed.
+/// the channel at `root`), noting the directories to sync: those it added
+/// names to, and those that hold the indexes already (a publish that failed
+/// before its sync may have linked them).
 fn link_into(root: &Path, store: &Path, dist: &Path, release: &str, touched: &mut BTreeSet<PathBuf>) -> Result<()> {
     for (hash, path) in listed(release) {
         let Some((dir, _)) = path.rsplit_once('/') else { continue };
         let into = store.join(dir).join("SHA256");
         let dest = into.join(&hash);
         if dest.exists() {
+            touched.insert(into);
             continue;
         }
         let src = dist.join(&path);
@@ -120,26 +120,30 @@ pub fn prune(root: &Path, kept: &[PathBuf]) {
         let name = suite.file_name().to_string_lossy().into_owned();
         let mut wanted = HashSet::new();
         for g in kept {
-            if let Ok(release) = fs::read_to_string(g.join("apt/dists").join(&name).join("Release")) {
-                wanted.extend(listed(&release).into_iter().map(|(hash, path)| {
-                    let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
-                    format!("{dir}/SHA256/{hash}")
-                }));
-            }
+            let release = match fs::read_to_string(g.join("apt/dists").join(&name).join("Release")) {
+                Ok(release) => release,
+                // That generation has no such suite.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Not knowing what a kept generation lists, remove nothing.
+                Err(_) => return,
+            };
+            wanted.extend(listed(&release).into_iter().map(|(hash, path)| {
+                let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
+                format!("{dir}/SHA256/{hash}")
+            }));
         }
         remove_unwanted(&suite.path(), &suite.path(), &wanted);
     }
 }
 
 /// Removes the files under `dir` whose path relative to `base` is not in
-/// `wanted` (the seeded mark excepted).
+/// `wanted`.
 fn remove_unwanted(base: &Path, dir: &Path, wanted: &HashSet<String>) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let path = e.path();
         match e.file_type() {
             Ok(t) if t.is_dir() => remove_unwanted(base, &path, wanted),
-            Ok(_) if e.file_name() == SEEDED && dir == base => {}
             Ok(_) => {
                 let rel = path.strip_prefix(base).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
                 if !wanted.contains(&rel) {

@@ -229,8 +229,8 @@ impl ChannelDir {
             write_or_link(&dir.join(&release.path), &release.bytes, before(&rel.join(&release.path)).as_deref())?;
             write_atomic(&dir.join("InRelease"), clear.as_bytes())?;
             write_atomic(&dir.join("Release.gpg"), detached.as_bytes())?;
-            // by-hash: this generation's indexes, and those of every older
-            // generation kept.
+            // by-hash: this generation's indexes join the channel's store,
+            // where the older generations kept have theirs.
             crate::byhash::share(&self.root, &tmp, &dist.suite, &text, &older)?;
         }
 
@@ -267,8 +267,9 @@ impl ChannelDir {
         std::os::unix::fs::symlink(format!("gens/{gen}"), &link_tmp).map_err(|e| RepoError::io(&link_tmp, e))?;
         fs::rename(&link_tmp, self.root.join("current")).map_err(|e| RepoError::io(&self.root, e))?;
         crate::fsio::sync_dir(&self.root)?;
-        if self.prune(gen) {
-            let mut kept: Vec<PathBuf> = self.kept(gen).iter().map(|g| gens.join(g.to_string())).collect();
+        let (dropped, kept) = self.prune(gen);
+        if dropped {
+            let mut kept: Vec<PathBuf> = kept.iter().map(|g| gens.join(g.to_string())).collect();
             kept.push(done);
             crate::byhash::prune(&self.root, &kept);
         }
@@ -298,8 +299,8 @@ impl ChannelDir {
     }
 
     /// Deletes the generations [`ChannelDir::kept`] does not keep; whether
-    /// there were any.
-    fn prune(&self, current: u64) -> bool {
+    /// there were any, and those kept.
+    fn prune(&self, current: u64) -> (bool, Vec<u64>) {
         let kept = self.kept(current);
         let mut any = false;
         for g in self.generations().into_iter().filter(|g| *g != current && !kept.contains(g)) {
@@ -307,7 +308,7 @@ impl ChannelDir {
             let _ = fs::remove_file(self.root.join("gens").join(format!("{g}.rev")));
             any = true;
         }
-        any
+        (any, kept)
     }
 }
 
