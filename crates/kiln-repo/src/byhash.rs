@@ -29,9 +29,13 @@ use std::path::{Path, PathBuf};
 /// The store's directory in a channel's directory.
 pub const STORE: &str = "by-hash";
 
-/// The (SHA-256, path) of every index a `Release` lists.
-fn listed(release: &str) -> Vec<(String, String)> {
+/// The (SHA-256, directory, path) of every index a `Release` lists, its
+/// directory relative to the suite's (every index lies in one).
+fn listed(release: &str) -> Vec<(String, String, String)> {
     crate::apt::release_sha256(release)
+        .into_iter()
+        .filter_map(|(hash, path)| Some((hash, path.rsplit_once('/')?.0.to_string(), path)))
+        .collect()
 }
 
 /// Links the indexes of generation `gen` (a tree in `gens/`, named by its
@@ -47,8 +51,7 @@ pub fn share(root: &Path, gen_dir: &Path, suite: &str, release: &str, older: &[P
         touched.extend(store.ancestors().skip(1).take_while(|d| d.starts_with(root)).map(Path::to_path_buf));
     }
     link_into(root, &store, &dist, release, &mut touched)?;
-    let dirs: BTreeSet<String> =
-        listed(release).into_iter().filter_map(|(_, path)| path.rsplit_once('/').map(|(d, _)| d.to_string())).collect();
+    let dirs: BTreeSet<String> = listed(release).into_iter().map(|(_, dir, _)| dir).collect();
     for prev in older {
         let prev_dist = prev.join("apt/dists").join(suite);
         // Written by an older kiln: a by-hash directory of its own.
@@ -84,8 +87,7 @@ pub fn share(root: &Path, gen_dir: &Path, suite: &str, release: &str, older: &[P
 /// names to, and those that hold the indexes already (a publish that failed
 /// before its sync may have linked them).
 fn link_into(root: &Path, store: &Path, dist: &Path, release: &str, touched: &mut BTreeSet<PathBuf>) -> Result<()> {
-    for (hash, path) in listed(release) {
-        let Some((dir, _)) = path.rsplit_once('/') else { continue };
+    for (hash, dir, path) in listed(release) {
         let into = store.join(dir).join("SHA256");
         let dest = into.join(&hash);
         if dest.exists() {
@@ -127,10 +129,7 @@ pub fn prune(root: &Path, kept: &[PathBuf]) {
                 // Not knowing what a kept generation lists, remove nothing.
                 Err(_) => return,
             };
-            wanted.extend(listed(&release).into_iter().map(|(hash, path)| {
-                let dir = path.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
-                format!("{dir}/SHA256/{hash}")
-            }));
+            wanted.extend(listed(&release).into_iter().map(|(hash, dir, _)| format!("{dir}/SHA256/{hash}")));
         }
         remove_unwanted(&suite.path(), &suite.path(), &wanted);
     }
